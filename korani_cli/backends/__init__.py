@@ -1,0 +1,101 @@
+"""Generation backends: one small Protocol and the values that cross it.
+
+A backend turns a message list into a stream of answer text. Three real ones:
+`hf` (transformers + PEFT), `llamacpp` (GGUF on CPU) and `openai` (any
+OpenAI-compatible server over HTTP). Each module imports its heavy library
+inside its functions, so importing this package costs nothing.
+
+What backends share is here: the parameters, the `Generation` stream whose
+usage fills in as it is consumed, and `apply_stops`, which makes every backend
+stop at a `### ` header the same way (see `korani_cli.template.StopFilter`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol, Sequence
+
+from korani_cli.template import Message, StopFilter
+
+FINISH_REASONS = ("eos", "stop", "length")
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int | None = None
+    # A hint: a backend that can answer in one piece (openai) may do so when
+    # nobody watches the text arrive. Chunks are still yielded either way.
+    stream: bool = True
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str  # what the user asked for (alias, path, id)
+    backend: str  # hf | llamacpp | openai
+    context_length: int | None
+    template: str  # korani | model
+    details: dict = field(default_factory=dict)  # resolved paths, base model, device, dtype
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None  # eos | stop | length
+
+
+class Generation:
+    """An iterator of answer text chunks; `usage` is complete once it is exhausted."""
+
+    def __init__(self, run: Callable[[Usage], Iterator[str]]):
+        self.usage = Usage()
+        self._chunks = run(self.usage)
+
+    def __iter__(self) -> "Generation":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Stop generating now (Ctrl-C in a chat); the backend frees its work."""
+        self._chunks.close()
+
+    def text(self) -> str:
+        return "".join(self)
+
+
+class Backend(Protocol):
+    info: ModelInfo
+
+    def stream(self, messages: Sequence[Message], params: GenerationParams) -> Generation: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+Notify = Callable[[str], None]
+
+
+def apply_stops(raw: Iterator[str], usage: Usage, extra_stops: Sequence[str] = ()) -> Iterator[str]:
+    """Filter a backend's raw text through StopFilter; close `raw` at a header.
+
+    `raw` counts tokens into `usage` as it goes and sets finish_reason when it
+    ends by itself (eos / length); a header cut sets "stop" here.
+    """
+    stops = StopFilter(extra_stops)
+    try:
+        for piece in raw:
+            out = stops.feed(piece)
+            if out:
+                yield out
+            if stops.stopped:
+                usage.finish_reason = "stop"
+                return
+        tail = stops.flush()
+        if tail:
+            yield tail
+    finally:
+        raw.close()

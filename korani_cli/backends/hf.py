@@ -1,0 +1,215 @@
+"""hf backend: transformers AutoModelForCausalLM, optionally with a PEFT adapter.
+
+- An adapter (a directory or hub id with adapter_config.json) is loaded on the
+  base model its config names; its own tokenizer (which carries the KoRani
+  chat template when korani trained it) wins over the base's.
+- On CUDA the base loads in 4-bit NF4 with double quantisation and bf16
+  compute (bitsandbytes) — the QLoRA recipe's inference twin. On CPU it loads
+  in float32, announced in one line: bf16 matmuls are unusably slow on CPUs
+  without AMX/AVX-512.
+- Streaming runs `generate` in a thread feeding a TextIteratorStreamer; a
+  stopping criterion watches an Event so a header cut or Ctrl-C ends the
+  thread's work too, not just our reading of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from korani_cli import template as tpl
+from korani_cli.backends import Generation, GenerationParams, ModelInfo, Notify, Usage, apply_stops
+from korani_cli.config import Settings
+from korani_cli.errors import GenerationError, ModelLoadError, UsageError
+from korani_cli.models import OFFLINE_FIX, ModelSpec
+
+
+def _adapter_base(source: str) -> str | None:
+    """The base model named by a hub adapter's adapter_config.json, or None if `source` is no adapter."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    import json
+
+    try:
+        path = hf_hub_download(source, "adapter_config.json")
+    except EntryNotFoundError:
+        return None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"'{source}' is not a model on the Hugging Face Hub", OFFLINE_FIX) from None
+    except Exception as exc:  # offline, DNS, timeouts, gated repos: all mean "cannot get it now"
+        raise ModelLoadError(
+            f"cannot load '{source}': the Hugging Face Hub is unreachable and it is not cached ({exc.__class__.__name__})",
+            OFFLINE_FIX,
+        ) from None
+    return json.loads(Path(path).read_text(encoding="utf-8")).get("base_model_name_or_path")
+
+
+def _has_tokenizer(source: str) -> bool:
+    directory = Path(source)
+    return directory.is_dir() and any(
+        (directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    )
+
+
+class HFBackend:
+    def __init__(self, model, tokenizer, info: ModelInfo):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.info = info
+        self.eos_text = tokenizer.eos_token or ""
+
+    @classmethod
+    def load(cls, spec: ModelSpec, settings: Settings, notify: Notify) -> "HFBackend":
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError:
+            raise ModelLoadError("transformers/torch are not installed", "pip install 'korani[hf]'") from None
+
+        from korani_cli.console import debug_enabled
+
+        if not debug_enabled():
+            # Progress bars and load reports would bury the one-line notices.
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+
+        is_local = Path(spec.source).is_dir()
+        adapter, base = None, spec.source
+        if spec.base or not is_local:
+            named_base = spec.base if is_local else _adapter_base(spec.source)
+            if named_base:
+                adapter, base = spec.source, named_base
+
+        kwargs: dict = {}
+        if torch.cuda.is_available():
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            )
+            kwargs["device_map"] = {"": 0}
+            device, dtype = "cuda", "nf4/bf16"
+        else:
+            kwargs["dtype"] = torch.float32
+            device, dtype = "cpu", "float32"
+            notify("no CUDA GPU: running on CPU in float32 (slow for large models; a GPU loads it in 4-bit NF4)")
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(adapter if adapter and _has_tokenizer(adapter) else base)
+            model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+            if adapter:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, adapter)
+        except ImportError as exc:
+            raise ModelLoadError(f"a library needed to load {spec.name} is missing ({exc})", "pip install 'korani[all]'") from None
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise ModelLoadError(f"cannot load '{spec.name}' ({first})", OFFLINE_FIX) from None
+        model.eval()
+        if settings.template == "model" and not tokenizer.chat_template:
+            raise UsageError(f"{spec.name} ships no chat template", "use --template korani")
+        config = getattr(model, "config", None)
+        info = ModelInfo(
+            name=spec.name,
+            backend="hf",
+            context_length=getattr(config, "max_position_embeddings", None),
+            template=settings.template,
+            details={"base": base, "adapter": adapter, "device": device, "dtype": dtype},
+        )
+        return cls(model, tokenizer, info)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_text(self, messages: Sequence[tpl.Message]) -> str:
+        if self.info.template == "model":
+            chat = [tpl.flatten_sources(m).to_dict() for m in messages]
+            return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        return tpl.render(messages, self.eos_text)
+
+    def stream(self, messages: Sequence[tpl.Message], params: GenerationParams) -> Generation:
+        return Generation(lambda usage: apply_stops(self._generate(messages, params, usage), usage))
+
+    def _generate(self, messages, params: GenerationParams, usage: Usage) -> Iterator[str]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
+
+        # A model-template prompt already holds its special tokens (BOS etc.).
+        add_special = self.info.template != "model"
+        enc = self.tokenizer(self.prompt_text(messages), return_tensors="pt", add_special_tokens=add_special)
+        enc = {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        n_prompt = enc["input_ids"].shape[1]
+        usage.prompt_tokens = n_prompt
+        limit = self.info.context_length
+        max_new = params.max_new_tokens
+        if limit:
+            if n_prompt >= limit:
+                raise GenerationError(
+                    f"the prompt is {n_prompt} tokens but the model's context is {limit}",
+                    "shorten the input",
+                )
+            max_new = min(max_new, limit - n_prompt)
+        if params.seed is not None:
+            set_seed(params.seed)
+
+        cancel = threading.Event()
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return cancel.is_set()
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        sampling = params.temperature > 0
+        gen_kwargs = dict(
+            **enc,
+            max_new_tokens=max_new,
+            do_sample=sampling,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([Cancelled()]),
+        )
+        if sampling:
+            gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        outcome: dict = {}
+
+        def work():
+            try:
+                with torch.inference_mode():
+                    outcome["ids"] = self.model.generate(**gen_kwargs)
+            except BaseException as exc:  # surfaced in the consumer thread
+                outcome["error"] = exc
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="korani-hf-generate", daemon=True)
+        thread.start()
+        try:
+            for text in streamer:
+                if text:
+                    yield text
+        finally:
+            cancel.set()
+            thread.join()
+            ids = outcome.get("ids")
+            if ids is not None:
+                new = ids[0, n_prompt:].tolist()
+                # generate pads finished rows; count up to and without EOS.
+                ended = eos is not None and eos in new
+                usage.completion_tokens = new.index(eos) if ended else len(new)
+                # Neither EOS nor the limit means we cut it (header or Ctrl-C).
+                if usage.finish_reason is None and (ended or len(new) >= max_new):
+                    usage.finish_reason = "eos" if ended else "length"
+        if "error" in outcome:
+            exc = outcome["error"]
+            raise GenerationError(f"generation failed ({exc.__class__.__name__}: {exc})", "retry with --debug for details") from None
+

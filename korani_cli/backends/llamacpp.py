@@ -1,0 +1,168 @@
+"""llamacpp backend: a .gguf file through llama-cpp-python — the fast CPU path.
+
+We drive `Llama.generate` token by token instead of `create_completion`, which
+gives exact token counts, a true EOS signal (as opposed to "some stop
+happened") and incremental UTF-8 decoding of Korean text whose characters
+often span several tokens. `--template model` uses the GGUF's own chat
+template through `create_chat_completion`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from korani_cli import template as tpl
+from korani_cli.backends import Generation, GenerationParams, ModelInfo, Notify, Usage, apply_stops
+from korani_cli.config import Settings
+from korani_cli.errors import GenerationError, ModelLoadError, UsageError
+from korani_cli.models import ModelSpec
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence llama.cpp's C-level loader chatter, which ignores verbose=False.
+
+    It writes straight to file descriptor 2, so Python-level redirection can't
+    catch it; with --debug it is left alone.
+    """
+    from korani_cli.console import debug_enabled
+
+    if debug_enabled():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class LlamaCppBackend:
+    def __init__(self, llm, info: ModelInfo):
+        self.llm = llm
+        self.info = info
+        import llama_cpp
+
+        self._is_eog = lambda token: llama_cpp.llama_vocab_is_eog(llm._model.vocab, token)
+        # The EOS text the KoRani template writes after earlier Bot turns; the
+        # prompt is tokenized with special=True so it becomes the EOS token.
+        self.eos_text = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace")
+
+    @classmethod
+    def load(cls, spec: ModelSpec, settings: Settings, notify: Notify) -> "LlamaCppBackend":
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise ModelLoadError(
+                "llama-cpp-python is not installed", "pip install 'korani[llamacpp]'"
+            ) from None
+        path = Path(spec.source)
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}", "check the path")
+        threads = settings.threads or os.cpu_count() or 1
+        try:
+            with _quiet_native_stderr():
+                llm = Llama(
+                    model_path=str(path),
+                    n_ctx=settings.n_ctx,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    verbose=False,
+                )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(
+                f"llama.cpp could not load {path.name} ({exc})",
+                "check that the file is a complete GGUF model (re-download it) and that it fits in memory",
+            ) from None
+        if settings.template == "model" and not llm.metadata.get("tokenizer.chat_template"):
+            raise UsageError(f"{path.name} ships no chat template", "use --template korani")
+        info = ModelInfo(
+            name=spec.name,
+            backend="llamacpp",
+            context_length=llm.n_ctx(),
+            template=settings.template,
+            details={"path": str(path), "threads": threads, "train_context": llm._model.n_ctx_train()},
+        )
+        return cls(llm, info)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def prompt_tokens(self, messages: Sequence[tpl.Message]) -> list[int]:
+        prompt = tpl.render(messages, self.eos_text)
+        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+
+    def stream(self, messages: Sequence[tpl.Message], params: GenerationParams) -> Generation:
+        if self.info.template == "model":
+            return Generation(lambda usage: apply_stops(self._chat(messages, params, usage), usage))
+        return Generation(lambda usage: apply_stops(self._complete(messages, params, usage), usage))
+
+    def _budget(self, n_prompt: int, params: GenerationParams) -> int:
+        room = self.llm.n_ctx() - n_prompt
+        if room <= 0:
+            raise GenerationError(
+                f"the prompt is {n_prompt} tokens but the context window is {self.llm.n_ctx()}",
+                "shorten the input or raise n_ctx in the config file",
+            )
+        return min(params.max_new_tokens, room)
+
+    def _complete(self, messages, params: GenerationParams, usage: Usage) -> Iterator[str]:
+        tokens = self.prompt_tokens(messages)
+        usage.prompt_tokens = len(tokens)
+        usage.completion_tokens = 0
+        budget = self._budget(len(tokens), params)
+        if params.seed is not None:
+            self.llm.set_seed(params.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            for token in self.llm.generate(
+                tokens, temp=params.temperature, top_p=params.top_p, top_k=40, min_p=0.05, repeat_penalty=1.1
+            ):
+                if self._is_eog(token):
+                    usage.finish_reason = "eos"
+                    break
+                usage.completion_tokens += 1
+                text = decoder.decode(self.llm.detokenize([token]))
+                if text:
+                    yield text
+                if usage.completion_tokens >= budget:
+                    usage.finish_reason = "length"
+                    break
+        except RuntimeError as exc:  # llama_decode failures surface as RuntimeError
+            raise GenerationError(f"llama.cpp failed while generating ({exc})", "retry; if it persists, lower n_ctx") from None
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+
+    def _chat(self, messages, params: GenerationParams, usage: Usage) -> Iterator[str]:
+        chat = [tpl.flatten_sources(m).to_dict() for m in messages]
+        try:
+            chunks = self.llm.create_chat_completion(
+                messages=chat,
+                max_tokens=params.max_new_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=params.seed,
+                stream=True,
+            )
+            usage.completion_tokens = 0
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                text = choice.get("delta", {}).get("content")
+                if text:
+                    usage.completion_tokens += 1
+                    yield text
+                if choice.get("finish_reason"):
+                    usage.finish_reason = "length" if choice["finish_reason"] == "length" else "eos"
+        except (RuntimeError, ValueError) as exc:
+            raise GenerationError(f"llama.cpp failed while generating ({exc})", "retry with --template korani") from None

@@ -1,0 +1,209 @@
+"""openai backend: any OpenAI-compatible server (vLLM, llama.cpp, Ollama, TGI).
+
+This is how korani reaches past one machine: serve a merged KoRani model with
+vLLM and point `--model openai:NAME@http://host:8000/v1` at it.
+
+With the KoRani template (the default) we render the prompt ourselves and use
+`/completions`, so the server sees exactly the format the model was trained
+on; `--template model` sends the messages to `/chat/completions` and lets the
+server apply the model's own template. Streaming is Server-Sent Events over
+httpx; when nobody watches the text arrive (`params.stream=False`) one plain
+request returns the answer with exact usage.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator, Sequence
+from urllib.parse import urlsplit
+
+from korani_cli import template as tpl
+from korani_cli.backends import Generation, GenerationParams, ModelInfo, Notify, Usage, apply_stops
+from korani_cli.config import Settings
+from korani_cli.errors import GenerationError, ModelLoadError
+from korani_cli.models import ModelSpec
+
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 300.0  # between two streamed events, not for the whole answer
+# What the server should stop at besides EOS: the next turn's header.
+SERVER_STOPS = [tpl.HEADER_STOP]
+
+
+def normalise_base_url(url: str) -> str:
+    url = url.rstrip("/")
+    # A bare host:port means the usual /v1 prefix; a URL with a path is kept
+    # as given (some gateways serve the API under another prefix).
+    if not urlsplit(url).path:
+        url += "/v1"
+    return url
+
+
+class OpenAIBackend:
+    def __init__(self, client, model: str, info: ModelInfo, eos_text: str):
+        self.client = client
+        self.model = model
+        self.info = info
+        self.eos_text = eos_text
+
+    @classmethod
+    def load(cls, spec: ModelSpec, settings: Settings, notify: Notify) -> "OpenAIBackend":
+        import httpx
+
+        base_url = normalise_base_url(spec.base_url or "")
+        headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+        client = httpx.Client(
+            base_url=base_url,
+            headers=headers,
+            timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+        )
+        try:
+            response = client.get("/models")
+        except httpx.HTTPError as exc:
+            raise ModelLoadError(
+                f"cannot reach the OpenAI-compatible server at {base_url} ({exc.__class__.__name__}: {exc})",
+                "start the server, or fix the URL in --model openai:MODEL@URL / KORANI_OPENAI_BASE_URL",
+            ) from None
+        if response.status_code in (401, 403):
+            raise ModelLoadError(
+                f"{base_url} refused the API key (HTTP {response.status_code})",
+                "set KORANI_OPENAI_API_KEY (or OPENAI_API_KEY) to a valid key",
+            )
+        served = []
+        if response.is_success:
+            try:
+                served = [m["id"] for m in response.json().get("data", [])]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                served = []
+        model = spec.source
+        if not model:
+            if not served:
+                raise ModelLoadError(
+                    f"{base_url} lists no models, so none can be picked",
+                    "name one: --model openai:MODEL@URL",
+                )
+            model = served[0]
+        elif served and model not in served:
+            raise ModelLoadError(
+                f"{base_url} does not serve '{model}' (it serves: {', '.join(served)})",
+                "pick one of those names in --model openai:MODEL@URL",
+            )
+        info = ModelInfo(
+            name=spec.name,
+            backend="openai",
+            context_length=None,
+            template=settings.template,
+            details={"base_url": base_url, "model": model},
+        )
+        # We cannot know the served tokenizer's EOS text; earlier Bot turns are
+        # closed with the one KoRani models use (polyglot-ko's).
+        return cls(client, model, info, eos_text="<|endoftext|>")
+
+    def count_tokens(self, text: str) -> int:
+        # The server's tokenizer is remote; ~1 token per 1.5 Korean characters
+        # is the usual ratio for polyglot-ko's vocabulary.
+        return max(1, round(len(text) / 1.5))
+
+    def stream(self, messages: Sequence[tpl.Message], params: GenerationParams) -> Generation:
+        body: dict = {
+            "model": self.model,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if self.info.template == "model":
+            path = "/chat/completions"
+            body["messages"] = [tpl.flatten_sources(m).to_dict() for m in messages]
+        else:
+            path = "/completions"
+            body["prompt"] = tpl.render(messages, self.eos_text)
+            body["stop"] = SERVER_STOPS
+        run = self._events if params.stream else self._whole
+        return Generation(lambda usage: apply_stops(run(path, body, usage), usage))
+
+    @staticmethod
+    def _text(choice: dict) -> str:
+        if "delta" in choice:
+            return choice["delta"].get("content") or ""
+        if "message" in choice:
+            return (choice["message"] or {}).get("content") or ""
+        return choice.get("text") or ""
+
+    @staticmethod
+    def _finish(choice: dict, usage: Usage) -> None:
+        reason = choice.get("finish_reason")
+        if reason == "length":
+            usage.finish_reason = "length"
+        elif reason:
+            # vLLM names the stop string it hit; otherwise "stop" means EOS.
+            usage.finish_reason = "stop" if isinstance(choice.get("stop_reason"), str) else "eos"
+
+    @staticmethod
+    def _usage(data: dict, usage: Usage) -> None:
+        counts = data.get("usage") or {}
+        if counts.get("prompt_tokens") is not None:
+            usage.prompt_tokens = counts["prompt_tokens"]
+        if counts.get("completion_tokens") is not None:
+            usage.completion_tokens = counts["completion_tokens"]
+
+    def _fail(self, response) -> GenerationError:
+        try:
+            detail = response.json().get("error", {})
+            detail = detail.get("message", detail) if isinstance(detail, dict) else detail
+        except ValueError:
+            detail = response.text[:200]
+        return GenerationError(
+            f"the server answered HTTP {response.status_code}: {detail}",
+            "check the server's log; lower --max-new-tokens if the prompt is too long",
+        )
+
+    def _whole(self, path: str, body: dict, usage: Usage) -> Iterator[str]:
+        import httpx
+
+        try:
+            response = self.client.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise GenerationError(f"the request to {self.client.base_url} failed ({exc})", "check that the server is up") from None
+        if not response.is_success:
+            raise self._fail(response)
+        data = response.json()
+        choice = (data.get("choices") or [{}])[0]
+        self._usage(data, usage)
+        self._finish(choice, usage)
+        yield self._text(choice)
+
+    def _events(self, path: str, body: dict, usage: Usage) -> Iterator[str]:
+        import httpx
+
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        chunks = 0
+        try:
+            with self.client.stream("POST", path, json=body) as response:
+                if not response.is_success:
+                    response.read()
+                    raise self._fail(response)
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue  # comments, event names, keep-alives
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        break
+                    try:
+                        data = json.loads(payload)
+                    except ValueError:
+                        raise GenerationError(f"the server sent a malformed event: {payload[:80]!r}", "check the server") from None
+                    if "error" in data:
+                        raise GenerationError(f"the server reported an error: {data['error']}", "check the server's log")
+                    self._usage(data, usage)
+                    for choice in data.get("choices") or []:
+                        text = self._text(choice)
+                        if text:
+                            chunks += 1
+                            yield text
+                        self._finish(choice, usage)
+        except httpx.HTTPError as exc:
+            raise GenerationError(f"the stream from {self.client.base_url} broke off ({exc})", "check that the server is up") from None
+        if usage.completion_tokens is None:
+            # Servers that ignore include_usage send one token per event.
+            usage.completion_tokens = chunks

@@ -1,0 +1,50 @@
+"""The `korani` command: the root Typer app that joins each domain's commands.
+
+Kept import-light on purpose: `korani --help` must not import torch,
+transformers, peft, llama_cpp or sentence_transformers (a test checks), so
+commands import heavy code inside their bodies.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from korani_cli import __version__
+from korani_cli.commands import ask as ask_command
+from korani_cli.commands import models as models_command
+from korani_cli.console import set_debug
+
+app = typer.Typer(
+    name="korani",
+    help="Korean instruction-tuned chat models: data, training, web-search chat and one-shot answers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # never leak keys or prompts into a traceback
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"korani {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also KORANI_DEBUG=1).")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    set_debug(debug)
+
+
+app.command("ask")(ask_command.ask)
+app.add_typer(models_command.app, name="models")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Thin command functions: parse options → build values → call core code → print."""

@@ -1,0 +1,71 @@
+"""The CLI's two consoles and the error boundary every command runs inside.
+
+stdout is for what a script consumes (answers, --json); everything else —
+spinners, notices, errors — goes to stderr. `korani_command` turns a
+`KoraniError` into the one line `error: <what> — <how to fix>` and its exit
+code; unexpected exceptions get a traceback only with --debug/KORANI_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from korani_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, KoraniError
+
+_state = {"debug": False}
+
+
+def err_console() -> Console:
+    # Built per call: tests swap sys.stderr, and Console binds its file early.
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+
+def set_debug(value: bool) -> None:
+    _state["debug"] = value
+
+
+def debug_enabled() -> bool:
+    return _state["debug"] or os.environ.get("KORANI_DEBUG", "") not in ("", "0", "false", "no")
+
+
+def notice(message: str) -> None:
+    err_console().print(f"[dim]note:[/dim] {escape(message)}")
+
+
+def print_error(message: str) -> None:
+    err_console().print(f"[bold red]error:[/bold red] {escape(message.removeprefix('error: '))}")
+
+
+def korani_command(func):
+    """Decorator for command functions: the error boundary described above."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except KoraniError as exc:
+            if debug_enabled():
+                raise
+            print_error(exc.one_line())
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            print_error("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            if debug_enabled():
+                raise
+            print_error(
+                f"internal error ({exc.__class__.__name__}: {exc}) — "
+                "rerun with --debug for the traceback and report it"
+            )
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper

@@ -1,0 +1,118 @@
+"""Model specs → which backend loads what.
+
+A spec is what the user types after `--model`:
+  - an alias: `korani-5.8b` (default), `demo`, `demo-chat`;
+  - `openai:<model>@<base-url>` (base URL may also come from settings);
+  - a `.gguf` file → llamacpp;
+  - a local directory (a full model, or a PEFT adapter whose
+    adapter_config.json names its base) → hf;
+  - anything else shaped like `org/name` → a Hugging Face Hub id → hf.
+
+`resolve` is pure and cheap (no heavy imports, no network); `load_backend`
+imports the one backend module it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from korani_cli.backends import Backend, Notify
+from korani_cli.config import Settings
+from korani_cli.errors import ModelLoadError, UsageError
+
+REFERENCE_ADAPTER = "ChaeMs/KoRani-5.8b"
+REFERENCE_BASE = "EleutherAI/polyglot-ko-5.8b"
+ALIASES = {
+    "korani-5.8b": f"adapter {REFERENCE_ADAPTER} on {REFERENCE_BASE} (hf backend)",
+    "demo": "gemma-3-270m Q4_K_M from PyPI (llamacpp backend, offline, a base model)",
+    "demo-chat": "SmolLM2-135M-Instruct Q4_1 from PyPI (llamacpp backend, offline)",
+}
+OFFLINE_FIX = "use --model demo for the offline demo, or --model PATH for a local model (directory or .gguf)"
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # as the user gave it
+    backend: str  # hf | llamacpp | openai
+    source: str  # .gguf path, hub id or directory, or the served model's name
+    base: str | None = None  # hf: base model when `source` is a LoRA adapter
+    base_url: str | None = None  # openai
+    api_key: str | None = None  # openai
+
+
+def _read_adapter_base(directory: Path) -> str | None:
+    config = directory / "adapter_config.json"
+    if not config.is_file():
+        return None
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {config} ({exc})", "fix or re-save the adapter") from None
+    if not base:
+        raise ModelLoadError(
+            f"{config} does not name its base model (base_model_name_or_path)",
+            "add it, or pass the merged model directory instead",
+        )
+    return base
+
+
+def resolve(spec: str, settings: Settings) -> ModelSpec:
+    spec = spec.strip()
+    if not spec:
+        raise UsageError("--model is empty", f"pass an alias ({', '.join(ALIASES)}), a path or a hub id")
+    if spec == "korani-5.8b":
+        return ModelSpec(spec, "hf", REFERENCE_ADAPTER, base=REFERENCE_BASE)
+    if spec == "demo":
+        from korani_cli.demo_models import demo_gguf
+
+        return ModelSpec(spec, "llamacpp", str(demo_gguf()))
+    if spec == "demo-chat":
+        from korani_cli.demo_models import demo_chat_gguf
+
+        return ModelSpec(spec, "llamacpp", str(demo_chat_gguf()))
+    if spec.startswith("openai:"):
+        model, _, url = spec[len("openai:"):].partition("@")
+        base_url = url or settings.openai_base_url
+        if not base_url:
+            raise UsageError(
+                f"no server URL for {spec!r}",
+                "write --model openai:MODEL@http://HOST:PORT/v1 or set KORANI_OPENAI_BASE_URL",
+            )
+        return ModelSpec(spec, "openai", model, base_url=base_url, api_key=settings.openai_api_key)
+
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}", "check the path")
+        return ModelSpec(spec, "llamacpp", str(path.resolve()))
+    if path.is_dir():
+        return ModelSpec(spec, "hf", str(path.resolve()), base=_read_adapter_base(path))
+    if path.exists():
+        raise ModelLoadError(
+            f"{path} is neither a .gguf file nor a model directory",
+            "pass a .gguf file, a directory with config.json or adapter_config.json, or a hub id",
+        )
+    looks_like_path = spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1
+    if looks_like_path or not _HUB_ID.match(spec):
+        raise ModelLoadError(f"no such model file or directory: {spec}", OFFLINE_FIX)
+    return ModelSpec(spec, "hf", spec)
+
+
+def load_backend(spec: ModelSpec, settings: Settings, notify: Notify = lambda _msg: None) -> Backend:
+    """Load the model behind `spec`; raises ModelLoadError with the way forward."""
+    if spec.backend == "llamacpp":
+        from korani_cli.backends.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend.load(spec, settings, notify)
+    if spec.backend == "openai":
+        from korani_cli.backends.openai import OpenAIBackend
+
+        return OpenAIBackend.load(spec, settings, notify)
+    from korani_cli.backends.hf import HFBackend
+
+    return HFBackend.load(spec, settings, notify)

@@ -1,0 +1,266 @@
+"""The KoRani conversation format — the one place it is defined.
+
+    [system text]\n\n
+    ### User\n{user}\n\n
+    ### Bot\n{assistant}<eos>\n\n
+    ### User\n...
+
+Every assistant turn ends with the tokenizer's EOS token, so a trained model
+learns to stop. The format is a Jinja chat template (`CHAT_TEMPLATE`) that
+training stores in the tokenizer of every adapter it saves; its
+`{% generation %}` markers wrap assistant content + EOS, which is what
+transformers/TRL use to put the loss on those tokens only. This module renders
+that same template itself (`render`, `render_with_mask`) with the same Jinja
+settings transformers uses, so backends and `data show` need no transformers.
+
+A user turn may carry numbered web/document sources (the RAG form); the
+template prints them as `[1] title (url)` blocks before the question so the
+answer can cite them as [1], [2].
+
+Generation stops at EOS (the backends' job) or at the next `###` header
+(`StopFilter`, shared by every backend): a header is never printed.
+
+What this module does not know: tokenizers, token ids, models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+USER_HEADER = "### User\n"
+BOT_HEADER = "### Bot\n"
+TURN_SEPARATOR = "\n\n"
+RAG_INSTRUCTION = (
+    "다음 자료를 참고해서 질문에 답하세요. "
+    "답의 근거가 된 자료의 번호를 [1]처럼 문장 끝에 표시하세요."
+)
+RAG_QUESTION_PREFIX = "질문: "
+
+# transformers renders chat templates with trim_blocks + lstrip_blocks; we
+# render with the same settings so both produce identical text.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}\n"
+    "{%- if message['role'] == 'system' %}\n"
+    "{{- message['content'] | trim }}{{ '\\n\\n' }}\n"
+    "{%- elif message['role'] == 'user' %}\n"
+    "{{- '" + USER_HEADER.replace("\n", "\\n") + "' }}\n"
+    "{%- if message.get('sources') %}\n"
+    "{{- '" + RAG_INSTRUCTION + "\\n\\n' }}\n"
+    "{%- for source in message['sources'] %}\n"
+    "{{- '[' ~ loop.index ~ '] ' ~ source['title'] ~ ' (' ~ source['url'] ~ ')\\n' ~ (source['text'] | trim) ~ '\\n\\n' }}\n"
+    "{%- endfor %}\n"
+    "{{- '" + RAG_QUESTION_PREFIX + "' }}\n"
+    "{%- endif %}\n"
+    "{{- message['content'] | trim }}{{ '\\n\\n' }}\n"
+    "{%- elif message['role'] == 'assistant' %}\n"
+    "{{- '" + BOT_HEADER.replace("\n", "\\n") + "' }}"
+    "{% generation %}{{ message['content'] | trim }}{{ eos_token }}{% endgeneration %}"
+    "{{ '\\n\\n' }}\n"
+    "{%- else %}\n"
+    "{{- raise_exception('unknown role: ' ~ message['role']) }}\n"
+    "{%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}{{ '" + BOT_HEADER.replace("\n", "\\n") + "' }}{% endif %}"
+)
+
+ROLES = ("system", "user", "assistant")
+
+# Private-use characters that bracket generation blocks while rendering; they
+# are removed from message text first, so they can only come from the tags.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One numbered source of a RAG user turn."""
+
+    title: str
+    url: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+    sources: tuple[Source, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        out: dict = {"role": self.role, "content": self.content}
+        if self.sources:
+            out["sources"] = [s.__dict__.copy() for s in self.sources]
+        return out
+
+
+def user(content: str, sources: Iterable[Source] = ()) -> Message:
+    return Message("user", content, tuple(sources))
+
+
+def conversation(question: str, system: str | None = None, history: Sequence[Message] = ()) -> list[Message]:
+    """The message list for a new question, optionally after earlier turns."""
+    messages = [Message("system", system)] if system else []
+    return [*messages, *history, user(question)]
+
+
+class TemplateError(ValueError):
+    """A message list the template cannot render (unknown role, bad order)."""
+
+
+@lru_cache(maxsize=8)
+def _compiled(template: str):
+    from jinja2 import nodes
+    from jinja2.exceptions import TemplateError as JinjaTemplateError
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationMarkers(Extension):
+        """`{% generation %}...{% endgeneration %}`, as transformers understands it."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_mark"), [], [], body).set_lineno(lineno)
+
+        def _mark(self, caller):
+            return _OPEN + caller() + _CLOSE
+
+    def raise_exception(message):
+        raise JinjaTemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationMarkers, loopcontrols]
+    )
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template)
+
+
+def _as_dicts(messages: Sequence[Message | dict]) -> list[dict]:
+    out = []
+    for m in messages:
+        d = m.to_dict() if isinstance(m, Message) else dict(m)
+        if d.get("role") not in ROLES:
+            raise TemplateError(f"unknown role {d.get('role')!r}; expected one of {', '.join(ROLES)}")
+        d["content"] = str(d.get("content") or "").replace(_OPEN, "").replace(_CLOSE, "")
+        out.append(d)
+    return out
+
+
+def render_with_mask(
+    messages: Sequence[Message | dict],
+    eos_token: str,
+    *,
+    add_generation_prompt: bool = False,
+    template: str = CHAT_TEMPLATE,
+) -> tuple[str, list[tuple[int, int]]]:
+    """Render messages; also return the [start, end) character spans that carry loss.
+
+    The spans are exactly the assistant contents plus their EOS text — what
+    training learns. Everything else (headers, user turns, sources) is context.
+    """
+    from jinja2.exceptions import TemplateError as JinjaTemplateError
+
+    try:
+        marked = _compiled(template).render(
+            messages=_as_dicts(messages), eos_token=eos_token, add_generation_prompt=add_generation_prompt
+        )
+    except JinjaTemplateError as exc:
+        raise TemplateError(str(exc)) from None
+    text, spans, start = [], [], None
+    length = 0
+    for ch in marked:
+        if ch == _OPEN:
+            start = length
+        elif ch == _CLOSE:
+            spans.append((start, length))
+        else:
+            text.append(ch)
+            length += 1
+    return "".join(text), spans
+
+
+def render(
+    messages: Sequence[Message | dict],
+    eos_token: str,
+    *,
+    add_generation_prompt: bool = True,
+    template: str = CHAT_TEMPLATE,
+) -> str:
+    """The prompt text for a message list (ending with `### Bot\\n` by default)."""
+    return render_with_mask(messages, eos_token, add_generation_prompt=add_generation_prompt, template=template)[0]
+
+
+# -- stopping ---------------------------------------------------------------
+
+# A header starts a line; the virtual newline in StopFilter makes a header at
+# the very start of the answer match too.
+HEADER_STOP = "\n###"
+
+
+class StopFilter:
+    """Turns raw generated chunks into printable text, cutting at a `###` header.
+
+    Text that might be the start of a stop sequence — and trailing whitespace,
+    which may turn out to precede a header — is held back until the next chunk
+    settles it, so nothing that belongs to a header ever reaches the user.
+    Leading whitespace of the answer is dropped.
+    """
+
+    def __init__(self, extra_stops: Iterable[str] = ()):
+        self.stops = [HEADER_STOP, *(s for s in extra_stops if s)]
+        self._text = "\n"  # virtual line start
+        self._emitted = 1
+        self.stopped = False
+
+    def feed(self, chunk: str) -> str:
+        if self.stopped or not chunk:
+            return ""
+        if self._emitted == len(self._text):
+            # Nothing pending: drop leading whitespace of the answer.
+            if len(self._text) == 1:
+                chunk = chunk.lstrip()
+                if not chunk:
+                    return ""
+        self._text += chunk
+        cut = min((i for i in (self._text.find(s, self._emitted - 1) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            end = len(self._text[:cut].rstrip())
+            out = self._text[self._emitted:max(end, self._emitted)]
+            self._emitted = len(self._text)
+            return out
+        safe = len(self._text)
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(self._text)), 0, -1):
+                if self._text.endswith(stop[:k]):
+                    safe = min(safe, len(self._text) - k)
+                    break
+        safe = min(safe, len(self._text[:safe].rstrip()))
+        safe = max(safe, self._emitted)
+        out = self._text[self._emitted:safe]
+        self._emitted = safe
+        return out
+
+    def flush(self) -> str:
+        """What is still held back once generation has ended (no stop followed)."""
+        if self.stopped:
+            return ""
+        out = self._text[self._emitted:].rstrip()
+        self._emitted = len(self._text)
+        return out
+
+
+def flatten_sources(message: Message) -> Message:
+    """The message with its sources written into its text, as this template prints them.
+
+    For backends that render with a model's own chat template, which knows
+    nothing of `sources`: the user still gets the numbered source blocks.
+    """
+    if not message.sources:
+        return message
+    text = render([message], eos_token="", add_generation_prompt=False)
+    content = text[len(USER_HEADER):-len(TURN_SEPARATOR)]
+    return Message(message.role, content)
