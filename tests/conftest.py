@@ -4,7 +4,10 @@ OpenAI-compatible server on loopback."""
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import socket
 import subprocess
 import sys
@@ -36,8 +39,6 @@ KOREAN_CORPUS = [
     "축구 대표팀이 어제 경기에서 승리했습니다.",
 ] * 20
 
-EOS, PAD = "<|endoftext|>", "<|pad|>"
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -66,51 +67,21 @@ def korani_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     """A byte-level BPE tokenizer trained on Korean text, saved with the KoRani template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from korani_cli.tiny import train_tokenizer
 
-    from korani_cli.template import CHAT_TEMPLATE
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=800,
-        special_tokens=[EOS, PAD],  # EOS is id 0, pad id 1: pad differs from EOS
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(KOREAN_CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
-    fast.chat_template = CHAT_TEMPLATE
     out = tmp_path_factory.mktemp("tiny_tokenizer")
-    fast.save_pretrained(out)
+    train_tokenizer(KOREAN_CORPUS, out)
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_neox_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     """A randomly initialised GPT-NeoX (polyglot-ko's architecture), small enough for CPU tests."""
-    import torch
-    from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = GPTNeoXForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny_neox")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    from korani_cli.tiny import build_model
+
+    return build_model(AutoTokenizer.from_pretrained(tiny_tokenizer_dir), tmp_path_factory.mktemp("tiny_neox"))
 
 
 @pytest.fixture(scope="session")
@@ -170,3 +141,34 @@ def run_korani(*args: str, input: str | None = None, env: dict | None = None, ti
         [sys.executable, "-m", "korani_cli", *args],
         input=input, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO,
     )
+
+
+class Failing(BaseHTTPRequestHandler):
+    """A server that lists a model, then fails every generation with HTTP 500."""
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send(200, {"object": "list", "data": [{"id": "broken", "object": "model"}]})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._send(500, {"error": {"message": "CUDA out of memory"}})
+
+
+@pytest.fixture
+def failing_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()

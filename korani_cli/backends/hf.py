@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -25,15 +26,37 @@ from korani_cli.errors import GenerationError, ModelLoadError, UsageError
 from korani_cli.models import OFFLINE_FIX, ModelSpec
 
 
-def _adapter_base(source: str) -> str | None:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can we open a TCP connection to the Hub? Decided in seconds, not after
+    huggingface_hub's minute of retries; when not, loads use the local cache only."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    parts = urlsplit(constants.ENDPOINT)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _adapter_base(source: str, local_only: bool) -> str | None:
     """The base model named by a hub adapter's adapter_config.json, or None if `source` is no adapter."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
-
-    import json
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        path = hf_hub_download(source, "adapter_config.json")
+        path = hf_hub_download(source, "adapter_config.json", local_files_only=local_only)
+    except LocalEntryNotFoundError:
+        # Offline and not cached (a subclass of EntryNotFoundError, so first).
+        raise ModelLoadError(
+            f"cannot load '{source}': the Hugging Face Hub is unreachable and it is not in the local cache",
+            OFFLINE_FIX,
+        ) from None
     except EntryNotFoundError:
         return None
     except RepositoryNotFoundError:
@@ -51,6 +74,52 @@ def _has_tokenizer(source: str) -> bool:
     return directory.is_dir() and any(
         (directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
     )
+
+
+class IncrementalStreamer:
+    """A transformers streamer that decodes each new token in O(1).
+
+    TextIteratorStreamer re-decodes everything since the last newline at
+    every step, which grows quadratically on long lines; this keeps a short
+    window (the TGI prefix/read-offset technique) and holds back text that
+    ends in an incomplete UTF-8 sequence, common with Korean byte-level BPE.
+    """
+
+    _END = object()
+
+    def __init__(self, tokenizer, n_prompt: int):
+        import queue
+
+        self.tokenizer = tokenizer
+        self.n_prompt = n_prompt
+        self.ids: list[int] = []
+        self.prefix = self.read = 0
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+
+    def put(self, value) -> None:
+        ids = value.reshape(-1).tolist()
+        if self.n_prompt:  # generate() first hands over the prompt itself
+            ids = ids[self.n_prompt:] if len(ids) >= self.n_prompt else []
+            self.n_prompt = 0
+        for token in ids:
+            self.ids.append(token)
+            decode = self.tokenizer.decode
+            before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+            after = decode(self.ids[self.prefix:], skip_special_tokens=True)
+            if len(after) > len(before) and not after.endswith("\ufffd"):
+                self.queue.put(after[len(before):])
+                self.prefix, self.read = self.read, len(self.ids)
+
+    def end(self) -> None:
+        tail = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        if len(tail) > len(before):
+            self.queue.put(tail[len(before):])
+        self.queue.put(self._END)
+
+    def __iter__(self):
+        while (item := self.queue.get()) is not self._END:
+            yield item
 
 
 class HFBackend:
@@ -78,9 +147,10 @@ class HFBackend:
             hf_logging.disable_progress_bar()
 
         is_local = Path(spec.source).is_dir()
+        local_only = not is_local and not hub_reachable()
         adapter, base = None, spec.source
         if spec.base or not is_local:
-            named_base = spec.base if is_local else _adapter_base(spec.source)
+            named_base = spec.base if is_local else _adapter_base(spec.source, local_only)
             if named_base:
                 adapter, base = spec.source, named_base
 
@@ -99,21 +169,24 @@ class HFBackend:
         else:
             kwargs["dtype"] = torch.float32
             device, dtype = "cpu", "float32"
-            notify("no CUDA GPU: running on CPU in float32 (slow for large models; a GPU loads it in 4-bit NF4)")
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(adapter if adapter and _has_tokenizer(adapter) else base)
-            model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(
+                adapter if adapter and _has_tokenizer(adapter) else base, local_files_only=local_only
+            )
+            model = AutoModelForCausalLM.from_pretrained(base, local_files_only=local_only, **kwargs)
             if adapter:
                 from peft import PeftModel
 
-                model = PeftModel.from_pretrained(model, adapter)
+                model = PeftModel.from_pretrained(model, adapter, local_files_only=local_only)
         except ImportError as exc:
             raise ModelLoadError(f"a library needed to load {spec.name} is missing ({exc})", "pip install 'korani[all]'") from None
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise ModelLoadError(f"cannot load '{spec.name}' ({first})", OFFLINE_FIX) from None
         model.eval()
+        if device == "cpu":
+            notify("no CUDA GPU: running on CPU in float32 (slow for large models; a GPU loads it in 4-bit NF4)")
         if settings.template == "model" and not tokenizer.chat_template:
             raise UsageError(f"{spec.name} ships no chat template", "use --template korani")
         config = getattr(model, "config", None)
@@ -140,7 +213,7 @@ class HFBackend:
 
     def _generate(self, messages, params: GenerationParams, usage: Usage) -> Iterator[str]:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
+        from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 
         # A model-template prompt already holds its special tokens (BOS etc.).
         add_special = self.info.template != "model"
@@ -166,7 +239,7 @@ class HFBackend:
             def __call__(self, input_ids, scores, **kwargs):
                 return cancel.is_set()
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = IncrementalStreamer(self.tokenizer, n_prompt)
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         sampling = params.temperature > 0

@@ -1,0 +1,214 @@
+"""Generation speed: korani against the baselines it must not lose to.
+
+1. llamacpp: `korani ask` (the backend, in process and as the CLI) against raw
+   llama-cpp-python `create_completion(stream=True)` on the same GGUF, prompt,
+   threads and context — time to first token and decode tokens/s (goal ≥ 0.95×).
+2. hf: korani's streaming hf backend against the seed project's way, a
+   transformers `pipeline("text-generation")` call, on the same tiny GPT-NeoX
+   and greedy settings.
+3. `korani --help` wall time, next to a bare `python -c pass`.
+
+Run: .venv/bin/python bench/generate.py [--reps 3] [--tokens 128]
+Ends with one line: RESULT {json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared"
+PROMPT = "한국의 사계절과 각 계절의 특징, 그리고 계절마다 즐기는 음식과 놀이를 자세히 설명해 주세요."
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def bench_llamacpp(reps: int, tokens: int, threads: int) -> dict:
+    from llama_cpp import Llama
+
+    from korani_cli import oneshot
+    from korani_cli import template as tpl
+    from korani_cli.backends import GenerationParams
+    from korani_cli.config import Settings
+    from korani_cli.models import load_backend, resolve
+
+    settings = Settings(model="demo", threads=threads, n_ctx=2048)
+    spec = resolve("demo", settings)
+    t = time.perf_counter()
+    backend = load_backend(spec, settings)
+    korani_load = time.perf_counter() - t
+    messages = [tpl.user(PROMPT)]
+    prompt = tpl.render(messages, backend.eos_text)
+    # Temperature 0 on both sides; the stop filter may end korani's answer at a
+    # header, so speeds are compared per token, not per answer.
+    params = GenerationParams(max_new_tokens=tokens, temperature=0.0, top_p=0.9)
+
+    korani_ttft, korani_tps, korani_tokens = [], [], []
+    for _ in range(reps):
+        result = oneshot.answer(backend, messages, params)
+        tj = result.to_json()["timings"]
+        korani_ttft.append(tj["first_token_s"])
+        if tj["decode_tok_s"]:
+            korani_tps.append(tj["decode_tok_s"])
+        korani_tokens.append(result.completion_tokens)
+    del backend
+
+    t = time.perf_counter()
+    llm = Llama(model_path=spec.source, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    raw_load = time.perf_counter() - t
+    raw_ttft, raw_tps, raw_tokens = [], [], []
+    for _ in range(reps):
+        start = time.perf_counter()
+        first = None
+        n = 0
+        # Same sampler chain and the same header stop as the korani backend.
+        for chunk in llm.create_completion(prompt, max_tokens=tokens, temperature=0.0, top_k=40, top_p=0.9,
+                                           min_p=0.05, repeat_penalty=1.1, stop=["\n###"], stream=True):
+            if chunk["choices"][0]["text"]:
+                n += 1
+                if first is None:
+                    first = time.perf_counter() - start
+        end = time.perf_counter() - start
+        raw_ttft.append(first)
+        if n > 1:
+            raw_tps.append((n - 1) / (end - first))
+        raw_tokens.append(n)
+    del llm
+
+    # The CLI end to end, as a script would call it.
+    env = {**os.environ, "KORANI_THREADS": str(threads)}
+    t = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "korani_cli", "ask", "--model", "demo", "-t", "0", "-n", str(tokens), "--json", PROMPT],
+        capture_output=True, text=True, env=env, check=True,
+    )
+    cli_wall = time.perf_counter() - t
+    cli = json.loads(out.stdout)
+
+    return {
+        "korani_load_s": round(korani_load, 3),
+        "raw_load_s": round(raw_load, 3),
+        "korani_ttft_s": round(median(korani_ttft), 4),
+        "raw_ttft_s": round(median(raw_ttft), 4),
+        "korani_decode_tok_s": round(median(korani_tps), 2),
+        "raw_decode_tok_s": round(median(raw_tps), 2),
+        "decode_ratio": round(median(korani_tps) / median(raw_tps), 3),
+        "korani_tokens": korani_tokens,
+        "raw_tokens": raw_tokens,
+        "cli_wall_s": round(cli_wall, 3),
+        "cli_timings": cli["timings"],
+    }
+
+
+def bench_hf(reps: int, tokens: int) -> dict:
+    import torch
+    from transformers import AutoTokenizer, pipeline
+
+    from korani_cli import oneshot
+    from korani_cli import template as tpl
+    from korani_cli import tiny
+    from korani_cli.backends import GenerationParams
+    from korani_cli.config import Settings
+    from korani_cli.models import load_backend, resolve
+
+    texts = [PROMPT]
+    korquad = SHARED / "eval" / "korquad" / "KorQuAD_v1.0_dev.json"
+    if korquad.exists():
+        data = json.loads(korquad.read_text(encoding="utf-8"))["data"]
+        texts += [p["context"] for a in data[:40] for p in a["paragraphs"]]
+    work = Path(tempfile.mkdtemp(prefix="korani-bench-"))
+    tok = tiny.train_tokenizer(texts, work / "tok", vocab_size=4000)
+    model_dir = tiny.build_model(tok, work / "model", hidden_size=256, layers=4, heads=8, context=1024)
+
+    settings = Settings(model=str(model_dir))
+    backend = load_backend(resolve(settings.model, settings), settings)
+    messages = [tpl.user(PROMPT)]
+    prompt = tpl.render(messages, backend.eos_text)
+    params = GenerationParams(max_new_tokens=tokens, temperature=0.0)
+
+    korani_total, korani_ttft, korani_tokens = [], [], []
+    for _ in range(reps):
+        r = oneshot.answer(backend, messages, params)
+        korani_total.append(r.timings.generate_s)
+        korani_ttft.append(r.timings.first_token_s)
+        korani_tokens.append(r.completion_tokens)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pipe = pipeline("text-generation", model=str(model_dir), tokenizer=tokenizer, dtype=torch.float32, device="cpu")
+    pipe_total, pipe_tokens = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = pipe(prompt, max_new_tokens=tokens, do_sample=False, return_tensors=True,
+                   pad_token_id=tokenizer.pad_token_id)
+        pipe_total.append(time.perf_counter() - t)
+        n_prompt = len(tokenizer(prompt)["input_ids"])
+        pipe_tokens.append(len(out[0]["generated_token_ids"]) - n_prompt)
+    return {
+        "model": "tiny GPT-NeoX (256 hidden, 4 layers, 4k vocab)",
+        "korani_total_s": round(median(korani_total), 4),
+        "korani_ttft_s": round(median(korani_ttft), 4),
+        "pipeline_total_s": round(median(pipe_total), 4),
+        # The pipeline returns nothing until the end: its first token arrives with the last.
+        "pipeline_ttft_s": round(median(pipe_total), 4),
+        "korani_tokens": korani_tokens,
+        "pipeline_tokens": pipe_tokens,
+        "korani_tok_s": round(median(korani_tokens) / median(korani_total), 1),
+        "pipeline_tok_s": round(median(pipe_tokens) / median(pipe_total), 1),
+    }
+
+
+def bench_help(reps: int) -> dict:
+    def wall(cmd):
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True)
+            times.append(time.perf_counter() - t)
+        return round(median(times), 3)
+
+    korani = str(Path(sys.executable).with_name("korani"))
+    return {"korani_help_s": wall([korani, "--help"]), "ask_help_s": wall([korani, "ask", "--help"]),
+            "python_pass_s": wall([sys.executable, "-c", "pass"])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    os.environ.setdefault("KORANI_HOME", str(Path(tempfile.gettempdir()) / "korani-bench-home"))
+
+    lc = bench_llamacpp(args.reps, args.tokens, args.threads)
+    hf = bench_hf(args.reps, args.tokens)
+    hp = bench_help(5)
+
+    rows = [
+        ("llamacpp decode tok/s", f"{lc['korani_decode_tok_s']}", f"{lc['raw_decode_tok_s']} (raw llama-cpp-python)", f"{lc['decode_ratio']}x"),
+        ("llamacpp first token s", f"{lc['korani_ttft_s']}", f"{lc['raw_ttft_s']}", ""),
+        ("llamacpp load s", f"{lc['korani_load_s']}", f"{lc['raw_load_s']}", ""),
+        ("korani ask CLI wall s", f"{lc['cli_wall_s']}", "", ""),
+        ("hf total s", f"{hf['korani_total_s']}", f"{hf['pipeline_total_s']} (pipeline)", f"{round(hf['pipeline_total_s'] / hf['korani_total_s'], 2)}x"),
+        ("hf first token s", f"{hf['korani_ttft_s']}", f"{hf['pipeline_ttft_s']}", ""),
+        ("korani --help s", f"{hp['korani_help_s']}", f"{hp['python_pass_s']} (python -c pass)", ""),
+    ]
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    print(f"{'measure':<{width[0]}}  {'korani':>{width[1]}}  {'baseline':<{width[2]}}  ratio")
+    for r in rows:
+        print(f"{r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:<{width[2]}}  {r[3]}")
+    print("RESULT " + json.dumps({"llamacpp": lc, "hf": hf, "help": hp, "tokens": args.tokens, "reps": args.reps, "threads": args.threads}, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
