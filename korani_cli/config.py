@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from korani_cli import paths
-from korani_cli.errors import ConfigError
+from korani_cli.errors import ConfigError, UsageError
 
 DEFAULT_MODEL = "korani-5.8b"
 
@@ -124,5 +124,8 @@ def load_settings(overrides: dict[str, Any] | None = None, *, config_path: Path 
     merged: dict[str, Any] = {}
     merged.update(read_config_file(config_path or paths.config_file()))
     merged.update(read_environment())
-    merged.update(_validate({k: v for k, v in (overrides or {}).items() if v is not None}, "command line"))
+    try:
+        merged.update(_validate({k: v for k, v in (overrides or {}).items() if v is not None}, "command line"))
+    except ConfigError as exc:  # a bad flag is a usage error (exit 2), not a bad config file
+        raise UsageError(exc.what, exc.fix) from None
     return dataclasses.replace(Settings(), **merged)

