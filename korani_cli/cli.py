@@ -13,6 +13,7 @@ import typer
 
 from korani_cli import __version__
 from korani_cli.commands import ask as ask_command
+from korani_cli.commands import data as data_command
 from korani_cli.commands import models as models_command
 from korani_cli.console import set_debug
 
@@ -44,6 +45,7 @@ def root(
 
 app.command("ask")(ask_command.ask)
 app.add_typer(models_command.app, name="models")
+app.add_typer(data_command.app, name="data")
 
 
 def main() -> None:

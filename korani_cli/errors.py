@@ -11,6 +11,8 @@ Exit codes (documented in README.md):
   3  model could not be loaded
   4  generation failed after the model loaded
   5  configuration file or environment value is invalid
+  6  data: a source is missing or unreadable, a bad record under --strict,
+     or nothing left to write
   130 interrupted (Ctrl-C)
 """
 
@@ -22,6 +24,7 @@ EXIT_USAGE = 2
 EXIT_MODEL_LOAD = 3
 EXIT_GENERATION = 4
 EXIT_CONFIG = 5
+EXIT_DATA = 6
 EXIT_INTERRUPTED = 130
 
 

@@ -1,0 +1,11 @@
+"""`korani data`: two public Korean instruction sets → one clean, split training set.
+
+Pipeline (one module per stage, typed values between them):
+  sources.py  where the files are (local path, directory, or hub id)
+  readers.py  files → RawRecord (streamed; a bad line/element → Reject)
+  convert.py  RawRecord → Conversation (field mapping per source)
+  clean.py    text and turn rules, each counted and switchable
+  dedup.py    exact + MinHash-LSH near-duplicate removal
+  prepare.py  length filter, mix, split, atomic writes, stats
+  show.py     what training will learn, rendered through the chat template
+"""

@@ -1,0 +1,357 @@
+"""`korani data prepare`: read → clean → dedup → length filter → mix → split → write.
+
+Memory stays flat in the input size: records stream through the stages one
+at a time; kept conversations are spooled to a temporary JSONL file and only
+their lengths stay in memory until the split is drawn. Everything is written
+into a temporary directory beside OUT_DIR and moved into place at the end,
+so an interrupted run leaves no half-written split and never touches an
+earlier output (which needs --overwrite to be replaced).
+
+Deterministic: the same inputs, options and seed give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from korani_cli import __version__
+from korani_cli import template as tpl
+from korani_cli.data.clean import RULES, Cleaner, to_conversation
+from korani_cli.data.dedup import DEFAULT_THRESHOLD, Deduplicator, normalised
+from korani_cli.data.readers import read_file
+from korani_cli.data.records import SOURCES, Conversation, RawRecord, Reject
+from korani_cli.data.sources import DataInputError, resolve_source
+from korani_cli.errors import UsageError
+
+SPLITS = ("train", "valid", "test")
+CHARS_PER_TOKEN = 1.5  # polyglot-ko averages ~1.5 Korean characters per token; errs towards "too long"
+DEFAULT_EOS = "<|endoftext|>"  # polyglot-ko's, used when no tokenizer is given
+RECORD_KEYS = {"koalpaca": ("instruction", "output"), "sharegpt": ("conversations", "id")}
+BATCH = 512
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    out_dir: Path
+    koalpaca: tuple[str, ...] = ()
+    sharegpt: tuple[str, ...] = ()
+    tokenizer: str | None = None
+    max_tokens: int = 1024
+    valid: float = 0.1
+    test: float = 0.1
+    seed: int = 42
+    mix: dict = field(default_factory=dict)
+    overwrite: bool = False
+    strict: bool = False
+    disabled_rules: frozenset = frozenset()
+    near_dup: bool = True
+    near_dup_threshold: float = DEFAULT_THRESHOLD
+
+
+class Progress(Protocol):
+    def start(self, stage: str, total: float | None) -> None: ...
+
+    def advance(self, stage: str, amount: float = 1) -> None: ...
+
+
+class _Silent:
+    def start(self, stage, total):
+        pass
+
+    def advance(self, stage, amount=1):
+        pass
+
+
+def parse_mix(text: str | None) -> dict[str, float]:
+    if not text:
+        return {}
+    mix = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in SOURCES:
+            raise UsageError(f"--mix: cannot read {part!r}", f"write it as {','.join(f'{s}=1.0' for s in SOURCES)}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise UsageError(f"--mix: {value!r} is not a number", "use weights like sharegpt=0.5") from None
+        if weight < 0 or not math.isfinite(weight):
+            raise UsageError(f"--mix: the weight of {name} must be ≥ 0", "use weights like sharegpt=0.5")
+        mix[name] = weight
+    return mix
+
+
+def validate(config: PrepareConfig) -> None:
+    if not config.koalpaca and not config.sharegpt:
+        raise UsageError("no data sources given", "pass --koalpaca SRC and/or --sharegpt SRC")
+    for name, value in (("--valid", config.valid), ("--test", config.test)):
+        if not 0 <= value < 1:
+            raise UsageError(f"{name} must be a fraction in [0, 1), got {value}", f"e.g. {name} 0.1")
+    if config.valid + config.test >= 1:
+        raise UsageError("--valid + --test leave nothing for training", "lower them (e.g. 0.1 each)")
+    unknown = set(config.disabled_rules) - set(RULES)
+    if unknown:
+        raise UsageError(f"unknown cleaning rule(s): {', '.join(sorted(unknown))}", f"rules are: {', '.join(RULES)}")
+    if config.max_tokens < 8:
+        raise UsageError("--max-tokens is too small", "use at least a few hundred tokens")
+    if not 0 < config.near_dup_threshold <= 1:
+        raise UsageError("--near-dup-threshold must be in (0, 1]", "e.g. 0.8")
+    if config.out_dir.exists() and not config.overwrite:
+        raise UsageError(f"{config.out_dir} already exists", "pass --overwrite to replace it, or choose another -o")
+    if config.out_dir.exists() and not config.out_dir.is_dir():
+        raise UsageError(f"{config.out_dir} exists and is not a directory", "choose another -o")
+
+
+class _Lengths:
+    """Token length of rendered turns: the real tokenizer's, or the character heuristic."""
+
+    def __init__(self, tokenizer: str | None):
+        self.tokenizer = None
+        self.eos = DEFAULT_EOS
+        if tokenizer:
+            try:
+                from transformers import AutoTokenizer
+
+                self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            except (OSError, ValueError, ImportError) as exc:
+                raise UsageError(f"cannot load the tokenizer '{tokenizer}' ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})",
+                                 "pass a local tokenizer directory, or leave --tokenizer out to count characters") from None
+            self.eos = self.tokenizer.eos_token or DEFAULT_EOS
+        self.measure = f"tokenizer:{tokenizer}" if tokenizer else f"chars/{CHARS_PER_TOKEN}"
+
+    def turn_lengths(self, convs: Sequence[Conversation]) -> list[list[int]]:
+        pieces = [[tpl.render([tpl.Message(t.role, t.content)], self.eos, add_generation_prompt=False) for t in c.turns] for c in convs]
+        if self.tokenizer is None:
+            return [[math.ceil(len(p) / CHARS_PER_TOKEN) for p in ps] for ps in pieces]
+        flat = [p for ps in pieces for p in ps]
+        ids = self.tokenizer(flat, add_special_tokens=False)["input_ids"]
+        out, i = [], 0
+        for ps in pieces:
+            out.append([len(x) for x in ids[i:i + len(ps)]])
+            i += len(ps)
+        return out
+
+
+def _fit(conv: Conversation, lengths: list[int], limit: int) -> tuple[Conversation | None, int, bool]:
+    """The longest prefix ending on an assistant turn within `limit` tokens."""
+    best, total, best_total = 0, 0, 0
+    for i, (turn, n) in enumerate(zip(conv.turns, lengths)):
+        total += n
+        if total > limit:
+            break
+        if turn.role == "assistant":
+            best, best_total = i + 1, total
+    if best == 0:
+        return None, sum(lengths), False
+    truncated = best < len(conv.turns)
+    return (Conversation(conv.id, conv.source, conv.turns[:best]) if truncated else conv), best_total, truncated
+
+
+def _percentiles(values: list[int]) -> dict:
+    if not values:
+        return {"count": 0}
+    s = sorted(values)
+
+    def pct(p):
+        return s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))]
+
+    return {"count": len(s), "mean": round(sum(s) / len(s), 1), "p50": pct(50), "p90": pct(90), "p99": pct(99), "max": s[-1], "total": sum(s)}
+
+
+def prepare(config: PrepareConfig, progress: Progress | None = None) -> dict:
+    """Run the whole pipeline; returns the stats (also written to stats.json)."""
+    progress = progress or _Silent()
+    validate(config)
+    sources = [(name, spec) for name in SOURCES for spec in getattr(config, name)]
+    files = [(name, f) for name, spec in sources for f in resolve_source(spec)]
+    lengths = _Lengths(config.tokenizer)
+
+    out = config.out_dir.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        stats = _run(config, files, lengths, tmp, progress)
+        _commit(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return stats
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    """Move the finished directory into place; an old OUT_DIR goes only after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _run(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress: Progress) -> dict:
+    fingerprint = hashlib.sha256()
+    total_bytes = sum(f.stat().st_size for _, f in files)
+    progress.start("read", total_bytes)
+    progress.start("clean", None)
+    progress.start("dedup", None)
+
+    def on_bytes(data: bytes) -> None:
+        fingerprint.update(data)
+        progress.advance("read", len(data))
+
+    cleaner = Cleaner(frozenset(config.disabled_rules))
+    dedup = Deduplicator(config.near_dup_threshold, near=config.near_dup)
+    mix_rng = random.Random(f"mix:{config.seed}")
+    rejects = Counter()
+    rejects_by_source: dict[str, Counter] = defaultdict(Counter)
+    records_in = Counter()
+    mix_dropped = Counter()
+    truncated = Counter()
+    kept_meta: list[tuple[str, int, int]] = []  # (source, tokens, exchanges) per spooled conversation
+    spool_path = tmp / "spool.jsonl"
+
+    with (tmp / "rejects.jsonl").open("w", encoding="utf-8") as rej_fh, spool_path.open("w", encoding="utf-8") as spool:
+
+        def reject(r: Reject) -> None:
+            if config.strict and r.kind == "input":
+                raise DataInputError(f"{r.file}, {r.position}: {r.reason.replace('_', ' ')} ({r.detail})",
+                                     "fix the record, or drop --strict to skip and count bad records")
+            rejects[r.reason] += 1
+            rejects_by_source[r.source][r.reason] += 1
+            rej_fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+
+        batch: list[tuple[Conversation, RawRecord]] = []
+
+        def flush() -> None:
+            for (conv, raw), turn_lengths in zip(batch, lengths.turn_lengths([c for c, _ in batch])):
+                fitted, tokens, was_cut = _fit(conv, turn_lengths, config.max_tokens)
+                if fitted is None:
+                    reject(Reject(raw.source, raw.file, raw.position, "too_long",
+                                  f"the first exchange alone is {tokens} tokens (> --max-tokens {config.max_tokens})"))
+                    continue
+                truncated[conv.source] += was_cut
+                spool.write(json.dumps(fitted.to_json(), ensure_ascii=False) + "\n")
+                exchanges = sum(1 for t in fitted.turns if t.role == "assistant")
+                kept_meta.append((conv.source, tokens, exchanges))
+            batch.clear()
+
+        for name, path in files:
+            for item in read_file(name, path, on_bytes, RECORD_KEYS[name]):
+                if isinstance(item, Reject):
+                    # A bad line or element was a record too; a bad file was not.
+                    records_in[name] += item.position != "file"
+                    reject(item)
+                    continue
+                records_in[name] += 1
+                conv = to_conversation(item, cleaner)
+                progress.advance("clean")
+                if isinstance(conv, Reject):
+                    reject(conv)
+                    continue
+                weight = config.mix.get(name, 1.0)
+                if weight < 1.0 and mix_rng.random() >= weight:
+                    mix_dropped[name] += 1
+                    continue
+                text = normalised(conv)
+                progress.advance("dedup")
+                first = dedup.exact_of(conv, text)
+                if first is not None:
+                    reject(Reject(item.source, item.file, item.position, "exact_duplicate", f"same text as {first}"))
+                    continue
+                first = dedup.near_of(conv, text)
+                if first is not None:
+                    reject(Reject(item.source, item.file, item.position, "near_duplicate", f"near-duplicate of {first}"))
+                    continue
+                batch.append((conv, item))
+                if len(batch) >= BATCH:
+                    flush()
+        flush()
+
+    if not kept_meta:
+        reasons = ", ".join(f"{k} {v}" for k, v in rejects.most_common(5)) or "the sources hold no records"
+        raise DataInputError(f"no conversation survived reading and cleaning ({reasons})", "check the sources and their format")
+
+    # Split by shuffled index: exact sizes, all turns of a conversation together.
+    n = len(kept_meta)
+    order = list(range(n))
+    random.Random(f"split:{config.seed}").shuffle(order)
+    n_test, n_valid = round(n * config.test), round(n * config.valid)
+    split_of = [""] * n
+    for rank, index in enumerate(order):
+        split_of[index] = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
+
+    up_rng = random.Random(f"upsample:{config.seed}")
+    split_stats = {s: {"conversations": 0, "by_source": Counter(), "exchanges": Counter(), "tokens": []} for s in SPLITS}
+    progress.start("write", n)
+    handles = {s: (tmp / f"{s}.jsonl").open("w", encoding="utf-8") for s in SPLITS}
+    try:
+        with spool_path.open(encoding="utf-8") as spool:
+            for index, line in enumerate(spool):
+                split = split_of[index]
+                source, tokens, exchanges = kept_meta[index]
+                copies = 1
+                weight = config.mix.get(source, 1.0)
+                if split == "train" and weight > 1.0:
+                    # Up-weighting repeats a source in train only: copies in
+                    # valid/test would measure memorisation.
+                    copies = int(weight) + (up_rng.random() < weight - int(weight))
+                for _ in range(copies):
+                    handles[split].write(line)
+                    st = split_stats[split]
+                    st["conversations"] += 1
+                    st["by_source"][source] += 1
+                    st["exchanges"][exchanges] += 1
+                    st["tokens"].append(tokens)
+                progress.advance("write")
+    finally:
+        for fh in handles.values():
+            fh.close()
+    spool_path.unlink()
+
+    stats = {
+        "korani_version": __version__,
+        "params": {
+            "koalpaca": list(config.koalpaca), "sharegpt": list(config.sharegpt), "tokenizer": config.tokenizer,
+            "max_tokens": config.max_tokens, "valid": config.valid, "test": config.test, "seed": config.seed,
+            "mix": config.mix, "strict": config.strict, "disabled_rules": sorted(config.disabled_rules),
+            "near_dup": config.near_dup, "near_dup_threshold": config.near_dup_threshold,
+        },
+        "length_measure": lengths.measure,
+        "eos_token": lengths.eos,
+        "fingerprint": fingerprint.hexdigest(),
+        "inputs": {
+            s: {
+                "files": [{"path": str(f), "bytes": f.stat().st_size} for name, f in files if name == s],
+                "records_in": records_in[s],
+                "records_out": sum(st["by_source"][s] for st in split_stats.values()),
+                "mix_dropped": mix_dropped[s],
+                "truncated": truncated[s],
+                "rejects": dict(sorted(rejects_by_source[s].items())),
+            }
+            for s in SOURCES if any(name == s for name, _ in files)
+        },
+        "rejects": dict(sorted(rejects.items())),
+        "cleaning": {rule: cleaner.counts[rule] for rule in (*RULES, "drop_midway_system") if rule not in config.disabled_rules},
+        "splits": {
+            s: {
+                "conversations": st["conversations"],
+                "by_source": dict(sorted(st["by_source"].items())),
+                "exchanges": {str(k): v for k, v in sorted(st["exchanges"].items())},
+                "tokens": _percentiles(st["tokens"]),
+            }
+            for s, st in split_stats.items()
+        },
+    }
+    (tmp / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return stats
