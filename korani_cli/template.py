@@ -253,6 +253,29 @@ class StopFilter:
         return out
 
 
+@lru_cache(maxsize=16)
+def turn_affixes(eos_token: str) -> dict[str, tuple[str, str]]:
+    """For each role, the text the template puts before and after a turn's (trimmed) content.
+
+    Derived by rendering a sentinel through the Jinja template itself, so it
+    can never drift from it; lets hot paths (length counting over 100k
+    conversations) build turn text without a Jinja render per turn.
+    """
+    sentinel = "\ue002"
+    out = {}
+    for role in ROLES:
+        text = render([Message(role, sentinel)], eos_token, add_generation_prompt=False)
+        before, _, after = text.partition(sentinel)
+        out[role] = (before, after)
+    return out
+
+
+def turn_text(role: str, content: str, eos_token: str) -> str:
+    """One turn exactly as `render` writes it (no sources)."""
+    before, after = turn_affixes(eos_token)[role]
+    return before + content.strip() + after
+
+
 def flatten_sources(message: Message) -> Message:
     """The message with its sources written into its text, as this template prints them.
 

@@ -33,6 +33,14 @@ def all_conversations(out: Path) -> list[dict]:
     return [c for s in ("train", "valid", "test") for c in read_jsonl(out / f"{s}.jsonl")]
 
 
+def korean_text(seed, n=300):
+    """Distinct, Korean-looking text: random syllables and spaces."""
+    import random
+
+    rng = random.Random(seed)
+    return "".join(chr(rng.randrange(0xAC00, 0xD7A3)) + (" " if rng.random() < 0.3 else "") for _ in range(n))
+
+
 def sg(cid, *turns):
     return {"id": cid, "conversations": [{"from": f, "value": v} for f, v in turns]}
 
@@ -122,14 +130,14 @@ def write_quirky_inputs(root: Path) -> dict:
     (root / "koalpaca.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     records = [sg(f"s{i}", ("human", f"ShareGPT 질문 {i}번: 파이썬으로 정렬 알고리즘을 구현하는 방법은? 변형 {i * 31}"),
-                  ("gpt", f"정렬 알고리즘 설명 {i}: 퀵 정렬은 분할 정복을 사용합니다.\r\n예시 코드 번호 {i * 131}."))
+                  ("gpt", f"정렬 알고리즘 설명 {i}: 퀵 정렬은 분할 정복을 사용합니다.\r\n{korean_text(i, 150)}"))
                for i in range(20)]
     records.append(sg("bing1", ("human", "검색해줘"), ("bing", "결과")))
     records.append({"id": "nolist", "conversations": {"from": "human"}})
     # A near-duplicate of s3: one character differs in a long text.
     near = json.loads(json.dumps(records[3]))
     near["id"] = "s3-copy"
-    near["conversations"][1]["value"] = near["conversations"][1]["value"].replace("사용합니다", "사용해요")
+    near["conversations"][1]["value"] = near["conversations"][1]["value"][:-2] + "요."
     records.append(near)
     body = ",\n".join(json.dumps(r, ensure_ascii=False) for r in records)
     # A malformed element in the middle of the array: the reader must resync after it.
@@ -170,12 +178,6 @@ def test_prepare_every_format_and_quirk(quirky, tmp_path):
 
 
 def test_near_duplicates_never_straddle_splits(tmp_path):
-    import random
-
-    def korean_text(seed, n=300):
-        rng = random.Random(seed)
-        return "".join(chr(rng.randrange(0xAC00, 0xD7A3)) + (" " if rng.random() < 0.3 else "") for _ in range(n))
-
     rows = []
     for i in range(40):  # 10 distinct texts, each in 4 slightly different copies
         group = i % 10

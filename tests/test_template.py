@@ -103,3 +103,10 @@ def test_transformers_renders_the_same_text_and_assistant_mask(tiny_tokenizer_di
     ids, mask = out["input_ids"], out["assistant_masks"]
     learned = tok.decode([i for i, m in zip(ids, mask) if m])
     assert learned == "".join(ours[a:b] for a, b in spans) == f"안녕하세요!{tok.eos_token}네.{tok.eos_token}"
+
+
+@pytest.mark.parametrize("content", ["짧은 글", "  앞뒤 공백  \n", "여러\n\n줄", ""])
+def test_turn_text_matches_the_jinja_rendering(content):
+    msgs = [Message("system", content), tpl.user(content), Message("assistant", content)]
+    whole = tpl.render(msgs, EOS, add_generation_prompt=False)
+    assert "".join(tpl.turn_text(m.role, m.content, EOS) for m in msgs) == whole

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-import zlib
 
 from korani_cli.data.records import Conversation
 
@@ -36,8 +35,46 @@ def normalised(conv: Conversation) -> str:
     return _WS.sub(" ", unicodedata.normalize("NFC", text).lower()).strip()
 
 
-def _crc32(data: bytes) -> int:
-    return zlib.crc32(data)
+def shingle_hashes(text: str):
+    """32-bit hashes of every SHINGLE-character window, computed with numpy
+    (a polynomial rolling hash over code points): no Python loop per shingle."""
+    import numpy as np
+
+    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    n = len(points) - SHINGLE + 1
+    if n <= 0:
+        points = np.pad(points, (0, SHINGLE - len(points)))
+        n = 1
+    h = np.zeros(n, dtype=np.uint64)
+    for k in range(SHINGLE):
+        h = (h * np.uint64(1_000_003) + points[k:k + n]) & np.uint64(0xFFFFFFFF)
+    return np.unique(h)
+
+
+_MERSENNE = (1 << 61) - 1
+
+
+def _permutations():
+    """(a, b) of NUM_PERM universal hash functions (a·x + b) mod (2^61 − 1).
+
+    a and b stay below 2^32 so that a·x + b never overflows uint64 for the
+    32-bit shingle hashes: the mod is exact, no wrap-around.
+    """
+    import numpy as np
+
+    rng = np.random.RandomState(1)
+    a = rng.randint(1, 1 << 32, size=NUM_PERM, dtype=np.uint64)
+    b = rng.randint(0, 1 << 32, size=NUM_PERM, dtype=np.uint64)
+    return a, b
+
+
+def signature_values(hashes, perms):
+    """The MinHash signature: per permutation, the minimum permuted shingle hash."""
+    import numpy as np
+
+    a, b = perms
+    permuted = (hashes[:, None] * a + b) % np.uint64(_MERSENNE) & np.uint64(0xFFFFFFFF)
+    return permuted.min(axis=0)
 
 
 class Deduplicator:
@@ -72,10 +109,13 @@ class Deduplicator:
 
         if self._lsh is None:
             self._lsh = MinHashLSH(threshold=self.threshold, num_perm=NUM_PERM)
-        compact = _WS.sub("", text)[:SHINGLE_CHARS]
-        shingles = {compact[i:i + SHINGLE] for i in range(max(len(compact) - SHINGLE + 1, 1))}
-        sig = MinHash(num_perm=NUM_PERM, hashfunc=_crc32)
-        sig.update_batch([s.encode("utf-8") for s in shingles])
+            self._perms = _permutations()
+        # `text` is normalised: whitespace is already single spaces.
+        compact = text.replace(" ", "")[:SHINGLE_CHARS]
+        # The signature is computed here, vectorised; datasketch holds it and
+        # does the banded LSH indexing and the Jaccard estimate.
+        values = signature_values(shingle_hashes(compact), self._perms)
+        sig = MinHash(hashvalues=values, permutations=self._perms, scheme="legacy")
         for key in self._lsh.query(sig):
             # LSH returns candidates; confirm with the estimated Jaccard similarity.
             if sig.jaccard(self._signatures[key]) >= self.threshold:

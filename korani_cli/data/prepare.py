@@ -129,7 +129,7 @@ class _Lengths:
         self.measure = f"tokenizer:{tokenizer}" if tokenizer else f"chars/{CHARS_PER_TOKEN}"
 
     def turn_lengths(self, convs: Sequence[Conversation]) -> list[list[int]]:
-        pieces = [[tpl.render([tpl.Message(t.role, t.content)], self.eos, add_generation_prompt=False) for t in c.turns] for c in convs]
+        pieces = [[tpl.turn_text(t.role, t.content, self.eos) for t in c.turns] for c in convs]
         if self.tokenizer is None:
             return [[math.ceil(len(p) / CHARS_PER_TOKEN) for p in ps] for ps in pieces]
         flat = [p for ps in pieces for p in ps]
