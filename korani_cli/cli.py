@@ -7,7 +7,8 @@ commands import heavy code inside their bodies.
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,6 +16,7 @@ from korani_cli import __version__
 from korani_cli.commands import ask as ask_command
 from korani_cli.commands import data as data_command
 from korani_cli.commands import models as models_command
+from korani_cli.commands import train as train_command
 from korani_cli.console import set_debug
 
 app = typer.Typer(
@@ -39,13 +41,20 @@ def root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    local_rank: Annotated[
+        Optional[int], typer.Option("--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher.")
+    ] = None,
 ) -> None:
     set_debug(debug)
+    if local_rank is not None:
+        # The deepspeed launcher passes --local_rank=N; transformers reads the environment.
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
 
 
 app.command("ask")(ask_command.ask)
 app.add_typer(models_command.app, name="models")
 app.add_typer(data_command.app, name="data")
+app.add_typer(train_command.app, name="train")
 
 
 def main() -> None:

@@ -69,3 +69,33 @@ def korani_command(func):
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper
+
+
+def quiet_libraries() -> None:
+    """Silence library progress bars, deprecation chatter and best-effort kernel
+    warnings, which would bury korani's own one-line notices. --debug keeps them."""
+    import logging
+    import warnings
+
+    if debug_enabled():
+        return
+    for category in (FutureWarning, UserWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes warns at import that it could not download an optional CPU kernel.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say so instead of DeepSpeed warning that it guessed
+    except ImportError:
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported

@@ -137,14 +137,9 @@ class HFBackend:
         except ImportError:
             raise ModelLoadError("transformers/torch are not installed", "pip install 'korani[hf]'") from None
 
-        from korani_cli.console import debug_enabled
+        from korani_cli.console import quiet_libraries
 
-        if not debug_enabled():
-            # Progress bars and load reports would bury the one-line notices.
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.set_verbosity_error()
-            hf_logging.disable_progress_bar()
+        quiet_libraries()
 
         is_local = Path(spec.source).is_dir()
         local_only = not is_local and not hub_reachable()

@@ -1,0 +1,147 @@
+"""`korani train CONFIG ...`, `korani train merge`, `korani train export-gguf`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from korani_cli.console import err_console, korani_command, notice
+
+
+class TrainGroup(TyperGroup):
+    """`korani train CONFIG` means `korani train run CONFIG`; `--resume` takes an optional value."""
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--help-config"):
+            args.insert(0, "run")
+        if "--resume" in args:
+            i = args.index("--resume")
+            following = args[i + 1] if i + 1 < len(args) else None
+            if following is None or following.startswith("-") or not Path(following).is_dir():
+                args.insert(i + 1, "last")
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=TrainGroup,
+    help="QLoRA + DeepSpeed instruction tuning on the KoRani format.\n\nTrain: korani train CONFIG \\[--data DIR] \\[--output DIR] \\[--deepspeed NAME] \\[--resume \\[CKPT]] \\[--smoke] \\[key=value ...] (options: korani train run --help).",
+    no_args_is_help=True,
+)
+
+
+class RichReporter:
+    """rich progress on stderr: step, loss, eval loss."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[losses]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console(), transient=False,
+        )
+        self.task = None
+        self.losses = {}
+
+    def notice(self, message):
+        if self.task is not None:
+            self.progress.console.print(f"[dim]note:[/dim] {message}", markup=True, highlight=False)
+        else:
+            notice(message)
+
+    def start(self, total_steps, first_step):
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total_steps, completed=first_step, losses="")
+
+    def step(self, step, logs):
+        if "loss" in logs:
+            self.losses["loss"] = logs["loss"]
+        if "eval_loss" in logs:
+            self.losses["eval"] = logs["eval_loss"]
+        text = "  ".join(f"{k} {v:.4f}" for k, v in self.losses.items())
+        if self.task is not None:
+            self.progress.update(self.task, completed=step, losses=text)
+
+    def finish(self):
+        if self.task is not None:
+            self.progress.stop()
+
+
+@app.command("run", hidden=True)
+@korani_command
+def run_command(
+    config: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. configs/korani-5.8b.yaml.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides of recipe keys (see --help-config).", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data directory (overrides `data`).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (overrides `output`).")] = None,
+    deepspeed: Annotated[Optional[str], typer.Option("--deepspeed", help="zero2, zero3, zero2_offload, zero3_offload or a JSON path.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue from the last checkpoint in the output directory, or from CKPT.", metavar="[CKPT]")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="A tiny random model of the same family, ~20 CPU steps: catch data/config mistakes in a minute.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an output directory that already holds a run.")] = False,
+) -> None:
+    """Train a LoRA adapter: korani train CONFIG [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CKPT]] [--smoke] [key=value ...]"""
+    from korani_cli.train.config import load_config, parse_overrides
+    from korani_cli.train.run import run
+
+    values = parse_overrides(overrides or [])
+    for key, value in (("data", data), ("output", output), ("deepspeed", deepspeed)):
+        if value is not None:
+            values[key] = str(value)
+    recipe = load_config(config, values)
+    reporter = RichReporter()
+    metadata = run(recipe, smoke=smoke, resume=resume, overwrite=overwrite, reporter=reporter)
+    if not metadata:
+        return
+    console = err_console()
+    out = recipe.output
+    first, last = metadata["train_loss_first"], metadata["train_loss_last"]
+    console.print(f"trained {metadata['steps']} steps in {metadata['train_seconds']} s; train loss {first:.4f} → {last:.4f}" if first is not None else f"trained {metadata['steps']} steps")
+    if metadata["eval_losses"]:
+        console.print(f"eval loss {metadata['eval_losses'][-1]['eval_loss']:.4f} (step {metadata['eval_losses'][-1]['step']})")
+    health = metadata.get("health")
+    if health:
+        share = health["eos_share"]
+        style = "bold red" if share < 0.9 else "green"
+        console.print(f"health: [{style}]{share:.0%}[/{style}] of {health['prompts']} held-out answers ended with EOS; repetition {health['repetition']:.3f}")
+        if share < 0.9:
+            console.print(
+                "[bold red]WARNING: under 90 % of answers end with EOS — the model may not have learned to stop"
+                + (" (expected for a 20-step --smoke run)" if smoke else "; train longer or check the data") + "[/bold red]"
+            )
+    console.print(f"adapter, tokenizer, korani_train.yaml and korani_metadata.json in {out}")
+    console.print(f"try it: korani ask --model {out} \"질문\"")
+
+
+@app.command("merge")
+@korani_command
+def merge_command(
+    adapter: Annotated[Path, typer.Argument(help="A trained adapter directory.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the merged model.")],
+    dtype: Annotated[str, typer.Option("--dtype", help="Weights dtype of the merged model: float16, bfloat16 or float32.")] = "float16",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")] = False,
+) -> None:
+    """Fold the LoRA weights into a full-precision copy of the base; loads with `korani ask --model DIR`."""
+    from korani_cli.train.merge import merge
+
+    with err_console().status("병합 중…"):
+        merged = merge(adapter, output, dtype=dtype, overwrite=overwrite)
+    err_console().print(f"merged {merged['adapter']} into {merged['base']} → {output} ({dtype})")
+
+
+@app.command("export-gguf")
+@korani_command
+def export_gguf_command(
+    model: Annotated[Path, typer.Argument(help="A merged model directory (korani train merge) or an adapter directory.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .gguf file to write.")],
+    outtype: Annotated[str, typer.Option("--outtype", help="f16, bf16, f32 or q8_0.")] = "f16",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+) -> None:
+    """Convert a merged model to GGUF for llama.cpp (`korani ask --model FILE.gguf`)."""
+    from korani_cli.train.export import export_gguf
+
+    with err_console().status("GGUF 변환 중…"):
+        path = export_gguf(model, output, outtype=outtype, overwrite=overwrite)
+    err_console().print(f"wrote {path}")

@@ -1,0 +1,85 @@
+"""After training: does the model stop, and does it loop?
+
+On held-out prompts (first user turns of the test split, else valid), greedy
+generation up to a token limit. The EOS share is the fraction that ended with
+EOS before the limit — the thing the original project's model never learned.
+The repetition score is the mean share of repeated token 3-grams in a
+generation (0 = none repeated, →1 = one phrase over and over).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from korani_cli import template as tpl
+
+EOS_WARN_BELOW = 0.9
+
+
+@dataclass(frozen=True)
+class Health:
+    prompts: int
+    eos_share: float
+    repetition: float
+    mean_new_tokens: float
+    samples: list  # a few (prompt, answer) pairs for the user to eyeball
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def held_out_prompts(data_dir: Path, n: int) -> list[str]:
+    for split in ("test", "valid", "train"):
+        path = data_dir / f"{split}.jsonl"
+        if not path.is_file():
+            continue
+        prompts = []
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                messages = json.loads(line)["messages"]
+                first = next((m["content"] for m in messages if m["role"] == "user"), None)
+                if first:
+                    prompts.append(first)
+                if len(prompts) >= n:
+                    break
+        if prompts:
+            return prompts
+    return []
+
+
+def repetition(ids: list[int], n: int = 3) -> float:
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return 0.0 if not grams else 1.0 - len(set(grams)) / len(grams)
+
+
+def check(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_tokens: int = 512) -> Health:
+    import torch
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ended, reps, lengths, samples = 0, [], [], []
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for prompt in prompts:
+            text = tpl.render([tpl.user(prompt)], tokenizer.eos_token)
+            enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_prompt_tokens)
+            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            with torch.inference_mode():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad)
+            new = out[0, enc["input_ids"].shape[1]:].tolist()
+            stopped = eos in new
+            if stopped:
+                new = new[: new.index(eos)]
+            ended += stopped
+            reps.append(repetition(new))
+            lengths.append(len(new))
+            if len(samples) < 3:
+                samples.append({"prompt": prompt[:200], "answer": tokenizer.decode(new, skip_special_tokens=True)[:400], "ended_with_eos": stopped})
+    finally:
+        model.train(was_training)
+    n = max(len(prompts), 1)
+    return Health(len(prompts), round(ended / n, 4), round(sum(reps) / n, 4), round(sum(lengths) / n, 1), samples)

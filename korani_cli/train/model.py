@@ -1,0 +1,130 @@
+"""Small pure functions: recipe → library objects (quantisation, LoRA, DeepSpeed, device plan).
+
+`plan_device` decides once what the hardware allows and returns the
+adjustments with the one-line notices that explain them, so the run can
+print them and the metadata can record them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from korani_cli.errors import UsageError
+from korani_cli.train.config import TrainConfig
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DS_NAMES = ("zero2", "zero3", "zero2_offload", "zero3_offload")
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    cuda: bool
+    bf16: bool
+    compute_dtype: str
+    optim: str
+    notices: list = field(default_factory=list)
+
+
+def plan_device(config: TrainConfig, cuda: bool) -> DevicePlan:
+    notices = []
+    if cuda:
+        return DevicePlan(True, config.bf16, config.bnb_4bit_compute_dtype, config.optim, notices)
+    if config.bf16 or config.bnb_4bit_compute_dtype != "float32":
+        notices.append("no CUDA GPU: training in float32 on CPU (bf16 is unusably slow on CPUs without AMX/AVX-512)")
+    optim = config.optim
+    if "paged" in optim or "8bit" in optim:
+        notices.append(f"no CUDA GPU: optimizer {optim} needs CUDA; using adamw_torch")
+        optim = "adamw_torch"
+    return DevicePlan(False, False, "float32", optim, notices)
+
+
+def resolve_deepspeed(name_or_path: str | None) -> Path | None:
+    if not name_or_path:
+        return None
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise UsageError(f"DeepSpeed config not found: {path}", f"pass one of {', '.join(DS_NAMES)} or a JSON file")
+        return path.resolve()
+    for folder in (Path.cwd() / "configs", REPO_CONFIGS):
+        candidate = folder / f"ds_{name_or_path}.json"
+        if candidate.is_file():
+            return candidate.resolve()
+    raise UsageError(f"unknown DeepSpeed config '{name_or_path}'", f"use one of {', '.join(DS_NAMES)} or a JSON path")
+
+
+def check_combination(config: TrainConfig, ds_path: Path | None) -> None:
+    """Refuse combinations known not to work, before any model is loaded."""
+    if ds_path is None:
+        return
+    try:
+        ds = json.loads(ds_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UsageError(f"{ds_path} is not valid JSON ({exc})", "fix the DeepSpeed config") from None
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if config.load_in_4bit and stage == 3:
+        raise UsageError(
+            "4-bit (QLoRA) weights cannot be partitioned by DeepSpeed ZeRO-3",
+            "use --deepspeed zero2 with load_in_4bit=true, or load_in_4bit=false with zero3",
+        )
+
+
+def quantization_config(config: TrainConfig, plan: DevicePlan):
+    if not config.load_in_4bit:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=config.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, plan.compute_dtype),
+    )
+
+
+def lora_config(config: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model(config: TrainConfig, plan: DevicePlan, base: str, vocab: int | None = None):
+    """The base model, quantised when asked, made ready for k-bit training, with LoRA attached."""
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    quant = quantization_config(config, plan)
+    kwargs = {"dtype": torch.bfloat16 if plan.bf16 else torch.float32}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        if plan.cuda:
+            kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    # A pad token added to the tokenizer usually fits in the embedding
+    # matrix's spare rows (polyglot-ko pads its vocabulary); grow it otherwise.
+    if vocab is not None and vocab > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(vocab)
+    if quant is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    elif config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model = get_peft_model(model, lora_config(config))
+    return model
+
+
+def supports_packing(model) -> bool:
+    """Padding-free packing keeps samples apart only with varlen (flash) attention."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", "") or ""
+    return "flash" in impl

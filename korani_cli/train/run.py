@@ -1,0 +1,348 @@
+"""One training run: data → tokenizer → model → SFTTrainer → adapter + metadata.
+
+TRL's SFTTrainer tokenises each conversation through the KoRani chat
+template stored on the tokenizer, and `assistant_only_loss` turns its
+`{% generation %}` markers into labels: -100 everywhere except assistant
+content and the EOS closing it. The pad token is never EOS, so padding can't
+teach the model to stop — or not to.
+
+The run talks to its caller through a `Reporter` (notices, progress); it
+prints nothing itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
+
+from korani_cli import __version__
+from korani_cli.errors import EXIT_INTERRUPTED, KoraniError, UsageError
+from korani_cli.train import model as mdl
+from korani_cli.train.config import TrainConfig, save_config
+
+PAD_TOKEN = "<|pad|>"
+SMOKE_STEPS = 20
+
+
+class TrainingInterrupted(KoraniError):
+    exit_code = EXIT_INTERRUPTED
+
+
+class Reporter(Protocol):
+    def notice(self, message: str) -> None: ...
+
+    def start(self, total_steps: int, first_step: int) -> None: ...
+
+    def step(self, step: int, logs: dict) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class _Silent:
+    def notice(self, message):
+        pass
+
+    def start(self, total_steps, first_step):
+        pass
+
+    def step(self, step, logs):
+        pass
+
+    def finish(self):
+        pass
+
+
+def _read_jsonl_texts(path: Path, limit: int = 20000) -> list[str]:
+    texts = []
+    with path.open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if i >= limit:
+                break
+            texts += [m["content"] for m in json.loads(line)["messages"]]
+    return texts
+
+
+def check_data(data_dir: Path) -> dict:
+    train = data_dir / "train.jsonl"
+    if not train.is_file() or train.stat().st_size == 0:
+        raise UsageError(f"no training data at {train}", "run `korani data prepare -o DIR` and pass --data DIR")
+    counts = {}
+    for split in ("train", "valid", "test"):
+        path = data_dir / f"{split}.jsonl"
+        counts[split] = sum(1 for _ in path.open(encoding="utf-8")) if path.is_file() else 0
+    return counts
+
+
+def smoke_adjust(config: TrainConfig, output: Path, data_dir: Path, reporter: Reporter) -> TrainConfig:
+    """Swap the base for a tiny random GPT-NeoX with a tokenizer trained on the data; ~20 CPU steps."""
+    from korani_cli import tiny
+
+    base_dir = output / "smoke-base"
+    if not (base_dir / "config.json").is_file():
+        reporter.notice(f"--smoke: building a tiny GPT-NeoX and a tokenizer trained on {data_dir / 'train.jsonl'}")
+        tokenizer = tiny.train_tokenizer(_read_jsonl_texts(data_dir / "train.jsonl"), base_dir, vocab_size=2000)
+        tiny.build_model(tokenizer, base_dir, hidden_size=64, layers=2, heads=4, context=max(config.max_length, 256))
+    return replace(
+        config,
+        base_model=str(base_dir.resolve()),
+        max_steps=SMOKE_STEPS if config.max_steps < 0 else config.max_steps,
+        per_device_train_batch_size=min(config.per_device_train_batch_size, 4),
+        per_device_eval_batch_size=min(config.per_device_eval_batch_size, 4),
+        gradient_accumulation_steps=1,
+        learning_rate=max(config.learning_rate, 1e-3),
+        warmup_ratio=0.0,
+        eval_steps=min(config.eval_steps, 10),
+        save_steps=min(config.save_steps, 10),
+        logging_steps=1,
+        max_length=min(config.max_length, 256),
+        health_prompts=min(config.health_prompts, 8),
+        health_max_new_tokens=min(config.health_max_new_tokens, 32),
+    )
+
+
+def prepare_tokenizer(base: str, embedding_rows: int | None = None):
+    """The base tokenizer with the KoRani template and a pad token that is not EOS."""
+    from transformers import AutoTokenizer
+
+    from korani_cli.template import CHAT_TEMPLATE
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    if tokenizer.eos_token is None:
+        raise UsageError(f"the tokenizer of {base} has no EOS token", "use a base model whose tokenizer defines eos_token")
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _ensure_dist_env() -> None:
+    """DeepSpeed in a plain `python` process needs the variables its launcher would set."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def _load_split(data_dir: Path, split: str):
+    from datasets import Dataset
+
+    path = data_dir / f"{split}.jsonl"
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            rows.append({"messages": json.loads(line)["messages"]})
+    return Dataset.from_list(rows)
+
+
+def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: Reporter | None = None, callbacks=(), eval_limit: int | None = None):
+    """Everything up to `trainer.train()`: returns (trainer, tokenizer, plan)."""
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    reporter = reporter or _Silent()
+    plan = mdl.plan_device(config, torch.cuda.is_available())
+    for message in plan.notices:
+        reporter.notice(message)
+    ds_path = mdl.resolve_deepspeed(config.deepspeed)
+    mdl.check_combination(config, ds_path)
+    if ds_path is not None:
+        _ensure_dist_env()
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(output / "tensorboard")
+
+    tokenizer = prepare_tokenizer(config.base_model)
+    model = mdl.load_model(config, plan, config.base_model, vocab=len(tokenizer))
+    train = _load_split(data_dir, "train")
+    valid = _load_split(data_dir, "valid")
+    packing = config.packing and mdl.supports_packing(model)
+    if config.packing and not packing:
+        reporter.notice("packing needs flash attention to keep samples from attending to each other; using length-grouped batches instead")
+    args = SFTConfig(
+        output_dir=str(output),
+        max_steps=config.max_steps,
+        num_train_epochs=config.num_train_epochs,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        weight_decay=config.weight_decay,
+        optim=plan.optim,
+        bf16=plan.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        eval_strategy="steps" if valid is not None else "no",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        report_to=["tensorboard"],
+        seed=config.seed,
+        data_seed=config.seed,
+        deepspeed=str(ds_path) if ds_path else None,
+        use_cpu=not plan.cuda,
+        disable_tqdm=True,
+        assistant_only_loss=True,
+        max_length=config.max_length,
+        packing=packing,
+        padding_free=packing,
+        train_sampling_strategy="random" if packing else "group_by_length",
+        pad_token=tokenizer.pad_token,
+        eos_token=tokenizer.eos_token,
+        dataset_kwargs={"skip_prepare_dataset": False},
+        save_only_model=False,
+    )
+    if valid is not None and eval_limit is not None and len(valid) > eval_limit:
+        valid = valid.select(range(eval_limit))
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=valid, processing_class=tokenizer, callbacks=list(callbacks)
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our reporter shows progress; logs go to logs.jsonl
+    return trainer, tokenizer, plan
+
+
+def _callbacks(output: Path, reporter: Reporter, interrupted: dict):
+    from transformers import TrainerCallback
+
+    class Report(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            reporter.start(state.max_steps, state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.is_world_process_zero and logs:
+                with (output / "logs.jsonl").open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": state.global_step, "time": round(time.time(), 3), **logs}) + "\n")
+                reporter.step(state.global_step, logs)
+
+        def on_step_end(self, args, state, control, **kw):
+            reporter.step(state.global_step, {})
+            if interrupted["flag"]:
+                # Ctrl-C: checkpoint this step, then stop cleanly.
+                control.should_save = True
+                control.should_training_stop = True
+
+    return [Report()]
+
+
+def run(
+    config: TrainConfig,
+    *,
+    smoke: bool = False,
+    resume: str | None = None,
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+) -> dict:
+    """Train; returns the metadata written to OUTPUT/korani_metadata.json."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    reporter = reporter or _Silent()
+    data_dir, output = Path(config.data), Path(config.output)
+    counts = check_data(data_dir)
+    if output.exists() and any(output.iterdir()) and not resume and not overwrite:
+        raise UsageError(f"{output} already holds a run", "pass --resume to continue it, --overwrite to start over, or another --output")
+    if overwrite and not resume and output.exists():
+        import shutil
+
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    checkpoint = None
+    if resume:
+        checkpoint = get_last_checkpoint(str(output)) if resume == "last" else resume
+        if not checkpoint or not Path(checkpoint).is_dir():
+            raise UsageError(f"no checkpoint to resume from in {output if resume == 'last' else resume}", "train without --resume first")
+    from korani_cli.console import quiet_libraries
+
+    quiet_libraries()
+    if smoke:
+        config = smoke_adjust(config, output, data_dir, reporter)
+    save_config(config, output / "korani_train.yaml")
+
+    interrupted = {"flag": False}
+    # A smoke run evaluates on a slice of valid: it checks the path, not the model.
+    trainer, tokenizer, plan = build_trainer(
+        config, output, data_dir, reporter, _callbacks(output, reporter, interrupted), eval_limit=64 if smoke else None
+    )
+
+    def on_sigint(signum, frame):
+        if interrupted["flag"]:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        interrupted["flag"] = True
+        reporter.notice("Ctrl-C: saving a checkpoint at the end of this step, then stopping (press again to abort)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    started = time.time()
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        reporter.finish()
+    state = trainer.state
+    if interrupted["flag"]:
+        raise TrainingInterrupted(
+            f"training stopped at step {state.global_step}; checkpoint saved in {output}",
+            f"continue with: korani train ... --output {output} --resume",
+        )
+
+    trainer.save_model(str(output))
+    if not trainer.is_world_process_zero():
+        return {}
+    tokenizer.save_pretrained(str(output))
+    history = state.log_history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    eval_losses = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    if config.health_prompts > 0:
+        from korani_cli.train import health
+
+        prompts = health.held_out_prompts(data_dir, config.health_prompts)
+        report = health.check(trainer.model, tokenizer, prompts, config.health_max_new_tokens)
+        health_json = report.to_json()
+    else:
+        health_json = None
+    stats_path = data_dir / "stats.json"
+    fingerprint = json.loads(stats_path.read_text(encoding="utf-8")).get("fingerprint") if stats_path.is_file() else None
+    metadata = {
+        "korani_version": __version__,
+        "base_model": config.base_model,
+        "smoke": smoke,
+        "data": {"dir": str(data_dir.resolve()), "fingerprint": fingerprint, "conversations": counts},
+        "steps": state.global_step,
+        "max_steps": state.max_steps,
+        "train_loss_first": train_losses[0] if train_losses else None,
+        "train_loss_last": train_losses[-1] if train_losses else None,
+        "train_loss_mean": getattr(result, "training_loss", None),
+        "eval_losses": eval_losses,
+        "health": health_json,
+        "device": {"cuda": plan.cuda, "bf16": plan.bf16, "optim": plan.optim, "notices": plan.notices},
+        "deepspeed": config.deepspeed,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "train_seconds": round(time.time() - started, 1),
+        "pad_token": tokenizer.pad_token,
+        "eos_token": tokenizer.eos_token,
+    }
+    tmp = output / "korani_metadata.json.tmp"
+    tmp.write_text(json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(output / "korani_metadata.json")
+    return metadata
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
