@@ -331,6 +331,7 @@ def run(
         "health": health_json,
         "device": {"cuda": plan.cuda, "bf16": plan.bf16, "optim": plan.optim, "notices": plan.notices},
         "deepspeed": config.deepspeed,
+        "quantization": config.bnb_4bit_quant_type if config.load_in_4bit else None,
         "resumed_from": str(checkpoint) if checkpoint else None,
         "train_seconds": round(time.time() - started, 1),
         "pad_token": tokenizer.pad_token,

@@ -1,0 +1,200 @@
+"""`korani train` on CPU: label mask, smoke run, EOS learning, DeepSpeed, resume, merge."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import KOREAN_CORPUS, REPO, run_korani
+from korani_cli.errors import EXIT_CONFIG, EXIT_USAGE
+from korani_cli.train.config import TrainConfig, load_config
+
+pytestmark = pytest.mark.slow
+RECIPE = REPO / "configs" / "korani-5.8b.yaml"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A small data set through `korani data prepare`: short Korean Q&A, some two-turn."""
+    from korani_cli.data.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("train_data")
+    corpus = sorted({s for s in KOREAN_CORPUS if "###" not in s})
+    rows = []
+    for i in range(120):
+        q = corpus[i % len(corpus)]
+        output = f"{corpus[(i + 3) % len(corpus)]} 번호 {i}."
+        if i % 4 == 0:
+            output += f"\n\n 덧붙이는 답변: 더 알려 주세요 {i}? \n\n{corpus[(i + 7) % len(corpus)]}"
+        rows.append({"instruction": f"{q} 질문 {i}", "output": output})
+    (root / "k.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    prepare(PrepareConfig(root / "data", koalpaca=(str(root / "k.jsonl"),), valid=0.1, test=0.1, near_dup=False))
+    return root / "data"
+
+
+def smoke_config(prepared: Path, output: Path, **overrides) -> TrainConfig:
+    return replace(load_config(RECIPE), data=str(prepared), output=str(output), **overrides)
+
+
+def test_label_mask_learns_only_assistant_text_and_eos(prepared, tmp_path):
+    from korani_cli.train.run import build_trainer, smoke_adjust
+
+    config = smoke_adjust(smoke_config(prepared, tmp_path / "o", load_in_4bit=False), tmp_path / "o", prepared, _Quiet())
+    trainer, tok, _ = build_trainer(config, tmp_path / "o", prepared)
+    assert tok.pad_token_id != tok.eos_token_id
+    batch = next(iter(trainer.get_train_dataloader()))
+    checked = 0
+    for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
+        learned = [i for i, lab in zip(ids, labels) if lab != -100]
+        assert all(lab in (-100, i) for i, lab in zip(ids, labels))
+        text = tok.decode([i for i in ids if i != tok.pad_token_id])
+        # Rebuild the expected learned text from the conversation itself.
+        turns = text.split("### Bot\n")[1:]
+        expected = "".join(t.split(tok.eos_token)[0] + tok.eos_token for t in turns)
+        assert tok.decode(learned) == expected
+        assert tok.eos_token_id in learned and tok.pad_token_id not in learned
+        assert "### User" not in tok.decode(learned) and "### Bot" not in tok.decode(learned)
+        checked += 1
+    assert checked == config.per_device_train_batch_size
+
+
+class _Quiet:
+    def notice(self, m):
+        pass
+
+    def start(self, *a):
+        pass
+
+    def step(self, *a):
+        pass
+
+    def finish(self):
+        pass
+
+
+def test_smoke_run_is_qlora_trains_and_answers(prepared, tmp_path):
+    out = tmp_path / "smoke"
+    proc = run_korani("train", str(RECIPE), "--data", str(prepared), "--output", str(out), "--smoke", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "note: no CUDA GPU: training in float32" in proc.stderr and "Traceback" not in proc.stderr
+    meta = json.loads((out / "korani_metadata.json").read_text())
+    assert meta["steps"] == 20 and meta["smoke"] is True
+    assert meta["train_loss_last"] < meta["train_loss_first"]
+    assert meta["eval_losses"] and meta["health"]["prompts"] > 0
+    assert meta["quantization"] == "nf4"  # the real 4-bit path, on CPU
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "korani_train.yaml", "logs.jsonl"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").iterdir())
+    saved = load_config(out / "korani_train.yaml")
+    assert saved.max_steps == 20 and Path(saved.base_model) == (out / "smoke-base").resolve()
+    from transformers import AutoTokenizer
+
+    from korani_cli.template import CHAT_TEMPLATE
+
+    assert AutoTokenizer.from_pretrained(out).chat_template == CHAT_TEMPLATE
+    answer = run_korani("ask", "--model", str(out), "-n", "8", "--json", "서울은 어떤 도시인가요?")
+    assert answer.returncode == 0, answer.stderr
+    data = json.loads(answer.stdout)
+    assert data["backend"] == "hf" and data["completion_tokens"] > 0
+
+
+def test_training_teaches_the_model_to_stop(prepared, tmp_path):
+    """Enough steps on a small repeated set: more answers end with EOS than before training."""
+    from transformers import AutoModelForCausalLM
+
+    from korani_cli.train import health
+    from korani_cli.train.run import prepare_tokenizer, run, smoke_adjust
+
+    out = tmp_path / "eos"
+    config = smoke_config(
+        prepared, out, load_in_4bit=False, max_steps=160, learning_rate=3e-3, lora_r=16,
+        lora_target_modules=["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+        eval_steps=1000, save_steps=1000, health_prompts=12, health_max_new_tokens=40,
+    )
+    config = smoke_adjust(config, tmp_path / "base", prepared, _Quiet())  # the tiny base, outside the run's output
+    config = replace(config, learning_rate=3e-3, per_device_train_batch_size=8)
+    tok = prepare_tokenizer(config.base_model)
+    base = AutoModelForCausalLM.from_pretrained(config.base_model)
+    before = health.check(base, tok, health.held_out_prompts(prepared, 12), 40)
+    meta = run(config)
+    after = meta["health"]
+    assert after["eos_share"] > before.eos_share, (before, after)
+    assert after["eos_share"] >= 0.5
+
+
+def test_deepspeed_zero2_single_process_on_cpu(prepared, tmp_path):
+    out = tmp_path / "ds"
+    proc = run_korani("train", str(RECIPE), "--data", str(prepared), "--output", str(out), "--smoke",
+                      "--deepspeed", "zero2", "load_in_4bit=false", "max_steps=3", "health_prompts=0", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / "korani_metadata.json").read_text())
+    assert meta["steps"] == 3 and meta["deepspeed"] == "zero2"
+
+
+def test_4bit_with_zero3_is_refused_before_loading(prepared, tmp_path):
+    proc = run_korani("train", str(RECIPE), "--data", str(prepared), "--output", str(tmp_path / "z3"), "--deepspeed", "zero3")
+    assert proc.returncode == EXIT_USAGE
+    assert "ZeRO-3" in proc.stderr and "zero2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_recipe_key_lists_the_valid_ones(prepared, tmp_path):
+    proc = run_korani("train", str(RECIPE), "--data", str(prepared), "--output", str(tmp_path / "x"), "learning_rat=1")
+    assert proc.returncode == EXIT_CONFIG
+    assert "unknown key 'learning_rat'" in proc.stderr and "learning_rate" in proc.stderr
+
+
+def test_kill_9_then_resume_reaches_the_total(prepared, tmp_path):
+    out = tmp_path / "resume"
+    args = [sys.executable, "-m", "korani_cli", "train", str(RECIPE), "--data", str(prepared), "--output", str(out),
+            "--smoke", "max_steps=200", "save_steps=10", "eval_steps=1000", "health_prompts=0", "load_in_4bit=false"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not (out / "checkpoint-10" / "trainer_state.json").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoint-10").is_dir()
+    assert not (out / "korani_metadata.json").exists()
+    done = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    last = done[-1]
+    assert last < 200
+    resumed = run_korani(*args[3:], "--resume", timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    meta = json.loads((out / "korani_metadata.json").read_text())
+    assert meta["steps"] == 200 and meta["resumed_from"].endswith(f"checkpoint-{last}")
+    steps = [json.loads(line)["step"] for line in (out / "logs.jsonl").read_text().splitlines()]
+    # The step counter continues from the checkpoint: the resumed run's first log is step last+1.
+    restarts = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
+    resumed_first = steps[restarts[0]] if restarts else steps[steps.index(last) + 1]
+    assert resumed_first == last + 1 and steps[-1] == 200
+
+
+def test_merge_matches_base_plus_adapter(prepared, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "m"
+    proc = run_korani("train", str(RECIPE), "--data", str(prepared), "--output", str(out), "--smoke", "max_steps=5",
+                      "health_prompts=0", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged_dir = tmp_path / "merged"
+    merged = run_korani("train", "merge", str(out), "-o", str(merged_dir), "--dtype", "float32")
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("### User\n서울은?\n\n### Bot\n", return_tensors="pt")["input_ids"]
+    base = AutoModelForCausalLM.from_pretrained(out / "smoke-base", dtype=torch.float32)
+    with_adapter = PeftModel.from_pretrained(base, out)
+    full = AutoModelForCausalLM.from_pretrained(merged_dir)
+    with torch.inference_mode():
+        a, b = with_adapter(ids).logits, full(ids).logits
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    assert not (merged_dir / "adapter_config.json").exists()
+    answer = run_korani("ask", "--model", str(merged_dir), "-n", "5", "--json", "안녕?")
+    assert answer.returncode == 0 and json.loads(answer.stdout)["backend"] == "hf"
