@@ -198,3 +198,47 @@ def test_merge_matches_base_plus_adapter(prepared, tmp_path):
     assert not (merged_dir / "adapter_config.json").exists()
     answer = run_korani("ask", "--model", str(merged_dir), "-n", "5", "--json", "안녕?")
     assert answer.returncode == 0 and json.loads(answer.stdout)["backend"] == "hf"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(prepared, tmp_path):
+    out = tmp_path / "int"
+    args = [sys.executable, "-m", "korani_cli", "train", str(RECIPE), "--data", str(prepared), "--output", str(out),
+            "--smoke", "max_steps=400", "save_steps=1000", "eval_steps=1000", "health_prompts=0", "load_in_4bit=false"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        logs = out / "logs.jsonl"
+        if logs.exists() and len(logs.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-2000:]
+    checkpoints = list(out.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and "--resume" in stderr and "Traceback" not in stderr
+    step = int(checkpoints[0].name.split("-")[1])
+    assert 5 <= step < 400
+    state = json.loads((checkpoints[0] / "trainer_state.json").read_text())
+    assert state["global_step"] == step
+
+
+def test_packed_rows_never_attend_across_samples(tiny_neox_dir):
+    """A packed row through the block-diagonal collator gives each sample the logits it has alone."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from korani_cli.train.packing import BlockDiagonalCollator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_neox_dir).eval()
+    a, b, c = [5, 6, 7, 8, 9, 10], [11, 12, 13, 14], [20, 21, 22]
+    batch = BlockDiagonalCollator(pad_token_id=1)([
+        {"input_ids": a + b, "labels": a + b, "seq_lengths": [6, 4]},
+        {"input_ids": c, "labels": c, "seq_lengths": [3]},
+    ])
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
+    assert batch["labels"][0, 6].item() == -100 and batch["labels"][1, 3:].tolist() == [-100] * 7
+    with torch.inference_mode():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=batch["attention_mask"]).logits
+        for row, start, ids in ((0, 0, a), (0, 6, b), (1, 0, c)):
+            alone = model(torch.tensor([ids])).logits[0]
+            assert torch.allclose(packed[row, start:start + len(ids)], alone, atol=1e-5)

@@ -51,7 +51,7 @@ class TrainConfig:
     optim: str = _f("paged_adamw_8bit", "Optimizer (transformers name); adamw_torch on CPU, where paged 8-bit needs CUDA.")
     bf16: bool = _f(True, "bf16 mixed precision on GPU (always fp32 on CPU).")
     gradient_checkpointing: bool = _f(True, "Trade compute for memory.")
-    packing: bool = _f(False, "Pack samples into full rows (needs flash attention so samples never attend to each other; otherwise length-grouped batches are used).")
+    packing: bool = _f(True, "Pack conversations into full rows; samples never attend to each other (varlen flash attention, else a block-diagonal mask). false: length-grouped batches.")
     eval_steps: int = _f(200, "Evaluate on the valid split every N steps.")
     save_steps: int = _f(200, "Checkpoint every N steps.")
     save_total_limit: int = _f(3, "Keep the last K checkpoints.")

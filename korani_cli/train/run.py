@@ -145,10 +145,30 @@ def _load_split(data_dir: Path, split: str):
     return Dataset.from_list(rows)
 
 
+def _trainer_class():
+    """SFTTrainer for data preparation (template, assistant masks, packing); the
+    model's own loss on those labels.
+
+    TRL's compute_loss runs a chunked log-prob kernel to also log entropy and
+    token accuracy; on a CPU that cost more than the model itself (measured
+    in bench/train.py), and the loss it computes is the same masked
+    cross-entropy the model computes from `labels`.
+    """
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class KoraniSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    return KoraniSFTTrainer
+
+
 def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: Reporter | None = None, callbacks=(), eval_limit: int | None = None):
     """Everything up to `trainer.train()`: returns (trainer, tokenizer, plan)."""
     import torch
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     reporter = reporter or _Silent()
     plan = mdl.plan_device(config, torch.cuda.is_available())
@@ -164,9 +184,14 @@ def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: R
     model = mdl.load_model(config, plan, config.base_model, vocab=len(tokenizer))
     train = _load_split(data_dir, "train")
     valid = _load_split(data_dir, "valid")
-    packing = config.packing and mdl.supports_packing(model)
-    if config.packing and not packing:
-        reporter.notice("packing needs flash attention to keep samples from attending to each other; using length-grouped batches instead")
+    # Packed rows keep samples apart: through flash attention's varlen kernel
+    # where the model has it, through a block-diagonal 4-D mask elsewhere.
+    packing = config.packing
+    collator = None
+    if packing and not mdl.supports_packing(model):
+        from korani_cli.train.packing import BlockDiagonalCollator
+
+        collator = BlockDiagonalCollator(tokenizer.pad_token_id)
     args = SFTConfig(
         output_dir=str(output),
         max_steps=config.max_steps,
@@ -208,9 +233,18 @@ def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: R
     )
     if valid is not None and eval_limit is not None and len(valid) > eval_limit:
         valid = valid.select(range(eval_limit))
-    trainer = SFTTrainer(
+    trainer = _trainer_class()(
         model=model, args=args, train_dataset=train, eval_dataset=valid, processing_class=tokenizer, callbacks=list(callbacks)
     )
+    if collator is not None:
+        # TRL refuses a custom collator with its best-fit packing, whose rows we
+        # want; its own padding-free collator is only correct under flash attention.
+        trainer.data_collator = collator
+    if not plan.cuda:
+        # TRL casts QLoRA adapters to bf16 (the paper's recipe for GPUs); on a CPU that is the slow path.
+        for param in trainer.model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our reporter shows progress; logs go to logs.jsonl

@@ -1,0 +1,161 @@
+"""Training throughput and quality: `korani train` against the seed project's recipe.
+
+Same tiny GPT-NeoX (polyglot-ko's architecture, random init), same tokenizer,
+same LoRA (r=8 on query_key_value), same prepared data, batch size, steps and
+learning rate, CPU fp32, no gradient checkpointing:
+
+- korani: TRL SFTTrainer, loss on assistant tokens + EOS only, pad ≠ EOS,
+  length-grouped batches (packing needs flash attention).
+- seed: plain transformers Trainer, DataCollatorForLanguageModeling with
+  pad = EOS (so EOS is masked out as padding and never learned), labels =
+  input ids (the prompt is learned too), random batches padded to the longest.
+
+Measured: real (non-pad) tokens per second of training, and the eval loss on
+assistant tokens of the valid split, computed the same way for both models
+(offsets of the chat template's generation spans). Goal: ≥ 1.5× tokens/s
+with no worse assistant-token loss.
+
+Run: .venv/bin/python bench/train.py [--records 2000] [--epochs 1]
+Ends with one line: RESULT {json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def assistant_loss(model, tokenizer, data_dir: Path, limit: int = 200, max_length: int = 256) -> float:
+    """Mean cross-entropy over assistant tokens (+ EOS) of valid.jsonl."""
+    import torch
+
+    from korani_cli import template as tpl
+
+    total, count = 0.0, 0
+    model.eval()
+    with (data_dir / "valid.jsonl").open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if i >= limit:
+                break
+            messages = [tpl.Message(m["role"], m["content"]) for m in json.loads(line)["messages"]]
+            text, spans = tpl.render_with_mask(messages, tokenizer.eos_token)
+            enc = tokenizer(text, return_offsets_mapping=True, truncation=True, max_length=max_length)
+            ids = enc["input_ids"]
+            labels = [t if any(s <= a < e for s, e in spans) else -100 for t, (a, _) in zip(ids, enc["offset_mapping"])]
+            with torch.inference_mode():
+                logits = model(torch.tensor([ids])).logits[0, :-1]
+            target = torch.tensor(labels[1:])
+            mask = target != -100
+            if mask.any():
+                total += torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum").item()
+                count += int(mask.sum())
+    return total / max(count, 1)
+
+
+def real_tokens(make_loader, steps: int, count) -> int:
+    """Non-pad tokens in the first `steps` batches, epoch after epoch, as training saw them."""
+    seen, done = 0, 0
+    while done < steps:
+        for batch in make_loader():
+            seen += int(count(batch))
+            done += 1
+            if done >= steps:
+                break
+    return seen
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=256)
+    args = ap.parse_args()
+
+    from korani_cli.console import quiet_libraries
+
+    quiet_libraries()
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from data_prepare import synthesize
+    from korani_cli import template as tpl
+    from korani_cli import tiny
+    from korani_cli.data.prepare import PrepareConfig, prepare
+    from korani_cli.train.config import load_config
+    from korani_cli.train.model import lora_config
+    from korani_cli.train.run import build_trainer
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    work = Path(tempfile.mkdtemp(prefix="korani-train-bench-"))
+    ko, sg = synthesize(work, args.records)
+    prepare(PrepareConfig(work / "data", koalpaca=(str(ko),), sharegpt=(str(sg),), max_tokens=args.max_length, near_dup=False))
+    data = work / "data"
+    texts = [m["content"] for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()[:3000] for m in json.loads(line)["messages"]]
+    tok = tiny.train_tokenizer(texts, work / "base", vocab_size=4000)
+    tiny.build_model(tok, work / "base", hidden_size=128, layers=4, heads=4, context=max(512, args.max_length))
+
+    recipe = replace(
+        load_config(REPO / "configs" / "korani-5.8b.yaml"),
+        base_model=str(work / "base"), data=str(data), output=str(work / "korani"), load_in_4bit=False,
+        max_steps=args.steps, per_device_train_batch_size=args.batch, gradient_checkpointing=False, max_length=args.max_length,
+        learning_rate=1e-3, warmup_ratio=0.0, eval_steps=10**6, save_steps=10**6, logging_steps=10**6, health_prompts=0,
+    )
+
+    # korani
+    trainer, ktok, _ = build_trainer(recipe, Path(recipe.output), data)
+    t = time.perf_counter()
+    trainer.train()
+    korani_s = time.perf_counter() - t
+    # Real tokens seen: count non-pad tokens over the same number of batches, same sampler order.
+    korani_tokens = real_tokens(trainer.get_train_dataloader, args.steps, lambda b: (b["input_ids"] != ktok.pad_token_id).sum())
+    korani_loss = assistant_loss(trainer.model, ktok, data, max_length=args.max_length)
+
+    # seed: plain Trainer, pad = EOS, labels = input ids, no prompt masking, no grouping.
+    stok = AutoTokenizer.from_pretrained(work / "base")
+    stok.pad_token = stok.eos_token
+    rows = [json.loads(line)["messages"] for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    texts = [tpl.render([tpl.Message(m["role"], m["content"]) for m in msgs], stok.eos_token, add_generation_prompt=False) for msgs in rows]
+    ds = Dataset.from_dict({"text": texts}).map(lambda b: stok(b["text"], truncation=True, max_length=args.max_length), batched=True, remove_columns=["text"])
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(work / "base"), lora_config(recipe))
+    seed_args = TrainingArguments(
+        output_dir=str(work / "seed"), max_steps=args.steps, per_device_train_batch_size=args.batch, learning_rate=1e-3,
+        lr_scheduler_type="linear", adam_beta1=0.9, adam_beta2=0.99, optim="adamw_torch", use_cpu=True, report_to=[],
+        save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=42,
+    )
+    collator = DataCollatorForLanguageModeling(stok, mlm=False)
+    seed_trainer = Trainer(model=model, args=seed_args, train_dataset=ds, data_collator=collator)
+    t = time.perf_counter()
+    seed_trainer.train()
+    seed_s = time.perf_counter() - t
+    seed_tokens = real_tokens(seed_trainer.get_train_dataloader, args.steps, lambda b: b["attention_mask"].sum())
+    seed_loss = assistant_loss(seed_trainer.model, stok, data, max_length=args.max_length)
+
+    k_tps, s_tps = korani_tokens / korani_s, seed_tokens / seed_s
+    print(f"{'recipe':<8} {'steps':>5} {'real tokens':>11} {'seconds':>8} {'tokens/s':>9} {'assistant eval loss':>20}")
+    print(f"{'korani':<8} {args.steps:>5} {korani_tokens:>11,} {korani_s:>8.1f} {k_tps:>9.0f} {korani_loss:>20.4f}")
+    print(f"{'seed':<8} {args.steps:>5} {seed_tokens:>11,} {seed_s:>8.1f} {s_tps:>9.0f} {seed_loss:>20.4f}")
+    print(f"speed-up {k_tps / s_tps:.2f}x (goal ≥ 1.5x); eval loss {'no worse' if korani_loss <= seed_loss else 'WORSE'}")
+    print("RESULT " + json.dumps({
+        "steps": args.steps, "batch": args.batch, "records": args.records, "max_length": args.max_length,
+        "korani_tokens_per_s": round(k_tps, 1), "seed_tokens_per_s": round(s_tps, 1), "speedup": round(k_tps / s_tps, 3),
+        "korani_assistant_eval_loss": round(korani_loss, 4), "seed_assistant_eval_loss": round(seed_loss, 4),
+        "korani_seconds": round(korani_s, 2), "seed_seconds": round(seed_s, 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()
