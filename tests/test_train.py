@@ -242,3 +242,22 @@ def test_packed_rows_never_attend_across_samples(tiny_neox_dir):
         for row, start, ids in ((0, 0, a), (0, 6, b), (1, 0, c)):
             alone = model(torch.tensor([ids])).logits[0]
             assert torch.allclose(packed[row, start:start + len(ids)], alone, atol=1e-5)
+
+
+def test_export_gguf_answers_like_the_hf_model(prepared, tmp_path):
+    out = tmp_path / "g"
+    proc = run_korani("train", str(RECIPE), "--data", str(prepared), "--output", str(out), "--smoke", "max_steps=3",
+                      "health_prompts=0", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gguf = tmp_path / "model.gguf"
+    exported = run_korani("train", "export-gguf", str(out), "-o", str(gguf), "--outtype", "f32", timeout=600)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert gguf.read_bytes()[:4] == b"GGUF"
+    # Greedy answers from llama.cpp on the GGUF and from transformers on the merged weights agree.
+    via_gguf = run_korani("ask", "--model", str(gguf), "-t", "0", "-n", "8", "--json", "서울은 어떤 도시인가요?")
+    merged = tmp_path / "merged"
+    assert run_korani("train", "merge", str(out), "-o", str(merged), "--dtype", "float32").returncode == 0
+    via_hf = run_korani("ask", "--model", str(merged), "-t", "0", "-n", "8", "--json", "서울은 어떤 도시인가요?")
+    a, b = json.loads(via_gguf.stdout), json.loads(via_hf.stdout)
+    assert a["backend"] == "llamacpp" and b["backend"] == "hf"
+    assert a["prompt_tokens"] == b["prompt_tokens"] and a["answer"] == b["answer"]

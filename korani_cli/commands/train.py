@@ -16,7 +16,7 @@ class TrainGroup(TyperGroup):
 
     def parse_args(self, ctx, args):
         args = list(args)
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--help-config"):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args.insert(0, "run")
         if "--resume" in args:
             i = args.index("--resume")
@@ -74,7 +74,7 @@ class RichReporter:
 @korani_command
 def run_command(
     config: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. configs/korani-5.8b.yaml.")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides of recipe keys (see --help-config).", show_default=False)] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides of recipe keys (see `korani train keys`).", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data directory (overrides `data`).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (overrides `output`).")] = None,
     deepspeed: Annotated[Optional[str], typer.Option("--deepspeed", help="zero2, zero3, zero2_offload, zero3_offload or a JSON path.")] = None,
@@ -113,6 +113,15 @@ def run_command(
             )
     console.print(f"adapter, tokenizer, korani_train.yaml and korani_metadata.json in {out}")
     console.print(f"try it: korani ask --model {out} \"질문\"")
+
+
+@app.command("keys")
+@korani_command
+def keys_command() -> None:
+    """Every recipe key with its default and meaning."""
+    from korani_cli.train.config import describe
+
+    typer.echo(describe())
 
 
 @app.command("merge")
