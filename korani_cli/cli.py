@@ -16,6 +16,7 @@ from korani_cli import __version__
 from korani_cli.commands import ask as ask_command
 from korani_cli.commands import data as data_command
 from korani_cli.commands import models as models_command
+from korani_cli.commands import search as search_command
 from korani_cli.commands import train as train_command
 from korani_cli.console import set_debug
 
@@ -52,6 +53,7 @@ def root(
 
 
 app.command("ask")(ask_command.ask)
+app.command("search")(search_command.search)
 app.add_typer(models_command.app, name="models")
 app.add_typer(data_command.app, name="data")
 app.add_typer(train_command.app, name="train")

@@ -13,6 +13,7 @@ Exit codes (documented in README.md):
   5  configuration file or environment value is invalid
   6  data: a source is missing or unreadable, a bad record under --strict,
      or nothing left to write
+  7  search: no provider returned results, or no result page could be read
   130 interrupted (Ctrl-C)
 """
 
@@ -25,6 +26,7 @@ EXIT_MODEL_LOAD = 3
 EXIT_GENERATION = 4
 EXIT_CONFIG = 5
 EXIT_DATA = 6
+EXIT_NO_SOURCES = 7
 EXIT_INTERRUPTED = 130
 
 

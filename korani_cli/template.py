@@ -33,8 +33,8 @@ USER_HEADER = "### User\n"
 BOT_HEADER = "### Bot\n"
 TURN_SEPARATOR = "\n\n"
 RAG_INSTRUCTION = (
-    "다음 자료를 참고해서 질문에 답하세요. "
-    "답의 근거가 된 자료의 번호를 [1]처럼 문장 끝에 표시하세요."
+    "다음 자료를 참고해서 질문에 한국어로 답하세요. "
+    "각 문장 끝에 그 문장의 근거가 된 자료의 번호를 [1]처럼 표시하세요."
 )
 RAG_QUESTION_PREFIX = "질문: "
 

@@ -9,6 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from korani_cli.commands.search import (
+    AllowPrivateOpt, EmbedderOpt, LocalDirOpt, OfflineOpt, ProviderOpt, SearxngOpt, TopKOpt, search_options,
+)
 from korani_cli.config import TEMPLATES, load_settings
 from korani_cli.console import err_console, korani_command, notice
 from korani_cli.errors import UsageError
@@ -36,11 +39,20 @@ def ask(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed, for repeatable sampling.")] = None,
     template: Annotated[Optional[str], typer.Option("--template", help=f"Prompt format: {' or '.join(TEMPLATES)} (the model's own chat template). [default: korani]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, model, backend, token counts, finish_reason, timings.")] = False,
+    web: Annotated[bool, typer.Option("--search", help="Search the web first and answer from the pages, with footnotes.")] = False,
+    provider: ProviderOpt = None,
+    searxng_url: SearxngOpt = None,
+    local_dir: LocalDirOpt = None,
+    top_k: TopKOpt = 5,
+    allow_private: AllowPrivateOpt = False,
+    offline: OfflineOpt = False,
+    embedder: EmbedderOpt = "auto",
+    allow_no_sources: Annotated[bool, typer.Option("--allow-no-sources", help="With --search: answer without sources (and say so) when nothing could be found or read.")] = False,
 ) -> None:
     """Answer one question and exit: the answer alone on stdout, for shell scripts.
 
     Exit codes: 0 answered, 2 usage error, 3 model could not be loaded,
-    4 generation failed, 5 bad configuration, 130 interrupted.
+    4 generation failed, 5 bad configuration, 7 --search found no sources, 130 interrupted.
     """
     from korani_cli import oneshot
     from korani_cli.backends import GenerationParams
@@ -60,6 +72,21 @@ def ask(
         stream=streaming,
     )
     console = err_console()
+    retrieval = None
+    messages = conversation(text, system)
+    if web or local_dir:
+        from korani_cli.search import answer as rag
+        from korani_cli.search.pipeline import NoSources, retrieve
+
+        opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder)
+        try:
+            with console.status("검색 중 → 페이지 읽는 중…", spinner="dots"):
+                retrieval = retrieve(text, opts, notice)
+            messages = rag.messages(text, retrieval.ranked, system)
+        except NoSources as exc:
+            if not allow_no_sources:
+                raise
+            notice(f"{exc.what}; answering without sources (--allow-no-sources)")
     start = time.perf_counter()
     with console.status(f"모델 불러오는 중… [bold]{settings.model}[/bold]", spinner="dots"):
         backend = load_backend(resolve(settings.model, settings), settings, notice)
@@ -69,19 +96,38 @@ def ask(
         sys.stdout.write(chunk)
         sys.stdout.flush()
 
+    if retrieval is not None:
+        # Markers are checked and renumbered before anything is shown, so the answer is printed whole.
+        streaming = False
     try:
         if streaming:
-            result = oneshot.answer(backend, conversation(text, system), params, on_text=write, load_s=load_s)
+            result = oneshot.answer(backend, messages, params, on_text=write, load_s=load_s)
         else:
             with console.status("답변 생성 중…", spinner="dots"):
-                result = oneshot.answer(backend, conversation(text, system), params, load_s=load_s)
+                result = oneshot.answer(backend, messages, params, load_s=load_s)
     finally:
         if streaming:
             sys.stdout.write("\n")
             sys.stdout.flush()
+    payload = result.to_json()
+    answer_text = result.answer
+    if retrieval is not None:
+        from korani_cli.search.answer import verify
+
+        sourced = verify(result.answer, retrieval.ranked)
+        answer_text = sourced.text + ("\n\n" + sourced.footnotes() if sourced.citations else "")
+        payload.update(
+            answer=sourced.text,
+            citations=[c.__dict__ for c in sourced.citations],
+            sources=sourced.sources,
+            search={"provider": retrieval.provider, "timings": retrieval.timings.stages,
+                    "skipped": [{"url": u, "reason": w} for u, w in retrieval.failures]},
+        )
+        if not sourced.citations:
+            notice("no sentence of the answer is supported by the sources; no footnotes")
     if as_json:
-        sys.stdout.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
     elif not streaming:
-        sys.stdout.write(result.answer + "\n")
+        sys.stdout.write(answer_text + "\n")
     if result.finish_reason == "length":
         notice(f"the answer was cut at {params.max_new_tokens} tokens; raise --max-new-tokens for more")

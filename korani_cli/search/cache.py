@@ -24,7 +24,23 @@ class PageCache:
             "CREATE TABLE IF NOT EXISTS pages (url TEXT PRIMARY KEY, final_url TEXT, title TEXT, text TEXT,"
             " content_type TEXT, encoding TEXT, fetched_at REAL)"
         )
+        self.db.execute("CREATE TABLE IF NOT EXISTS searches (query TEXT PRIMARY KEY, hits TEXT, fetched_at REAL)")
         self.db.commit()
+
+    def put_hits(self, query: str, hits: list) -> None:
+        import json
+
+        rows = [[h.url, h.title, h.snippet, h.provider] for h in hits]
+        self.db.execute("INSERT OR REPLACE INTO searches VALUES (?, ?, ?)", (query, json.dumps(rows, ensure_ascii=False), time.time()))
+        self.db.commit()
+
+    def get_hits(self, query: str) -> list:
+        import json
+
+        from korani_cli.search.types import Hit
+
+        row = self.db.execute("SELECT hits FROM searches WHERE query = ?", (query,)).fetchone()
+        return [Hit(*r) for r in json.loads(row[0])] if row else []
 
     def get(self, url: str, any_age: bool = False) -> Page | None:
         row = self.db.execute(

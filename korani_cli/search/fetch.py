@@ -102,6 +102,24 @@ def _pdf_text(data: bytes) -> tuple[str, str]:
     return title, text
 
 
+def read_local(url: str) -> Page:
+    """A file:// hit from the local provider: the user chose the directory, so no guard applies."""
+    from urllib.parse import unquote, urlsplit
+    from pathlib import Path
+
+    path = Path(unquote(urlsplit(url).path))
+    data = path.read_bytes()
+    suffix = path.suffix.lower()
+    if suffix == ".pdf":
+        title, text = _pdf_text(data)
+        return Page(url, url, title or path.stem, text, "application/pdf", None)
+    text, encoding = decode_html(data)
+    if suffix in (".html", ".htm"):
+        title, body = extract(text, url)
+        return Page(url, url, title or path.stem, body, "text/html", encoding)
+    return Page(url, url, path.stem, text.strip(), "text/plain", encoding)
+
+
 async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None = None) -> FetchReport:
     import httpx
 
@@ -109,8 +127,23 @@ async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None
     report = FetchReport()
     todo: list[str] = []
     for hit in hits:
+        if hit.url.startswith("file://"):
+            try:
+                page = read_local(hit.url)
+            except (OSError, FetchFailed) as exc:
+                report.failures.append((hit.url, str(exc)))
+            else:
+                if page.text.strip():
+                    report.pages.append(page)
+            continue
         cached = cache.get(hit.url, any_age=opts.offline) if cache else None
         if cached is not None:
+            try:
+                # A page cached under --allow-private is not served to a run without it.
+                await check_url(hit.url, opts.allow_private)
+            except UnsafeURL as exc:
+                report.failures.append((hit.url, f"refused: {exc}"))
+                continue
             report.pages.append(cached)
         elif opts.offline:
             report.failures.append((hit.url, "not in the cache (--offline)"))

@@ -92,7 +92,9 @@ def parse_google(page: str) -> list[Hit]:
         if not href.startswith("http") or urlsplit(href).netloc.endswith("google.com") and "/search" in href:
             continue
         title = _text(next(iter(block.xpath('.//h3//div[contains(@class,"BNeawe")] | .//span[contains(@class,"CVA68e")] | .//h3')), None))
-        snippet = _text(next(iter(block.xpath('.//div[contains(@class,"s3v9rd")] | .//span[contains(@class,"FrIlee")]')), None))
+        # The innermost snippet div: outer ones also hold the sitelinks row.
+        snippet = _text(next(iter(block.xpath('.//div[contains(@class,"s3v9rd") and not(.//div[contains(@class,"s3v9rd")]) and not(.//a)]'
+                                              ' | .//span[contains(@class,"FrIlee")]')), None))
         if title and href not in seen:
             seen.add(href)
             hits.append(Hit(href, title, snippet, "google"))

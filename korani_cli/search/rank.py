@@ -20,6 +20,7 @@ from korani_cli.search.types import Passage, Ranked
 
 CONTENT_TAGS = ("NNG", "NNP", "NNB", "NR", "VV", "VA", "XR", "SL", "SN", "SH", "MAG")
 RRF_K = 60
+EMBED_CHARS = 400
 
 
 def morphemes(texts: Sequence[str]) -> list[list[str]]:
@@ -128,7 +129,7 @@ def rank(
     *,
     k: int = 5,
     per_page: int = 2,
-    candidates: int = 40,
+    candidates: int | None = None,  # BM25 prefilter for the embedder; default 2 × k
     mode: str = "hybrid",
 ) -> list[Ranked]:
     """mode: hybrid | bm25 | dense."""
@@ -138,6 +139,7 @@ def rank(
     if not passages:
         return []
     n = len(passages)
+    candidates = candidates or 2 * k
     bm25_scores = np.zeros(n)
     if mode in ("hybrid", "bm25") or candidates < n:
         corpus = morphemes([p.title + " " + p.text for p in passages])
@@ -150,7 +152,8 @@ def rank(
     if mode in ("hybrid", "dense") and embedder is not None:
         pool = list(range(n)) if mode == "dense" or candidates >= n else list(np.argsort(-bm25_scores)[:candidates])
         q = embedder.queries([query])[0]
-        vectors = embedder.passages([passages[i].text for i in pool])
+        # The head of a passage carries its topic; embedding cost grows with length.
+        vectors = embedder.passages([passages[i].text[:EMBED_CHARS] for i in pool])
         dense_scores = np.full(n, -1.0)
         dense_scores[pool] = vectors @ q
     if mode == "bm25" or dense_scores is None:

@@ -25,8 +25,9 @@ def _blocked(ip: ipaddress._BaseAddress) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     for attr, why in (
-        ("is_loopback", "loopback"), ("is_link_local", "link-local"), ("is_private", "private"),
-        ("is_unspecified", "unspecified"), ("is_multicast", "multicast"), ("is_reserved", "reserved"),
+        # Most specific first: 0.0.0.0 and 169.254/16 are also "private" to Python.
+        ("is_unspecified", "unspecified"), ("is_loopback", "loopback"), ("is_link_local", "link-local"),
+        ("is_multicast", "multicast"), ("is_private", "private"), ("is_reserved", "reserved"),
     ):
         if getattr(ip, attr):
             return why

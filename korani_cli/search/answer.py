@@ -1,0 +1,97 @@
+"""Ranked passages → the RAG prompt → an answer whose footnotes can be trusted.
+
+The prompt is the template's RAG form: the passages numbered [1]..[k] with
+title and URL inside the user turn. After generation every [n] marker is
+checked: one that points at no source is removed; one whose sentence does not
+share enough content words with the passage it cites is dropped. When the
+model cites nothing (small models don't), each sentence gets the source that
+supports it best, if any clears the threshold. Footnotes list only sources
+that were fetched and are cited, renumbered in order of first citation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from korani_cli import template as tpl
+from korani_cli.search.types import Citation, Ranked
+
+MARKER = re.compile(r"\s*\[(\d{1,2})\]")
+SUPPORT_THRESHOLD = 0.3  # share of a sentence's content words found in the passage
+
+
+@dataclass
+class SourcedAnswer:
+    text: str  # with [n] markers, renumbered
+    citations: list = field(default_factory=list)  # Citation, in footnote order
+    sources: list = field(default_factory=list)  # every passage offered to the model: {n, url, title}
+
+    def footnotes(self) -> str:
+        return "\n".join(f"[{c.n}] {c.title} — {c.url}" for c in self.citations)
+
+
+def messages(question: str, ranked: list[Ranked], system: str | None = None, history=()) -> list[tpl.Message]:
+    sources = [tpl.Source(r.passage.title or r.passage.url, r.passage.url, r.passage.text) for r in ranked]
+    head = [tpl.Message("system", system)] if system else []
+    return [*head, *history, tpl.user(question, sources)]
+
+
+def _sentences(text: str) -> list[str]:
+    # Split after sentence-final punctuation, keeping trailing markers with their sentence.
+    parts = re.split(r"(?<=[.!?。])((?:\s*\[\d{1,2}\])*)\s+", text.strip())
+    out, i = [], 0
+    while i < len(parts):
+        sentence = parts[i] + (parts[i + 1] if i + 1 < len(parts) else "")
+        if sentence.strip():
+            out.append(sentence.strip())
+        i += 2
+    return out
+
+
+def _support(sentence: str, passage: str) -> float:
+    from korani_cli.search.rank import morphemes
+
+    words, context = morphemes([sentence, passage])
+    words = set(words)
+    return len(words & set(context)) / len(words) if words else 0.0
+
+
+def verify(answer: str, ranked: list[Ranked], threshold: float = SUPPORT_THRESHOLD) -> SourcedAnswer:
+    k = len(ranked)
+    sentences = _sentences(answer)
+    cited_any = bool(MARKER.search(answer))
+    kept: list[tuple[str, list[int], dict[int, float]]] = []
+    for sentence in sentences:
+        body = MARKER.sub("", sentence).strip()
+        wanted = [int(n) for n in MARKER.findall(sentence)]
+        marks, scores = [], {}
+        for n in dict.fromkeys(wanted):
+            if not 1 <= n <= k:
+                continue  # points at no source
+            score = _support(body, ranked[n - 1].passage.text)
+            if score >= threshold:
+                marks.append(n)
+                scores[n] = score
+        if not cited_any and body:
+            best = max(range(1, k + 1), key=lambda n: _support(body, ranked[n - 1].passage.text), default=None)
+            if best is not None:
+                score = _support(body, ranked[best - 1].passage.text)
+                if score >= threshold:
+                    marks, scores = [best], {best: score}
+        kept.append((body, marks, scores))
+    # Renumber in order of first citation; footnotes only for cited sources.
+    renumber: dict[int, int] = {}
+    best_score: dict[int, float] = {}
+    for _, marks, scores in kept:
+        for n in marks:
+            renumber.setdefault(n, len(renumber) + 1)
+            best_score[n] = max(best_score.get(n, 0.0), scores[n])
+    text = " ".join(body + "".join(f"[{renumber[n]}]" for n in marks) for body, marks, _ in kept if body)
+    citations = [
+        Citation(new, ranked[old - 1].passage.url, ranked[old - 1].passage.title or ranked[old - 1].passage.url,
+                 ranked[old - 1].passage.text, round(best_score[old], 3))
+        for old, new in sorted(renumber.items(), key=lambda kv: kv[1])
+    ]
+    sources = [{"n": i + 1, "url": r.passage.url, "title": r.passage.title, "score": round(r.score, 4)} for i, r in enumerate(ranked)]
+    return SourcedAnswer(text, citations, sources)

