@@ -79,10 +79,13 @@ async def _fetch_one(client, url: str, opts: FetchOptions) -> Page:
     if is_pdf:
         title, text = _pdf_text(data)
         return Page(url, current, title or current, text, "application/pdf", None)
-    html, encoding = decode_html(data, charset)
+    # Decoding and extraction are CPU work: off the event loop, so pages that
+    # arrive together are processed on all cores while others still download.
+    loop = asyncio.get_running_loop()
+    html, encoding = await loop.run_in_executor(None, decode_html, data, charset)
     if ctype == "text/plain":
         return Page(url, current, current, html.strip(), ctype, encoding)
-    title, text = extract(html, current)
+    title, text = await loop.run_in_executor(None, extract, html, current)
     return Page(url, current, title, text, ctype or "text/html", encoding)
 
 

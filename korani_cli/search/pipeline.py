@@ -91,9 +91,7 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
     t = time.perf_counter()
     embedder = make_embedder(options.embedder)
     timings.add("load embedder", time.perf_counter() - t)
-    t = time.perf_counter()
-    ranked = rank(query, chunks, embedder, k=options.k, per_page=options.per_page)
-    timings.add("rank", time.perf_counter() - t)
+    ranked = rank(query, chunks, embedder, k=options.k, per_page=options.per_page, timings=timings)
     timings.add("total", time.perf_counter() - start)
     return Retrieval(query, used, hits, report.pages, report.failures, ranked, timings)
 

@@ -20,7 +20,7 @@ from korani_cli.search.types import Passage, Ranked
 
 CONTENT_TAGS = ("NNG", "NNP", "NNB", "NR", "VV", "VA", "XR", "SL", "SN", "SH", "MAG")
 RRF_K = 60
-EMBED_CHARS = 400
+EMBED_CHARS = 240
 
 
 def morphemes(texts: Sequence[str]) -> list[list[str]]:
@@ -131,10 +131,15 @@ def rank(
     per_page: int = 2,
     candidates: int | None = None,  # BM25 prefilter for the embedder; default 2 × k
     mode: str = "hybrid",
+    timings=None,
 ) -> list[Ranked]:
-    """mode: hybrid | bm25 | dense."""
+    """mode: hybrid | bm25 | dense. `timings` (a types.Timings) gets bm25/embed sub-stages."""
+    import time
+
     import bm25s
     import numpy as np
+
+    clock = time.perf_counter()
 
     if not passages:
         return []
@@ -148,6 +153,9 @@ def rank(
         query_tokens = morphemes([query])[0]
         if query_tokens:
             bm25_scores = np.asarray(retriever.get_scores(query_tokens), dtype=float)
+    if timings is not None:
+        timings.add("bm25", time.perf_counter() - clock)
+        clock = time.perf_counter()
     dense_scores = None
     if mode in ("hybrid", "dense") and embedder is not None:
         pool = list(range(n)) if mode == "dense" or candidates >= n else list(np.argsort(-bm25_scores)[:candidates])
@@ -156,6 +164,8 @@ def rank(
         vectors = embedder.passages([passages[i].text[:EMBED_CHARS] for i in pool])
         dense_scores = np.full(n, -1.0)
         dense_scores[pool] = vectors @ q
+    if timings is not None and dense_scores is not None:
+        timings.add("embed", time.perf_counter() - clock)
     if mode == "bm25" or dense_scores is None:
         fused = bm25_scores
     elif mode == "dense":
