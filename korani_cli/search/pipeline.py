@@ -52,7 +52,8 @@ class Retrieval:
     timings: Timings
 
 
-def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] = lambda m: None) -> Retrieval:
+def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] = lambda m: None,
+             on_stage: Callable[[str], None] = lambda s: None) -> Retrieval:
     timings = Timings()
     start = time.perf_counter()
     try:
@@ -75,6 +76,7 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
             raise NoSources(f"no search results for {query!r} from {', '.join(options.providers)}",
                             "try another --provider, check the network, or pass --allow-no-sources")
         t = time.perf_counter()
+        on_stage("fetch")
         report = fetch(hits, options.fetch, cache)
     finally:
         if cache:

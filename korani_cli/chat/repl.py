@@ -1,0 +1,155 @@
+"""The read–eval–print loop: input in, events rendered out.
+
+On a terminal: readline line editing and history, multi-line input, rich
+`Live` Markdown while the answer streams (model and web text never read as
+rich markup), a transient status line for the stage, Ctrl-C stops an answer,
+Ctrl-C at an empty prompt or Ctrl-D exits. With piped stdin: no line editor,
+plain text, one input per line (or per block), so scripts and tests can drive it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterator, TextIO
+
+from rich.console import Console
+from rich.markdown import Markdown
+
+from korani_cli.chat.session import ChatSession, Event
+
+
+def read_inputs(lines: Iterator[str]) -> Iterator[str]:
+    """Whole inputs from raw lines: a \"\"\" block, or lines joined by a trailing backslash."""
+    block: list[str] | None = None
+    pending: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\n")
+        if block is not None:
+            if line.strip() == '"""':
+                yield "\n".join(block)
+                block = None
+            else:
+                block.append(line)
+            continue
+        if line.strip() == '"""':
+            block = []
+            continue
+        if line.endswith("\\"):
+            pending.append(line[:-1])
+            continue
+        if pending:
+            pending.append(line)
+            line, pending = "\n".join(pending), []
+        yield line
+    if block:
+        yield "\n".join(block)
+    elif pending:
+        yield "\n".join(pending)
+
+
+def _terminal_lines(prompt: str) -> Iterator[str]:
+    """Lines from a terminal with readline; a triple-quote line or a trailing backslash continues."""
+    try:
+        import readline  # noqa: F401 — line editing and in-session history for input()
+    except ImportError:
+        pass
+    in_block = pending = False
+    while True:
+        try:
+            line = input("... " if in_block or pending else prompt)
+        except EOFError:
+            return
+        except KeyboardInterrupt:
+            print()
+            if in_block or pending:
+                in_block = pending = False
+                continue
+            return  # Ctrl-C at an empty prompt: leave cleanly
+        if line.strip() == '"""':
+            in_block = not in_block
+        elif not in_block:
+            pending = line.endswith("\\")
+        yield line
+
+
+def run(session: ChatSession, stdin: TextIO | None = None, out: Console | None = None, err: Console | None = None) -> None:
+    stdin = stdin or sys.stdin
+    interactive = stdin.isatty() and sys.stdout.isatty()
+    out = out or Console(highlight=False)
+    err = err or Console(stderr=True, highlight=False)
+    lines = _terminal_lines("나> ") if interactive else iter(stdin.readline, "")
+    if interactive:
+        err.print(f"[bold]korani chat[/bold] · {session.model_name} · /도움말 로 명령어 보기, Ctrl-D 로 끝내기")
+    for text in read_inputs(lines):
+        if not text.strip():
+            continue
+        if _render(session.handle(text), interactive, out, err):
+            break
+
+
+def _render(events: Iterator[Event], interactive: bool, out: Console, err: Console) -> bool:
+    """Show one input's events; True when the chat should end."""
+    from rich.live import Live
+    from rich.markup import escape
+
+    status = None
+    live = None
+    answer: list[str] = []
+    try:
+        for event in events:
+            if event.kind == "stage":
+                if interactive:
+                    if status is None:
+                        status = err.status(f"{event.text}…")
+                        status.start()
+                    else:
+                        status.update(f"{event.text}…")
+            elif event.kind == "text":
+                if interactive:
+                    if status is not None:
+                        status.stop()
+                        status = None
+                    if live is None:
+                        live = Live(console=out, refresh_per_second=12, vertical_overflow="visible")
+                        live.start()
+                    answer.append(event.text)
+                    live.update(Markdown("".join(answer)))
+                else:
+                    answer.append(event.text)
+                    out.file.write(event.text)
+                    out.file.flush()
+            elif event.kind == "done":
+                if status is not None:
+                    status.stop()
+                    status = None
+                streamed = live is not None or bool(answer)
+                if live is not None:
+                    live.stop()
+                    live = None
+                if not streamed:  # a sourced answer arrives whole
+                    if interactive:
+                        out.print(Markdown(event.text))
+                    else:
+                        out.file.write(event.text)
+                if not interactive:
+                    out.file.write("\n")
+                if event.data.get("footnotes"):
+                    out.print(escape(event.data["footnotes"]))
+                out.file.flush()
+            elif event.kind == "notice":
+                err.print(f"[dim]note:[/dim] {escape(event.text)}")
+            elif event.kind == "error":
+                err.print(f"[bold red]{escape(event.text)}[/bold red]")
+            elif event.kind == "output":
+                out.print(escape(event.text))
+            elif event.kind == "exit":
+                return True
+    except KeyboardInterrupt:
+        events.close()  # stops generation; the partial answer is kept
+        err.print("[dim](답변을 멈췄습니다)[/dim]")
+    finally:
+        if status is not None:
+            status.stop()
+        if live is not None:
+            live.stop()
+    return False

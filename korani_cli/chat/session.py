@@ -1,0 +1,239 @@
+"""One chat: turns, memory, slash commands and /검색 — as a stream of events.
+
+`ChatSession.handle(line)` yields `Event`s (stage, text, done, notice, error,
+output, exit); the REPL decides how they look. Nothing here prints. Every
+exchange goes to the History as it happens.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from korani_cli import template as tpl
+from korani_cli.backends import Backend, GenerationParams
+from korani_cli.chat import memory
+from korani_cli.chat.history import History, to_markdown
+from korani_cli.errors import KoraniError
+
+ANSWER_ROOM = 256  # tokens kept free for the answer when trimming
+COMMANDS = {
+    "/검색": "search", "/search": "search", "/출처": "sources", "/sources": "sources",
+    "/초기화": "reset", "/reset": "reset", "/저장": "save", "/save": "save", "/기록": "history", "/history": "history",
+    "/모델": "model", "/model": "model", "/도움말": "help", "/help": "help", "/종료": "exit", "/exit": "exit", "/quit": "exit",
+}
+HELP = """명령어
+  /검색 <질문>  (/search)   웹을 검색해 출처와 함께 답합니다
+  /출처         (/sources)  마지막 답변의 근거 문단, 점수, URL
+  /초기화       (/reset)    대화 기억을 지웁니다
+  /저장 [파일]  (/save)     대화를 Markdown으로 저장합니다
+  /기록         (/history)  저장된 대화 목록
+  /모델         (/model)    백엔드와 모델 정보
+  /도움말       (/help)     이 도움말
+  /종료         (/exit)     끝내기 (Ctrl-D)
+여러 줄 입력: \"\"\" 로 시작하고 \"\"\" 로 끝내거나, 줄 끝에 \\ 를 붙이세요."""
+FOLLOW_UP = re.compile(r"^(그럼|그러면|그리고|또|그건|그게|그 |그녀|그분|거기|저기|이건|저건|그것|이것|걔|그 사람)")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # stage | text | done | notice | error | output | exit
+    text: str = ""
+    data: dict = field(default_factory=dict)
+
+
+def rewrite_query(question: str, previous: str | None) -> str:
+    """A standalone search query: a follow-up ("그럼 그 사람은 몇 살이야?") carries the previous query."""
+    if previous and (FOLLOW_UP.match(question) or len(question) < 12):
+        return f"{previous} {question}"
+    return question
+
+
+class ChatSession:
+    def __init__(self, load_backend: Callable[[], Backend], history: History, session_id: str, *, model_name: str,
+                 system: str | None = None, params: GenerationParams | None = None, search_options=None,
+                 restored: list[tpl.Message] | None = None):
+        self._load = load_backend
+        self.backend: Backend | None = None
+        self.history = history
+        self.session_id = session_id
+        self.model_name = model_name
+        self.system = system
+        self.params = params or GenerationParams()
+        self.search_options = search_options
+        self.turns: list[tpl.Message] = list(restored or [])
+        self.last_sources: list = []
+        self.last_query: str | None = None
+        self.trim_reported = False
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _ensure_backend(self) -> Iterator[Event]:
+        if self.backend is None:
+            yield Event("stage", "모델 불러오는 중")
+            self.backend = self._load()
+
+    def prompt_messages(self, user_message: tpl.Message) -> tuple[list[tpl.Message], int]:
+        head = [tpl.Message("system", self.system)] if self.system else []
+        messages = [*head, *self.turns, user_message]
+        limit = self.backend.info.context_length if self.backend else None
+        if not limit:
+            return messages, 0
+        eos = getattr(self.backend, "eos_text", "")
+        return memory.trim(messages, self.backend.count_tokens, max(limit - ANSWER_ROOM, 64), eos)
+
+    def _generate(self, user_message: tpl.Message, stored_text: str, extra: dict | None = None) -> Iterator[Event]:
+        self.history.add(self.session_id, "user", stored_text)  # before generation: never lost
+        messages, dropped = self.prompt_messages(user_message)
+        if dropped and not self.trim_reported:
+            self.trim_reported = True
+            yield Event("notice", f"대화가 길어져 오래된 대화 {dropped}개를 기억에서 뺐습니다 (context {self.backend.info.context_length} tokens)")
+        yield Event("stage", "답변 생성 중")
+        start = time.perf_counter()
+        first = None
+        parts: list[str] = []
+        generation = self.backend.stream(messages, self.params)
+        try:
+            for chunk in generation:
+                if first is None:
+                    first = time.perf_counter() - start
+                parts.append(chunk)
+                yield Event("text", chunk)
+        finally:
+            generation.close()
+            answer = "".join(parts)
+            timings = {"first_token_s": round(first, 4) if first else None, "total_s": round(time.perf_counter() - start, 4)}
+            if answer:
+                citations = (extra or {}).get("citations")
+                self.history.add(self.session_id, "assistant", answer, self.model_name, timings, citations)
+                self.turns += [tpl.Message("user", stored_text), tpl.Message("assistant", answer)]
+        yield Event("done", answer, {"timings": timings, "usage": generation.usage.__dict__, **(extra or {})})
+
+    # -- entry point ------------------------------------------------------------
+
+    def handle(self, line: str) -> Iterator[Event]:
+        line = line.strip()
+        if not line:
+            return
+        if line.startswith("/"):
+            name, _, arg = line.partition(" ")
+            command = COMMANDS.get(name)
+            if command is None:
+                yield Event("error", f"알 수 없는 명령어 {name} — /도움말 로 명령어를 확인하세요")
+                return
+            yield from getattr(self, f"cmd_{command}")(arg.strip())
+            return
+        try:
+            yield from self._ensure_backend()
+            yield from self._generate(tpl.user(line), line)
+        except KoraniError as exc:
+            yield Event("error", exc.one_line())
+
+    # -- commands ---------------------------------------------------------------
+
+    def cmd_search(self, question: str) -> Iterator[Event]:
+        if not question:
+            yield Event("error", "검색할 질문을 적어 주세요 — 예: /검색 한라산의 높이는?")
+            return
+        from korani_cli.search import answer as rag
+        from korani_cli.search.pipeline import retrieve
+
+        query = rewrite_query(question, self.last_query)
+        if query != question:
+            yield Event("notice", f"검색어: {query}")
+        notices: list[str] = []
+        try:
+            yield Event("stage", "검색 중")
+            stages: list[str] = []
+            result = retrieve(query, self.search_options, notices.append, on_stage=stages.append)
+            for note in notices:
+                yield Event("notice", note)
+            yield Event("stage", "페이지 읽는 중")
+            yield from self._ensure_backend()
+        except KoraniError as exc:
+            for note in notices:
+                yield Event("notice", note)
+            yield Event("error", exc.one_line())
+            return
+        self.last_query = query
+        ranked = result.ranked
+        user_message = rag.messages(question, ranked)[-1]
+        answer_text = ""
+        try:
+            for event in self._generate(user_message, question):
+                if event.kind == "done":
+                    answer_text = event.text
+                    sourced = rag.verify(answer_text, ranked)
+                    self.last_sources = ranked
+                    citations = [c.__dict__ for c in sourced.citations]
+                    # The stored/remembered answer is the verified one, with its footnotes.
+                    if self.turns and self.turns[-1].role == "assistant":
+                        self.turns[-1] = tpl.Message("assistant", sourced.text)
+                    self._update_last_answer(sourced.text, citations)
+                    yield Event("done", sourced.text, {**event.data, "citations": citations, "footnotes": sourced.footnotes()})
+                elif event.kind != "text":
+                    # Markers are checked and renumbered first, so a sourced answer is shown whole.
+                    yield event
+        except KoraniError as exc:
+            yield Event("error", exc.one_line())
+
+    def _update_last_answer(self, text: str, citations: list) -> None:
+        import json
+
+        with self.history.db:
+            self.history.db.execute(
+                "UPDATE messages SET content = ?, citations = ? WHERE id = (SELECT MAX(id) FROM messages WHERE session_id = ? AND role = 'assistant')",
+                (text, json.dumps(citations, ensure_ascii=False) if citations else None, self.session_id),
+            )
+
+    def cmd_sources(self, _arg: str) -> Iterator[Event]:
+        if not self.last_sources:
+            yield Event("output", "아직 출처가 없습니다 — /검색 으로 질문해 보세요")
+            return
+        lines = []
+        for i, r in enumerate(self.last_sources, 1):
+            lines.append(f"[{i}] {r.score:.4f}  {r.passage.title} — {r.passage.url}\n    {r.passage.text[:200]}")
+        yield Event("output", "\n".join(lines))
+
+    def cmd_reset(self, _arg: str) -> Iterator[Event]:
+        self.turns = []
+        self.last_sources = []
+        self.last_query = None
+        self.trim_reported = False
+        self.history.mark_reset(self.session_id)
+        yield Event("output", "대화 기억을 지웠습니다")
+
+    def cmd_save(self, arg: str) -> Iterator[Event]:
+        path = Path(arg).expanduser() if arg else Path(f"korani-chat-{self.session_id}.md")
+        text = to_markdown(self.history.messages(self.session_id, since_reset=False), f"korani chat {self.session_id}")
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            yield Event("error", f"error: cannot write {path} ({exc.strerror}) — choose another file: /저장 경로.md")
+            return
+        yield Event("output", f"저장했습니다: {path}")
+
+    def cmd_history(self, _arg: str) -> Iterator[Event]:
+        rows = self.history.sessions(20)
+        lines = [f"{sid}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(created))}  {model}  {n}개  {(first or '')[:40]}"
+                 for sid, created, model, n, first in rows]
+        yield Event("output", "\n".join(lines) or "저장된 대화가 없습니다")
+
+    def cmd_model(self, _arg: str) -> Iterator[Event]:
+        if self.backend is None:
+            yield Event("output", f"{self.model_name} (아직 불러오지 않음)")
+            return
+        info = self.backend.info
+        yield Event("output", f"{info.name} · backend {info.backend} · context {info.context_length} · template {info.template}")
+
+    def cmd_help(self, _arg: str) -> Iterator[Event]:
+        yield Event("output", HELP)
+
+    def cmd_exit(self, _arg: str) -> Iterator[Event]:
+        yield Event("exit")
