@@ -53,6 +53,39 @@ def rewrite_query(question: str, previous: str | None) -> str:
     return question
 
 
+STAGE_NAMES = {"fetch": "페이지 읽는 중", "rank": "관련 문단 고르는 중"}
+
+
+def _retrieve_with_events(query, options) -> Iterator:
+    """Run the search pipeline in a worker thread so its stages and notices show as they happen."""
+    import queue
+    import threading
+
+    from korani_cli.search.pipeline import retrieve
+
+    inbox: queue.Queue = queue.Queue()
+
+    def work():
+        try:
+            inbox.put(("result", retrieve(query, options, lambda m: inbox.put(("notice", m)),
+                                          on_stage=lambda s: inbox.put(("stage", s)))))
+        except BaseException as exc:  # handed to the chat thread, which raises it there
+            inbox.put(("error", exc))
+
+    threading.Thread(target=work, name="korani-search", daemon=True).start()
+    while True:
+        kind, value = inbox.get()
+        if kind == "stage":
+            yield Event("stage", STAGE_NAMES.get(value, value))
+        elif kind == "notice":
+            yield Event("notice", value)
+        elif kind == "error":
+            raise value
+        else:
+            yield value
+            return
+
+
 class ChatSession:
     def __init__(self, load_backend: Callable[[], Backend], history: History, session_id: str, *, model_name: str,
                  system: str | None = None, params: GenerationParams | None = None, search_options=None,
@@ -140,23 +173,20 @@ class ChatSession:
             yield Event("error", "검색할 질문을 적어 주세요 — 예: /검색 한라산의 높이는?")
             return
         from korani_cli.search import answer as rag
-        from korani_cli.search.pipeline import retrieve
 
         query = rewrite_query(question, self.last_query)
         if query != question:
             yield Event("notice", f"검색어: {query}")
-        notices: list[str] = []
         try:
             yield Event("stage", "검색 중")
-            stages: list[str] = []
-            result = retrieve(query, self.search_options, notices.append, on_stage=stages.append)
-            for note in notices:
-                yield Event("notice", note)
-            yield Event("stage", "페이지 읽는 중")
+            result = None
+            for event in _retrieve_with_events(query, self.search_options):
+                if isinstance(event, Event):
+                    yield event
+                else:
+                    result = event
             yield from self._ensure_backend()
         except KoraniError as exc:
-            for note in notices:
-                yield Event("notice", note)
             yield Event("error", exc.one_line())
             return
         self.last_query = query

