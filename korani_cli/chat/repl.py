@@ -49,10 +49,24 @@ def read_inputs(lines: Iterator[str]) -> Iterator[str]:
 
 def _terminal_lines(prompt: str) -> Iterator[str]:
     """Lines from a terminal with readline; a triple-quote line or a trailing backslash continues."""
+    import atexit
+
+    from korani_cli import paths
+
     try:
-        import readline  # noqa: F401 — line editing and in-session history for input()
+        import readline  # line editing for input(); its history survives between chats
     except ImportError:
-        pass
+        readline = None
+    if readline is not None:
+        history_file = paths.data_dir() / "chat_input_history"
+        try:
+            history_file.parent.mkdir(parents=True, exist_ok=True)
+            if history_file.exists():
+                readline.read_history_file(history_file)
+            readline.set_history_length(1000)
+            atexit.register(readline.write_history_file, history_file)
+        except OSError:
+            pass  # a read-only home still gets a working chat
     in_block = pending = False
     while True:
         try:

@@ -46,11 +46,38 @@ class Event:
     data: dict = field(default_factory=dict)
 
 
+def is_follow_up(question: str, previous: str | None) -> bool:
+    return bool(previous) and (bool(FOLLOW_UP.match(question)) or len(question) < 12)
+
+
 def rewrite_query(question: str, previous: str | None) -> str:
-    """A standalone search query: a follow-up ("그럼 그 사람은 몇 살이야?") carries the previous query."""
-    if previous and (FOLLOW_UP.match(question) or len(question) < 12):
-        return f"{previous} {question}"
-    return question
+    """The deterministic standalone query: a follow-up carries the previous query along."""
+    return f"{previous} {question}" if is_follow_up(question, previous) else question
+
+
+REWRITE_PROMPT = (
+    "이전 검색어: {previous}\n새 질문: {question}\n"
+    "새 질문을 이전 검색어의 맥락을 넣어 혼자서도 뜻이 통하는 검색어 한 줄로 다시 쓰세요. 검색어만 쓰세요."
+)
+
+
+def model_rewrite(backend, question: str, previous: str) -> str | None:
+    """Ask the model for a standalone query; None when its answer is not a usable query."""
+    from korani_cli.search.rank import morphemes
+
+    params = GenerationParams(max_new_tokens=32, temperature=0.0)
+    try:
+        text = backend.stream([tpl.user(REWRITE_PROMPT.format(previous=previous, question=question))], params).text()
+    except KoraniError:
+        return None
+    text = text.strip().splitlines()[0].strip().strip('"“”') if text.strip() else ""
+    if not 2 <= len(text) <= 80 or "###" in text or "[" in text:
+        return None
+    # A usable rewrite carries the previous query's subject and is mostly made of known words.
+    words, before, asked = (set(m) for m in morphemes([text, previous, question]))
+    if not words or not words & before or len(words - before - asked) / len(words) > 0.5:
+        return None
+    return text
 
 
 STAGE_NAMES = {"fetch": "페이지 읽는 중", "rank": "관련 문단 고르는 중"}
@@ -174,8 +201,13 @@ class ChatSession:
             return
         from korani_cli.search import answer as rag
 
-        query = rewrite_query(question, self.last_query)
-        if query != question:
+        query = question
+        if is_follow_up(question, self.last_query):
+            try:
+                yield from self._ensure_backend()
+                query = model_rewrite(self.backend, question, self.last_query) or rewrite_query(question, self.last_query)
+            except KoraniError:
+                query = rewrite_query(question, self.last_query)
             yield Event("notice", f"검색어: {query}")
         try:
             yield Event("stage", "검색 중")
