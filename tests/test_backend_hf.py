@@ -114,3 +114,13 @@ def test_missing_hub_model_offline_is_a_model_load_error():
 def test_directory_that_is_no_model_is_a_model_load_error(tmp_path):
     with pytest.raises(ModelLoadError):
         load(str(tmp_path))
+
+
+def test_whole_answer_mode_gives_the_streamed_text(tiny_neox_dir):
+    backend = load(str(tiny_neox_dir))
+    messages = [tpl.user("서울은 어떤 도시인가요?")]
+    streamed = backend.stream(messages, GREEDY)
+    whole = backend.stream(messages, GenerationParams(max_new_tokens=12, temperature=0.0, stream=False))
+    assert whole.text() == streamed.text()
+    assert whole.usage.completion_tokens == streamed.usage.completion_tokens
+    assert whole.usage.finish_reason == streamed.usage.finish_reason
