@@ -109,7 +109,11 @@ def load_model(config: TrainConfig, plan: DevicePlan, base: str, vocab: int | No
     if quant is not None:
         kwargs["quantization_config"] = quant
         if plan.cuda:
-            kwargs["device_map"] = {"": 0}
+            # One full copy per process: each rank's 4-bit model on its own GPU
+            # (the launchers set LOCAL_RANK; a single process is rank 0).
+            import os
+
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     # A pad token added to the tokenizer usually fits in the embedding
     # matrix's spare rows (polyglot-ko pads its vocabulary); grow it otherwise.

@@ -288,9 +288,12 @@ def run(
     reporter = reporter or _Silent()
     data_dir, output = Path(config.data), Path(config.output)
     counts = check_data(data_dir)
-    if output.exists() and any(output.iterdir()) and not resume and not overwrite:
+    # Under a launcher every rank runs this; only the first one judges and prepares the output
+    # directory (the others would see its fresh files and mistake them for an earlier run).
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank and output.exists() and any(output.iterdir()) and not resume and not overwrite:
         raise UsageError(f"{output} already holds a run", "pass --resume to continue it, --overwrite to start over, or another --output")
-    if overwrite and not resume and output.exists():
+    if main_rank and overwrite and not resume and output.exists():
         import shutil
 
         shutil.rmtree(output)
@@ -304,8 +307,11 @@ def run(
 
     quiet_libraries()
     if smoke:
+        if not main_rank:
+            _wait_for(output / "smoke-base" / "model.safetensors")
         config = smoke_adjust(config, output, data_dir, reporter)
-    save_config(config, output / "korani_train.yaml")
+    if main_rank:
+        save_config(config, output / "korani_train.yaml")
 
     interrupted = {"flag": False}
     # A smoke run evaluates on a slice of valid: it checks the path, not the model.
@@ -375,6 +381,15 @@ def run(
     tmp.write_text(json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     tmp.replace(output / "korani_metadata.json")
     return metadata
+
+
+def _wait_for(path: Path, timeout: float = 600) -> None:
+    """Other ranks wait while the first builds the --smoke base model."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        if time.time() > deadline:
+            raise UsageError(f"{path} did not appear", "the first rank failed to build the --smoke base; see its log")
+        time.sleep(0.5)
 
 
 def _main_thread() -> bool:
