@@ -145,7 +145,7 @@ def test_fetch_handles_every_kind_of_page(web):
     assert len(pages["/big.html"].text) <= 1_000_000  # cut at the byte cap, not read whole
     for name in ("/donga.html", "/chosun.html", "/daejon.html"):
         assert "\ufffd" not in pages[name].text and sum("가" <= c <= "힣" for c in pages[name].text) > 200, name
-    assert report.seconds < 4.5
+    assert report.seconds < opts.deadline + 3  # the overall deadline bounds the batch (slack for a loaded machine)
 
 
 def test_a_redirect_to_the_metadata_service_is_refused_at_the_hop(web):
