@@ -146,7 +146,10 @@ class ChatSession:
         eos = getattr(self.backend, "eos_text", "")
         return memory.trim(messages, self.backend.count_tokens, max(limit - ANSWER_ROOM, 64), eos)
 
-    def _generate(self, user_message: tpl.Message, stored_text: str, extra: dict | None = None) -> Iterator[Event]:
+    def _generate(self, user_message: tpl.Message, stored_text: str,
+                  finish: Callable[[str], tuple[str, dict]] = lambda answer: (answer, {})) -> Iterator[Event]:
+        """Generate, remember and store one answer; `finish` turns the raw answer into what is
+        shown, remembered and stored (a /검색 answer: verified, with its citations)."""
         self.history.add(self.session_id, "user", stored_text)  # before generation: never lost
         messages, dropped = self.prompt_messages(user_message)
         if dropped and not self.trim_reported:
@@ -165,13 +168,12 @@ class ChatSession:
                 yield Event("text", chunk)
         finally:
             generation.close()
-            answer = "".join(parts)
+            answer, extra = finish("".join(parts))
             timings = {"first_token_s": round(first, 4) if first else None, "total_s": round(time.perf_counter() - start, 4)}
             if answer:
-                citations = (extra or {}).get("citations")
-                self.history.add(self.session_id, "assistant", answer, self.model_name, timings, citations)
+                self.history.add(self.session_id, "assistant", answer, self.model_name, timings, extra.get("citations"))
                 self.turns += [tpl.Message("user", stored_text), tpl.Message("assistant", answer)]
-        yield Event("done", answer, {"timings": timings, "usage": generation.usage.__dict__, **(extra or {})})
+        yield Event("done", answer, {"timings": timings, "usage": generation.usage.__dict__, **extra})
 
     # -- entry point ------------------------------------------------------------
 
@@ -223,34 +225,19 @@ class ChatSession:
             return
         self.last_query = query
         ranked = result.ranked
-        user_message = rag.messages(question, ranked)[-1]
-        answer_text = ""
+        self.last_sources = ranked
+
+        def verified(answer: str) -> tuple[str, dict]:
+            sourced = rag.verify(answer, ranked)
+            return sourced.text, {"citations": [c.__dict__ for c in sourced.citations], "footnotes": sourced.footnotes()}
+
         try:
-            for event in self._generate(user_message, question):
-                if event.kind == "done":
-                    answer_text = event.text
-                    sourced = rag.verify(answer_text, ranked)
-                    self.last_sources = ranked
-                    citations = [c.__dict__ for c in sourced.citations]
-                    # The stored/remembered answer is the verified one, with its footnotes.
-                    if self.turns and self.turns[-1].role == "assistant":
-                        self.turns[-1] = tpl.Message("assistant", sourced.text)
-                    self._update_last_answer(sourced.text, citations)
-                    yield Event("done", sourced.text, {**event.data, "citations": citations, "footnotes": sourced.footnotes()})
-                elif event.kind != "text":
-                    # Markers are checked and renumbered first, so a sourced answer is shown whole.
+            for event in self._generate(rag.messages(question, ranked)[-1], question, finish=verified):
+                # Markers are checked and renumbered first, so a sourced answer is shown whole.
+                if event.kind != "text":
                     yield event
         except KoraniError as exc:
             yield Event("error", exc.one_line())
-
-    def _update_last_answer(self, text: str, citations: list) -> None:
-        import json
-
-        with self.history.db:
-            self.history.db.execute(
-                "UPDATE messages SET content = ?, citations = ? WHERE id = (SELECT MAX(id) FROM messages WHERE session_id = ? AND role = 'assistant')",
-                (text, json.dumps(citations, ensure_ascii=False) if citations else None, self.session_id),
-            )
 
     def cmd_sources(self, _arg: str) -> Iterator[Event]:
         if not self.last_sources:
