@@ -49,36 +49,33 @@ def _sentences(text: str) -> list[str]:
     return out
 
 
-def _support(sentence: str, passage: str) -> float:
-    from korani_cli.search.rank import morphemes
-
-    words, context = morphemes([sentence, passage])
-    words = set(words)
-    return len(words & set(context)) / len(words) if words else 0.0
+def _support(words: set, context: set) -> float:
+    """Share of a sentence's content words found in a passage."""
+    return len(words & context) / len(words) if words else 0.0
 
 
 def verify(answer: str, ranked: list[Ranked], threshold: float = SUPPORT_THRESHOLD) -> SourcedAnswer:
+    from korani_cli.search.rank import morphemes
+
     k = len(ranked)
     sentences = _sentences(answer)
+    bodies = [MARKER.sub("", sentence).strip() for sentence in sentences]
+    # Every sentence and passage goes through Kiwi once, in one batch.
+    tokens = [set(t) for t in morphemes([*bodies, *(r.passage.text for r in ranked)])] if sentences else []
+    sentence_words, passage_words = tokens[: len(bodies)], tokens[len(bodies):]
     cited_any = bool(MARKER.search(answer))
     kept: list[tuple[str, list[int], dict[int, float]]] = []
-    for sentence in sentences:
-        body = MARKER.sub("", sentence).strip()
-        wanted = [int(n) for n in MARKER.findall(sentence)]
+    for sentence, body, words in zip(sentences, bodies, sentence_words):
+        support = {n: _support(words, passage_words[n - 1]) for n in range(1, k + 1)}
         marks, scores = [], {}
-        for n in dict.fromkeys(wanted):
-            if not 1 <= n <= k:
-                continue  # points at no source
-            score = _support(body, ranked[n - 1].passage.text)
-            if score >= threshold:
+        for n in dict.fromkeys(int(m) for m in MARKER.findall(sentence)):
+            if n in support and support[n] >= threshold:  # out of range: points at no source
                 marks.append(n)
-                scores[n] = score
-        if not cited_any and body:
-            best = max(range(1, k + 1), key=lambda n: _support(body, ranked[n - 1].passage.text), default=None)
-            if best is not None:
-                score = _support(body, ranked[best - 1].passage.text)
-                if score >= threshold:
-                    marks, scores = [best], {best: score}
+                scores[n] = support[n]
+        if not cited_any and body and support:
+            best = max(support, key=support.get)
+            if support[best] >= threshold:
+                marks, scores = [best], {best: support[best]}
         kept.append((body, marks, scores))
     # Renumber in order of first citation; footnotes only for cited sources.
     renumber: dict[int, int] = {}
