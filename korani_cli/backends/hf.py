@@ -267,14 +267,8 @@ class HFBackend:
                     ids = self.model.generate(**gen_kwargs)
             except Exception as exc:
                 raise GenerationError(f"generation failed ({exc.__class__.__name__}: {exc})", "retry with --debug for details") from None
-            new = ids[0, n_prompt:].tolist()
-            ended = eos is not None and eos in new
-            new = new[: new.index(eos)] if ended else new
-            usage.completion_tokens = len(new)
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            if ended or len(new) >= max_new:
-                usage.finish_reason = "eos" if ended else "length"
-            yield text
+            new = _count(ids[0, n_prompt:].tolist(), eos, max_new, usage)
+            yield self.tokenizer.decode(new, skip_special_tokens=True)
             return
         outcome: dict = {}
 
@@ -297,14 +291,23 @@ class HFBackend:
             thread.join()
             ids = outcome.get("ids")
             if ids is not None:
-                new = ids[0, n_prompt:].tolist()
-                # generate pads finished rows; count up to and without EOS.
-                ended = eos is not None and eos in new
-                usage.completion_tokens = new.index(eos) if ended else len(new)
-                # Neither EOS nor the limit means we cut it (header or Ctrl-C).
-                if usage.finish_reason is None and (ended or len(new) >= max_new):
-                    usage.finish_reason = "eos" if ended else "length"
+                _count(ids[0, n_prompt:].tolist(), eos, max_new, usage)
         if "error" in outcome:
             exc = outcome["error"]
             raise GenerationError(f"generation failed ({exc.__class__.__name__}: {exc})", "retry with --debug for details") from None
 
+
+def _count(new: list, eos: int | None, max_new: int, usage) -> list:
+    """Fill usage from generated ids; return them without EOS and what follows.
+
+    generate() pads finished rows, so counting stops at EOS. Neither EOS nor the
+    limit means korani cut the answer (a header or Ctrl-C): finish_reason is left
+    to whoever cut it.
+    """
+    ended = eos is not None and eos in new
+    if ended:
+        new = new[: new.index(eos)]
+    usage.completion_tokens = len(new)
+    if usage.finish_reason is None and (ended or len(new) >= max_new):
+        usage.finish_reason = "eos" if ended else "length"
+    return new
