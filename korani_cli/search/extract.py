@@ -39,12 +39,32 @@ def readability_text(html: str) -> tuple[str, str]:
     return (doc.short_title() or "").strip(), _html_to_text(doc.summary(html_partial=True))
 
 
-def trafilatura_text(html: str, url: str | None = None) -> tuple[str, str]:
+def trafilatura_body(html: str, url: str | None = None) -> str:
     import trafilatura
 
-    text = trafilatura.extract(html, url=url, include_comments=False, include_tables=True, favor_recall=True) or ""
-    meta = trafilatura.extract_metadata(html)
-    return ((meta.title if meta else "") or "").strip(), text.strip()
+    return (trafilatura.extract(html, url=url, include_comments=False, include_tables=True, favor_recall=True) or "").strip()
+
+
+def trafilatura_text(html: str, url: str | None = None) -> tuple[str, str]:
+    # Not trafilatura.extract_metadata for the title: it also hunts for the
+    # page's date through dateparser, which loads 200 locales (~4 s) on first
+    # use and then costs more than the extraction itself.
+    return page_title(html), trafilatura_body(html, url)
+
+
+def page_title(html: str) -> str:
+    """og:title, else <title>, else the first <h1>."""
+    import lxml.html
+
+    try:
+        root = lxml.html.fromstring(html)
+    except (ValueError, lxml.etree.ParserError):
+        return ""
+    for query in ('//meta[@property="og:title"]/@content', "//title//text()", "//h1//text()"):
+        found = " ".join(" ".join(str(v) for v in root.xpath(query)[:1]).split())
+        if found:
+            return found
+    return ""
 
 
 def _tighter(candidate: str, reference: str) -> bool:
@@ -67,9 +87,9 @@ def extract(html: str, url: str | None = None) -> tuple[str, str]:
     except Exception:  # readability raises on some malformed documents
         title, text = "", ""
     try:
-        t_title, t_text = trafilatura_text(html, url)
+        t_text = trafilatura_body(html, url)
     except Exception:  # trafilatura too; then readability's answer stands
-        t_title, t_text = "", ""
+        t_text = ""
     if (len(text) < MIN_CHARS and len(t_text) > len(text)) or _tighter(t_text, text):
         text = t_text
-    return title or t_title, text
+    return title or page_title(html), text
