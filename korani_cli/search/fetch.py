@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
+from korani_cli.search import workers
 from korani_cli.search.cache import PageCache
 from korani_cli.search.decode import decode_html
 from korani_cli.search.extract import extract
@@ -79,14 +80,24 @@ async def _fetch_one(client, url: str, opts: FetchOptions) -> Page:
     if is_pdf:
         title, text = _pdf_text(data)
         return Page(url, current, title or current, text, "application/pdf", None)
-    # Decoding and extraction are CPU work: off the event loop, so pages that
-    # arrive together are processed on all cores while others still download.
-    loop = asyncio.get_running_loop()
-    html, encoding = await loop.run_in_executor(None, decode_html, data, charset)
-    if ctype == "text/plain":
-        return Page(url, current, current, html.strip(), ctype, encoding)
-    title, text = await loop.run_in_executor(None, extract, html, current)
+    title, text, encoding = await _page_text(data, charset, ctype == "text/plain", current)
     return Page(url, current, title, text, ctype or "text/html", encoding)
+
+
+async def _page_text(data: bytes, charset: str | None, plain: bool, url: str):
+    """Decoding and extraction are CPU work: off the event loop, in the worker
+    processes, so pages that arrive together are parsed on all cores while
+    others still download."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    loop = asyncio.get_running_loop()
+    executor = workers.pool()
+    if executor is not None:
+        try:
+            return await loop.run_in_executor(executor, workers.page_text, data, charset, plain, url)
+        except BrokenProcessPool:  # a worker was killed: this page in-process, a new pool next time
+            workers.discard()
+    return await loop.run_in_executor(None, workers.page_text, data, charset, plain, url)
 
 
 def _pdf_text(data: bytes) -> tuple[str, str]:

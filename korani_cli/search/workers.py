@@ -1,0 +1,109 @@
+"""Page CPU work (decode + extract) on every core, in a small process pool.
+
+readability and trafilatura are pure Python over lxml, so threads take turns
+on the GIL: eight pages arriving together were parsed one after the other.
+Worker processes parse them side by side. The pool is started by `warm()`
+when a search begins, so the interpreters start and import the extractors
+while the provider and the page servers are still answering; later searches
+in the same process (a chat session) reuse it.
+
+Worker processes import the program's main module again (multiprocessing's
+rule), which is harmless only behind an `if __name__ == "__main__"` guard. So
+the pool is opt-in: korani's entry points call `enable()`; a script that uses
+korani as a library gets threads unless it calls `enable()` itself.
+
+Workers ignore SIGINT: Ctrl-C in a chat stops the answer, and the pool
+survives for the next /검색. Whenever a pool cannot be had (one core, no
+process support, a worker died), the work runs in the calling process's
+thread executor as before — slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+_lock = threading.Lock()
+_pool = None
+_broken = False
+_enabled = False
+
+
+def enable(on: bool = True) -> None:
+    global _enabled
+    _enabled = on
+
+
+def _init() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import korani_cli.search.extract  # noqa: F401 - the point: pay the imports now
+    import readability  # noqa: F401
+    import trafilatura  # noqa: F401
+
+
+def _ready() -> bool:
+    return True
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def pool():
+    """The process pool, or None where one would not help or cannot run."""
+    global _pool, _broken
+    if not _enabled or _broken or os.environ.get("KORANI_EXTRACT_WORKERS") == "0":
+        return None
+    workers = int(os.environ.get("KORANI_EXTRACT_WORKERS") or min(cores(), 4))
+    if workers < 2:
+        return None
+    with _lock:
+        if _pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            try:
+                _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_init)
+            except (OSError, ValueError, NotImplementedError):  # no /dev/shm, no semaphores, …
+                _broken = True
+                return None
+        return _pool
+
+
+def warm() -> None:
+    """Start the workers now (non-blocking) so that they are ready when pages arrive."""
+    executor = pool()
+    if executor is None:
+        return
+    try:
+        for _ in range(executor._max_workers):
+            executor.submit(_ready)
+    except Exception:  # a broken pool is noticed and replaced by `run`
+        pass
+
+
+def discard() -> None:
+    """A worker died: drop the pool; the next search builds a fresh one."""
+    global _pool
+    with _lock:
+        if _pool is not None:
+            _pool.shutdown(wait=False, cancel_futures=True)
+            _pool = None
+
+
+def page_text(data: bytes, charset: str | None, plain: bool, url: str) -> tuple[str, str, str | None]:
+    """bytes → (title, text, encoding): what one worker does for one page."""
+    from korani_cli.search.decode import decode_html
+    from korani_cli.search.extract import extract
+
+    html, encoding = decode_html(data, charset)
+    if plain:
+        return url, html.strip(), encoding
+    title, text = extract(html, url)
+    return title, text, encoding
