@@ -26,6 +26,23 @@ sys.path.insert(0, str(REPO))
 KORQUAD = REPO.parent / "shared" / "eval" / "korquad" / "KorQuAD_v1.0_dev.json"
 
 
+def cached(embedder, kind: str, texts: list[str]):
+    """Embeddings of `texts`, kept in ~/.cache/korani-bench: the pool takes minutes on 2 cores."""
+    import hashlib
+
+    import numpy as np
+
+    key = hashlib.sha256("\x00".join([embedder.name, kind, *texts]).encode()).hexdigest()[:20]
+    path = Path.home() / ".cache" / "korani-bench" / f"{key}.npy"
+    if path.exists():
+        return np.load(path)
+    vectors = getattr(embedder, kind)(texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path.with_suffix(".tmp.npy"), vectors)
+    path.with_suffix(".tmp.npy").replace(path)
+    return vectors
+
+
 def metrics(rank_lists, gold) -> dict:
     r1 = r5 = r10 = mrr = 0.0
     for ranking, g in zip(rank_lists, gold):
@@ -44,13 +61,15 @@ def main() -> None:
     import bm25s
     import numpy as np
 
-    from korani_cli.search.rank import RRF_K, make_embedder, morphemes
+    from korani_cli.search.rank import DENSE_WEIGHT, EMBED_CHARS, MIN_CANDIDATES, RRF_K, make_embedder, morphemes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=0, help="use only the first N questions (0: all)")
     ap.add_argument("--embedder", default="auto")
-    ap.add_argument("--shortcuts", default="10x240,8x160,6x160,8x120",
+    ap.add_argument("--shortcuts", default=f"10x240,{MIN_CANDIDATES}x{EMBED_CHARS}",
                     help="N×C settings to measure: BM25 top-N candidates, first C characters embedded")
+    ap.add_argument("--weights", default=f"1,{DENSE_WEIGHT}",
+                    help="dense weights in the rank fusion to measure (korani's is rank.DENSE_WEIGHT)")
     args = ap.parse_args()
     data = json.loads(KORQUAD.read_text(encoding="utf-8"))["data"]
     paragraphs, contexts, questions, gold = [], [], [], []
@@ -73,10 +92,10 @@ def main() -> None:
     timings["bm25_s"] = round(time.perf_counter() - t, 1)
     embedder = make_embedder(args.embedder)
     t = time.perf_counter()
-    P = embedder.passages(paragraphs)
+    P = cached(embedder, "passages", paragraphs)
     timings["embed_pool_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    Q = embedder.queries(questions)
+    Q = cached(embedder, "queries", questions)
     timings["embed_queries_s"] = round(time.perf_counter() - t, 1)
     dense = Q @ P.T
 
@@ -90,18 +109,17 @@ def main() -> None:
     rows = np.arange(len(questions))[:, None]
     ranks_b[rows, bm25_order] = np.arange(n)
     ranks_d[rows, dense_order] = np.arange(n)
-    fused = 1 / (RRF_K + ranks_b + 1) + 1 / (RRF_K + ranks_d + 1)
-    results = {
-        "bm25": metrics(bm25_order[:, :10], gold),
-        "dense": metrics(dense_order[:, :10], gold),
-        "hybrid": metrics(order(fused)[:, :10], gold),
-    }
+    weights = list(dict.fromkeys(float(w) for w in args.weights.split(",")))
+    results = {"bm25": metrics(bm25_order[:, :10], gold), "dense": metrics(dense_order[:, :10], gold)}
+    for w in weights:
+        fused = 1 / (RRF_K + ranks_b + 1) + w / (RRF_K + ranks_d + 1)
+        results["hybrid" if w == 1 else f"hybrid w={w:g}"] = metrics(order(fused)[:, :10], gold)
     heads = {}
     for setting in filter(None, args.shortcuts.split(",")):
         n_cand, chars = (int(x) for x in setting.lower().split("x"))
         if chars not in heads:
             t = time.perf_counter()
-            heads[chars] = embedder.passages([c[:chars] for c in contexts])
+            heads[chars] = cached(embedder, "passages", [c[:chars] for c in contexts])
             timings[f"embed_heads_{chars}_s"] = round(time.perf_counter() - t, 1)
         # As rank() does: dense scores for the BM25 top-N only, the rest last.
         cand = bm25_order[:, :n_cand]
@@ -109,11 +127,13 @@ def main() -> None:
         np.put_along_axis(short, cand, np.einsum("qd,qkd->qk", Q, heads[chars][cand]), axis=1)
         ranks_s = np.empty_like(dense_order)
         ranks_s[rows, order(short)] = np.arange(n)
-        results[f"hybrid {n_cand}x{chars}"] = metrics(order(1 / (RRF_K + ranks_b + 1) + 1 / (RRF_K + ranks_s + 1))[:, :10], gold)
+        for w in weights:
+            fused = 1 / (RRF_K + ranks_b + 1) + w / (RRF_K + ranks_s + 1)
+            results[f"hybrid {n_cand}x{chars}" + ("" if w == 1 else f" w={w:g}")] = metrics(order(fused)[:, :10], gold)
     print(f"{len(questions):,} questions, {n} paragraphs, embedder: {embedder.name}")
-    print(f"{'method':<14} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'MRR@10':>7}")
+    print(f"{'method':<20} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'MRR@10':>7}")
     for name, m in results.items():
-        print(f"{name:<14} {m['recall@1']:>7.4f} {m['recall@5']:>7.4f} {m['recall@10']:>7.4f} {m['mrr@10']:>7.4f}")
+        print(f"{name:<20} {m['recall@1']:>7.4f} {m['recall@5']:>7.4f} {m['recall@10']:>7.4f} {m['mrr@10']:>7.4f}")
     print("RESULT " + json.dumps({"questions": len(questions), "paragraphs": n, "embedder": embedder.name, **results, "timings": timings}))
 
 

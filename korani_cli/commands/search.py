@@ -67,6 +67,7 @@ def search(
         return
     console = Console()
     for i, r in enumerate(result.ranked, 1):
-        console.print(f"[bold][{i}][/bold] {r.score:.4f}  [cyan]{escape(r.passage.title)}[/cyan]  {escape(r.passage.url)}", highlight=False)
+        shown = r.rerank if r.rerank is not None else r.score  # the score that ordered the list
+        console.print(f"[bold][{i}][/bold] {shown:.4f}  [cyan]{escape(r.passage.title)}[/cyan]  {escape(r.passage.url)}", highlight=False)
         console.print(escape(r.passage.text), highlight=False)
         console.print()

@@ -5,8 +5,9 @@
   safety.py     the SSRF guard: which URLs may be fetched
   fetch.py      Hits → Pages: concurrent, capped, charset-correct, cached in SQLite
   extract.py    HTML → main text (readability, trafilatura fallback)
-  passages.py   text → ~300–600 character passages on Korean sentence boundaries
-  rank.py       BM25 over Kiwi morphemes + dense embeddings, fused; per-page cap
+  workers.py    the process pool that decodes and extracts pages on every core
+  passages.py   text → ~300–600 character passages on Korean sentence boundaries, with morphemes
+  rank.py       BM25 over Kiwi morphemes + dense embeddings, fused; optional cross-encoder; per-page cap
   answer.py     ranked passages → prompt (through the template) → answer → verified footnotes
   pipeline.py   the stages in order, with timings
 """

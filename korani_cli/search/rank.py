@@ -5,7 +5,7 @@
 - Dense: an `Embedder` (one small interface; models load once per process,
   encoding is batched). On CPU only the BM25 top candidates are embedded,
   which keeps time to context low without changing the top of the ranking.
-- Fusion: reciprocal rank fusion (k=60) of the two rankings.
+- Fusion: reciprocal rank fusion (k=60) of the two rankings, dense at half weight.
 - Rerank (optional, `--reranker`): a cross-encoder reads query and passage
   together and reorders the fused head; slower than the two above and worth
   it on a GPU (e.g. BAAI/bge-reranker-v2-m3, dragonkue/bge-reranker-v2-m3-ko).
@@ -21,7 +21,14 @@ from korani_cli.search.passages import content_terms, kiwi
 from korani_cli.search.types import Passage, Ranked
 
 RRF_K = 60
-EMBED_CHARS = 240
+# The dense ranking's weight in the fusion. On KorQuAD dev (bench/retrieval.py)
+# 0.5 beats equal weights on every measure: R@1 0.892 vs 0.864, R@5 0.988 vs 0.986.
+DENSE_WEIGHT = 0.5
+# On CPU the embedder reads only the BM25 top candidates, and only their first
+# EMBED_CHARS characters (cost grows with tokens: ~0.6 ms a token here). The
+# top 6 × 160 characters keeps R@5 at 0.986 for 0.4 of the cost of 10 × 240.
+EMBED_CHARS = 160
+MIN_CANDIDATES = 6
 
 
 def morphemes(texts: Sequence[str]) -> list[list[str]]:
@@ -184,7 +191,7 @@ def rank(
     *,
     k: int = 5,
     per_page: int = 2,
-    candidates: int | None = None,  # BM25 prefilter for the embedder; default 2 × k
+    candidates: int | None = None,  # BM25 prefilter for the embedder; default max(k + 1, MIN_CANDIDATES)
     mode: str = "hybrid",
     reranker: Reranker | None = None,
     rerank_depth: int | None = None,  # fused head the reranker reads; default 3 × k
@@ -201,7 +208,7 @@ def rank(
     if not passages:
         return []
     n = len(passages)
-    candidates = candidates or 2 * k
+    candidates = candidates or max(k + 1, MIN_CANDIDATES)
     bm25_scores = np.zeros(n)
     if mode in ("hybrid", "bm25") or candidates < n:
         titles = list(dict.fromkeys(p.title for p in passages))
@@ -231,7 +238,7 @@ def rank(
         fused = dense_scores
     else:
         br, dr = _ranks(list(bm25_scores)), _ranks(list(dense_scores))
-        fused = np.array([1 / (RRF_K + br[i] + 1) + 1 / (RRF_K + dr[i] + 1) for i in range(n)])
+        fused = np.array([1 / (RRF_K + br[i] + 1) + DENSE_WEIGHT / (RRF_K + dr[i] + 1) for i in range(n)])
     order = sorted(range(n), key=lambda i: -fused[i])
     rerank_scores: dict[int, float] = {}
     if reranker is not None:
