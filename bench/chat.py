@@ -77,8 +77,10 @@ def main() -> None:
     from korani_cli.config import Settings
     from korani_cli.models import load_backend, resolve
     from korani_cli.search.fetch import FetchOptions
+    from korani_cli.search import workers
     from korani_cli.search.pipeline import SearchOptions
 
+    workers.enable()  # as the korani entry point does
     server, base = rag.serve()
     settings = Settings(model="demo")
     t = time.perf_counter()

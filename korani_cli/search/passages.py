@@ -66,7 +66,9 @@ def analyse(texts: list[str]) -> list[list[Sentence]]:
     out: list[list[Sentence]] = [[] for _ in texts]
     if not paragraphs:
         return out
-    for owner, sents in zip(owners, kiwi().split_into_sents(paragraphs, return_tokens=True)):
+    # Kiwi hands back a generator fed by its worker threads: drain it whole.
+    analysed = list(kiwi().split_into_sents(paragraphs, return_tokens=True))
+    for owner, sents in zip(owners, analysed):
         for s in sents:
             if s.text.strip():
                 out[owner].append(Sentence(s.text.strip(), tuple(content_terms(s.tokens or ()))))

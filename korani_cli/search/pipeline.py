@@ -103,7 +103,7 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
     timings.add("passages", time.perf_counter() - t)
     t = time.perf_counter()
     embedder, reranker = preload.get("embedder"), preload.get("reranker")
-    timings.add("load embedder", time.perf_counter() - t)
+    timings.add("load models", time.perf_counter() - t)
     ranked = rank(query, chunks, embedder, k=options.k, per_page=options.per_page, reranker=reranker, timings=timings)
     timings.add("total", time.perf_counter() - start)
     return Retrieval(query, used, hits, report.pages, report.failures, ranked, timings)
