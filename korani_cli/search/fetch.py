@@ -97,7 +97,7 @@ async def _page_text(data: bytes, charset: str | None, plain: bool, url: str):
             return await loop.run_in_executor(executor, workers.page_text, data, charset, plain, url)
         except BrokenProcessPool:  # a worker was killed: this page in-process, a new pool next time
             workers.discard()
-    return await loop.run_in_executor(None, workers.page_text, data, charset, plain, url)
+    return await loop.run_in_executor(workers.serial(), workers.page_text, data, charset, plain, url)
 
 
 def _pdf_text(data: bytes) -> tuple[str, str]:

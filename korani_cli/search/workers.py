@@ -10,12 +10,12 @@ in the same process (a chat session) reuse it.
 Worker processes import the program's main module again (multiprocessing's
 rule), which is harmless only behind an `if __name__ == "__main__"` guard. So
 the pool is opt-in: korani's entry points call `enable()`; a script that uses
-korani as a library gets threads unless it calls `enable()` itself.
+korani as a library extracts in one thread unless it calls `enable()` itself.
 
 Workers ignore SIGINT: Ctrl-C in a chat stops the answer, and the pool
 survives for the next /검색. Whenever a pool cannot be had (one core, no
-process support, a worker died), the work runs in the calling process's
-thread executor as before — slower, never wrong.
+process support, a worker died), the work runs in one thread of this
+process (`serial`) — slower, never wrong.
 """
 
 from __future__ import annotations
@@ -74,6 +74,22 @@ def pool():
                 _broken = True
                 return None
         return _pool
+
+
+_serial = None
+
+
+def serial():
+    """Where pages are parsed without a pool: one thread. Threads would take
+    turns on the GIL anyway, and one at a time keeps readability, trafilatura
+    and lxml clear of any doubt about running side by side."""
+    global _serial
+    with _lock:
+        if _serial is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _serial = ThreadPoolExecutor(1, thread_name_prefix="korani-extract")
+        return _serial
 
 
 def warm() -> None:
