@@ -63,10 +63,12 @@ def serve():
             self.end_headers()
             self.wfile.write(body)
 
-    # A real web server's listen backlog: http.server's default of 5 drops the
-    # SYNs of 8 concurrent connections and the client retries after 1 s.
-    ThreadingHTTPServer.request_queue_size = 64
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        # A real web server's listen backlog: http.server's default of 5 drops
+        # the SYNs of 8 concurrent connections and the client retries after 1 s.
+        request_queue_size = 64
+
+    server = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 

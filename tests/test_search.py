@@ -384,3 +384,13 @@ def test_local_directory_search(tmp_path):
     proc = run_korani("search", "제주도에서 가장 높은 산", "--local-dir", str(tmp_path), "--embedder", "none", "--json", "-k", "1")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["passages"][0]["url"].endswith("a.md")
+
+
+@pytest.mark.slow
+def test_a_bad_embedder_is_one_line_and_exit_3(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    (tmp_path / "a.md").write_text("서울은 대한민국의 수도이다.", encoding="utf-8")
+    bad = run_korani("search", "서울", "--local-dir", str(tmp_path), "--embedder", str(tmp_path / "nope"),
+                     env={"HF_HUB_OFFLINE": "1"})
+    assert bad.returncode == 3 and "--embedder" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr

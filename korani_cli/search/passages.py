@@ -75,10 +75,6 @@ def analyse(texts: list[str]) -> list[list[Sentence]]:
     return out
 
 
-def sentences(text: str) -> list[str]:
-    return [s.text for s in analyse([text])[0]]
-
-
 def group(sents: list[Sentence]) -> list[tuple[str, tuple | None]]:
     """Sentences → (passage text, its terms, or None when a piece was not analysed)."""
     chunks: list[tuple[str, tuple | None]] = []

@@ -73,7 +73,7 @@ class SentenceTransformerEmbedder:
 
     def __init__(self, model: str, device: str | None = None):
         self.name = model
-        self.model = _st_model(model, device)
+        self.model = _load_st("SentenceTransformer", "--embedder", model, device)
         self.e5 = "e5" in model.lower()
 
     def queries(self, texts):
@@ -96,50 +96,44 @@ class CrossEncoderReranker:
 
     def __init__(self, model: str, device: str | None = None):
         self.name = model
-        self.model = _ce_model(model, device)
+        self.model = _load_st("CrossEncoder", "--reranker", model, device)
 
     def scores(self, query, texts):
         pairs = [(query, text) for text in texts]
         return [float(s) for s in self.model.predict(pairs, batch_size=16, show_progress_bar=False)]
 
 
-@lru_cache(maxsize=2)
-def _ce_model(model: str, device: str | None):
-    from korani_cli.console import quiet_libraries
-
-    quiet_libraries()
-    from sentence_transformers import CrossEncoder
-
-    return CrossEncoder(model, device=device)
-
-
 def make_reranker(spec: str | None) -> Reranker | None:
     """None/'none' (default: no rerank) or a sentence-transformers CrossEncoder id/path."""
     if spec in (None, "", "none"):
         return None
+    return CrossEncoderReranker(spec.removeprefix("st:"))
+
+
+def _load_st(kind: str, flag: str, model: str, device: str | None):
+    """A sentence-transformers `kind` (SentenceTransformer or CrossEncoder), once
+    per process; a model that cannot be had is one line naming the flag."""
     import importlib.util
 
+    from korani_cli.errors import ModelLoadError, UsageError
+
     if importlib.util.find_spec("sentence_transformers") is None:
-        from korani_cli.errors import UsageError
-
-        raise UsageError("--reranker needs sentence-transformers", "pip install 'korani[embed]'")
+        raise UsageError(f"{flag} {model} needs sentence-transformers", "pip install 'korani[embed]'")
     try:
-        return CrossEncoderReranker(spec.removeprefix("st:"))
+        return _st_cached(kind, model, device)
     except (OSError, ValueError) as exc:  # not a model directory, not on the hub, offline
-        from korani_cli.errors import ModelLoadError
-
-        raise ModelLoadError(f"cannot load the reranker {spec!r}: {str(exc).splitlines()[0]}",
-                             "pass a CrossEncoder directory or hub id, or leave --reranker out") from None
+        raise ModelLoadError(f"cannot load {flag} {model!r}: {str(exc).splitlines()[0]}",
+                             f"pass a {kind} directory or hub id, or leave {flag} out") from None
 
 
-@lru_cache(maxsize=4)
-def _st_model(model: str, device: str | None):
+@lru_cache(maxsize=6)
+def _st_cached(kind: str, model: str, device: str | None):
     from korani_cli.console import quiet_libraries
 
     quiet_libraries()
-    from sentence_transformers import SentenceTransformer
+    import sentence_transformers
 
-    return SentenceTransformer(model, device=device)
+    return getattr(sentence_transformers, kind)(model, device=device)
 
 
 def _normalise(matrix):

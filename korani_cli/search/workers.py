@@ -54,13 +54,17 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def _size() -> int:
+    return int(os.environ.get("KORANI_EXTRACT_WORKERS") or min(cores(), 4))
+
+
 def pool():
     """The process pool, or None where one would not help or cannot run."""
     global _pool, _broken
-    if not _enabled or _broken or os.environ.get("KORANI_EXTRACT_WORKERS") == "0":
+    if not _enabled or _broken:
         return None
-    workers = int(os.environ.get("KORANI_EXTRACT_WORKERS") or min(cores(), 4))
-    if workers < 2:
+    workers = _size()
+    if workers < 2:  # one core, or KORANI_EXTRACT_WORKERS=0 or 1
         return None
     with _lock:
         if _pool is None:
@@ -98,7 +102,7 @@ def warm() -> None:
     if executor is None:
         return
     try:
-        for _ in range(executor._max_workers):
+        for _ in range(_size()):
             executor.submit(_ready)
     except Exception:  # a broken pool is noticed and replaced by `run`
         pass
