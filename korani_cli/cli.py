@@ -62,7 +62,16 @@ app.add_typer(data_command.app, name="data")
 app.add_typer(train_command.app, name="train")
 
 
+def _terminated(_signum, _frame) -> None:
+    # SIGTERM (kill, a scheduler's timeout) cleans up like Ctrl-C: temporary
+    # files and directories are removed by the same `finally` blocks.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
     # Only a program whose main module is import-safe may start worker
     # processes (they import it again); korani's own entry points are.
     from korani_cli.search import workers
