@@ -38,6 +38,7 @@ class Settings:
     openai_api_key: str | None = None
     n_ctx: int = 2048  # context window asked of the llama.cpp backend
     threads: int | None = None  # CPU threads for llama.cpp; None = all cores
+    request_timeout: float = 20.0  # seconds: the overall deadline of one network request (see korani_cli/net.py)
 
 
 # Environment variable → setting. OPENAI_* are honoured because every
@@ -48,6 +49,7 @@ _ENV = {
     "openai_base_url": ["KORANI_OPENAI_BASE_URL", "OPENAI_BASE_URL"],
     "openai_api_key": ["KORANI_OPENAI_API_KEY", "OPENAI_API_KEY"],
     "threads": ["KORANI_THREADS"],
+    "request_timeout": ["KORANI_REQUEST_TIMEOUT"],
 }
 
 TEMPLATES = ("korani", "model")

@@ -96,7 +96,6 @@ def web():
         "/gz.html": (200, {"Content-Type": html, "Content-Encoding": "gzip"}, gzip.compress("<p>압축된 페이지의 본문입니다. 부산은 항구 도시이다.</p>".encode()), 0),
         "/image.png": (200, {"Content-Type": "image/png"}, b"\x89PNG....", 0),
         "/to-local": (302, {"Location": "/ok.html"}, b"", 0),
-        "/to-metadata": (302, {"Location": "http://169.254.169.254/latest/meta-data/"}, b"", 0),
         "/many": (302, {"Location": "/many"}, b"", 0),
     }
     if HTML.is_dir():
@@ -146,13 +145,6 @@ def test_fetch_handles_every_kind_of_page(web):
     for name in ("/donga.html", "/chosun.html", "/daejon.html"):
         assert "\ufffd" not in pages[name].text and sum("가" <= c <= "힣" for c in pages[name].text) > 200, name
     assert report.seconds < opts.deadline + 3  # the overall deadline bounds the batch (slack for a loaded machine)
-
-
-def test_a_redirect_to_the_metadata_service_is_refused_at_the_hop(web):
-    report = fetch(hits_for(web, "/to-metadata"), FetchOptions(allow_private=False))
-    assert not report.pages
-    report = fetch(hits_for(web, "/to-metadata"), FetchOptions(allow_private=True, timeout=1.0, deadline=2.0))
-    assert not report.pages  # allowed through the guard, but nothing answers there
 
 
 def test_non_http_schemes_are_refused():

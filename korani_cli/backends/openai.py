@@ -9,6 +9,12 @@ on; `--template model` sends the messages to `/chat/completions` and lets the
 server apply the model's own template. Streaming is Server-Sent Events over
 httpx; when nobody watches the text arrive (`params.stream=False`) one plain
 request returns the answer with exact usage.
+
+Every request has an overall deadline (korani_cli/net.py), so a server that
+never answers or trickles bytes cannot hold korani: listing the models at
+load ends within `request_timeout` (KORANI_REQUEST_TIMEOUT, 20 s by default;
+exit 3), a generation within GENERATION_FACTOR × request_timeout (exit 4).
+Answers are read with a byte cap.
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ from korani_cli.models import ModelSpec
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0  # between two streamed events, not for the whole answer
+# A generation may take this many request_timeouts (10 minutes at the default
+# 20 s): long prompts on a busy CPU server are slow, but not endless.
+GENERATION_FACTOR = 30
+LIST_CAP = 5_000_000  # bytes of a /models answer
+ANSWER_CAP = 16_000_000  # bytes of a whole (non-streamed) answer, or of one event
 # What the server should stop at besides EOS: the next turn's header.
 SERVER_STOPS = [tpl.HEADER_STOP]
 
@@ -39,30 +50,44 @@ def normalise_base_url(url: str) -> str:
 
 
 class OpenAIBackend:
-    def __init__(self, client, model: str, info: ModelInfo, eos_text: str):
+    def __init__(self, client, model: str, info: ModelInfo, eos_text: str, deadline=None, generation_deadline: float = 600.0):
         self.client = client
         self.model = model
         self.info = info
         self.eos_text = eos_text
+        self.deadline = deadline  # net.DeadlineBackend of the client
+        self.generation_deadline = generation_deadline
 
     @classmethod
     def load(cls, spec: ModelSpec, settings: Settings, notify: Notify) -> "OpenAIBackend":
         import httpx
 
+        from korani_cli import net
+
+        request_timeout = net.check_timeout(settings.request_timeout)
         base_url = normalise_base_url(spec.base_url or "")
         headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
-        client = httpx.Client(
-            base_url=base_url,
-            headers=headers,
-            timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+        client, deadline = net.deadline_client(
+            httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT), base_url=base_url, headers=headers,
         )
+        unreachable = "start the server, or fix the URL in --model openai:MODEL@URL / KORANI_OPENAI_BASE_URL"
         try:
-            response = client.get("/models")
-        except httpx.HTTPError as exc:
+            with deadline.within(request_timeout), client.stream("GET", "/models") as response:
+                listing = net.read_capped(response, LIST_CAP)
+        except httpx.TimeoutException:
+            client.close()
             raise ModelLoadError(
-                f"cannot reach the OpenAI-compatible server at {base_url} ({exc.__class__.__name__}: {exc})",
-                "start the server, or fix the URL in --model openai:MODEL@URL / KORANI_OPENAI_BASE_URL",
+                f"the OpenAI-compatible server at {base_url} did not list its models within {request_timeout:g} s",
+                unreachable + "; or raise request_timeout (KORANI_REQUEST_TIMEOUT) for a slow server",
             ) from None
+        except httpx.HTTPError as exc:
+            client.close()
+            raise ModelLoadError(
+                f"cannot reach the OpenAI-compatible server at {base_url} ({exc.__class__.__name__}: {exc})", unreachable,
+            ) from None
+        except (net.TooLarge, net.UndecodableBody) as exc:
+            client.close()
+            raise ModelLoadError(f"{base_url} sent an unusable model list ({exc})", "check the server") from None
         if response.status_code in (401, 403):
             raise ModelLoadError(
                 f"{base_url} refused the API key (HTTP {response.status_code})",
@@ -71,8 +96,8 @@ class OpenAIBackend:
         served = []
         if response.is_success:
             try:
-                served = [m["id"] for m in response.json().get("data", [])]
-            except (ValueError, KeyError, TypeError, AttributeError):
+                served = [str(m["id"]) for m in json.loads(listing).get("data", [])]
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 served = []
         model = spec.source
         if not model:
@@ -96,7 +121,8 @@ class OpenAIBackend:
         )
         # We cannot know the served tokenizer's EOS text; earlier Bot turns are
         # closed with the one KoRani models use (polyglot-ko's).
-        return cls(client, model, info, eos_text="<|endoftext|>")
+        return cls(client, model, info, eos_text="<|endoftext|>", deadline=deadline,
+                   generation_deadline=GENERATION_FACTOR * request_timeout)
 
     def count_tokens(self, text: str) -> int:
         # The server's tokenizer is remote; ~1 token per 1.5 Korean characters
@@ -147,43 +173,66 @@ class OpenAIBackend:
         if counts.get("completion_tokens") is not None:
             usage.completion_tokens = counts["completion_tokens"]
 
-    def _fail(self, response) -> GenerationError:
+    def _fail(self, status: int, body: bytes) -> GenerationError:
         try:
-            detail = response.json().get("error", {})
+            detail = json.loads(body).get("error", {})
             detail = detail.get("message", detail) if isinstance(detail, dict) else detail
-        except ValueError:
-            detail = response.text[:200]
+        except (ValueError, AttributeError, RecursionError):
+            detail = body[:200].decode("utf-8", "replace")
         return GenerationError(
-            f"the server answered HTTP {response.status_code}: {detail}",
+            f"the server answered HTTP {status}: {detail}",
             "check the server's log; lower --max-new-tokens if the prompt is too long",
+        )
+
+    def _within_deadline(self):
+        from contextlib import nullcontext
+
+        return self.deadline.within(self.generation_deadline) if self.deadline else nullcontext()
+
+    def _late(self) -> GenerationError:
+        return GenerationError(
+            f"no complete answer from {self.client.base_url} within {self.generation_deadline:g} s",
+            "check the server; raise request_timeout (KORANI_REQUEST_TIMEOUT) or lower --max-new-tokens",
         )
 
     def _whole(self, path: str, body: dict, usage: Usage) -> Iterator[str]:
         import httpx
 
+        from korani_cli import net
+
         try:
-            response = self.client.post(path, json=body)
+            with self._within_deadline(), self.client.stream("POST", path, json=body) as response:
+                raw = net.read_capped(response, ANSWER_CAP)
+        except httpx.TimeoutException:
+            raise self._late() from None
         except httpx.HTTPError as exc:
             raise GenerationError(f"the request to {self.client.base_url} failed ({exc})", "check that the server is up") from None
+        except (net.TooLarge, net.UndecodableBody) as exc:
+            raise GenerationError(f"the server sent an unusable answer ({exc})", "check the server") from None
         if not response.is_success:
-            raise self._fail(response)
-        data = response.json()
-        choice = (data.get("choices") or [{}])[0]
-        self._usage(data, usage)
-        self._finish(choice, usage)
-        yield self._text(choice)
+            raise self._fail(response.status_code, raw)
+        try:
+            data = json.loads(raw)
+            choice = (data.get("choices") or [{}])[0]
+            self._usage(data, usage)
+            self._finish(choice, usage)
+            text = self._text(choice)
+        except (ValueError, AttributeError, TypeError, IndexError, RecursionError):
+            raise GenerationError(f"the server sent a malformed answer: {raw[:80]!r}", "check the server") from None
+        yield text
 
     def _events(self, path: str, body: dict, usage: Usage) -> Iterator[str]:
         import httpx
 
+        from korani_cli import net
+
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         chunks = 0
         try:
-            with self.client.stream("POST", path, json=body) as response:
+            with self._within_deadline(), self.client.stream("POST", path, json=body) as response:
                 if not response.is_success:
-                    response.read()
-                    raise self._fail(response)
-                for line in response.iter_lines():
+                    raise self._fail(response.status_code, net.read_capped(response, ANSWER_CAP, truncate=True))
+                for line in net.iter_lines_capped(response, ANSWER_CAP):
                     if not line.startswith("data:"):
                         continue  # comments, event names, keep-alives
                     payload = line[5:].strip()
@@ -191,8 +240,10 @@ class OpenAIBackend:
                         break
                     try:
                         data = json.loads(payload)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         raise GenerationError(f"the server sent a malformed event: {payload[:80]!r}", "check the server") from None
+                    if not isinstance(data, dict):
+                        raise GenerationError(f"the server sent a malformed event: {payload[:80]!r}", "check the server")
                     if "error" in data:
                         raise GenerationError(f"the server reported an error: {data['error']}", "check the server's log")
                     self._usage(data, usage)
@@ -202,8 +253,12 @@ class OpenAIBackend:
                             chunks += 1
                             yield text
                         self._finish(choice, usage)
+        except httpx.TimeoutException:
+            raise self._late() from None
         except httpx.HTTPError as exc:
             raise GenerationError(f"the stream from {self.client.base_url} broke off ({exc})", "check that the server is up") from None
+        except (net.TooLarge, net.UndecodableBody) as exc:
+            raise GenerationError(f"the server sent an unusable stream ({exc})", "check the server") from None
         if usage.completion_tokens is None:
             # Servers that ignore include_usage send one token per event.
             usage.completion_tokens = chunks

@@ -1,9 +1,12 @@
 """Hits → Pages: concurrent, bounded, guarded, decoded, extracted, cached.
 
 httpx async: every page at once, each with its own timeout, all under one
-overall deadline; bodies are streamed and cut at a byte cap; redirects are
-followed by hand so that the SSRF guard sees every hop; only HTML, XHTML,
-plain text (and PDF, through pypdf) are read. A page that fails is skipped
+overall deadline; bodies are streamed, decoded with a bound and cut at a
+byte cap (korani_cli/net.py); redirects are followed by hand; every
+connection is made by the SSRF guard's network backend (search/safety.py),
+which resolves once, checks every address and dials the one it checked, so
+the guard sees every hop. Only HTML, XHTML, plain text (and PDF, through
+pypdf) are read. A page that fails is skipped
 with its reason — the others still make it.
 """
 
@@ -18,7 +21,7 @@ from korani_cli.search import workers
 from korani_cli.search.cache import PageCache
 from korani_cli.search.decode import decode_html
 from korani_cli.search.extract import extract
-from korani_cli.search.safety import UnsafeURL, check_url
+from korani_cli.search.safety import GuardedBackend, Hop, UnsafeURL, check_chain, check_scheme
 from korani_cli.search.types import Hit, Page
 
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36 korani"
@@ -46,42 +49,44 @@ class FetchFailed(Exception):
     pass
 
 
-async def _fetch_one(client, url: str, opts: FetchOptions) -> Page:
+async def _fetch_one(client, backend: GuardedBackend, url: str, opts: FetchOptions) -> tuple[Page, list[Hop]]:
+    from korani_cli import net
+
     current = url
+    hops: list[Hop] = []
     for _ in range(opts.max_redirects + 1):
         try:
-            await check_url(current, opts.allow_private)
+            check_scheme(current)
+            async with client.stream("GET", current) as response:
+                # The addresses the guarded backend resolved, checked and dialled for this hop.
+                hops.append(Hop(current, backend.addresses(response.request.url)))
+                if response.is_redirect:
+                    location = response.headers.get("location")
+                    if not location:
+                        raise FetchFailed(f"HTTP {response.status_code} without a Location")
+                    current = urljoin(current, location)
+                    continue
+                if response.status_code >= 400:
+                    raise FetchFailed(f"HTTP {response.status_code}")
+                ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                is_pdf = ctype == "application/pdf" or (not ctype and current.lower().endswith(".pdf"))
+                if ctype and ctype not in HTML_TYPES and not is_pdf:
+                    raise FetchFailed(f"unsupported content type {ctype}")
+                try:
+                    data = await net.aread_capped(response, opts.max_bytes, truncate=True)
+                except net.UndecodableBody as exc:
+                    raise FetchFailed(str(exc)) from None
+                charset = response.charset_encoding
         except UnsafeURL as exc:
             raise FetchFailed(f"refused: {exc}") from None
-        async with client.stream("GET", current) as response:
-            if response.is_redirect:
-                location = response.headers.get("location")
-                if not location:
-                    raise FetchFailed(f"HTTP {response.status_code} without a Location")
-                current = urljoin(current, location)
-                continue
-            if response.status_code >= 400:
-                raise FetchFailed(f"HTTP {response.status_code}")
-            ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
-            is_pdf = ctype == "application/pdf" or (not ctype and current.lower().endswith(".pdf"))
-            if ctype and ctype not in HTML_TYPES and not is_pdf:
-                raise FetchFailed(f"unsupported content type {ctype}")
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) >= opts.max_bytes:
-                    del body[opts.max_bytes:]
-                    break
-            charset = response.charset_encoding
         break
     else:
         raise FetchFailed(f"more than {opts.max_redirects} redirects")
-    data = bytes(body)
     if is_pdf:
         title, text = _pdf_text(data)
-        return Page(url, current, title or current, text, "application/pdf", None)
+        return Page(url, current, title or current, text, "application/pdf", None), hops
     title, text, encoding = await _page_text(data, charset, ctype == "text/plain", current)
-    return Page(url, current, title, text, ctype or "text/html", encoding)
+    return Page(url, current, title, text, ctype or "text/html", encoding), hops
 
 
 async def _page_text(data: bytes, charset: str | None, plain: bool, url: str):
@@ -134,6 +139,26 @@ def read_local(url: str) -> Page:
     return Page(url, url, path.stem, text.strip(), "text/plain", encoding)
 
 
+def _client(opts: FetchOptions):
+    """An httpx client whose every connection goes through the SSRF guard.
+
+    No environment proxies: a proxy would resolve and dial the names itself,
+    past the guard (passing our own transport turns them off in httpx)."""
+    import httpx
+
+    from korani_cli import net
+
+    backend = GuardedBackend(opts.allow_private)
+    limits = httpx.Limits(max_connections=16)
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    net.use_backend(transport, backend, limits=limits)
+    client = httpx.AsyncClient(
+        transport=transport, trust_env=False, timeout=httpx.Timeout(opts.timeout), follow_redirects=False,
+        headers={"User-Agent": USER_AGENT, "Accept-Language": "ko,en;q=0.8", "Accept-Encoding": net.ACCEPT_ENCODING},
+    )
+    return client, backend
+
+
 async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None = None) -> FetchReport:
     import httpx
 
@@ -153,23 +178,22 @@ async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None
         cached = cache.get(hit.url, any_age=opts.offline) if cache else None
         if cached is not None:
             try:
-                # A page cached under --allow-private is not served to a run without it.
-                await check_url(hit.url, opts.allow_private)
+                # Where the page really came from (every hop) must pass today's guard:
+                # a page cached under --allow-private is not served to a run without it.
+                check_chain(cached.hops, opts.allow_private)
             except UnsafeURL as exc:
                 report.failures.append((hit.url, f"refused: {exc}"))
                 continue
-            report.pages.append(cached)
+            report.pages.append(cached.page)
         elif opts.offline:
             report.failures.append((hit.url, "not in the cache (--offline)"))
         else:
             todo.append(hit.url)
     if todo:
-        limits = httpx.Limits(max_connections=16)
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(opts.timeout), follow_redirects=False, limits=limits,
-            headers={"User-Agent": USER_AGENT, "Accept-Language": "ko,en;q=0.8"},
-        ) as client:
-            tasks = {asyncio.ensure_future(asyncio.wait_for(_fetch_one(client, url, opts), opts.timeout)): url for url in todo}
+        client, backend = _client(opts)
+        async with client:
+            tasks = {asyncio.ensure_future(asyncio.wait_for(_fetch_one(client, backend, url, opts), opts.timeout)): url
+                     for url in todo}
             done, pending = await asyncio.wait(tasks, timeout=opts.deadline)
             for task in pending:
                 task.cancel()
@@ -177,7 +201,7 @@ async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None
             for task in done:
                 url = tasks[task]
                 try:
-                    page = task.result()
+                    page, hops = task.result()
                 except FetchFailed as exc:
                     report.failures.append((url, str(exc)))
                 except (asyncio.TimeoutError, TimeoutError):
@@ -188,7 +212,7 @@ async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None
                     if page.text.strip():
                         report.pages.append(page)
                         if cache:
-                            cache.put(page)
+                            cache.put(page, hops)
                     else:
                         report.failures.append((url, "no readable text"))
             if pending:

@@ -73,7 +73,7 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
         from korani_cli.errors import UsageError
 
         raise UsageError(str(exc), "e.g. --provider duckduckgo --provider google") from None
-    cache = PageCache(paths.cache_dir() / "search.sqlite") if options.use_cache or options.fetch.offline else None
+    cache = PageCache(paths.cache_dir() / "search.sqlite", notify=notify) if options.use_cache or options.fetch.offline else None
     try:
         if options.fetch.offline:
             hits, used = _cached_hits(query, options, chain, cache, notify)

@@ -1,9 +1,12 @@
 """Search providers and the fallback chain that tries them in order.
 
 Each provider turns a query into Hits or raises ProviderError saying why it
-could not (blocked, unavailable, misconfigured). The chain prints a notice
-for each failure and moves on; it never hangs (every request has a timeout)
-and never crashes on a provider's account.
+could not (blocked, unavailable, misconfigured, an answer of the wrong
+shape). The chain prints a notice for each failure and moves on; it never
+hangs (every request ends by its deadline, `request_timeout` /
+KORANI_REQUEST_TIMEOUT, whatever the server trickles), never holds more than
+MAX_BYTES of an answer (decoded, so a gzip bomb stops at the cap), and never
+crashes on a provider's account.
 
 - google: Google's no-JS results page, as googlesearch-python fetches it
   (Lynx user agent). Live Google refuses scrapers with HTTP 429, a /sorry/
@@ -25,6 +28,7 @@ from __future__ import annotations
 import html as htmllib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -32,7 +36,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from korani_cli.search.types import Hit
 
-TIMEOUT = 8.0
+TIMEOUT = 8.0  # per connect / read; the whole request also has a deadline
+MAX_BYTES = 5_000_000  # a result page or JSON answer is ~100 KB
+MAX_REDIRECTS = 5
 LYNX_UA = "Lynx/2.9.0dev.10 libwww-FM/2.14 SSL-MM/1.4.1 OpenSSL/1.1.1w"
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
 
@@ -50,22 +56,56 @@ class Provider(Protocol):
     def search(self, query: str, n: int) -> list[Hit]: ...
 
 
-def _client(**kw):
+@dataclass(frozen=True)
+class Reply:
+    """A provider's answer, read whole (up to MAX_BYTES) before the deadline."""
+
+    status_code: int
+    url: str  # after redirects
+    body: bytes
+    charset: str | None
+
+    @property
+    def text(self) -> str:
+        try:
+            return self.body.decode(self.charset or "utf-8", "replace")
+        except LookupError:
+            return self.body.decode("utf-8", "replace")
+
+    def json(self, provider: str):
+        import json
+
+        try:
+            return json.loads(self.body)
+        except (ValueError, RecursionError):
+            raise ProviderError(provider, "the answer was not JSON") from None
+
+
+def _get(provider: str, url: str, deadline: float, params: dict | None = None, headers: dict | None = None) -> Reply:
+    """GET with redirects followed by hand (a redirect's body is never read), all within `deadline` seconds."""
     import httpx
 
-    return httpx.Client(timeout=httpx.Timeout(TIMEOUT), follow_redirects=True, **kw)
+    from korani_cli import net
 
-
-def _get(provider: str, url: str, **kw):
-    import httpx
-
+    client, backend = net.deadline_client(httpx.Timeout(min(TIMEOUT, deadline)), headers=headers or {})
+    start = time.monotonic()
     try:
-        with _client(headers=kw.pop("headers", {})) as client:
-            return client.get(url, **kw)
+        with client, backend.within(deadline):
+            target, query = url, params
+            for _ in range(MAX_REDIRECTS + 1):
+                with client.stream("GET", target, params=query) as response:
+                    if response.is_redirect and response.headers.get("location"):
+                        target, query = response.url.join(response.headers["location"]), None
+                        continue
+                    body = net.read_capped(response, MAX_BYTES)
+                    return Reply(response.status_code, str(response.url), body, response.charset_encoding)
+            raise ProviderError(provider, f"more than {MAX_REDIRECTS} redirects")
     except httpx.TimeoutException:
-        raise ProviderError(provider, f"timed out after {TIMEOUT:g} s") from None
+        raise ProviderError(provider, f"timed out after {time.monotonic() - start:.1f} s (deadline {deadline:g} s: request_timeout)") from None
     except httpx.HTTPError as exc:
         raise ProviderError(provider, f"unreachable ({exc.__class__.__name__})") from None
+    except (net.TooLarge, net.UndecodableBody) as exc:
+        raise ProviderError(provider, str(exc)) from None
 
 
 def _text(node) -> str:
@@ -106,14 +146,15 @@ class GoogleProvider:
     endpoint: str = "https://www.google.com"
     lang: str = "ko"
     name: str = "google"
+    deadline: float = 20.0  # seconds for the whole request
 
     def search(self, query: str, n: int) -> list[Hit]:
-        response = _get(self.name, f"{self.endpoint}/search", params={"q": query, "num": n + 2, "hl": self.lang},
+        response = _get(self.name, f"{self.endpoint}/search", self.deadline, params={"q": query, "num": n + 2, "hl": self.lang},
                         headers={"User-Agent": LYNX_UA, "Accept": "*/*"})
         if response.status_code == 429:
             raise ProviderError(self.name, "HTTP 429: Google is rate-limiting this address")
         body = response.text
-        if "/sorry/" in str(response.url) or "unusual traffic" in body:
+        if "/sorry/" in response.url or "unusual traffic" in body:
             raise ProviderError(self.name, "Google answered with a CAPTCHA (/sorry/) page")
         if "browser isn't supported" in body or "browser is no longer supported" in body or "Update your browser" in body:
             raise ProviderError(self.name, "Google refused the client (\"browser isn't supported\")")
@@ -153,9 +194,10 @@ def parse_duckduckgo(page: str) -> list[Hit]:
 class DuckDuckGoProvider:
     endpoint: str = "https://html.duckduckgo.com/html/"
     name: str = "duckduckgo"
+    deadline: float = 20.0
 
     def search(self, query: str, n: int) -> list[Hit]:
-        response = _get(self.name, self.endpoint, params={"q": query, "kl": "kr-kr"}, headers={"User-Agent": BROWSER_UA})
+        response = _get(self.name, self.endpoint, self.deadline, params={"q": query, "kl": "kr-kr"}, headers={"User-Agent": BROWSER_UA})
         if response.status_code in (202, 403, 429):
             raise ProviderError(self.name, f"HTTP {response.status_code}: DuckDuckGo is rate-limiting this address")
         if response.status_code >= 400:
@@ -165,33 +207,59 @@ class DuckDuckGoProvider:
 
 # -- searxng -----------------------------------------------------------------
 
-def parse_searxng(data: dict) -> list[Hit]:
+def _string(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def parse_searxng(data) -> list[Hit]:
+    """SearXNG's JSON answer → Hits. An answer of another shape is a ProviderError;
+    single results not shaped as documented (no string url, a non-string title) are dropped."""
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, list):
+        raise ProviderError("searxng", "the answer was not SearXNG's JSON (no list of results)")
     hits = []
-    for item in data.get("results") or []:
-        url = item.get("url")
-        if isinstance(url, str) and url.startswith("http"):
-            hits.append(Hit(url, (item.get("title") or url).strip(), (item.get("content") or "").strip(), "searxng"))
+    for item in results:
+        if not isinstance(item, dict):
+            continue
+        url, title, content = item.get("url"), item.get("title"), item.get("content")
+        if not isinstance(url, str) or not url.startswith("http") or not all(v is None or isinstance(v, str) for v in (title, content)):
+            continue
+        hits.append(Hit(url, (title or url).strip(), (content or "").strip(), "searxng"))
     return hits
+
+
+def check_base_url(url: str) -> str | None:
+    """Why a SearXNG base URL is unusable, or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "it must start with http:// or https://"
+    if not parts.hostname:
+        return "it names no host"
+    if any(c.isspace() for c in url) or any(ord(c) < 32 for c in url):
+        return "it contains spaces or control characters"
+    return None
 
 
 @dataclass
 class SearxngProvider:
     base_url: str | None = None
     name: str = "searxng"
+    deadline: float = 20.0
 
     def search(self, query: str, n: int) -> list[Hit]:
         base = self.base_url or os.environ.get("KORANI_SEARXNG_URL")
         if not base:
             raise ProviderError(self.name, "no instance configured (--searxng-url or KORANI_SEARXNG_URL)")
-        response = _get(self.name, base.rstrip("/") + "/search", params={"q": query, "format": "json", "language": "ko"})
+        response = _get(self.name, base.rstrip("/") + "/search", self.deadline, params={"q": query, "format": "json", "language": "ko"})
         if response.status_code == 403:
             raise ProviderError(self.name, "HTTP 403: enable the json format in the instance's settings.yml (search.formats)")
         if response.status_code >= 400:
             raise ProviderError(self.name, f"HTTP {response.status_code}")
-        try:
-            return parse_searxng(response.json())[:n]
-        except ValueError:
-            raise ProviderError(self.name, "the answer was not JSON") from None
+        return parse_searxng(response.json(self.name))[:n]
 
 
 # -- naver -------------------------------------------------------------------
@@ -203,11 +271,26 @@ def strip_markup(text: str) -> str:
     return htmllib.unescape(_TAGS.sub("", text or "")).strip()
 
 
+def parse_naver(data) -> list[Hit]:
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise ProviderError("naver", "the answer was not the Naver API's JSON (no list of items)")
+    hits = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        url = _string(item.get("originallink")) or _string(item.get("link"))
+        if url and url.startswith("http"):
+            hits.append(Hit(url, strip_markup(_string(item.get("title")) or ""), strip_markup(_string(item.get("description")) or ""), "naver"))
+    return hits
+
+
 @dataclass
 class NaverProvider:
     endpoint: str = "https://openapi.naver.com/v1/search"
     kinds: tuple = ("webkr", "news", "blog")
     name: str = "naver"
+    deadline: float = 20.0  # for each of the kinds' requests
 
     def search(self, query: str, n: int) -> list[Hit]:
         cid, secret = os.environ.get("NAVER_CLIENT_ID"), os.environ.get("NAVER_CLIENT_SECRET")
@@ -216,15 +299,12 @@ class NaverProvider:
         hits: list[Hit] = []
         headers = {"X-Naver-Client-Id": cid, "X-Naver-Client-Secret": secret}
         for kind in self.kinds:
-            response = _get(self.name, f"{self.endpoint}/{kind}.json", params={"query": query, "display": n}, headers=headers)
+            response = _get(self.name, f"{self.endpoint}/{kind}.json", self.deadline, params={"query": query, "display": n}, headers=headers)
             if response.status_code in (401, 403):
                 raise ProviderError(self.name, f"HTTP {response.status_code}: the client id/secret were refused")
             if response.status_code >= 400:
                 continue
-            for item in response.json().get("items", []):
-                url = item.get("originallink") or item.get("link")
-                if url and url.startswith("http"):
-                    hits.append(Hit(url, strip_markup(item.get("title", "")), strip_markup(item.get("description", "")), "naver"))
+            hits.extend(parse_naver(response.json(self.name)))
         seen, unique = set(), []
         for hit in hits:
             if hit.url not in seen:
@@ -261,21 +341,47 @@ class NoProvider(Exception):
     pass
 
 
-def build(name: str, *, searxng_url: str | None = None, local_dir: Path | None = None, endpoints: dict | None = None) -> Provider:
+def build(name: str, *, searxng_url: str | None = None, local_dir: Path | None = None, endpoints: dict | None = None,
+          deadline: float | None = None) -> Provider:
+    """A provider by name. `deadline`: seconds for each request (default: the
+    request_timeout setting). A malformed SearXNG URL is a UsageError from the
+    flag and a ConfigError from KORANI_SEARXNG_URL."""
     endpoints = endpoints or {}
-    if name == "google":
-        return GoogleProvider(endpoint=endpoints.get("google", "https://www.google.com"))
-    if name == "duckduckgo":
-        return DuckDuckGoProvider(endpoint=endpoints.get("duckduckgo", "https://html.duckduckgo.com/html/"))
-    if name == "searxng":
-        return SearxngProvider(base_url=searxng_url)
-    if name == "naver":
-        return NaverProvider(endpoint=endpoints.get("naver", "https://openapi.naver.com/v1/search"))
+    if name not in PROVIDERS:
+        raise NoProvider(f"unknown provider '{name}' (choose from {', '.join(PROVIDERS)})")
     if name == "local":
         if local_dir is None:
             raise NoProvider("the local provider needs --local-dir DIR")
         return LocalProvider(local_dir)
-    raise NoProvider(f"unknown provider '{name}' (choose from {', '.join(PROVIDERS)})")
+    if name == "searxng":
+        searxng_url = _searxng_base(searxng_url)
+    if deadline is None:
+        from korani_cli import net
+
+        deadline = net.request_timeout()
+    if name == "google":
+        return GoogleProvider(endpoint=endpoints.get("google", "https://www.google.com"), deadline=deadline)
+    if name == "duckduckgo":
+        return DuckDuckGoProvider(endpoint=endpoints.get("duckduckgo", "https://html.duckduckgo.com/html/"), deadline=deadline)
+    if name == "searxng":
+        return SearxngProvider(base_url=searxng_url, deadline=deadline)
+    return NaverProvider(endpoint=endpoints.get("naver", "https://openapi.naver.com/v1/search"), deadline=deadline)
+
+
+def _searxng_base(flag: str | None) -> str | None:
+    from korani_cli.errors import ConfigError, UsageError
+
+    from_env = os.environ.get("KORANI_SEARXNG_URL")
+    url = flag if flag is not None else from_env
+    if not url:
+        return None
+    why = check_base_url(url)
+    if why is None:
+        return url
+    shown = " ".join(url.split())[:80]
+    if flag is not None:
+        raise UsageError(f"--searxng-url {shown!r} is not a usable URL: {why}", "write it as http://HOST:PORT (your SearXNG instance)")
+    raise ConfigError(f"KORANI_SEARXNG_URL {shown!r} is not a usable URL: {why}", "set it to http://HOST:PORT (your SearXNG instance), or unset it")
 
 
 def search_chain(providers: list[Provider], query: str, n: int, notify: Callable[[str], None]) -> tuple[list[Hit], str | None]:
