@@ -21,7 +21,7 @@ from korani_cli.search import workers
 from korani_cli.search.cache import PageCache
 from korani_cli.search.decode import decode_html
 from korani_cli.search.extract import extract
-from korani_cli.search.safety import GuardedBackend, Hop, UnsafeURL, check_chain, check_scheme
+from korani_cli.search.safety import GuardedBackend, Hop, UnsafeURL, check_chain, check_scheme, literal_address, refuse
 from korani_cli.search.types import Hit, Page
 
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36 korani"
@@ -56,7 +56,10 @@ async def _fetch_one(client, backend: GuardedBackend, url: str, opts: FetchOptio
     hops: list[Hop] = []
     for _ in range(opts.max_redirects + 1):
         try:
-            check_scheme(current)
+            host, _ = check_scheme(current)
+            literal = literal_address(host)
+            if literal is not None and not opts.allow_private:
+                refuse(host, [literal])  # spellings httpx would reject as a URL still get the guard's reason
             async with client.stream("GET", current) as response:
                 # The addresses the guarded backend resolved, checked and dialled for this hop.
                 hops.append(Hop(current, backend.addresses(response.request.url)))
@@ -208,6 +211,8 @@ async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None
                     report.failures.append((url, f"timed out after {opts.timeout:g} s"))
                 except httpx.HTTPError as exc:
                     report.failures.append((url, f"{exc.__class__.__name__}: {exc}"))
+                except httpx.InvalidURL as exc:  # the URL, or a redirect's Location, httpx cannot parse
+                    report.failures.append((url, f"invalid URL ({exc})"))
                 else:
                     if page.text.strip():
                         report.pages.append(page)

@@ -104,6 +104,8 @@ def _get(provider: str, url: str, deadline: float, params: dict | None = None, h
         raise ProviderError(provider, f"timed out after {time.monotonic() - start:.1f} s (deadline {deadline:g} s: request_timeout)") from None
     except httpx.HTTPError as exc:
         raise ProviderError(provider, f"unreachable ({exc.__class__.__name__})") from None
+    except httpx.InvalidURL as exc:  # a redirect to a Location httpx cannot parse
+        raise ProviderError(provider, f"invalid URL ({exc})") from None
     except (net.TooLarge, net.UndecodableBody) as exc:
         raise ProviderError(provider, str(exc)) from None
 

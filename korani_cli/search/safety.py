@@ -77,23 +77,32 @@ def _why(ip: IPAddress) -> str | None:
         return "site-local"
     if ip in _SHARED:
         return "shared (carrier-grade NAT)"
-    if ip.is_private:
-        return "private"
     if ip.is_reserved:
         return "reserved"
+    if ip.is_private:
+        return "private"
     if not ip.is_global:
         return "non-global"
     return None
 
 
-def blocked(ip: IPAddress) -> str | None:
-    """Why this address may not be fetched without --allow-private, or None when it is globally routable."""
+def _verdict(ip: IPAddress) -> tuple[str, IPAddress] | None:
+    """(why, the address that failed: ip itself or an IPv4 address it carries), or None."""
     outer, inner = _embedded(ip)
     for candidate in (*inner, outer):
         why = _why(candidate)
         if why:
-            return why if candidate == ip else f"{why} ({candidate} inside {ip})"
+            return why, candidate
     return None
+
+
+def blocked(ip: IPAddress) -> str | None:
+    """Why this address may not be fetched without --allow-private, or None when it is globally routable."""
+    verdict = _verdict(ip)
+    if verdict is None:
+        return None
+    why, candidate = verdict
+    return why if candidate == ip else f"{why} (it carries {candidate})"
 
 
 def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
@@ -151,10 +160,12 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
 
 def refuse(host: str, addresses: Iterable[IPAddress]) -> None:
     for ip in addresses:
-        why = blocked(ip)
-        if why:
-            where = f"{host} is" if literal_address(host) == ip else f"{host} resolves to"
-            raise UnsafeURL(f"{where} a {why} address ({ip}); pass --allow-private for trusted networks")
+        verdict = _verdict(ip)
+        if verdict:
+            why, carried = verdict
+            where = f"{host} is" if literal_address(host) == ip else f"{host} resolves to {ip},"
+            inside = f" (it carries {carried})" if carried != ip else ""
+            raise UnsafeURL(f"{where} a {why} address{inside}; pass --allow-private for trusted networks")
 
 
 async def addresses_for(host: str, port: int, allow_private: bool) -> list[IPAddress]:
