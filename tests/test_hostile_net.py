@@ -494,6 +494,27 @@ def test_a_malformed_naver_answer_falls_through(serps, case, body, monkeypatch):
     assert used == "searxng" and len(notes) == 1 and notes[0].startswith("naver: "), notes
 
 
+PAGES_THAT_ARE_NOT_RESULT_PAGES = [
+    ("empty", b""),
+    ("blank", b"   \n "),
+    ("NUL bytes", b"\0" * 100),
+    ("an XML declaration", b'<?xml version="1.0" encoding="utf-8"?><html><body>hi</body></html>'),
+    ("invalid UTF-8", b"<html>\xff\xfe\xfd</html>"),
+    ("deep nesting", b"<div>" * 50_000),
+]
+
+
+@pytest.mark.parametrize("name", ["google", "duckduckgo"])
+@pytest.mark.parametrize("case, body", PAGES_THAT_ARE_NOT_RESULT_PAGES, ids=[c for c, _ in PAGES_THAT_ARE_NOT_RESULT_PAGES])
+def test_a_result_page_of_the_wrong_kind_falls_through(serps, name, case, body):
+    good, bad = serps
+    bad.routes["/search"] = bad.routes["/html/"] = (200, {"Content-Type": "text/html"}, body)
+    notes: list[str] = []
+    chain = [PROVIDERS[name](bad.base, 5), prov.SearxngProvider(base_url=good.base, deadline=5)]
+    hits, used = prov.search_chain(chain, "q", 5, notes.append)
+    assert used == "searxng" and len(notes) == 1 and notes[0].startswith(f"{name}: "), notes
+
+
 BAD_URLS = [
     # (how it is given, value, exit code)
     ("flag", "localhost:8888", 2),

@@ -110,6 +110,24 @@ def _get(provider: str, url: str, deadline: float, params: dict | None = None, h
         raise ProviderError(provider, str(exc)) from None
 
 
+_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
+
+
+def _root(page: str):
+    """The page's lxml tree, or None when there is nothing to parse (an empty
+    answer, or one lxml refuses): no results, not a crash."""
+    import lxml.etree
+    import lxml.html
+
+    page = _XML_DECLARATION.sub("", page)  # lxml refuses a str that declares its encoding
+    if not page.strip():
+        return None
+    try:
+        return lxml.html.fromstring(page)
+    except (lxml.etree.ParserError, ValueError):
+        return None
+
+
 def _text(node) -> str:
     return " ".join(node.text_content().split()) if node is not None else ""
 
@@ -117,9 +135,9 @@ def _text(node) -> str:
 # -- google ------------------------------------------------------------------
 
 def parse_google(page: str) -> list[Hit]:
-    import lxml.html
-
-    root = lxml.html.fromstring(page)
+    root = _root(page)
+    if root is None:
+        return []
     hits: list[Hit] = []
     seen = set()
     # Organic results: div.Gx5Zad.fP1Qef in the no-JS layout (other Gx5Zad blocks are image
@@ -168,9 +186,9 @@ class GoogleProvider:
 # -- duckduckgo --------------------------------------------------------------
 
 def parse_duckduckgo(page: str) -> list[Hit]:
-    import lxml.html
-
-    root = lxml.html.fromstring(page)
+    root = _root(page)
+    if root is None:
+        return []
     hits = []
     for block in root.xpath('//div[contains(@class,"result") and contains(@class,"web-result")]'):
         if "result--ad" in block.get("class", ""):

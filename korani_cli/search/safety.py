@@ -163,7 +163,10 @@ def refuse(host: str, addresses: Iterable[IPAddress]) -> None:
         verdict = _verdict(ip)
         if verdict:
             why, carried = verdict
-            where = f"{host} is" if literal_address(host) == ip else f"{host} resolves to {ip},"
+            if literal_address(host) != ip:
+                where = f"{host} resolves to {ip},"
+            else:
+                where = f"{host} is" if host.strip("[]") == str(ip) else f"{host} ({ip}) is"
             inside = f" (it carries {carried})" if carried != ip else ""
             raise UnsafeURL(f"{where} a {why} address{inside}; pass --allow-private for trusted networks")
 
