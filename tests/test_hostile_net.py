@@ -531,6 +531,7 @@ BAD_URLS = [
 ]
 
 
+@pytest.mark.slow  # one CLI start per row
 @pytest.mark.parametrize("where, value, code", BAD_URLS)
 def test_a_malformed_searxng_url_is_one_line(where, value, code):
     # --offline: the error comes before the extraction workers start, so this table does not
@@ -662,6 +663,7 @@ def test_korani_search_against_a_trickling_searxng_ends_with_exit_7(tmp_path):
     assert json.loads(chained.stdout)["provider"] == "local"
 
 
+@pytest.mark.slow  # one CLI start per row
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "abc"])
 def test_a_bad_request_timeout_is_a_config_error(value):
     proc = run_korani("search", "q", "-p", "duckduckgo", "--embedder", "none", "--offline",  # --offline: see above
