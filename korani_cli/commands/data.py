@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from rich.markup import escape
 
 from korani_cli.console import err_console, korani_command
 
@@ -80,7 +81,7 @@ def prepare_command(
     with Progress(*_progress_columns(), console=console, transient=True) as bars:
         stats = prepare(config, RichProgress(bars))
     console.print(summary(stats))
-    console.print(f"wrote {out_dir}/{{train,valid,test}}.jsonl, rejects.jsonl, stats.json")
+    console.print(f"wrote {escape(str(out_dir))}/{{train,valid,test}}.jsonl, rejects.jsonl, stats.json", markup=True)
 
 
 @app.command("stats")
@@ -89,17 +90,9 @@ def stats_command(out_dir: Annotated[Path, typer.Argument(help="A directory writ
     """Print the summary of a prepared data set again."""
     from rich.console import Console
 
-    from korani_cli.data.report import summary
-    from korani_cli.data.sources import DataInputError
+    from korani_cli.data.report import load_stats, summary
 
-    path = out_dir / "stats.json"
-    try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataInputError(f"{path} not found", "run `korani data prepare -o DIR` first") from None
-    except ValueError:
-        raise DataInputError(f"{path} is not valid JSON", "re-run `korani data prepare --overwrite`") from None
-    Console().print(summary(stats))
+    Console().print(summary(load_stats(out_dir / "stats.json")))
 
 
 @app.command("show")
@@ -114,21 +107,31 @@ def show_command(
     """Show examples exactly as training renders them; green text carries loss (assistant turns + EOS)."""
     from rich.console import Console
 
+    from korani_cli.data.prepare import DEFAULT_EOS
+    from korani_cli.data.report import load_stats
     from korani_cli.data.show import load_example_lines, pick, render_example
+    from korani_cli.data.sources import DataInputError
     from korani_cli.errors import UsageError
+    from korani_cli.template import TemplateError
 
     if split not in ("train", "valid", "test"):
         raise UsageError(f"unknown split '{split}'", "use --split train, valid or test")
     if index is not None and random_k is not None:
         raise UsageError("--index and --random exclude each other", "pass one of them")
-    eos = "<|endoftext|>"
+    eos = DEFAULT_EOS
     stats_path = out_dir / "stats.json"
-    if stats_path.is_file():
-        eos = json.loads(stats_path.read_text(encoding="utf-8")).get("eos_token", eos)
+    if stats_path.exists():
+        eos = load_stats(stats_path).get("eos_token", eos)
+        if not isinstance(eos, str):
+            raise DataInputError(f"{stats_path}: 'eos_token' must be a string", "re-run `korani data prepare -o DIR --overwrite`")
     lines = load_example_lines(out_dir, split)
     console = Console()
-    chosen = pick(lines, index, random_k, seed)
+    chosen = pick(lines, index, random_k, seed, split)
     if not chosen:
         console.print(f"{split} is empty")
     for i, record in chosen:
-        console.print(render_example(record, eos, i, split))
+        try:
+            shown = render_example(record, eos, i, split)
+        except TemplateError as exc:
+            raise DataInputError(f"{split}.jsonl line {i + 1} cannot be rendered ({exc})", "re-run `korani data prepare -o DIR --overwrite`") from None
+        console.print(shown)
