@@ -78,7 +78,9 @@ def prepare_command(
         near_dup_threshold=near_dup_threshold,
     )
     console = err_console()
-    with Progress(*_progress_columns(), console=console, transient=True) as bars:
+    # Bars only on a terminal: in a log or a pipe the final refresh would leave
+    # an empty line before the one-line error or the summary.
+    with Progress(*_progress_columns(), console=console, transient=True, disable=not console.is_terminal) as bars:
         stats = prepare(config, RichProgress(bars))
     console.print(summary(stats))
     console.print(f"wrote {escape(str(out_dir))}/{{train,valid,test}}.jsonl, rejects.jsonl, stats.json", markup=True)
