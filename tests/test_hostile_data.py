@@ -138,6 +138,7 @@ OUTPUT_REFUSALS = [
     ("o-under-a-file", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/file.txt/out"], EXIT_USAGE, "cannot create"),
     ("o-name-too-long", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/" + "x" * 300], EXIT_USAGE, "too long"),
     ("o-korani-output-without-overwrite", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/mine"], EXIT_USAGE, "--overwrite"),
+    ("o-a-symlink-loop", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/loop/out", "--overwrite"], EXIT_USAGE, "symlink loop"),
     ("o-a-link-to-korani-output", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/link", "--overwrite"], EXIT_USAGE, "not a directory"),
 ]
 
@@ -146,6 +147,7 @@ OUTPUT_REFUSALS = [
 @pytest.mark.parametrize("cwd, args, code, fragment", [row[1:] for row in OUTPUT_REFUSALS], ids=[row[0] for row in OUTPUT_REFUSALS])
 def test_output_directory_refusals_lose_nothing(layout, cwd, args, code, fragment):
     (layout / "link").symlink_to(layout / "mine")
+    (layout / "loop").symlink_to("loop")
     before = snapshot(layout)
     result = korani("data", "prepare", *(a.format(t=layout) for a in args), cwd=layout / cwd)
     assert result.exit_code == code, result.output
@@ -268,6 +270,39 @@ def test_strict_stops_at_a_bad_record_with_one_line(tmp_path, flag, name, conten
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no output, no temporary directory
 
 
+# -- 14: options that would never finish or crash on load ---------------------------
+
+
+def _garbage_tokenizer(t: Path) -> None:
+    (t / "tk").mkdir()
+    (t / "tk" / "tokenizer.json").write_text("[]")
+    (t / "tk" / "tokenizer_config.json").write_text("{}")
+
+
+# (row id, setup, extra arguments with {t}, exit code, fragment)
+BAD_OPTIONS = [
+    pytest.param(None, ["--mix", "koalpaca=1e300"], EXIT_USAGE, "more than 100", id="mix-weight-1e300"),
+    pytest.param(None, ["--mix", "koalpaca=101"], EXIT_USAGE, "more than 100", id="mix-weight-101"),
+    pytest.param(None, ["--mix", "koalpaca=nan"], EXIT_USAGE, "must be ≥ 0", id="mix-weight-nan"),
+    pytest.param(None, ["--valid", "nan"], EXIT_USAGE, "--valid must be a fraction", id="valid-nan"),
+    pytest.param(None, ["--near-dup-threshold", "nan"], EXIT_USAGE, "--near-dup-threshold", id="threshold-nan"),
+    pytest.param(_garbage_tokenizer, ["--tokenizer", "{t}/tk"], EXIT_USAGE, "cannot load the tokenizer", id="garbage-tokenizer", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("setup, extra, code, fragment", BAD_OPTIONS)
+def test_bad_options_are_one_line_errors(tmp_path, setup, extra, code, fragment):
+    (tmp_path / "k.jsonl").write_bytes(jsonl(GOOD_KO))
+    if setup is not None:
+        setup(tmp_path)
+    before = snapshot(tmp_path)
+    result = korani("data", "prepare", "--koalpaca", tmp_path / "k.jsonl", "-o", tmp_path / "out", *(a.format(t=tmp_path) for a in extra))
+    assert result.exit_code == code, result.output
+    one_error_line(result, fragment)
+    assert snapshot(tmp_path) == before
+
+
 # -- 14, 18: sources that are missing or cannot be read ------------------------------
 
 
@@ -371,6 +406,10 @@ BAD_OUTPUTS = [
     ("show-malformed-stats", lambda t: (_split(t, GOOD_RECORD), _stats(t, b"{oops")), ["show", "{t}/d"], EXIT_DATA, "stats.json is not valid JSON"),
     ("show-eos-not-a-string", "eos-not-string", ["show", "{t}/d"], EXIT_DATA, "'eos_token' must be a string"),
     ("show-index-out-of-range", lambda t: _split(t, GOOD_RECORD), ["show", "{t}/d", "--index", "7"], EXIT_DATA, "out of range"),
+    # A FIFO would block the read forever.
+    ("stats-json-a-fifo", lambda t: ((t / "d").mkdir(), os.mkfifo(t / "d" / "stats.json")), ["stats", "{t}/d"], EXIT_DATA, "not a regular file"),
+    ("show-stats-a-fifo", lambda t: (_split(t, GOOD_RECORD), os.mkfifo(t / "d" / "stats.json")), ["show", "{t}/d"], EXIT_DATA, "not a regular file"),
+    ("show-split-a-fifo", lambda t: ((t / "d").mkdir(), os.mkfifo(t / "d" / "train.jsonl")), ["show", "{t}/d"], EXIT_DATA, "not a regular file"),
 ]
 
 
@@ -384,7 +423,7 @@ def real_stats(tmp_path_factory) -> bytes:
     return (root / "out" / "stats.json").read_bytes()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("setup, args, code, fragment", [row[1:] for row in BAD_OUTPUTS], ids=[row[0] for row in BAD_OUTPUTS])
 def test_stats_and_show_on_what_korani_did_not_write(tmp_path, real_stats, setup, args, code, fragment):
     if setup == "truncated-stats":
@@ -473,6 +512,30 @@ def test_a_run_killed_with_sigkill_leaves_a_temp_dir_the_next_run_removes(tmp_pa
     assert not tmp.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl", "out", "small.jsonl"]
     assert len(read_jsonl(out / "train.jsonl")) == len(GOOD_KO)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.timeout(60)
+def test_a_run_killed_between_the_two_renames_gets_its_old_output_back(tmp_path):
+    """replace_dir moves OUT aside, then the new one in: killed between, the
+    aside copy is the only one. The next run restores it instead of reaping it."""
+    src, out = tmp_path / "k.jsonl", tmp_path / "out"
+    src.write_bytes(jsonl(GOOD_KO))
+    assert korani("data", "prepare", "--koalpaca", src, "-o", out).exit_code == 0
+    before = snapshot(out)
+    pid = dead_pid()
+    out.rename(tmp_path / f".out.old-{pid}")
+    (tmp_path / f".out.tmp-{pid}").mkdir()  # the finished new one, never renamed
+    result = korani("data", "prepare", "--koalpaca", src, "-o", out)
+    assert result.exit_code == EXIT_USAGE, result.output  # the old output is back: it needs --overwrite
+    one_error_line(result, "--overwrite")
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.jsonl", "out"]
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ CHARS_PER_TOKEN = 1.5  # polyglot-ko averages ~1.5 Korean characters per token; 
 DEFAULT_EOS = "<|endoftext|>"  # polyglot-ko's, used when no tokenizer is given
 RECORD_KEYS = {"koalpaca": ("instruction", "output"), "sharegpt": ("conversations", "id")}
 BATCH = 512
+MAX_WEIGHT = 100.0  # the largest --mix weight: how many times a train conversation may repeat
 # What every output of `korani data prepare` holds, also those written before
 # the marker file existed: such a directory may be replaced with --overwrite.
 OUTPUT_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl", "rejects.jsonl", "stats.json")
@@ -93,6 +94,9 @@ def parse_mix(text: str | None) -> dict[str, float]:
             raise UsageError(f"--mix: {value!r} is not a number", "use weights like sharegpt=0.5") from None
         if weight < 0 or not math.isfinite(weight):
             raise UsageError(f"--mix: the weight of {name} must be ≥ 0", "use weights like sharegpt=0.5")
+        if weight > MAX_WEIGHT:
+            # Each train conversation is written `weight` times: 1e9 would fill the disk.
+            raise UsageError(f"--mix: the weight of {name} is {value.strip()}, more than {MAX_WEIGHT:g}", f"use a weight between 0 and {MAX_WEIGHT:g}")
         mix[name] = weight
     return mix
 
@@ -147,7 +151,7 @@ class _Lengths:
                 from transformers import AutoTokenizer
 
                 self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-            except (OSError, ValueError, ImportError) as exc:
+            except Exception as exc:  # transformers raises many unrelated types for a bad tokenizer
                 raise UsageError(f"cannot load the tokenizer '{tokenizer}' ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})",
                                  "pass a local tokenizer directory, or leave --tokenizer out to count characters") from None
             self.eos = self.tokenizer.eos_token or DEFAULT_EOS
@@ -196,6 +200,14 @@ def prepare(config: PrepareConfig, progress: Progress | None = None) -> dict:
     """Run the whole pipeline; returns the stats (also written to stats.json)."""
     progress = progress or _Silent()
     validate(config)
+    hint = "choose another -o (a new directory on a writable disk)"
+    try:
+        out = config.out_dir.expanduser().resolve()
+        # First, so that the guard judges what is really there: an old output
+        # set aside by a run killed mid-rename is put back.
+        reap_stale(out)  # temporary directories of runs killed with SIGKILL
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of symlinks
+        raise UsageError(f"cannot use -o {config.out_dir} ({getattr(exc, 'strerror', None) or exc})", hint) from None
     # Before any work (a Hub download, a tokenizer): is OUT_DIR ours to write?
     _guard_output(config, _local_sources(config))
     sources = [(name, spec) for name in SOURCES for spec in getattr(config, name)]
@@ -203,10 +215,7 @@ def prepare(config: PrepareConfig, progress: Progress | None = None) -> dict:
     _guard_output(config, [f for _, f in files])  # Hub files live in a cache that -o might hold
     lengths = _Lengths(config.tokenizer)
 
-    out = config.out_dir.expanduser().resolve()
-    hint = "choose another -o (a new directory on a writable disk)"
     try:
-        reap_stale(out)  # temporary directories of runs killed with SIGKILL
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_sibling(out)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -112,6 +112,9 @@ def check_stats(stats) -> dict:
 def load_stats(path: Path) -> dict:
     """stats.json read back, or a DataInputError that says what is wrong with it."""
     again = "re-run `korani data prepare -o DIR --overwrite`"
+    if path.exists() and not path.is_dir() and not path.is_file():
+        # A FIFO would block the read forever, a device never end.
+        raise DataInputError(f"{path} is not a regular file", again)
     try:
         stats = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:

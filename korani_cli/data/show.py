@@ -27,6 +27,8 @@ CONTEXT_STYLE = "dim"
 
 def load_example_lines(out_dir: Path, split: str) -> list[str]:
     path = out_dir / f"{split}.jsonl"
+    if path.exists() and not path.is_file():
+        raise DataInputError(f"{path} is not a regular file", AGAIN)
     if not path.is_file():
         raise DataInputError(f"{path} not found", "run `korani data prepare` first, or check --split")
     try:
