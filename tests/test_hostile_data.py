@@ -135,7 +135,7 @@ OUTPUT_REFUSALS = [
     ("o-unrelated-files", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/other"], EXIT_USAGE, "korani did not write"),
     ("o-an-existing-file-overwrite", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/file.txt", "--overwrite"], EXIT_USAGE, "not a directory"),
     ("o-an-existing-file", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/file.txt"], EXIT_USAGE, "not a directory"),
-    ("o-under-a-file", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/file.txt/out"], EXIT_USAGE, "cannot create"),
+    ("o-under-a-file", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/file.txt/out"], EXIT_USAGE, "file.txt is not a directory"),
     ("o-name-too-long", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/" + "x" * 300], EXIT_USAGE, "too long"),
     ("o-korani-output-without-overwrite", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/mine"], EXIT_USAGE, "--overwrite"),
     ("o-a-symlink-loop", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/loop/out", "--overwrite"], EXIT_USAGE, "symlink loop"),
@@ -556,3 +556,22 @@ def test_sigterm_mid_run_cleans_up_and_keeps_the_old_output(tmp_path):
     assert not tmp.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl", "out", "small.jsonl"]
     assert snapshot(out) == before
+
+
+@pytest.mark.timeout(60)
+def test_a_source_file_name_that_is_not_utf8(tmp_path):
+    """Python keeps such a name's bytes as lone surrogates; they must not
+    crash the writes of train.jsonl (the fallback id) or stats.json."""
+    (tmp_path / "src").mkdir()
+    name = os.fsdecode(b"\xff\xfe-koalpaca.jsonl")
+    try:
+        (tmp_path / "src" / name).write_bytes(jsonl(GOOD_KO))
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    out = tmp_path / "out"
+    result = korani("data", "prepare", "--koalpaca", tmp_path / "src", "-o", out, "--valid", "0", "--test", "0")
+    assert result.exit_code == 0, result.output
+    ids = [c["id"] for c in read_jsonl(out / "train.jsonl")]
+    assert len(ids) == len(GOOD_KO) and all(i.startswith("koalpaca:\ufffd\ufffd-koalpaca.jsonl:line") for i in ids)
+    files = json.loads((out / "stats.json").read_text(encoding="utf-8"))["inputs"]["koalpaca"]["files"]
+    assert os.fsencode(files[0]["path"]).endswith(b"\xff\xfe-koalpaca.jsonl")

@@ -58,12 +58,12 @@ def prepare_command(
     valid: Annotated[float, typer.Option("--valid", help="Fraction of conversations for validation.")] = 0.1,
     test: Annotated[float, typer.Option("--test", help="Fraction of conversations for test.")] = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the split and the mix.")] = 42,
-    mix: Annotated[Optional[str], typer.Option("--mix", help="Source weights, e.g. koalpaca=1.0,sharegpt=0.5 (<1 subsamples; >1 repeats in train only).")] = None,
+    mix: Annotated[Optional[str], typer.Option("--mix", help="Source weights, e.g. koalpaca=1.0,sharegpt=0.5 (<1 subsamples; >1 repeats in train only; at most 100).")] = None,
     near_dup_threshold: Annotated[float, typer.Option("--near-dup-threshold", help="MinHash Jaccard similarity at which two conversations are near-duplicates.")] = 0.8,
     no_near_dup: Annotated[bool, typer.Option("--no-near-dup", help="Remove exact duplicates only.")] = False,
     no_clean: Annotated[Optional[list[str]], typer.Option("--no-clean", help="Switch a cleaning rule off (repeatable): nfc, crlf, deepl_prefix, trim, koalpaca_followups, drop_empty_turns, merge_same_role, drop_leading_assistant, unglue_answer, drop_trailing_user.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first malformed or unreadable record instead of skipping it.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier output of `korani data prepare` (a directory korani did not write is never replaced).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first malformed or unreadable record (exit 6) instead of skipping and counting it.")] = False,
 ) -> None:
     """Read, clean, deduplicate, length-filter and split into OUT_DIR/{train,valid,test}.jsonl."""
     from rich.progress import Progress

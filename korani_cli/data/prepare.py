@@ -221,6 +221,9 @@ def prepare(config: PrepareConfig, progress: Progress | None = None) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as exc:
+        blocker = next((a for a in out.parents if a.exists() or a.is_symlink()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise UsageError(f"cannot create -o {config.out_dir}: {blocker} is not a directory", hint) from None
         raise UsageError(f"cannot create -o {config.out_dir} ({exc.strerror})", hint) from None
     try:
         stats = _run(config, files, lengths, tmp, progress)
