@@ -212,6 +212,11 @@ def reap_stale(out: Path) -> list[Path]:
             pid = path.name.rsplit("-", 1)[-1]
             if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
                 continue
+            if kind == "old" and not (out.exists() or out.is_symlink()):
+                # Killed between replace_dir's two renames: the old output is
+                # the only copy there is. Put it back rather than delete it.
+                os.replace(path, out)
+                continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:

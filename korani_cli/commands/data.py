@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from rich.markup import escape
 
 from korani_cli.console import err_console, korani_command
 
@@ -57,12 +58,12 @@ def prepare_command(
     valid: Annotated[float, typer.Option("--valid", help="Fraction of conversations for validation.")] = 0.1,
     test: Annotated[float, typer.Option("--test", help="Fraction of conversations for test.")] = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the split and the mix.")] = 42,
-    mix: Annotated[Optional[str], typer.Option("--mix", help="Source weights, e.g. koalpaca=1.0,sharegpt=0.5 (<1 subsamples; >1 repeats in train only).")] = None,
+    mix: Annotated[Optional[str], typer.Option("--mix", help="Source weights, e.g. koalpaca=1.0,sharegpt=0.5 (<1 subsamples; >1 repeats in train only; at most 100).")] = None,
     near_dup_threshold: Annotated[float, typer.Option("--near-dup-threshold", help="MinHash Jaccard similarity at which two conversations are near-duplicates.")] = 0.8,
     no_near_dup: Annotated[bool, typer.Option("--no-near-dup", help="Remove exact duplicates only.")] = False,
     no_clean: Annotated[Optional[list[str]], typer.Option("--no-clean", help="Switch a cleaning rule off (repeatable): nfc, crlf, deepl_prefix, trim, koalpaca_followups, drop_empty_turns, merge_same_role, drop_leading_assistant, unglue_answer, drop_trailing_user.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first malformed or unreadable record instead of skipping it.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier output of `korani data prepare` (a directory korani did not write is never replaced).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first malformed or unreadable record (exit 6) instead of skipping and counting it.")] = False,
 ) -> None:
     """Read, clean, deduplicate, length-filter and split into OUT_DIR/{train,valid,test}.jsonl."""
     from rich.progress import Progress
@@ -77,10 +78,12 @@ def prepare_command(
         near_dup_threshold=near_dup_threshold,
     )
     console = err_console()
-    with Progress(*_progress_columns(), console=console, transient=True) as bars:
+    # Bars only on a terminal: in a log or a pipe the final refresh would leave
+    # an empty line before the one-line error or the summary.
+    with Progress(*_progress_columns(), console=console, transient=True, disable=not console.is_terminal) as bars:
         stats = prepare(config, RichProgress(bars))
     console.print(summary(stats))
-    console.print(f"wrote {out_dir}/{{train,valid,test}}.jsonl, rejects.jsonl, stats.json")
+    console.print(f"wrote {escape(str(out_dir))}/{{train,valid,test}}.jsonl, rejects.jsonl, stats.json", markup=True)
 
 
 @app.command("stats")
@@ -89,17 +92,9 @@ def stats_command(out_dir: Annotated[Path, typer.Argument(help="A directory writ
     """Print the summary of a prepared data set again."""
     from rich.console import Console
 
-    from korani_cli.data.report import summary
-    from korani_cli.data.sources import DataInputError
+    from korani_cli.data.report import load_stats, summary
 
-    path = out_dir / "stats.json"
-    try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataInputError(f"{path} not found", "run `korani data prepare -o DIR` first") from None
-    except ValueError:
-        raise DataInputError(f"{path} is not valid JSON", "re-run `korani data prepare --overwrite`") from None
-    Console().print(summary(stats))
+    Console().print(summary(load_stats(out_dir / "stats.json")))
 
 
 @app.command("show")
@@ -114,21 +109,31 @@ def show_command(
     """Show examples exactly as training renders them; green text carries loss (assistant turns + EOS)."""
     from rich.console import Console
 
+    from korani_cli.data.prepare import DEFAULT_EOS
+    from korani_cli.data.report import load_stats
     from korani_cli.data.show import load_example_lines, pick, render_example
+    from korani_cli.data.sources import DataInputError
     from korani_cli.errors import UsageError
+    from korani_cli.template import TemplateError
 
     if split not in ("train", "valid", "test"):
         raise UsageError(f"unknown split '{split}'", "use --split train, valid or test")
     if index is not None and random_k is not None:
         raise UsageError("--index and --random exclude each other", "pass one of them")
-    eos = "<|endoftext|>"
+    eos = DEFAULT_EOS
     stats_path = out_dir / "stats.json"
-    if stats_path.is_file():
-        eos = json.loads(stats_path.read_text(encoding="utf-8")).get("eos_token", eos)
+    if stats_path.exists():
+        eos = load_stats(stats_path).get("eos_token", eos)
+        if not isinstance(eos, str):
+            raise DataInputError(f"{stats_path}: 'eos_token' must be a string", "re-run `korani data prepare -o DIR --overwrite`")
     lines = load_example_lines(out_dir, split)
     console = Console()
-    chosen = pick(lines, index, random_k, seed)
+    chosen = pick(lines, index, random_k, seed, split)
     if not chosen:
         console.print(f"{split} is empty")
     for i, record in chosen:
-        console.print(render_example(record, eos, i, split))
+        try:
+            shown = render_example(record, eos, i, split)
+        except TemplateError as exc:
+            raise DataInputError(f"{split}.jsonl line {i + 1} cannot be rendered ({exc})", "re-run `korani data prepare -o DIR --overwrite`") from None
+        console.print(shown)

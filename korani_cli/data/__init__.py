@@ -3,9 +3,10 @@
 Pipeline (one module per stage, typed values between them):
   sources.py  where the files are (local path, directory, or hub id)
   readers.py  files → RawRecord (streamed; a bad line/element → Reject)
-  convert.py  RawRecord → Conversation (field mapping per source)
-  clean.py    text and turn rules, each counted and switchable
+  clean.py    RawRecord → Conversation (field mapping per source), then the
+              text and turn rules, each counted and switchable
   dedup.py    exact + MinHash-LSH near-duplicate removal
   prepare.py  length filter, mix, split, atomic writes, stats
+  report.py   stats.json read back (checked) and shown as tables
   show.py     what training will learn, rendered through the chat template
 """

@@ -17,6 +17,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+from korani_cli.data.readers import printable
 from korani_cli.data.records import Conversation, RawRecord, Reject, Turn
 
 TEXT_RULES = ("nfc", "crlf", "deepl_prefix", "trim")
@@ -39,6 +40,7 @@ FOLLOWUP = re.compile(r"\n\s*덧붙이는 답변:\s*")
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 # Lowercase letters glued to Hangul, or one lowercase letter + space before a capitalised word.
 _DEEPL = re.compile(r"^(?:[a-z]{1,2}(?=[\uac00-\ud7a3])|[a-z] (?=[A-Z][a-z]))")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 UNGLUE_MIN = 20  # shortest glued answer we trust to be a real duplicate
 
 
@@ -118,8 +120,10 @@ def _koalpaca_turns(record: RawRecord, cleaner: Cleaner) -> list[Turn] | Reject:
         return Reject(record.source, record.file, record.position, "wrong_field_type", f"a record must be an object, got {type(p).__name__}", kind="input")
     instruction, output = p.get("instruction"), p.get("output")
     for name, value in (("instruction", instruction), ("output", output)):
-        if value is None:
+        if name not in p:
             return Reject(record.source, record.file, record.position, "missing_field", f"no '{name}' field", kind="input")
+        if value is None:
+            return Reject(record.source, record.file, record.position, "null_field", f"'{name}' is null (expected a string)", kind="input")
         if not isinstance(value, str):
             return Reject(record.source, record.file, record.position, "wrong_field_type", f"'{name}' must be a string, got {type(value).__name__}", kind="input")
     extra = p.get("input")
@@ -144,8 +148,10 @@ def _sharegpt_turns(record: RawRecord) -> list[Turn] | Reject:
     if not isinstance(p, dict):
         return Reject(*where, "wrong_field_type", f"a record must be an object, got {type(p).__name__}", kind="input")
     conversations = p.get("conversations")
-    if conversations is None:
+    if "conversations" not in p:
         return Reject(*where, "missing_field", "no 'conversations' field", _short(p), kind="input")
+    if conversations is None:
+        return Reject(*where, "null_field", "'conversations' is null (expected a list of turns)", _short(p), kind="input")
     if not isinstance(conversations, list):
         return Reject(*where, "wrong_field_type", f"'conversations' must be a list, got {type(conversations).__name__}", _short(p), kind="input")
     turns = []
@@ -162,8 +168,22 @@ def _sharegpt_turns(record: RawRecord) -> list[Turn] | Reject:
 def _short(payload) -> str:
     import json
 
-    text = json.dumps(payload, ensure_ascii=False, default=str)
+    try:
+        text = printable(json.dumps(payload, ensure_ascii=False, default=str))
+    except (RecursionError, ValueError):
+        return "<record too deeply nested to show>"
     return text if len(text) <= 2000 else text[:2000] + "…"
+
+
+def _unpaired(turns: list[Turn], rid) -> str | None:
+    """Which text holds an unpaired UTF-16 surrogate (JSON "\\ud800"), which
+    UTF-8 cannot store; None when all is well."""
+    for i, t in enumerate(turns):
+        if _SURROGATE.search(t.content):
+            return f"turn {i}"
+    if isinstance(rid, str) and _SURROGATE.search(rid):
+        return "the id"
+    return None
 
 
 def to_conversation(record: RawRecord, cleaner: Cleaner) -> Conversation | Reject:
@@ -175,6 +195,10 @@ def to_conversation(record: RawRecord, cleaner: Cleaner) -> Conversation | Rejec
         rid = record.payload.get("id") if isinstance(record.payload, dict) else None
     if isinstance(turns, Reject):
         return turns
+    where = _unpaired(turns, rid)
+    if where is not None:
+        return Reject(record.source, record.file, record.position, "lone_surrogate",
+                      f"{where} holds an unpaired surrogate escape (like \\ud800), which is not text", _short(record.payload), kind="input")
     turns = [Turn(t.role, cleaner.text(t.content)) for t in turns]
     turns = cleaner.turns(turns)
     body = [t for t in turns if t.role != "system"]
@@ -184,7 +208,8 @@ def to_conversation(record: RawRecord, cleaner: Cleaner) -> Conversation | Rejec
         # Only reachable with merge_same_role switched off.
         return Reject(record.source, record.file, record.position, "roles_not_alternating", "consecutive turns of the same role", _short(record.payload))
     if rid is None or not isinstance(rid, (str, int)):
-        rid = f"{record.source}:{_basename(record.file)}:{record.position.replace(' ', '')}"
+        # printable(): a file name may hold bytes that are not UTF-8.
+        rid = printable(f"{record.source}:{_basename(record.file)}:{record.position.replace(' ', '')}")
     return Conversation(str(rid), record.source, tuple(turns))
 
 

@@ -5,7 +5,11 @@ at a time; kept conversations are spooled to a temporary JSONL file and only
 their lengths stay in memory until the split is drawn. Everything is written
 into a temporary directory beside OUT_DIR and moved into place at the end,
 so an interrupted run leaves no half-written split and never touches an
-earlier output (which needs --overwrite to be replaced).
+earlier output. OUT_DIR is replaced only when korani wrote it (its marker
+file, or the five files of an output from before markers) and only with
+--overwrite; a source, the working directory or a directory of other files
+is refused before any work (`korani_cli.outputs`). A run killed with SIGKILL
+leaves its temporary directory; the next run with the same OUT_DIR removes it.
 
 Deterministic: the same inputs, options and seed give byte-identical files.
 """
@@ -15,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 from collections import Counter, defaultdict
@@ -27,16 +30,21 @@ from korani_cli import __version__
 from korani_cli import template as tpl
 from korani_cli.data.clean import RULES, Cleaner, to_conversation
 from korani_cli.data.dedup import DEFAULT_THRESHOLD, Deduplicator, normalised
-from korani_cli.data.readers import read_file
+from korani_cli.data.readers import SourceReadError, read_file
 from korani_cli.data.records import SOURCES, Conversation, RawRecord, Reject
 from korani_cli.data.sources import DataInputError, resolve_source
 from korani_cli.errors import UsageError
+from korani_cli.outputs import guard_output_dir, reap_stale, replace_dir, temp_sibling, write_marker
 
 SPLITS = ("train", "valid", "test")
 CHARS_PER_TOKEN = 1.5  # polyglot-ko averages ~1.5 Korean characters per token; errs towards "too long"
 DEFAULT_EOS = "<|endoftext|>"  # polyglot-ko's, used when no tokenizer is given
 RECORD_KEYS = {"koalpaca": ("instruction", "output"), "sharegpt": ("conversations", "id")}
 BATCH = 512
+MAX_WEIGHT = 100.0  # the largest --mix weight: how many times a train conversation may repeat
+# What every output of `korani data prepare` holds, also those written before
+# the marker file existed: such a directory may be replaced with --overwrite.
+OUTPUT_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl", "rejects.jsonl", "stats.json")
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,9 @@ def parse_mix(text: str | None) -> dict[str, float]:
             raise UsageError(f"--mix: {value!r} is not a number", "use weights like sharegpt=0.5") from None
         if weight < 0 or not math.isfinite(weight):
             raise UsageError(f"--mix: the weight of {name} must be ≥ 0", "use weights like sharegpt=0.5")
+        if weight > MAX_WEIGHT:
+            # Each train conversation is written `weight` times: 1e9 would fill the disk.
+            raise UsageError(f"--mix: the weight of {name} is {value.strip()}, more than {MAX_WEIGHT:g}", f"use a weight between 0 and {MAX_WEIGHT:g}")
         mix[name] = weight
     return mix
 
@@ -105,10 +116,28 @@ def validate(config: PrepareConfig) -> None:
         raise UsageError("--max-tokens is too small", "use at least a few hundred tokens")
     if not 0 < config.near_dup_threshold <= 1:
         raise UsageError("--near-dup-threshold must be in (0, 1]", "e.g. 0.8")
-    if config.out_dir.exists() and not config.overwrite:
-        raise UsageError(f"{config.out_dir} already exists", "pass --overwrite to replace it, or choose another -o")
-    if config.out_dir.exists() and not config.out_dir.is_dir():
-        raise UsageError(f"{config.out_dir} exists and is not a directory", "choose another -o")
+
+
+def _guard_output(config: PrepareConfig, sources) -> None:
+    """Refuse an OUT_DIR that is not ours to write (see the module docstring)."""
+    try:
+        guard_output_dir(config.out_dir, overwrite=config.overwrite, sources=sources, legacy=OUTPUT_FILES)
+    except OSError as exc:  # a name too long, a loop of links
+        raise UsageError(f"cannot use -o {config.out_dir} ({exc.strerror})", "choose another -o") from None
+
+
+def _local_sources(config: PrepareConfig) -> list[Path]:
+    """The source arguments that name local paths (Hub ids are not checked yet)."""
+    found = []
+    for name in SOURCES:
+        for spec in getattr(config, name):
+            path = Path(spec).expanduser()
+            try:
+                if path.exists():
+                    found.append(path)
+            except OSError:
+                pass  # resolve_source reports it
+    return found
 
 
 class _Lengths:
@@ -122,7 +151,7 @@ class _Lengths:
                 from transformers import AutoTokenizer
 
                 self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-            except (OSError, ValueError, ImportError) as exc:
+            except Exception as exc:  # transformers raises many unrelated types for a bad tokenizer
                 raise UsageError(f"cannot load the tokenizer '{tokenizer}' ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})",
                                  "pass a local tokenizer directory, or leave --tokenizer out to count characters") from None
             self.eos = self.tokenizer.eos_token or DEFAULT_EOS
@@ -171,32 +200,54 @@ def prepare(config: PrepareConfig, progress: Progress | None = None) -> dict:
     """Run the whole pipeline; returns the stats (also written to stats.json)."""
     progress = progress or _Silent()
     validate(config)
+    hint = "choose another -o (a new directory on a writable disk)"
+    try:
+        out = config.out_dir.expanduser().resolve()
+        # First, so that the guard judges what is really there: an old output
+        # set aside by a run killed mid-rename is put back.
+        reap_stale(out)  # temporary directories of runs killed with SIGKILL
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of symlinks
+        raise UsageError(f"cannot use -o {config.out_dir} ({getattr(exc, 'strerror', None) or exc})", hint) from None
+    # Before any work (a Hub download, a tokenizer): is OUT_DIR ours to write?
+    _guard_output(config, _local_sources(config))
     sources = [(name, spec) for name in SOURCES for spec in getattr(config, name)]
     files = [(name, f) for name, spec in sources for f in resolve_source(spec)]
+    _guard_output(config, [f for _, f in files])  # Hub files live in a cache that -o might hold
     lengths = _Lengths(config.tokenizer)
 
-    out = config.out_dir.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_sibling(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        blocker = next((a for a in out.parents if a.exists() or a.is_symlink()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise UsageError(f"cannot create -o {config.out_dir}: {blocker} is not a directory", hint) from None
+        raise UsageError(f"cannot create -o {config.out_dir} ({exc.strerror})", hint) from None
     try:
         stats = _run(config, files, lengths, tmp, progress)
-        _commit(tmp, out)
+        write_marker(tmp, "data prepare", koalpaca=list(config.koalpaca), sharegpt=list(config.sharegpt),
+                     seed=config.seed, fingerprint=stats["fingerprint"])
+        replace_dir(tmp, out)
+    except SourceReadError as exc:
+        raise DataInputError(f"cannot read {exc.path} ({exc.strerror})", "check the file (is it on a failing disk, or being rewritten?)") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write -o {config.out_dir} ({exc.strerror})", f"free some space or {hint}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return stats
 
 
-def _commit(tmp: Path, out: Path) -> None:
-    """Move the finished directory into place; an old OUT_DIR goes only after."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+def _json_line(value) -> str:
+    """One JSON text, UTF-8 safe: a file name that is not UTF-8 (Python keeps its
+    bytes as lone surrogates) falls back to \\u escapes instead of failing the write."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, ensure_ascii=True)
+    return text
 
 
 def _run(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress: Progress) -> dict:
@@ -229,7 +280,7 @@ def _run(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress: P
                                      "fix the record, or drop --strict to skip and count bad records")
             rejects[r.reason] += 1
             rejects_by_source[r.source][r.reason] += 1
-            rej_fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+            rej_fh.write(_json_line(r.to_json()) + "\n")
 
         batch: list[tuple[Conversation, RawRecord]] = []
 
@@ -353,5 +404,10 @@ def _run(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress: P
             for s, st in split_stats.items()
         },
     }
-    (tmp / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(stats, ensure_ascii=False, indent=2)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # see _json_line
+        text = json.dumps(stats, ensure_ascii=True, indent=2)
+    (tmp / "stats.json").write_text(text + "\n", encoding="utf-8")
     return stats

@@ -1,5 +1,10 @@
 """Examples as training will see them: rendered through the KoRani template,
-with the characters that carry loss (assistant content + EOS) highlighted."""
+with the characters that carry loss (assistant content + EOS) highlighted.
+
+The split files are read as untrusted: a line that is not a conversation
+korani wrote is a one-line data error naming the line, and control
+characters are removed before anything reaches the terminal.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ from rich.text import Text
 
 from korani_cli import template as tpl
 from korani_cli.data.sources import DataInputError
+from korani_cli.untrusted import clean
+
+AGAIN = "re-run `korani data prepare -o DIR --overwrite`"
 
 LOSS_STYLE = "bold green"
 CONTEXT_STYLE = "dim"
@@ -19,13 +27,49 @@ CONTEXT_STYLE = "dim"
 
 def load_example_lines(out_dir: Path, split: str) -> list[str]:
     path = out_dir / f"{split}.jsonl"
+    if path.exists() and not path.is_file():
+        raise DataInputError(f"{path} is not a regular file", AGAIN)
     if not path.is_file():
         raise DataInputError(f"{path} not found", "run `korani data prepare` first, or check --split")
-    with path.open(encoding="utf-8") as fh:
-        return fh.readlines()
+    try:
+        with path.open("rb") as fh:
+            return fh.readlines()
+    except OSError as exc:
+        raise DataInputError(f"cannot read {path} ({exc.strerror})", "check the file") from None
 
 
-def pick(lines: list[str], index: int | None, random_k: int | None, seed: int) -> list[tuple[int, dict]]:
+def parse_example(line: bytes, index: int, split: str) -> dict:
+    """One line of a split file as a conversation record, or a DataInputError."""
+    where = f"{split}.jsonl line {index + 1}"
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataInputError(f"{where} is not UTF-8 text (byte {exc.start})", AGAIN) from None
+    except RecursionError:
+        raise DataInputError(f"{where} is nested too deeply to be a conversation", AGAIN) from None
+    except ValueError as exc:  # malformed or truncated JSON, an integer too long to convert
+        raise DataInputError(f"{where} is not valid JSON ({str(exc).splitlines()[0]}; a truncated file?)", AGAIN) from None
+    problem = _record_problem(record)
+    if problem:
+        raise DataInputError(f"{where} is not a conversation korani wrote ({problem})", AGAIN)
+    return record
+
+
+def _record_problem(record) -> str | None:
+    if not isinstance(record, dict):
+        return "not an object"
+    if not isinstance(record.get("id"), str) or not isinstance(record.get("source"), str):
+        return "no string 'id' and 'source'"
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "no list of 'messages'"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in tpl.ROLES or not isinstance(m.get("content"), str):
+            return f"message {i} is not {{role: system|user|assistant, content: str}}"
+    return None
+
+
+def pick(lines: list[bytes], index: int | None, random_k: int | None, seed: int, split: str = "train") -> list[tuple[int, dict]]:
     if not lines:
         return []
     if random_k:
@@ -35,12 +79,12 @@ def pick(lines: list[str], index: int | None, random_k: int | None, seed: int) -
         if not 0 <= i < len(lines):
             raise DataInputError(f"--index {i} is out of range", f"this split has {len(lines)} conversations (0–{len(lines) - 1})")
         chosen = [i]
-    return [(i, json.loads(lines[i])) for i in chosen]
+    return [(i, parse_example(lines[i], i, split)) for i in chosen]
 
 
 def render_example(record: dict, eos: str, index: int, split: str) -> Group:
-    messages = [tpl.Message(m["role"], m["content"]) for m in record["messages"]]
-    text, spans = tpl.render_with_mask(messages, eos)
+    messages = [tpl.Message(m["role"], clean(m["content"])) for m in record["messages"]]
+    text, spans = tpl.render_with_mask(messages, clean(eos))
     # Context and learned text as separate segments: learned text must not inherit "dim".
     body, cursor = Text(), 0
     for start, end in spans:
@@ -50,7 +94,7 @@ def render_example(record: dict, eos: str, index: int, split: str) -> Group:
     body.append(text[cursor:], style=CONTEXT_STYLE)
     learned = sum(e - s for s, e in spans)
     header = Text.assemble(
-        (f"{split}[{index}] ", "bold"), (f"{record['id']} ", "cyan"), (f"({record['source']}) ", ""),
+        (f"{split}[{index}] ", "bold"), (f"{clean(record['id'])} ", "cyan"), (f"({clean(record['source'])}) ", ""),
         (f"{learned:,} of {len(text):,} characters carry loss", "green"),
     )
     return Group(header, body, Text(""))

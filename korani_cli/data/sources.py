@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from korani_cli.data.readers import list_files
+from korani_cli.data.readers import SUFFIXES, list_files
 from korani_cli.errors import KoraniError, EXIT_DATA
 
 HUB_FILES = {
@@ -18,6 +18,8 @@ HUB_FILES = {
     "junelee/sharegpt_deepl_ko": ["ko_dataset.json", "ko_dataset_2.json"],
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Suffixes that name a file, never a Hub dataset ("beomi/KoAlpaca-v1.1a" has the "suffix" ".1a").
+FILE_SUFFIXES = (*SUFFIXES, ".csv", ".tsv", ".txt", ".gz", ".zip", ".arrow", ".xz", ".bz2", ".zst")
 
 
 class DataInputError(KoraniError):
@@ -26,7 +28,11 @@ class DataInputError(KoraniError):
 
 def resolve_source(spec: str) -> list[Path]:
     path = Path(spec).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name too long, a loop of links
+        raise DataInputError(f"cannot read the data source {spec} ({exc.strerror})", "check the path") from None
+    if exists:
         try:
             files = list_files(path)
         except OSError as exc:
@@ -37,9 +43,31 @@ def resolve_source(spec: str) -> list[Path]:
             if not f.is_file():
                 raise DataInputError(f"{f} is not a file", "point at the data files or their directory")
         return files
-    if spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec):
-        raise DataInputError(f"data source not found: {spec}", "check the path (or give a Hugging Face dataset id such as beomi/KoAlpaca-v1.1a)")
+    if looks_like_path(spec) or not _HUB_ID.match(spec):
+        raise DataInputError(_missing(spec), "check the path (or give a Hugging Face dataset id such as beomi/KoAlpaca-v1.1a)")
     return _from_hub(spec)
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether a missing `spec` was meant as a local path rather than a Hub id:
+    it names a data file, starts like a path, or its directory exists."""
+    path = Path(spec).expanduser()
+    if spec.startswith(("./", "../", "/", "~", ".\\", "..\\")) or spec in (".", ".."):
+        return True
+    if path.suffix.lower() in FILE_SUFFIXES:
+        return True
+    return path.parent != Path(".") and path.parent.is_dir()
+
+
+def _missing(spec: str) -> str:
+    """Say what is missing: the file, or the directory it should be in."""
+    path = Path(spec).expanduser()
+    parent = path.parent
+    while parent != parent.parent and not parent.exists():
+        missing_dir, parent = parent, parent.parent
+        if parent.exists():
+            return f"data source not found: {spec} (the directory {missing_dir} does not exist)"
+    return f"data source not found: {spec} (no such file or directory)"
 
 
 def _from_hub(repo_id: str) -> list[Path]:
