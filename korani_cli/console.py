@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from korani_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, KoraniError
+from korani_cli.untrusted import clean_line
 
 _state = {"debug": False}
 
@@ -35,11 +36,12 @@ def debug_enabled() -> bool:
 
 
 def notice(message: str) -> None:
-    err_console().print(f"[dim]note:[/dim] {escape(message)}")
+    # Notices and errors quote servers, pages and files: strip their control characters.
+    err_console().print(f"[dim]note:[/dim] {escape(clean_line(message))}")
 
 
 def print_error(message: str) -> None:
-    err_console().print(f"[bold red]error:[/bold red] {escape(message.removeprefix('error: '))}")
+    err_console().print(f"[bold red]error:[/bold red] {escape(clean_line(message).removeprefix('error: '))}")
 
 
 def korani_command(func):

@@ -70,7 +70,13 @@ def resolve(spec: str, settings: Settings) -> ModelSpec:
     if spec == "demo":
         from korani_cli.demo_models import demo_gguf
 
-        return ModelSpec(spec, "llamacpp", str(demo_gguf()))
+        try:
+            return ModelSpec(spec, "llamacpp", str(demo_gguf()))
+        except OSError as exc:  # the cache directory cannot be created (read-only home)
+            raise ModelLoadError(
+                f"cannot assemble the demo model in korani's cache ({exc.strerror}: {exc.filename})",
+                "set KORANI_HOME to a writable directory",
+            ) from None
     if spec == "demo-chat":
         from korani_cli.demo_models import demo_chat_gguf
 
@@ -98,9 +104,26 @@ def resolve(spec: str, settings: Settings) -> ModelSpec:
             "pass a .gguf file, a directory with config.json or adapter_config.json, or a hub id",
         )
     looks_like_path = spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1
+    # `runs/x` beside an existing ./runs is a local path that is missing, not a hub id.
+    looks_like_path = looks_like_path or Path(spec.split("/", 1)[0]).expanduser().is_dir()
     if looks_like_path or not _HUB_ID.match(spec):
-        raise ModelLoadError(f"no such model file or directory: {spec}", OFFLINE_FIX)
+        raise ModelLoadError(f"no such model file or directory: {spec} (the path does not exist{_nearby(path)})", OFFLINE_FIX)
     return ModelSpec(spec, "hf", spec)
+
+
+def _nearby(path: Path) -> str:
+    """What the missing path's directory does hold, to spot a typo."""
+    parent = path.parent
+    try:
+        if str(parent) in ("", ".") or not parent.is_dir():
+            return ""
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in parent.iterdir()
+                       if p.is_dir() or p.suffix.lower() == ".gguf")
+    except OSError:
+        return ""
+    if not names:
+        return f"; {parent}/ holds no model"
+    return f"; {parent}/ holds: {', '.join(names[:6])}{', …' if len(names) > 6 else ''}"
 
 
 def load_backend(spec: ModelSpec, settings: Settings, notify: Notify = lambda _msg: None) -> Backend:
