@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from korani_cli.backends import Backend, Notify
-from korani_cli.config import Settings
+from korani_cli.config import RULES, Invalid, Settings, check_value
 from korani_cli.errors import ModelLoadError, UsageError
 
 REFERENCE_ADAPTER = "ChaeMs/KoRani-5.8b"
@@ -89,6 +89,11 @@ def resolve(spec: str, settings: Settings) -> ModelSpec:
                 f"no server URL for {spec!r}",
                 "write --model openai:MODEL@http://HOST:PORT/v1 or set KORANI_OPENAI_BASE_URL",
             )
+        try:
+            check_value(RULES["openai_base_url"], base_url)
+        except Invalid as exc:
+            raise UsageError(f"the server URL of {spec!r} must be {exc}, got {base_url!r}",
+                             "write --model openai:MODEL@http://HOST:PORT/v1") from None
         return ModelSpec(spec, "openai", model, base_url=base_url, api_key=settings.openai_api_key)
 
     path = Path(spec).expanduser()

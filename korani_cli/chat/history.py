@@ -110,7 +110,7 @@ class History:
         """Raise HistoryError if SQLite finds the file damaged (a lookup that found
         nothing must not be reported as "no such session" when the file is broken)."""
         with self._guard():
-            result = self.db.execute("PRAGMA quick_check(1)").fetchone()
+            result = self.db.execute("PRAGMA integrity_check(1)").fetchone()
         if result and result[0] != "ok":
             raise _problem(self.path, _Corrupt(result[0]))
 

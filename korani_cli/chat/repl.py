@@ -96,7 +96,7 @@ def run(session: ChatSession, stdin: TextIO | None = None, out: Console | None =
         stdin.reconfigure(errors="surrogateescape")
     interactive = stdin.isatty() and sys.stdout.isatty()
     out = out or Console(highlight=False)
-    err = err or Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one line
+    err = err or Console(stderr=True, highlight=False)
     lines = _terminal_lines("나> ") if interactive else iter(stdin.readline, "")
     if interactive:
         err.print(f"[bold]korani chat[/bold] · {escape(clean_line(session.model_name))} · /도움말 로 명령어 보기, Ctrl-D 로 끝내기")
@@ -160,9 +160,9 @@ def _render(events: Iterator[Event], interactive: bool, out: Console, err: Conso
                     out.print(escape(clean(event.data["footnotes"])))
                 out.file.flush()
             elif event.kind == "notice":
-                err.print(f"[dim]note:[/dim] {escape(clean_line(event.text))}")
+                err.print(f"[dim]note:[/dim] {escape(clean_line(event.text))}", soft_wrap=True)
             elif event.kind == "error":
-                err.print(f"[bold red]{escape(clean_line(event.text))}[/bold red]")
+                err.print(f"[bold red]{escape(clean_line(event.text))}[/bold red]", soft_wrap=True)  # one line, always
             elif event.kind == "output":
                 out.print(escape(clean(event.text)))
             elif event.kind == "exit":

@@ -290,6 +290,9 @@ class ChatSession:
         yield Event("output", f"저장했습니다: {path}" + (f" (→ {written})" if written != path else ""))
 
     def cmd_history(self, _arg: str) -> Iterator[Event]:
+        if not self.history.persistent:
+            yield Event("output", "이 대화는 기록 없이 메모리에서만 진행 중입니다 — 저장된 대화 목록은 korani history list")
+            return
         rows = self.history.sessions(20)
         lines = [f"{sid}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(created))}  {model}  {n}개  {(first or '')[:40]}"
                  for sid, created, model, n, first in rows]

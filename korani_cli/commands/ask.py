@@ -23,7 +23,7 @@ def _read_stdin() -> str:
     """The question piped on stdin, which must be UTF-8 text (not a binary file)."""
     data = sys.stdin.buffer.read()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a BOM from a Windows editor is not part of the question
     except UnicodeDecodeError as exc:
         raise UsageError(
             f"stdin is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})",
