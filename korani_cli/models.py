@@ -50,10 +50,13 @@ def _read_adapter_base(directory: Path) -> str | None:
     if not config.is_file():
         return None
     try:
-        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        loaded = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {config} ({exc})", "fix or re-save the adapter") from None
-    if not base:
+    if not isinstance(loaded, dict):
+        raise ModelLoadError(f"{config} is not a JSON object", "fix or re-save the adapter")
+    base = loaded.get("base_model_name_or_path")
+    if not base or not isinstance(base, str):
         raise ModelLoadError(
             f"{config} does not name its base model (base_model_name_or_path)",
             "add it, or pass the merged model directory instead",
@@ -98,10 +101,17 @@ def resolve(spec: str, settings: Settings) -> ModelSpec:
 
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf":
+        if path.is_dir():
+            raise ModelLoadError(f"{path} is a directory, not a GGUF file", "pass the .gguf file itself")
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}", "check the path")
         return ModelSpec(spec, "llamacpp", str(path.resolve()))
     if path.is_dir():
+        if not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
+            raise ModelLoadError(
+                f"{path} holds no model (neither config.json nor adapter_config.json)",
+                "pass a model directory (as korani train or merge write them), a .gguf file or a hub id",
+            )
         return ModelSpec(spec, "hf", str(path.resolve()), base=_read_adapter_base(path))
     if path.exists():
         raise ModelLoadError(

@@ -246,24 +246,50 @@ def test_a_question_argument_that_is_not_utf8_is_exit_2(tmp_path):
     assert "not UTF-8 text" in one_line(proc.stderr.decode())
 
 
-# -- 18: a missing local path is a missing path, not a Hub failure -----------------------------------
+# -- 18: a missing local path is a missing path, not a Hub failure; a broken model directory says what is wrong --
 
-MODEL_PATH_ROWS = [
-    # (--model, fragment); ./runs exists in the working directory, the rest does not
-    ("runs/x", "runs/x (the path does not exist; runs/ holds: a/"),
-    ("./nope", "./nope (the path does not exist)"),
-    ("runs/a/missing", "the path does not exist"),
-    ("~/korani-no-such-model", "the path does not exist"),
+def _model_files(tmp: Path) -> None:
+    (tmp / "runs" / "a").mkdir(parents=True)
+    (tmp / "empty").mkdir()
+    (tmp / "dir.gguf").mkdir()
+    (tmp / "list-adapter").mkdir()
+    (tmp / "list-adapter" / "adapter_config.json").write_text("[1, 2]")
+    (tmp / "number-base").mkdir()
+    (tmp / "number-base" / "adapter_config.json").write_text('{"base_model_name_or_path": 5}')
+    (tmp / "binary-adapter").mkdir()
+    (tmp / "binary-adapter" / "adapter_config.json").write_bytes(b"\xff\xfe{")
+    (tmp / "garbage.gguf").write_bytes(os.urandom(4096))
+
+
+MODEL_SPEC_ROWS = [
+    # (--model, exit code, fragment); run in a directory made by _model_files
+    ("runs/x", EXIT_MODEL_LOAD, "runs/x (the path does not exist; runs/ holds: a/"),
+    ("./nope", EXIT_MODEL_LOAD, "./nope (the path does not exist)"),
+    ("runs/a/missing", EXIT_MODEL_LOAD, "the path does not exist"),
+    ("~/korani-no-such-model", EXIT_MODEL_LOAD, "the path does not exist"),
+    ("empty", EXIT_MODEL_LOAD, "holds no model (neither config.json nor adapter_config.json)"),
+    ("dir.gguf", EXIT_MODEL_LOAD, "is a directory, not a GGUF file"),
+    ("list-adapter", EXIT_MODEL_LOAD, "adapter_config.json is not a JSON object"),
+    ("number-base", EXIT_MODEL_LOAD, "does not name its base model"),
+    ("binary-adapter", EXIT_MODEL_LOAD, "cannot read"),
+    ("garbage.gguf", EXIT_MODEL_LOAD, "llama.cpp could not load garbage.gguf"),
+    ("nothing.gguf", EXIT_MODEL_LOAD, "GGUF file not found"),
 ]
 
 
-@pytest.mark.parametrize("spec, fragment", MODEL_PATH_ROWS)
-def test_a_missing_model_path_says_so(home, tmp_path, spec, fragment):
-    (tmp_path / "runs" / "a").mkdir(parents=True)
+@pytest.mark.parametrize("spec, code, fragment", MODEL_SPEC_ROWS, ids=[r[0] for r in MODEL_SPEC_ROWS])
+def test_a_missing_or_broken_model_path_says_what_is_wrong(home, tmp_path, spec, code, fragment):
+    _model_files(tmp_path)
     result = runner.invoke(app, ["ask", "--model", spec, "q"])
-    assert result.exit_code == EXIT_MODEL_LOAD
+    assert result.exit_code == code, result.output
     line = one_line(result.stderr)
     assert fragment in line and "Hub" not in line
+
+
+def test_an_empty_session_id_is_a_usage_error(home):
+    result = runner.invoke(app, ["chat", "--model", "demo", "--session", " "], input="")
+    assert result.exit_code == EXIT_USAGE
+    assert "--session is empty" in one_line(result.stderr)
 
 
 # -- 7: /저장 and history export -o never replace a special file ---------------------------------------
@@ -604,3 +630,39 @@ def test_a_history_that_breaks_mid_chat_leaves_the_chat_going_in_memory(tmp_path
     assert "메모리에만" in err and "둘째 답." in out
     kept = (tmp_path / "kept.md").read_text(encoding="utf-8")
     assert all(text in kept for text in ("첫 질문", "첫 답.", "둘째 질문", "둘째 답."))
+
+
+# -- 14: closed stdin, a reader that went away ----------------------------------------------------------
+
+STREAM_ROWS = [
+    # (arguments, what happens to stdin/stdout, exit code, stderr fragment or "" for no error at all)
+    (["history", "list"], "reader gone", 141, ""),
+    (["history", "show", "SID"], "reader gone", 141, ""),
+    (["chat", "--model", "demo", "--session", "SID"], "reader gone", 141, ""),
+    (["chat", "--model", "demo"], "stdin closed", EXIT_USAGE, "stdin is closed"),
+    (["ask", "--model", "demo"], "stdin closed", EXIT_USAGE, "stdin is closed"),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("args, how, code, fragment", STREAM_ROWS, ids=[f"{' '.join(r[0][:2])}-{r[1]}" for r in STREAM_ROWS])
+def test_closed_streams_are_not_internal_errors(tmp_path, args, how, code, fragment):
+    home = tmp_path / "home"
+    sid = _seed_session(home)
+    cmd = [sys.executable, "-m", "korani_cli", *[sid if a == "SID" else a for a in args]]
+    env = {**os.environ, "KORANI_HOME": str(home)}
+    if how == "stdin closed":
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO,
+                                preexec_fn=lambda: os.close(0))
+    else:  # stdout's reader closes its end before korani writes a byte (`korani … | head -c 0`)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+        proc.stdout.close()
+        proc.stdin.write("/출처\n/기록\n".encode())
+        proc.stdin.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=100)
+    assert proc.returncode == code, err
+    if fragment:
+        assert fragment in one_line(err)
+    else:  # quiet, like any tool whose reader went away: no error line, no traceback
+        assert "error" not in err and "Traceback" not in err

@@ -90,13 +90,19 @@ def _terminal_lines(prompt: str) -> Iterator[str]:
 
 def run(session: ChatSession, stdin: TextIO | None = None, out: Console | None = None, err: Console | None = None) -> None:
     stdin = stdin or sys.stdin
+    if stdin is None:
+        from korani_cli.errors import UsageError
+
+        raise UsageError("stdin is closed, so there is nothing to chat with", "run korani chat in a terminal, or pipe the messages to it")
     if hasattr(stdin, "reconfigure"):
         # Bytes that are not UTF-8 arrive as lone surrogates, which the session
         # refuses with one line, instead of a UnicodeDecodeError ending the chat.
         stdin.reconfigure(errors="surrogateescape")
     interactive = stdin.isatty() and sys.stdout.isatty()
-    out = out or Console(highlight=False)
-    err = err or Console(stderr=True, highlight=False)
+    from korani_cli.console import err_console, out_console
+
+    out = out or out_console()
+    err = err or err_console()
     lines = _terminal_lines("나> ") if interactive else iter(stdin.readline, "")
     if interactive:
         err.print(f"[bold]korani chat[/bold] · {escape(clean_line(session.model_name))} · /도움말 로 명령어 보기, Ctrl-D 로 끝내기")

@@ -34,6 +34,8 @@ def _read_stdin() -> str:
 
 def _question(text: str | None) -> str:
     if text is None or text == "-":
+        if sys.stdin is None:
+            raise UsageError("no question given and stdin is closed", 'pass it as an argument: korani ask "질문"')
         if text is None and sys.stdin.isatty():
             raise UsageError("no question given", 'pass it as an argument (korani ask "질문") or pipe it: echo 질문 | korani ask -')
         text = _read_stdin()

@@ -54,6 +54,8 @@ def chat(
     settings = load_settings({"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "template": template})
     check_flag("--seed", seed, SEED)
     opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker)
+    if session_id is not None and not session_id.strip():
+        raise UsageError("--session is empty", "pass a session id from `korani history list`")
     if no_history and (resume_last or session_id):
         raise UsageError("--no-history cannot resume a saved session", "drop --continue/--session, or drop --no-history")
     history = History.in_memory() if no_history else History()
