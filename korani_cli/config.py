@@ -207,6 +207,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         return {}
     if path.is_dir():
         raise ConfigError(f"{path} is a directory, not a config file", "remove it, or put settings in a TOML file there")
+    if not path.is_file():  # a FIFO would block the read forever, a device could be anything
+        raise ConfigError(f"{path} is not a regular file", "replace it with a TOML file, or remove it")
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)

@@ -103,11 +103,17 @@ def test_a_bad_config_file_value_is_exit_5(home, content, fragment, command):
     assert fragment in line and str(home / "config.toml") in line
 
 
-def test_a_directory_as_the_config_file_is_exit_5(home):
-    (home / "config.toml").mkdir()
+@pytest.mark.timeout(60)  # reading a FIFO nobody writes to would block forever
+@pytest.mark.parametrize("make, fragment", [
+    (lambda path: path.mkdir(), "is a directory, not a config file"),
+    (lambda path: os.mkfifo(path), "is not a regular file"),
+    (lambda path: path.symlink_to("/dev/zero"), "is not a regular file"),
+], ids=["directory", "fifo", "link to /dev/zero"])
+def test_a_config_file_that_is_no_file_is_exit_5(home, make, fragment):
+    make(home / "config.toml")
     result = runner.invoke(app, ["ask", "안녕?"])
     assert result.exit_code == EXIT_CONFIG
-    assert "is a directory, not a config file" in one_line(result.stderr)
+    assert fragment in one_line(result.stderr)
 
 
 ENV_ROWS = [
@@ -397,13 +403,14 @@ def test_saving_a_transcript_never_replaces_a_special_file(home, tmp_path, how, 
 
 # -- 14, 18: a damaged, misplaced or locked history database ---------------------------------------
 
-def _history_with_sessions(path: Path, n: int = 30) -> list[str]:
+def _history_with_sessions(path: Path, n: int = 8) -> list[str]:
+    """A real history of several pages (sessions, messages and their indexes)."""
     history = History(path)
     sids = []
     for i in range(n):
         sid = history.new_session("demo", None)
-        for j in range(10):
-            history.add(sid, "user", f"질문 {i} {j} " + "내용 " * 40)
+        for j in range(4):
+            history.add(sid, "user", f"질문 {i} {j} " + "내용 " * 200)
         sids.append(sid)
     history.close()
     return sids
@@ -440,6 +447,16 @@ def _a_directory_in_its_place(path: Path, _sids) -> None:
     (path / "keep").write_text("mine")
 
 
+def _a_fifo_in_its_place(path: Path, _sids) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _a_link_to_a_device(path: Path, _sids) -> None:
+    path.unlink()
+    path.symlink_to("/dev/null")
+
+
 DAMAGE_ROWS = [
     # (damage, command (SID = the last session), fragment)
     (_garbage, ["history", "list"], "is damaged (file is not a database)"),
@@ -454,6 +471,8 @@ DAMAGE_ROWS = [
     (_index_entry_damaged, ["chat", "--model", "demo", "--session", "SID"], "is damaged"),
     (_a_directory_in_its_place, ["history", "list"], "is a directory, not a database file"),
     (_a_directory_in_its_place, ["chat", "--model", "demo"], "korani chat --no-history"),
+    (_a_fifo_in_its_place, ["history", "list"], "is not a regular file"),
+    (_a_link_to_a_device, ["chat", "--model", "demo"], "is not a regular file"),
 ]
 
 

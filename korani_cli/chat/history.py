@@ -84,6 +84,10 @@ class History:
         self.path = path or default_path()
         if str(self.path) != ":memory:":
             paths.ensure_dir(self.path.parent)
+            if self.path.exists() and not self.path.is_file() and not self.path.is_dir():
+                # SQLite would read (and write) a device or FIFO as if it were the database.
+                raise HistoryError(f"the chat history {self.path} is not a regular file",
+                                   f"remove it to start a new history, or chat without saving: korani chat --no-history")
         with self._guard():
             self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
             self.db.execute("PRAGMA foreign_keys = ON")
