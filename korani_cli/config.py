@@ -8,8 +8,11 @@ when KORANI_HOME is set), for example::
     openai_base_url = "http://gpu-box:8000/v1"
 
 An unknown key is an error that lists the valid ones: a typo must not be
-silently ignored. Environment variables are read when `load_settings` is
-called, never at import time.
+silently ignored. Every value, whether it comes from the file, the
+environment or a flag, passes the same `RULES` (type, range, finite; a bool
+is not a number): a bad flag is a usage error (exit 2), a bad file or
+environment value a config error (exit 5). Environment variables are read
+when `load_settings` is called, never at import time.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from korani_cli import paths
 from korani_cli.errors import ConfigError, UsageError
@@ -55,59 +58,172 @@ _ENV = {
 TEMPLATES = ("korani", "model")
 
 
-def _coerce(name: str, value: Any, where: str) -> Any:
+# -- validation: one set of rules for the config file, the environment and the flags ----------
+
+
+def thread_cap() -> int:
+    """The most CPU threads korani will ask of llama.cpp: far more than any
+    useful value, far fewer than the 100,000 that abort it with std::bad_alloc."""
+    return max(256, 4 * (os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a value must be: its kind, an inclusive range, or a list of choices."""
+
+    kind: type  # int, float or str
+    low: float | None = None
+    high: float | Callable[[], float] | None = None
+    choices: tuple[str, ...] = ()
+    url: bool = False  # an http(s) URL with a host
+
+    def upper(self) -> float | None:
+        return self.high() if callable(self.high) else self.high
+
+    def describe(self) -> str:
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        if self.url:
+            return "an http:// or https:// URL with a host"
+        if self.kind is str:
+            return "non-empty text" if self.low else "text"
+        noun = "a whole number" if self.kind is int else "a finite number"
+        low, high = self.low, self.upper()
+        if low is not None and high is not None:
+            return f"{noun} from {_number(low)} to {_number(high)}"
+        if low is not None:
+            return f"{noun} of at least {_number(low)}"
+        return noun
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+MAX_NEW_TOKENS_CAP = 1_000_000
+N_CTX_CAP = 1 << 20  # beyond any model's context; larger asks llama.cpp for terabytes
+RULES: dict[str, Rule] = {
+    "model": Rule(str, low=1),  # for text, `low` is the shortest length
+    "template": Rule(str, choices=TEMPLATES),
+    "max_new_tokens": Rule(int, 1, MAX_NEW_TOKENS_CAP),
+    "temperature": Rule(float, 0.0, 100.0),
+    "top_p": Rule(float, 0.0, 1.0),
+    "openai_base_url": Rule(str, url=True),
+    "openai_api_key": Rule(str),
+    "n_ctx": Rule(int, 16, N_CTX_CAP),
+    "threads": Rule(int, 1, thread_cap),
+}
+SEED = Rule(int, 0, 2**32 - 1)  # what every backend accepts (llama.cpp takes a uint32)
+
+
+class Invalid(ValueError):
+    """A value that breaks its Rule; the message says what it must be."""
+
+
+def _rule(name: str) -> Rule:
+    if name in RULES:
+        return RULES[name]
+    # A setting without its own rule is checked by its declared type.
     field = {f.name: f for f in fields(Settings)}[name]
-    kind = field.type if isinstance(field.type, str) else field.type.__name__
-    try:
-        if value is None:
-            return None
-        if "int" in kind and not isinstance(value, bool):
-            return int(value)
-        if "float" in kind and not isinstance(value, bool):
-            return float(value)
-        if "str" in kind:
-            if not isinstance(value, str):
-                raise TypeError
-            return value
-    except (TypeError, ValueError):
-        pass
-    else:
+    kind = str(field.type)
+    return Rule(int if "int" in kind else float if "float" in kind else str)
+
+
+def check_value(rule: Rule, value: Any, *, text: bool = False) -> Any:
+    """`value` as `rule` wants it, or Invalid. `text` values (environment) are parsed;
+    typed ones (TOML, flags) must already have the right type — a bool is not a number."""
+    import math
+
+    if rule.kind is str:
+        if not isinstance(value, str):
+            raise Invalid(rule.describe())
+        if rule.low is not None and len(value.strip()) < rule.low:
+            raise Invalid(rule.describe())
+        if rule.choices and value not in rule.choices:
+            raise Invalid(rule.describe())
+        if rule.url:
+            from urllib.parse import urlsplit
+
+            try:
+                parts = urlsplit(value.strip())
+                ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+                parts.port  # noqa: B018  (raises ValueError on a bad port)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise Invalid(rule.describe())
         return value
-    raise ConfigError(
-        f"{where}: '{name}' must be {kind.replace(' | None', '')}, got {value!r}",
-        f"fix the value of '{name}'",
-    )
+    if text and isinstance(value, str):
+        try:
+            value = int(value.strip()) if rule.kind is int else float(value.strip())
+        except ValueError:
+            raise Invalid(rule.describe()) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Invalid(rule.describe())
+    if rule.kind is int and not isinstance(value, int):
+        raise Invalid(rule.describe())
+    value = rule.kind(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Invalid(rule.describe())
+    high = rule.upper()
+    if (rule.low is not None and value < rule.low) or (high is not None and value > high):
+        raise Invalid(rule.describe())
+    return value
 
 
-def _validate(values: dict[str, Any], where: str) -> dict[str, Any]:
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_flag(option: str, value: Any, rule: Rule) -> Any:
+    """A command-line value against its rule: a bad one is a usage error (exit 2)."""
+    if value is None:
+        return None
+    try:
+        return check_value(rule, value)
+    except Invalid as exc:
+        raise UsageError(f"{option} must be {exc}, got {_shown(value)}", f"pass {option} {rule.describe()}") from None
+
+
+def _check_names(values: dict[str, Any], where: str) -> None:
     valid = [f.name for f in fields(Settings)]
+    for key in values:
+        if key not in valid:
+            raise ConfigError(f"{where}: unknown setting '{key}'", f"valid settings are: {', '.join(valid)}")
+
+
+def _validate_file(values: dict[str, Any], where: str) -> dict[str, Any]:
+    _check_names(values, where)
     out = {}
     for key, value in values.items():
-        if key not in valid:
-            raise ConfigError(
-                f"{where}: unknown setting '{key}'",
-                f"valid settings are: {', '.join(valid)}",
-            )
-        out[key] = _coerce(key, value, where)
-    if out.get("template") not in (None, *TEMPLATES):
-        raise ConfigError(
-            f"{where}: template must be one of {', '.join(TEMPLATES)}, got {out['template']!r}",
-            "use 'korani' (the KoRani format) or 'model' (the model's own chat template)",
-        )
+        try:
+            out[key] = check_value(_rule(key), value)
+        except Invalid as exc:
+            raise ConfigError(f"{where}: '{key}' must be {exc}, got {_shown(value)}", f"fix '{key}' in {where}") from None
     return out
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a config file", "remove it, or put settings in a TOML file there")
+    if not path.is_file():  # a FIFO would block the read forever, a device could be anything
+        raise ConfigError(f"{path} is not a regular file", "replace it with a TOML file, or remove it")
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc})", "fix or delete the file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})",
+            "save it as UTF-8, or delete it",
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path} ({exc.strerror})", "check its permissions") from None
-    return _validate(raw, str(path))
+    return _validate_file(raw, str(path))
 
 
 def read_environment(environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -116,18 +232,26 @@ def read_environment(environ: dict[str, str] | None = None) -> dict[str, Any]:
     for key, names in _ENV.items():
         for name in names:
             if environ.get(name):
-                out[key] = environ[name]
+                try:
+                    out[key] = check_value(_rule(key), environ[name], text=True)
+                except Invalid as exc:
+                    raise ConfigError(
+                        f"{name} must be {exc}, got {_shown(environ[name])}",
+                        f"set {name} to {_rule(key).describe()}, or unset it",
+                    ) from None
                 break
-    return _validate(out, "environment")
+    return out
 
 
 def load_settings(overrides: dict[str, Any] | None = None, *, config_path: Path | None = None) -> Settings:
-    """Resolve settings in precedence order; `overrides` are CLI flags (None = not given)."""
+    """Resolve settings in precedence order; `overrides` are CLI flags (None = not given).
+
+    Every value passes the same `RULES` wherever it comes from: a bad flag is a
+    usage error (exit 2), a bad file or environment value a config error (exit 5)."""
     merged: dict[str, Any] = {}
     merged.update(read_config_file(config_path or paths.config_file()))
     merged.update(read_environment())
-    try:
-        merged.update(_validate({k: v for k, v in (overrides or {}).items() if v is not None}, "command line"))
-    except ConfigError as exc:  # a bad flag is a usage error (exit 2), not a bad config file
-        raise UsageError(exc.what, exc.fix) from None
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            merged[key] = check_flag("--" + key.replace("_", "-"), value, _rule(key))
     return dataclasses.replace(Settings(), **merged)

@@ -18,12 +18,26 @@ from rich.markup import escape
 
 from korani_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, KoraniError
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
+from korani_cli.untrusted import clean_line
+
 _state = {"debug": False}
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich would exit(1), which the README keeps for bugs; korani_command stops quietly instead.
+        raise BrokenPipeError
+
+
+def out_console() -> Console:
+    """The console for what a user reads on stdout (chat answers, tables)."""
+    return _Console(highlight=False)
 
 
 def err_console() -> Console:
     # Built per call: tests swap sys.stderr, and Console binds its file early.
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+    return _Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
 
 def set_debug(value: bool) -> None:
@@ -35,11 +49,22 @@ def debug_enabled() -> bool:
 
 
 def notice(message: str) -> None:
-    err_console().print(f"[dim]note:[/dim] {escape(message)}")
+    # Notices and errors quote servers, pages and files: strip their control characters.
+    err_console().print(f"[dim]note:[/dim] {escape(clean_line(message))}")
 
 
 def print_error(message: str) -> None:
-    err_console().print(f"[bold red]error:[/bold red] {escape(message.removeprefix('error: '))}")
+    err_console().print(f"[bold red]error:[/bold red] {escape(clean_line(message).removeprefix('error: '))}")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def korani_command(func):
@@ -59,6 +84,11 @@ def korani_command(func):
         except KeyboardInterrupt:
             print_error("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # The reader of stdout went away (`korani history list | head -1`): stop
+            # quietly, as a tool killed by SIGPIPE would, once cleanup has run.
+            _silence_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except Exception as exc:
             if debug_enabled():
                 raise

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from korani_cli.backends import Backend, Notify
-from korani_cli.config import Settings
+from korani_cli.config import RULES, Invalid, Settings, check_value
 from korani_cli.errors import ModelLoadError, UsageError
 
 REFERENCE_ADAPTER = "ChaeMs/KoRani-5.8b"
@@ -50,10 +50,13 @@ def _read_adapter_base(directory: Path) -> str | None:
     if not config.is_file():
         return None
     try:
-        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        loaded = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {config} ({exc})", "fix or re-save the adapter") from None
-    if not base:
+    if not isinstance(loaded, dict):
+        raise ModelLoadError(f"{config} is not a JSON object", "fix or re-save the adapter")
+    base = loaded.get("base_model_name_or_path")
+    if not base or not isinstance(base, str):
         raise ModelLoadError(
             f"{config} does not name its base model (base_model_name_or_path)",
             "add it, or pass the merged model directory instead",
@@ -70,7 +73,13 @@ def resolve(spec: str, settings: Settings) -> ModelSpec:
     if spec == "demo":
         from korani_cli.demo_models import demo_gguf
 
-        return ModelSpec(spec, "llamacpp", str(demo_gguf()))
+        try:
+            return ModelSpec(spec, "llamacpp", str(demo_gguf()))
+        except OSError as exc:  # the cache directory cannot be created (read-only home)
+            raise ModelLoadError(
+                f"cannot assemble the demo model in korani's cache ({exc.strerror}: {exc.filename})",
+                "set KORANI_HOME to a writable directory",
+            ) from None
     if spec == "demo-chat":
         from korani_cli.demo_models import demo_chat_gguf
 
@@ -83,14 +92,26 @@ def resolve(spec: str, settings: Settings) -> ModelSpec:
                 f"no server URL for {spec!r}",
                 "write --model openai:MODEL@http://HOST:PORT/v1 or set KORANI_OPENAI_BASE_URL",
             )
+        try:
+            check_value(RULES["openai_base_url"], base_url)
+        except Invalid as exc:
+            raise UsageError(f"the server URL of {spec!r} must be {exc}, got {base_url!r}",
+                             "write --model openai:MODEL@http://HOST:PORT/v1") from None
         return ModelSpec(spec, "openai", model, base_url=base_url, api_key=settings.openai_api_key)
 
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf":
+        if path.is_dir():
+            raise ModelLoadError(f"{path} is a directory, not a GGUF file", "pass the .gguf file itself")
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}", "check the path")
         return ModelSpec(spec, "llamacpp", str(path.resolve()))
     if path.is_dir():
+        if not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
+            raise ModelLoadError(
+                f"{path} holds no model (neither config.json nor adapter_config.json)",
+                "pass a model directory (as korani train or merge write them), a .gguf file or a hub id",
+            )
         return ModelSpec(spec, "hf", str(path.resolve()), base=_read_adapter_base(path))
     if path.exists():
         raise ModelLoadError(
@@ -98,9 +119,26 @@ def resolve(spec: str, settings: Settings) -> ModelSpec:
             "pass a .gguf file, a directory with config.json or adapter_config.json, or a hub id",
         )
     looks_like_path = spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1
+    # `runs/x` beside an existing ./runs is a local path that is missing, not a hub id.
+    looks_like_path = looks_like_path or Path(spec.split("/", 1)[0]).expanduser().is_dir()
     if looks_like_path or not _HUB_ID.match(spec):
-        raise ModelLoadError(f"no such model file or directory: {spec}", OFFLINE_FIX)
+        raise ModelLoadError(f"no such model file or directory: {spec} (the path does not exist{_nearby(path)})", OFFLINE_FIX)
     return ModelSpec(spec, "hf", spec)
+
+
+def _nearby(path: Path) -> str:
+    """What the missing path's directory does hold, to spot a typo."""
+    parent = path.parent
+    try:
+        if str(parent) in ("", ".") or not parent.is_dir():
+            return ""
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in parent.iterdir()
+                       if p.is_dir() or p.suffix.lower() == ".gguf")
+    except OSError:
+        return ""
+    if not names:
+        return f"; {parent}/ holds no model"
+    return f"; {parent}/ holds: {', '.join(names[:6])}{', …' if len(names) > 6 else ''}"
 
 
 def load_backend(spec: ModelSpec, settings: Settings, notify: Notify = lambda _msg: None) -> Backend:

@@ -7,7 +7,10 @@ inside its functions, so importing this package costs nothing.
 
 What backends share is here: the parameters, the `Generation` stream whose
 usage fills in as it is consumed, and `apply_stops`, which makes every backend
-stop at a `### ` header the same way (see `korani_cli.template.StopFilter`).
+stop at a `### ` header the same way (see `korani_cli.template.StopFilter`)
+and strips control characters from what the model wrote: a model can echo an
+escape sequence from a page in its prompt, and its answer is printed to a
+terminal and stored (see `korani_cli.untrusted`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol, Sequence
 
 from korani_cli.template import Message, StopFilter
+from korani_cli.untrusted import clean
 
 FINISH_REASONS = ("eos", "stop", "length")
 
@@ -86,15 +90,24 @@ def apply_stops(raw: Iterator[str], usage: Usage, extra_stops: Sequence[str] = (
     ends by itself (eos / length); a header cut sets "stop" here.
     """
     stops = StopFilter(extra_stops)
+    after_cr = False
+
+    def cleaned(text: str) -> str:
+        nonlocal after_cr
+        if after_cr and text.startswith("\n"):
+            text = text[1:]  # the LF of a CRLF split across chunks: `clean` made the CR a LF already
+        after_cr = text.endswith("\r")
+        return clean(text)
+
     try:
         for piece in raw:
-            out = stops.feed(piece)
+            out = cleaned(stops.feed(piece))
             if out:
                 yield out
             if stops.stopped:
                 usage.finish_reason = "stop"
                 return
-        tail = stops.flush()
+        tail = cleaned(stops.flush())
         if tail:
             yield tail
     finally:

@@ -54,16 +54,16 @@ def _adapter_base(source: str, local_only: bool) -> str | None:
     except LocalEntryNotFoundError:
         # Offline and not cached (a subclass of EntryNotFoundError, so first).
         raise ModelLoadError(
-            f"cannot load '{source}': the Hugging Face Hub is unreachable and it is not in the local cache",
+            f"cannot load '{source}': it is not a local path, the Hugging Face Hub is unreachable and it is not in the local cache",
             OFFLINE_FIX,
         ) from None
     except EntryNotFoundError:
         return None
     except RepositoryNotFoundError:
-        raise ModelLoadError(f"'{source}' is not a model on the Hugging Face Hub", OFFLINE_FIX) from None
+        raise ModelLoadError(f"'{source}' is neither a local path nor a model on the Hugging Face Hub", OFFLINE_FIX) from None
     except Exception as exc:  # offline, DNS, timeouts, gated repos: all mean "cannot get it now"
         raise ModelLoadError(
-            f"cannot load '{source}': the Hugging Face Hub is unreachable and it is not cached ({exc.__class__.__name__})",
+            f"cannot load '{source}': it is not a local path, the Hugging Face Hub is unreachable and it is not cached ({exc.__class__.__name__})",
             OFFLINE_FIX,
         ) from None
     return json.loads(Path(path).read_text(encoding="utf-8")).get("base_model_name_or_path")

@@ -81,8 +81,9 @@ class LlamaCppBackend:
                 )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(
-                f"llama.cpp could not load {path.name} ({exc})",
-                "check that the file is a complete GGUF model (re-download it) and that it fits in memory",
+                f"llama.cpp could not load {path.name} with n_ctx={settings.n_ctx} ({exc})",
+                "check that the file is a complete GGUF model (re-download it) and that it fits in memory "
+                "(a smaller n_ctx in the config file needs less)",
             ) from None
         if settings.template == "model" and not llm.metadata.get("tokenizer.chat_template"):
             raise UsageError(f"{path.name} ships no chat template", "use --template korani")

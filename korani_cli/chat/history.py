@@ -3,18 +3,34 @@
 The user's message is written before generation starts and the answer as
 soon as it completes, each in its own transaction, so killing the process
 loses at most the answer in progress.
+
+A database korani cannot use — corrupt, not a database at all, a directory
+in its place, locked by another process past the busy timeout — is a
+`HistoryError` (exit 5) that names the file and the way out, including
+`korani chat --no-history`, which keeps the chat's history in memory only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from korani_cli import paths
+from korani_cli.errors import ConfigError
+from korani_cli.untrusted import clean
+
+BUSY_TIMEOUT_S = 10  # how long a write waits for another chat's transaction
+
+
+class HistoryError(ConfigError):
+    """The history database cannot be used; exit 5, like other state under KORANI_HOME."""
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, created REAL, model TEXT, system TEXT);
@@ -40,24 +56,77 @@ def default_path() -> Path:
     return paths.data_dir() / "history.sqlite"
 
 
+def _problem(path: Path | str, exc: Exception) -> HistoryError:
+    """What went wrong with the database, in words, and the way out."""
+    without = "or chat without saving: korani chat --no-history"
+    name = getattr(exc, "sqlite_errorname", "")
+    if name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(exc):
+        return HistoryError(
+            f"the chat history {path} is locked by another process (waited {BUSY_TIMEOUT_S} s)",
+            f"finish the other korani chat or history command and retry, {without}",
+        )
+    if Path(path).is_dir():
+        return HistoryError(f"the chat history {path} is a directory, not a database file",
+                            f"move it away (mv {path} {path}.bak), {without}")
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or isinstance(exc, UnicodeDecodeError):
+        return HistoryError(
+            f"the chat history {path} is damaged ({exc})",
+            f"move it aside to start a new history (mv {path} {path}.broken; `sqlite3 FILE .recover` may save old sessions), {without}",
+        )
+    detail = getattr(exc, "strerror", None) or str(exc)
+    return HistoryError(f"cannot use the chat history {path} ({detail})", f"check the file and its directory, {without}")
+
+
 class History:
+    """Sessions and their messages. `History.in_memory()` saves nothing (--no-history)."""
+
     def __init__(self, path: Path | None = None):
         self.path = path or default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=10)
-        self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.executescript(SCHEMA)
-        self.db.commit()
+        if str(self.path) != ":memory:":
+            paths.ensure_dir(self.path.parent)
+            if self.path.exists() and not self.path.is_file() and not self.path.is_dir():
+                # SQLite would read (and write) a device or FIFO as if it were the database.
+                raise HistoryError(f"the chat history {self.path} is not a regular file",
+                                   f"remove it to start a new history, or chat without saving: korani chat --no-history")
+        with self._guard():
+            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self.db.executescript(SCHEMA)
+            self.db.commit()
+
+    @classmethod
+    def in_memory(cls) -> "History":
+        return cls(Path(":memory:"))
+
+    @property
+    def persistent(self) -> bool:
+        return str(self.path) != ":memory:"
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """sqlite3's exceptions (and text that is not UTF-8) become one HistoryError."""
+        try:
+            yield
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            raise _problem(self.path, exc) from None
+
+    def check(self) -> None:
+        """Raise HistoryError if SQLite finds the file damaged (a lookup that found
+        nothing must not be reported as "no such session" when the file is broken)."""
+        with self._guard():
+            result = self.db.execute("PRAGMA integrity_check(1)").fetchone()
+        if result and result[0] != "ok":
+            raise _problem(self.path, _Corrupt(result[0]))
 
     def new_session(self, model: str, system: str | None) -> str:
         sid = uuid.uuid4().hex[:12]
-        with self.db:
+        with self._guard(), self.db:
             self.db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)", (sid, time.time(), model, system))
         return sid
 
     def add(self, session_id: str, role: str, content: str, model: str | None = None,
             timings: dict | None = None, citations: list | None = None) -> None:
-        with self.db:
+        with self._guard(), self.db:
             self.db.execute(
                 "INSERT INTO messages (session_id, role, content, created, model, timings, citations) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (session_id, role, content, time.time(), model, json.dumps(timings) if timings else None,
@@ -66,53 +135,72 @@ class History:
 
     def mark_reset(self, session_id: str) -> None:
         """/초기화: later `--continue` restores only what came after."""
-        with self.db:
+        with self._guard(), self.db:
             self.db.execute("INSERT INTO messages (session_id, role, content, created, reset_before) VALUES (?, 'reset', '', ?, 1)",
                             (session_id, time.time()))
 
     def messages(self, session_id: str, since_reset: bool = False) -> list[StoredMessage]:
-        rows = self.db.execute(
-            "SELECT role, content, created, model, timings, citations FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
-        ).fetchall()
+        with self._guard():
+            rows = self.db.execute(
+                "SELECT role, content, created, model, timings, citations FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
+            ).fetchall()
         out = []
         for role, content, created, model, timings, citations in rows:
             if role == "reset":
                 if since_reset:
                     out = []
                 continue
-            out.append(StoredMessage(role, content, created, model, json.loads(timings) if timings else None,
-                                     json.loads(citations) if citations else None))
+            try:
+                out.append(StoredMessage(role, content, created, model, json.loads(timings) if timings else None,
+                                         json.loads(citations) if citations else None))
+            except (ValueError, TypeError) as exc:
+                raise _problem(self.path, _Corrupt(f"a stored message is unreadable: {exc}")) from None
         return out
 
     def session(self, session_id: str) -> tuple | None:
-        return self.db.execute("SELECT id, created, model, system FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        with self._guard():
+            row = self.db.execute("SELECT id, created, model, system FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            self.check()
+        return row
 
     def last_session(self) -> str | None:
-        row = self.db.execute("SELECT id FROM sessions ORDER BY created DESC LIMIT 1").fetchone()
+        with self._guard():
+            row = self.db.execute("SELECT id FROM sessions ORDER BY created DESC LIMIT 1").fetchone()
         return row[0] if row else None
 
     def sessions(self, limit: int = 50) -> list[tuple]:
-        return self.db.execute(
-            "SELECT s.id, s.created, s.model, COUNT(m.id), "
-            "(SELECT content FROM messages WHERE session_id = s.id AND role = 'user' ORDER BY id LIMIT 1) "
-            "FROM sessions s LEFT JOIN messages m ON m.session_id = s.id AND m.role != 'reset' "
-            "GROUP BY s.id ORDER BY s.created DESC LIMIT ?", (limit,)
-        ).fetchall()
+        with self._guard():
+            return self.db.execute(
+                "SELECT s.id, s.created, s.model, COUNT(m.id), "
+                "(SELECT content FROM messages WHERE session_id = s.id AND role = 'user' ORDER BY id LIMIT 1) "
+                "FROM sessions s LEFT JOIN messages m ON m.session_id = s.id AND m.role != 'reset' "
+                "GROUP BY s.id ORDER BY s.created DESC LIMIT ?", (limit,)
+            ).fetchall()
 
     def delete(self, session_id: str) -> bool:
-        with self.db:
+        with self._guard(), self.db:
             self.db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
             return self.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
 
     def close(self) -> None:
-        self.db.close()
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+
+
+class _Corrupt(sqlite3.DatabaseError):
+    """A damage report of our own (quick_check's finding, an unreadable row)."""
+
+    sqlite_errorname = "SQLITE_CORRUPT"
 
 
 def to_markdown(messages: list[StoredMessage], title: str = "korani chat") -> str:
+    """A transcript for people: control characters (from the model, the web or a
+    pasted line) are stripped, so printing or viewing it cannot drive a terminal."""
     lines = [f"# {title}", ""]
     for m in messages:
         who = "**나**" if m.role == "user" else "**코라니**" if m.role == "assistant" else f"**{m.role}**"
-        lines += [who, "", m.content, ""]
+        lines += [who, "", m.content or "", ""]
         if m.citations:
-            lines += [f"[{c['n']}] {c['title']} — {c['url']}" for c in m.citations] + [""]
-    return "\n".join(lines).rstrip() + "\n"
+            lines += [f"[{c.get('n', '?')}] {c.get('title', '')} — {c.get('url', '')}" for c in m.citations if isinstance(c, dict)] + [""]
+    return clean("\n".join(lines).rstrip() + "\n")

@@ -14,8 +14,10 @@ from typing import Iterator, TextIO
 
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 
 from korani_cli.chat.session import ChatSession, Event
+from korani_cli.untrusted import clean, clean_line
 
 
 def read_inputs(lines: Iterator[str]) -> Iterator[str]:
@@ -88,12 +90,22 @@ def _terminal_lines(prompt: str) -> Iterator[str]:
 
 def run(session: ChatSession, stdin: TextIO | None = None, out: Console | None = None, err: Console | None = None) -> None:
     stdin = stdin or sys.stdin
+    if stdin is None:
+        from korani_cli.errors import UsageError
+
+        raise UsageError("stdin is closed, so there is nothing to chat with", "run korani chat in a terminal, or pipe the messages to it")
+    if hasattr(stdin, "reconfigure"):
+        # Bytes that are not UTF-8 arrive as lone surrogates, which the session
+        # refuses with one line, instead of a UnicodeDecodeError ending the chat.
+        stdin.reconfigure(errors="surrogateescape")
     interactive = stdin.isatty() and sys.stdout.isatty()
-    out = out or Console(highlight=False)
-    err = err or Console(stderr=True, highlight=False)
+    from korani_cli.console import err_console, out_console
+
+    out = out or out_console()
+    err = err or err_console()
     lines = _terminal_lines("나> ") if interactive else iter(stdin.readline, "")
     if interactive:
-        err.print(f"[bold]korani chat[/bold] · {session.model_name} · /도움말 로 명령어 보기, Ctrl-D 로 끝내기")
+        err.print(f"[bold]korani chat[/bold] · {escape(clean_line(session.model_name))} · /도움말 로 명령어 보기, Ctrl-D 로 끝내기")
     for text in read_inputs(lines):
         if not text.strip():
             continue
@@ -102,9 +114,12 @@ def run(session: ChatSession, stdin: TextIO | None = None, out: Console | None =
 
 
 def _render(events: Iterator[Event], interactive: bool, out: Console, err: Console) -> bool:
-    """Show one input's events; True when the chat should end."""
+    """Show one input's events; True when the chat should end.
+
+    Every text shown is passed through `untrusted.clean` first: answers, notices
+    and outputs can carry model or web text, and rich's escaping does not stop
+    terminal control sequences."""
     from rich.live import Live
-    from rich.markup import escape
 
     status = None
     live = None
@@ -126,11 +141,11 @@ def _render(events: Iterator[Event], interactive: bool, out: Console, err: Conso
                     if live is None:
                         live = Live(console=out, refresh_per_second=12, vertical_overflow="visible")
                         live.start()
-                    answer.append(event.text)
+                    answer.append(clean(event.text))
                     live.update(Markdown("".join(answer)))
                 else:
-                    answer.append(event.text)
-                    out.file.write(event.text)
+                    answer.append(clean(event.text))
+                    out.file.write(answer[-1])
                     out.file.flush()
             elif event.kind == "done":
                 if status is not None:
@@ -142,20 +157,20 @@ def _render(events: Iterator[Event], interactive: bool, out: Console, err: Conso
                     live = None
                 if not streamed:  # a sourced answer arrives whole
                     if interactive:
-                        out.print(Markdown(event.text))
+                        out.print(Markdown(clean(event.text)))
                     else:
-                        out.file.write(event.text)
+                        out.file.write(clean(event.text))
                 if not interactive:
                     out.file.write("\n")
                 if event.data.get("footnotes"):
-                    out.print(escape(event.data["footnotes"]))
+                    out.print(escape(clean(event.data["footnotes"])))
                 out.file.flush()
             elif event.kind == "notice":
-                err.print(f"[dim]note:[/dim] {escape(event.text)}")
+                err.print(f"[dim]note:[/dim] {escape(clean_line(event.text))}", soft_wrap=True)
             elif event.kind == "error":
-                err.print(f"[bold red]{escape(event.text)}[/bold red]")
+                err.print(f"[bold red]{escape(clean_line(event.text))}[/bold red]", soft_wrap=True)  # one line, always
             elif event.kind == "output":
-                out.print(escape(event.text))
+                out.print(escape(clean(event.text)))
             elif event.kind == "exit":
                 return True
     except KeyboardInterrupt:

@@ -7,7 +7,6 @@ exchange goes to the History as it happens.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -17,8 +16,9 @@ from typing import Callable, Iterator
 from korani_cli import template as tpl
 from korani_cli.backends import Backend, GenerationParams
 from korani_cli.chat import memory
-from korani_cli.chat.history import History, to_markdown
+from korani_cli.chat.history import History, HistoryError, to_markdown
 from korani_cli.errors import KoraniError
+from korani_cli.untrusted import clean
 
 ANSWER_ROOM = 256  # tokens kept free for the answer when trimming
 COMMANDS = {
@@ -129,8 +129,23 @@ class ChatSession:
         self.last_sources: list = []
         self.last_query: str | None = None
         self.trim_reported = False
+        self._pending: list[Event] = []  # said after the current input's events (e.g. history trouble)
 
     # -- plumbing -------------------------------------------------------------
+
+    def _store(self, role: str, content: str, *extra) -> None:
+        """Save a message; if the history database fails mid-chat, say so once and
+        keep the rest of the chat in memory, so the chat itself goes on."""
+        try:
+            self.history.add(self.session_id, role, content, *extra)
+        except HistoryError as exc:
+            self._pending += [Event("error", exc.one_line()),
+                              Event("notice", "이 대화는 이제부터 저장되지 않고 메모리에만 남습니다 (/저장 으로 파일에 저장할 수 있습니다)")]
+            self.history = History.in_memory()
+            self.session_id = self.history.new_session(self.model_name, self.system)
+            for turn in self.turns:
+                self.history.add(self.session_id, turn.role, turn.content)
+            self.history.add(self.session_id, role, content, *extra)
 
     def _ensure_backend(self) -> Iterator[Event]:
         if self.backend is None:
@@ -150,7 +165,7 @@ class ChatSession:
                   finish: Callable[[str], tuple[str, dict]] = lambda answer: (answer, {})) -> Iterator[Event]:
         """Generate, remember and store one answer; `finish` turns the raw answer into what is
         shown, remembered and stored (a /검색 answer: verified, with its citations)."""
-        self.history.add(self.session_id, "user", stored_text)  # before generation: never lost
+        self._store("user", stored_text)  # before generation: never lost
         messages, dropped = self.prompt_messages(user_message)
         if dropped and not self.trim_reported:
             self.trim_reported = True
@@ -171,16 +186,28 @@ class ChatSession:
             answer, extra = finish("".join(parts))
             timings = {"first_token_s": round(first, 4) if first else None, "total_s": round(time.perf_counter() - start, 4)}
             if answer:
-                self.history.add(self.session_id, "assistant", answer, self.model_name, timings, extra.get("citations"))
+                self._store("assistant", answer, self.model_name, timings, extra.get("citations"))
                 self.turns += [tpl.Message("user", stored_text), tpl.Message("assistant", answer)]
         yield Event("done", answer, {"timings": timings, "usage": generation.usage.__dict__, **extra})
 
     # -- entry point ------------------------------------------------------------
 
     def handle(self, line: str) -> Iterator[Event]:
-        line = line.strip()
+        if any("\udc80" <= ch <= "\udcff" for ch in line):  # stdin bytes that were not UTF-8
+            yield Event("error", "error: 입력이 UTF-8 텍스트가 아닙니다 — UTF-8로 입력하세요")
+            return
+        # A pasted line can carry terminal control sequences; they mean nothing to the model.
+        line = clean(line).strip()
         if not line:
             return
+        try:
+            yield from self._dispatch(line)
+        except KoraniError as exc:
+            yield Event("error", exc.one_line())
+        pending, self._pending = self._pending, []
+        yield from pending
+
+    def _dispatch(self, line: str) -> Iterator[Event]:
         if line.startswith("/"):
             name, _, arg = line.partition(" ")
             command = COMMANDS.get(name)
@@ -189,11 +216,8 @@ class ChatSession:
                 return
             yield from getattr(self, f"cmd_{command}")(arg.strip())
             return
-        try:
-            yield from self._ensure_backend()
-            yield from self._generate(tpl.user(line), line)
-        except KoraniError as exc:
-            yield Event("error", exc.one_line())
+        yield from self._ensure_backend()
+        yield from self._generate(tpl.user(line), line)
 
     # -- commands ---------------------------------------------------------------
 
@@ -257,18 +281,18 @@ class ChatSession:
         yield Event("output", "대화 기억을 지웠습니다")
 
     def cmd_save(self, arg: str) -> Iterator[Event]:
+        """Write the transcript atomically; a symlink is written through, a device or FIFO refused."""
+        from korani_cli.outputs import atomic_write_text
+
         path = Path(arg).expanduser() if arg else Path(f"korani-chat-{self.session_id}.md")
         text = to_markdown(self.history.messages(self.session_id, since_reset=False), f"korani chat {self.session_id}")
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:
-            yield Event("error", f"error: cannot write {path} ({exc.strerror}) — choose another file: /저장 경로.md")
-            return
-        yield Event("output", f"저장했습니다: {path}")
+        written = atomic_write_text(path, text)  # a KoraniError becomes one error line in handle()
+        yield Event("output", f"저장했습니다: {path}" + (f" (→ {written})" if written != path else ""))
 
     def cmd_history(self, _arg: str) -> Iterator[Event]:
+        if not self.history.persistent:
+            yield Event("output", "이 대화는 기록 없이 메모리에서만 진행 중입니다 — 저장된 대화 목록은 korani history list")
+            return
         rows = self.history.sessions(20)
         lines = [f"{sid}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(created))}  {model}  {n}개  {(first or '')[:40]}"
                  for sid, created, model, n, first in rows]

@@ -8,20 +8,41 @@ import time
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from korani_cli.commands.search import (
     AllowPrivateOpt, EmbedderOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
 )
-from korani_cli.config import TEMPLATES, load_settings
+from korani_cli.config import SEED, TEMPLATES, check_flag, load_settings
 from korani_cli.console import err_console, korani_command, notice
 from korani_cli.errors import UsageError
+from korani_cli.untrusted import clean, clean_line
+
+
+def _read_stdin() -> str:
+    """The question piped on stdin, which must be UTF-8 text (not a binary file)."""
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8-sig")  # a BOM from a Windows editor is not part of the question
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"stdin is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})",
+            'pipe a UTF-8 text question: echo 질문 | korani ask -',
+        ) from None
+    return text
 
 
 def _question(text: str | None) -> str:
     if text is None or text == "-":
+        if sys.stdin is None:
+            raise UsageError("no question given and stdin is closed", 'pass it as an argument: korani ask "질문"')
         if text is None and sys.stdin.isatty():
             raise UsageError("no question given", 'pass it as an argument (korani ask "질문") or pipe it: echo 질문 | korani ask -')
-        text = sys.stdin.read()
+        text = _read_stdin()
+    elif any("\udc80" <= ch <= "\udcff" for ch in text):  # argv bytes that were not UTF-8
+        raise UsageError("the question is not UTF-8 text", 'pass it in UTF-8: korani ask "질문"')
+    if "\x00" in text:
+        raise UsageError("the question holds NUL bytes (binary data?)", 'pass a text question: korani ask "질문"')
     text = text.strip()
     if not text:
         raise UsageError("the question is empty", 'pass a question: korani ask "질문"')
@@ -33,10 +54,10 @@ def ask(
     question: Annotated[Optional[str], typer.Argument(help="The question; '-' (or nothing, when piped) reads it from stdin.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Alias (korani-5.8b, demo, demo-chat), .gguf path, model directory, hub id or openai:MODEL@URL. Default: config file / KORANI_MODEL / korani-5.8b.")] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System text placed before the conversation.")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", min=1, help="Most tokens to generate. [default: 256]")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", min=0.0, help="Sampling temperature; 0 is greedy. [default: 0.7]")] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass. [default: 0.9]")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed, for repeatable sampling.")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens to generate. [default: 256]")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass, 0 to 1. [default: 0.9]")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0 to 4294967295), for repeatable sampling.")] = None,
     template: Annotated[Optional[str], typer.Option("--template", help=f"Prompt format: {' or '.join(TEMPLATES)} (the model's own chat template). [default: korani]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, model, backend, token counts, finish_reason, timings.")] = False,
     web: Annotated[bool, typer.Option("--search", help="Search the web first and answer from the pages, with footnotes.")] = False,
@@ -60,10 +81,11 @@ def ask(
     from korani_cli.models import load_backend, resolve
     from korani_cli.template import conversation
 
-    text = _question(question)
     settings = load_settings(
         {"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "template": template}
     )
+    check_flag("--seed", seed, SEED)
+    text = _question(question)
     streaming = sys.stdout.isatty() and not as_json
     params = GenerationParams(
         max_new_tokens=settings.max_new_tokens,
@@ -89,12 +111,13 @@ def ask(
                 raise
             notice(f"{exc.what}; answering without sources (--allow-no-sources)")
     start = time.perf_counter()
-    with console.status(f"모델 불러오는 중… [bold]{settings.model}[/bold]", spinner="dots"):
+    with console.status(f"모델 불러오는 중… [bold]{escape(clean_line(settings.model))}[/bold]", spinner="dots"):
         backend = load_backend(resolve(settings.model, settings), settings, notice)
     load_s = time.perf_counter() - start
 
     def write(chunk: str) -> None:
-        sys.stdout.write(chunk)
+        # Backends strip control characters already (apply_stops); the terminal is worth a second look.
+        sys.stdout.write(clean(chunk))
         sys.stdout.flush()
 
     if retrieval is not None:
@@ -129,6 +152,6 @@ def ask(
     if as_json:
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
     elif not streaming:
-        sys.stdout.write(answer_text + "\n")
+        sys.stdout.write(clean(answer_text) + "\n")
     if result.finish_reason == "length":
         notice(f"the answer was cut at {params.max_new_tokens} tokens; raise --max-new-tokens for more")

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from korani_cli.console import korani_command
+from korani_cli.console import korani_command, out_console
 
 app = typer.Typer(help="List model aliases and show what a --model spec resolves to.", no_args_is_help=True)
 
@@ -25,9 +24,9 @@ def list_models() -> None:
     table = Table("alias", "what it is", "default", box=None)
     for alias, what in ALIASES.items():
         table.add_row(alias, escape(what), "✓" if alias == default else "")
-    Console().print(table)
+    out_console().print(table)
     if default not in ALIASES:
-        Console().print(f"default: {escape(default)}")
+        out_console().print(f"default: {escape(default)}")
 
 
 @app.command("resolve")
@@ -41,7 +40,7 @@ def resolve_model(
 
     settings = load_settings({"model": spec})
     resolved = resolve(settings.model, settings)
-    console = Console()
+    console = out_console()
     for key in ("name", "backend", "source", "base", "base_url"):
         value = getattr(resolved, key)
         if value:
