@@ -112,6 +112,7 @@ RULES: dict[str, Rule] = {
     "openai_api_key": Rule(str),
     "n_ctx": Rule(int, 16, N_CTX_CAP),
     "threads": Rule(int, 1, thread_cap),
+    "request_timeout": Rule(float, 0.1, 3600.0),  # seconds; see korani_cli/net.py
 }
 SEED = Rule(int, 0, 2**32 - 1)  # what every backend accepts (llama.cpp takes a uint32)
 

@@ -669,7 +669,7 @@ def test_a_bad_request_timeout_is_a_config_error(value):
     proc = run_korani("search", "q", "-p", "duckduckgo", "--embedder", "none", "--offline",  # --offline: see above
                       env={"KORANI_REQUEST_TIMEOUT": value}, timeout=60)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 5 and len(lines) == 1 and "request_timeout" in lines[0], proc.stderr
+    assert proc.returncode == 5 and len(lines) == 1 and "KORANI_REQUEST_TIMEOUT" in lines[0], proc.stderr
 
 
 @pytest.mark.slow
