@@ -116,14 +116,30 @@ def _pdf_text(data: bytes) -> tuple[str, str]:
     return title, text
 
 
+LOCAL_MAX_BYTES = 2_000_000  # a text or HTML file: as much as a web page may send
+LOCAL_MAX_PDF_BYTES = 64_000_000  # a PDF cut short cannot be read at all
+
+
 def read_local(url: str) -> Page:
-    """A file:// hit from the local provider: the user chose the directory, so no guard applies."""
-    from urllib.parse import unquote, urlsplit
+    """A file:// hit from the local provider: the user chose the directory, so
+    no address guard applies. The provider has already refused links that
+    leave the directory; here only a regular file is opened (O_NOFOLLOW: not
+    a link swapped in since; O_NONBLOCK: a FIFO cannot block the read), and at
+    most the bytes a web page may send. Its text is cleaned like a page's."""
+    import os
+    import stat
     from pathlib import Path
+    from urllib.parse import unquote, urlsplit
+
+    from korani_cli.untrusted import clean
 
     path = Path(unquote(urlsplit(url).path))
-    data = path.read_bytes()
     suffix = path.suffix.lower()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FetchFailed("not a regular file")
+        data = handle.read(LOCAL_MAX_PDF_BYTES if suffix == ".pdf" else LOCAL_MAX_BYTES)
     if suffix == ".pdf":
         title, text = _pdf_text(data)
         return Page(url, url, title or path.stem, text, "application/pdf", None)
@@ -131,7 +147,7 @@ def read_local(url: str) -> Page:
     if suffix in (".html", ".htm"):
         title, body = extract(text, url)
         return Page(url, url, title or path.stem, body, "text/html", encoding)
-    return Page(url, url, path.stem, text.strip(), "text/plain", encoding)
+    return Page(url, url, path.stem, clean(text).strip(), "text/plain", encoding)
 
 
 async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None = None) -> FetchReport:
