@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from korani_cli.commands.search import (
-    AllowPrivateOpt, EmbedderOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
+    AllowPrivateOpt, EmbedderOpt, FollowLinksOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
 )
 from korani_cli.console import korani_command, notice
 
@@ -35,6 +35,7 @@ def chat(
     offline: OfflineOpt = False,
     embedder: EmbedderOpt = "auto",
     reranker: RerankerOpt = None,
+    follow_links: FollowLinksOpt = False,
 ) -> None:
     """Chat in the terminal; `/검색 질문` answers from the web with footnotes, `/도움말` lists commands."""
     from korani_cli import template as tpl
@@ -60,7 +61,7 @@ def chat(
     else:
         sid = history.new_session(settings.model, system)
     params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p, seed=seed)
-    opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker)
+    opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links)
     session = ChatSession(
         lambda: load_backend(resolve(settings.model, settings), settings, notice), history, sid,
         model_name=settings.model, system=system, params=params, search_options=opts, restored=restored,
