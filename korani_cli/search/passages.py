@@ -115,26 +115,33 @@ def _paragraphs(text: str) -> list[str]:
 def analyse(texts: list[str], deadline: float | None = None) -> list[list[Sentence]]:
     """Each text → its sentences with their content terms, in Kiwi batches.
 
-    With a `deadline` (a time.monotonic() value) texts are analysed a batch at
-    a time and those not begun by then come back as None: each batch is
-    bounded by the caps above, so the deadline holds whatever the texts hold.
-    The first text is always analysed."""
+    With a `deadline` (a time.monotonic() value) the clock is read before each
+    text: those not yet begun when it has passed come back as None (the first
+    is always analysed). Batches are bounded by the caps above, so the
+    deadline holds whatever the texts hold."""
     import time
 
     out: list = [None] * len(texts)
     batch: list[int] = []
     size = 0
+
+    def flush() -> None:
+        nonlocal batch, size
+        for j, sents in zip(batch, _analyse_batch([texts[j] for j in batch])):
+            out[j] = sents
+        batch, size = [], 0
+
     for i, text in enumerate(texts):
-        if deadline is not None and i and not batch and time.monotonic() > deadline:
+        if deadline is not None and i and time.monotonic() > deadline:
             break
         batch.append(i)
         size += min(len(text), PAGE_CHARS)
         # Without a deadline, one batch (Kiwi spreads it over its threads);
-        # with one, batches of about a page so that the clock is looked at.
-        if deadline is not None and size >= PAGE_CHARS // 4 or i == len(texts) - 1:
-            for j, sents in zip(batch, _analyse_batch([texts[j] for j in batch])):
-                out[j] = sents
-            batch, size = [], 0
+        # with one, batches of about a quarter page, so that the clock is read.
+        if deadline is not None and size >= PAGE_CHARS // 4:
+            flush()
+    if batch:
+        flush()
     return out
 
 
