@@ -138,7 +138,8 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
         if not hits:
             local_only = set(options.providers) == {"local"}
             raise NoSources(f"no search results for {query!r} from {', '.join(options.providers)}",
-                            "check the notices above and --local-dir" if local_only else
+                            "--local-dir holds no .html, .md, .txt or .pdf file (links out of it count only with --follow-links)"
+                            if local_only else
                             "try another --provider, check the network, or pass --allow-no-sources")
         t = time.perf_counter()
         on_stage("fetch")
