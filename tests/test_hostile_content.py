@@ -224,6 +224,7 @@ TEXT_ROWS = [
     (f"진짜{OVERWRITE}", "진짜 FAKE", "진짜\nFAKE"),
     ("x\x00y\x7fz\x08", "xyz", "xyz"),
     ("줄\r\n바꿈\t탭", "줄 바꿈 탭", "줄\n바꿈\t탭"),
+    ("a\udcffb", "a\ufffdb", "a\ufffdb"),  # a lone surrogate: a file name that is not UTF-8
     ("", "", ""),
 ]
 
@@ -268,6 +269,21 @@ def test_footnotes_print_clean_lines():
     footnotes = SourcedAnswer("x [1]", [Citation(1, f"https://e.example/{EVIL}", HOSTILE_TITLE, "p", 1.0)]).footnotes()
     assert_no_controls(footnotes)
     assert footnotes.count("\n") == 0 and "PWNED" in footnotes
+
+
+@pytest.mark.slow
+def test_names_and_queries_that_are_not_utf8_are_read_not_a_crash(tmp_path):
+    """A file name and a query in raw bytes that are not UTF-8 (lone surrogates
+    once decoded) crashed Kiwi with exit 1; the file was also never opened."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / os.fsdecode(b"raw\xff\xfe.txt")).write_text("부산은 대한민국의 항구 도시이다.", encoding="utf-8")
+    (docs / "b.txt").write_text("서울은 대한민국의 수도이다.", encoding="utf-8")
+    query = os.fsdecode(b"\xff\xfe" + "부산 항구".encode())
+    run = korani("search", query, "--local-dir", str(docs), "--embedder", "none", "--json", env={"KORANI_HOME": str(tmp_path / "home")})
+    assert run.rc == 0, run.err
+    top = json.loads(run.out)["passages"][0]
+    assert top["url"].endswith("raw%FF%FE.txt") and "부산" in top["text"] and top["title"] == "raw\ufffd\ufffd"
 
 
 # -- 5: the local provider stays inside its directory --------------------------------

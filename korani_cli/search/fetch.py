@@ -129,11 +129,12 @@ def read_local(url: str) -> Page:
     import os
     import stat
     from pathlib import Path
-    from urllib.parse import unquote, urlsplit
+    from urllib.parse import unquote_to_bytes, urlsplit
 
     from korani_cli.untrusted import clean
 
-    path = Path(unquote(urlsplit(url).path))
+    # Bytes, then the file system's decoding: a name that is not UTF-8 still opens.
+    path = Path(os.fsdecode(unquote_to_bytes(urlsplit(url).path)))
     suffix = path.suffix.lower()
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as handle:

@@ -25,6 +25,7 @@ import threading
 from dataclasses import dataclass
 
 from korani_cli.search.types import Page, Passage
+from korani_cli.untrusted import clean
 
 MIN_CHARS, MAX_CHARS, OVERLAP_MAX = 300, 600, 160
 # Content words only (nouns, verb and adjective stems, roots, foreign words,
@@ -90,9 +91,10 @@ def _break_run(match: re.Match) -> str:
 
 
 def bounded(text: str, limit: int = PAGE_CHARS) -> str:
-    """`text` cut at `limit` characters, with every over-long run broken: what
-    Kiwi may be given. Splitting a run changes no real sentence."""
-    return _LONG_RUN.sub(_break_run, text[:limit])
+    """`text` cut at `limit` characters, cleaned (Kiwi refuses lone
+    surrogates), with every over-long run broken: what Kiwi may be given.
+    Splitting a run changes no real sentence."""
+    return _LONG_RUN.sub(_break_run, clean(text[:limit]))
 
 
 def _pieces(paragraph: str) -> list[str]:
