@@ -253,13 +253,14 @@ def test_a_title_is_one_bounded_line_and_never_a_crash():
     f"<html><head><title>{HOSTILE_TITLE}</title></head><body><p>{HOSTILE_TEXT}</p></body></html>",
     f"<html><head><title>{ENTITIES}</title></head><body><p>{ENTITIES} {HOSTILE_TEXT}</p></body></html>",
     f'<html><head><meta property="og:title" content="{ENTITIES}"></head><body><p>{HOSTILE_TEXT}</p></body></html>',
-], ids=["raw", "entities", "og-title"])
+    "\x00" * 1000 + f"<html><body><p>{HOSTILE_TEXT}</p>\x00</body></html>",
+], ids=["raw", "entities", "og-title", "nul"])
 def test_extraction_returns_no_controls(html):
     from korani_cli.search.extract import extract
 
     title, text = extract(html, "https://e.example/")
     assert_no_controls(title, text)
-    assert "한강이 도시를 가로지른다" in text
+    assert "한강이 도시를 가로지른다" in text and "\ufffd" not in text  # NULs are not turned into junk
 
 
 def test_footnotes_print_clean_lines():
@@ -453,3 +454,29 @@ def test_fast_exits_leave_no_pool_traceback(args, endpoint, code, web, tmp_path)
         lines = error_lines(run)
         assert len(lines) == 1 and lines[0].startswith("error: "), run.err
         assert run.seconds < 60
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_shutdown_ends_a_busy_worker_at_once(monkeypatch):
+    """A page of deeply nested tables keeps a worker busy for tens of seconds,
+    long after the fetch deadline gave up on it; exit must not wait for it."""
+    from korani_cli.search import workers
+
+    monkeypatch.setenv("KORANI_EXTRACT_WORKERS", "2")  # a pool even on one core
+    workers.enable()
+    try:
+        pool = workers.pool()
+        assert pool is not None
+        busy = pool.submit(workers.page_text, b"<table>" + b"<tr><td>" * 250_000, None, False, "http://e.example/")
+        time.sleep(3)
+        assert not busy.done()
+        processes = list(pool._processes.values())
+        start = time.monotonic()
+        workers.shutdown()
+        assert time.monotonic() - start < 10
+        assert processes and not any(p.is_alive() for p in processes)
+        assert workers._pool is None
+    finally:
+        workers.enable(False)
+        workers.shutdown()

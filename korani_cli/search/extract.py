@@ -88,6 +88,7 @@ def extract(html: str, url: str | None = None) -> tuple[str, str]:
     """readability first; trafilatura when readability finds too little, or when
     trafilatura finds the same article with less boilerplate around it (news
     pages whose related-article lists readability keeps: +0.12 F1 on chosun)."""
+    html = clean(html)
     try:
         title, text = readability_text(html)
     except Exception:  # readability raises on some malformed documents

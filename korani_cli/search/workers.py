@@ -144,18 +144,31 @@ def discard() -> None:
 def shutdown() -> None:
     """Stop the pool and the serial thread now, while the interpreter is whole.
 
-    Queued work is cancelled; a page being parsed finishes (extraction is
-    bounded: fetch caps the bytes and `extract` the text it parses)."""
+    Queued work is cancelled and busy workers are ended: a page whose
+    extraction is still running (deeply nested HTML can take half a minute)
+    was already given up by the fetch deadline, and exit must not wait on it."""
     global _pool, _serial
     with _lock:
         pool_, serial_ = _pool, _serial
         _pool = _serial = None
-    for executor in (pool_, serial_):
-        if executor is not None:
-            try:
-                executor.shutdown(wait=True, cancel_futures=True)
-            except Exception:  # a broken pool has nothing left to stop
-                pass
+    if pool_ is not None:
+        # The executor keeps its processes and manager thread in private
+        # attributes; there is no public way to stop a busy worker.
+        processes = list((getattr(pool_, "_processes", None) or {}).values())
+        manager = getattr(pool_, "_executor_manager_thread", None)
+        try:
+            pool_.shutdown(wait=False, cancel_futures=True)
+        except Exception:  # a broken pool has nothing left to stop
+            pass
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=5)
+        if manager is not None:
+            manager.join(timeout=5)
+    if serial_ is not None:
+        serial_.shutdown(wait=False, cancel_futures=True)
 
 
 def page_text(data: bytes, charset: str | None, plain: bool, url: str) -> tuple[str, str, str | None]:
