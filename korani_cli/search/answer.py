@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from korani_cli import template as tpl
 from korani_cli.search.types import Citation, Ranked
+from korani_cli.untrusted import clean_line
 
 MARKER = re.compile(r"\s*\[(\d{1,2})\]")
 SUPPORT_THRESHOLD = 0.3  # share of a sentence's content words found in the passage
@@ -28,7 +29,8 @@ class SourcedAnswer:
     sources: list = field(default_factory=list)  # every passage offered to the model: {n, url, title}
 
     def footnotes(self) -> str:
-        return "\n".join(f"[{c.n}] {c.title} — {c.url}" for c in self.citations)
+        # Titles and URLs come from pages: one clean line each, whatever built them.
+        return "\n".join(f"[{c.n}] {clean_line(c.title)} — {clean_line(c.url)}" for c in self.citations)
 
 
 def messages(question: str, ranked: list[Ranked], system: str | None = None, history=()) -> list[tpl.Message]:

@@ -5,11 +5,17 @@ paragraph breaks kept. When it returns too little (a page whose main text it
 misses — index pages, some blog layouts), trafilatura is asked instead and
 the longer sensible result wins. bench/extract.py measures both on the
 Korean fixtures.
+
+The HTML is cleaned of control characters first (`untrusted.clean`): a
+`<title>` holding ESC sequences must not come out of here, and lxml refuses
+some of those characters anyway.
 """
 
 from __future__ import annotations
 
 import re
+
+from korani_cli.untrusted import clean
 
 MIN_CHARS = 200  # below this, readability probably missed the article
 _BLOCK = re.compile(r"\n\s*\n+")
@@ -82,6 +88,7 @@ def extract(html: str, url: str | None = None) -> tuple[str, str]:
     """readability first; trafilatura when readability finds too little, or when
     trafilatura finds the same article with less boilerplate around it (news
     pages whose related-article lists readability keeps: +0.12 F1 on chosun)."""
+    html = clean(html)
     try:
         title, text = readability_text(html)
     except Exception:  # readability raises on some malformed documents
@@ -92,4 +99,4 @@ def extract(html: str, url: str | None = None) -> tuple[str, str]:
         t_text = ""
     if (len(text) < MIN_CHARS and len(t_text) > len(text)) or _tighter(t_text, text):
         text = t_text
-    return title or page_title(html), text
+    return clean(title or page_title(html)), clean(text)

@@ -124,14 +124,31 @@ def _pdf_text(data: bytes) -> tuple[str, str]:
     return title, text
 
 
-def read_local(url: str) -> Page:
-    """A file:// hit from the local provider: the user chose the directory, so no guard applies."""
-    from urllib.parse import unquote, urlsplit
-    from pathlib import Path
+LOCAL_MAX_BYTES = 2_000_000  # a text or HTML file: as much as a web page may send
+LOCAL_MAX_PDF_BYTES = 64_000_000  # a PDF cut short cannot be read at all
 
-    path = Path(unquote(urlsplit(url).path))
-    data = path.read_bytes()
+
+def read_local(url: str) -> Page:
+    """A file:// hit from the local provider: the user chose the directory, so
+    no address guard applies. The provider has already refused links that
+    leave the directory; here only a regular file is opened (O_NOFOLLOW: not
+    a link swapped in since; O_NONBLOCK: a FIFO cannot block the read), and at
+    most the bytes a web page may send. Its text is cleaned like a page's."""
+    import os
+    import stat
+    from pathlib import Path
+    from urllib.parse import unquote_to_bytes, urlsplit
+
+    from korani_cli.untrusted import clean
+
+    # Bytes, then the file system's decoding: a name that is not UTF-8 still opens.
+    path = Path(os.fsdecode(unquote_to_bytes(urlsplit(url).path)))
     suffix = path.suffix.lower()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FetchFailed("not a regular file")
+        data = handle.read(LOCAL_MAX_PDF_BYTES if suffix == ".pdf" else LOCAL_MAX_BYTES)
     if suffix == ".pdf":
         title, text = _pdf_text(data)
         return Page(url, url, title or path.stem, text, "application/pdf", None)
@@ -139,7 +156,7 @@ def read_local(url: str) -> Page:
     if suffix in (".html", ".htm"):
         title, body = extract(text, url)
         return Page(url, url, title or path.stem, body, "text/html", encoding)
-    return Page(url, url, path.stem, text.strip(), "text/plain", encoding)
+    return Page(url, url, path.stem, clean(text).strip(), "text/plain", encoding)
 
 
 def _client(opts: FetchOptions):

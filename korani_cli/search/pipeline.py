@@ -4,10 +4,20 @@
 `notify` callback). Failing stages degrade: a provider that fails hands over
 to the next; a page that fails is skipped. Only when nothing is left does it
 raise `NoSources`, which the CLI turns into a one-line error and exit code 7.
+
+The whole stage has a deadline (`SearchOptions.deadline`, else
+KORANI_SEARCH_DEADLINE, else DEFAULT_DEADLINE seconds from the start):
+providers and pages have their own timeouts, and pages whose text analysis
+has not begun when it passes are skipped with a notice. Analysis of one batch
+is bounded (passages.py caps what Kiwi is given), so the deadline holds
+whatever a page contains. Notices and skip reasons are cleaned of control
+characters: they quote URLs and servers.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,15 +25,18 @@ from pathlib import Path
 from typing import Callable
 
 from korani_cli import paths
-from korani_cli.errors import EXIT_NO_SOURCES, KoraniError
+from korani_cli.errors import EXIT_NO_SOURCES, ConfigError, KoraniError, UsageError
 from korani_cli.search import providers as prov
 from korani_cli.search import workers
 from korani_cli.search.cache import PageCache
 from korani_cli.search.fetch import FetchOptions, fetch
 from korani_cli.search.passages import kiwi
-from korani_cli.search.passages import passages as split_pages
+from korani_cli.search.passages import passages_within
 from korani_cli.search.rank import make_embedder, make_reranker, rank
 from korani_cli.search.types import Timings
+from korani_cli.untrusted import clean_line
+
+DEFAULT_DEADLINE = 45.0  # seconds for the whole search stage (KORANI_SEARCH_DEADLINE)
 
 
 class NoSources(KoraniError):
@@ -43,6 +56,39 @@ class SearchOptions:
     endpoints: dict = field(default_factory=dict)  # provider name → URL (tests, self-hosted mirrors)
     fetch: FetchOptions = FetchOptions()
     use_cache: bool = True
+    follow_links: bool = False  # local provider: follow symlinks that leave local_dir
+    deadline: float | None = None  # seconds; None: KORANI_SEARCH_DEADLINE or DEFAULT_DEADLINE
+
+
+def search_deadline(options: SearchOptions) -> float:
+    """The stage's deadline in seconds: the option, else the environment, else the default."""
+    if options.deadline is not None:
+        value, where = options.deadline, "the search deadline"
+    else:
+        raw = os.environ.get("KORANI_SEARCH_DEADLINE", "").strip()
+        if not raw:
+            return DEFAULT_DEADLINE
+        where = f"KORANI_SEARCH_DEADLINE={clean_line(raw)[:40]!r}"
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{where} is not a positive number of seconds",
+                          f"set it to e.g. {DEFAULT_DEADLINE:g}, or unset it for the default")
+    return float(value)
+
+
+def check_local_dir(directory: Path | None) -> None:
+    """A --local-dir that is not a directory is the user's typo, not a network fault."""
+    if directory is not None and not directory.is_dir():
+        what = "does not exist" if not directory.exists() else "is not a directory"
+        raise UsageError(f"--local-dir {clean_line(str(directory))} {what}", "pass a directory of .html/.md/.txt/.pdf files")
+
+
+def _provider(name: str, options: SearchOptions):
+    return prov.build(name, searxng_url=options.searxng_url, local_dir=options.local_dir, endpoints=options.endpoints,
+                      follow_links=options.follow_links)
 
 
 @dataclass
@@ -60,30 +106,39 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
              on_stage: Callable[[str], None] = lambda s: None) -> Retrieval:
     timings = Timings()
     start = time.perf_counter()
+    deadline_s = search_deadline(options)
+    deadline = time.monotonic() + deadline_s
+
+    def say(message: str) -> None:  # notices quote URLs and servers' words
+        notify(clean_line(message))
+
+    # Options are checked before anything starts, so that a typo costs nothing.
+    if "local" in options.providers:
+        check_local_dir(options.local_dir)
+    try:
+        chain = [_provider(name, options) for name in options.providers]
+    except prov.NoProvider as exc:
+        raise UsageError(str(exc), "e.g. --provider duckduckgo --provider google") from None
     # Start what the CPU stages need while the network is being waited on:
     # extraction workers, Kiwi and the embedder (each loads once per process).
     if not options.fetch.offline:
         workers.warm()
     preload = _Preload(options.embedder, options.reranker)
     preload.start()
-    try:
-        chain = [prov.build(name, searxng_url=options.searxng_url, local_dir=options.local_dir, endpoints=options.endpoints)
-                 for name in options.providers]
-    except prov.NoProvider as exc:
-        from korani_cli.errors import UsageError
-
-        raise UsageError(str(exc), "e.g. --provider duckduckgo --provider google") from None
-    cache = PageCache(paths.cache_dir() / "search.sqlite", notify=notify) if options.use_cache or options.fetch.offline else None
+    cache = PageCache(paths.cache_dir() / "search.sqlite", notify=say) if options.use_cache or options.fetch.offline else None
     try:
         if options.fetch.offline:
-            hits, used = _cached_hits(query, options, chain, cache, notify)
+            hits, used = _cached_hits(query, options, chain, cache, say)
         else:
-            hits, used = prov.search_chain(chain, query, options.results, notify)
+            hits, used = prov.search_chain(chain, query, options.results, say)
             if hits and cache and used != "local":
                 cache.put_hits(query, hits)
         timings.add("search", time.perf_counter() - start)
         if not hits:
+            local_only = set(options.providers) == {"local"}
             raise NoSources(f"no search results for {query!r} from {', '.join(options.providers)}",
+                            "--local-dir holds no .html, .md, .txt or .pdf file (links out of it count only with --follow-links)"
+                            if local_only else
                             "try another --provider, check the network, or pass --allow-no-sources")
         t = time.perf_counter()
         on_stage("fetch")
@@ -92,21 +147,27 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
         if cache:
             cache.close()
     timings.add("fetch+extract", time.perf_counter() - t)
-    for url, why in report.failures:
-        notify(f"skipped {url}: {why}")
+    failures = [(clean_line(url), clean_line(why)) for url, why in report.failures]
+    for url, why in failures:
+        say(f"skipped {url}: {why}")
     if not report.pages:
         raise NoSources(f"none of the {len(hits)} result pages could be read", "check the notices above, or pass --allow-no-sources")
 
     on_stage("rank")
     t = time.perf_counter()
-    chunks = split_pages(report.pages)
+    chunks, late = passages_within(report.pages, deadline)
+    for page in late:
+        failures.append((page.url, f"past the {deadline_s:g} s search deadline"))
+        say(f"skipped {page.url}: past the {deadline_s:g} s search deadline (KORANI_SEARCH_DEADLINE)")
+    left_out = {id(page) for page in late}
+    pages = [page for page in report.pages if id(page) not in left_out]
     timings.add("passages", time.perf_counter() - t)
     t = time.perf_counter()
     embedder, reranker = preload.get("embedder"), preload.get("reranker")
     timings.add("load models", time.perf_counter() - t)
     ranked = rank(query, chunks, embedder, k=options.k, per_page=options.per_page, reranker=reranker, timings=timings)
     timings.add("total", time.perf_counter() - start)
-    return Retrieval(query, used, hits, report.pages, report.failures, ranked, timings)
+    return Retrieval(query, used, hits, pages, failures, ranked, timings)
 
 
 class _Preload(threading.Thread):

@@ -340,15 +340,56 @@ LOCAL_SUFFIXES = (".html", ".htm", ".md", ".txt", ".pdf")
 
 @dataclass
 class LocalProvider:
+    """Every readable file under `directory`, as file:// hits.
+
+    Symbolic links that lead out of the directory (a `passwd.txt` pointing at
+    a file elsewhere, a link to `~`) are skipped, as are links to
+    directories: the user chose this directory, not what its links reach.
+    `follow_links` (--follow-links) follows both, each directory once (a link
+    loop ends there). Only regular files are read: a FIFO named `x.txt` would
+    block the read forever."""
+
     directory: Path
     name: str = "local"
+    follow_links: bool = False
 
     def search(self, query: str, n: int) -> list[Hit]:
         if not self.directory.is_dir():
-            raise ProviderError(self.name, f"{self.directory} is not a directory")
-        files = sorted(p for p in self.directory.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_SUFFIXES)
+            what = "does not exist" if not self.directory.exists() else "is not a directory"
+            raise ProviderError(self.name, f"--local-dir {self.directory} {what}")
         # Every file is a candidate: the ranking stage decides, as for web pages.
-        return [Hit(p.resolve().as_uri(), p.stem, "", "local") for p in files]
+        return [Hit(p.as_uri(), p.stem, "", "local") for p in self.files()]
+
+    def files(self) -> list[Path]:
+        import stat
+
+        root = self.directory.resolve()
+        found: list[Path] = []
+        seen_dirs: set[tuple[int, int]] = set()
+        for top, dirs, names in os.walk(root, followlinks=self.follow_links):
+            here = Path(top)
+            try:
+                st = here.stat()
+            except OSError:
+                dirs[:] = []
+                continue
+            if (st.st_dev, st.st_ino) in seen_dirs:  # a link loop, or two links to one directory
+                dirs[:] = []
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+            dirs.sort()
+            for name in sorted(names):
+                path = here / name
+                if path.suffix.lower() not in LOCAL_SUFFIXES:
+                    continue
+                try:
+                    real = path.resolve(strict=True)
+                    regular = stat.S_ISREG(real.stat().st_mode)
+                except (OSError, RuntimeError):  # a dangling link, a link loop
+                    continue
+                if regular and (self.follow_links or real.is_relative_to(root)):
+                    found.append(real)
+        return list(dict.fromkeys(found))
 
 
 # -- the chain ---------------------------------------------------------------
@@ -362,7 +403,7 @@ class NoProvider(Exception):
 
 
 def build(name: str, *, searxng_url: str | None = None, local_dir: Path | None = None, endpoints: dict | None = None,
-          deadline: float | None = None) -> Provider:
+          deadline: float | None = None, follow_links: bool = False) -> Provider:
     """A provider by name. `deadline`: seconds for each request (default: the
     request_timeout setting). A malformed SearXNG URL is a UsageError from the
     flag and a ConfigError from KORANI_SEARXNG_URL."""
@@ -372,7 +413,7 @@ def build(name: str, *, searxng_url: str | None = None, local_dir: Path | None =
     if name == "local":
         if local_dir is None:
             raise NoProvider("the local provider needs --local-dir DIR")
-        return LocalProvider(local_dir)
+        return LocalProvider(local_dir, follow_links=follow_links)
     if name == "searxng":
         searxng_url = _searxng_base(searxng_url)
     if deadline is None:

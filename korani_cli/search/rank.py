@@ -17,7 +17,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Protocol, Sequence
 
-from korani_cli.search.passages import content_terms, kiwi
+from korani_cli.search.passages import bounded, content_terms, kiwi
 from korani_cli.search.types import Passage, Ranked
 
 RRF_K = 60
@@ -32,7 +32,8 @@ MIN_CANDIDATES = 6
 
 
 def morphemes(texts: Sequence[str]) -> list[list[str]]:
-    return [content_terms(tokens) for tokens in kiwi().tokenize(list(texts))]
+    # bounded: a query, a title or a model's sentence can be one long run too.
+    return [content_terms(tokens) for tokens in kiwi().tokenize([bounded(t) for t in texts])]
 
 
 def passage_terms(passages: Sequence[Passage]) -> list[list[str]]:

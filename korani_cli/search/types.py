@@ -1,8 +1,30 @@
-"""The values that flow between search stages."""
+"""The values that flow between search stages.
+
+`Hit` and `Page` are where outside text enters korani — whatever built them (a
+provider's parser, the fetcher, an extraction worker, the page cache, a local
+file): their text is cleaned of control characters on construction
+(`untrusted.clean`), so no later stage can store, print or prompt with an
+escape sequence a page or a search engine sent. Titles and snippets are one
+line, and no longer than TITLE_CHARS.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from korani_cli.untrusted import clean, clean_line
+
+# A <title> is a line; 2 MB of one would only cost time in every later stage.
+TITLE_CHARS = 300
+
+
+def _text(value) -> str:
+    # A provider's JSON may hold a number or null where a string belongs.
+    return "" if value is None else value if isinstance(value, str) else str(value)
+
+
+def _line(value, limit: int = TITLE_CHARS) -> str:
+    return clean_line(_text(value)[: limit * 4])[:limit]
 
 
 @dataclass(frozen=True)
@@ -11,6 +33,11 @@ class Hit:
     title: str
     snippet: str
     provider: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", clean_line(_text(self.url)))
+        object.__setattr__(self, "title", _line(self.title))
+        object.__setattr__(self, "snippet", _line(self.snippet, 4 * TITLE_CHARS))
 
 
 @dataclass(frozen=True)
@@ -22,6 +49,12 @@ class Page:
     content_type: str
     encoding: str | None
     from_cache: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", clean_line(_text(self.url)))
+        object.__setattr__(self, "final_url", clean_line(_text(self.final_url)))
+        object.__setattr__(self, "title", _line(self.title))
+        object.__setattr__(self, "text", clean(_text(self.text)))
 
 
 @dataclass(frozen=True)

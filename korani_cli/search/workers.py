@@ -16,6 +16,14 @@ Workers ignore SIGINT: Ctrl-C in a chat stops the answer, and the pool
 survives for the next /검색. Whenever a pool cannot be had (one core, no
 process support, a worker died), the work runs in one thread of this
 process (`serial`) — slower, never wrong.
+
+`shutdown()` stops the pool before the interpreter is torn down. The CLI calls
+it on every way out (`cli.main`); left to the garbage collector at exit, a
+pool that had just started printed "Exception ignored … weakref_cb" and a
+traceback after a fast error, and once hung.
+
+`KORANI_EXTRACT_WORKERS` sets the pool's size: 0 or 1 for no worker processes,
+at most MAX_WORKERS; anything else is a configuration error (exit 5).
 """
 
 from __future__ import annotations
@@ -54,8 +62,24 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+MAX_WORKERS = 64
+
+
 def _size() -> int:
-    return int(os.environ.get("KORANI_EXTRACT_WORKERS") or min(cores(), 4))
+    raw = os.environ.get("KORANI_EXTRACT_WORKERS", "").strip()
+    if not raw:
+        return min(cores(), 4)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_WORKERS:
+        from korani_cli.errors import ConfigError
+        from korani_cli.untrusted import clean_line
+
+        raise ConfigError(f"KORANI_EXTRACT_WORKERS={clean_line(raw)[:40]!r} is not a whole number from 0 to {MAX_WORKERS}",
+                          "unset it (default: up to 4, one per core) or set 0 for no worker processes")
+    return value
 
 
 def pool():
@@ -117,13 +141,45 @@ def discard() -> None:
             _pool = None
 
 
+def shutdown() -> None:
+    """Stop the pool and the serial thread now, while the interpreter is whole.
+
+    Queued work is cancelled and busy workers are ended: a page whose
+    extraction is still running (deeply nested HTML can take half a minute)
+    was already given up by the fetch deadline, and exit must not wait on it."""
+    global _pool, _serial
+    with _lock:
+        pool_, serial_ = _pool, _serial
+        _pool = _serial = None
+    if pool_ is not None:
+        # The executor keeps its processes and manager thread in private
+        # attributes; there is no public way to stop a busy worker.
+        processes = list((getattr(pool_, "_processes", None) or {}).values())
+        manager = getattr(pool_, "_executor_manager_thread", None)
+        try:
+            pool_.shutdown(wait=False, cancel_futures=True)
+        except Exception:  # a broken pool has nothing left to stop
+            pass
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=5)
+        if manager is not None:
+            manager.join(timeout=5)
+    if serial_ is not None:
+        serial_.shutdown(wait=False, cancel_futures=True)
+
+
 def page_text(data: bytes, charset: str | None, plain: bool, url: str) -> tuple[str, str, str | None]:
     """bytes → (title, text, encoding): what one worker does for one page."""
     from korani_cli.search.decode import decode_html
     from korani_cli.search.extract import extract
 
+    from korani_cli.untrusted import clean
+
     html, encoding = decode_html(data, charset)
     if plain:
-        return url, html.strip(), encoding
+        return url, clean(html).strip(), encoding
     title, text = extract(html, url)
     return title, text, encoding
