@@ -21,9 +21,19 @@ class TrainGroup(TyperGroup):
         if "--resume" in args:
             i = args.index("--resume")
             following = args[i + 1] if i + 1 < len(args) else None
-            if following is None or following.startswith("-") or not Path(following).is_dir():
+            if following is None or not _names_checkpoint(following):
                 args.insert(i + 1, "last")
         return super().parse_args(ctx, args)
+
+
+def _names_checkpoint(arg: str) -> bool:
+    """Whether the word after `--resume` is its CKPT value rather than the next
+    argument: any path but a recipe (so that the run can say when it is no
+    checkpoint), never an option or a key=value override."""
+    if arg.startswith("-") or "=" in arg:
+        return False
+    path = Path(arg)
+    return path.is_dir() or path.suffix.lower() not in (".yaml", ".yml")
 
 
 app = typer.Typer(

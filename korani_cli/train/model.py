@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from korani_cli.errors import UsageError
+from korani_cli.errors import ConfigError, UsageError
 from korani_cli.train.config import TrainConfig
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -124,8 +124,38 @@ def load_model(config: TrainConfig, plan: DevicePlan, base: str, vocab: int | No
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
+    check_target_modules(model, config.lora_target_modules, base)
     model = get_peft_model(model, lora_config(config))
     return model
+
+
+def _adaptable(module) -> bool:
+    """Layers PEFT's LoRA can wrap (bitsandbytes' 4-bit Linear is an nn.Linear)."""
+    import torch
+
+    kinds = [torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d]
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        kinds.append(Conv1D)
+    except ImportError:
+        pass
+    return isinstance(module, tuple(kinds))
+
+
+def check_target_modules(model, targets: list[str], base: str) -> None:
+    """Every `lora_target_modules` entry must name a layer LoRA can wrap. PEFT
+    itself fails only when none matches, with a traceback, and silently skips
+    a misspelt one beside a correct one."""
+    layers = [name for name, module in model.named_modules() if name and _adaptable(module)]
+    # PEFT's rule for a list of names: the full dotted name, or its last parts.
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in layers)]
+    if missing:
+        names = sorted({n.rsplit(".", 1)[-1] for n in layers if not n.rsplit(".", 1)[-1].isdigit()})
+        raise ConfigError(
+            f"lora_target_modules: {', '.join(missing)} matches no linear layer of {base}",
+            f"choose from: {', '.join(names)}",
+        )
 
 
 def supports_packing(model) -> bool:
