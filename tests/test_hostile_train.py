@@ -40,6 +40,14 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def final_error(proc: subprocess.CompletedProcess) -> str:
+    """A run that trained prints notes and progress first; it still ends in exactly one error line."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr[-2000:]
+    assert lines and lines[-1].startswith("error: ") and sum(x.startswith("error: ") for x in lines) == 1, proc.stderr[-2000:]
+    return lines[-1]
+
+
 def snapshot(root: Path) -> dict[str, bytes | None]:
     """Every path under `root` with its bytes (None for directories): what must survive a refusal."""
     out = {}
@@ -157,6 +165,31 @@ def test_learning_rate_written_without_a_dot_is_a_number():
     from korani_cli.train.config import load_config, parse_overrides
 
     assert load_config(RECIPE, parse_overrides(["learning_rate=1e-4"])).learning_rate == 1e-4
+
+
+DEEPSPEED_CASES = [
+    # (id, --deepspeed value, file to write first (name, content) or None, fragment) — all exit 2
+    ("unknown name", "zero9", None, "unknown DeepSpeed config 'zero9'"),
+    ("missing JSON", "nope.json", None, "DeepSpeed config not found"),
+    ("a directory", "data", None, "DeepSpeed config not found"),
+    ("not JSON", "ds.json", ("ds.json", b"{zero"), "is not valid JSON"),
+    ("JSON list", "ds.json", ("ds.json", b"[1, 2]"), "is not a DeepSpeed config"),
+    ("zero_optimization a string", "ds.json", ("ds.json", b'{"zero_optimization": "3"}'), "is not a DeepSpeed config"),
+    ("binary", "ds.json", ("ds.json", bytes(range(128, 256))), "is not valid JSON"),
+    ("ZeRO-3 with 4-bit", "zero3", None, "cannot be partitioned by DeepSpeed ZeRO-3"),
+]
+
+
+@pytest.mark.parametrize("value, file, fragment", [r[1:] for r in DEEPSPEED_CASES], ids=[r[0] for r in DEEPSPEED_CASES])
+def test_bad_deepspeed_config_is_refused_before_any_work(work, value, file, fragment):
+    if file:
+        (work / file[0]).write_bytes(file[1])
+    before = snapshot(work)
+    proc = korani("train", str(RECIPE), "--data", "data", "--output", "out", "--deepspeed", value, cwd=work)
+    line = one_line_error(proc)
+    assert proc.returncode == EXIT_USAGE, line
+    assert fragment in line
+    assert snapshot(work) == before
 
 
 # -- garbage train.jsonl: one line, exit 6, the line number ----------------------------------
@@ -358,6 +391,41 @@ def test_export_gguf_refuses_a_device(work, fake_adapter):
     assert proc.returncode == EXIT_USAGE and "is a device" in one_line_error(proc)
 
 
+def test_a_missing_local_base_model_is_refused_before_any_work(work):
+    proc = korani("train", str(RECIPE), "--data", "data", "--output", "out", "base_model=./no-such-model", cwd=work)
+    assert proc.returncode == EXIT_MODEL_LOAD and "does not exist" in one_line_error(proc)
+    assert not (work / "out").exists()
+
+
+def _broken_base(work: Path) -> str:
+    (work / "broken").mkdir()
+    (work / "broken" / "config.json").write_text("{}")
+    return "base_model=broken"
+
+
+LOAD_CASES = [
+    # (id, setup(work) -> extra args, command, fragment) — exit 3 once the libraries are up; nothing left behind
+    ("train: broken base", _broken_base, "train", "cannot load the base model 'broken'"),
+    ("train: hub id not cached", lambda w: "base_model=korani-test/no-such-model", "train", "cannot load the base model"),
+    ("merge: broken base", lambda w: None, "merge", "cannot load adapter onto its base"),
+]
+
+
+@pytest.mark.slow  # each imports torch and transformers before it can fail
+@pytest.mark.parametrize("setup, command, fragment", [r[1:] for r in LOAD_CASES], ids=[r[0] for r in LOAD_CASES])
+def test_a_base_model_that_does_not_load_is_exit_3_and_leaves_nothing(work, fake_adapter, setup, command, fragment):
+    extra = setup(work)
+    before = snapshot(work)
+    if command == "train":
+        proc = korani("train", str(RECIPE), "--data", "data", "--output", "out", extra, cwd=work, timeout=300)
+    else:
+        proc = korani("train", "merge", "adapter", "-o", "out", cwd=work, timeout=300)
+    line = final_error(proc)
+    assert proc.returncode == EXIT_MODEL_LOAD, line
+    assert fragment in line
+    assert snapshot(work) == before
+
+
 # -- real training: resume on marked and legacy runs, restore on failure, NaN stops it ------
 
 
@@ -379,7 +447,7 @@ def test_marked_and_legacy_runs_resume_and_a_failed_overwrite_gives_the_run_back
     resumed = korani(*args, "max_steps=6", "save_steps=3", "--resume", cwd=work, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     meta = json.loads((work / "out" / "korani_metadata.json").read_text())
-    assert meta["steps"] == 6 and meta["resumed_from"].endswith("checkpoint-3")
+    assert meta["steps"] == 6 and meta["resumed_from"].endswith("checkpoint-4")  # the last step is saved too
 
     # A run from before markers (korani_train.yaml, no marker) resumes too, and gets marked.
     (work / "out" / MARKER).unlink()
@@ -391,7 +459,7 @@ def test_marked_and_legacy_runs_resume_and_a_failed_overwrite_gives_the_run_back
     # --overwrite with a recipe that fails once the model is loaded: the earlier run comes back whole.
     before = _files(work / "out")
     failed = korani(*args, "max_steps=2", "lora_target_modules=[query_key_valu]", "--overwrite", cwd=work, timeout=600)
-    line = one_line_error(failed)
+    line = final_error(failed)
     assert failed.returncode == EXIT_CONFIG and "query_key_valu matches no linear layer" in line
     assert "choose from:" in line and "query_key_value" in line
     assert _files(work / "out") == before
@@ -424,7 +492,7 @@ def test_a_nan_loss_stops_training_with_one_line(work):
     """A finite but absurd learning rate passes validation and blows the weights up: the run stops, saves no adapter."""
     proc = korani("train", str(RECIPE), "--data", "data", "--output", "out", "--smoke", "max_steps=8",
                   "learning_rate=1e30", "health_prompts=0", "load_in_4bit=false", "eval_steps=1000", cwd=work, timeout=600)
-    line = one_line_error(proc)
+    line = final_error(proc)
     assert proc.returncode == EXIT_CONFIG, line
     assert "training diverged: loss became nan" in line and "lower learning_rate" in line
     assert not (work / "out" / "adapter_model.safetensors").exists()

@@ -52,8 +52,9 @@ def load_merged(adapter: Path, dtype: str = "float16"):
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    except OSError as exc:
-        raise ModelLoadError(f"cannot load the base model '{base}' ({str(exc).splitlines()[0]})", "make it available locally or online") from None
+    except (OSError, ValueError) as exc:  # a missing, foreign or broken base; an adapter of another shape
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelLoadError(f"cannot load {adapter} onto its base '{base}' ({first})", "make the base model available locally or online") from None
     return model, tokenizer, base
 
 

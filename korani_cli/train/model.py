@@ -61,9 +61,13 @@ def check_combination(config: TrainConfig, ds_path: Path | None) -> None:
         return
     try:
         ds = json.loads(ds_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UsageError(f"{ds_path} is not valid JSON ({exc})", "fix the DeepSpeed config") from None
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UsageError(f"{ds_path} is not valid JSON ({exc.__class__.__name__}: {exc})", "fix the DeepSpeed config") from None
+    zero = ds.get("zero_optimization", {}) if isinstance(ds, dict) else None
+    if not isinstance(zero, dict):
+        raise UsageError(f"{ds_path} is not a DeepSpeed config (expected an object with 'zero_optimization')",
+                         "start from configs/ds_zero2.json")
+    stage = zero.get("stage", 0)
     if config.load_in_4bit and stage == 3:
         raise UsageError(
             "4-bit (QLoRA) weights cannot be partitioned by DeepSpeed ZeRO-3",

@@ -5,7 +5,8 @@ earlier `korani train` wrote (it holds `outputs.MARKER`, or, from before
 markers, `korani_train.yaml`). It never takes the working directory, a parent
 of it, the data directory or a local base model. The old run is moved aside,
 not deleted, until the new one has its model loaded: a recipe that fails to
-load gives the old run back.
+load gives the old run back, and a new run that fails that early leaves no
+directory behind.
 
 `--resume` writes into an earlier run, so it needs one (marked or legacy)
 and a checkpoint in it that finished saving.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from korani_cli.errors import UsageError
@@ -52,10 +54,20 @@ def judge(output: Path, *, sources: list[Path], resume: bool, overwrite: bool) -
     guard_output_dir(output, overwrite=overwrite, sources=sources, legacy=LEGACY, flag="--output")
 
 
-def take(output: Path, *, resume: bool) -> Path | None:
-    """Make the judged `output` ready. Returns the earlier run that `--overwrite`
-    moved aside (for `settle`), or None."""
+@dataclass(frozen=True)
+class Taken:
+    """What `take` did to the output directory, so that `settle` can undo it."""
+
+    output: Path
+    old: Path | None  # the earlier run, moved aside by --overwrite
+    fresh: bool  # this run starts the directory (not a resume)
+    existed: bool  # the directory was there (empty, or the earlier run) before
+
+
+def take(output: Path, *, resume: bool) -> Taken:
+    """Make the judged `output` ready for this run."""
     reap_stale(output)
+    existed = output.is_dir()
     old = None
     if not resume and _holds_files(output):  # judged replaceable
         old = temp_sibling(output, "old")
@@ -66,7 +78,7 @@ def take(output: Path, *, resume: bool) -> Path | None:
         if old is not None:
             os.replace(old, output)
         raise UsageError(f"cannot create --output {output} ({exc.strerror})", "choose another --output") from None
-    return old
+    return Taken(output, old, fresh=not resume, existed=existed)
 
 
 def mark(output: Path, **details) -> None:
@@ -74,15 +86,22 @@ def mark(output: Path, **details) -> None:
     write_marker(output, "train", **details)
 
 
-def settle(output: Path, old: Path | None, *, ok: bool) -> None:
-    """After the model loaded (`ok`), drop the earlier run; after a failure, put it back."""
-    if old is None:
-        return
+def settle(taken: Taken, *, ok: bool) -> None:
+    """Once the model has loaded (`ok`), drop the earlier run. After a failure
+    before that, leave things as they were: the earlier run back in place, or
+    no half-started run directory."""
+    output, old = taken.output, taken.old
     if ok:
-        shutil.rmtree(old, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         return
+    if not taken.fresh:
+        return  # a resume wrote nothing but the marker and the recipe
     shutil.rmtree(output, ignore_errors=True)
-    os.replace(old, output)
+    if old is not None:
+        os.replace(old, output)
+    elif taken.existed:
+        output.mkdir()
 
 
 def _step(path: Path) -> int:

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from korani_cli import __version__
 from korani_cli.outputs import atomic_write_text
-from korani_cli.errors import EXIT_CONFIG, EXIT_INTERRUPTED, KoraniError, UsageError
+from korani_cli.errors import EXIT_CONFIG, EXIT_INTERRUPTED, KoraniError, ModelLoadError, UsageError
 from korani_cli.train import data as train_data
 from korani_cli.train import model as mdl
 from korani_cli.train import output as outdir
@@ -161,8 +161,17 @@ def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: R
         _ensure_dist_env()
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(output / "tensorboard")
 
-    tokenizer = prepare_tokenizer(config.base_model)
-    model = mdl.load_model(config, plan, config.base_model, vocab=len(tokenizer))
+    try:
+        tokenizer = prepare_tokenizer(config.base_model)
+        model = mdl.load_model(config, plan, config.base_model, vocab=len(tokenizer))
+    except ImportError as exc:
+        raise ModelLoadError(f"a library needed to train on {config.base_model} is missing ({exc})", "pip install 'korani[train]'") from None
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelLoadError(
+            f"cannot load the base model '{config.base_model}' ({first})",
+            "set base_model to a local model directory, or a hub id that is cached (or reachable)",
+        ) from None
     train = train_data.load_split(data_dir, "train")
     valid = train_data.load_split(data_dir, "valid")
     # Packed rows keep samples apart: through flash attention's varlen kernel
@@ -286,19 +295,20 @@ def run(
     # recipe that cannot train must not get a smoke run that looks like a pass.
     validate(config)
     data_dir, output = Path(config.data), Path(config.output)
+    mdl.check_combination(config, mdl.resolve_deepspeed(config.deepspeed))
+    base = Path(config.base_model).expanduser()
+    if not smoke and config.base_model.startswith(("/", ".", "~")) and not base.exists():  # --smoke never loads it
+        raise ModelLoadError(f"base_model {config.base_model} does not exist", "set base_model to a model directory or a hub id")
     counts = train_data.check_data(data_dir)
     # Under a launcher every rank runs this; only the first one judges and prepares the output
     # directory (the others would see its fresh files and mistake them for an earlier run).
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if main_rank:
-        base = Path(config.base_model).expanduser()
         sources = [data_dir] + ([base] if base.exists() else [])
         outdir.judge(output, sources=sources, resume=bool(resume), overwrite=overwrite)
     checkpoint = outdir.find_checkpoint(output, resume) if resume else None
-    old = None
-    if main_rank:
-        old = outdir.take(output, resume=bool(resume))
-    else:
+    taken = outdir.take(output, resume=bool(resume)) if main_rank else None
+    if not main_rank:
         output.mkdir(parents=True, exist_ok=True)
     loaded = False
     try:
@@ -322,7 +332,8 @@ def run(
         )
         loaded = True
     finally:
-        outdir.settle(output, old, ok=loaded)
+        if taken is not None:
+            outdir.settle(taken, ok=loaded)
 
     def on_sigint(signum, frame):
         if interrupted["flag"]:
