@@ -312,6 +312,34 @@ def test_output_directory_rule_for_train(work, setup, output, extra, fragment):
     assert not list(work.parent.glob(f".{work.name}.*"))
 
 
+def _checkpointed_run(path: Path) -> None:
+    _marked_run(path)
+    checkpoint = path / "checkpoint-5"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 5}')
+    (checkpoint / "adapter_config.json").write_text(json.dumps(
+        {"r": 8, "target_modules": ["query_key_value"], "base_model_name_or_path": "EleutherAI/polyglot-ko-5.8b"}))
+
+
+RESUME_MISMATCH_CASES = [
+    # (id, overrides, fragment) — exit 5: the recipe differs from the checkpoint's LoRA shape
+    ("another rank", ["lora_r=16"], "was trained with lora_r 8 (now 16)"),
+    ("other modules", ["lora_target_modules=[dense]"], "lora_target_modules ['query_key_value'] (now ['dense'])"),
+    ("another base", ["base_model=EleutherAI/polyglot-ko-1.3b"], "base_model EleutherAI/polyglot-ko-5.8b"),
+]
+
+
+@pytest.mark.parametrize("overrides, fragment", [r[1:] for r in RESUME_MISMATCH_CASES], ids=[r[0] for r in RESUME_MISMATCH_CASES])
+def test_resume_with_a_recipe_the_checkpoint_does_not_fit(work, overrides, fragment):
+    _checkpointed_run(work / "out")
+    before = snapshot(work)
+    proc = korani("train", str(RECIPE), "--data", "data", "--output", "out", "--resume", *overrides, cwd=work)
+    line = one_line_error(proc)
+    assert proc.returncode == EXIT_CONFIG, line
+    assert fragment in line and "korani_train.yaml" in line
+    assert snapshot(work) == before
+
+
 # -- merge and export-gguf: the same rule, checked before the model loads ---------------------
 
 

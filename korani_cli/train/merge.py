@@ -39,13 +39,16 @@ def adapter_base(adapter: Path) -> str:
 
 def load_merged(adapter: Path, dtype: str = "float16"):
     """(merged model, the adapter's tokenizer, base name), in memory."""
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
+    base = adapter_base(adapter)
+    from korani_cli.console import quiet_libraries
+
+    quiet_libraries()  # the spinner is the progress; shard-writing bars would break it
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
-    base = adapter_base(adapter)
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
         tokenizer = AutoTokenizer.from_pretrained(adapter)

@@ -128,3 +128,34 @@ def find_checkpoint(output: Path, resume: str) -> Path:
         raise UsageError(f"--resume {resume} is not a training checkpoint (no {CHECKPOINT_STATE})",
                          "pass a checkpoint-N directory of an earlier run, or --resume alone for the latest one")
     return path
+
+
+def check_matches(checkpoint: Path, *, lora_r: int, lora_target_modules: list[str], base_model: str | None) -> None:
+    """A checkpoint holds LoRA weights of one shape: resuming it with another
+    rank, other target modules or another base fails deep inside loading with
+    a page of size mismatches. Say which recipe key differs instead.
+    `base_model` is None when it cannot be compared (--smoke swaps it)."""
+    import json
+
+    path = checkpoint / "adapter_config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # not a LoRA checkpoint korani knows how to read; let the trainer judge it
+    if not isinstance(saved, dict):
+        return
+    differences = []
+    if saved.get("r") not in (None, lora_r):
+        differences.append(f"lora_r {saved['r']} (now {lora_r})")
+    targets = saved.get("target_modules")
+    if isinstance(targets, (list, str)) and sorted([targets] if isinstance(targets, str) else targets) != sorted(lora_target_modules):
+        differences.append(f"lora_target_modules {targets} (now {list(lora_target_modules)})")
+    if base_model is not None and saved.get("base_model_name_or_path") not in (None, base_model):
+        differences.append(f"base_model {saved['base_model_name_or_path']} (now {base_model})")
+    if differences:
+        from korani_cli.errors import ConfigError
+
+        raise ConfigError(
+            f"{checkpoint} was trained with {'; '.join(differences)}",
+            "resume with the recipe the run was started with (its korani_train.yaml), or start over with --overwrite",
+        )

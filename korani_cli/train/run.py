@@ -307,6 +307,9 @@ def run(
         sources = [data_dir] + ([base] if base.exists() else [])
         outdir.judge(output, sources=sources, resume=bool(resume), overwrite=overwrite)
     checkpoint = outdir.find_checkpoint(output, resume) if resume else None
+    if checkpoint is not None:
+        outdir.check_matches(checkpoint, lora_r=config.lora_r, lora_target_modules=config.lora_target_modules,
+                             base_model=None if smoke else config.base_model)
     taken = outdir.take(output, resume=bool(resume)) if main_rank else None
     if not main_rank:
         output.mkdir(parents=True, exist_ok=True)
