@@ -21,9 +21,19 @@ class TrainGroup(TyperGroup):
         if "--resume" in args:
             i = args.index("--resume")
             following = args[i + 1] if i + 1 < len(args) else None
-            if following is None or following.startswith("-") or not Path(following).is_dir():
+            if following is None or not _names_checkpoint(following):
                 args.insert(i + 1, "last")
         return super().parse_args(ctx, args)
+
+
+def _names_checkpoint(arg: str) -> bool:
+    """Whether the word after `--resume` is its CKPT value rather than the next
+    argument: any path but a recipe (so that the run can say when it is no
+    checkpoint), never an option or a key=value override."""
+    if arg.startswith("-") or "=" in arg:
+        return False
+    path = Path(arg)
+    return path.is_dir() or path.suffix.lower() not in (".yaml", ".yml")
 
 
 app = typer.Typer(
@@ -80,7 +90,7 @@ def run_command(
     deepspeed: Annotated[Optional[str], typer.Option("--deepspeed", help="zero2, zero3, zero2_offload, zero3_offload or a JSON path.")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue from the last checkpoint in the output directory, or from CKPT.", metavar="[CKPT]")] = None,
     smoke: Annotated[bool, typer.Option("--smoke", help="A tiny random model of the same family, ~20 CPU steps: catch data/config mistakes in a minute.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an output directory that already holds a run.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an output directory that holds an earlier korani train run (never other files).")] = False,
 ) -> None:
     """Train a LoRA adapter: korani train CONFIG [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CKPT]] [--smoke] [key=value ...]"""
     from korani_cli.train.config import load_config, parse_overrides
@@ -130,7 +140,7 @@ def merge_command(
     adapter: Annotated[Path, typer.Argument(help="A trained adapter directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the merged model.")],
     dtype: Annotated[str, typer.Option("--dtype", help="Weights dtype of the merged model: float16, bfloat16 or float32.")] = "float16",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a directory an earlier `korani train merge` wrote (never other files).")] = False,
 ) -> None:
     """Fold the LoRA weights into a full-precision copy of the base; loads with `korani ask --model DIR`."""
     from korani_cli.train.merge import merge
@@ -146,7 +156,7 @@ def export_gguf_command(
     model: Annotated[Path, typer.Argument(help="A merged model directory (korani train merge) or an adapter directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .gguf file to write.")],
     outtype: Annotated[str, typer.Option("--outtype", help="f16, bf16, f32 or q8_0.")] = "f16",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing GGUF file (never a file of another kind).")] = False,
 ) -> None:
     """Convert a merged model to GGUF for llama.cpp (`korani ask --model FILE.gguf`)."""
     from korani_cli.train.export import export_gguf

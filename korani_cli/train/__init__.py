@@ -1,8 +1,12 @@
 """`korani train`: QLoRA + DeepSpeed instruction tuning on the KoRani format.
 
-  config.py   the typed recipe: YAML < key=value overrides; unknown keys are errors
+  config.py   the typed recipe: YAML < key=value overrides; unknown keys and out-of-range values are errors
+  data.py     the prepared data directory, every line checked before any work
+  output.py   the run's output directory (korani's marker, --overwrite, --resume checkpoints)
   model.py    config → quantisation, LoRA and Trainer arguments (small pure functions)
   run.py      the training run: data, SFTTrainer, callbacks, resume, save, metadata
   health.py   after training: do generations end with EOS, and do they repeat?
   merge.py    LoRA weights folded into a full-precision base
+  export.py   a merged model → one GGUF file for llama.cpp
+  packing.py  packed rows that never attend across samples
 """

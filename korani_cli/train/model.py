@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from korani_cli.errors import UsageError
+from korani_cli.errors import ConfigError, UsageError
 from korani_cli.train.config import TrainConfig
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -61,9 +61,13 @@ def check_combination(config: TrainConfig, ds_path: Path | None) -> None:
         return
     try:
         ds = json.loads(ds_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UsageError(f"{ds_path} is not valid JSON ({exc})", "fix the DeepSpeed config") from None
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UsageError(f"{ds_path} is not valid JSON ({exc.__class__.__name__}: {exc})", "fix the DeepSpeed config") from None
+    zero = ds.get("zero_optimization", {}) if isinstance(ds, dict) else None
+    if not isinstance(zero, dict):
+        raise UsageError(f"{ds_path} is not a DeepSpeed config (expected an object with 'zero_optimization')",
+                         "start from configs/ds_zero2.json")
+    stage = zero.get("stage", 0)
     if config.load_in_4bit and stage == 3:
         raise UsageError(
             "4-bit (QLoRA) weights cannot be partitioned by DeepSpeed ZeRO-3",
@@ -124,8 +128,38 @@ def load_model(config: TrainConfig, plan: DevicePlan, base: str, vocab: int | No
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
+    check_target_modules(model, config.lora_target_modules, base)
     model = get_peft_model(model, lora_config(config))
     return model
+
+
+def _adaptable(module) -> bool:
+    """Layers PEFT's LoRA can wrap (bitsandbytes' 4-bit Linear is an nn.Linear)."""
+    import torch
+
+    kinds = [torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d]
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        kinds.append(Conv1D)
+    except ImportError:
+        pass
+    return isinstance(module, tuple(kinds))
+
+
+def check_target_modules(model, targets: list[str], base: str) -> None:
+    """Every `lora_target_modules` entry must name a layer LoRA can wrap. PEFT
+    itself fails only when none matches, with a traceback, and silently skips
+    a misspelt one beside a correct one."""
+    layers = [name for name, module in model.named_modules() if name and _adaptable(module)]
+    # PEFT's rule for a list of names: the full dotted name, or its last parts.
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in layers)]
+    if missing:
+        names = sorted({n.rsplit(".", 1)[-1] for n in layers if not n.rsplit(".", 1)[-1].isdigit()})
+        raise ConfigError(
+            f"lora_target_modules: {', '.join(missing)} matches no linear layer of {base}",
+            f"choose from: {', '.join(names)}",
+        )
 
 
 def supports_packing(model) -> bool:

@@ -13,6 +13,7 @@ prints nothing itself.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -22,9 +23,12 @@ from pathlib import Path
 from typing import Protocol
 
 from korani_cli import __version__
-from korani_cli.errors import EXIT_INTERRUPTED, KoraniError, UsageError
+from korani_cli.outputs import atomic_write_text
+from korani_cli.errors import EXIT_CONFIG, EXIT_INTERRUPTED, KoraniError, ModelLoadError, UsageError
+from korani_cli.train import data as train_data
 from korani_cli.train import model as mdl
-from korani_cli.train.config import TrainConfig, save_config
+from korani_cli.train import output as outdir
+from korani_cli.train.config import TrainConfig, save_config, validate
 
 PAD_TOKEN = "<|pad|>"
 SMOKE_STEPS = 20
@@ -32,6 +36,17 @@ SMOKE_STEPS = 20
 
 class TrainingInterrupted(KoraniError):
     exit_code = EXIT_INTERRUPTED
+
+
+class TrainingDiverged(KoraniError):
+    """The loss (or the trained model's output) became NaN or infinite.
+
+    Exit 5, a configuration error: what makes a run diverge is in the recipe
+    (a learning rate too high for the model, a max_length that cuts every
+    answer away), and the fix is a recipe value. No new exit code is needed.
+    """
+
+    exit_code = EXIT_CONFIG
 
 
 class Reporter(Protocol):
@@ -58,27 +73,6 @@ class _Silent:
         pass
 
 
-def _read_jsonl_texts(path: Path, limit: int = 20000) -> list[str]:
-    texts = []
-    with path.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            if i >= limit:
-                break
-            texts += [m["content"] for m in json.loads(line)["messages"]]
-    return texts
-
-
-def check_data(data_dir: Path) -> dict:
-    train = data_dir / "train.jsonl"
-    if not train.is_file() or train.stat().st_size == 0:
-        raise UsageError(f"no training data at {train}", "run `korani data prepare -o DIR` and pass --data DIR")
-    counts = {}
-    for split in ("train", "valid", "test"):
-        path = data_dir / f"{split}.jsonl"
-        counts[split] = sum(1 for _ in path.open(encoding="utf-8")) if path.is_file() else 0
-    return counts
-
-
 def smoke_adjust(config: TrainConfig, output: Path, data_dir: Path, reporter: Reporter) -> TrainConfig:
     """Swap the base for a tiny random GPT-NeoX with a tokenizer trained on the data; ~20 CPU steps."""
     from korani_cli import tiny
@@ -86,7 +80,7 @@ def smoke_adjust(config: TrainConfig, output: Path, data_dir: Path, reporter: Re
     base_dir = output / "smoke-base"
     if not (base_dir / "config.json").is_file():
         reporter.notice(f"--smoke: building a tiny GPT-NeoX and a tokenizer trained on {data_dir / 'train.jsonl'}")
-        tokenizer = tiny.train_tokenizer(_read_jsonl_texts(data_dir / "train.jsonl"), base_dir, vocab_size=2000)
+        tokenizer = tiny.train_tokenizer(train_data.texts(data_dir / "train.jsonl"), base_dir, vocab_size=2000)
         tiny.build_model(tokenizer, base_dir, hidden_size=64, layers=2, heads=4, context=max(config.max_length, 256))
     return replace(
         config,
@@ -132,19 +126,6 @@ def _ensure_dist_env() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
-def _load_split(data_dir: Path, split: str):
-    from datasets import Dataset
-
-    path = data_dir / f"{split}.jsonl"
-    if not path.is_file() or path.stat().st_size == 0:
-        return None
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            rows.append({"messages": json.loads(line)["messages"]})
-    return Dataset.from_list(rows)
-
-
 def _trainer_class():
     """SFTTrainer for data preparation (template, assistant masks, packing); the
     model's own loss on those labels.
@@ -180,10 +161,19 @@ def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: R
         _ensure_dist_env()
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(output / "tensorboard")
 
-    tokenizer = prepare_tokenizer(config.base_model)
-    model = mdl.load_model(config, plan, config.base_model, vocab=len(tokenizer))
-    train = _load_split(data_dir, "train")
-    valid = _load_split(data_dir, "valid")
+    try:
+        tokenizer = prepare_tokenizer(config.base_model)
+        model = mdl.load_model(config, plan, config.base_model, vocab=len(tokenizer))
+    except ImportError as exc:
+        raise ModelLoadError(f"a library needed to train on {config.base_model} is missing ({exc})", "pip install 'korani[train]'") from None
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelLoadError(
+            f"cannot load the base model '{config.base_model}' ({first})",
+            "set base_model to a local model directory, or a hub id that is cached (or reachable)",
+        ) from None
+    train = train_data.load_split(data_dir, "train")
+    valid = train_data.load_split(data_dir, "valid")
     # Packed rows keep samples apart: through flash attention's varlen kernel
     # where the model has it, through a block-diagonal 4-D mask elsewhere.
     packing = config.packing
@@ -215,6 +205,9 @@ def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: R
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps,
+        # Log a NaN loss as NaN: transformers would log the mean of earlier losses
+        # instead, and a diverged run would look healthy to the callback below.
+        logging_nan_inf_filter=False,
         report_to=["tensorboard"],
         seed=config.seed,
         data_seed=config.seed,
@@ -251,7 +244,7 @@ def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: R
     return trainer, tokenizer, plan
 
 
-def _callbacks(output: Path, reporter: Reporter, interrupted: dict):
+def _callbacks(output: Path, reporter: Reporter, interrupted: dict, diverged: dict):
     from transformers import TrainerCallback
 
     class Report(TrainerCallback):
@@ -271,7 +264,21 @@ def _callbacks(output: Path, reporter: Reporter, interrupted: dict):
                 control.should_save = True
                 control.should_training_stop = True
 
-    return [Report()]
+    class StopOnNonFinite(TrainerCallback):
+        """A NaN or infinite loss never recovers (the weights are gone): stop at
+        once, and save no checkpoint from this step."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            for key in ("loss", "eval_loss"):
+                value = (logs or {}).get(key)
+                if isinstance(value, (int, float)) and not math.isfinite(value) and not diverged:
+                    diverged.update(step=state.global_step, key=key, value=value)
+            if diverged:
+                control.should_training_stop = True
+                control.should_save = False
+                control.should_evaluate = False
+
+    return [Report(), StopOnNonFinite()]
 
 
 def run(
@@ -283,41 +290,53 @@ def run(
     reporter: Reporter | None = None,
 ) -> dict:
     """Train; returns the metadata written to OUTPUT/korani_metadata.json."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     reporter = reporter or _Silent()
+    # Every recipe value is checked before --smoke replaces any of them: a
+    # recipe that cannot train must not get a smoke run that looks like a pass.
+    validate(config)
     data_dir, output = Path(config.data), Path(config.output)
-    counts = check_data(data_dir)
+    mdl.check_combination(config, mdl.resolve_deepspeed(config.deepspeed))
+    base = Path(config.base_model).expanduser()
+    if not smoke and config.base_model.startswith(("/", ".", "~")) and not base.exists():  # --smoke never loads it
+        raise ModelLoadError(f"base_model {config.base_model} does not exist", "set base_model to a model directory or a hub id")
+    counts = train_data.check_data(data_dir)
     # Under a launcher every rank runs this; only the first one judges and prepares the output
     # directory (the others would see its fresh files and mistake them for an earlier run).
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    if main_rank and output.exists() and any(output.iterdir()) and not resume and not overwrite:
-        raise UsageError(f"{output} already holds a run", "pass --resume to continue it, --overwrite to start over, or another --output")
-    if main_rank and overwrite and not resume and output.exists():
-        import shutil
-
-        shutil.rmtree(output)
-    output.mkdir(parents=True, exist_ok=True)
-    checkpoint = None
-    if resume:
-        checkpoint = get_last_checkpoint(str(output)) if resume == "last" else resume
-        if not checkpoint or not Path(checkpoint).is_dir():
-            raise UsageError(f"no checkpoint to resume from in {output if resume == 'last' else resume}", "train without --resume first")
-    from korani_cli.console import quiet_libraries
-
-    quiet_libraries()
-    if smoke:
-        if not main_rank:
-            _wait_for(output / "smoke-base" / "model.safetensors")
-        config = smoke_adjust(config, output, data_dir, reporter)
     if main_rank:
-        save_config(config, output / "korani_train.yaml")
+        sources = [data_dir] + ([base] if base.exists() else [])
+        outdir.judge(output, sources=sources, resume=bool(resume), overwrite=overwrite)
+    checkpoint = outdir.find_checkpoint(output, resume) if resume else None
+    if checkpoint is not None:
+        outdir.check_matches(checkpoint, lora_r=config.lora_r, lora_target_modules=config.lora_target_modules,
+                             base_model=None if smoke else config.base_model)
+    taken = outdir.take(output, resume=bool(resume)) if main_rank else None
+    if not main_rank:
+        output.mkdir(parents=True, exist_ok=True)
+    loaded = False
+    try:
+        if main_rank:
+            outdir.mark(output, data=str(data_dir.resolve()), base_model=config.base_model, smoke=smoke)
+        from korani_cli.console import quiet_libraries
 
-    interrupted = {"flag": False}
-    # A smoke run evaluates on a slice of valid: it checks the path, not the model.
-    trainer, tokenizer, plan = build_trainer(
-        config, output, data_dir, reporter, _callbacks(output, reporter, interrupted), eval_limit=64 if smoke else None
-    )
+        quiet_libraries()
+        if smoke:
+            if not main_rank:
+                _wait_for(output / "smoke-base" / "model.safetensors")
+            config = smoke_adjust(config, output, data_dir, reporter)
+        if main_rank:
+            save_config(config, output / "korani_train.yaml")
+
+        interrupted = {"flag": False}
+        diverged: dict = {}
+        # A smoke run evaluates on a slice of valid: it checks the path, not the model.
+        trainer, tokenizer, plan = build_trainer(
+            config, output, data_dir, reporter, _callbacks(output, reporter, interrupted, diverged), eval_limit=64 if smoke else None
+        )
+        loaded = True
+    finally:
+        if taken is not None:
+            outdir.settle(taken, ok=loaded)
 
     def on_sigint(signum, frame):
         if interrupted["flag"]:
@@ -328,12 +347,18 @@ def run(
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     started = time.time()
     try:
-        result = trainer.train(resume_from_checkpoint=checkpoint)
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         reporter.finish()
     state = trainer.state
+    if diverged:
+        raise TrainingDiverged(
+            f"training diverged: {diverged['key']} became {diverged['value']} at step {diverged['step']}; no adapter was saved",
+            f"lower learning_rate (this run used {config.learning_rate:g}) or raise max_length ({config.max_length}) so answers fit,"
+            " then start over with --overwrite",
+        )
     if interrupted["flag"]:
         raise TrainingInterrupted(
             f"training stopped at step {state.global_step}; checkpoint saved in {output}",
@@ -354,7 +379,7 @@ def run(
         report = health.check(trainer.model, tokenizer, prompts, config.health_max_new_tokens)
         health_json = report.to_json()
     else:
-        health_json = None
+        report, health_json = None, None
     stats_path = data_dir / "stats.json"
     fingerprint = json.loads(stats_path.read_text(encoding="utf-8")).get("fingerprint") if stats_path.is_file() else None
     metadata = {
@@ -377,9 +402,13 @@ def run(
         "pad_token": tokenizer.pad_token,
         "eos_token": tokenizer.eos_token,
     }
-    tmp = output / "korani_metadata.json.tmp"
-    tmp.write_text(json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(output / "korani_metadata.json")
+    atomic_write_text(output / "korani_metadata.json", json.dumps(metadata, ensure_ascii=False, indent=2) + "\n")
+    if report is not None and report.nonfinite:
+        raise TrainingDiverged(
+            f"the trained model's outputs are NaN or infinite on {report.nonfinite} of {report.prompts} held-out prompts"
+            f" (health check in {output / 'korani_metadata.json'})",
+            f"lower learning_rate (this run used {config.learning_rate:g}) and start over with --overwrite",
+        )
     return metadata
 
 
