@@ -76,9 +76,11 @@ class _Progress:
     def __init__(self, label: str):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        console = err_console()
+        # Not a terminal (a log file, a pipe): no bar, and no stray blank line where it would have been.
         self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
-                            console=err_console(), transient=True)
+                            console=console, transient=True, disable=not console.is_terminal)
         self.task = None
         self.start = time.perf_counter()
         self.new = 0
@@ -110,17 +112,21 @@ def _print(summary: dict, as_json: bool, run_dir: Path) -> None:
     notice(f"run directory: {run_dir}")
 
 
+def _items(n: int) -> str:
+    return f"{n} finished item" + ("" if n == 1 else "s")
+
+
 def _run(kind: str, execute, run, as_json: bool) -> None:
     progress = _Progress(f"eval {kind}")
     try:
         summary = execute(progress.on_start, progress.on_item)
     except KeyboardInterrupt:
         progress.stop()
-        notice(f"kept {len(run.done)} finished items in {run.path}; rerun with the same -o to resume")
+        notice(f"kept {_items(len(run.done))} in {run.path}; rerun with the same -o to resume")
         raise
     except BaseException:
         progress.stop()
-        notice(f"kept {len(run.done)} finished items in {run.path}")
+        notice(f"kept {_items(len(run.done))} in {run.path}")
         raise
     progress.stop()
     _print(summary, as_json, run.path)
