@@ -3,8 +3,9 @@
 rag (200 questions by default, k=5, 10% unanswerable, the search ranking with
 the offline embedder): the same questions, the same pool, built once:
   - oracle: a scripted backend that answers with the gold answer and cites the
-    passage of the gold paragraph when it was offered, and says the sources do
-    not hold the answer otherwise. Its scores are the ceiling: retrieval_hit,
+    gold passage (the offered passage of the gold paragraph that holds the
+    answer) when it was offered, and says the sources do not hold the answer
+    otherwise. Its scores are the ceiling: retrieval_hit,
     and what the footnote verifier loses (raw_citation_* vs citation_*).
   - demo: `--model demo` (gemma-3-270m GGUF, a base model).
 chat (50 KULLM instructions by default): `demo` and `demo-chat`.
@@ -45,7 +46,10 @@ class Oracle:
 
         turn = messages[-1]
         answer, url = self.gold[turn.content]
-        n = next((i for i, s in enumerate(turn.sources, 1) if s.url == url), None)
+        # The gold passage: of the gold paragraph's passages offered, the one holding the answer (a
+        # paragraph may be split in two), else its first.
+        offered = [i for i, s in enumerate(turn.sources, 1) if s.url == url]
+        n = next((i for i in offered if answer in turn.sources[i - 1].text), offered[0] if offered else None)
         text = f"{answer}입니다[{n}]." if n else "주어진 자료에는 답이 없습니다."
 
         def run(usage):
