@@ -16,6 +16,7 @@ from korani_cli import __version__
 from korani_cli.commands import ask as ask_command
 from korani_cli.commands import chat as chat_command
 from korani_cli.commands import data as data_command
+from korani_cli.commands import eval as eval_command
 from korani_cli.commands import models as models_command
 from korani_cli.commands import search as search_command
 from korani_cli.commands import train as train_command
@@ -60,6 +61,7 @@ app.add_typer(chat_command.history_app, name="history")
 app.add_typer(models_command.app, name="models")
 app.add_typer(data_command.app, name="data")
 app.add_typer(train_command.app, name="train")
+app.add_typer(eval_command.app, name="eval")
 
 
 def _terminated(_signum, _frame) -> None:

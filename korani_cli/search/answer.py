@@ -27,6 +27,9 @@ class SourcedAnswer:
     text: str  # with [n] markers, renumbered
     citations: list = field(default_factory=list)  # Citation, in footnote order
     sources: list = field(default_factory=list)  # every passage offered to the model: {n, url, title}
+    # Each sentence as printed (without markers) with the footnote numbers it
+    # kept, so a reader (korani eval) can judge footnotes sentence by sentence.
+    claims: list = field(default_factory=list)  # (sentence, [n, ...])
 
     def footnotes(self) -> str:
         # Titles and URLs come from pages: one clean line each, whatever built them.
@@ -94,4 +97,5 @@ def verify(answer: str, ranked: list[Ranked], threshold: float = SUPPORT_THRESHO
         for old, new in sorted(renumber.items(), key=lambda kv: kv[1])
     ]
     sources = [{"n": i + 1, "url": r.passage.url, "title": r.passage.title, "score": round(r.score, 4)} for i, r in enumerate(ranked)]
-    return SourcedAnswer(text, citations, sources)
+    claims = [(body, [renumber[n] for n in marks]) for body, marks, _ in kept if body]
+    return SourcedAnswer(text, citations, sources, claims)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol, Sequence
 
@@ -171,6 +172,43 @@ def make_embedder(spec: str | None) -> Embedder | None:
     return SentenceTransformerEmbedder(spec.removeprefix("st:"))
 
 
+@dataclass
+class Index:
+    """What rank() builds from a list of passages, kept so that many queries can
+    be ranked against one pool (korani eval) without redoing it: the BM25 index
+    over title + text morphemes, and the embedder's vectors of passage heads as
+    they are computed. rank() with an Index ranks exactly as it does without."""
+
+    passages: list
+    retriever: object
+    vectors: dict = field(default_factory=dict)  # (embedder name, passage head) → vector
+
+
+def bm25_index(passages: Sequence[Passage], vectors: dict | None = None) -> Index:
+    """The BM25 index rank() searches; `vectors` may be shared with another Index of the same pool."""
+    import bm25s
+
+    titles = list(dict.fromkeys(p.title for p in passages))
+    title_terms = dict(zip(titles, morphemes(titles)))
+    corpus = [title_terms[p.title] + terms for p, terms in zip(passages, passage_terms(passages))]
+    retriever = bm25s.BM25()
+    retriever.index(corpus, show_progress=False)
+    return Index(list(passages), retriever, {} if vectors is None else vectors)
+
+
+def _embed_heads(embedder: Embedder, heads: list[str], index: Index | None):
+    """Passage-head vectors; with an index, each head is embedded once per pool."""
+    import numpy as np
+
+    if index is None:
+        return embedder.passages(heads)
+    cache = index.vectors
+    missing = [h for h in dict.fromkeys(heads) if (embedder.name, h) not in cache]
+    if missing:
+        cache.update(((embedder.name, h), v) for h, v in zip(missing, embedder.passages(missing)))
+    return np.stack([cache[(embedder.name, h)] for h in heads])
+
+
 def _ranks(scores: Sequence[float]) -> list[int]:
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     ranks = [0] * len(scores)
@@ -191,11 +229,11 @@ def rank(
     reranker: Reranker | None = None,
     rerank_depth: int | None = None,  # fused head the reranker reads; default 3 × k
     timings=None,
+    index: "Index | None" = None,  # built by bm25_index(passages): reused across queries on one pool
 ) -> list[Ranked]:
     """mode: hybrid | bm25 | dense. `timings` (a types.Timings) gets bm25/embed/rerank sub-stages."""
     import time
 
-    import bm25s
     import numpy as np
 
     clock = time.perf_counter()
@@ -205,12 +243,10 @@ def rank(
     n = len(passages)
     candidates = candidates or max(k + 1, MIN_CANDIDATES)
     bm25_scores = np.zeros(n)
+    if index is not None and len(index.passages) != n:
+        raise ValueError("rank(): the index was built for another list of passages")
     if mode in ("hybrid", "bm25") or candidates < n:
-        titles = list(dict.fromkeys(p.title for p in passages))
-        title_terms = dict(zip(titles, morphemes(titles)))
-        corpus = [title_terms[p.title] + terms for p, terms in zip(passages, passage_terms(passages))]
-        retriever = bm25s.BM25()
-        retriever.index(corpus, show_progress=False)
+        retriever = (index or bm25_index(passages)).retriever
         query_tokens = morphemes([query])[0]
         if query_tokens:
             bm25_scores = np.asarray(retriever.get_scores(query_tokens), dtype=float)
@@ -222,7 +258,7 @@ def rank(
         pool = list(range(n)) if mode == "dense" or candidates >= n else list(np.argsort(-bm25_scores)[:candidates])
         q = embedder.queries([query])[0]
         # The head of a passage carries its topic; embedding cost grows with length.
-        vectors = embedder.passages([passages[i].text[:EMBED_CHARS] for i in pool])
+        vectors = _embed_heads(embedder, [passages[i].text[:EMBED_CHARS] for i in pool], index)
         dense_scores = np.full(n, -1.0)
         dense_scores[pool] = vectors @ q
     if timings is not None and dense_scores is not None:

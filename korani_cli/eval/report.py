@@ -1,0 +1,149 @@
+"""A run's summary as a table, and several runs side by side with deltas.
+
+`load` reads RUN_DIR/summary.json into a `Summary` value (refusing directories
+korani did not write and files it cannot read); `table` and `comparison` build
+rich Tables — pure functions, the command prints them. Model text never
+appears here, only names and numbers (escaped all the same).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from korani_cli.errors import UsageError
+from korani_cli.eval import EvalDataError
+from korani_cli.eval.run import SUMMARY, is_run_dir, read_marker
+
+# Shown as percentages; the rest are plain numbers.
+RATIOS = {"retrieval_hit", "answer_correct", "f1", "citation_precision", "citation_recall", "raw_citation_precision",
+          "raw_citation_recall", "abstain_correct", "false_abstain", "stop_rate", "repetition", "hangul_share", "header_leak"}
+
+
+@dataclass(frozen=True)
+class Measure:
+    value: float | None
+    count: int | None
+    of: int
+    p95: float | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    path: Path
+    kind: str  # rag | chat
+    model: str
+    items: int
+    complete: bool
+    metrics: dict  # name → Measure, in the order written
+    finish_reasons: dict  # reason → count
+    first_token_p50: float | None
+    total_p50: float | None
+    raw: dict  # the whole summary.json, for --json
+
+
+def load(path: Path) -> Summary:
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a directory", "pass the -o directory of a `korani eval` run")
+    if not is_run_dir(path):
+        raise UsageError(f"{path} is not a run directory korani wrote", "pass the -o directory of a `korani eval` run")
+    command = read_marker(path).get("command", "")
+    if not str(command).startswith("eval "):
+        raise UsageError(f"{path} holds the output of `korani {command}`, not of an evaluation", "pass the -o directory of a `korani eval` run")
+    try:
+        raw = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EvalDataError(f"{path} has no {SUMMARY} yet", "let the run finish, or rerun it with the same -o to resume") from None
+    except OSError as exc:
+        raise EvalDataError(f"cannot read {path / SUMMARY} ({exc.strerror})", "check its permissions") from None
+    except ValueError:
+        raise EvalDataError(f"{path / SUMMARY} is not JSON", "rerun the evaluation with the same -o to write it again") from None
+    return parse(path, raw)
+
+
+def parse(path: Path, raw: dict) -> Summary:
+    """A summary object (as written to summary.json) → a Summary value."""
+    try:
+        metrics = {name: Measure(v.get("value"), v.get("count"), int(v.get("of") or 0), v.get("p95"))
+                   for name, v in raw["metrics"].items()}
+        usage, timings = raw.get("usage") or {}, raw.get("timings") or {}
+        return Summary(path, str(raw["kind"]), str((raw.get("model") or {}).get("name", "?")), int(raw["items"]),
+                       bool(raw.get("complete")), metrics, dict(usage.get("finish_reason") or {}),
+                       (timings.get("first_token_s") or {}).get("p50"), (timings.get("total_s") or {}).get("p50"), raw)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise EvalDataError(f"{path / SUMMARY} is not a summary korani wrote", "rerun the evaluation with the same -o to write it again") from None
+
+
+def _value(name: str, measure: Measure | None) -> str:
+    if measure is None or measure.value is None:
+        return "—"
+    if name in RATIOS:
+        return f"{100 * measure.value:.1f}%"
+    return f"{measure.value:.1f}"
+
+
+def _counts(measure: Measure) -> str:
+    if measure.count is not None:
+        return f"{measure.count}/{measure.of}"
+    extra = f", p95 {measure.p95:.0f}" if measure.p95 is not None else ""
+    return f"n={measure.of}{extra}"
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}s"
+
+
+def table(summary: Summary) -> Table:
+    state = "" if summary.complete else " (incomplete)"
+    out = Table(title=escape(f"eval {summary.kind}: {summary.model} — {summary.items} items{state}"), box=None)
+    out.add_column("measure")
+    out.add_column("value", justify="right")
+    out.add_column("counts", justify="right")
+    for name, measure in summary.metrics.items():
+        out.add_row(name, _value(name, measure), _counts(measure))
+    out.add_row("finish_reason", "", escape(", ".join(f"{k} {v}" for k, v in summary.finish_reasons.items())))
+    out.add_row("first token p50", _seconds(summary.first_token_p50), "")
+    out.add_row("total p50", _seconds(summary.total_p50), "")
+    return out
+
+
+def comparison(summaries: list[Summary]) -> Table:
+    """Runs side by side; every run after the first also shows its delta to the first."""
+    kinds = {s.kind for s in summaries}
+    if len(kinds) > 1:
+        raise UsageError(f"cannot compare runs of different kinds ({', '.join(sorted(kinds))})", "compare rag runs with rag runs, chat with chat")
+    base = summaries[0]
+    out = Table(title=f"eval {base.kind}: {len(summaries)} runs", box=None)
+    out.add_column("measure")
+    for i, s in enumerate(summaries):
+        out.add_column(escape(f"{s.model}\n{s.path.name}"), justify="right")
+        if i:
+            out.add_column("Δ", justify="right")
+    names = list(dict.fromkeys(name for s in summaries for name in s.metrics))
+    for name in names:
+        row = [name]
+        for i, s in enumerate(summaries):
+            measure = s.metrics.get(name)
+            row.append(_value(name, measure))
+            if i:
+                row.append(_delta(name, base.metrics.get(name), measure))
+        out.add_row(*row)
+    items = ["items"]
+    for i, s in enumerate(summaries):
+        items.append(str(s.items) + ("" if s.complete else "*"))
+        if i:
+            items.append("")
+    out.add_row(*items)
+    return out
+
+
+def _delta(name: str, base: Measure | None, other: Measure | None) -> str:
+    if base is None or other is None or base.value is None or other.value is None:
+        return "—"
+    diff = other.value - base.value
+    return f"{100 * diff:+.1f}pt" if name in RATIOS else f"{diff:+.1f}"
