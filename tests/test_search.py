@@ -131,7 +131,7 @@ def test_the_guard_refuses_loopback_by_default(web):
 
 def test_fetch_handles_every_kind_of_page(web):
     needs_shared()
-    opts = FetchOptions(allow_private=True, timeout=1.5, deadline=4.0, max_bytes=1_000_000)
+    opts = FetchOptions(allow_private=True, timeout=1.5, deadline=10.0, max_bytes=1_000_000)
     paths = ["/ok.html", "/slow.html", "/big.html", "/gz.html", "/image.png", "/to-local", "/many", "/donga.html", "/chosun.html", "/daejon.html"]
     report = fetch(hits_for(web, *paths), opts)
     pages = {p.url.removeprefix(web): p for p in report.pages}
