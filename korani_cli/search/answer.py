@@ -2,10 +2,11 @@
 
 The prompt is the template's RAG form: the passages numbered [1]..[k] with
 title and URL inside the user turn. After generation every [n] marker is
-checked: one that points at no source is removed; one whose sentence does not
-share enough content words with the passage it cites is dropped. When the
-model cites nothing (small models don't), each sentence gets the source that
-supports it best, if any clears the threshold. Footnotes list only sources
+checked (search/support.py): one that points at no source is removed; one
+whose cited passage does not support its sentence moves to the offered
+passage that supports it best, if one clears the bar, and is dropped
+otherwise. When the model cites nothing (small models don't), each sentence
+gets the source that supports it best, if any clears the bar. Footnotes list only sources
 that were fetched and are cited, renumbered in order of first citation.
 """
 
@@ -15,11 +16,12 @@ import re
 from dataclasses import dataclass, field
 
 from korani_cli import template as tpl
+from korani_cli.search import support as sup
 from korani_cli.search.types import Citation, Ranked
 from korani_cli.untrusted import clean_line
 
 MARKER = re.compile(r"\s*\[(\d{1,2})\]")
-SUPPORT_THRESHOLD = 0.3  # share of a sentence's content words found in the passage
+SUPPORT_THRESHOLD = sup.THRESHOLD  # weighted share of a sentence's content found in the passage
 
 
 @dataclass
@@ -54,34 +56,32 @@ def _sentences(text: str) -> list[str]:
     return out
 
 
-def _support(words: set, context: set) -> float:
-    """Share of a sentence's content words found in a passage."""
-    return len(words & context) / len(words) if words else 0.0
-
-
 def verify(answer: str, ranked: list[Ranked], threshold: float = SUPPORT_THRESHOLD) -> SourcedAnswer:
-    from korani_cli.search.rank import morphemes, passage_terms
-
     k = len(ranked)
     sentences = _sentences(answer)
     bodies = [MARKER.sub("", sentence).strip() for sentence in sentences]
     # The answer's sentences go through Kiwi once, in one batch; passages
     # mostly arrive with their terms from the passage stage.
-    sentence_words = [set(t) for t in morphemes(bodies)] if sentences else []
-    passage_words = [set(t) for t in passage_terms([r.passage for r in ranked])] if sentences else []
+    passages = sup.evidence([r.passage for r in ranked]) if sentences else []
     cited_any = bool(MARKER.search(answer))
     kept: list[tuple[str, list[int], dict[int, float]]] = []
-    for sentence, body, words in zip(sentences, bodies, sentence_words):
-        support = {n: _support(words, passage_words[n - 1]) for n in range(1, k + 1)}
+    for sentence, body, claim in zip(sentences, bodies, sup.claims(bodies)):
+        support = dict(enumerate(sup.scores(claim, passages), start=1))
+        best = max(support, key=support.get) if support else None
         marks, scores = [], {}
         for n in dict.fromkeys(int(m) for m in MARKER.findall(sentence)):
-            if n in support and support[n] >= threshold:  # out of range: points at no source
+            if n not in support:  # out of range: points at no source
+                continue
+            if support[n] < threshold:
+                # The cited passage does not say this; the footnote moves to one that does.
+                if best is None or support[best] < threshold:
+                    continue
+                n = best
+            if n not in scores:
                 marks.append(n)
                 scores[n] = support[n]
-        if not cited_any and body and support:
-            best = max(support, key=support.get)
-            if support[best] >= threshold:
-                marks, scores = [best], {best: support[best]}
+        if not cited_any and body and best is not None and support[best] >= threshold:
+            marks, scores = [best], {best: support[best]}
         kept.append((body, marks, scores))
     # Renumber in order of first citation; footnotes only for cited sources.
     renumber: dict[int, int] = {}
