@@ -69,6 +69,7 @@ _NUMBER_RUN = re.compile(r"\d[\d,.]*[{0}]\s*(?:\d[\d,.]*[{0}]\s*)*\d[\d,.]*[{0}]
 
 
 def _fold(text: str) -> str:
+    """Thousands separators dropped (1,947 → 1947) and runs of white space made one space."""
     return re.sub(r"\s+", " ", re.sub(r"(?<=\d),(?=\d{3})", "", text))
 
 
@@ -83,10 +84,9 @@ def numbers_held(claimed: frozenset, held: frozenset) -> bool:
 class Evidence:
     """A passage as the checker reads it."""
 
-    text: str  # lower-cased, for verbatim matches
-    terms: frozenset
+    text: str  # lower-cased and folded (_fold), for verbatim matches and number runs
+    terms: frozenset  # folded too: 1,947 → 1947
     numbers: frozenset
-    text_digits: str  # the text with thousands separators and runs of spaces folded, for number runs
 
     def verbatim(self, surface: str) -> bool:
         return len(surface) >= 2 and surface in self.text
@@ -105,7 +105,7 @@ def evidence(passages: Sequence[Passage]) -> list[Evidence]:
     from korani_cli.search.rank import passage_terms
 
     terms = passage_terms(passages) if passages else []
-    return [Evidence(p.text.lower(), frozenset(t), numbers(p.text), _fold(p.text)) for p, t in zip(passages, terms)]
+    return [Evidence(_fold(p.text.lower()), frozenset(_fold(w) for w in t), numbers(p.text)) for p, t in zip(passages, terms)]
 
 
 def claims(sentences: Sequence[str]) -> list[Claim]:
@@ -125,14 +125,14 @@ def claims(sentences: Sequence[str]) -> list[Claim]:
             if not t.tag.startswith(CONTENT_TAGS):
                 continue
             if run and t.start == end:  # written together with the previous content morpheme
-                run.append((t.form.lower(), t.tag))
+                run.append((_fold(t.form.lower()), t.tag))
             else:
                 if run:
-                    units.append((text[start:end].lower(), tuple(run)))
-                run, start = [(t.form.lower(), t.tag)], t.start
+                    units.append((_fold(text[start:end].lower()), tuple(run)))
+                run, start = [(_fold(t.form.lower()), t.tag)], t.start
             end = t.start + t.len
         if run:
-            units.append((text[start:end].lower(), tuple(run)))
+            units.append((_fold(text[start:end].lower()), tuple(run)))
         out.append(Claim(tuple(units), numbers(text), tuple(_fold(m.group()) for m in _NUMBER_RUN.finditer(text))))
     return out
 
@@ -158,12 +158,12 @@ def scores(claim: Claim, passages: Sequence[Evidence]) -> list[float]:
             # BM25's smoothed IDF, kept positive: a word in every passage still counts a
             # little. A word no passage holds weighs as one that a single passage holds:
             # rarer than that says nothing more about which passage supports the sentence.
-            df = max(1, sum(1 for c in credit if c))
+            df = max(0.5, sum(1 for c in credit if c))
             weight = math.log(1 + (n - df + 0.5) / (df + 0.5)) * _prior(part, tag)
             total += weight
             for i, c in enumerate(credit):
                 held[i] += weight * c
     if total <= 0:
         return [0.0] * n
-    return [h / total if numbers_held(claim.numbers, p.numbers) and all(r in p.text_digits for r in claim.number_runs)
+    return [h / total if numbers_held(claim.numbers, p.numbers) and all(r in p.text for r in claim.number_runs)
             else 0.0 for h, p in zip(held, passages)]
