@@ -84,11 +84,21 @@ def test_moved_citation_keeps_the_other_footnotes_in_order():
     ("1443년 2월", {("1443", "년"), ("2", "월")}),
     ("2.50배와 007", {("2.5", None), ("7", None)}),
     ("시사360에서", {("360", None)}),  # a particle is not a counter
+    ("0.0과 10.", {("0", None), ("10", None)}),
+    ("7" * 5000 + "년", {("7" * 5000, "년")}),  # longer than int() takes: no ValueError
 ])
 def test_numbers_are_normalised(text, expected):
     from korani_cli.search.support import numbers
 
     assert numbers(text) == expected
+
+
+def test_a_page_with_an_endless_number_is_checked_not_crashed():
+    from korani_cli.search.answer import verify
+
+    page = ("https://n.example", "수", "이 수는 " + "9" * 6000 + "이다. 세종은 1443년에 훈민정음을 창제하였다.")
+    out = verify("세종은 1443년에 훈민정음을 창제하였다[1]. 그 수는 " + "9" * 6000 + "이다[1].", _ranked(page))
+    assert out.text.count("[1]") == 2 and [c.url for c in out.citations] == ["https://n.example"]
 
 
 def test_common_words_weigh_less_than_names():
