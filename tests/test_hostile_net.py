@@ -704,7 +704,10 @@ def test_an_openai_generation_that_trickles_ends_by_its_deadline(stream):
             request += conn.recv(65536)
         if request.startswith(b"GET"):
             body = json.dumps({"data": [{"id": "m"}]}).encode()
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            # The handler closes this connection when it returns: say so, or httpx may
+            # send the next request down the closed keep-alive connection.
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             return
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
         while not stop.wait(0.3):
