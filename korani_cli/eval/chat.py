@@ -9,18 +9,18 @@ built here; `metrics` judges, `run` stores.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
-from korani_cli.backends import Backend, GenerationParams
+from korani_cli.backends import Backend
 from korani_cli.eval import metrics as m
 from korani_cli.eval.rag import finish, timings, usage
-from korani_cli.eval.run import RunDir, evaluate, ratio
+from korani_cli.eval.run import RunConfig, RunDir, evaluate, ratio
 from korani_cli.eval.sets import Instruction, PromptSet, order
 
 
 @dataclass(frozen=True)
-class ChatConfig:
+class ChatConfig(RunConfig):
     prompts_path: str
     prompts_sha256: str
     limit: int | None = None
@@ -32,13 +32,6 @@ class ChatConfig:
     model: str = ""
     template: str = "korani"
     concurrency: int = 1
-
-    def settings(self) -> dict:
-        return asdict(self)
-
-    def params(self) -> GenerationParams:
-        return GenerationParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                                seed=self.seed, stream=True)
 
 
 def plan(prompts: PromptSet, config: ChatConfig) -> list[tuple[int, Instruction]]:

@@ -16,14 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from korani_cli.backends import Backend, GenerationParams
+from korani_cli.backends import Backend
 from korani_cli.eval import metrics as m
-from korani_cli.eval.run import RunDir, evaluate, provenance, ratio, spread
+from korani_cli.eval.run import RunConfig, RunDir, evaluate, provenance, ratio, spread
 from korani_cli.eval.sets import QASet, Question, order, unanswerable_at
 
 
 @dataclass(frozen=True)
-class RagConfig:
+class RagConfig(RunConfig):
     set_path: str
     set_sha256: str
     k: int = 5
@@ -40,13 +40,6 @@ class RagConfig:
     model: str = ""
     template: str = "korani"
     concurrency: int = 1
-
-    def settings(self) -> dict:
-        return asdict(self)
-
-    def params(self) -> GenerationParams:
-        return GenerationParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                                seed=self.seed, stream=True)
 
 
 @dataclass(frozen=True)

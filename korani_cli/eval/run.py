@@ -37,6 +37,23 @@ SUMMARY = "summary.json"
 RESUMABLE_CHANGES = ("limit", "concurrency")
 
 
+class RunConfig:
+    """What the configs of `eval rag` and `eval chat` share: their settings as
+    stored in summary.json, and the generation parameters (streamed, so time to
+    first token is measured). Subclasses are frozen dataclasses with the fields."""
+
+    def settings(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    def params(self):
+        from korani_cli.backends import GenerationParams
+
+        return GenerationParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                                seed=self.seed, stream=True)
+
+
 def read_marker(path: Path) -> dict:
     try:
         marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
