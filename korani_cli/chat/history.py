@@ -4,6 +4,12 @@ The user's message is written before generation starts and the answer as
 soon as it completes, each in its own transaction, so killing the process
 loses at most the answer in progress.
 
+A session row is written with its first message, never empty, and keeps the
+model, template and system text the chat started with, so `--continue`
+resumes the same conversation. Session ids may be shortened to any unique
+prefix, as git's may. Databases written before the `template` column get it
+(NULL: the default template) when opened; nothing else is rewritten.
+
 A database korani cannot use — corrupt, not a database at all, a directory
 in its place, locked by another process past the busy timeout — is a
 `HistoryError` (exit 5) that names the file and the way out, including
@@ -22,8 +28,8 @@ from pathlib import Path
 from typing import Iterator
 
 from korani_cli import paths
-from korani_cli.errors import ConfigError
-from korani_cli.untrusted import clean
+from korani_cli.errors import ConfigError, UsageError
+from korani_cli.untrusted import clean, clean_line
 
 BUSY_TIMEOUT_S = 10  # how long a write waits for another chat's transaction
 
@@ -32,14 +38,36 @@ class HistoryError(ConfigError):
     """The history database cannot be used; exit 5, like other state under KORANI_HOME."""
 
 
+class NoSuchSession(UsageError):
+    """No session, or more than one, has the id or prefix the user gave; exit 2."""
+
+
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, created REAL, model TEXT, system TEXT);
+CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, created REAL, model TEXT, system TEXT, template TEXT);
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT REFERENCES sessions(id) ON DELETE CASCADE,
     role TEXT, content TEXT, created REAL, model TEXT, timings TEXT, citations TEXT, reset_before INTEGER DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_session ON messages(session_id, id);
 """
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    id: str
+    created: float
+    model: str | None
+    system: str | None
+    template: str | None  # None: written before korani stored it (the default template)
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    id: str
+    created: float
+    model: str | None
+    messages: int  # user and assistant messages
+    first: str | None  # the first thing the user said
 
 
 @dataclass(frozen=True)
@@ -92,7 +120,14 @@ class History:
             self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
             self.db.execute("PRAGMA foreign_keys = ON")
             self.db.executescript(SCHEMA)
+            self._migrate()
             self.db.commit()
+
+    def _migrate(self) -> None:
+        """Bring a database from an older korani up to SCHEMA by adding columns; no row is rewritten."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(sessions)")}
+        if "template" not in columns:
+            self.db.execute("ALTER TABLE sessions ADD COLUMN template TEXT")
 
     @classmethod
     def in_memory(cls) -> "History":
@@ -118,10 +153,12 @@ class History:
         if result and result[0] != "ok":
             raise _problem(self.path, _Corrupt(result[0]))
 
-    def new_session(self, model: str, system: str | None) -> str:
+    def new_session(self, model: str, system: str | None, template: str | None = None) -> str:
+        """A session row; callers create it with its first message (ChatSession._store)."""
         sid = uuid.uuid4().hex[:12]
         with self._guard(), self.db:
-            self.db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)", (sid, time.time(), model, system))
+            self.db.execute("INSERT INTO sessions (id, created, model, system, template) VALUES (?, ?, ?, ?, ?)",
+                            (sid, time.time(), model, system, template))
         return sid
 
     def add(self, session_id: str, role: str, content: str, model: str | None = None,
@@ -157,29 +194,72 @@ class History:
                 raise _problem(self.path, _Corrupt(f"a stored message is unreadable: {exc}")) from None
         return out
 
-    def session(self, session_id: str) -> tuple | None:
+    def session(self, session_id: str) -> StoredSession | None:
         with self._guard():
-            row = self.db.execute("SELECT id, created, model, system FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            row = self.db.execute("SELECT id, created, model, system, template FROM sessions WHERE id = ?",
+                                  (session_id,)).fetchone()
         if row is None:
             self.check()
-        return row
+            return None
+        return StoredSession(*row)
+
+    def resolve(self, prefix: str) -> str:
+        """The full id of the one session whose id starts with `prefix` (git's short ids).
+        NoSuchSession (exit 2) when none does, or when several do (they are listed)."""
+        prefix = prefix.strip()
+        if not prefix:
+            raise NoSuchSession("the session id is empty", "pass an id (or its first characters) from `korani history list`")
+        # LIKE would treat % and _ in the prefix as wildcards; substr compares literally.
+        with self._guard():
+            ids = [row[0] for row in self.db.execute(
+                "SELECT id FROM sessions WHERE substr(id, 1, ?) = ? ORDER BY created DESC LIMIT 11", (len(prefix), prefix))]
+        if len(ids) == 1:
+            return ids[0]
+        shown = clean_line(prefix)[:40]
+        if not ids:
+            self.check()
+            raise NoSuchSession(f"no saved session {shown}", "see `korani history list`")
+        more = ", …" if len(ids) > 10 else ""
+        raise NoSuchSession(f"session id {shown} is ambiguous: {', '.join(ids[:10])}{more}",
+                            "give more of its characters")
 
     def last_session(self) -> str | None:
+        """The session with the most recent message (empty sessions of older korani versions are skipped)."""
         with self._guard():
-            row = self.db.execute("SELECT id FROM sessions ORDER BY created DESC LIMIT 1").fetchone()
+            row = self.db.execute(
+                "SELECT session_id FROM messages WHERE role IN ('user', 'assistant') ORDER BY id DESC LIMIT 1").fetchone()
         return row[0] if row else None
 
-    def sessions(self, limit: int = 50) -> list[tuple]:
+    def count(self, session_id: str) -> int:
+        """User and assistant messages stored in the session (what `history list` shows)."""
         with self._guard():
-            return self.db.execute(
+            return self.db.execute("SELECT COUNT(*) FROM messages WHERE session_id = ? AND role IN ('user', 'assistant')",
+                                   (session_id,)).fetchone()[0]
+
+    def sessions(self, limit: int = 50) -> list[SessionSummary]:
+        with self._guard():
+            rows = self.db.execute(
                 "SELECT s.id, s.created, s.model, COUNT(m.id), "
                 "(SELECT content FROM messages WHERE session_id = s.id AND role = 'user' ORDER BY id LIMIT 1) "
-                "FROM sessions s LEFT JOIN messages m ON m.session_id = s.id AND m.role != 'reset' "
+                "FROM sessions s LEFT JOIN messages m ON m.session_id = s.id AND m.role IN ('user', 'assistant') "
                 "GROUP BY s.id ORDER BY s.created DESC LIMIT ?", (limit,)
             ).fetchall()
+        return [SessionSummary(*row) for row in rows]
+
+    def search(self, words: str, limit: int = 20, kind: str | None = None) -> list:
+        """Messages matching `words` (every term), best first; brings the FTS5 index up to date first."""
+        from korani_cli.chat import search_index
+
+        kind = kind or search_index.DEFAULT_KIND
+        with self._guard():
+            search_index.update(self.db, kind)
+            return search_index.search(self.db, words, kind, limit)
 
     def delete(self, session_id: str) -> bool:
+        from korani_cli.chat import search_index
+
         with self._guard(), self.db:
+            search_index.forget(self.db, session_id)
             self.db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
             return self.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
 

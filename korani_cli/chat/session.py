@@ -29,7 +29,7 @@ COMMANDS = {
 HELP = """명령어
   /검색 <질문>  (/search)   웹을 검색해 출처와 함께 답합니다
   /출처         (/sources)  마지막 답변의 근거 문단, 점수, URL
-  /초기화       (/reset)    대화 기억을 지웁니다
+  /초기화       (/reset)    대화 기억을 지우고 새 대화를 시작합니다
   /저장 [파일]  (/save)     대화를 Markdown으로 저장합니다
   /기록         (/history)  저장된 대화 목록
   /모델         (/model)    백엔드와 모델 정보
@@ -114,15 +114,18 @@ def _retrieve_with_events(query, options) -> Iterator:
 
 
 class ChatSession:
-    def __init__(self, load_backend: Callable[[], Backend], history: History, session_id: str, *, model_name: str,
-                 system: str | None = None, params: GenerationParams | None = None, search_options=None,
-                 restored: list[tpl.Message] | None = None):
+    def __init__(self, load_backend: Callable[[], Backend], history: History, session_id: str | None = None, *,
+                 model_name: str, system: str | None = None, template: str | None = None,
+                 params: GenerationParams | None = None, search_options=None, restored: list[tpl.Message] | None = None):
+        """`session_id` None: a new chat, whose session row is written with its first message
+        (a chat that fails to start, or says nothing, leaves no empty session behind)."""
         self._load = load_backend
         self.backend: Backend | None = None
         self.history = history
         self.session_id = session_id
         self.model_name = model_name
         self.system = system
+        self.template = template
         self.params = params or GenerationParams()
         self.search_options = search_options
         self.turns: list[tpl.Message] = list(restored or [])
@@ -137,15 +140,23 @@ class ChatSession:
         """Save a message; if the history database fails mid-chat, say so once and
         keep the rest of the chat in memory, so the chat itself goes on."""
         try:
+            if self.session_id is None:
+                self.session_id = self.history.new_session(self.model_name, self.system, self.template)
             self.history.add(self.session_id, role, content, *extra)
         except HistoryError as exc:
             self._pending += [Event("error", exc.one_line()),
                               Event("notice", "이 대화는 이제부터 저장되지 않고 메모리에만 남습니다 (/저장 으로 파일에 저장할 수 있습니다)")]
             self.history = History.in_memory()
-            self.session_id = self.history.new_session(self.model_name, self.system)
+            self.session_id = self.history.new_session(self.model_name, self.system, self.template)
             for turn in self.turns:
                 self.history.add(self.session_id, turn.role, turn.content)
             self.history.add(self.session_id, role, content, *extra)
+
+    def load(self) -> None:
+        """Load the model now (`korani chat` does so before the first prompt, so a model
+        that cannot load fails the command with exit 3 instead of every message failing)."""
+        if self.backend is None:
+            self.backend = self._load()
 
     def _ensure_backend(self) -> Iterator[Event]:
         if self.backend is None:
@@ -277,13 +288,19 @@ class ChatSession:
         self.last_sources = []
         self.last_query = None
         self.trim_reported = False
-        self.history.mark_reset(self.session_id)
-        yield Event("output", "대화 기억을 지웠습니다")
+        # What follows is a new conversation, so it is a new session (written with its first
+        # message): the one before stays whole in the history, and `--continue` later resumes
+        # exactly the conversation the model remembered, with every message of it.
+        self.session_id = None
+        yield Event("output", "대화 기억을 지웠습니다 (지난 대화는 기록에 남아 있습니다)")
 
     def cmd_save(self, arg: str) -> Iterator[Event]:
         """Write the transcript atomically; a symlink is written through, a device or FIFO refused."""
         from korani_cli.outputs import atomic_write_text
 
+        if self.session_id is None:
+            yield Event("output", "아직 저장할 대화가 없습니다")
+            return
         path = Path(arg).expanduser() if arg else Path(f"korani-chat-{self.session_id}.md")
         text = to_markdown(self.history.messages(self.session_id, since_reset=False), f"korani chat {self.session_id}")
         written = atomic_write_text(path, text)  # a KoraniError becomes one error line in handle()
@@ -294,8 +311,8 @@ class ChatSession:
             yield Event("output", "이 대화는 기록 없이 메모리에서만 진행 중입니다 — 저장된 대화 목록은 korani history list")
             return
         rows = self.history.sessions(20)
-        lines = [f"{sid}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(created))}  {model}  {n}개  {(first or '')[:40]}"
-                 for sid, created, model, n, first in rows]
+        lines = [f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created or 0))}  {r.model}  {r.messages}개  "
+                 f"{(r.first or '')[:40]}" for r in rows]
         yield Event("output", "\n".join(lines) or "저장된 대화가 없습니다")
 
     def cmd_model(self, _arg: str) -> Iterator[Event]:

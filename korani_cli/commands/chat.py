@@ -1,4 +1,4 @@
-"""`korani chat` and `korani history list | show | export | rm`."""
+"""`korani chat` and `korani history list | show | search | export | rm`."""
 
 from __future__ import annotations
 
@@ -14,19 +14,19 @@ from korani_cli.commands.search import (
 )
 from korani_cli.console import korani_command, notice
 
-history_app = typer.Typer(help="Saved chat sessions: list, show, export, rm.", no_args_is_help=True)
+history_app = typer.Typer(help="Saved chat sessions: list, show, search, export, rm.", no_args_is_help=True)
 
 
 @korani_command
 def chat(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="As for `korani ask` (default: config / KORANI_MODEL / korani-5.8b).")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System text for the whole chat.")] = None,
-    resume_last: Annotated[bool, typer.Option("--continue", "-c", help="Resume the last session.")] = False,
-    session_id: Annotated[Optional[str], typer.Option("--session", help="Resume this session (see `korani history list`).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="As for `korani ask`; when resuming, replaces the session's model. [default: the session's model, else config / KORANI_MODEL / korani-5.8b]")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System text for the whole chat. [default: the session's, else none]")] = None,
+    resume_last: Annotated[bool, typer.Option("--continue", "-c", help="Resume the last conversation: its model, template, system text and messages.")] = False,
+    session_id: Annotated[Optional[str], typer.Option("--session", help="Resume this session; any unique prefix of its id works (see `korani history list`). [default: a new session]")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens per answer. [default: 256]")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    template: Annotated[Optional[str], typer.Option("--template", help="korani or model.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling, for repeatable answers. [default: random]")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="Prompt format: korani (### User / ### Bot) or model (the model's own chat template). [default: the session's, else korani]")] = None,
     provider: ProviderOpt = None,
     searxng_url: SearxngOpt = None,
     local_dir: LocalDirOpt = None,
@@ -40,8 +40,14 @@ def chat(
 ) -> None:
     """Chat in the terminal; `/검색 질문` answers from the web with footnotes, `/도움말` lists commands.
 
-    Exit codes: 0 done, 2 usage error, 5 bad configuration or an unusable history
-    database (then --no-history chats without it), 130 interrupted.
+    The model is loaded before the first prompt. A session is saved with its
+    first message; `--continue` / `--session ID` resume one with its model,
+    template, system text and messages (a --model, --template or --system given
+    here wins, and a note says so).
+
+    Exit codes: 0 done, 2 usage error (also: no such session, or an ambiguous
+    session prefix), 3 the model could not be loaded, 5 bad configuration or an
+    unusable history database (then --no-history chats without it), 130 interrupted.
     """
     from korani_cli import template as tpl
     from korani_cli.backends import GenerationParams
@@ -49,99 +55,163 @@ def chat(
     from korani_cli.chat.repl import run
     from korani_cli.chat.session import ChatSession
     from korani_cli.config import SEED, check_flag, load_settings
+    from korani_cli.console import err_console
     from korani_cli.errors import UsageError
     from korani_cli.models import load_backend, resolve
 
-    settings = load_settings({"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "template": template})
     check_flag("--seed", seed, SEED)
-    opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links)
     if session_id is not None and not session_id.strip():
         raise UsageError("--session is empty", "pass a session id from `korani history list`")
     if no_history and (resume_last or session_id):
         raise UsageError("--no-history cannot resume a saved session", "drop --continue/--session, or drop --no-history")
     history = History.in_memory() if no_history else History()
-    if no_history:
-        notice("--no-history: this chat is kept in memory only and will not be saved")
-    restored: list = []
-    if resume_last or session_id:
-        sid = session_id or history.last_session()
-        row = history.session(sid) if sid else None
-        if row is None:
-            raise UsageError(f"no saved session {sid or ''}".strip(), "see `korani history list`, or start a new chat without --continue")
-        system = system or row[3]
-        restored = [tpl.Message(m.role, m.content) for m in history.messages(sid, since_reset=True) if m.role in ("user", "assistant")]
-        notice(f"resuming session {sid} ({len(restored)} messages)")
-    else:
-        sid = history.new_session(settings.model, system)
-    params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p, seed=seed)
-    session = ChatSession(
-        lambda: load_backend(resolve(settings.model, settings), settings, notice), history, sid,
-        model_name=settings.model, system=system, params=params, search_options=opts, restored=restored,
-    )
     try:
+        restored: list = []
+        sid = None
+        resumed_note = ""
+        if resume_last or session_id:
+            sid = history.resolve(session_id) if session_id else history.last_session()
+            if sid is None:
+                raise UsageError("there is no saved conversation to continue", "start one with korani chat (without --continue)")
+            stored = history.session(sid)
+            kept = [m for m in history.messages(sid, since_reset=True) if m.role in ("user", "assistant")]
+            restored = [tpl.Message(m.role, m.content) for m in kept]
+            total = history.count(sid)
+            # Sessions written before /초기화 began a new session keep a reset mark inside.
+            counted = f"{total} messages" + (f"; the {len(kept)} after its /초기화 are remembered" if len(kept) != total else "")
+            # One note says what is resumed and which of its settings the command line replaces.
+            replaced = [f"{flag} {_short(value)} replaces the session's {_short(was)}"
+                        for flag, value, was in (("--model", model, stored.model), ("--template", template, stored.template),
+                                                 ("--system", system, stored.system))
+                        if value is not None and was is not None and value != was]
+            resumed_note = f"resuming session {sid} ({counted})" + "".join(f"; {r}" for r in replaced)
+            model = model if model is not None else stored.model
+            template = template if template is not None else stored.template
+            system = system if system is not None else stored.system
+        settings = load_settings({"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "template": template})
+        opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links)
+        if no_history:
+            notice("--no-history: this chat is kept in memory only and will not be saved")
+        if resumed_note:
+            notice(resumed_note)
+        params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p, seed=seed)
+        session = ChatSession(
+            lambda: load_backend(resolve(settings.model, settings), settings, notice), history, sid,
+            model_name=settings.model, system=system, template=settings.template, params=params, search_options=opts,
+            restored=restored,
+        )
+        # Load before the first prompt: a model that cannot load at all ends the command
+        # with exit 3 (piped or not), instead of failing each message and exiting 0.
+        interactive = sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty()
+        if interactive:
+            with err_console().status("모델 불러오는 중…"):
+                session.load()
+        else:
+            session.load()
         run(session)
     finally:
         history.close()
 
 
+def _short(text: str, width: int = 40) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= width else text[:width - 1] + "…")
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text, for scripts.")]
+
+
+def _when(created: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(created or 0))
+
+
+def _iso(created: float | None) -> str | None:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="seconds") if created else None
+
+
+def _print_json(value) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+
+
 @history_app.command("list")
 @korani_command
-def history_list(limit: Annotated[int, typer.Option("--limit", help="How many sessions (1 to 1000000).")] = 20) -> None:
+def history_list(
+    limit: Annotated[int, typer.Option("--limit", help="How many sessions (1 to 1000000).")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
     """Saved sessions, newest first.
 
+    --json prints a list of {id, created (ISO 8601, UTC), model, messages, first}.
     Exit codes: 0 listed, 2 usage error, 5 the history database is unusable (damaged, locked, not a file).
     """
     from korani_cli.chat.history import History
     from korani_cli.config import Rule, check_flag
+    from korani_cli.untrusted import clean, clean_line
 
     check_flag("--limit", limit, Rule(int, 1, 1_000_000))
     history = History()
-    from korani_cli.untrusted import clean_line
+    rows = history.sessions(limit)
+    if as_json:
+        _print_json([{"id": r.id, "created": _iso(r.created), "model": r.model, "messages": r.messages,
+                      "first": clean(r.first) if r.first is not None else None} for r in rows])
+        return
+    for r in rows:
+        first_line = clean_line((r.first or "").split("\n", 1)[0])[:50]
+        typer.echo(f"{clean_line(str(r.id))}  {_when(r.created)}  {clean_line(str(r.model))}  {r.messages} messages  {first_line}")
 
-    for sid, created, model, n, first in history.sessions(limit):
-        first_line = clean_line((first or "").split("\n", 1)[0])[:50]
-        typer.echo(f"{clean_line(str(sid))}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(created or 0))}  {clean_line(str(model))}  {n} messages  {first_line}")
 
-
-def _session(history, sid: str):
-    from korani_cli.errors import UsageError
-
-    if history.session(sid) is None:
-        raise UsageError(f"no saved session {sid}", "see `korani history list`")
+SessionArg = Annotated[str, typer.Argument(help="Session id, or any unique prefix of it (see `korani history list`).", show_default=False)]
 
 
 @history_app.command("show")
 @korani_command
-def history_show(session_id: Annotated[str, typer.Argument(help="Session id.")]) -> None:
+def history_show(session_id: SessionArg, as_json: JsonOpt = False) -> None:
     """Print a session's messages.
 
-    Exit codes: 0 shown, 2 no such session, 5 the history database is unusable.
+    --json prints {id, created, model, system, template, messages: [{role,
+    content, created, model, timings, citations}]}.
+    Exit codes: 0 shown, 2 no such session or an ambiguous prefix (the
+    candidates are listed), 5 the history database is unusable.
     """
     from korani_cli.chat.history import History, to_markdown
+    from korani_cli.untrusted import clean
 
     history = History()
-    _session(history, session_id)
-    typer.echo(to_markdown(history.messages(session_id), f"korani chat {session_id}"), nl=False)
+    sid = history.resolve(session_id)
+    messages = history.messages(sid)
+    if as_json:
+        stored = history.session(sid)
+        _print_json({
+            "id": sid, "created": _iso(stored.created), "model": stored.model, "system": stored.system, "template": stored.template,
+            "messages": [{"role": m.role, "content": clean(m.content or ""), "created": _iso(m.created), "model": m.model,
+                          "timings": m.timings, "citations": m.citations} for m in messages],
+        })
+        return
+    typer.echo(to_markdown(messages, f"korani chat {sid}"), nl=False)
 
 
 @history_app.command("export")
 @korani_command
 def history_export(
-    session_id: Annotated[str, typer.Argument(help="Session id.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Markdown file (default: stdout).")] = None,
+    session_id: SessionArg,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Markdown file to write. [default: stdout]")] = None,
 ) -> None:
     """A session as a Markdown transcript with footnotes.
 
     -o writes atomically; a symlink is written through to its target, and a
-    device, FIFO or socket is refused. Exit codes: 0 written, 2 no such session
-    or a bad -o, 5 the history database is unusable.
+    device, FIFO or socket is refused. Exit codes: 0 written, 2 no such session,
+    an ambiguous prefix or a bad -o, 5 the history database is unusable.
     """
     from korani_cli.chat.history import History, to_markdown
     from korani_cli.outputs import atomic_write_text
 
     history = History()
-    _session(history, session_id)
-    text = to_markdown(history.messages(session_id), f"korani chat {session_id}")
+    sid = history.resolve(session_id)
+    text = to_markdown(history.messages(sid), f"korani chat {sid}")
     if output is None:
         sys.stdout.write(text)
         return
@@ -150,11 +220,68 @@ def history_export(
 
 @history_app.command("rm")
 @korani_command
-def history_rm(session_id: Annotated[str, typer.Argument(help="Session id.")]) -> None:
-    """Delete a session."""
+def history_rm(session_id: SessionArg) -> None:
+    """Delete a session.
+
+    Exit codes: 0 deleted, 2 no such session or an ambiguous prefix, 5 the history database is unusable.
+    """
     from korani_cli.chat.history import History
 
     history = History()
-    _session(history, session_id)
-    history.delete(session_id)
-    typer.echo(f"deleted {session_id}")
+    sid = history.resolve(session_id)
+    history.delete(sid)
+    typer.echo(f"deleted {sid}")
+
+
+@history_app.command("search")
+@korani_command
+def history_search(
+    words: Annotated[list[str], typer.Argument(help="Words to find; a message must hold every one (예: 서울 인구).", show_default=False)],
+    limit: Annotated[int, typer.Option("--limit", help="Most messages to show (1 to 1000).")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find saved messages by their words, best match first.
+
+    Korean is matched by Kiwi morphemes, so `서울` finds `서울에서` and
+    `서울특별시`, and `먹다` finds `먹었어`. The first search builds the index
+    (SQLite FTS5, inside the history database; the messages themselves are
+    not changed). --json prints a list of {session, role, created, content}.
+    Exit codes: 0 searched (also when nothing matched), 2 usage error, 5 the
+    history database is unusable.
+    """
+    from korani_cli.chat.history import History
+    from korani_cli.config import Rule, check_flag
+    from korani_cli.untrusted import clean, clean_line
+
+    check_flag("--limit", limit, Rule(int, 1, 1000))
+    query = " ".join(words)
+    history = History()
+    with _status_if_terminal("검색 중…"):
+        hits = history.search(query, limit)
+    if as_json:
+        _print_json([{"session": h.session_id, "role": h.role, "created": _iso(h.created), "content": clean(h.content or "")}
+                     for h in hits])
+        return
+    if not hits:
+        notice(f"no saved message matches {clean_line(query)!r}")
+        return
+    for h in hits:
+        typer.echo(f"{h.session_id}  {_when(h.created)}  {h.role:<9}  {_excerpt(h.content or '', query)}")
+
+
+def _status_if_terminal(text: str):
+    import contextlib
+
+    from korani_cli.console import err_console
+
+    return err_console().status(text) if sys.stderr.isatty() else contextlib.nullcontext()
+
+
+def _excerpt(content: str, query: str, width: int = 70) -> str:
+    """One line of the message, around the first query word it contains."""
+    from korani_cli.untrusted import clean_line
+
+    line = clean_line(content)
+    at = min((i for i in (line.find(w) for w in query.split()) if i >= 0), default=0)
+    start = max(0, at - width // 3)
+    return ("…" if start else "") + line[start:start + width] + ("…" if start + width < len(line) else "")
