@@ -386,3 +386,38 @@ def test_a_bad_embedder_is_one_line_and_exit_3(tmp_path):
                      env={"HF_HUB_OFFLINE": "1"})
     assert bad.returncode == 3 and "--embedder" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def _options_of(*path: str) -> set[str]:
+    """Every option name the command at `path` accepts, from click's own view of the CLI."""
+    import typer.main
+
+    from korani_cli.cli import app
+
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return {opt for p in command.params for opt in (*p.opts, *p.secondary_opts) if opt.startswith("--")}
+
+
+@pytest.mark.parametrize("args", [
+    ["--provider", "searxng"],  # loopback result pages, refused without --allow-private: none could be read
+    ["--provider", "searxng", "--searxng-url", "http://127.0.0.1:1"],  # connection refused: no results at all
+    ["--offline"],  # an empty page cache
+])
+def test_search_hints_name_only_options_search_has(web, args, monkeypatch, tmp_path):
+    """`korani search` has no --allow-no-sources (only `ask` answers without sources)."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from korani_cli.cli import app
+
+    monkeypatch.setenv("KORANI_HOME", str(tmp_path))
+    monkeypatch.setenv("KORANI_SEARXNG_URL", web)
+    result = CliRunner().invoke(app, ["search", "서울", *args])
+    assert result.exit_code == 7, result.output
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, result.stderr
+    named = set(re.findall(r"--[a-z][a-z-]+", error[0]))
+    assert named <= _options_of("search"), (named - _options_of("search"), error[0])
