@@ -1,6 +1,7 @@
 """The CLI as a user meets it: help, import weight, `korani ask`, errors and exit codes."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -165,3 +166,51 @@ def test_models_resolve_shows_the_backend(tmp_path):
     assert out.exit_code == 0 and "llamacpp" in out.stdout
     listing = runner.invoke(app, ["models", "list"])
     assert "korani-5.8b" in listing.stdout and "demo-chat" in listing.stdout
+
+
+def _help_screen(path) -> str:
+    wide = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "400"})  # one row per option
+    assert wide.exit_code == 0, wide.output
+    return wide.stdout
+
+
+# ask.py is being rewritten on another branch; its --model, --system and --seed need a
+# `[default: …]` there (strict: this fails once they have one, so the mark goes too).
+ASK_PENDING = pytest.mark.xfail(strict=True, reason="ask's --model/--system/--seed show no default yet (ask.py rewrite)")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=ASK_PENDING) if p == ("ask",) else p for p in all_command_paths()],
+                         ids=lambda p: " ".join(p) or "korani")
+def test_every_option_is_described_and_shows_its_default(path):
+    """Each option has a description; each option that takes a value shows its default
+    (typer's own `[default: X]`, or the help's when the default is looked up at run time);
+    a flag (which takes no value) shows no `<bool>`."""
+    import re
+
+    import typer.main
+
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    screen = _help_screen(path)
+    assert "<bool>" not in screen
+    problems = []
+    for param in command.params:
+        if getattr(param, "hidden", False) or param.param_type_name != "option":
+            continue
+        flag = max(param.opts, key=len)
+        names = [o for o in param.opts if o.startswith("--")]
+        row = next((line for line in screen.splitlines()
+                    if re.match(r"│ (?:\*)? *(?:%s)[ ,]" % "|".join(map(re.escape, names)), line)), "")
+        assert row, (flag, screen)
+        if not (param.help or "").strip():
+            problems.append(f"{flag}: no description")
+        if not (param.is_flag or param.count or param.required) and "default:" not in row:
+            problems.append(f"{flag}: no default shown")
+    assert not problems, problems
+
+
+def test_train_help_lists_its_run_form():
+    screen = _help_screen(("train",))
+    commands = screen.split("Commands")[1]
+    assert re.search(r"│ run +Train a LoRA adapter", commands), screen

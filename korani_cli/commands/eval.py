@@ -23,7 +23,7 @@ from korani_cli.errors import UsageError
 app = typer.Typer(help="Measure answer quality: grounded QA with footnotes (rag), chat behaviour (chat); show and compare runs.",
                   no_args_is_help=True)
 
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="What `ask --model` accepts: alias, .gguf, model directory, hub id or openai:MODEL@URL. Default: config file / KORANI_MODEL / korani-5.8b.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="What `ask --model` accepts: alias, .gguf, model directory, hub id or openai:MODEL@URL. [default: config file / KORANI_MODEL / korani-5.8b]")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", "-n", help="Evaluate only the first N items of the run's seeded order. [default: all]")]
 ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight at once (openai: backends; local backends run one at a time).")]
 OutOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory; an existing one (same settings) is resumed. [default: a new directory under korani's data directory]")]
@@ -32,7 +32,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the item order (an
 MaxTokensOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="Most tokens per answer. [default: as ask, 256]")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 (greedy) makes a rerun give the same answers.")]
 TemplateOpt = Annotated[Optional[str], typer.Option("--template", help="Prompt format: korani or model. [default: korani]")]
-SystemOpt = Annotated[Optional[str], typer.Option("--system", "-s", help="System text placed before each conversation.")]
+SystemOpt = Annotated[Optional[str], typer.Option("--system", "-s", help="System text placed before each conversation. [default: none]")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start the run in -o again instead of resuming it.")]
 
 

@@ -12,8 +12,8 @@ import typer
 from korani_cli.console import err_console, korani_command, notice
 
 ProviderOpt = Annotated[Optional[list[str]], typer.Option("--provider", "-p", help="Provider, repeatable = fallback order: google, duckduckgo, searxng, naver, local. [default: duckduckgo, google]")]
-SearxngOpt = Annotated[Optional[str], typer.Option("--searxng-url", help="SearXNG instance (or KORANI_SEARXNG_URL).")]
-LocalDirOpt = Annotated[Optional[Path], typer.Option("--local-dir", help="Directory of .html/.md/.txt/.pdf files for the local provider.")]
+SearxngOpt = Annotated[Optional[str], typer.Option("--searxng-url", help="SearXNG instance URL for --provider searxng. [default: KORANI_SEARXNG_URL, else none]")]
+LocalDirOpt = Annotated[Optional[Path], typer.Option("--local-dir", help="Directory of .html/.md/.txt/.pdf files for the local provider. [default: none]")]
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, max=20, help="Passages to keep.")]
 AllowPrivateOpt = Annotated[bool, typer.Option("--allow-private", help="Let result URLs reach loopback/private addresses (trusted networks only).")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Answer from the page cache only; ask no provider.")]

@@ -80,19 +80,19 @@ class RichReporter:
             self.progress.stop()
 
 
-@app.command("run", hidden=True)
+@app.command("run")
 @korani_command
 def run_command(
     config: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. configs/korani-5.8b.yaml.")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides of recipe keys (see `korani train keys`).", show_default=False)] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data directory (overrides `data`).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (overrides `output`).")] = None,
-    deepspeed: Annotated[Optional[str], typer.Option("--deepspeed", help="zero2, zero3, zero2_offload, zero3_offload or a JSON path.")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue from the last checkpoint in the output directory, or from CKPT.", metavar="[CKPT]")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data directory (overrides `data`). [default: the recipe's `data`]")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (overrides `output`). [default: the recipe's `output`]")] = None,
+    deepspeed: Annotated[Optional[str], typer.Option("--deepspeed", help="zero2, zero3, zero2_offload, zero3_offload or a JSON path. [default: the recipe's `deepspeed`, else none]")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue from the last checkpoint in the output directory, or from CKPT. [default: start fresh]", metavar="[CKPT]")] = None,
     smoke: Annotated[bool, typer.Option("--smoke", help="A tiny random model of the same family, ~20 CPU steps: catch data/config mistakes in a minute.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an output directory that holds an earlier korani train run (never other files).")] = False,
 ) -> None:
-    """Train a LoRA adapter: korani train CONFIG [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CKPT]] [--smoke] [key=value ...]"""
+    """Train a LoRA adapter (`korani train CONFIG` is short for `korani train run CONFIG`): korani train CONFIG [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CKPT]] [--smoke] [key=value ...]"""
     from korani_cli.train.config import load_config, parse_overrides
     from korani_cli.train.run import run
 

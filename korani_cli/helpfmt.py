@@ -1,0 +1,46 @@
+"""What every command's --help looks like, fixed once for the whole CLI.
+
+Typer (0.29) draws rich help with a type column filled by
+`TyperOption.display_type_rich`, which returns `<bool>` for a flag — even for
+`--help` — though a flag takes no value; Typer's plain-text help
+(`get_help_record`) already leaves flags out, the rich one does not. Options
+are built inside Typer with no hook for a subclass, so the method itself is
+wrapped, once, when `korani_cli.cli` is imported.
+
+In rich markup mode an option's help is rich markup, so the `[default: 256]`
+written into the help of options whose default is looked up at run time
+(config file, environment) was read as a tag and vanished. Option help in
+korani is plain text: its `[` is escaped so it shows as written. Everything
+else about the help screen stays Typer's.
+"""
+
+from __future__ import annotations
+
+import re
+
+_TAG_OPENER = re.compile(r"(?<!\\)\[(?=[A-Za-z#/@])")  # what rich would take for the start of a tag
+
+
+def install() -> None:
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "korani_flags_untyped", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if self.is_flag or self.count:
+            return None  # a flag (or a counter) takes no value, so it has no type to show
+        return original(self, ctx)
+
+    display_type_rich.korani_flags_untyped = True
+    TyperOption.display_type_rich = display_type_rich
+
+    original_init = TyperOption.__init__
+
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        if self.help:
+            self.help = _TAG_OPENER.sub(r"\\[", self.help)
+
+    TyperOption.__init__ = __init__
