@@ -346,3 +346,55 @@ def test_streaming_a_large_array_keeps_memory_flat(tmp_path):
     assert (n_big, n_small) == (20000, 1)
     print(f"peak RSS: {big_mb:.0f} MB for {big.stat().st_size / 1e6:.0f} MB, {small_mb:.0f} MB for a tiny file")
     assert big_mb - small_mb < 60, (big_mb, small_mb)  # json.load of the file alone takes > 150 MB more
+
+
+# -- every counted rule can be switched off; empty splits say why ------------------
+
+MIDWAY = sg("m1", ("system", "너는 친절한 도우미야."), ("human", "첫 질문입니다"), ("gpt", "첫 답입니다"),
+            ("system", "이제부터 반말로 답해."), ("human", "둘째 질문"), ("gpt", "둘째 답"))
+
+
+@pytest.mark.parametrize("disabled, roles, counted", [
+    (frozenset(), ["system", "user", "assistant", "user", "assistant"], 1),
+    (frozenset({"drop_midway_system"}), ["system", "user", "assistant", "system", "user", "assistant"], 0),
+])
+def test_drop_midway_system_is_a_rule_that_can_be_switched_off(disabled, roles, counted):
+    cleaner = Cleaner(disabled)
+    conv = to_conversation(RawRecord("sharegpt", "f.json", "element 0", MIDWAY), cleaner)
+    assert [t.role for t in conv.turns] == roles
+    assert cleaner.counts["drop_midway_system"] == counted
+
+
+def test_every_counted_cleaning_rule_is_accepted_by_no_clean(tmp_path):
+    """A rule that stats.json counts must be one --no-clean accepts, and --help names it."""
+    (tmp_path / "s.json").write_text(json.dumps([MIDWAY], ensure_ascii=False), encoding="utf-8")
+    counted = runner.invoke(app, ["data", "prepare", "--sharegpt", str(tmp_path / "s.json"), "-o", str(tmp_path / "a")])
+    assert counted.exit_code == 0, counted.output
+    rules = json.loads((tmp_path / "a" / "stats.json").read_text(encoding="utf-8"))["cleaning"]
+    assert rules["drop_midway_system"] == 1
+    helped = runner.invoke(app, ["data", "prepare", "--help"], env={"COLUMNS": "2000"}).stdout
+    for rule in rules:
+        assert rule in helped, rule
+        off = runner.invoke(app, ["data", "prepare", "--sharegpt", str(tmp_path / "s.json"), "-o", str(tmp_path / rule),
+                                  "--no-clean", rule])
+        assert off.exit_code == 0, (rule, off.output)
+        assert rule not in json.loads((tmp_path / rule / "stats.json").read_text(encoding="utf-8"))["cleaning"]
+    kept = read_jsonl(tmp_path / "drop_midway_system" / "train.jsonl")[0]["messages"]
+    assert [m["role"] for m in kept].count("system") == 2
+
+
+@pytest.mark.parametrize("args, notes", [
+    ([], ["the valid split is empty: 4 conversations × 0.1 rounds to 0 — pass --valid 0.25 (one conversation) or more, or give more data",
+          "the test split is empty: 4 conversations × 0.1 rounds to 0 — pass --test 0.25 (one conversation) or more, or give more data"]),
+    (["--valid", "0.25", "--test", "0.25"], []),
+    (["--valid", "0", "--test", "0"], []),  # asked for none: nothing to warn about
+    (["--valid", "0.4", "--test", "0.4"], ["the train split is empty: --valid and --test took all 4 conversations — "
+                                          "pass smaller --valid/--test fractions, or give more data"]),
+])
+def test_an_empty_split_gets_a_note_saying_why(tmp_path, args, notes):
+    rows = [{"instruction": f"{i}번 질문: {korean_text(i, 40)}", "output": f"{i}번 답: {korean_text(100 + i, 60)}"} for i in range(4)]
+    (tmp_path / "k.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    result = runner.invoke(app, ["data", "prepare", "--koalpaca", str(tmp_path / "k.jsonl"), "-o", str(tmp_path / "o"), *args],
+                           env={"COLUMNS": "2000"})
+    assert result.exit_code == 0, result.output
+    assert [line.removeprefix("note: ") for line in result.stderr.splitlines() if line.startswith("note:")] == notes

@@ -25,6 +25,7 @@ TURN_RULES = (
     "koalpaca_followups",  # split KoAlpaca's "덧붙이는 답변:" follow-ups into their own turns
     "drop_empty_turns",
     "merge_same_role",
+    "drop_midway_system",  # a system turn after the first (the template would print it mid-conversation)
     "drop_leading_assistant",
     "unglue_answer",  # a user turn with the next answer glued on
     "drop_trailing_user",  # a last user turn nobody answered carries no loss
@@ -88,11 +89,12 @@ class Cleaner:
                 else:
                     merged.append(t)
             turns = merged
-        # System text belongs first; a system turn later on is dropped.
+        # System text belongs first; a system turn later on is dropped (switched off, it stays
+        # where it is, as context the template prints in place).
         system = [turns[0]] if turns and turns[0].role == "system" else []
         rest = turns[len(system):]
         midway = [t for t in rest if t.role == "system"]
-        if midway:
+        if midway and self.on("drop_midway_system"):
             self.counts["drop_midway_system"] += len(midway)
             rest = [t for t in rest if t.role != "system"]
         if self.on("drop_leading_assistant"):

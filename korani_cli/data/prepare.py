@@ -393,7 +393,7 @@ def _run(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress: P
             for s in SOURCES if any(name == s for name, _ in files)
         },
         "rejects": dict(sorted(rejects.items())),
-        "cleaning": {rule: cleaner.counts[rule] for rule in (*RULES, "drop_midway_system") if rule not in config.disabled_rules},
+        "cleaning": {rule: cleaner.counts[rule] for rule in RULES if rule not in config.disabled_rules},
         "splits": {
             s: {
                 "conversations": st["conversations"],

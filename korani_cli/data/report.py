@@ -135,3 +135,25 @@ def load_stats(path: Path) -> dict:
         return check_stats(stats)
     except StatsFormatError as exc:
         raise DataInputError(f"{path} is not a stats file korani wrote: {exc}", again) from None
+
+
+def empty_split_warnings(stats: dict) -> list[str]:
+    """Why a split came out empty and what to pass instead (`data prepare` prints them as notes).
+
+    Sizes are rounded (round(n × fraction)), so on small input a fraction below
+    half a conversation gives none: 4 conversations × 0.1 is 0 valid, 0 test."""
+    splits, params = stats.get("splits", {}), stats.get("params", {})
+    total = sum(s.get("conversations", 0) for s in splits.values())
+    if not total:
+        return []
+    notes = []
+    for name in ("valid", "test"):
+        fraction = params.get(name) or 0
+        if fraction > 0 and splits.get(name, {}).get("conversations", 1) == 0:
+            need = -(-100 // total) / 100  # 1/total, rounded up to a hundredth: one conversation at least
+            notes.append(f"the {name} split is empty: {total} conversations × {fraction:g} rounds to 0 — "
+                         f"pass --{name} {need:g} (one conversation) or more, or give more data")
+    if splits.get("train", {}).get("conversations", 1) == 0:
+        notes.append(f"the train split is empty: --valid and --test took all {total} conversations — "
+                     "pass smaller --valid/--test fractions, or give more data")
+    return notes
