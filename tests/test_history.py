@@ -194,8 +194,8 @@ IDS = ["c895a1b2c3d4", "c8f0e9d8c7b6", "1a2b3c4d5e6f"]
     (["history", "show", "1"], 0, "1a2b3c4d5e6f의 답"),
     (["history", "export", "c8f"], 0, "c8f0e9d8c7b6의 질문"),
     (["history", "show", "c895a1b2c3d4", "--json"], 0, '"id": "c895a1b2c3d4"'),
-    (["history", "show", "c8"], 2, "error: session id c8 is ambiguous: c8f0e9d8c7b6, c895a1b2c3d4 — give more of its characters"),
-    (["history", "rm", "c"], 2, "error: session id c is ambiguous: c8f0e9d8c7b6, c895a1b2c3d4 — give more of its characters"),
+    (["history", "show", "c8"], 2, "error: session id c8 is ambiguous: c895a1b2c3d4, c8f0e9d8c7b6 — give more of its characters"),
+    (["history", "rm", "c"], 2, "error: session id c is ambiguous: c895a1b2c3d4, c8f0e9d8c7b6 — give more of its characters"),
     (["history", "show", "ffff"], 2, "error: no saved session ffff — see `korani history list`"),
     (["history", "show", "c8%"], 2, "error: no saved session c8% — see `korani history list`"),  # not a LIKE wildcard
     (["history", "export", "c8_"], 2, "error: no saved session c8_ — see `korani history list`"),

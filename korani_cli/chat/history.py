@@ -209,10 +209,11 @@ class History:
         prefix = prefix.strip()
         if not prefix:
             raise NoSuchSession("the session id is empty", "pass an id (or its first characters) from `korani history list`")
-        # LIKE would treat % and _ in the prefix as wildcards; substr compares literally.
+        # A range over the primary key's index, not LIKE: % and _ in the prefix stay literal,
+        # and a damaged index shows as "not found" here, which check() then reports as damage.
         with self._guard():
             ids = [row[0] for row in self.db.execute(
-                "SELECT id FROM sessions WHERE substr(id, 1, ?) = ? ORDER BY created DESC LIMIT 11", (len(prefix), prefix))]
+                "SELECT id FROM sessions WHERE id >= ? AND id < ? ORDER BY id LIMIT 11", (prefix, prefix + "\U0010ffff"))]
         if len(ids) == 1:
             return ids[0]
         shown = clean_line(prefix)[:40]

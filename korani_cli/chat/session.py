@@ -298,11 +298,13 @@ class ChatSession:
         """Write the transcript atomically; a symlink is written through, a device or FIFO refused."""
         from korani_cli.outputs import atomic_write_text
 
-        if self.session_id is None:
-            yield Event("output", "아직 저장할 대화가 없습니다")
+        if self.session_id is None and not arg:
+            # No session yet (nothing said, or just after /초기화): no file to name after it.
+            yield Event("output", "아직 저장할 대화가 없습니다 — /저장 파일이름 으로 빈 기록을 저장할 수 있습니다")
             return
         path = Path(arg).expanduser() if arg else Path(f"korani-chat-{self.session_id}.md")
-        text = to_markdown(self.history.messages(self.session_id, since_reset=False), f"korani chat {self.session_id}")
+        stored = self.history.messages(self.session_id, since_reset=False) if self.session_id else []
+        text = to_markdown(stored, f"korani chat {self.session_id or ''}".strip())
         written = atomic_write_text(path, text)  # a KoraniError becomes one error line in handle()
         yield Event("output", f"저장했습니다: {path}" + (f" (→ {written})" if written != path else ""))
 
