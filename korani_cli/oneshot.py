@@ -21,6 +21,8 @@ class Timings:
     first_token_s: float | None  # generation start → first printable text
     generate_s: float  # generation start → end
     total_s: float  # load + generate
+    # generation start → first checked sentence shown (answers with sources; None otherwise)
+    first_sentence_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -35,13 +37,17 @@ class Answer:
 
     def to_json(self) -> dict:
         out = asdict(self)
-        gen = self.timings.generate_s - (self.timings.first_token_s or 0.0)
-        # Decode speed after the first token, the figure comparable across backends.
+        first = self.timings.first_token_s
+        gen = self.timings.generate_s - first if first is not None else 0.0
+        # Decode speed after the first token, the figure comparable across backends
+        # (unknown when the first token's time is: an answer handed over whole).
         out["timings"]["decode_tok_s"] = (
             round((self.completion_tokens - 1) / gen, 2) if self.completion_tokens and self.completion_tokens > 1 and gen > 0 else None
         )
-        for key in ("load_s", "first_token_s", "generate_s", "total_s"):
-            if out["timings"][key] is not None:
+        if self.timings.first_sentence_s is None:
+            del out["timings"]["first_sentence_s"]  # only answers with sources are shown by sentence
+        for key in ("load_s", "first_token_s", "first_sentence_s", "generate_s", "total_s"):
+            if out["timings"].get(key) is not None:
                 out["timings"][key] = round(out["timings"][key], 4)
         return out
 
@@ -69,6 +75,9 @@ def answer(
         generation.close()
     generate_s = time.perf_counter() - start
     usage = generation.usage
+    if usage.whole:
+        # The text arrived in one piece at the end: its arrival is not the first token.
+        first = usage.first_token_at - start if usage.first_token_at is not None else None
     return Answer(
         answer="".join(parts),
         model=backend.info.name,

@@ -170,7 +170,7 @@ def test_search_command_answers_with_footnotes_and_sources(tmp_path, web, monkey
                          fetch=FetchOptions(allow_private=True), use_cache=False)
     session, history = session_for(tmp_path, backend, search_options=opts)
     out, err = drive(session, "/검색 서울은 어떤 도시인가요?\n/출처\n")
-    assert "서울은 대한민국의 수도이며 가장 큰 도시이다.[1] 달은 치즈다." in out
+    assert "서울은 대한민국의 수도이며 가장 큰 도시이다[1]. 달은 치즈다." in out
     assert f"[1] 서울 소개 — {web}/ok.html" in out  # a footnote that resolves to the fetched page
     assert f"{web}/ok.html" in out.split("[1] 서울 소개")[-1]  # /출처 lists it too, with its score
     prompt = tpl.render(backend.prompts[0], "<eos>")

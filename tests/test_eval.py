@@ -156,11 +156,11 @@ def test_every_metric_equals_the_hand_computed_value(tmp_path):
     records = {r["id"]: r for r in map(json.loads, (run.path / "items.jsonl").read_text(encoding="utf-8").splitlines())}
     assert set(records) == set(QUESTIONS)
     c = records["c-wrong-cite-kept"]
-    assert c["answer"].endswith("[1]") and c["citations"][0]["url"].startswith("https://ko.wikipedia.org/wiki/한라산")
+    assert c["answer"].endswith("[1].") and c["citations"][0]["url"].startswith("https://ko.wikipedia.org/wiki/한라산")
     assert records["f-no-markers"]["raw_answer"] == "이순신은 1592년 한산도 대첩에서 승리하였습니다."
     assert records["f-no-markers"]["answer"].endswith("[1]")
     b = records["b-wrong-cite-moved"]
-    assert b["answer"] == "1947미터입니다.[1]" and b["citations"][0]["url"].startswith("https://ko.wikipedia.org/wiki/한라산")
+    assert b["answer"] == "1947미터입니다[1]." and b["citations"][0]["url"].startswith("https://ko.wikipedia.org/wiki/한라산")
     assert records["g-retrieval-miss"]["metrics"]["retrieval_hit"] is False
     assert records["a-right-cite"]["metrics"]["f1"] == pytest.approx(10 / 17)
     assert {p["page_id"] for p in records["a-right-cite"]["passages"]} >= {records["a-right-cite"]["gold_page"]}

@@ -326,7 +326,7 @@ def test_citations_are_checked_renumbered_and_only_cited_sources_listed():
     from korani_cli.search.answer import verify
 
     out = verify("부산은 최대의 항구 도시입니다[2]. 서울은 수도입니다 [1][9]. 달은 치즈로 만들어졌다[1].", _ranked())
-    assert out.text == "부산은 최대의 항구 도시입니다.[1] 서울은 수도입니다.[2] 달은 치즈로 만들어졌다."
+    assert out.text == "부산은 최대의 항구 도시입니다[1]. 서울은 수도입니다[2]. 달은 치즈로 만들어졌다."
     assert out.footnotes() == "[1] 부산 — https://busan.example\n[2] 서울 — https://seoul.example"
 
 
@@ -405,8 +405,9 @@ def _options_of(*path: str) -> set[str]:
     ["--provider", "searxng", "--searxng-url", "http://127.0.0.1:1"],  # connection refused: no results at all
     ["--offline"],  # an empty page cache
 ])
-def test_search_hints_name_only_options_search_has(web, args, monkeypatch, tmp_path):
-    """`korani search` has no --allow-no-sources (only `ask` answers without sources)."""
+@pytest.mark.parametrize("command", ["search", "ask"])
+def test_search_hints_name_only_options_the_command_has(web, args, command, monkeypatch, tmp_path):
+    """`korani search` has no --allow-no-sources (only `ask` answers without sources, and says so)."""
     import re
 
     from typer.testing import CliRunner
@@ -415,9 +416,10 @@ def test_search_hints_name_only_options_search_has(web, args, monkeypatch, tmp_p
 
     monkeypatch.setenv("KORANI_HOME", str(tmp_path))
     monkeypatch.setenv("KORANI_SEARXNG_URL", web)
-    result = CliRunner().invoke(app, ["search", "서울", *args])
+    result = CliRunner().invoke(app, [command, "서울", *args] + (["--search", "--model", "demo"] if command == "ask" else []))
     assert result.exit_code == 7, result.output
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1, result.stderr
     named = set(re.findall(r"--[a-z][a-z-]+", error[0]))
-    assert named <= _options_of("search"), (named - _options_of("search"), error[0])
+    assert named <= _options_of(command), (named - _options_of(command), error[0])
+    assert ("--allow-no-sources" in named) == (command == "ask")

@@ -32,7 +32,7 @@ CASES = [
     # id, pages, answer, expected text, expected footnote URLs
     ("wrong subject moves to the page that says it", (SEJONG, YI),
      "세종의 본명은 이도이며 한양에서 태어났다[2].",
-     "세종의 본명은 이도이며 한양에서 태어났다.[1]", ["https://sejong.example"]),
+     "세종의 본명은 이도이며 한양에서 태어났다[1].", ["https://sejong.example"]),
     ("wrong subject with no page that says it is dropped", (YI, PARTHIA),
      "세종의 본명은 이도이며 한양에서 태어났다[1].",
      "세종의 본명은 이도이며 한양에서 태어났다.", []),
@@ -42,15 +42,15 @@ CASES = [
      "이순신은 1443년 1446년에 태어났다[2].", "이순신은 1443년 1446년에 태어났다.", []),
     ("verbatim copy of the source is kept", (YI, SEJONG),
      "세종은 한양에서 태어났으며 1443년에 훈민정음을 창제하고 1446년에 반포하였다[2].",
-     "세종은 한양에서 태어났으며 1443년에 훈민정음을 창제하고 1446년에 반포하였다.[1]", ["https://sejong.example"]),
+     "세종은 한양에서 태어났으며 1443년에 훈민정음을 창제하고 1446년에 반포하였다[1].", ["https://sejong.example"]),
     ("short entity answer is kept although Kiwi cuts the name differently", (HYUN, PARTHIA),
-     "현정은입니다[1].", "현정은입니다.[1]", ["https://hyun.example"]),
+     "현정은입니다[1].", "현정은입니다[1].", ["https://hyun.example"]),
     ("short entity answer cited to the wrong page moves", (HYUN, PARTHIA),
-     "파르티아입니다[1].", "파르티아입니다.[1]", ["https://parthia.example"]),
+     "파르티아입니다[1].", "파르티아입니다[1].", ["https://parthia.example"]),
     ("1,947 in the page supports 1947 in the answer", (TOWN,),
-     "마을 인구는 1947명이다[1].", "마을 인구는 1947명이다.[1]", ["https://town.example"]),
+     "마을 인구는 1947명이다[1].", "마을 인구는 1947명이다[1].", ["https://town.example"]),
     ("1443년 in the answer is held by a bare 1443", (("https://h.example", "훈민정음", "훈민정음 창제 1443 (세종 25)"),),
-     "훈민정음은 1443년에 창제되었다[1].", "훈민정음은 1443년에 창제되었다.[1]", ["https://h.example"]),
+     "훈민정음은 1443년에 창제되었다[1].", "훈민정음은 1443년에 창제되었다[1].", ["https://h.example"]),
     ("out-of-range marker is dropped", (SEJONG, YI),
      "세종은 1443년에 훈민정음을 창제하였다 [7].", "세종은 1443년에 훈민정음을 창제하였다.", []),
     ("uncited answer gets its best-supporting source", (YI, SEJONG),
@@ -74,7 +74,7 @@ def test_moved_citation_keeps_the_other_footnotes_in_order():
     from korani_cli.search.answer import verify
 
     out = verify("파르티아는 고대 이란의 왕국이다[2]. 현정은 현대그룹의 회장이다[2].", _ranked(PARTHIA, HYUN))
-    assert out.text == "파르티아는 고대 이란의 왕국이다.[1] 현정은 현대그룹의 회장이다.[2]"
+    assert out.text == "파르티아는 고대 이란의 왕국이다[1]. 현정은 현대그룹의 회장이다[2]."
     assert [c.url for c in out.citations] == ["https://parthia.example", "https://hyun.example"]
     assert out.claims == [("파르티아는 고대 이란의 왕국이다.", [1]), ("현정은 현대그룹의 회장이다.", [2])]
 

@@ -113,10 +113,15 @@ def _retrieve_with_events(query, options) -> Iterator:
             return
 
 
+def _round(seconds: float | None) -> float | None:
+    return round(seconds, 4) if seconds is not None else None
+
+
 class ChatSession:
     def __init__(self, load_backend: Callable[[], Backend], history: History, session_id: str | None = None, *,
                  model_name: str, system: str | None = None, template: str | None = None,
-                 params: GenerationParams | None = None, search_options=None, restored: list[tpl.Message] | None = None):
+                 params: GenerationParams | None = None, search_options=None, restored: list[tpl.Message] | None = None,
+                 context_tokens: int | None = None):
         """`session_id` None: a new chat, whose session row is written with its first message
         (a chat that fails to start, or says nothing, leaves no empty session behind)."""
         self._load = load_backend
@@ -128,6 +133,7 @@ class ChatSession:
         self.template = template
         self.params = params or GenerationParams()
         self.search_options = search_options
+        self.context_tokens = context_tokens  # the sources' share of a /검색 prompt; None: the model's default
         self.turns: list[tpl.Message] = list(restored or [])
         self.last_sources: list = []
         self.last_query: str | None = None
@@ -172,10 +178,8 @@ class ChatSession:
         eos = getattr(self.backend, "eos_text", "")
         return memory.trim(messages, self.backend.count_tokens, max(limit - ANSWER_ROOM, 64), eos)
 
-    def _generate(self, user_message: tpl.Message, stored_text: str,
-                  finish: Callable[[str], tuple[str, dict]] = lambda answer: (answer, {})) -> Iterator[Event]:
-        """Generate, remember and store one answer; `finish` turns the raw answer into what is
-        shown, remembered and stored (a /검색 answer: verified, with its citations)."""
+    def _generate(self, user_message: tpl.Message, stored_text: str) -> Iterator[Event]:
+        """Generate, remember, store and show one plain answer as it streams."""
         self._store("user", stored_text)  # before generation: never lost
         messages, dropped = self.prompt_messages(user_message)
         if dropped and not self.trim_reported:
@@ -194,12 +198,12 @@ class ChatSession:
                 yield Event("text", chunk)
         finally:
             generation.close()
-            answer, extra = finish("".join(parts))
+            answer = "".join(parts)
             timings = {"first_token_s": round(first, 4) if first else None, "total_s": round(time.perf_counter() - start, 4)}
             if answer:
-                self._store("assistant", answer, self.model_name, timings, extra.get("citations"))
+                self._store("assistant", answer, self.model_name, timings)
                 self.turns += [tpl.Message("user", stored_text), tpl.Message("assistant", answer)]
-        yield Event("done", answer, {"timings": timings, "usage": generation.usage.__dict__, **extra})
+        yield Event("done", answer, {"timings": timings, "usage": generation.usage.__dict__})
 
     # -- entry point ------------------------------------------------------------
 
@@ -236,8 +240,6 @@ class ChatSession:
         if not question:
             yield Event("error", "검색할 질문을 적어 주세요 — 예: /검색 한라산의 높이는?")
             return
-        from korani_cli.search import answer as rag
-
         query = question
         if is_follow_up(question, self.last_query):
             try:
@@ -259,20 +261,48 @@ class ChatSession:
             yield Event("error", exc.one_line())
             return
         self.last_query = query
-        ranked = result.ranked
-        self.last_sources = ranked
-
-        def verified(answer: str) -> tuple[str, dict]:
-            sourced = rag.verify(answer, ranked)
-            return sourced.text, {"citations": [c.__dict__ for c in sourced.citations], "footnotes": sourced.footnotes()}
-
+        self.last_sources = result.ranked
         try:
-            for event in self._generate(rag.messages(question, ranked)[-1], question, finish=verified):
-                # Markers are checked and renumbered first, so a sourced answer is shown whole.
-                if event.kind != "text":
-                    yield event
+            yield from self._sourced(question, result.ranked)
         except KoraniError as exc:
             yield Event("error", exc.one_line())
+
+    def _sourced(self, question: str, ranked) -> Iterator[Event]:
+        """Answer from `ranked` through the RAG core (search/answer.py): each sentence is
+        shown once its footnotes are checked; remembered and stored as shown."""
+        from korani_cli.search import answer as rag
+
+        self._store("user", question)  # before generation: never lost
+        yield Event("stage", "답변 생성 중")
+        start = time.perf_counter()
+        shown: list[str] = []
+        done = None
+        events = rag.stream(self.backend, question, ranked, self.params, system=self.system, history=self.turns,
+                            context_tokens=self.context_tokens)
+        try:
+            for event in events:
+                if isinstance(event, rag.Trimmed):
+                    if not self.trim_reported:
+                        self.trim_reported = True
+                        yield Event("notice", f"대화가 길어져 오래된 대화 {event.dropped}개를 기억에서 뺐습니다 (context {event.context_length} tokens)")
+                elif isinstance(event, rag.Text):
+                    shown.append(event.text)
+                    yield Event("text", event.text)
+                elif isinstance(event, rag.Done):
+                    done = event
+                    self.last_sources = list(event.passages)  # /출처 shows what the model was given
+        finally:
+            events.close()
+            answer = done.answer.text if done else "".join(shown)
+            citations = [c.__dict__ for c in done.answer.citations] if done else None
+            timings = {"first_token_s": _round(done.timings.first_token_s) if done else None,
+                       "first_sentence_s": _round(done.timings.first_sentence_s) if done else None,
+                       "total_s": round(time.perf_counter() - start, 4)}
+            if answer:
+                self._store("assistant", answer, self.model_name, timings, citations)
+                self.turns += [tpl.Message("user", question), tpl.Message("assistant", answer)]
+        yield Event("done", answer, {"timings": timings, "usage": done.usage.__dict__, "citations": citations,
+                                     "footnotes": done.answer.footnotes()})
 
     def cmd_sources(self, _arg: str) -> Iterator[Event]:
         if not self.last_sources:

@@ -11,9 +11,9 @@ import typer
 from rich.markup import escape
 
 from korani_cli.commands.search import (
-    AllowPrivateOpt, EmbedderOpt, FollowLinksOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
+    AllowPrivateOpt, ContextTokensOpt, EmbedderOpt, FollowLinksOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
 )
-from korani_cli.config import SEED, TEMPLATES, check_flag, load_settings
+from korani_cli.config import CONTEXT_TOKENS, SEED, TEMPLATES, check_flag, load_settings
 from korani_cli.console import err_console, korani_command, notice
 from korani_cli.errors import UsageError
 from korani_cli.untrusted import clean, clean_line
@@ -49,15 +49,42 @@ def _question(text: str | None) -> str:
     return text
 
 
+def _sourced(events, write=None):
+    """Run the answer core to its end, writing checked text as it comes; its Done event."""
+    from korani_cli.search.answer import Done, Text
+
+    done = None
+    for event in events:
+        if isinstance(event, Text) and write is not None:
+            write(event.text)
+        elif isinstance(event, Done):
+            done = event
+    return done
+
+
+def _as_answer(done, backend, load_s: float):
+    """The core's Done as the one-shot Answer that --json prints."""
+    from korani_cli import oneshot
+
+    t = done.timings
+    return oneshot.Answer(
+        answer=done.answer.text, model=backend.info.name, backend=backend.info.backend,
+        prompt_tokens=done.usage.prompt_tokens, completion_tokens=done.usage.completion_tokens,
+        finish_reason=done.usage.finish_reason,
+        timings=oneshot.Timings(load_s=load_s, first_token_s=t.first_token_s, generate_s=t.generate_s,
+                                total_s=load_s + t.prepare_s + t.generate_s, first_sentence_s=t.first_sentence_s),
+    )
+
+
 @korani_command
 def ask(
     question: Annotated[Optional[str], typer.Argument(help="The question; '-' (or nothing, when piped) reads it from stdin.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Alias (korani-5.8b, demo, demo-chat), .gguf path, model directory, hub id or openai:MODEL@URL. Default: config file / KORANI_MODEL / korani-5.8b.")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System text placed before the conversation.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Alias (korani-5.8b, demo, demo-chat), .gguf path, model directory, hub id or openai:MODEL@URL. [default: KORANI_MODEL, else the config file's model, else korani-5.8b]")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System text placed before the conversation. [default: none]")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens to generate. [default: 256]")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]")] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass, 0 to 1. [default: 0.9]")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0 to 4294967295), for repeatable sampling.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0 to 4294967295), for repeatable sampling. [default: random]")] = None,
     template: Annotated[Optional[str], typer.Option("--template", help=f"Prompt format: {' or '.join(TEMPLATES)} (the model's own chat template). [default: korani]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, model, backend, token counts, finish_reason, timings.")] = False,
     web: Annotated[bool, typer.Option("--search", help="Search the web first and answer from the pages, with footnotes.")] = False,
@@ -70,6 +97,7 @@ def ask(
     embedder: EmbedderOpt = "auto",
     reranker: RerankerOpt = None,
     follow_links: FollowLinksOpt = False,
+    context_tokens: ContextTokensOpt = None,
     allow_no_sources: Annotated[bool, typer.Option("--allow-no-sources", help="With --search: answer without sources (and say so) when nothing could be found or read.")] = False,
 ) -> None:
     """Answer one question and exit: the answer alone on stdout, for shell scripts.
@@ -86,6 +114,7 @@ def ask(
         {"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "template": template}
     )
     check_flag("--seed", seed, SEED)
+    check_flag("--context-tokens", context_tokens, CONTEXT_TOKENS)
     text = _question(question)
     streaming = sys.stdout.isatty() and not as_json
     params = GenerationParams(
@@ -106,10 +135,10 @@ def ask(
         try:
             with console.status("검색 중 → 페이지 읽는 중…", spinner="dots"):
                 retrieval = retrieve(text, opts, notice)
-            messages = rag.messages(text, retrieval.ranked, system)
         except NoSources as exc:
             if not allow_no_sources:
-                raise
+                # Only ask can answer without sources, so only ask's hint names the option.
+                raise NoSources(exc.what, f"{exc.fix}, or pass --allow-no-sources" if exc.fix else "pass --allow-no-sources") from None
             notice(f"{exc.what}; answering without sources (--allow-no-sources)")
     start = time.perf_counter()
     with console.status(f"모델 불러오는 중… [bold]{escape(clean_line(settings.model))}[/bold]", spinner="dots"):
@@ -121,11 +150,20 @@ def ask(
         sys.stdout.write(clean(chunk))
         sys.stdout.flush()
 
-    if retrieval is not None:
-        # Markers are checked and renumbered before anything is shown, so the answer is printed whole.
-        streaming = False
+    footnotes = ""
     try:
-        if streaming:
+        if retrieval is not None:
+            # Sentences are shown once their markers are checked (search/answer.py).
+            events = rag.stream(backend, text, retrieval.ranked, params, system=system, context_tokens=context_tokens)
+            if streaming:
+                done = _sourced(events, write)
+            else:
+                with console.status("답변 생성 중…", spinner="dots"):
+                    done = _sourced(events)
+            result = _as_answer(done, backend, load_s)
+            sourced = done.answer
+            footnotes = sourced.footnotes()
+        elif streaming:
             result = oneshot.answer(backend, messages, params, on_text=write, load_s=load_s)
         else:
             with console.status("답변 생성 중…", spinner="dots"):
@@ -135,14 +173,8 @@ def ask(
             sys.stdout.write("\n")
             sys.stdout.flush()
     payload = result.to_json()
-    answer_text = result.answer
     if retrieval is not None:
-        from korani_cli.search.answer import verify
-
-        sourced = verify(result.answer, retrieval.ranked)
-        answer_text = sourced.text + ("\n\n" + sourced.footnotes() if sourced.citations else "")
         payload.update(
-            answer=sourced.text,
             citations=[c.__dict__ for c in sourced.citations],
             sources=sourced.sources,
             search={"provider": retrieval.provider, "timings": retrieval.timings.stages,
@@ -152,7 +184,16 @@ def ask(
             notice("no sentence of the answer is supported by the sources; no footnotes")
     if as_json:
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
-    elif not streaming:
-        sys.stdout.write(clean(answer_text) + "\n")
+    else:
+        if not streaming:
+            sys.stdout.write(clean(result.answer) + "\n")
+        if footnotes:
+            sys.stdout.write("\n" + clean(footnotes) + "\n")
     if result.finish_reason == "length":
-        notice(f"the answer was cut at {params.max_new_tokens} tokens; raise --max-new-tokens for more")
+        made = result.completion_tokens
+        if made is not None and made < params.max_new_tokens:
+            # The backend gave the answer only the room the context window had left.
+            notice(f"the answer was cut at {made} tokens: the prompt ({result.prompt_tokens} tokens) filled the rest of the "
+                   "model's context window; shorten the question" + (" or lower --context-tokens" if retrieval is not None else ""))
+        else:
+            notice(f"the answer was cut at {params.max_new_tokens} tokens; raise --max-new-tokens for more")

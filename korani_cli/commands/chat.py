@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from korani_cli.commands.search import (
-    AllowPrivateOpt, EmbedderOpt, FollowLinksOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
+    AllowPrivateOpt, ContextTokensOpt, EmbedderOpt, FollowLinksOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
 )
 from korani_cli.console import korani_command, notice
 
@@ -36,6 +36,7 @@ def chat(
     embedder: EmbedderOpt = "auto",
     reranker: RerankerOpt = None,
     follow_links: FollowLinksOpt = False,
+    context_tokens: ContextTokensOpt = None,
     no_history: Annotated[bool, typer.Option("--no-history", help="Keep this chat in memory only: nothing is read from or saved to the history database.")] = False,
 ) -> None:
     """Chat in the terminal; `/검색 질문` answers from the web with footnotes, `/도움말` lists commands.
@@ -54,12 +55,13 @@ def chat(
     from korani_cli.chat.history import History
     from korani_cli.chat.repl import run
     from korani_cli.chat.session import ChatSession
-    from korani_cli.config import SEED, check_flag, load_settings
+    from korani_cli.config import CONTEXT_TOKENS, SEED, check_flag, load_settings
     from korani_cli.console import err_console
     from korani_cli.errors import UsageError
     from korani_cli.models import load_backend, resolve
 
     check_flag("--seed", seed, SEED)
+    check_flag("--context-tokens", context_tokens, CONTEXT_TOKENS)
     if session_id is not None and not session_id.strip():
         raise UsageError("--session is empty", "pass a session id from `korani history list`")
     if no_history and (resume_last or session_id):
@@ -98,7 +100,7 @@ def chat(
         session = ChatSession(
             lambda: load_backend(resolve(settings.model, settings), settings, notice), history, sid,
             model_name=settings.model, system=system, template=settings.template, params=params, search_options=opts,
-            restored=restored,
+            restored=restored, context_tokens=context_tokens,
         )
         # Load before the first prompt: a model that cannot load at all ends the command
         # with exit 3 (piped or not), instead of failing each message and exiting 0.

@@ -17,6 +17,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from korani_cli.commands.search import ContextTokensOpt
+from korani_cli.config import CONTEXT_TOKENS, check_flag
 from korani_cli.console import err_console, korani_command, notice
 from korani_cli.errors import UsageError
 
@@ -150,6 +152,7 @@ def rag(
     temperature: TemperatureOpt = 0.0,
     template: TemplateOpt = None,
     system: SystemOpt = None,
+    context_tokens: ContextTokensOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Grounded Korean QA: retrieve over the set's paragraphs as `search` does, answer with the RAG prompt, check footnotes.
@@ -166,6 +169,7 @@ def rag(
     from korani_cli.eval.sets import load_korquad, resolve_set
 
     _check(limit, concurrency, temperature, max_new_tokens)
+    check_flag("--context-tokens", context_tokens, CONTEXT_TOKENS)
     if not 1 <= k <= 20:
         raise UsageError(f"--k {k} is outside 1..20", "pass e.g. --k 5, as ask --search --top-k")
     if not 0.0 <= unanswerable <= 1.0:
@@ -176,7 +180,8 @@ def rag(
     config = rag_eval.RagConfig(
         set_path=str(path.resolve()), set_sha256=qaset.sha256, k=k, unanswerable=unanswerable, limit=limit, seed=seed,
         embedder=embedder, reranker=reranker, max_new_tokens=settings.max_new_tokens, temperature=temperature,
-        top_p=settings.top_p, system=system, model=settings.model, template=settings.template, concurrency=concurrency)
+        top_p=settings.top_p, system=system, model=settings.model, template=settings.template, concurrency=concurrency,
+        context_tokens=context_tokens)
     run = RunDir.open(_out(output, "rag", settings.model), "eval rag", config.settings(), overwrite=overwrite)
     backend, workers = _backend(settings, concurrency)
     config = rag_eval.RagConfig(**{**config.settings(), "concurrency": workers})

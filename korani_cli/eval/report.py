@@ -43,7 +43,8 @@ class Summary:
     finish_reasons: dict  # reason → count
     first_token_p50: float | None
     total_p50: float | None
-    raw: dict  # the whole summary.json, for --json
+    raw: dict
+    first_sentence_p50: float | None = None  # rag: when the first checked sentence was shown  # the whole summary.json, for --json
 
 
 def load(path: Path) -> Summary:
@@ -74,7 +75,8 @@ def parse(path: Path, raw: dict) -> Summary:
         usage, timings = raw.get("usage") or {}, raw.get("timings") or {}
         return Summary(path, str(raw["kind"]), str((raw.get("model") or {}).get("name", "?")), int(raw["items"]),
                        bool(raw.get("complete")), metrics, dict(usage.get("finish_reason") or {}),
-                       (timings.get("first_token_s") or {}).get("p50"), (timings.get("total_s") or {}).get("p50"), raw)
+                       (timings.get("first_token_s") or {}).get("p50"), (timings.get("total_s") or {}).get("p50"), raw,
+                       (timings.get("first_sentence_s") or {}).get("p50"))
     except (KeyError, TypeError, ValueError, AttributeError):
         raise EvalDataError(f"{path / SUMMARY} is not a summary korani wrote", "rerun the evaluation with the same -o to write it again") from None
 
@@ -108,6 +110,8 @@ def table(summary: Summary) -> Table:
         out.add_row(name, _value(name, measure), _counts(measure))
     out.add_row("finish_reason", "", escape(", ".join(f"{k} {v}" for k, v in summary.finish_reasons.items())))
     out.add_row("first token p50", _seconds(summary.first_token_p50), "")
+    if summary.first_sentence_p50 is not None:
+        out.add_row("first sentence p50", _seconds(summary.first_sentence_p50), "")
     out.add_row("total p50", _seconds(summary.total_p50), "")
     return out
 
