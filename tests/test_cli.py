@@ -174,12 +174,7 @@ def _help_screen(path) -> str:
     return wide.stdout
 
 
-# ask.py is being rewritten on another branch; its --model, --system and --seed need a
-# `[default: …]` there (strict: this fails once they have one, so the mark goes too).
-ASK_PENDING = pytest.mark.xfail(strict=True, reason="ask's --model/--system/--seed show no default yet (ask.py rewrite)")
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=ASK_PENDING) if p == ("ask",) else p for p in all_command_paths()],
+@pytest.mark.parametrize("path", all_command_paths(),
                          ids=lambda p: " ".join(p) or "korani")
 def test_every_option_is_described_and_shows_its_default(path):
     """Each option has a description; each option that takes a value shows its default

@@ -49,6 +49,11 @@ class Usage:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None  # eos | stop | length
+    # A backend that hands the answer over in one piece sets `whole`: the arrival of
+    # its text then says nothing about when the first token was made. It sets
+    # `first_token_at` (a time.perf_counter() value) when it knows that moment.
+    whole: bool = False
+    first_token_at: float | None = None
 
 
 class Generation:

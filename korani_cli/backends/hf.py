@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -236,9 +237,12 @@ class HFBackend:
                 return cancel.is_set()
 
         class HeaderStop(StoppingCriteria):
-            """Without a streaming consumer, stop generate() itself at the next header."""
+            """Without a streaming consumer, stop generate() itself at the next header.
+            Called after every new token, so its first call is when the first token was made."""
 
             def __call__(self, input_ids, scores, **kwargs):
+                if usage.first_token_at is None:
+                    usage.first_token_at = time.perf_counter()
                 tail = tokenizer.decode(input_ids[0, max(n_prompt, input_ids.shape[1] - 6):], skip_special_tokens=True)
                 return "\n###" in tail
 
@@ -262,6 +266,7 @@ class HFBackend:
             # (A worker thread costs torch ~0.5 ms a token: noticeable on small models.)
             del gen_kwargs["streamer"]
             gen_kwargs["stopping_criteria"] = StoppingCriteriaList([HeaderStop()])
+            usage.whole = True
             try:
                 with torch.inference_mode():
                     ids = self.model.generate(**gen_kwargs)

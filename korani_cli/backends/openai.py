@@ -211,6 +211,7 @@ class OpenAIBackend:
             raise GenerationError(f"the server sent an unusable answer ({exc})", "check the server") from None
         if not response.is_success:
             raise self._fail(response.status_code, raw)
+        usage.whole = True  # when the server made its first token is not known
         try:
             data = json.loads(raw)
             choice = (data.get("choices") or [{}])[0]

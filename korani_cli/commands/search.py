@@ -23,17 +23,6 @@ ContextTokensOpt = Annotated[Optional[int], typer.Option("--context-tokens", hel
 RerankerOpt = Annotated[Optional[str], typer.Option("--reranker", envvar="KORANI_RERANKER", help="Cross-encoder (sentence-transformers id/path, e.g. BAAI/bge-reranker-v2-m3) that reorders the top passages. [default: none]")]
 
 
-ANSWER_ONLY_HINT = ", or pass --allow-no-sources"  # the pipeline's hint names an option only `ask` has
-
-
-def without_answer_only_hint(fix: str | None) -> str | None:
-    """A search error's fix as `korani search` may give it: without `--allow-no-sources`,
-    which answers without sources and so exists only where an answer is generated."""
-    if fix is None:
-        return None
-    return fix.replace(ANSWER_ONLY_HINT, "").replace("--allow-no-sources", "").strip(" ,") or None
-
-
 def search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker=None, follow_links=False):
     """The command-line search options as one value; a --local-dir that is not a
     directory is refused here, before any model or network is touched."""
@@ -71,14 +60,9 @@ def search(
     from korani_cli.search.pipeline import retrieve
     from korani_cli.untrusted import clean, clean_line
 
-    from korani_cli.search.pipeline import NoSources
-
     opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links)
-    try:
-        with err_console().status("검색 중…"):
-            result = retrieve(query, opts, notice)
-    except NoSources as exc:
-        raise NoSources(exc.what, without_answer_only_hint(exc.fix)) from None
+    with err_console().status("검색 중…"):
+        result = retrieve(query, opts, notice)
     if as_json:
         out = {
             "query": clean(query), "provider": result.provider,  # valid UTF-8 even from raw argv bytes

@@ -139,7 +139,7 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
             raise NoSources(f"no search results for {query!r} from {', '.join(options.providers)}",
                             "--local-dir holds no .html, .md, .txt or .pdf file (links out of it count only with --follow-links)"
                             if local_only else
-                            "try another --provider, check the network, or pass --allow-no-sources")
+                            "try another --provider, or check the network")
         t = time.perf_counter()
         on_stage("fetch")
         report = fetch(hits, options.fetch, cache)
@@ -151,7 +151,7 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
     for url, why in failures:
         say(f"skipped {url}: {why}")
     if not report.pages:
-        raise NoSources(f"none of the {len(hits)} result pages could be read", "check the notices above, or pass --allow-no-sources")
+        raise NoSources(f"none of the {len(hits)} result pages could be read", "check the notices above")
 
     on_stage("rank")
     t = time.perf_counter()
