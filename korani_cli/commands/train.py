@@ -33,12 +33,16 @@ def _names_checkpoint(arg: str) -> bool:
     if arg.startswith("-") or "=" in arg:
         return False
     path = Path(arg)
-    return path.is_dir() or path.suffix.lower() not in (".yaml", ".yml")
+    if path.is_dir():
+        return True
+    from korani_cli.train.presets import preset_path
+
+    return path.suffix.lower() not in (".yaml", ".yml") and preset_path(arg) is None
 
 
 app = typer.Typer(
     cls=TrainGroup,
-    help="QLoRA + DeepSpeed instruction tuning on the KoRani format.\n\nTrain: korani train CONFIG \\[--data DIR] \\[--output DIR] \\[--deepspeed NAME] \\[--resume \\[CKPT]] \\[--smoke] \\[key=value ...] (options: korani train run --help).",
+    help="QLoRA + DeepSpeed instruction tuning on the KoRani format.\n\nTrain: korani train RECIPE \\[--data DIR] \\[--output DIR] \\[--deepspeed NAME] \\[--resume \\[CKPT]] \\[--smoke] \\[key=value ...] (options: korani train run --help). RECIPE is a YAML file or a shipped preset name (korani-5.8b); korani train init writes a preset out for editing.",
     no_args_is_help=True,
 )
 
@@ -83,7 +87,7 @@ class RichReporter:
 @app.command("run", hidden=True)
 @korani_command
 def run_command(
-    config: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. configs/korani-5.8b.yaml.")],
+    config: Annotated[Path, typer.Argument(help="A recipe YAML file, or the name of a shipped preset (korani-5.8b).", metavar="RECIPE")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides of recipe keys (see `korani train keys`).", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data directory (overrides `data`).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (overrides `output`).")] = None,
@@ -92,7 +96,7 @@ def run_command(
     smoke: Annotated[bool, typer.Option("--smoke", help="A tiny random model of the same family, ~20 CPU steps: catch data/config mistakes in a minute.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an output directory that holds an earlier korani train run (never other files).")] = False,
 ) -> None:
-    """Train a LoRA adapter: korani train CONFIG [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CKPT]] [--smoke] [key=value ...]"""
+    """Train a LoRA adapter: korani train RECIPE [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CKPT]] [--smoke] [key=value ...]"""
     from korani_cli.train.config import load_config, parse_overrides
     from korani_cli.train.run import run
 
@@ -123,6 +127,29 @@ def run_command(
             )
     console.print(f"adapter, tokenizer, korani_train.yaml and korani_metadata.json in {out}")
     console.print(f"try it: korani ask --model {out} \"질문\"")
+
+
+@app.command("init")
+@korani_command
+def init_command(
+    name: Annotated[str, typer.Argument(help="The shipped preset to write out.", show_default=True)] = "korani-5.8b",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The recipe file to write (default: NAME.yaml here).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+) -> None:
+    """Write a shipped recipe preset to a YAML file for editing; train with korani train FILE."""
+    from korani_cli.errors import ConfigError
+    from korani_cli.outputs import atomic_write_text, guard_output_file
+    from korani_cli.train.presets import preset_path, presets_hint
+
+    source = preset_path(name)
+    if source is None:
+        raise ConfigError(f"no shipped preset '{name}'", presets_hint())
+    target = output if output is not None else Path(source.name)
+    guard_output_file(target, overwrite=overwrite)
+    # The file itself, comments included: they explain the reference run's choices.
+    written = atomic_write_text(target, source.read_text(encoding="utf-8"))
+    err_console().print(f"wrote {target}" + (f" (→ {written})" if written != target else ""))
+    err_console().print(f"edit it, then: korani train {target}")
 
 
 @app.command("keys")
