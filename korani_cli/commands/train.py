@@ -1,4 +1,4 @@
-"""`korani train CONFIG ...`, `korani train merge`, `korani train export-gguf`."""
+"""`korani train RECIPE ...`, `korani train init`, `korani train merge`, `korani train export-gguf`."""
 
 from __future__ import annotations
 
@@ -182,12 +182,30 @@ def merge_command(
 def export_gguf_command(
     model: Annotated[Path, typer.Argument(help="A merged model directory (korani train merge) or an adapter directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .gguf file to write.")],
-    outtype: Annotated[str, typer.Option("--outtype", help="f16, bf16, f32 or q8_0.")] = "f16",
+    outtype: Annotated[str, typer.Option("--outtype", help="f16, bf16, f32 (the converter), or q8_0, q5_k_m, q4_k_m (llama.cpp's quantiser on the f16 file; q4_k_m runs a 5.8B model in ~4 GB).")] = "f16",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing GGUF file (never a file of another kind).")] = False,
 ) -> None:
-    """Convert a merged model to GGUF for llama.cpp (`korani ask --model FILE.gguf`)."""
+    """Convert a merged model to GGUF for llama.cpp (`korani ask --model FILE.gguf`), optionally quantised."""
     from korani_cli.train.export import export_gguf
 
-    with err_console().status("GGUF 변환 중…"):
-        path = export_gguf(model, output, outtype=outtype, overwrite=overwrite)
-    err_console().print(f"wrote {path}")
+    with err_console().status("GGUF 변환 중…" if outtype.lower() in ("f16", "bf16", "f32") else "GGUF 변환·양자화 중…"):
+        result = export_gguf(model, output, outtype=outtype, overwrite=overwrite)
+    console = err_console()
+    line = f"wrote {output}: {result.outtype}, {_size(result.size)}"
+    if result.f16_size:
+        line += f" ({result.size / result.f16_size:.2f}× the converter's f16 file, {_size(result.f16_size)})"
+    console.print(line, highlight=False)
+    if result.tensor_types:
+        console.print("tensors: " + ", ".join(f"{kind} {n}" for kind, n in result.tensor_types.items()), highlight=False)
+    if result.fallbacks:
+        moved = sum(f.count for f in result.fallbacks)
+        detail = "; ".join(f"{f.count} with rows of {f.row_length} values → {f.stored_as}" for f in result.fallbacks)
+        console.print(f"llama.cpp's k-quant fallback: {moved} of {result.matrices} matrices have rows that are not a "
+                      f"multiple of 256 and were stored in a legacy type ({detail})", highlight=False)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
