@@ -117,7 +117,7 @@ RECIPE_CASES = [
     ("unknown key", None, ["learning_rat=1"], EXIT_CONFIG, "unknown key 'learning_rat'"),
     ("override without =", None, ["lora_r"], EXIT_USAGE, "key=value"),
     ("recipe is a directory", "DIR", [], EXIT_CONFIG, "is a directory, not a recipe file"),
-    ("recipe missing", "MISSING", [], EXIT_CONFIG, "config file not found"),
+    ("recipe missing", "MISSING", [], EXIT_CONFIG, "and no shipped preset of that name"),
     ("recipe binary", bytes(range(256)) * 4, [], EXIT_CONFIG, "is not a text file"),
     ("recipe NUL bytes", b"lora_r: 8\n\x00\x01\n", [], EXIT_CONFIG, "is not valid YAML"),
     ("recipe a list", "- lora_r\n- 8\n", [], EXIT_CONFIG, "must hold a mapping of key: value, not a list"),

