@@ -25,6 +25,7 @@ What this module does not know: tokenizers, token ids, models.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable, Sequence
@@ -274,6 +275,41 @@ def turn_text(role: str, content: str, eos_token: str) -> str:
     """One turn exactly as `render` writes it (no sources)."""
     before, after = turn_affixes(eos_token)[role]
     return before + content.strip() + after
+
+
+def sources_text(sources: Sequence[Source]) -> str:
+    """The numbered source blocks of a RAG user turn, exactly as `render` writes them
+    (what a context budget counts, often many times per answer: so without a Jinja
+    render each time — the text around the sources' fields comes from `_source_frame`)."""
+    frame = _source_frame(len(sources))
+    out = [frame[0]]
+    for i, source in enumerate(sources):
+        # The template prints title and url as given and the text trimmed (Jinja's trim is str.strip).
+        for j, value in enumerate((source.title, source.url, source.text.strip())):
+            out += (value, frame[3 * i + j + 1])
+    return "".join(out)
+
+
+_FIELD = re.compile("\ue010(\\d+)\ue011")
+
+
+@lru_cache(maxsize=64)
+def _source_frame(k: int) -> tuple[str, ...]:
+    """The 3k+1 literal pieces of k source blocks around their title, url and text,
+    cut out of a real render with placeholders in the fields (so it cannot drift
+    from the template): after the instruction's blank line, up to the question."""
+    if k == 0:
+        return ("",)
+    fields = [f"\ue010{n}\ue011" for n in range(3 * k)]
+    question = "\ue012"
+    sources = [Source(*fields[3 * i:3 * i + 3]) for i in range(k)]
+    text = render([user(question, sources)], eos_token="", add_generation_prompt=False)
+    start = text.index(RAG_INSTRUCTION) + len(RAG_INSTRUCTION) + len(TURN_SEPARATOR)
+    body = text[start:text.rindex(RAG_QUESTION_PREFIX + question)]
+    parts = _FIELD.split(body)
+    if [int(n) for n in parts[1::2]] != list(range(3 * k)):
+        raise TemplateError("the RAG template no longer prints each source's title, url and text once, in that order")
+    return tuple(parts[0::2])
 
 
 def flatten_sources(message: Message) -> Message:

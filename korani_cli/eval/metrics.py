@@ -5,7 +5,8 @@ Answers (KorQuAD 1.0's official evaluate script, as it is):
   punctuation removed, whitespace collapsed; `f1` — its F1, which counts
   *characters* of the normalised tokens (Korean has no useful word unit for
   partial credit), best over the gold answers; `answer_correct` — some gold
-  answer, normalised, occurs in the normalised answer ([n] markers removed).
+  answer, normalised, occurs in the normalised answer ([n] markers removed);
+  `answer_in_context` — the same test on the passages offered to the model.
 
 Footnotes (ALCE's citation precision/recall, judged with the gold instead of
 an NLI model): a sentence *states the answer* when it contains a gold answer;
@@ -71,6 +72,14 @@ def stated(sentence: str, golds: Sequence[str]) -> list[str]:
 
 def answer_correct(answer: str, golds: Sequence[str]) -> bool:
     return bool(stated(answer, golds))
+
+
+def answer_in_context(passages: Sequence[str], golds: Sequence[str]) -> bool:
+    """Some gold answer, normalised as `answer_correct` normalises, occurs in one of the
+    passage texts offered to the model: the most a reader of them could answer (a
+    context budget may keep the gold passage yet cut its answer away)."""
+    found = {normalize_answer(g) for g in golds} - {""}
+    return any(g in normalize_answer(text) for text in passages for g in found)
 
 
 ABSTAIN_PATTERNS = [re.compile(p) for p in (

@@ -137,12 +137,20 @@ def claims(sentences: Sequence[str]) -> list[Claim]:
     return out
 
 
-def _prior(part: str, tag: str) -> float:
+def prior(part: str, tag: str) -> float:
+    """How telling a content morpheme is on its own, before IDF: 1, less for light
+    words (_COMMON, dependent nouns) and one-syllable stems. search/budget.py uses it too."""
     if part in _COMMON or tag == "NNB":
         return _COMMON_WEIGHT
     if len(part) == 1 and not tag.startswith(("SN", "SL", "SH")):
         return _ONE_SYLLABLE_WEIGHT
     return 1.0
+
+
+def idf(df: float, n: int) -> float:
+    """BM25's smoothed IDF of a word held by `df` of `n` passages, kept positive:
+    a word in every passage still counts a little."""
+    return math.log(1 + (n - df + 0.5) / (df + 0.5))
 
 
 def scores(claim: Claim, passages: Sequence[Evidence]) -> list[float]:
@@ -155,11 +163,10 @@ def scores(claim: Claim, passages: Sequence[Evidence]) -> list[float]:
             whole = len(parts) == 1 and part == surface  # a plain word: its term is the word
             credit = [1.0 if v else (1.0 if whole else _SPLIT_CREDIT) if part in p.terms else 0.0
                       for v, p in zip(verbatim, passages)]
-            # BM25's smoothed IDF, kept positive: a word in every passage still counts a
-            # little. A word no passage holds weighs as one that a single passage holds:
+            # A word no passage holds weighs as one that a single passage holds:
             # rarer than that says nothing more about which passage supports the sentence.
             df = max(0.5, sum(1 for c in credit if c))
-            weight = math.log(1 + (n - df + 0.5) / (df + 0.5)) * _prior(part, tag)
+            weight = idf(df, n) * prior(part, tag)
             total += weight
             for i, c in enumerate(credit):
                 held[i] += weight * c
