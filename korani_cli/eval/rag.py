@@ -103,6 +103,8 @@ class Asker:
             "citations": [{"n": c.n, "page_id": self.page_id.get(c.url), "url": c.url, "support": c.score} for c in sourced.citations],
             "metrics": {
                 "retrieval_hit": hit,
+                # The budget can keep the gold passage but cut its answer sentence: retrieval_hit cannot see that.
+                "answer_in_context": m.answer_in_context([r.passage.text for r in offered_passages], q.answers),
                 "answer_correct": m.answer_correct(body, q.answers),
                 "f1": m.f1(body, q.answers),
                 "abstained": m.abstains(body),
@@ -138,6 +140,7 @@ def summarise(records: list[dict]) -> dict:
     f1s = [r["metrics"]["f1"] for r in answerable]
     metrics = {
         "retrieval_hit": ratio(count(answerable, "retrieval_hit"), len(answerable)),
+        "answer_in_context": ratio(sum(bool(r["metrics"].get("answer_in_context")) for r in answerable), len(answerable)),
         "answer_correct": ratio(count(answerable, "answer_correct"), len(answerable)),
         "f1": {"value": m.mean(f1s), "count": None, "of": len(f1s)},
         "citation_precision": precision,

@@ -20,7 +20,7 @@ from korani_cli.eval import EvalDataError
 from korani_cli.eval.run import SUMMARY, is_run_dir, read_marker
 
 # Shown as percentages; the rest are plain numbers.
-RATIOS = {"retrieval_hit", "answer_correct", "f1", "citation_precision", "citation_recall", "raw_citation_precision",
+RATIOS = {"retrieval_hit", "answer_in_context", "answer_correct", "f1", "citation_precision", "citation_recall", "raw_citation_precision",
           "raw_citation_recall", "abstain_correct", "false_abstain", "stop_rate", "repetition", "hangul_share", "header_leak"}
 
 

@@ -244,10 +244,14 @@ def stream(backend: Backend, question: str, ranked: Sequence[Ranked], params: Ge
     `context_tokens` caps the sources' share of the prompt (None: the model's default).
     Closing the generator stops generation; what was yielded stays valid."""
     from korani_cli.chat import memory
+    from korani_cli.search import budget
 
     prepare = time.perf_counter()
     limit = backend.info.context_length
-    ranked = list(ranked)
+    tokens = context_tokens if context_tokens is not None else budget.default_tokens(limit, params.max_new_tokens)
+    # Passages cut to their sentences most relevant to the question; footnotes are
+    # checked against, and quote, exactly what the model was given.
+    ranked = budget.fit(question, list(ranked), tokens, backend.count_tokens)
     prompt = messages(question, ranked, system, history)
     if history and limit:
         prompt, dropped = memory.trim(prompt, backend.count_tokens, max(limit - params.max_new_tokens, 64),
