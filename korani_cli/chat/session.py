@@ -18,7 +18,7 @@ from korani_cli.backends import Backend, GenerationParams
 from korani_cli.chat import memory
 from korani_cli.chat.history import History, HistoryError, to_markdown
 from korani_cli.errors import KoraniError
-from korani_cli.untrusted import clean
+from korani_cli.untrusted import clean, clean_line
 
 ANSWER_ROOM = 256  # tokens kept free for the answer when trimming
 COMMANDS = {
@@ -44,6 +44,21 @@ class Event:
     kind: str  # stage | text | done | notice | error | output | exit
     text: str = ""
     data: dict = field(default_factory=dict)
+
+
+SOURCE_CHARS = 200  # how much of a passage /출처 shows
+
+
+def cut_at_word(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters at a word boundary, with `…` when cut."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # a word boundary not too far back; else cut the long word itself
+        cut = cut[:space]
+    return cut.rstrip(" ,.;:·—-") + "…"
 
 
 def is_follow_up(question: str, previous: str | None) -> bool:
@@ -310,7 +325,9 @@ class ChatSession:
             return
         lines = []
         for i, r in enumerate(self.last_sources, 1):
-            lines.append(f"[{i}] {r.score:.4f}  {r.passage.title} — {r.passage.url}\n    {r.passage.text[:200]}")
+            # Indented lines keep their indent when the REPL wraps them.
+            lines += [f"[{i}] {r.score:.4f}  {clean_line(r.passage.title)}", f"    {clean_line(r.passage.url)}",
+                      f"    {cut_at_word(clean_line(r.passage.text), SOURCE_CHARS)}"]
         yield Event("output", "\n".join(lines))
 
     def cmd_reset(self, _arg: str) -> Iterator[Event]:
