@@ -30,6 +30,9 @@ ALIASES = {
     "demo": "gemma-3-270m Q4_K_M from PyPI (llamacpp backend, offline, a base model)",
     "demo-chat": "SmolLM2-135M-Instruct Q4_1 from PyPI (llamacpp backend, offline)",
 }
+# Aliases of chat models that ship their own chat template, which they answer best in;
+# every other model is prompted in the KoRani format unless --template says otherwise.
+OWN_TEMPLATE = {"demo-chat": "model"}
 OFFLINE_FIX = "use --model demo for the offline demo, or --model PATH for a local model (directory or .gguf)"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -62,6 +65,11 @@ def _read_adapter_base(directory: Path) -> str | None:
             "add it, or pass the merged model directory instead",
         )
     return base
+
+
+def default_template(spec: str) -> str:
+    """The template a model is prompted in when none was chosen (flag, environment, config file)."""
+    return OWN_TEMPLATE.get(spec.strip(), "korani")
 
 
 def resolve(spec: str, settings: Settings) -> ModelSpec:

@@ -49,6 +49,16 @@ def read_inputs(lines: Iterator[str]) -> Iterator[str]:
         yield "\n".join(pending)
 
 
+def complete_command(text: str, state: int, begidx: int = 0) -> str | None:
+    """readline's completer: the `state`-th slash command starting with `text`, at the start of the line."""
+    from korani_cli.chat.session import COMMANDS
+
+    if begidx != 0 or not text.startswith("/"):
+        return None
+    matches = [name + " " for name in COMMANDS if name.startswith(text)]
+    return matches[state] if state < len(matches) else None
+
+
 def _terminal_lines(prompt: str) -> Iterator[str]:
     """Lines from a terminal with readline; a triple-quote line or a trailing backslash continues."""
     import atexit
@@ -69,6 +79,12 @@ def _terminal_lines(prompt: str) -> Iterator[str]:
             atexit.register(readline.write_history_file, history_file)
         except OSError:
             pass  # a read-only home still gets a working chat
+        readline.set_completer_delims(" \t\n")  # "/검" is one word to complete
+        readline.set_completer(lambda text, state: complete_command(text, state, readline.get_begidx()))
+        if "libedit" in (readline.__doc__ or ""):  # macOS's readline speaks another dialect
+            readline.parse_and_bind("bind ^I rl_complete")
+        else:
+            readline.parse_and_bind("tab: complete")
     in_block = pending = False
     while True:
         try:
