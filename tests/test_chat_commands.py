@@ -168,3 +168,57 @@ def test_a_model_with_its_own_chat_template_uses_it_unless_told(tmp_path, monkey
     path = tmp_path / "config.toml"
     path.write_text(config, encoding="utf-8")
     assert load_settings({"model": model, "template": flag}, config_path=path).template == expected
+
+
+# -- one language per surface -------------------------------------------------------------------
+
+# ASCII words the Korean chat may show: command aliases, program and file names, key names.
+ALLOWED = {"search", "sources", "reset", "save", "history", "model", "retry", "help", "exit", "quit", "korani", "list",
+           "demo", "chat", "Markdown", "Tab", "Ctrl", "scripted", "test", "openai", "korani", "UTF", "https", "example",
+           "sejong", "URL"}
+
+
+@pytest.mark.parametrize("typed", [
+    "/도움말", "/출처", "/기록", "/모델", "/저장", "/다시", "/초기화", "/검섹", "/검색", "/모델 demo-chat",
+    "질문\n/기록", "질문\n/모델", "\udcff 깨진 입력",
+])
+def test_the_chat_speaks_korean(tmp_path, typed):
+    import re
+
+    session = ChatSession(lambda: ScriptedBackend(["답입니다."]), History(tmp_path / "h.sqlite"), model_name="scripted")
+    out, err = drive(session, typed + "\n")
+    shown = re.sub(r"\b[0-9a-f]{12}\b", "", (out + err).replace("답입니다.", ""))  # session ids
+    assert shown.strip()
+    english = set(re.findall(r"[A-Za-z]{3,}", shown)) - ALLOWED
+    assert not english, shown
+
+
+def test_history_command_counts_messages_in_korean(tmp_path):
+    session = ChatSession(lambda: ScriptedBackend(["답입니다."]), History(tmp_path / "h.sqlite"), model_name="scripted")
+    out, _ = drive(session, "질문\n/기록\n")
+    assert "scripted  메시지 2개  질문" in out
+
+
+def test_chat_notices_are_korean(tmp_path):
+    backend = ScriptedBackend(["가" * 60], context_length=256 + 300)
+    session = ChatSession(lambda: backend, History(tmp_path / "h.sqlite"), model_name="scripted")
+    _, err = drive(session, "".join(f"질문 {i} {'나' * 40}\n" for i in range(6)))
+    assert "알림: 대화가 길어져" in err and "note:" not in err
+
+
+def test_data_prepare_progress_labels_are_english():
+    import re
+
+    from rich.progress import Progress
+
+    from korani_cli.commands.data import RichProgress, _progress_columns
+
+    buffer = io.StringIO()
+    with Progress(*_progress_columns(), console=Console(file=buffer, width=120, force_terminal=True)) as bars:
+        progress = RichProgress(bars)
+        for stage in ("read", "clean", "dedup", "write"):
+            progress.start(stage, 10)
+            progress.advance(stage, 5)
+    shown = buffer.getvalue()
+    assert all(label in shown for label in ("reading", "cleaning", "deduplicating", "writing")), shown
+    assert not re.search("[가-힣]", shown)

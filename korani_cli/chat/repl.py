@@ -215,7 +215,7 @@ def _indented(text: str):
     for line in text.split("\n"):
         body = line.lstrip(" ")
         indent = len(line) - len(body)
-        rows.append(Padding(Text(body), (0, 0, 0, indent)) if indent else Text(line))
+        rows.append(Padding(Text(body), (0, 0, 0, indent), expand=False) if indent else Text(line))
     return Group(*rows)
 
 

@@ -246,7 +246,7 @@ class ChatSession:
 
     def handle(self, line: str) -> Iterator[Event]:
         if any("\udc80" <= ch <= "\udcff" for ch in line):  # stdin bytes that were not UTF-8
-            yield Event("error", "error: 입력이 UTF-8 텍스트가 아닙니다 — UTF-8로 입력하세요")
+            yield Event("error", "입력이 UTF-8 텍스트가 아닙니다 — UTF-8로 입력하세요")
             return
         # A pasted line can carry terminal control sequences; they mean nothing to the model.
         line = clean(line).strip()
@@ -386,7 +386,7 @@ class ChatSession:
             yield Event("output", "이 대화는 기록 없이 메모리에서만 진행 중입니다 — 저장된 대화 목록은 korani history list")
             return
         rows = self.history.sessions(20)
-        lines = [f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created or 0))}  {r.model}  {r.messages}개  "
+        lines = [f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created or 0))}  {r.model}  메시지 {r.messages}개  "
                  f"{(r.first or '')[:40]}" for r in rows]
         yield Event("output", "\n".join(lines) or "저장된 대화가 없습니다")
 
