@@ -189,6 +189,22 @@ def test_a_heading_is_drawn_left_aligned_and_the_text_after_it_too(chat_with):
     lines = term.lines()
     for text in ("세종의 업적", "훈민정음을 만들었다.", "더 보기", "1446년에 반포하였다."):
         assert any(line.startswith(text) for line in lines), (text, lines)
+    start = lines.index("세종의 업적")
+    # as rich draws the whole document: one blank row between blocks, none doubled
+    assert lines[start:start + 7] == ["세종의 업적", "", "훈민정음을 만들었다.", "", "더 보기", "", "1446년에 반포하였다."]
+
+
+@pytest.mark.slow
+def test_blocks_streamed_one_by_one_look_like_the_whole_answer(chat_with):
+    answer = "## 세종\n\n- 항목 하나.\n- 항목 둘\n\n1. 첫째\n\n2. 둘째\n\n끝 문단입니다.\n"
+    term, _ = chat_with(answer)
+    term.type("세종은?\r")
+    assert term.pump(lambda t: t.at_prompt(2)), term.text()
+    term.settle()
+    lines = term.lines()
+    start = lines.index("세종")
+    assert lines[start:lines.index("나>", start)] == [
+        "세종", "", " • 항목 하나.", " • 항목 둘", "", " 1 첫째", "", " 2 둘째", "", "끝 문단입니다."], lines
 
 
 # -- /출처 ----------------------------------------------------------------------------

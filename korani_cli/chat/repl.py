@@ -140,7 +140,7 @@ def _render(events: Iterator[Event], interactive: bool, out: Console, err: Conso
     was shown, then `(답변을 멈췄습니다)` on a line of its own."""
     if not interactive:
         return _render_plain(events, out, err)
-    from korani_cli.chat.view import AnswerView, InterruptGuard, LeftMarkdown
+    from korani_cli.chat.view import AnswerView, InterruptGuard
 
     status = None
     with InterruptGuard(out.file) as guard:
@@ -167,11 +167,9 @@ def _render(events: Iterator[Event], interactive: bool, out: Console, err: Conso
                     view.feed(clean(event.text))
                 elif event.kind == "done":
                     stop_status()
-                    if view.text:
-                        view.finish()
-                    else:  # an answer that arrives whole
-                        with guard.writing():
-                            out.print(LeftMarkdown(clean(event.text)))
+                    if not view.text:  # an answer that arrives whole
+                        view.feed(clean(event.text))
+                    view.finish()
                     with guard.writing():
                         if event.data.get("footnotes"):
                             out.print(escape(clean(event.data["footnotes"])))

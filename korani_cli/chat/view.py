@@ -77,15 +77,20 @@ def split_blocks(text: str) -> tuple[list[str], str]:
     return blocks, "\n".join(current)
 
 
-class _Bottom:
-    """The last `height` lines of a renderable: the newest text of a block taller than the screen."""
+def _blank(line: list[Segment]) -> bool:
+    """A line with nothing on it (a code block's padding row, which has a background, is not blank)."""
+    return all(not seg.text.strip() and not (seg.style and seg.style.bgcolor) for seg in line)
 
-    def __init__(self, renderable, height: int):
-        self.renderable, self.height = renderable, height
+
+class _Lines:
+    """Rendered lines, drawn as they are; `height` keeps only the last ones (the newest text
+    of a block taller than the screen)."""
+
+    def __init__(self, lines: list[list[Segment]], height: int | None = None):
+        self.lines = lines[-height:] if height else lines
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        lines = console.render_lines(self.renderable, options, pad=False)
-        for line in lines[-self.height:]:
+        for line in self.lines:
             yield from line
             yield Segment.line()
 
@@ -158,15 +163,25 @@ class AnswerView:
         self.printed = 0  # finished blocks already printed for good
         self.live = None
 
+    def _lines(self, block: str) -> list[list[Segment]]:
+        """`block` as rich draws it inside the whole answer: without the blank rows it would
+        put around an element that starts or ends a document (blocks are one blank row apart)."""
+        lines = self.console.render_lines(LeftMarkdown(block), pad=False)
+        while lines and _blank(lines[0]):
+            lines.pop(0)
+        while lines and _blank(lines[-1]):
+            lines.pop()
+        return lines
+
     def _renderable(self, block: str):
-        height = max(self.console.size.height - 1, 1)
-        body = _Bottom(LeftMarkdown(block), height - (1 if self.printed else 0))
+        height = max(self.console.size.height - 1, 1) - (1 if self.printed else 0)
+        body = _Lines(self._lines(block), max(height, 1))
         return Group(Text(""), body) if self.printed else body
 
     def _print_block(self, block: str) -> None:
         if self.printed:
             self.console.print()
-        self.console.print(LeftMarkdown(block))
+        self.console.print(_Lines(self._lines(block)), end="")
         self.printed += 1
 
     def feed(self, chunk: str) -> None:
