@@ -26,7 +26,7 @@ def chat(
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens per answer. [default: 256]")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling, for repeatable answers. [default: random]")] = None,
-    template: Annotated[Optional[str], typer.Option("--template", help="Prompt format: korani (### User / ### Bot) or model (the model's own chat template). [default: the session's, else korani]")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="Prompt format: korani (### User / ### Bot) or model (the model's own chat template). [default: the session's, else model for demo-chat (it ships one), else korani]")] = None,
     provider: ProviderOpt = None,
     searxng_url: SearxngOpt = None,
     local_dir: LocalDirOpt = None,
