@@ -73,6 +73,14 @@ def default_template(spec: str) -> str:
 
 
 def resolve(spec: str, settings: Settings) -> ModelSpec:
+    try:
+        return _resolve(spec, settings)
+    except OSError as exc:  # probing the spec as a path: a name too long, a loop of links, no permission
+        shown = spec.strip()[:60] + ("…" if len(spec.strip()) > 60 else "")
+        raise ModelLoadError(f"cannot use {shown!r} as a model path ({exc.strerror or exc})", OFFLINE_FIX) from None
+
+
+def _resolve(spec: str, settings: Settings) -> ModelSpec:
     spec = spec.strip()
     if not spec:
         raise UsageError("--model is empty", f"pass an alias ({', '.join(ALIASES)}), a path or a hub id")

@@ -222,3 +222,39 @@ def test_data_prepare_progress_labels_are_english():
     shown = buffer.getvalue()
     assert all(label in shown for label in ("reading", "cleaning", "deduplicating", "writing")), shown
     assert not re.search("[가-힣]", shown)
+
+
+# -- /모델 with hostile names: one error line each, the chat and its model go on ------------------------
+
+HOSTILE_MODELS = [
+    # name typed after /모델 → a fragment of its one error line
+    ("openai:x", "no server URL for 'openai:x'"),
+    ("../../etc", "holds no model"),
+    ("a" * 3000, "as a model path (File name too long)"),
+    ("\x1b[31mred", "no such model file or directory: [31mred"),
+    ("/dev/null.gguf", "GGUF file not found"),
+    ("openai:scripted@http://[::1", "must be an http:// or https:// URL with a host"),
+]
+
+
+@pytest.fixture(scope="module")
+def hostile_switches(tmp_path_factory):
+    server = ScriptServer("답입니다.")
+    home = tmp_path_factory.mktemp("hostile-models")
+    try:
+        typed = "".join(f"/모델 {name}\n" for name, _ in HOSTILE_MODELS) + "안녕\n"
+        proc = run_korani("chat", "--model", f"openai:scripted@{server.url}", env={"KORANI_HOME": str(home)}, input=typed)
+    finally:
+        server.shutdown()
+    return proc, server
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", range(len(HOSTILE_MODELS)), ids=[n[:20] for n, _ in HOSTILE_MODELS])
+def test_a_model_that_cannot_be_switched_to_is_one_line(hostile_switches, row):
+    proc, server = hostile_switches
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == len(HOSTILE_MODELS), proc.stderr
+    assert HOSTILE_MODELS[row][1] in errors[row] and "\x1b" not in errors[row]
+    assert proc.stdout.strip().endswith("답입니다.") and len(server.prompts) == 1  # the chat went on, on its model
