@@ -33,7 +33,7 @@ DEFAULT_MODEL = "korani-5.8b"
 @dataclass(frozen=True)
 class Settings:
     model: str = DEFAULT_MODEL
-    template: str = "korani"  # "korani" or "model" (the model's own chat template)
+    template: str = "korani"  # "korani" or "model" (the model's own chat template); see models.default_template
     max_new_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 0.9
@@ -256,4 +256,9 @@ def load_settings(overrides: dict[str, Any] | None = None, *, config_path: Path 
     for key, value in (overrides or {}).items():
         if value is not None:
             merged[key] = check_flag("--" + key.replace("_", "-"), value, _rule(key))
+    if "template" not in merged:
+        # No template chosen anywhere: a model that ships its own chat template (demo-chat) uses it.
+        from korani_cli.models import default_template
+
+        merged["template"] = default_template(merged.get("model", DEFAULT_MODEL))
     return dataclasses.replace(Settings(), **merged)

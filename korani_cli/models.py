@@ -30,6 +30,9 @@ ALIASES = {
     "demo": "gemma-3-270m Q4_K_M from PyPI (llamacpp backend, offline, a base model)",
     "demo-chat": "SmolLM2-135M-Instruct Q4_1 from PyPI (llamacpp backend, offline)",
 }
+# Aliases of chat models that ship their own chat template, which they answer best in;
+# every other model is prompted in the KoRani format unless --template says otherwise.
+OWN_TEMPLATE = {"demo-chat": "model"}
 OFFLINE_FIX = "use --model demo for the offline demo, or --model PATH for a local model (directory or .gguf)"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -64,7 +67,20 @@ def _read_adapter_base(directory: Path) -> str | None:
     return base
 
 
+def default_template(spec: str) -> str:
+    """The template a model is prompted in when none was chosen (flag, environment, config file)."""
+    return OWN_TEMPLATE.get(spec.strip(), "korani")
+
+
 def resolve(spec: str, settings: Settings) -> ModelSpec:
+    try:
+        return _resolve(spec, settings)
+    except OSError as exc:  # probing the spec as a path: a name too long, a loop of links, no permission
+        shown = spec.strip()[:60] + ("…" if len(spec.strip()) > 60 else "")
+        raise ModelLoadError(f"cannot use {shown!r} as a model path ({exc.strerror or exc})", OFFLINE_FIX) from None
+
+
+def _resolve(spec: str, settings: Settings) -> ModelSpec:
     spec = spec.strip()
     if not spec:
         raise UsageError("--model is empty", f"pass an alias ({', '.join(ALIASES)}), a path or a hub id")

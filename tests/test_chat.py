@@ -183,8 +183,8 @@ def test_search_command_answers_with_footnotes_and_sources(tmp_path, web, monkey
 def test_demo_model_exchange_through_the_real_cli():
     proc = run_korani("chat", "--model", "demo", "-n", "16", "-t", "0", input="한국의 수도는?\n/모델\n")
     assert proc.returncode == 0, proc.stderr
-    assert "demo · backend llamacpp" in proc.stdout
-    assert proc.stdout.split("demo · backend")[0].strip()  # an answer was printed first
+    assert "demo · 백엔드 llamacpp" in proc.stdout  # the chat speaks Korean
+    assert proc.stdout.split("demo · 백엔드")[0].strip()  # an answer was printed first
 
 
 @pytest.mark.slow

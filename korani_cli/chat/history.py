@@ -5,8 +5,9 @@ soon as it completes, each in its own transaction, so killing the process
 loses at most the answer in progress.
 
 A session row is written with its first message, never empty, and keeps the
-model, template and system text the chat started with, so `--continue`
-resumes the same conversation. Session ids may be shortened to any unique
+model, template and system text the chat uses (`/모델 NAME` updates them), so
+`--continue` resumes the same conversation. An answer that `/다시` replaced
+stays in the file with role `replaced` and is left out of the conversation. Session ids may be shortened to any unique
 prefix, as git's may. Databases written before the `template` column get it
 (NULL: the default template) when opened; nothing else is rewritten.
 
@@ -170,6 +171,17 @@ class History:
                  json.dumps(citations, ensure_ascii=False) if citations else None),
             )
 
+    def set_model(self, session_id: str, model: str, template: str | None) -> None:
+        """/모델 NAME: the session goes on with another model (and its template)."""
+        with self._guard(), self.db:
+            self.db.execute("UPDATE sessions SET model = ?, template = ? WHERE id = ?", (model, template, session_id))
+
+    def replace_last_answer(self, session_id: str) -> None:
+        """/다시: the last answer is kept, as role 'replaced', out of the conversation."""
+        with self._guard(), self.db:
+            self.db.execute("UPDATE messages SET role = 'replaced' WHERE id = (SELECT id FROM messages "
+                            "WHERE session_id = ? AND role = 'assistant' ORDER BY id DESC LIMIT 1)", (session_id,))
+
     def mark_reset(self, session_id: str) -> None:
         """/초기화: later `--continue` restores only what came after."""
         with self._guard(), self.db:
@@ -186,6 +198,8 @@ class History:
             if role == "reset":
                 if since_reset:
                     out = []
+                continue
+            if role == "replaced":  # an answer /다시 replaced: kept in the file, not in the conversation
                 continue
             try:
                 out.append(StoredMessage(role, content, created, model, json.loads(timings) if timings else None,

@@ -49,6 +49,16 @@ def read_inputs(lines: Iterator[str]) -> Iterator[str]:
         yield "\n".join(pending)
 
 
+def complete_command(text: str, state: int, begidx: int = 0) -> str | None:
+    """readline's completer: the `state`-th slash command starting with `text`, at the start of the line."""
+    from korani_cli.chat.session import COMMANDS
+
+    if begidx != 0 or not text.startswith("/"):
+        return None
+    matches = [name + " " for name in COMMANDS if name.startswith(text)]
+    return matches[state] if state < len(matches) else None
+
+
 def _terminal_lines(prompt: str) -> Iterator[str]:
     """Lines from a terminal with readline; a triple-quote line or a trailing backslash continues."""
     import atexit
@@ -69,11 +79,18 @@ def _terminal_lines(prompt: str) -> Iterator[str]:
             atexit.register(readline.write_history_file, history_file)
         except OSError:
             pass  # a read-only home still gets a working chat
+        readline.set_completer_delims(" \t\n")  # "/검" is one word to complete
+        readline.set_completer(lambda text, state: complete_command(text, state, readline.get_begidx()))
+        if "libedit" in (readline.__doc__ or ""):  # macOS's readline speaks another dialect
+            readline.parse_and_bind("bind ^I rl_complete")
+        else:
+            readline.parse_and_bind("tab: complete")
     in_block = pending = False
     while True:
         try:
             line = input("... " if in_block or pending else prompt)
         except EOFError:
+            print()  # Ctrl-D: the shell's prompt starts on a line of its own
             return
         except KeyboardInterrupt:
             print()
@@ -118,67 +135,112 @@ def _render(events: Iterator[Event], interactive: bool, out: Console, err: Conso
 
     Every text shown is passed through `untrusted.clean` first: answers, notices
     and outputs can carry model or web text, and rich's escaping does not stop
-    terminal control sequences."""
-    from rich.live import Live
+    terminal control sequences. On a terminal the answer is drawn by
+    `view.AnswerView`; Ctrl-C stops it and leaves on the screen exactly what
+    was shown, then `(답변을 멈췄습니다)` on a line of its own."""
+    if not interactive:
+        return _render_plain(events, out, err)
+    from korani_cli.chat.view import AnswerView, InterruptGuard
 
     status = None
-    live = None
+    with InterruptGuard(out.file) as guard:
+        view = AnswerView(out, guard)
+
+        def stop_status() -> None:
+            nonlocal status
+            if status is not None:
+                with guard.writing():
+                    status.stop()
+                status = None
+
+        try:
+            for event in events:
+                if event.kind == "stage":
+                    with guard.writing():
+                        if status is None:
+                            status = err.status(f"{event.text}…")
+                            status.start()
+                        else:
+                            status.update(f"{event.text}…")
+                elif event.kind == "text":
+                    stop_status()
+                    view.feed(clean(event.text))
+                elif event.kind == "done":
+                    stop_status()
+                    if not view.text:  # an answer that arrives whole
+                        view.feed(clean(event.text))
+                    view.finish()
+                    with guard.writing():
+                        if event.data.get("footnotes"):
+                            out.print(escape(clean(event.data["footnotes"])))
+                    view = AnswerView(out, guard)
+                elif event.kind == "exit":
+                    return True
+                else:
+                    stop_status()
+                    view.pause()
+                    with guard.writing():
+                        _show(event, out, err)
+        except KeyboardInterrupt:
+            stop_status()
+            view.finish()  # what was shown stays, once
+            events.close()  # stops generation; the partial answer is kept
+            with guard.writing():
+                err.print("[dim](답변을 멈췄습니다)[/dim]")
+        finally:
+            stop_status()
+            view.pause()
+    return False
+
+
+def _show(event: Event, out: Console, err: Console) -> None:
+    """A notice, an error line or a command's output."""
+    if event.kind == "notice":
+        err.print(f"[dim]알림:[/dim] {escape(clean_line(event.text))}", soft_wrap=True)
+    elif event.kind == "error":
+        err.print(f"[bold red]{escape(clean_line(event.text))}[/bold red]", soft_wrap=True)  # one line, always
+    elif event.kind == "output":
+        out.print(_indented(clean(event.text)))
+
+
+def _indented(text: str):
+    """Command output whose wrapped lines keep the indent their line starts with (/출처's passages)."""
+    from rich.console import Group
+    from rich.padding import Padding
+    from rich.text import Text
+
+    rows = []
+    for line in text.split("\n"):
+        body = line.lstrip(" ")
+        indent = len(line) - len(body)
+        rows.append(Padding(Text(body), (0, 0, 0, indent), expand=False) if indent else Text(line))
+    return Group(*rows)
+
+
+def _render_plain(events: Iterator[Event], out: Console, err: Console) -> bool:
+    """Piped: the answer's text as it comes, nothing drawn over."""
     answer: list[str] = []
     try:
         for event in events:
-            if event.kind == "stage":
-                if interactive:
-                    if status is None:
-                        status = err.status(f"{event.text}…")
-                        status.start()
-                    else:
-                        status.update(f"{event.text}…")
-            elif event.kind == "text":
-                if interactive:
-                    if status is not None:
-                        status.stop()
-                        status = None
-                    if live is None:
-                        live = Live(console=out, refresh_per_second=12, vertical_overflow="visible")
-                        live.start()
-                    answer.append(clean(event.text))
-                    live.update(Markdown("".join(answer)))
-                else:
-                    answer.append(clean(event.text))
-                    out.file.write(answer[-1])
-                    out.file.flush()
+            if event.kind == "text":
+                answer.append(clean(event.text))
+                out.file.write(answer[-1])
+                out.file.flush()
             elif event.kind == "done":
-                if status is not None:
-                    status.stop()
-                    status = None
-                streamed = live is not None or bool(answer)
-                if live is not None:
-                    live.stop()
-                    live = None
-                if not streamed:  # a sourced answer arrives whole
-                    if interactive:
-                        out.print(Markdown(clean(event.text)))
-                    else:
-                        out.file.write(clean(event.text))
-                if not interactive:
-                    out.file.write("\n")
+                if not answer:  # an answer that arrives whole
+                    out.file.write(clean(event.text))
+                out.file.write("\n")
                 if event.data.get("footnotes"):
                     out.print(escape(clean(event.data["footnotes"])))
                 out.file.flush()
-            elif event.kind == "notice":
-                err.print(f"[dim]note:[/dim] {escape(clean_line(event.text))}", soft_wrap=True)
-            elif event.kind == "error":
-                err.print(f"[bold red]{escape(clean_line(event.text))}[/bold red]", soft_wrap=True)  # one line, always
-            elif event.kind == "output":
-                out.print(escape(clean(event.text)))
+                answer = []
             elif event.kind == "exit":
                 return True
+            elif event.kind != "stage":
+                _show(event, out, err)
     except KeyboardInterrupt:
-        events.close()  # stops generation; the partial answer is kept
-        err.print("[dim](답변을 멈췄습니다)[/dim]")
-    finally:
-        if status is not None:
-            status.stop()
-        if live is not None:
-            live.stop()
+        events.close()
+        if answer:
+            out.file.write("\n")
+        err.print("(답변을 멈췄습니다)")
     return False

@@ -18,13 +18,14 @@ from korani_cli.backends import Backend, GenerationParams
 from korani_cli.chat import memory
 from korani_cli.chat.history import History, HistoryError, to_markdown
 from korani_cli.errors import KoraniError
-from korani_cli.untrusted import clean
+from korani_cli.untrusted import clean, clean_line
 
 ANSWER_ROOM = 256  # tokens kept free for the answer when trimming
 COMMANDS = {
     "/검색": "search", "/search": "search", "/출처": "sources", "/sources": "sources",
     "/초기화": "reset", "/reset": "reset", "/저장": "save", "/save": "save", "/기록": "history", "/history": "history",
-    "/모델": "model", "/model": "model", "/도움말": "help", "/help": "help", "/종료": "exit", "/exit": "exit", "/quit": "exit",
+    "/모델": "model", "/model": "model", "/다시": "retry", "/retry": "retry", "/도움말": "help", "/help": "help",
+    "/종료": "exit", "/exit": "exit", "/quit": "exit",
 }
 HELP = """명령어
   /검색 <질문>  (/search)   웹을 검색해 출처와 함께 답합니다
@@ -32,11 +33,29 @@ HELP = """명령어
   /초기화       (/reset)    대화 기억을 지우고 새 대화를 시작합니다
   /저장 [파일]  (/save)     대화를 Markdown으로 저장합니다
   /기록         (/history)  저장된 대화 목록
-  /모델         (/model)    백엔드와 모델 정보
+  /모델 [이름]  (/model)    모델 정보; 이름을 주면 그 모델로 바꿉니다 (예: /모델 demo-chat)
+  /다시         (/retry)    마지막 답변을 다시 만듭니다 (/검색 답변은 같은 출처로)
   /도움말       (/help)     이 도움말
   /종료         (/exit)     끝내기 (Ctrl-D)
-여러 줄 입력: \"\"\" 로 시작하고 \"\"\" 로 끝내거나, 줄 끝에 \\ 를 붙이세요."""
+여러 줄 입력: \"\"\" 로 시작하고 \"\"\" 로 끝내거나, 줄 끝에 \\ 를 붙이세요. Tab 은 명령어를 완성합니다."""
 FOLLOW_UP = re.compile(r"^(그럼|그러면|그리고|또|그건|그게|그 |그녀|그분|거기|저기|이건|저건|그것|이것|걔|그 사람)")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What `/모델 NAME` switches to: the model's name, its template, and how to load it."""
+
+    name: str
+    template: str | None
+    load: Callable[[], Backend]
+
+
+@dataclass(frozen=True)
+class Asked:
+    """The last question, for /다시: a plain one, or a /검색 one with the sources it was answered from."""
+
+    question: str
+    ranked: list | None = None  # None: a plain question
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,21 @@ class Event:
     kind: str  # stage | text | done | notice | error | output | exit
     text: str = ""
     data: dict = field(default_factory=dict)
+
+
+SOURCE_CHARS = 200  # how much of a passage /출처 shows
+
+
+def cut_at_word(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters at a word boundary, with `…` when cut."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # a word boundary not too far back; else cut the long word itself
+        cut = cut[:space]
+    return cut.rstrip(" ,.;:·—-") + "…"
 
 
 def is_follow_up(question: str, previous: str | None) -> bool:
@@ -121,7 +155,7 @@ class ChatSession:
     def __init__(self, load_backend: Callable[[], Backend], history: History, session_id: str | None = None, *,
                  model_name: str, system: str | None = None, template: str | None = None,
                  params: GenerationParams | None = None, search_options=None, restored: list[tpl.Message] | None = None,
-                 context_tokens: int | None = None):
+                 context_tokens: int | None = None, choose_model: Callable[[str], ModelChoice] | None = None):
         """`session_id` None: a new chat, whose session row is written with its first message
         (a chat that fails to start, or says nothing, leaves no empty session behind)."""
         self._load = load_backend
@@ -138,6 +172,8 @@ class ChatSession:
         self.last_sources: list = []
         self.last_query: str | None = None
         self.trim_reported = False
+        self.choose_model = choose_model  # None: /모델 NAME cannot switch (a test, or an embedding)
+        self.last_asked: Asked | None = None
         self._pending: list[Event] = []  # said after the current input's events (e.g. history trouble)
 
     # -- plumbing -------------------------------------------------------------
@@ -178,9 +214,10 @@ class ChatSession:
         eos = getattr(self.backend, "eos_text", "")
         return memory.trim(messages, self.backend.count_tokens, max(limit - ANSWER_ROOM, 64), eos)
 
-    def _generate(self, user_message: tpl.Message, stored_text: str) -> Iterator[Event]:
+    def _generate(self, user_message: tpl.Message, stored_text: str, store_question: bool = True) -> Iterator[Event]:
         """Generate, remember, store and show one plain answer as it streams."""
-        self._store("user", stored_text)  # before generation: never lost
+        if store_question:
+            self._store("user", stored_text)  # before generation: never lost
         messages, dropped = self.prompt_messages(user_message)
         if dropped and not self.trim_reported:
             self.trim_reported = True
@@ -209,7 +246,7 @@ class ChatSession:
 
     def handle(self, line: str) -> Iterator[Event]:
         if any("\udc80" <= ch <= "\udcff" for ch in line):  # stdin bytes that were not UTF-8
-            yield Event("error", "error: 입력이 UTF-8 텍스트가 아닙니다 — UTF-8로 입력하세요")
+            yield Event("error", "입력이 UTF-8 텍스트가 아닙니다 — UTF-8로 입력하세요")
             return
         # A pasted line can carry terminal control sequences; they mean nothing to the model.
         line = clean(line).strip()
@@ -232,6 +269,7 @@ class ChatSession:
             yield from getattr(self, f"cmd_{command}")(arg.strip())
             return
         yield from self._ensure_backend()
+        self.last_asked = Asked(line)
         yield from self._generate(tpl.user(line), line)
 
     # -- commands ---------------------------------------------------------------
@@ -262,17 +300,19 @@ class ChatSession:
             return
         self.last_query = query
         self.last_sources = result.ranked
+        self.last_asked = Asked(question, list(result.ranked))
         try:
             yield from self._sourced(question, result.ranked)
         except KoraniError as exc:
             yield Event("error", exc.one_line())
 
-    def _sourced(self, question: str, ranked) -> Iterator[Event]:
+    def _sourced(self, question: str, ranked, store_question: bool = True) -> Iterator[Event]:
         """Answer from `ranked` through the RAG core (search/answer.py): each sentence is
         shown once its footnotes are checked; remembered and stored as shown."""
         from korani_cli.search import answer as rag
 
-        self._store("user", question)  # before generation: never lost
+        if store_question:  # /다시 answers a question that is stored already
+            self._store("user", question)  # before generation: never lost
         yield Event("stage", "답변 생성 중")
         start = time.perf_counter()
         shown: list[str] = []
@@ -310,13 +350,16 @@ class ChatSession:
             return
         lines = []
         for i, r in enumerate(self.last_sources, 1):
-            lines.append(f"[{i}] {r.score:.4f}  {r.passage.title} — {r.passage.url}\n    {r.passage.text[:200]}")
+            # Indented lines keep their indent when the REPL wraps them.
+            lines += [f"[{i}] {r.score:.4f}  {clean_line(r.passage.title)}", f"    {clean_line(r.passage.url)}",
+                      f"    {cut_at_word(clean_line(r.passage.text), SOURCE_CHARS)}"]
         yield Event("output", "\n".join(lines))
 
     def cmd_reset(self, _arg: str) -> Iterator[Event]:
         self.turns = []
         self.last_sources = []
         self.last_query = None
+        self.last_asked = None
         self.trim_reported = False
         # What follows is a new conversation, so it is a new session (written with its first
         # message): the one before stays whole in the history, and `--continue` later resumes
@@ -343,16 +386,71 @@ class ChatSession:
             yield Event("output", "이 대화는 기록 없이 메모리에서만 진행 중입니다 — 저장된 대화 목록은 korani history list")
             return
         rows = self.history.sessions(20)
-        lines = [f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created or 0))}  {r.model}  {r.messages}개  "
+        lines = [f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created or 0))}  {r.model}  메시지 {r.messages}개  "
                  f"{(r.first or '')[:40]}" for r in rows]
         yield Event("output", "\n".join(lines) or "저장된 대화가 없습니다")
 
-    def cmd_model(self, _arg: str) -> Iterator[Event]:
+    def cmd_model(self, arg: str) -> Iterator[Event]:
+        if arg:
+            yield from self._switch_model(arg)
+            return
         if self.backend is None:
             yield Event("output", f"{self.model_name} (아직 불러오지 않음)")
             return
+        yield Event("output", self._describe())
+
+    def _describe(self) -> str:
         info = self.backend.info
-        yield Event("output", f"{info.name} · backend {info.backend} · context {info.context_length} · template {info.template}")
+        context = f"{info.context_length} 토큰" if info.context_length else "알 수 없음"
+        return f"{info.name} · 백엔드 {info.backend} · 컨텍스트 {context} · 템플릿 {info.template}"
+
+    def _switch_model(self, name: str) -> Iterator[Event]:
+        """Load `name`; only once it has loaded does it replace the current model (a
+        failure is one error line and the chat goes on with the model it had)."""
+        if self.choose_model is None:
+            yield Event("error", "이 대화에서는 모델을 바꿀 수 없습니다 — korani chat --model 이름 으로 시작하세요")
+            return
+        yield Event("stage", "모델 불러오는 중")
+        try:
+            choice = self.choose_model(name)
+            backend = choice.load()
+        except KoraniError as exc:
+            yield Event("error", exc.one_line())
+            yield Event("notice", f"모델은 그대로 {self.model_name} 입니다")
+            return
+        self.backend, self.model_name, self.template = backend, choice.name, choice.template
+        self.trim_reported = False
+        if self.session_id is not None:
+            try:  # later messages, and a later --continue, use the new model
+                self.history.set_model(self.session_id, choice.name, choice.template)
+            except HistoryError as exc:
+                yield Event("error", exc.one_line())
+        yield Event("output", f"모델을 바꿨습니다: {self._describe()}")
+
+    def cmd_retry(self, _arg: str) -> Iterator[Event]:
+        """Answer the last question again. The answer it replaces stays in the history
+        database, marked as replaced (role 'replaced'): it no longer counts as part of the
+        conversation (--continue, history show/export), but nothing stored is lost."""
+        asked = self.last_asked
+        if asked is None:
+            yield Event("output", "다시 답할 질문이 없습니다 — 먼저 질문하거나 /검색 하세요")
+            return
+        if len(self.turns) >= 2 and self.turns[-1].role == "assistant" and self.turns[-2].content == asked.question:
+            self.turns = self.turns[:-2]
+            if self.session_id is not None:
+                try:
+                    self.history.replace_last_answer(self.session_id)
+                except HistoryError as exc:
+                    yield Event("error", exc.one_line())
+        yield from self._ensure_backend()
+        if asked.ranked is None:
+            yield from self._generate(tpl.user(asked.question), asked.question, store_question=False)
+            return
+        self.last_sources = list(asked.ranked)
+        try:
+            yield from self._sourced(asked.question, asked.ranked, store_question=False)
+        except KoraniError as exc:
+            yield Event("error", exc.one_line())
 
     def cmd_help(self, _arg: str) -> Iterator[Event]:
         yield Event("output", HELP)

@@ -26,7 +26,7 @@ def chat(
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens per answer. [default: 256]")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling, for repeatable answers. [default: random]")] = None,
-    template: Annotated[Optional[str], typer.Option("--template", help="Prompt format: korani (### User / ### Bot) or model (the model's own chat template). [default: the session's, else korani]")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="Prompt format: korani (### User / ### Bot) or model (the model's own chat template). [default: the session's, else model for demo-chat (it ships one), else korani]")] = None,
     provider: ProviderOpt = None,
     searxng_url: SearxngOpt = None,
     local_dir: LocalDirOpt = None,
@@ -54,7 +54,7 @@ def chat(
     from korani_cli.backends import GenerationParams
     from korani_cli.chat.history import History
     from korani_cli.chat.repl import run
-    from korani_cli.chat.session import ChatSession
+    from korani_cli.chat.session import ChatSession, ModelChoice
     from korani_cli.config import CONTEXT_TOKENS, SEED, check_flag, load_settings
     from korani_cli.console import err_console
     from korani_cli.errors import UsageError
@@ -62,6 +62,7 @@ def chat(
 
     check_flag("--seed", seed, SEED)
     check_flag("--context-tokens", context_tokens, CONTEXT_TOKENS)
+    given_template = template  # as typed: a resumed session's own template does not bind /모델 NAME
     if session_id is not None and not session_id.strip():
         raise UsageError("--session is empty", "pass a session id from `korani history list`")
     if no_history and (resume_last or session_id):
@@ -97,10 +98,17 @@ def chat(
         if resumed_note:
             notice(resumed_note)
         params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p, seed=seed)
+
+        def choose_model(name: str) -> ModelChoice:
+            # /모델 NAME: the new model's own default template, unless --template was given here.
+            chosen = load_settings({"model": name, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                                    "template": given_template})
+            return ModelChoice(chosen.model, chosen.template, lambda: load_backend(resolve(chosen.model, chosen), chosen, notice))
+
         session = ChatSession(
             lambda: load_backend(resolve(settings.model, settings), settings, notice), history, sid,
             model_name=settings.model, system=system, template=settings.template, params=params, search_options=opts,
-            restored=restored, context_tokens=context_tokens,
+            restored=restored, context_tokens=context_tokens, choose_model=choose_model,
         )
         # Load before the first prompt: a model that cannot load at all ends the command
         # with exit 3 (piped or not), instead of failing each message and exiting 0.

@@ -13,7 +13,8 @@ from korani_cli.console import err_console, korani_command, notice
 
 app = typer.Typer(help="Build one clean, deduplicated, split training set from KoAlpaca and Korean ShareGPT.", no_args_is_help=True)
 
-STAGES = {"read": "읽기", "clean": "정제", "dedup": "중복 제거", "write": "쓰기"}
+# Progress labels: `korani data` speaks English, like its help, errors and tables.
+STAGES = {"read": "reading", "clean": "cleaning", "dedup": "deduplicating", "write": "writing"}
 
 
 class RichProgress:
