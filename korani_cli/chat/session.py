@@ -221,7 +221,7 @@ class ChatSession:
         messages, dropped = self.prompt_messages(user_message)
         if dropped and not self.trim_reported:
             self.trim_reported = True
-            yield Event("notice", f"대화가 길어져 오래된 대화 {dropped}개를 기억에서 뺐습니다 (context {self.backend.info.context_length} tokens)")
+            yield Event("notice", f"대화가 길어져 오래된 대화 {dropped}개를 기억에서 뺐습니다 (컨텍스트 {self.backend.info.context_length} 토큰)")
         yield Event("stage", "답변 생성 중")
         start = time.perf_counter()
         first = None
@@ -324,7 +324,7 @@ class ChatSession:
                 if isinstance(event, rag.Trimmed):
                     if not self.trim_reported:
                         self.trim_reported = True
-                        yield Event("notice", f"대화가 길어져 오래된 대화 {event.dropped}개를 기억에서 뺐습니다 (context {event.context_length} tokens)")
+                        yield Event("notice", f"대화가 길어져 오래된 대화 {event.dropped}개를 기억에서 뺐습니다 (컨텍스트 {event.context_length} 토큰)")
                 elif isinstance(event, rag.Text):
                     shown.append(event.text)
                     yield Event("text", event.text)

@@ -85,7 +85,7 @@ def ask(
     temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]")] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass, 0 to 1. [default: 0.9]")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0 to 4294967295), for repeatable sampling. [default: random]")] = None,
-    template: Annotated[Optional[str], typer.Option("--template", help=f"Prompt format: {' or '.join(TEMPLATES)} (the model's own chat template). [default: korani]")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help=f"Prompt format: {' or '.join(TEMPLATES)} (the model's own chat template). [default: korani; model for an alias with its own chat template, e.g. demo-chat]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, model, backend, token counts, finish_reason, timings.")] = False,
     web: Annotated[bool, typer.Option("--search", help="Search the web first and answer from the pages, with footnotes.")] = False,
     provider: ProviderOpt = None,

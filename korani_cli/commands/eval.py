@@ -33,7 +33,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print only the summary ob
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the item order (and of sampling).")]
 MaxTokensOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="Most tokens per answer. [default: as ask, 256]")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 (greedy) makes a rerun give the same answers.")]
-TemplateOpt = Annotated[Optional[str], typer.Option("--template", help="Prompt format: korani or model. [default: korani]")]
+TemplateOpt = Annotated[Optional[str], typer.Option("--template", help="Prompt format: korani or model. [default: korani; model for an alias with its own chat template, e.g. demo-chat]")]
 SystemOpt = Annotated[Optional[str], typer.Option("--system", "-s", help="System text placed before each conversation. [default: none]")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start the run in -o again instead of resuming it.")]
 
