@@ -129,6 +129,10 @@ MARKDOWN = [
     ("an index in inline code is not a footnote", (SEJONG,),
      "배열 `a[1]`을 보세요. 세종은 1443년에 훈민정음을 창제하였다.",
      "배열 `a[1]`을 보세요. 세종은 1443년에 훈민정음을 창제하였다.[1]", ["https://sejong.example"]),
+    ("a paragraph behind a stray heading mark is checked as prose", (SEJONG,),
+     "# 세종 세종은 1443년에 훈민정음을 창제하였다. 그리고 이 문장은 아주 길어서 제목일 수가 없습니다",
+     "# 세종 세종은 1443년에 훈민정음을 창제하였다.[1] 그리고 이 문장은 아주 길어서 제목일 수가 없습니다",
+     ["https://sejong.example"]),
     ("a heading gets no footnote of its own", (SEJONG,),
      "# 세종은 1443년에 훈민정음을 창제하였다\n\n본문입니다.", "# 세종은 1443년에 훈민정음을 창제하였다\n\n본문입니다.", []),
 ]

@@ -39,6 +39,7 @@ _PREFIX_START = re.compile(r"\d{1,3}[.)]?|[-*+]|#{1,6}|>")
 _END = re.compile(r"(?<=[.!?。…])((?:[ \t]*\[\d{1,2}\])*)([ \t]+|$)")
 # Text after a candidate end that may still turn out to be markers of the sentence before.
 _MAYBE_MARKERS = re.compile(r"(?:\[\d{0,2}\]?[ \t]*)*")
+HEADING_CHARS = 60  # a longer "#" line is prose
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,11 @@ class Segmenter:
             self.done = end
             self.heading = "#" in line[:end]
             self.row = rest.startswith("|")
+        if self.heading and (len(line) - self.done > HEADING_CHARS
+                             or any(m.group(2) and m.end() < len(line) for m in _END.finditer(line, self.done))):
+            # A long "#" line, or one holding two sentences, is a paragraph behind a stray mark (a
+            # base model copying a Markdown source writes "# 한라산 한라산은 …"): checked as prose.
+            self.heading = False
         if self.heading or self.row:
             # A heading or table row is one unit: its end is the end of its line.
             if complete:
