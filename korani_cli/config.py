@@ -262,3 +262,20 @@ def load_settings(overrides: dict[str, Any] | None = None, *, config_path: Path 
 
         merged["template"] = default_template(merged.get("model", DEFAULT_MODEL))
     return dataclasses.replace(Settings(), **merged)
+
+
+_ON = ("1", "true", "yes", "on")
+_OFF = ("0", "false", "no", "off")
+
+
+def env_switch(name: str, default: bool = True) -> bool:
+    """An on/off environment variable (KORANI_LOG=0), read now; unset or empty is `default`,
+    and anything but 1/0, true/false, yes/no, on/off is a config error (exit 5)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in _ON:
+        return True
+    if raw.lower() in _OFF:
+        return False
+    raise ConfigError(f"{name} must be 0 or 1, got {_shown(raw)}", f"set {name}=0 (off) or {name}=1 (on), or unset it")

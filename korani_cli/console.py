@@ -101,6 +101,13 @@ def korani_command(func):
     return wrapper
 
 
+class _OptionalKernelFilter:
+    """Drops bitsandbytes' "Failed to load CPU gemm_4bit_forward" record (see quiet_libraries)."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")
+
+
 def quiet_libraries() -> None:
     """Silence library progress bars, deprecation chatter and best-effort kernel
     warnings, which would bury korani's own one-line notices. --debug keeps them."""
@@ -112,8 +119,12 @@ def quiet_libraries() -> None:
     for category in (FutureWarning, UserWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # bitsandbytes warns at import that it could not download an optional CPU kernel.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # bitsandbytes, imported by peft, logs at import on CPUs with AVX512-BF16 that it could not
+    # fetch an optional CPU kernel from the Hub ("Failed to load CPU gemm_4bit_forward … pip install
+    # kernels"); 4-bit layers work without it. Only that record is dropped: its other warnings stay.
+    ops = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _OptionalKernelFilter) for f in ops.filters):
+        ops.addFilter(_OptionalKernelFilter())
     try:
         import torch
 

@@ -31,6 +31,8 @@ def train_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int = 800):
         vocab_size=vocab_size,
         special_tokens=[EOS_TOKEN, PAD_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        # Its progress bars went to stdout at `train --smoke` start (blank lines when piped).
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)

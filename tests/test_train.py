@@ -122,7 +122,7 @@ def test_training_teaches_the_model_to_stop(prepared, tmp_path):
     config = replace(config, learning_rate=3e-3, per_device_train_batch_size=8)
     tok = prepare_tokenizer(config.base_model)
     base = AutoModelForCausalLM.from_pretrained(config.base_model)
-    before = health.check(base, tok, health.held_out_prompts(prepared, 12), 40)
+    before = health.check(base, tok, health.held_out_prompts(prepared, 12).prompts, 40)
     meta = run(config)
     after = meta["health"]
     assert after["eos_share"] > before.eos_share, (before, after)

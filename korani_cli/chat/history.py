@@ -7,9 +7,12 @@ loses at most the answer in progress.
 A session row is written with its first message, never empty, and keeps the
 model, template and system text the chat uses (`/모델 NAME` updates them), so
 `--continue` resumes the same conversation. An answer that `/다시` replaced
-stays in the file with role `replaced` and is left out of the conversation. Session ids may be shortened to any unique
-prefix, as git's may. Databases written before the `template` column get it
-(NULL: the default template) when opened; nothing else is rewritten.
+stays in the file with role `replaced` and is left out of the conversation.
+Session ids may be shortened to any unique prefix, as git's may. A session's
+`kind` says which command began it: `chat`, or `ask` (one-shot answers are
+logged too, and `ask -c` continues either). Databases written before the
+`template` or `kind` column get it (NULL: the default template; a chat) when
+opened; nothing else is rewritten.
 
 A database korani cannot use — corrupt, not a database at all, a directory
 in its place, locked by another process past the busy timeout — is a
@@ -44,7 +47,7 @@ class NoSuchSession(UsageError):
 
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, created REAL, model TEXT, system TEXT, template TEXT);
+CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, created REAL, model TEXT, system TEXT, template TEXT, kind TEXT);
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT REFERENCES sessions(id) ON DELETE CASCADE,
     role TEXT, content TEXT, created REAL, model TEXT, timings TEXT, citations TEXT, reset_before INTEGER DEFAULT 0
@@ -60,6 +63,7 @@ class StoredSession:
     model: str | None
     system: str | None
     template: str | None  # None: written before korani stored it (the default template)
+    kind: str = "chat"  # which command began it: chat or ask
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class SessionSummary:
     model: str | None
     messages: int  # user and assistant messages
     first: str | None  # the first thing the user said
+    kind: str = "chat"  # which command began it: chat or ask
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,12 @@ def default_path() -> Path:
     return paths.data_dir() / "history.sqlite"
 
 
-def _problem(path: Path | str, exc: Exception) -> HistoryError:
-    """What went wrong with the database, in words, and the way out."""
-    without = "or chat without saving: korani chat --no-history"
+WITHOUT_CHAT = "or chat without saving: korani chat --no-history"
+
+
+def _problem(path: Path | str, exc: Exception, without: str = WITHOUT_CHAT) -> HistoryError:
+    """What went wrong with the database, in words, and the way out (`without`: how
+    the command that hit it goes on without the history)."""
     name = getattr(exc, "sqlite_errorname", "")
     if name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(exc):
         return HistoryError(
@@ -109,14 +117,16 @@ def _problem(path: Path | str, exc: Exception) -> HistoryError:
 class History:
     """Sessions and their messages. `History.in_memory()` saves nothing (--no-history)."""
 
-    def __init__(self, path: Path | None = None):
+    def __init__(self, path: Path | None = None, *, without: str = WITHOUT_CHAT):
+        """`without` ends every error's fix: how the calling command goes on without a history."""
         self.path = path or default_path()
+        self.without = without
         if str(self.path) != ":memory:":
             paths.ensure_dir(self.path.parent)
             if self.path.exists() and not self.path.is_file() and not self.path.is_dir():
                 # SQLite would read (and write) a device or FIFO as if it were the database.
                 raise HistoryError(f"the chat history {self.path} is not a regular file",
-                                   f"remove it to start a new history, or chat without saving: korani chat --no-history")
+                                   f"remove it to start a new history, {without}")
         with self._guard():
             self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
             self.db.execute("PRAGMA foreign_keys = ON")
@@ -129,6 +139,8 @@ class History:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(sessions)")}
         if "template" not in columns:
             self.db.execute("ALTER TABLE sessions ADD COLUMN template TEXT")
+        if "kind" not in columns:
+            self.db.execute("ALTER TABLE sessions ADD COLUMN kind TEXT")
 
     @classmethod
     def in_memory(cls) -> "History":
@@ -144,7 +156,7 @@ class History:
         try:
             yield
         except (sqlite3.Error, UnicodeDecodeError) as exc:
-            raise _problem(self.path, exc) from None
+            raise _problem(self.path, exc, self.without) from None
 
     def check(self) -> None:
         """Raise HistoryError if SQLite finds the file damaged (a lookup that found
@@ -152,14 +164,14 @@ class History:
         with self._guard():
             result = self.db.execute("PRAGMA integrity_check(1)").fetchone()
         if result and result[0] != "ok":
-            raise _problem(self.path, _Corrupt(result[0]))
+            raise _problem(self.path, _Corrupt(result[0]), self.without)
 
-    def new_session(self, model: str, system: str | None, template: str | None = None) -> str:
+    def new_session(self, model: str, system: str | None, template: str | None = None, kind: str = "chat") -> str:
         """A session row; callers create it with its first message (ChatSession._store)."""
         sid = uuid.uuid4().hex[:12]
         with self._guard(), self.db:
-            self.db.execute("INSERT INTO sessions (id, created, model, system, template) VALUES (?, ?, ?, ?, ?)",
-                            (sid, time.time(), model, system, template))
+            self.db.execute("INSERT INTO sessions (id, created, model, system, template, kind) VALUES (?, ?, ?, ?, ?, ?)",
+                            (sid, time.time(), model, system, template, kind))
         return sid
 
     def add(self, session_id: str, role: str, content: str, model: str | None = None,
@@ -205,17 +217,17 @@ class History:
                 out.append(StoredMessage(role, content, created, model, json.loads(timings) if timings else None,
                                          json.loads(citations) if citations else None))
             except (ValueError, TypeError) as exc:
-                raise _problem(self.path, _Corrupt(f"a stored message is unreadable: {exc}")) from None
+                raise _problem(self.path, _Corrupt(f"a stored message is unreadable: {exc}"), self.without) from None
         return out
 
     def session(self, session_id: str) -> StoredSession | None:
         with self._guard():
-            row = self.db.execute("SELECT id, created, model, system, template FROM sessions WHERE id = ?",
+            row = self.db.execute("SELECT id, created, model, system, template, kind FROM sessions WHERE id = ?",
                                   (session_id,)).fetchone()
         if row is None:
             self.check()
             return None
-        return StoredSession(*row)
+        return StoredSession(*row[:5], kind=row[5] or "chat")
 
     def resolve(self, prefix: str) -> str:
         """The full id of the one session whose id starts with `prefix` (git's short ids).
@@ -255,11 +267,11 @@ class History:
         with self._guard():
             rows = self.db.execute(
                 "SELECT s.id, s.created, s.model, COUNT(m.id), "
-                "(SELECT content FROM messages WHERE session_id = s.id AND role = 'user' ORDER BY id LIMIT 1) "
+                "(SELECT content FROM messages WHERE session_id = s.id AND role = 'user' ORDER BY id LIMIT 1), s.kind "
                 "FROM sessions s LEFT JOIN messages m ON m.session_id = s.id AND m.role IN ('user', 'assistant') "
                 "GROUP BY s.id ORDER BY s.created DESC LIMIT ?", (limit,)
             ).fetchall()
-        return [SessionSummary(*row) for row in rows]
+        return [SessionSummary(*row[:5], kind=row[5] or "chat") for row in rows]
 
     def search(self, words: str, limit: int = 20, kind: str | None = None) -> list:
         """Messages matching `words` (every term), best first; brings the FTS5 index up to date first."""

@@ -19,28 +19,31 @@ from korani_cli.errors import UsageError
 from korani_cli.untrusted import clean, clean_line
 
 
-def _read_stdin() -> str:
-    """The question piped on stdin, which must be UTF-8 text (not a binary file)."""
-    data = sys.stdin.buffer.read()
-    try:
-        text = data.decode("utf-8-sig")  # a BOM from a Windows editor is not part of the question
-    except UnicodeDecodeError as exc:
-        raise UsageError(
-            f"stdin is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})",
-            'pipe a UTF-8 text question: echo 질문 | korani ask -',
-        ) from None
-    return text
+STDIN_IS_QUESTION_FIX = "pipe a UTF-8 text question: echo 질문 | korani ask -"
+PIPED_TEXT_FIX = "pipe UTF-8 text, or run with </dev/null to ask without it"
+WAITING = "waiting for text on stdin (piped text goes before the question); end it with Ctrl-D, or run with </dev/null"
 
 
 def _question(text: str | None) -> str:
+    """The prompt: the question, from argv or stdin (`-`), after any text piped
+    with a question (llm's rule: the piped text first, then the question)."""
+    from korani_cli import piped
+
     if text is None or text == "-":
         if sys.stdin is None:
             raise UsageError("no question given and stdin is closed", 'pass it as an argument: korani ask "질문"')
         if text is None and sys.stdin.isatty():
             raise UsageError("no question given", 'pass it as an argument (korani ask "질문") or pipe it: echo 질문 | korani ask -')
-        text = _read_stdin()
-    elif any("\udc80" <= ch <= "\udcff" for ch in text):  # argv bytes that were not UTF-8
-        raise UsageError("the question is not UTF-8 text", 'pass it in UTF-8: korani ask "질문"')
+        text = piped.read(notice, waiting=WAITING, fix=STDIN_IS_QUESTION_FIX)
+    else:
+        if any("\udc80" <= ch <= "\udcff" for ch in text):  # argv bytes that were not UTF-8
+            raise UsageError("the question is not UTF-8 text", 'pass it in UTF-8: korani ask "질문"')
+        # An empty pipe (/dev/null, CliRunner, subprocess.run without input) leaves the question alone.
+        before = piped.read(notice, waiting=WAITING, fix=PIPED_TEXT_FIX).strip() if piped.attached() else ""
+        if "\x00" in before:
+            raise UsageError("stdin holds NUL bytes (binary data?)", PIPED_TEXT_FIX)
+        if before and text.strip():
+            text = f"{before}\n\n{text.strip()}"
     if "\x00" in text:
         raise UsageError("the question holds NUL bytes (binary data?)", 'pass a text question: korani ask "질문"')
     text = text.strip()
@@ -49,14 +52,21 @@ def _question(text: str | None) -> str:
     return text
 
 
+def _trimmed_note(dropped: int, context_length: int) -> str:
+    return (f"the conversation is longer than the model's context window ({context_length} tokens): "
+            f"its {dropped} oldest exchanges were left out of the prompt")
+
+
 def _sourced(events, write=None):
     """Run the answer core to its end, writing checked text as it comes; its Done event."""
-    from korani_cli.search.answer import Done, Text
+    from korani_cli.search.answer import Done, Text, Trimmed
 
     done = None
     for event in events:
         if isinstance(event, Text) and write is not None:
             write(event.text)
+        elif isinstance(event, Trimmed):
+            notice(_trimmed_note(event.dropped, event.context_length))
         elif isinstance(event, Done):
             done = event
     return done
@@ -78,7 +88,7 @@ def _as_answer(done, backend, load_s: float):
 
 @korani_command
 def ask(
-    question: Annotated[Optional[str], typer.Argument(help="The question; '-' (or nothing, when piped) reads it from stdin.")] = None,
+    question: Annotated[Optional[str], typer.Argument(help="The question; '-' (or nothing, when piped) reads it from stdin. Text piped with a question goes before it: cat notes.txt | korani ask \"요약해 줘\".", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Alias (korani-5.8b, demo, demo-chat), .gguf path, model directory, hub id or openai:MODEL@URL. [default: KORANI_MODEL, else the config file's model, else korani-5.8b]")] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System text placed before the conversation. [default: none]")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens to generate. [default: 256]")] = None,
@@ -86,7 +96,7 @@ def ask(
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass, 0 to 1. [default: 0.9]")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0 to 4294967295), for repeatable sampling. [default: random]")] = None,
     template: Annotated[Optional[str], typer.Option("--template", help=f"Prompt format: {' or '.join(TEMPLATES)} (the model's own chat template). [default: korani; model for an alias with its own chat template, e.g. demo-chat]")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, model, backend, token counts, finish_reason, timings.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, model, backend, token counts, finish_reason, timings, session (the history id it was saved to, or null).")] = False,
     web: Annotated[bool, typer.Option("--search", help="Search the web first and answer from the pages, with footnotes.")] = False,
     provider: ProviderOpt = None,
     searxng_url: SearxngOpt = None,
@@ -99,16 +109,52 @@ def ask(
     follow_links: FollowLinksOpt = False,
     context_tokens: ContextTokensOpt = None,
     allow_no_sources: Annotated[bool, typer.Option("--allow-no-sources", help="With --search: answer without sources (and say so) when nothing could be found or read.")] = False,
+    resume_last: Annotated[bool, typer.Option("--continue", "-c", help="Continue the last conversation (chat or ask): its messages go into the prompt, with its model, template and system text unless given here.")] = False,
+    session_id: Annotated[Optional[str], typer.Option("--session", help="Continue this session; any unique prefix of its id works (see `korani history list`). [default: a new session]")] = None,
+    no_log: Annotated[bool, typer.Option("--no-log", help="Do not save this exchange to the history (KORANI_LOG=0 turns saving off for every ask).")] = False,
 ) -> None:
     """Answer one question and exit: the answer alone on stdout, for shell scripts.
 
-    Exit codes: 0 answered, 2 usage error, 3 model could not be loaded,
-    4 generation failed, 5 bad configuration, 7 --search found no sources, 130 interrupted.
+    Text piped on stdin together with a question is put before it (the
+    question last): `cat notes.txt | korani ask "요약해 줘"`. With `-` alone,
+    or no question, stdin is the question. An empty pipe changes nothing;
+    stdin is read up to 1 MiB (a note says when it held more). In a shell
+    loop that reads a file, run `korani ask "…" </dev/null` so it does not
+    read the rest of the file.
+
+    Every exchange is saved to the chat history (`korani history list` marks
+    it ask) unless --no-log or KORANI_LOG=0; a history that cannot be used
+    costs a note, not the answer. `-c` / `--session ID` continue a saved
+    conversation, as `llm -c` does.
+
+    Exit codes: 0 answered, 2 usage error (also: nothing to continue, no such
+    session, an ambiguous session prefix), 3 model could not be loaded,
+    4 generation failed, 5 bad configuration (also: KORANI_LOG not 0 or 1, or
+    a history that -c/--session cannot read), 7 --search found no sources,
+    130 interrupted.
     """
     from korani_cli import oneshot
     from korani_cli.backends import GenerationParams
+    from korani_cli.chat import asklog
+    from korani_cli.chat.history import History
+    from korani_cli.chat.memory import trim
+    from korani_cli.chat.resume import resume
     from korani_cli.models import load_backend, resolve
     from korani_cli.template import conversation
+
+    if session_id is not None and not session_id.strip():
+        raise UsageError("--session is empty", "pass a session id from `korani history list`")
+    log = asklog.enabled(no_log)
+    resumed = None
+    if resume_last or session_id is not None:
+        # Continuing needs the history: a database that cannot be read is exit 5, before the model loads.
+        history = History(without="or ask without continuing (drop -c/--session)")
+        try:
+            resumed = resume(history, session_id, model=model, template=template, system=system,
+                             start_hint='ask a first question without -c: korani ask "질문"')
+        finally:
+            history.close()  # the exchange is stored through a connection of its own, after the answer
+        model, template, system = resumed.model, resumed.template, resumed.system
 
     settings = load_settings(
         {"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "template": template}
@@ -116,6 +162,9 @@ def ask(
     check_flag("--seed", seed, SEED)
     check_flag("--context-tokens", context_tokens, CONTEXT_TOKENS)
     text = _question(question)
+    if resumed is not None:
+        notice(resumed.note)
+    earlier = resumed.messages if resumed is not None else []
     streaming = sys.stdout.isatty() and not as_json
     params = GenerationParams(
         max_new_tokens=settings.max_new_tokens,
@@ -126,7 +175,6 @@ def ask(
     )
     console = err_console()
     retrieval = None
-    messages = conversation(text, system)
     if web or local_dir:
         from korani_cli.search import answer as rag
         from korani_cli.search.pipeline import NoSources, retrieve
@@ -144,6 +192,13 @@ def ask(
     with console.status(f"모델 불러오는 중… [bold]{escape(clean_line(settings.model))}[/bold]", spinner="dots"):
         backend = load_backend(resolve(settings.model, settings), settings, notice)
     load_s = time.perf_counter() - start
+    messages = conversation(text, system, earlier)
+    if earlier and backend.info.context_length:
+        # Oldest exchanges go first when the conversation outgrows the context window (as in chat).
+        messages, dropped = trim(messages, backend.count_tokens, max(backend.info.context_length - params.max_new_tokens, 64),
+                                 getattr(backend, "eos_text", ""))
+        if dropped:
+            notice(_trimmed_note(dropped, backend.info.context_length))
 
     def write(chunk: str) -> None:
         # Backends strip control characters already (apply_stops); the terminal is worth a second look.
@@ -154,7 +209,8 @@ def ask(
     try:
         if retrieval is not None:
             # Sentences are shown once their markers are checked (search/answer.py).
-            events = rag.stream(backend, text, retrieval.ranked, params, system=system, context_tokens=context_tokens)
+            events = rag.stream(backend, text, retrieval.ranked, params, system=system, history=earlier,
+                                context_tokens=context_tokens)
             if streaming:
                 done = _sourced(events, write)
             else:
@@ -182,6 +238,13 @@ def ask(
         )
         if not sourced.citations:
             notice("no sentence of the answer is supported by the sources; no footnotes")
+    if log:
+        payload["session"] = asklog.save(
+            None, resumed.id if resumed is not None else None, text, result.answer, model=settings.model, system=system,
+            template=settings.template, timings={k: v for k, v in payload["timings"].items() if v is not None},
+            citations=payload.get("citations") or None, notify=notice)
+    else:
+        payload["session"] = None
     if as_json:
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
     else:

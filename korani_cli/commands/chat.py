@@ -14,7 +14,7 @@ from korani_cli.commands.search import (
 )
 from korani_cli.console import korani_command, notice
 
-history_app = typer.Typer(help="Saved chat sessions: list, show, search, export, rm.", no_args_is_help=True)
+history_app = typer.Typer(help="Saved chat and ask sessions: list, show, search, export, rm.", no_args_is_help=True)
 
 
 @korani_command
@@ -50,9 +50,9 @@ def chat(
     session prefix), 3 the model could not be loaded, 5 bad configuration or an
     unusable history database (then --no-history chats without it), 130 interrupted.
     """
-    from korani_cli import template as tpl
     from korani_cli.backends import GenerationParams
     from korani_cli.chat.history import History
+    from korani_cli.chat.resume import resume
     from korani_cli.chat.repl import run
     from korani_cli.chat.session import ChatSession, ModelChoice
     from korani_cli.config import CONTEXT_TOKENS, SEED, check_flag, load_settings
@@ -73,24 +73,10 @@ def chat(
         sid = None
         resumed_note = ""
         if resume_last or session_id:
-            sid = history.resolve(session_id) if session_id else history.last_session()
-            if sid is None:
-                raise UsageError("there is no saved conversation to continue", "start one with korani chat (without --continue)")
-            stored = history.session(sid)
-            kept = [m for m in history.messages(sid, since_reset=True) if m.role in ("user", "assistant")]
-            restored = [tpl.Message(m.role, m.content) for m in kept]
-            total = history.count(sid)
-            # Sessions written before /초기화 began a new session keep a reset mark inside.
-            counted = f"{total} messages" + (f"; the {len(kept)} after its /초기화 are remembered" if len(kept) != total else "")
-            # One note says what is resumed and which of its settings the command line replaces.
-            replaced = [f"{flag} {_short(value)} replaces the session's {_short(was)}"
-                        for flag, value, was in (("--model", model, stored.model), ("--template", template, stored.template),
-                                                 ("--system", system, stored.system))
-                        if value is not None and was is not None and value != was]
-            resumed_note = f"resuming session {sid} ({counted})" + "".join(f"; {r}" for r in replaced)
-            model = model if model is not None else stored.model
-            template = template if template is not None else stored.template
-            system = system if system is not None else stored.system
+            resumed = resume(history, session_id, model=model, template=template, system=system,
+                             start_hint="start one with korani chat (without --continue)")
+            sid, restored, resumed_note = resumed.id, resumed.messages, resumed.note
+            model, template, system = resumed.model, resumed.template, resumed.system
         settings = load_settings({"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "template": template})
         opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links)
         if no_history:
@@ -123,11 +109,6 @@ def chat(
         history.close()
 
 
-def _short(text: str, width: int = 40) -> str:
-    text = " ".join(text.split())
-    return repr(text if len(text) <= width else text[:width - 1] + "…")
-
-
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text, for scripts.")]
 
 
@@ -155,7 +136,9 @@ def history_list(
 ) -> None:
     """Saved sessions, newest first.
 
-    --json prints a list of {id, created (ISO 8601, UTC), model, messages, first}.
+    Each row: id, when it began, which command began it (chat, or ask: a
+    one-shot answer), model, message count, the first question.
+    --json prints a list of {id, created (ISO 8601, UTC), kind, model, messages, first}.
     Exit codes: 0 listed, 2 usage error, 5 the history database is unusable (damaged, locked, not a file).
     """
     from korani_cli.chat.history import History
@@ -166,12 +149,13 @@ def history_list(
     history = History()
     rows = history.sessions(limit)
     if as_json:
-        _print_json([{"id": r.id, "created": _iso(r.created), "model": r.model, "messages": r.messages,
+        _print_json([{"id": r.id, "created": _iso(r.created), "kind": r.kind, "model": r.model, "messages": r.messages,
                       "first": clean(r.first) if r.first is not None else None} for r in rows])
         return
     for r in rows:
         first_line = clean_line((r.first or "").split("\n", 1)[0])[:50]
-        typer.echo(f"{clean_line(str(r.id))}  {_when(r.created)}  {clean_line(str(r.model))}  {r.messages} messages  {first_line}")
+        typer.echo(f"{clean_line(str(r.id))}  {_when(r.created)}  {clean_line(r.kind):<4}  {clean_line(str(r.model))}  "
+                   f"{r.messages} messages  {first_line}")
 
 
 SessionArg = Annotated[str, typer.Argument(help="Session id, or any unique prefix of it (see `korani history list`).", show_default=False)]
@@ -182,26 +166,26 @@ SessionArg = Annotated[str, typer.Argument(help="Session id, or any unique prefi
 def history_show(session_id: SessionArg, as_json: JsonOpt = False) -> None:
     """Print a session's messages.
 
-    --json prints {id, created, model, system, template, messages: [{role,
+    --json prints {id, created, kind, model, system, template, messages: [{role,
     content, created, model, timings, citations}]}.
     Exit codes: 0 shown, 2 no such session or an ambiguous prefix (the
     candidates are listed), 5 the history database is unusable.
     """
     from korani_cli.chat.history import History, to_markdown
-    from korani_cli.untrusted import clean
+    from korani_cli.untrusted import clean, clean_line
 
     history = History()
     sid = history.resolve(session_id)
     messages = history.messages(sid)
+    stored = history.session(sid)
     if as_json:
-        stored = history.session(sid)
         _print_json({
-            "id": sid, "created": _iso(stored.created), "model": stored.model, "system": stored.system, "template": stored.template,
+            "id": sid, "created": _iso(stored.created), "kind": stored.kind, "model": stored.model, "system": stored.system, "template": stored.template,
             "messages": [{"role": m.role, "content": clean(m.content or ""), "created": _iso(m.created), "model": m.model,
                           "timings": m.timings, "citations": m.citations} for m in messages],
         })
         return
-    typer.echo(to_markdown(messages, f"korani chat {sid}"), nl=False)
+    typer.echo(to_markdown(messages, f"korani {clean_line(stored.kind)} {sid}"), nl=False)
 
 
 @history_app.command("export")
@@ -218,10 +202,11 @@ def history_export(
     """
     from korani_cli.chat.history import History, to_markdown
     from korani_cli.outputs import atomic_write_text
+    from korani_cli.untrusted import clean_line
 
     history = History()
     sid = history.resolve(session_id)
-    text = to_markdown(history.messages(sid), f"korani chat {sid}")
+    text = to_markdown(history.messages(sid), f"korani {clean_line(history.session(sid).kind)} {sid}")
     if output is None:
         sys.stdout.write(text)
         return

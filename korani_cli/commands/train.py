@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from korani_cli.console import err_console, korani_command, notice
@@ -115,17 +116,22 @@ def run_command(
     console.print(f"trained {metadata['steps']} steps in {metadata['train_seconds']} s; train loss {first:.4f} → {last:.4f}" if first is not None else f"trained {metadata['steps']} steps")
     if metadata["eval_losses"]:
         console.print(f"eval loss {metadata['eval_losses'][-1]['eval_loss']:.4f} (step {metadata['eval_losses'][-1]['step']})")
+    elif metadata.get("eval_skipped"):
+        console.print(f"eval loss: skipped — {escape(metadata['eval_skipped'])}", highlight=False)
     health = metadata.get("health")
     if health:
         share = health["eos_share"]
         style = "bold red" if share < 0.9 else "green"
-        console.print(f"health: [{style}]{share:.0%}[/{style}] of {health['prompts']} held-out answers ended with EOS; repetition {health['repetition']:.3f}")
+        console.print(f"health: [{style}]{share:.0%}[/{style}] of {health['prompts']} held-out answers ({health.get('split') or 'held-out'} split) "
+                      f"ended with EOS; repetition {health['repetition']:.3f}")
         if share < 0.9:
             console.print(
                 "[bold red]WARNING: under 90 % of answers end with EOS — the model may not have learned to stop"
-                + (" (expected for a 20-step --smoke run)" if smoke else "; train longer or check the data") + "[/bold red]"
+                + (f" (expected for a {metadata['steps']}-step --smoke run)" if smoke else "; train longer or check the data") + "[/bold red]"
             )
-    console.print(f"adapter, tokenizer, korani_train.yaml and korani_metadata.json in {out}")
+    elif metadata.get("health_skipped"):
+        console.print(f"health check: skipped — {escape(metadata['health_skipped'])}", highlight=False)
+    console.print(f"adapter, tokenizer, README.md (model card), korani_train.yaml and korani_metadata.json in {out}")
     console.print(f"try it: korani ask --model {out} \"질문\"")
 
 

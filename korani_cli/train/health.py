@@ -1,7 +1,9 @@
 """After training: does the model stop, and does it loop?
 
-On held-out prompts (first user turns of the test split, else valid), greedy
-generation up to a token limit. The EOS share is the fraction that ended with
+On held-out prompts (first user turns of the test split, else valid — never
+train: a model that stops on prompts it was trained on proves nothing),
+greedy generation up to a token limit. With neither split, there is no check,
+and `held_out_prompts` says why. The EOS share is the fraction that ended with
 EOS before the limit — the thing the original project's model never learned.
 The repetition score is the mean share of repeated token 3-grams in a
 generation (0 = none repeated, →1 = one phrase over and over).
@@ -31,13 +33,25 @@ class Health:
     mean_new_tokens: float
     samples: list  # a few (prompt, answer) pairs for the user to eyeball
     nonfinite: int = 0  # prompts on which the model's logits held NaN or inf
+    split: str = ""  # where the prompts came from: test or valid
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def held_out_prompts(data_dir: Path, n: int) -> list[str]:
-    for split in ("test", "valid", "train"):
+HELD_OUT = ("test", "valid")  # never train
+
+
+@dataclass(frozen=True)
+class Prompts:
+    split: str | None  # test or valid; None when neither had a prompt
+    prompts: list[str]
+    why_none: str = ""  # when there are none: why, and what to pass
+
+
+def held_out_prompts(data_dir: Path, n: int) -> Prompts:
+    """Up to `n` first user turns of the test split, else of valid; never of train."""
+    for split in HELD_OUT:
         path = data_dir / f"{split}.jsonl"
         if not path.is_file():
             continue
@@ -49,8 +63,10 @@ def held_out_prompts(data_dir: Path, n: int) -> list[str]:
             if len(prompts) >= n:
                 break
         if prompts:
-            return prompts
-    return []
+            return Prompts(split, prompts)
+    return Prompts(None, [], f"{data_dir} has no held-out conversations (test.jsonl and valid.jsonl are empty or missing), "
+                             "and prompts the model was trained on would prove nothing; "
+                             "prepare the data with a --test or --valid fraction (korani data prepare --test 0.1)")
 
 
 def repetition(ids: list[int], n: int = 3) -> float:
@@ -58,7 +74,7 @@ def repetition(ids: list[int], n: int = 3) -> float:
     return 0.0 if not grams else 1.0 - len(set(grams)) / len(grams)
 
 
-def check(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_tokens: int = 512) -> Health:
+def check(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_tokens: int = 512, split: str = "") -> Health:
     import torch
 
     eos = tokenizer.eos_token_id
@@ -92,4 +108,4 @@ def check(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_
     finally:
         model.train(was_training)
     n = max(len(prompts), 1)
-    return Health(len(prompts), round(ended / n, 4), round(sum(reps) / n, 4), round(sum(lengths) / n, 1), samples, nonfinite)
+    return Health(len(prompts), round(ended / n, 4), round(sum(reps) / n, 4), round(sum(lengths) / n, 1), samples, nonfinite, split)

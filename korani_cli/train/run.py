@@ -139,6 +139,11 @@ def _trainer_class():
     from trl import SFTTrainer
 
     class KoraniSFTTrainer(SFTTrainer):
+        def create_model_card(self, *args, **kwargs):
+            # TRL drafts a card into the output directory at every checkpoint ("a fine-tuned
+            # version of [None]" for a local base); korani writes its own when the run is done (train/card.py).
+            return None
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
@@ -320,6 +325,7 @@ def run(
         from korani_cli.console import quiet_libraries
 
         quiet_libraries()
+        recipe_base_model = config.base_model
         if smoke:
             if not main_rank:
                 _wait_for(output / "smoke-base" / "model.safetensors")
@@ -372,14 +378,19 @@ def run(
     history = state.log_history
     train_losses = [h["loss"] for h in history if "loss" in h]
     eval_losses = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
-    if config.health_prompts > 0:
+    eval_skipped = None if eval_losses else _why_no_eval(config, data_dir, counts, state.global_step)
+    report, health_json, health_skipped = None, None, None
+    if config.health_prompts <= 0:
+        health_skipped = "health_prompts is 0 in the recipe"
+    else:
         from korani_cli.train import health
 
-        prompts = health.held_out_prompts(data_dir, config.health_prompts)
-        report = health.check(trainer.model, tokenizer, prompts, config.health_max_new_tokens)
-        health_json = report.to_json()
-    else:
-        report, health_json = None, None
+        held_out = health.held_out_prompts(data_dir, config.health_prompts)
+        if held_out.prompts:
+            report = health.check(trainer.model, tokenizer, held_out.prompts, config.health_max_new_tokens, split=held_out.split)
+            health_json = report.to_json()
+        else:
+            health_skipped = held_out.why_none
     stats_path = data_dir / "stats.json"
     fingerprint = json.loads(stats_path.read_text(encoding="utf-8")).get("fingerprint") if stats_path.is_file() else None
     metadata = {
@@ -393,7 +404,9 @@ def run(
         "train_loss_last": train_losses[-1] if train_losses else None,
         "train_loss_mean": getattr(result, "training_loss", None),
         "eval_losses": eval_losses,
+        "eval_skipped": eval_skipped,  # why there is no eval loss; None when there is one
         "health": health_json,
+        "health_skipped": health_skipped,  # why there is no health check; None when it ran
         "device": {"cuda": plan.cuda, "bf16": plan.bf16, "optim": plan.optim, "notices": plan.notices},
         "deepspeed": config.deepspeed,
         "quantization": config.bnb_4bit_quant_type if config.load_in_4bit else None,
@@ -403,6 +416,11 @@ def run(
         "eos_token": tokenizer.eos_token,
     }
     atomic_write_text(output / "korani_metadata.json", json.dumps(metadata, ensure_ascii=False, indent=2) + "\n")
+    from korani_cli.train import card
+
+    # Replaces PEFT's blank template (save_model wrote it just now) with korani's card.
+    atomic_write_text(output / "README.md", card.render(card.Run(
+        name=output.resolve().name, output=str(output), config=config, recipe_base_model=recipe_base_model, metadata=metadata)))
     if report is not None and report.nonfinite:
         raise TrainingDiverged(
             f"the trained model's outputs are NaN or infinite on {report.nonfinite} of {report.prompts} held-out prompts"
@@ -410,6 +428,15 @@ def run(
             f"lower learning_rate (this run used {config.learning_rate:g}) and start over with --overwrite",
         )
     return metadata
+
+
+def _why_no_eval(config: TrainConfig, data_dir: Path, counts: dict[str, int], steps: int) -> str:
+    """Why a finished run logged no eval loss, and what to change."""
+    if not counts.get("valid"):
+        return (f"{data_dir / 'valid.jsonl'} holds no conversations; prepare the data with a --valid fraction "
+                "(korani data prepare --valid 0.1)")
+    # transformers evaluates every eval_steps and at the last step, so this is rare (a run stopped early).
+    return f"the trainer logged no eval loss in {steps} steps (eval_steps {config.eval_steps})"
 
 
 def _wait_for(path: Path, timeout: float = 600) -> None:

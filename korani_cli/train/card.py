@@ -1,0 +1,136 @@
+"""The output directory's README.md: korani's model card for a trained adapter.
+
+TRL writes a draft card when it saves a checkpoint ("This model is a
+fine-tuned version of [None]" for a local base, a pipeline() example that
+ignores the KoRani template) and PEFT adds its own blank template. korani
+turns TRL's draft off (`run._trainer_class`) and, once the run is done,
+replaces the README with this card: what the adapter was trained from
+(base model, recipe, data), how it did (losses, the held-out health check,
+or why either was skipped), and how to run it. It is rendered from the same
+values as korani_metadata.json, and written atomically by the run.
+
+Everything here is text: no model, no file access.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from korani_cli.train.config import TrainConfig
+from korani_cli.train.health import EOS_WARN_BELOW
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the card reports about one finished run."""
+
+    name: str  # the output directory's name
+    output: str  # its path, as the user gave it (for the commands to run it)
+    config: TrainConfig  # the recipe as trained (after --smoke's changes)
+    recipe_base_model: str  # the recipe's base (a --smoke run trains a tiny stand-in instead)
+    metadata: dict  # korani_metadata.json, as written
+
+
+def _yaml_text(text: str) -> str:
+    """A YAML scalar that stays one string whatever it holds."""
+    import json
+
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _is_local(base: str) -> bool:
+    return base.startswith(("/", ".", "~")) or base.count("/") != 1
+
+
+def _number(value, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def render(run: Run) -> str:
+    c, m = run.config, run.metadata
+    smoke = bool(m.get("smoke"))
+    data = m.get("data") or {}
+    counts = data.get("conversations") or {}
+    front = ["---", "library_name: peft", "pipeline_tag: text-generation", "language:", "- ko", "tags:",
+             "- korani", "- lora", "- sft"]
+    if c.load_in_4bit:
+        front.append("- qlora")
+    if not smoke and not _is_local(run.recipe_base_model):
+        # The Hub links `base_model` to that model's page; a local path there would be a dead link.
+        front.append(f"base_model: {_yaml_text(run.recipe_base_model)}")
+    front.append("---")
+
+    if smoke:
+        base = (f"a tiny random GPT-NeoX built by `--smoke` (`{c.base_model}`), standing in for the recipe's "
+                f"`{run.recipe_base_model}`. **This is a smoke run: it checks the data and the recipe, "
+                "not a model anyone should use.**")
+    else:
+        base = f"`{c.base_model}`"
+    lines = [*front, "", f"# {run.name}", "",
+             f"A LoRA adapter trained with korani {m.get('korani_version', '')} "
+             "on Korean instruction data in the KoRani format (`### User` / `### Bot`, answers closed by EOS).", "",
+             f"- **Base model:** {base}"]
+
+    quant = f"4-bit {c.bnb_4bit_quant_type} (QLoRA)" if c.load_in_4bit else "full precision"
+    batch = c.per_device_train_batch_size * c.gradient_accumulation_steps
+    lines += [
+        "", "## Recipe", "",
+        f"- LoRA r={c.lora_r}, alpha={c.lora_alpha}, dropout={c.lora_dropout} on {', '.join(c.lora_target_modules)}; base loaded in {quant}",
+        f"- learning rate {c.learning_rate:g} ({c.lr_scheduler_type}, warm-up {c.warmup_ratio:g}), "
+        f"batch {c.per_device_train_batch_size} × {c.gradient_accumulation_steps} accumulation = {batch} rows, "
+        f"max_length {c.max_length}, packing {'on' if c.packing else 'off'}, seed {c.seed}",
+        f"- loss on assistant turns and their EOS only; DeepSpeed {c.deepspeed or 'off'}",
+        "- the whole recipe: `korani_train.yaml`; every figure below: `korani_metadata.json`",
+    ]
+
+    lines += ["", "## Data", "",
+              f"- `{data.get('dir', '?')}`: {counts.get('train', 0)} train, {counts.get('valid', 0)} valid, "
+              f"{counts.get('test', 0)} test conversations"]
+    if data.get("fingerprint"):
+        lines.append(f"- fingerprint `{data['fingerprint'][:16]}…` (`stats.json` of `korani data prepare`)")
+
+    lines += ["", "## Training", "",
+              f"- {m.get('steps')} steps of {m.get('max_steps')} in {m.get('train_seconds')} s"
+              + (f", resumed from `{m['resumed_from']}`" if m.get("resumed_from") else ""),
+              f"- train loss {_number(m.get('train_loss_first'))} → {_number(m.get('train_loss_last'))}"]
+    evals = m.get("eval_losses") or []
+    if evals:
+        lines.append(f"- eval loss {_number(evals[-1]['eval_loss'])} at step {evals[-1]['step']} (valid split)")
+    else:
+        lines.append(f"- eval loss: skipped — {m.get('eval_skipped') or 'no evaluation ran'}")
+    device = m.get("device") or {}
+    lines.append(f"- {'CUDA GPU' if device.get('cuda') else 'CPU'}, {'bf16' if device.get('bf16') else 'float32'}, "
+                 f"optimizer {device.get('optim', '?')}")
+
+    health = m.get("health")
+    lines += ["", "## Health check", ""]
+    if health:
+        share = health["eos_share"]
+        lines += [
+            f"Greedy answers to {health['prompts']} held-out prompts (the {health.get('split') or 'held-out'} split, "
+            f"never train), at most {c.health_max_new_tokens} new tokens each:", "",
+            f"- ended with EOS: {share:.0%}" + (" — **under 90 %: the model may not have learned to stop**" if share < EOS_WARN_BELOW else ""),
+            f"- repeated 3-grams: {health['repetition']:.3f} (0 = none)",
+            f"- mean answer length: {health['mean_new_tokens']} tokens",
+        ]
+        if health.get("nonfinite"):
+            lines.append(f"- **NaN/inf logits on {health['nonfinite']} prompts**")
+    else:
+        lines.append(f"Skipped — {m.get('health_skipped') or 'not run'}.")
+
+    import shlex
+
+    out, merged, gguf = (shlex.quote(p) for p in (run.output, f"{run.output}-merged", f"{run.name}.gguf"))
+    lines += [
+        "", "## Run it", "",
+        "```sh",
+        f"korani ask --model {out} \"한국의 수도는 어디인가요?\"",
+        f"korani chat --model {out}",
+        f"korani train merge {out} -o {merged}        # fold the adapter into the base",
+        f"korani train export-gguf {merged} -o {gguf}   # for llama.cpp",
+        "```", "",
+        "The tokenizer saved here carries the KoRani chat template, so "
+        "`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` builds the prompt the adapter was trained on "
+        "(PEFT: `AutoPeftModelForCausalLM.from_pretrained(...)`).", "",
+    ]
+    return "\n".join(lines)
