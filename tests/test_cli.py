@@ -174,7 +174,7 @@ def _help_screen(path) -> str:
     return wide.stdout
 
 
-@pytest.mark.parametrize("path", all_command_paths(),
+@pytest.mark.parametrize("path", list(all_command_paths()),
                          ids=lambda p: " ".join(p) or "korani")
 def test_every_option_is_described_and_shows_its_default(path):
     """Each option has a description; each option that takes a value shows its default
