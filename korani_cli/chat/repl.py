@@ -1,7 +1,8 @@
 """The read–eval–print loop: input in, events rendered out.
 
-On a terminal: readline line editing and history, multi-line input, rich
-`Live` Markdown while the answer streams (model and web text never read as
+On a terminal: readline line editing and history, Tab completion of slash
+commands, multi-line input, the answer drawn as Markdown while it streams
+(chat/view.py: finished blocks printed once; model and web text never read as
 rich markup), a transient status line for the stage, Ctrl-C stops an answer,
 Ctrl-C at an empty prompt or Ctrl-D exits. With piped stdin: no line editor,
 plain text, one input per line (or per block), so scripts and tests can drive it.
@@ -13,7 +14,6 @@ import sys
 from typing import Iterator, TextIO
 
 from rich.console import Console
-from rich.markdown import Markdown
 from rich.markup import escape
 
 from korani_cli.chat.session import ChatSession, Event
