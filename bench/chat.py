@@ -8,7 +8,10 @@ Baselines in the same run: the same first token from the bare backend
 (no chat machinery), so the chat's own overhead is visible; and for /검색,
 the moment the whole answer was checked (`done`), which is when a sourced
 answer became visible before the answer core streamed checked sentences —
-so "first visible" vs "done" is the streaming gain.
+so "first visible" vs "done" is the streaming gain. The demo model, a base
+model, often repeats the prompt first (lines that are hidden), so the same
+turns are also answered by a loopback model that writes a five-sentence
+answer at a steady pace, which shows the gain whatever a model writes.
 Ends with one line: RESULT {json}.
 """
 
@@ -55,6 +58,50 @@ class FirstToken:
         return Timed()
 
 
+# A model on loopback that writes a five-sentence answer at a steady pace (about 25 chunks
+# of 3 characters a second, like a 5.8B model on a laptop CPU), so the gain of showing checked
+# sentences while the rest is generated does not depend on what the demo model happens to write.
+PACED_ANSWER = ("해외 입양은 한국 전쟁 이후 시작되었다[1]. 수십 년 동안 많은 아동이 해외로 입양되었다[1]. "
+                "입양 아동의 수는 시기에 따라 크게 달랐다[2]. 정부는 입양 절차를 여러 차례 바꾸었다[2]. "
+                "지금도 입양인의 뿌리 찾기가 이어지고 있다[1].")
+PACED_CHUNK_S = 0.04
+
+
+def paced_server():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Paced(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = json.dumps({"object": "list", "data": [{"id": "paced", "object": "model"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for i in range(0, len(PACED_ANSWER), 3):
+                time.sleep(PACED_CHUNK_S)
+                self.wfile.write(f"data: {json.dumps({'choices': [{'text': PACED_ANSWER[i:i + 3]}]})}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b'data: {"choices": [{"text": "", "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n')
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Paced)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
 def timed_turn(session, line: str, wrapped: FirstToken) -> dict:
     wrapped.first = None
     start = time.perf_counter()
@@ -68,6 +115,8 @@ def timed_turn(session, line: str, wrapped: FirstToken) -> dict:
         if event.kind == "done":
             marks["done"] = round(now, 4)
     marks["first_token"] = round(wrapped.first - start, 4) if wrapped.first else None
+    # An answer that arrives only with `done` (a sourced answer before the answer core streamed) becomes visible then.
+    marks.setdefault("first_visible", marks.get("done"))
     return marks
 
 
@@ -118,6 +167,17 @@ def main() -> None:
     for q in (rag.QUERY, "한국에서 해외로 입양된 아동의 수는?", "해외 입양은 몇 년 동안 이어졌나요?"):
         searched.append(timed_turn(session, "/검색 " + q, wrapped))
         list(session.handle("/초기화"))
+    # The paced loopback model: the same /검색 turns, answered at a steady pace.
+    pserver, purl = paced_server()
+    psettings = Settings(model=f"openai:paced@{purl}")
+    pwrapped = FirstToken(load_backend(resolve(psettings.model, psettings), psettings))
+    psession = ChatSession(lambda: pwrapped, history, history.new_session("paced", None), model_name="paced",
+                           params=params, search_options=opts)
+    paced = []
+    for q in (rag.QUERY, "한국에서 해외로 입양된 아동의 수는?", "해외 입양은 몇 년 동안 이어졌나요?"):
+        paced.append(timed_turn(psession, "/검색 " + q, pwrapped))
+        list(psession.handle("/초기화"))
+    pserver.shutdown()
     server.shutdown()
 
     def med(rows, key):
@@ -137,11 +197,16 @@ def main() -> None:
     print(f"/검색 Enter → first visible sentence {search_visible:.3f}s vs whole answer checked (old: shown at once) {search_done:.3f}s")
     print("/검색 stage marks (s since Enter): " + ", ".join(f"{k} {v}" for k, v in stages.items()))
     print(f"model load (once per chat): {load_s:.2f}s")
+    paced_visible, paced_done = med(paced, "first_visible"), med(paced, "done")
+    print(f"paced loopback model, /검색: Enter → first visible {paced_visible:.3f}s, whole answer checked {paced_done:.3f}s "
+          f"(first token {med(paced, 'first_token'):.3f}s)")
     print("RESULT " + json.dumps({"bare_first_token_s": round(bare_s, 4), "plain_first_token_s": plain_ft,
                                   "search_first_token_s": search_ft,
                                   "search_first_visible_s": search_visible, "search_done_s": search_done,
                                   "plain_first_visible_s": med(plain, "first_visible"),
                                   "max_new_tokens": params.max_new_tokens, "search_stage_marks_s": stages,
+                                  "paced_first_token_s": med(paced, "first_token"), "paced_first_visible_s": paced_visible,
+                                  "paced_done_s": paced_done,
                                   "model_load_s": round(load_s, 3)}, ensure_ascii=False))
 
 
