@@ -54,7 +54,7 @@ def list_models() -> None:
 def pull_model(
     alias: Annotated[str, typer.Argument(help="The model to pull: korani-5.8b.")],
     quant: Annotated[str, typer.Option("--quant", help="q4_k_m (about 4 GB for 5.8B), q5_k_m, q8_0 or f16.")] = "q4_k_m",
-    source: Annotated[Optional[Path], typer.Option("--from", help="Take the adapter and base from this directory (DIR/ChaeMs/KoRani-5.8b, DIR/EleutherAI/polyglot-ko-5.8b) instead of the Hub.")] = None,
+    source: Annotated[Optional[Path], typer.Option("--from", help="Take the adapter and base from this directory (DIR/ChaeMs/KoRani-5.8b, DIR/EleutherAI/polyglot-ko-5.8b) instead of the Hub. [default: the Hub]")] = None,
     force: Annotated[bool, typer.Option("--force", help="Make it again even when this quant is already pulled.")] = False,
 ) -> None:
     """Download korani-5.8b (adapter and base), merge in float16, convert and quantise with llama.cpp,
