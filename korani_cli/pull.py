@@ -2,7 +2,7 @@
 korani's model cache, ready for llama.cpp on a CPU.
 
 The steps, each a function: fetch (the Hub through huggingface_hub — its
-progress bars, its cache, its resuming of `.incomplete` blobs — or a local
+progress bars, its cache, its resuming — or a local
 directory laid out like the Hub, `DIR/<org>/<name>`), check resources (free
 RAM and disk against what the merge and the conversion need, said as one line
 with figures), merge the adapter into its base in float16 (train/merge.py),
@@ -15,6 +15,12 @@ Storing is atomic: everything is built in `.QUANT.tmp-PID` beside the entry
 provenance JSON and korani's marker — is renamed into place. A killed pull
 leaves only the temporary directory, which nothing reads (`pulled` lists
 finished entries only) and the next pull removes (`outputs.reap_stale`).
+
+Resuming is huggingface_hub's (2.4): a dropped connection is resumed with a
+Range request from the last whole 10 MB chunk received, and files already
+downloaded stay in its cache, so a pull run again fetches only what is
+missing. A file that was in flight when the process died starts over: since
+huggingface_hub PR #4228 each process downloads into its own temporary file.
 
 What it leaves to others: the conversion and quantisation themselves
 (train/export.py), the merge (train/merge.py), choosing a pulled file for
@@ -224,12 +230,12 @@ def _hub_fetch(role: str, repo_id: str, commit: str, files: list[str]) -> Source
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        # huggingface_hub shows a bar per file on stderr and resumes the `.incomplete`
-        # blobs an interrupted pull left in its cache.
+        # huggingface_hub shows its progress bars on stderr, resumes a dropped connection, and
+        # keeps finished files in its cache for the next run.
         path = snapshot_download(repo_id, revision=commit, allow_patterns=files)
     except (HfHubHTTPError, OSError) as exc:
         raise ModelLoadError(f"downloading {repo_id} failed ({_first_line(exc)})",
-                             "run the same pull again: finished files are kept and partial ones resume") from None
+                             "run the same pull again: the files already downloaded are kept") from None
     return Source(role, repo_id, commit, Path(path), "hub")
 
 

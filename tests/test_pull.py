@@ -51,20 +51,17 @@ def notes(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.startswith("note:")]
 
 
-@pytest.fixture(scope="module")
-def hub_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
-    """DIR/EleutherAI/polyglot-ko-5.8b (a tiny GPT-NeoX; rows of 256 so every matrix takes a real
-    k-quant) and DIR/ChaeMs/KoRani-5.8b (a LoRA adapter with non-zero weights, naming that base)."""
-    _tools_or_skip()
+def _mirror(root: Path, tokenizer_dir: Path, hidden: int) -> Path:
+    """ROOT/EleutherAI/polyglot-ko-5.8b (a tiny GPT-NeoX) and ROOT/ChaeMs/KoRani-5.8b (a LoRA
+    adapter with non-zero weights, naming that base), as the Hub lays them out."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
     from korani_cli.tiny import build_model
 
-    root = tmp_path_factory.mktemp("hub_mirror")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    base = build_model(tokenizer, root / BASE_ID, hidden_size=256, layers=2, heads=4, context=256)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    base = build_model(tokenizer, root / BASE_ID, hidden_size=hidden, layers=2, heads=4, context=256)
     torch.manual_seed(1)
     model = GPTNeoXForCausalLM.from_pretrained(base, dtype=torch.float32)
     config = LoraConfig(r=8, lora_alpha=16, target_modules=["query_key_value", "dense_h_to_4h"], init_lora_weights=False,
@@ -74,6 +71,13 @@ def hub_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
     adapter.save_pretrained(root / ADAPTER_ID)
     tokenizer.save_pretrained(root / ADAPTER_ID)
     return root
+
+
+@pytest.fixture(scope="module")
+def hub_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
+    """Rows of 256 values, so every matrix takes a real k-quant."""
+    _tools_or_skip()
+    return _mirror(tmp_path_factory.mktemp("hub_mirror"), tiny_tokenizer_dir, 256)
 
 
 @pytest.fixture(scope="module")
@@ -312,3 +316,124 @@ def test_an_unknown_pre_tokenizer_is_one_line_with_its_hash(byte_level_models, t
     assert len(chkhsh) == 64 and int(chkhsh, 16) >= 0
     assert "normalises text (NFKC)" in line and "--backend hf" in line
     assert not [p for p in tmp_path.rglob("*nfkc.gguf*")]  # nothing written, not even a temporary
+
+
+# -- the Hub path, against a loopback server speaking the part of the Hub's HTTP API that
+# huggingface_hub uses to download a snapshot -------------------------------------------------
+
+
+class LoopbackHub:
+    """Serves directories as Hub model repositories on 127.0.0.1: model info, the file tree,
+    and `resolve` with HEAD, GET and byte ranges. `cut_once` names a file whose first GET is
+    cut off halfway (the connection drops), to see the client resume it with a Range request."""
+
+    def __init__(self, repos: dict[str, Path], cut_once: str | None = None):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.repos = repos
+        self.commits = {repo: hashlib.sha1(repo.encode()).hexdigest() for repo in repos}
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.cut_once = cut_once
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                hub.handle(self, body=False)
+
+            def do_GET(self):
+                hub.handle(self, body=True)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def files(self, repo: str) -> dict[str, Path]:
+        root = self.repos[repo]
+        return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+    def send(self, handler, status: int, data: bytes, headers: dict | None = None, body: bool = True, length: int | None = None):
+        handler.send_response(status)
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(data) if length is None else length))
+        handler.end_headers()
+        if body:
+            handler.wfile.write(data)
+
+    def handle(self, handler, body: bool):
+        from urllib.parse import unquote, urlsplit
+
+        path = unquote(urlsplit(handler.path).path)
+        self.requests.append((handler.command, path, handler.headers.get("Range")))
+        for repo in self.repos:
+            files = self.files(repo)
+            sha = self.commits[repo]
+            if path in (f"/api/models/{repo}", f"/api/models/{repo}/revision/{sha}", f"/api/models/{repo}/revision/main"):
+                info = {"id": repo, "modelId": repo, "sha": sha, "private": False,
+                        "siblings": [{"rfilename": n, "size": p.stat().st_size, "blobId": _sha1(p)} for n, p in files.items()]}
+                return self.send(handler, 200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
+            if path.startswith(f"/api/models/{repo}/tree/{sha}"):
+                tree = [{"type": "file", "path": n, "size": p.stat().st_size, "oid": _sha1(p)} for n, p in files.items()]
+                return self.send(handler, 200, json.dumps(tree).encode(), {"Content-Type": "application/json"}, body)
+            prefix = f"/{repo}/resolve/{sha}/"
+            if path.startswith(prefix) and path[len(prefix):] in files:
+                name = path[len(prefix):]
+                data = files[name].read_bytes()
+                headers = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha256(data).hexdigest()}"', "Accept-Ranges": "bytes"}
+                wanted = handler.headers.get("Range")
+                if wanted and body:
+                    start = int(wanted.split("=")[1].split("-")[0])
+                    headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+                    return self.send(handler, 206, data[start:], headers, body)
+                if body and name == self.cut_once:
+                    self.cut_once = None
+                    self.send(handler, 200, data[: len(data) * 3 // 4], headers, body, length=len(data))
+                    handler.close_connection = True
+                    return
+                return self.send(handler, 200, data, headers, body)
+        self.send(handler, 404, b'{"error": "not found"}', {"Content-Type": "application/json", "X-Error-Code": "RepoNotFound"}, body)
+
+
+def _sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_pull_from_the_hub_downloads_resumes_and_records_commits(tiny_tokenizer_dir, tmp_path):
+    """The base's weights (about 28 MB) are cut off after 3/4: huggingface_hub keeps what it
+    received in whole 10 MB chunks and asks for the rest with a Range request."""
+    _tools_or_skip()
+    mirror = _mirror(tmp_path / "mirror", tiny_tokenizer_dir, 512)
+    repos = {ADAPTER_ID: mirror / ADAPTER_ID, BASE_ID: mirror / BASE_ID}
+    assert (mirror / BASE_ID / "model.safetensors").stat().st_size > 20 * 2**20
+    hub = LoopbackHub(repos, cut_once="model.safetensors")
+    try:
+        home = tmp_path / "home"
+        home.mkdir()
+        proc = korani("models", "pull", "korani-5.8b", "--quant", "q8_0", home=home, timeout=900,
+                      HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1",
+                      HF_HUB_ETAG_TIMEOUT="5", HF_HUB_DOWNLOAD_TIMEOUT="10")
+    finally:
+        hub.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((_entry(home, "q8_0") / "provenance.json").read_text(encoding="utf-8"))
+    assert [(s["repo_id"], s["via"], s["revision"], s["path"]) for s in record["sources"]] == [
+        (ADAPTER_ID, "hub", hub.commits[ADAPTER_ID], None), (BASE_ID, "hub", hub.commits[BASE_ID], None)]
+    assert "to download" in next(line for line in proc.stderr.splitlines() if "needs about" in line)
+    weights = [(m, r) for m, p, r in hub.requests if m == "GET" and p.endswith(f"{BASE_ID}/resolve/{hub.commits[BASE_ID]}/model.safetensors")]
+    # The cut download was resumed where it stopped (huggingface_hub's own resume), not started over.
+    assert [r for _, r in weights] == [None, f"bytes={2 * 10 * 2**20}-"], weights
+    assert record["sha256"] == hashlib.sha256((_entry(home, "q8_0") / "model.gguf").read_bytes()).hexdigest()
+    # Besides the two repositories, huggingface_hub itself only fetched its daily agent registry.
+    assert {p for _, p, _ in hub.requests if not p.startswith(("/api/models/", f"/{ADAPTER_ID}/", f"/{BASE_ID}/"))} <= {"/api/agent-harnesses"}

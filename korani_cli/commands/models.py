@@ -60,7 +60,7 @@ def pull_model(
     """Download korani-5.8b (adapter and base), merge in float16, convert and quantise with llama.cpp,
     verify, and keep it in korani's cache; then `--model korani-5.8b` uses it on machines without CUDA.
 
-    An interrupted pull leaves nothing that is used; run it again and downloads resume."""
+    An interrupted pull leaves nothing that is used; run it again and the files already downloaded are kept."""
     from korani_cli.pull import pull
 
     console = err_console()
