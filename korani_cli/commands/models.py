@@ -84,15 +84,16 @@ def pull_model(
 @korani_command
 def resolve_model(
     spec: Annotated[Optional[str], typer.Argument(help="A --model value; default: the configured model.")] = None,
+    backend: BackendOpt = None,
 ) -> None:
     """Show which backend and files a --model value means, without loading it."""
     from korani_cli.config import load_settings
     from korani_cli.models import resolve
 
-    settings = load_settings({"model": spec})
+    settings = load_settings({"model": spec, "backend": backend})
     resolved = resolve(settings.model, settings)
     console = out_console()
-    for key in ("name", "backend", "source", "base", "base_url"):
+    for key in ("name", "backend", "source", "base", "base_url", "notice"):
         value = getattr(resolved, key)
         if value:
             console.print(f"{key:8} {escape(str(value))}")
