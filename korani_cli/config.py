@@ -42,6 +42,8 @@ class Settings:
     n_ctx: int = 2048  # context window asked of the llama.cpp backend
     threads: int | None = None  # CPU threads for llama.cpp; None = all cores
     request_timeout: float = 20.0  # seconds: the overall deadline of one network request (see korani_cli/net.py)
+    backend: str = "auto"  # korani-5.8b: auto (a pulled GGUF when there is no CUDA GPU), hf or llamacpp; see models.resolve.
+    # No environment variable: an exported KORANI_BACKEND=hf would make every other --model a usage error.
 
 
 # Environment variable → setting. OPENAI_* are honoured because every
@@ -56,6 +58,7 @@ _ENV = {
 }
 
 TEMPLATES = ("korani", "model")
+BACKENDS = ("auto", "hf", "llamacpp")
 
 
 # -- validation: one set of rules for the config file, the environment and the flags ----------
@@ -113,6 +116,7 @@ RULES: dict[str, Rule] = {
     "n_ctx": Rule(int, 16, N_CTX_CAP),
     "threads": Rule(int, 1, thread_cap),
     "request_timeout": Rule(float, 0.1, 3600.0),  # seconds; see korani_cli/net.py
+    "backend": Rule(str, choices=BACKENDS),
 }
 SEED = Rule(int, 0, 2**32 - 1)  # what every backend accepts (llama.cpp takes a uint32)
 CONTEXT_TOKENS = Rule(int, 64, 10**6)  # the sources' share of a RAG prompt (--context-tokens)

@@ -8,14 +8,22 @@ A spec is what the user types after `--model`:
     adapter_config.json names its base) → hf;
   - anything else shaped like `org/name` → a Hugging Face Hub id → hf.
 
-`resolve` is pure and cheap (no heavy imports, no network); `load_backend`
+`korani-5.8b` has two forms: the adapter on its base through transformers,
+and the 4-bit GGUF `korani models pull` makes (korani_cli/pull.py). Without a
+CUDA GPU a pulled GGUF is used, and the spec carries a notice saying so;
+`--backend hf` / `llamacpp` (setting `backend`) picks one form outright.
+
+`resolve` is cheap (no heavy imports, no network; torch only to confirm a GPU
+the driver reports when a pulled GGUF could be used instead); `load_backend`
 imports the one backend module it needs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +54,7 @@ class ModelSpec:
     base: str | None = None  # hf: base model when `source` is a LoRA adapter
     base_url: str | None = None  # openai
     api_key: str | None = None  # openai
+    notice: str | None = None  # said once when the model loads (which form of an alias was chosen, and why)
 
 
 def _read_adapter_base(directory: Path) -> str | None:
@@ -85,7 +94,15 @@ def _resolve(spec: str, settings: Settings) -> ModelSpec:
     if not spec:
         raise UsageError("--model is empty", f"pass an alias ({', '.join(ALIASES)}), a path or a hub id")
     if spec == "korani-5.8b":
-        return ModelSpec(spec, "hf", REFERENCE_ADAPTER, base=REFERENCE_BASE)
+        return _reference(spec, settings.backend)
+    resolved = _resolve_other(spec, settings)
+    if settings.backend not in ("auto", resolved.backend):
+        raise UsageError(f"--backend {settings.backend} cannot load {spec!r}, a {resolved.backend} model",
+                         "leave --backend out (it chooses between the forms of korani-5.8b) or pass another --model")
+    return resolved
+
+
+def _resolve_other(spec: str, settings: Settings) -> ModelSpec:
     if spec == "demo":
         from korani_cli.demo_models import demo_gguf
 
@@ -115,6 +132,48 @@ def _resolve(spec: str, settings: Settings) -> ModelSpec:
                              "write --model openai:MODEL@http://HOST:PORT/v1") from None
         return ModelSpec(spec, "openai", model, base_url=base_url, api_key=settings.openai_api_key)
 
+    return _resolve_path(spec, settings)
+
+
+def cuda_available() -> bool:
+    """Whether transformers would run on a CUDA GPU here. Cheap when the answer is
+    no (CUDA_VISIBLE_DEVICES hides every GPU, or no NVIDIA driver is installed);
+    a driver that is present is confirmed by torch, which the hf path needs anyway."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    if "torch" not in sys.modules:
+        import ctypes.util
+
+        if not Path("/proc/driver/nvidia/version").exists() and ctypes.util.find_library("cuda") is None:
+            return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _reference(spec: str, backend: str) -> ModelSpec:
+    """korani-5.8b: the pulled GGUF on a machine without CUDA (or with --backend llamacpp), else the adapter."""
+    hf = ModelSpec(spec, "hf", REFERENCE_ADAPTER, base=REFERENCE_BASE)
+    if backend == "hf":
+        return hf
+    from korani_cli.pull import newest_pulled
+
+    pulled = newest_pulled(spec)
+    if backend == "llamacpp":
+        if pulled is None:
+            raise ModelLoadError(f"{spec} has not been pulled as a GGUF file",
+                                 f"run `korani models pull {spec}` first, or use --backend hf")
+        return ModelSpec(spec, "llamacpp", str(pulled.path), notice=f"using the pulled {pulled.quant} GGUF of {spec} ({pulled.path})")
+    if pulled is None or cuda_available():
+        return hf
+    return ModelSpec(spec, "llamacpp", str(pulled.path),
+                     notice=f"no CUDA GPU: using the pulled {pulled.quant} GGUF of {spec} ({pulled.path}); --backend hf for transformers")
+
+
+def _resolve_path(spec: str, settings: Settings) -> ModelSpec:
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf":
         if path.is_dir():
@@ -159,6 +218,8 @@ def _nearby(path: Path) -> str:
 
 def load_backend(spec: ModelSpec, settings: Settings, notify: Notify = lambda _msg: None) -> Backend:
     """Load the model behind `spec`; raises ModelLoadError with the way forward."""
+    if spec.notice:
+        notify(spec.notice)
     if spec.backend == "llamacpp":
         from korani_cli.backends.llamacpp import LlamaCppBackend
 

@@ -13,6 +13,7 @@ from rich.markup import escape
 from korani_cli.commands.search import (
     AllowPrivateOpt, ContextTokensOpt, EmbedderOpt, FollowLinksOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
 )
+from korani_cli.commands.models import BackendOpt
 from korani_cli.config import CONTEXT_TOKENS, SEED, TEMPLATES, check_flag, load_settings
 from korani_cli.console import err_console, korani_command, notice
 from korani_cli.errors import UsageError
@@ -95,6 +96,7 @@ def ask(
     temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]")] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass, 0 to 1. [default: 0.9]")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0 to 4294967295), for repeatable sampling. [default: random]")] = None,
+    backend: BackendOpt = None,
     template: Annotated[Optional[str], typer.Option("--template", help=f"Prompt format: {' or '.join(TEMPLATES)} (the model's own chat template). [default: korani; model for an alias with its own chat template, e.g. demo-chat]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, model, backend, token counts, finish_reason, timings, session (the history id it was saved to, or null).")] = False,
     web: Annotated[bool, typer.Option("--search", help="Search the web first and answer from the pages, with footnotes.")] = False,
@@ -157,7 +159,8 @@ def ask(
         model, template, system = resumed.model, resumed.template, resumed.system
 
     settings = load_settings(
-        {"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "template": template}
+        {"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "template": template,
+         "backend": backend}
     )
     check_flag("--seed", seed, SEED)
     check_flag("--context-tokens", context_tokens, CONTEXT_TOKENS)

@@ -12,6 +12,7 @@ import typer
 from korani_cli.commands.search import (
     AllowPrivateOpt, ContextTokensOpt, EmbedderOpt, FollowLinksOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
 )
+from korani_cli.commands.models import BackendOpt
 from korani_cli.console import korani_command, notice
 
 history_app = typer.Typer(help="Saved chat and ask sessions: list, show, search, export, rm.", no_args_is_help=True)
@@ -27,6 +28,7 @@ def chat(
     temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling, for repeatable answers. [default: random]")] = None,
     template: Annotated[Optional[str], typer.Option("--template", help="Prompt format: korani (### User / ### Bot) or model (the model's own chat template). [default: the session's, else model for demo-chat (it ships one), else korani]")] = None,
+    backend: BackendOpt = None,
     provider: ProviderOpt = None,
     searxng_url: SearxngOpt = None,
     local_dir: LocalDirOpt = None,
@@ -77,7 +79,8 @@ def chat(
                              start_hint="start one with korani chat (without --continue)")
             sid, restored, resumed_note = resumed.id, resumed.messages, resumed.note
             model, template, system = resumed.model, resumed.template, resumed.system
-        settings = load_settings({"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "template": template})
+        settings = load_settings({"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "template": template,
+                                  "backend": backend})
         opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links)
         if no_history:
             notice("--no-history: this chat is kept in memory only and will not be saved")
@@ -88,7 +91,7 @@ def chat(
         def choose_model(name: str) -> ModelChoice:
             # /모델 NAME: the new model's own default template, unless --template was given here.
             chosen = load_settings({"model": name, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                                    "template": given_template})
+                                    "template": given_template, "backend": backend})
             return ModelChoice(chosen.model, chosen.template, lambda: load_backend(resolve(chosen.model, chosen), chosen, notice))
 
         session = ChatSession(

