@@ -79,7 +79,8 @@ def korani_command(func):
         except KoraniError as exc:
             if debug_enabled():
                 raise
-            print_error(exc.one_line())
+            if not exc.quiet:
+                print_error(exc.one_line())
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             print_error("interrupted")
