@@ -123,6 +123,7 @@ def main_first(ranks: Ranks) -> Iterator[None]:
         try:
             yield
         except KoraniError as exc:
+            ignore_teardown()  # say why before the launcher, seeing the others stop, ends this process
             _broadcast_code(ranks, exc.exit_code or 1)
             raise
         except BaseException:
@@ -134,6 +135,16 @@ def main_first(ranks: Ranks) -> Iterator[None]:
     code = lost_peer_guard(lambda: _broadcast_code(ranks, 0), ranks, "while the first process prepared the output directory")
     if code:
         raise ReportedByMainRank(code)
+
+
+def ignore_teardown() -> None:
+    """This process is on its way out with its reason about to be said: the launcher's
+    SIGTERM to the rest of the job would only cut that short or add a second message."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def any_rank(ranks: Ranks, flag: bool) -> bool:

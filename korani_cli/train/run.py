@@ -321,7 +321,13 @@ def run(
             # Every recipe value is checked before --smoke replaces any of them: a
             # recipe that cannot train must not get a smoke run that looks like a pass.
             validate(config)
-            mdl.check_combination(config, mdl.resolve_deepspeed(config.deepspeed))
+            ds_path = mdl.resolve_deepspeed(config.deepspeed)
+            mdl.check_combination(config, ds_path)
+            if ds_path is not None and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+                # accelerate's CPU mode turns DeepSpeed off inside transformers: the run would be plain DDP.
+                raise UsageError("accelerate launch --cpu turns DeepSpeed off, so --deepspeed would be ignored",
+                                 "use torchrun --nproc_per_node N -m korani_cli train ..., or accelerate launch"
+                                 " --use_deepspeed --deepspeed_config_file FILE --num_processes N without --cpu")
             if not smoke and config.base_model.startswith(("/", ".", "~")) and not base.exists():  # --smoke never loads it
                 raise ModelLoadError(f"base_model {config.base_model} does not exist", "set base_model to a model directory or a hub id")
             counts = train_data.check_data(data_dir)
@@ -374,6 +380,7 @@ def run(
     except KeyboardInterrupt:
         if not ranks.launched:
             raise
+        dist.ignore_teardown()
         # Under a launcher this is mostly the launcher stopping the job because another
         # process died; say where the run can continue from.
         what, fix = dist.lost_peer_message(ranks, trainer.state.global_step, output, _last_checkpoint(output))
@@ -381,6 +388,7 @@ def run(
     except Exception as exc:
         if not (ranks.launched and dist.is_lost_peer(exc)):
             raise
+        dist.ignore_teardown()
         what, fix = dist.lost_peer_message(ranks, trainer.state.global_step, output, _last_checkpoint(output))
         raise dist.PeerLost(f"{what} ({dist.first_line(exc)})", fix) from None
     finally:
