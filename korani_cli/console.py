@@ -115,6 +115,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # bitsandbytes warns at import that it could not download an optional CPU kernel.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # accelerate warns on every DeepSpeed run with gradient accumulation that it takes
+    # the DeepSpeed config's value — which korani set to the recipe's own.
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
     try:
         import torch
 

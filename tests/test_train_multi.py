@@ -67,7 +67,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(prepared, tiny_
     # 2 per device × 2 processes × 2 accumulation steps = the same 8 conversations per step.
     two = launch(*common, "--output", str(tmp_path / "two"), "per_device_train_batch_size=2", "gradient_accumulation_steps=2")
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "Traceback" not in two.stderr and "error" not in two.stderr.lower()
+    assert "Traceback" not in two.stderr and "error" not in two.stderr.lower() and "mismatch" not in two.stderr
     # One process speaks for the job: each notice and the summary once.
     assert two.stderr.count("note: no CUDA GPU: training in float32") == 1, two.stderr
     assert two.stderr.count("trained ") == 1 and two.stderr.count("korani_metadata.json in") == 1, two.stderr
@@ -158,3 +158,22 @@ def test_first_process_errors_are_printed_once(prepared, tmp_path):  # noqa: F81
     assert proc.returncode != 0
     assert proc.stderr.count("error: ") == 1 and "'lora_r' is 0" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "extra", "code", "fragment"),
+    [
+        # accelerate's CPU mode would silently train without ZeRO
+        ({"ACCELERATE_USE_CPU": "true"}, ["--deepspeed", "zero2"], 2, "accelerate launch --cpu turns DeepSpeed off"),
+        ({"ACCELERATE_USE_CPU": "1"}, ["--deepspeed", "zero2"], 2, "--use_deepspeed --deepspeed_config_file"),
+        ({}, ["dist_timeout=0"], 5, "'dist_timeout' is 0"),
+        ({}, ["dist_timeout=many"], 5, "dist_timeout"),
+    ],
+)
+def test_launch_settings_refused_before_loading(prepared, tmp_path, env, extra, code, fragment):  # noqa: F811
+    proc = run_korani("train", "korani-5.8b", "--data", str(prepared), "--output", str(tmp_path / "o"), "--smoke", *extra,
+                      env=env, timeout=120)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
+    assert not (tmp_path / "o").exists()
