@@ -152,6 +152,41 @@ def test_kill_9_of_one_process_stops_the_job_and_resume_continues(prepared, tmp_
     assert logged == set(range(1, 41))
 
 
+def test_a_hung_process_ends_the_job_after_dist_timeout(prepared, tmp_path):  # noqa: F811
+    """SIGSTOP, not SIGKILL: the process is alive, so only the process-group timeout can end the wait."""
+    out, log = tmp_path / "h", tmp_path / "stderr.txt"
+    args = ["korani-5.8b", "--data", str(prepared), "--output", str(out), "--smoke", "--deepspeed", "zero2",
+            "max_steps=400", "save_steps=5", "eval_steps=1000", "health_prompts=0", "dist_timeout=10"]
+    with log.open("w") as err:
+        job = subprocess.Popen(torchrun(*args), stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+    workers = {}
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not (out / "checkpoint-5" / "trainer_state.json").exists():
+            assert job.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        workers = _workers(job.pid)
+        os.kill(workers[1], signal.SIGSTOP)
+        stopped = time.monotonic()
+        # Process 0 gives up on its own after dist_timeout (10 s), not after torch's default 30 minutes.
+        while time.monotonic() < stopped + 90 and "error: process 0" not in log.read_text():
+            time.sleep(0.2)
+        waited = time.monotonic() - stopped
+    finally:
+        for pid in workers.values():  # torchrun would wait 30 s more for the stopped one
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        job.wait(timeout=120)
+    text = log.read_text()
+    ours = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and "process 0 of 2 stopped at step" in ours[0] and "Timed out" in ours[0], text[-3000:]
+    assert "the last complete checkpoint is" in ours[0] and "--resume" in ours[0]
+    assert 9 <= waited < 60, waited
+    assert job.returncode != 0
+
+
 def test_first_process_errors_are_printed_once(prepared, tmp_path):  # noqa: F811
     """A recipe error stops every process of the job; only the first one prints it."""
     proc = launch("korani-5.8b", "--data", str(prepared), "--output", str(tmp_path / "x"), "--smoke", "lora_r=0", timeout=120)

@@ -87,6 +87,12 @@ def init(ranks: Ranks, *, cuda: bool, timeout_s: int) -> None:
         return
     if cuda:
         torch.cuda.set_device(ranks.local_rank)
+    # DeepSpeed makes its data-parallel groups with `new_group(ranks)` and no timeout, and
+    # torch gives such a group its module default (30 minutes), not the world group's:
+    # without this, a hung process would hold the others past `dist_timeout`.
+    import torch.distributed.distributed_c10d as c10d
+
+    c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timedelta(seconds=timeout_s)
     backend = "nccl" if cuda else "gloo"
     td.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s),
                           **({"device_id": torch.device("cuda", ranks.local_rank)} if cuda else {}))
