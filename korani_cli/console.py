@@ -79,7 +79,8 @@ def korani_command(func):
         except KoraniError as exc:
             if debug_enabled():
                 raise
-            print_error(exc.one_line())
+            if not exc.quiet:
+                print_error(exc.one_line())
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             print_error("interrupted")
@@ -125,6 +126,9 @@ def quiet_libraries() -> None:
     ops = logging.getLogger("bitsandbytes.backends.cpu.ops")
     if not any(isinstance(f, _OptionalKernelFilter) for f in ops.filters):
         ops.addFilter(_OptionalKernelFilter())
+    # accelerate warns on every DeepSpeed run with gradient accumulation that it takes
+    # the DeepSpeed config's value — which korani set to the recipe's own.
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
     try:
         import torch
 

@@ -34,6 +34,9 @@ class KoraniError(Exception):
     """Base of every error meant for a user: what went wrong, and how to fix it."""
 
     exit_code = EXIT_INTERNAL
+    # True when another process already printed this failure (the first process of a
+    # launched training job): the CLI exits with the code and prints nothing.
+    quiet = False
 
     def __init__(self, what: str, fix: str | None = None):
         super().__init__(what)

@@ -101,11 +101,19 @@ def run_command(
     from korani_cli.train.config import load_config, parse_overrides
     from korani_cli.train.run import run
 
-    values = parse_overrides(overrides or [])
-    for key, value in (("data", data), ("output", output), ("deepspeed", deepspeed)):
-        if value is not None:
-            values[key] = str(value)
-    recipe = load_config(config, values)
+    from korani_cli.errors import KoraniError
+    from korani_cli.train.dist import Ranks
+
+    try:
+        values = parse_overrides(overrides or [])
+        for key, value in (("data", data), ("output", output), ("deepspeed", deepspeed)):
+            if value is not None:
+                values[key] = str(value)
+        recipe = load_config(config, values)
+    except KoraniError as exc:
+        # Under a launcher every process reads the same recipe and fails the same way; the first one says so.
+        exc.quiet = not Ranks.from_env().main
+        raise
     reporter = RichReporter()
     metadata = run(recipe, smoke=smoke, resume=resume, overwrite=overwrite, reporter=reporter)
     if not metadata:

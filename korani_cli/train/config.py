@@ -68,6 +68,7 @@ class TrainConfig:
     logging_steps: int = _f(10, "Log every N steps (JSONL + TensorBoard).")
     seed: int = _f(42, "Seed for data order and initialisation.")
     deepspeed: str | None = _f(None, "DeepSpeed config: zero2, zero3, zero2_offload, zero3_offload, or a JSON path.")
+    dist_timeout: int = _f(1800, "Seconds a process of a multi-process run (torchrun, accelerate launch, deepspeed) waits for the others at a collective before it fails; a dead process ends the job at once, this bounds a hung one.")
     health_prompts: int = _f(16, "Held-out prompts for the after-training EOS/repetition check (0 to skip).")
     health_max_new_tokens: int = _f(128, "Token limit for each health-check generation.")
 
@@ -250,6 +251,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "logging_steps": _int_at_least(1),
     "seed": ((lambda v: 0 <= v < 2**32), "a whole number from 0 to 4294967295"),
     "deepspeed": ((lambda v: v is None or bool(v.strip())), "zero2, zero3, zero2_offload, zero3_offload or a JSON path"),
+    "dist_timeout": _int_at_least(10),
     "health_prompts": _int_at_least(0),
     "health_max_new_tokens": _int_at_least(1),
 }

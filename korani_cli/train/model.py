@@ -8,7 +8,7 @@ print them and the metadata can record them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from korani_cli.errors import ConfigError, UsageError

@@ -26,6 +26,7 @@ from korani_cli import __version__
 from korani_cli.outputs import atomic_write_text
 from korani_cli.errors import EXIT_CONFIG, EXIT_INTERRUPTED, KoraniError, ModelLoadError, UsageError
 from korani_cli.train import data as train_data
+from korani_cli.train import dist
 from korani_cli.train import model as mdl
 from korani_cli.train import output as outdir
 from korani_cli.train.config import TrainConfig, save_config, validate
@@ -166,6 +167,11 @@ def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: R
         _ensure_dist_env()
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(output / "tensorboard")
 
+    # LoRA's A matrices start random: seed them, so that a run is repeatable and every
+    # process of a launched job starts from the same adapter.
+    from transformers import set_seed
+
+    set_seed(config.seed)
     try:
         tokenizer = prepare_tokenizer(config.base_model)
         model = mdl.load_model(config, plan, config.base_model, vocab=len(tokenizer))
@@ -217,6 +223,7 @@ def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: R
         seed=config.seed,
         data_seed=config.seed,
         deepspeed=str(ds_path) if ds_path else None,
+        ddp_timeout=config.dist_timeout,
         use_cpu=not plan.cuda,
         disable_tqdm=True,
         assistant_only_loss=True,
@@ -249,7 +256,7 @@ def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: R
     return trainer, tokenizer, plan
 
 
-def _callbacks(output: Path, reporter: Reporter, interrupted: dict, diverged: dict):
+def _callbacks(output: Path, reporter: Reporter, interrupted: dict, diverged: dict, ranks: dist.Ranks | None = None):
     from transformers import TrainerCallback
 
     class Report(TrainerCallback):
@@ -264,6 +271,9 @@ def _callbacks(output: Path, reporter: Reporter, interrupted: dict, diverged: di
 
         def on_step_end(self, args, state, control, **kw):
             reporter.step(state.global_step, {})
+            # A Ctrl-C reaches the processes at slightly different moments; all of
+            # them must save (a collective under DeepSpeed) and stop at the same step.
+            interrupted["flag"] = dist.any_rank(ranks or dist.Ranks(), interrupted["flag"])
             if interrupted["flag"]:
                 # Ctrl-C: checkpoint this step, then stop cleanly.
                 control.should_save = True
@@ -295,49 +305,68 @@ def run(
     reporter: Reporter | None = None,
 ) -> dict:
     """Train; returns the metadata written to OUTPUT/korani_metadata.json."""
-    reporter = reporter or _Silent()
-    # Every recipe value is checked before --smoke replaces any of them: a
-    # recipe that cannot train must not get a smoke run that looks like a pass.
-    validate(config)
+    ranks = dist.Ranks.from_env()
+    # One process speaks for the job: the others' notices and progress would
+    # repeat the first one's line for line.
+    reporter = (reporter or _Silent()) if ranks.main else _Silent()
+    if ranks.launched:
+        import torch
+
+        dist.init(ranks, cuda=torch.cuda.is_available(), timeout_s=config.dist_timeout)
     data_dir, output = Path(config.data), Path(config.output)
-    mdl.check_combination(config, mdl.resolve_deepspeed(config.deepspeed))
     base = Path(config.base_model).expanduser()
-    if not smoke and config.base_model.startswith(("/", ".", "~")) and not base.exists():  # --smoke never loads it
-        raise ModelLoadError(f"base_model {config.base_model} does not exist", "set base_model to a model directory or a hub id")
-    counts = train_data.check_data(data_dir)
-    # Under a launcher every rank runs this; only the first one judges and prepares the output
-    # directory (the others would see its fresh files and mistake them for an earlier run).
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    if main_rank:
-        sources = [data_dir] + ([base] if base.exists() else [])
-        outdir.judge(output, sources=sources, resume=bool(resume), overwrite=overwrite)
-    checkpoint = outdir.find_checkpoint(output, resume) if resume else None
-    if checkpoint is not None:
-        outdir.check_matches(checkpoint, lora_r=config.lora_r, lora_target_modules=config.lora_target_modules,
-                             base_model=None if smoke else config.base_model)
-    taken = outdir.take(output, resume=bool(resume)) if main_rank else None
-    if not main_rank:
-        output.mkdir(parents=True, exist_ok=True)
+    # The first process checks the recipe and the data and prepares the output directory
+    # while the others wait: they would repeat its errors, and see its fresh files as an
+    # earlier run. When it fails, they stop with its exit code and print nothing.
+    from korani_cli.console import quiet_libraries
+
+    counts, taken = None, None
+    recipe_base_model = config.base_model  # the model card names it; --smoke swaps in a stand-in
+    with dist.main_first(ranks):
+        if ranks.main:
+            # Every recipe value is checked before --smoke replaces any of them: a
+            # recipe that cannot train must not get a smoke run that looks like a pass.
+            validate(config)
+            ds_path = mdl.resolve_deepspeed(config.deepspeed)
+            mdl.check_combination(config, ds_path)
+            if ds_path is not None and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+                # accelerate's CPU mode turns DeepSpeed off inside transformers: the run would be plain DDP.
+                raise UsageError("accelerate launch --cpu turns DeepSpeed off, so --deepspeed would be ignored",
+                                 "use torchrun --nproc_per_node N -m korani_cli train ..., or accelerate launch"
+                                 " --use_deepspeed --deepspeed_config_file FILE --num_processes N without --cpu")
+            if not smoke and config.base_model.startswith(("/", ".", "~")) and not base.exists():  # --smoke never loads it
+                raise ModelLoadError(f"base_model {config.base_model} does not exist", "set base_model to a model directory or a hub id")
+            counts = train_data.check_data(data_dir)
+            sources = [data_dir] + ([base] if base.exists() else [])
+            outdir.judge(output, sources=sources, resume=bool(resume), overwrite=overwrite)
+            checkpoint = outdir.find_checkpoint(output, resume) if resume else None
+            if checkpoint is not None:
+                outdir.check_matches(checkpoint, lora_r=config.lora_r, lora_target_modules=config.lora_target_modules,
+                                     base_model=None if smoke else config.base_model)
+            taken = outdir.take(output, resume=bool(resume))
+            try:
+                outdir.mark(output, data=str(data_dir.resolve()), base_model=config.base_model, smoke=smoke)
+                quiet_libraries()
+                if smoke:
+                    config = smoke_adjust(config, output, data_dir, reporter)
+                save_config(config, output / "korani_train.yaml")
+            except BaseException:
+                outdir.settle(taken, ok=False)
+                raise
+    if not ranks.main:
+        # The first process found all of this valid; these only read what it prepared.
+        quiet_libraries()
+        checkpoint = outdir.find_checkpoint(output, resume) if resume else None
+        if smoke:
+            config = smoke_adjust(config, output, data_dir, reporter)
     loaded = False
     try:
-        if main_rank:
-            outdir.mark(output, data=str(data_dir.resolve()), base_model=config.base_model, smoke=smoke)
-        from korani_cli.console import quiet_libraries
-
-        quiet_libraries()
-        recipe_base_model = config.base_model
-        if smoke:
-            if not main_rank:
-                _wait_for(output / "smoke-base" / "model.safetensors")
-            config = smoke_adjust(config, output, data_dir, reporter)
-        if main_rank:
-            save_config(config, output / "korani_train.yaml")
-
         interrupted = {"flag": False}
         diverged: dict = {}
         # A smoke run evaluates on a slice of valid: it checks the path, not the model.
         trainer, tokenizer, plan = build_trainer(
-            config, output, data_dir, reporter, _callbacks(output, reporter, interrupted, diverged), eval_limit=64 if smoke else None
+            config, output, data_dir, reporter, _callbacks(output, reporter, interrupted, diverged, ranks),
+            eval_limit=64 if smoke else None,
         )
         loaded = True
     finally:
@@ -354,11 +383,28 @@ def run(
     started = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except KeyboardInterrupt:
+        if not ranks.launched:
+            raise
+        dist.ignore_teardown()
+        # Under a launcher this is mostly the launcher stopping the job because another
+        # process died; say where the run can continue from.
+        what, fix = dist.lost_peer_message(ranks, trainer.state.global_step, output, _last_checkpoint(output))
+        raise TrainingInterrupted(f"interrupted: {what}", fix) from None
+    except Exception as exc:
+        if not (ranks.launched and dist.is_lost_peer(exc)):
+            raise
+        dist.ignore_teardown()
+        what, fix = dist.lost_peer_message(ranks, trainer.state.global_step, output, _last_checkpoint(output))
+        raise dist.PeerLost(f"{what} ({dist.first_line(exc)})", fix) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         reporter.finish()
     state = trainer.state
+    if not ranks.main and (diverged or interrupted["flag"]):
+        # Every process saw the same NaN loss (it is gathered) or the same Ctrl-C; the first one says so.
+        raise dist.ReportedByMainRank(TrainingDiverged.exit_code if diverged else TrainingInterrupted.exit_code)
     if diverged:
         raise TrainingDiverged(
             f"training diverged: {diverged['key']} became {diverged['value']} at step {diverged['step']}; no adapter was saved",
@@ -439,13 +485,12 @@ def _why_no_eval(config: TrainConfig, data_dir: Path, counts: dict[str, int], st
     return f"the trainer logged no eval loss in {steps} steps (eval_steps {config.eval_steps})"
 
 
-def _wait_for(path: Path, timeout: float = 600) -> None:
-    """Other ranks wait while the first builds the --smoke base model."""
-    deadline = time.time() + timeout
-    while not path.exists():
-        if time.time() > deadline:
-            raise UsageError(f"{path} did not appear", "the first rank failed to build the --smoke base; see its log")
-        time.sleep(0.5)
+
+def _last_checkpoint(output: Path) -> Path | None:
+    try:
+        return outdir.find_checkpoint(output, "last")
+    except KoraniError:
+        return None
 
 
 def _main_thread() -> bool:
