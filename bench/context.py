@@ -93,7 +93,6 @@ def main() -> None:
     items = [p for p in plan(qaset, config) if not p.unanswerable]
     # Kiwi is warm in a search process: load it before anything is timed.
     fit(items[0].question.question, rankings[items[0].question.id], 1, backend.count_tokens)
-    t = time.perf_counter()
     for n, item in enumerate(items, 1):
         q = item.question
         gold = page_url[q.page_id]

@@ -62,7 +62,7 @@ def main() -> None:
                           ("korani", lambda h: extract(h)[1])):
             try:
                 scores[label] = round(f1(fn(html), expected), 3)
-            except Exception as exc:  # an extractor crashing is a score of 0 for that page
+            except Exception:  # an extractor crashing is a score of 0 for that page
                 scores[label] = 0.0
         rows.append({"page": name, **scores})
     print(f"{'page':<52} {'readability':>11} {'trafilatura':>11} {'korani':>7}")

@@ -1,11 +1,9 @@
 """`korani chat` driven like a user would: piped stdin, a test double and the demo model, SQLite history."""
 
 import io
-import json
 import os
 import sqlite3
 import sys
-from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -14,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import run_korani
 from test_search import web  # noqa: F401  (the loopback web, a fixture)
 from korani_cli import template as tpl
-from korani_cli.backends import Generation, GenerationParams, ModelInfo, apply_stops
+from korani_cli.backends import Generation, ModelInfo, apply_stops
 from korani_cli.chat.history import History
 from korani_cli.chat.repl import read_inputs, run
 from korani_cli.chat.session import ChatSession, rewrite_query

@@ -8,7 +8,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO, run_korani
+from conftest import run_korani
 from korani_cli.cli import app
 from korani_cli.errors import EXIT_CONFIG, EXIT_GENERATION, EXIT_MODEL_LOAD, EXIT_USAGE
 

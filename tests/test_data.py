@@ -1,7 +1,6 @@
 """`korani data`: real samples, every input format and quirk, dedup, splits, safety."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -1,7 +1,6 @@
 """`korani train` on CPU: label mask, smoke run, EOS learning, DeepSpeed, resume, merge."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
