@@ -20,7 +20,10 @@ answer can cite them as [1], [2].
 Generation stops at EOS (the backends' job) or at the next `###` header
 (`StopFilter`, shared by every backend): a header is never printed.
 
-What this module does not know: tokenizers, token ids, models.
+What this module does not know: tokenizers, token ids, models — beyond the
+text of polyglot-ko's special tokens and its characters-per-token ratio, the
+defaults wherever no tokenizer is at hand (`DEFAULT_EOS`, `PAD_TOKEN`,
+`CHARS_PER_TOKEN`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,16 @@ RAG_INSTRUCTION = (
     "각 문장 끝에 그 문장의 근거가 된 자료의 번호를 [1]처럼 표시하세요."
 )
 RAG_QUESTION_PREFIX = "질문: "
+
+# polyglot-ko's EOS text: closes every Bot turn where no tokenizer says
+# otherwise (data prepare without --tokenizer, the openai backend, tiny models).
+DEFAULT_EOS = "<|endoftext|>"
+# The pad token training adds when the base has none (or pads with EOS, which
+# would mask EOS out of the loss); the tiny models carry it too.
+PAD_TOKEN = "<|pad|>"
+# polyglot-ko averages ~1.5 Korean characters per token: the length estimate
+# where the tokenizer is not at hand; it errs towards "too long".
+CHARS_PER_TOKEN = 1.5
 
 # transformers renders chat templates with trim_blocks + lstrip_blocks; we
 # render with the same settings so both produce identical text.

@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-EOS_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
+from korani_cli.template import DEFAULT_EOS, PAD_TOKEN
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int = 800):
@@ -29,13 +28,13 @@ def train_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int = 800):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        special_tokens=[DEFAULT_EOS, PAD_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         # Its progress bars went to stdout at `train --smoke` start (blank lines when piped).
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=DEFAULT_EOS, pad_token=PAD_TOKEN)
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out_dir)
     return fast

@@ -244,7 +244,7 @@ class HFBackend:
                 if usage.first_token_at is None:
                     usage.first_token_at = time.perf_counter()
                 tail = tokenizer.decode(input_ids[0, max(n_prompt, input_ids.shape[1] - 6):], skip_special_tokens=True)
-                return "\n###" in tail
+                return tpl.HEADER_STOP in tail
 
         streamer = IncrementalStreamer(self.tokenizer, n_prompt)
         eos = self.tokenizer.eos_token_id

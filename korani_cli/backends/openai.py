@@ -121,13 +121,12 @@ class OpenAIBackend:
         )
         # We cannot know the served tokenizer's EOS text; earlier Bot turns are
         # closed with the one KoRani models use (polyglot-ko's).
-        return cls(client, model, info, eos_text="<|endoftext|>", deadline=deadline,
+        return cls(client, model, info, eos_text=tpl.DEFAULT_EOS, deadline=deadline,
                    generation_deadline=GENERATION_FACTOR * request_timeout)
 
     def count_tokens(self, text: str) -> int:
-        # The server's tokenizer is remote; ~1 token per 1.5 Korean characters
-        # is the usual ratio for polyglot-ko's vocabulary.
-        return max(1, round(len(text) / 1.5))
+        # The server's tokenizer is remote: polyglot-ko's usual ratio stands in.
+        return max(1, round(len(text) / tpl.CHARS_PER_TOKEN))
 
     def stream(self, messages: Sequence[tpl.Message], params: GenerationParams) -> Generation:
         body: dict = {

@@ -112,12 +112,11 @@ def show_command(
     """Show examples exactly as training renders them; green text carries loss (assistant turns + EOS)."""
     from rich.console import Console
 
-    from korani_cli.data.prepare import DEFAULT_EOS
     from korani_cli.data.report import load_stats
     from korani_cli.data.show import load_example_lines, pick, render_example
     from korani_cli.data.sources import DataInputError
     from korani_cli.errors import UsageError
-    from korani_cli.template import TemplateError
+    from korani_cli.template import DEFAULT_EOS, TemplateError
 
     if split not in ("train", "valid", "test"):
         raise UsageError(f"unknown split '{split}'", "use --split train, valid or test")

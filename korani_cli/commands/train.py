@@ -103,6 +103,7 @@ def run_command(
 
     from korani_cli.errors import KoraniError
     from korani_cli.train.dist import Ranks
+    from korani_cli.train.health import EOS_WARN_BELOW
 
     try:
         values = parse_overrides(overrides or [])
@@ -129,10 +130,10 @@ def run_command(
     health = metadata.get("health")
     if health:
         share = health["eos_share"]
-        style = "bold red" if share < 0.9 else "green"
+        style = "bold red" if share < EOS_WARN_BELOW else "green"
         console.print(f"health: [{style}]{share:.0%}[/{style}] of {health['prompts']} held-out answers ({health.get('split') or 'held-out'} split) "
                       f"ended with EOS; repetition {health['repetition']:.3f}")
-        if share < 0.9:
+        if share < EOS_WARN_BELOW:
             console.print(
                 "[bold red]WARNING: under 90 % of answers end with EOS — the model may not have learned to stop"
                 + (f" (expected for a {metadata['steps']}-step --smoke run)" if smoke else "; train longer or check the data") + "[/bold red]"

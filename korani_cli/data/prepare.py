@@ -37,8 +37,6 @@ from korani_cli.errors import UsageError
 from korani_cli.outputs import guard_output_dir, reap_stale, replace_dir, temp_sibling, write_marker
 
 SPLITS = ("train", "valid", "test")
-CHARS_PER_TOKEN = 1.5  # polyglot-ko averages ~1.5 Korean characters per token; errs towards "too long"
-DEFAULT_EOS = "<|endoftext|>"  # polyglot-ko's, used when no tokenizer is given
 RECORD_KEYS = {"koalpaca": ("instruction", "output"), "sharegpt": ("conversations", "id")}
 BATCH = 512
 MAX_WEIGHT = 100.0  # the largest --mix weight: how many times a train conversation may repeat
@@ -145,7 +143,7 @@ class _Lengths:
 
     def __init__(self, tokenizer: str | None):
         self.tokenizer = None
-        self.eos = DEFAULT_EOS
+        self.eos = tpl.DEFAULT_EOS
         if tokenizer:
             try:
                 from transformers import AutoTokenizer
@@ -154,13 +152,13 @@ class _Lengths:
             except Exception as exc:  # transformers raises many unrelated types for a bad tokenizer
                 raise UsageError(f"cannot load the tokenizer '{tokenizer}' ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})",
                                  "pass a local tokenizer directory, or leave --tokenizer out to count characters") from None
-            self.eos = self.tokenizer.eos_token or DEFAULT_EOS
-        self.measure = f"tokenizer:{tokenizer}" if tokenizer else f"chars/{CHARS_PER_TOKEN}"
+            self.eos = self.tokenizer.eos_token or tpl.DEFAULT_EOS
+        self.measure = f"tokenizer:{tokenizer}" if tokenizer else f"chars/{tpl.CHARS_PER_TOKEN}"
 
     def turn_lengths(self, convs: Sequence[Conversation]) -> list[list[int]]:
         pieces = [[tpl.turn_text(t.role, t.content, self.eos) for t in c.turns] for c in convs]
         if self.tokenizer is None:
-            return [[math.ceil(len(p) / CHARS_PER_TOKEN) for p in ps] for ps in pieces]
+            return [[math.ceil(len(p) / tpl.CHARS_PER_TOKEN) for p in ps] for ps in pieces]
         flat = [p for ps in pieces for p in ps]
         ids = self.tokenizer(flat, add_special_tokens=False)["input_ids"]
         out, i = [], 0

@@ -31,7 +31,6 @@ from korani_cli.train import model as mdl
 from korani_cli.train import output as outdir
 from korani_cli.train.config import TrainConfig, save_config, validate
 
-PAD_TOKEN = "<|pad|>"
 SMOKE_STEPS = 20
 
 
@@ -105,7 +104,7 @@ def prepare_tokenizer(base: str, embedding_rows: int | None = None):
     """The base tokenizer with the KoRani template and a pad token that is not EOS."""
     from transformers import AutoTokenizer
 
-    from korani_cli.template import CHAT_TEMPLATE
+    from korani_cli.template import CHAT_TEMPLATE, PAD_TOKEN
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.chat_template = CHAT_TEMPLATE
