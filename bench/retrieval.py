@@ -29,8 +29,11 @@ KORQUAD = REPO.parent / "shared" / "eval" / "korquad" / "KorQuAD_v1.0_dev.json"
 def cached(embedder, kind: str, texts: list[str]):
     """Embeddings of `texts`, kept in ~/.cache/korani-bench: the pool takes minutes on 2 cores."""
     import hashlib
+    import io
 
     import numpy as np
+
+    from korani_cli.outputs import atomic_write_bytes
 
     key = hashlib.sha256("\x00".join([embedder.name, kind, *texts]).encode()).hexdigest()[:20]
     path = Path.home() / ".cache" / "korani-bench" / f"{key}.npy"
@@ -38,8 +41,9 @@ def cached(embedder, kind: str, texts: list[str]):
         return np.load(path)
     vectors = getattr(embedder, kind)(texts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path.with_suffix(".tmp.npy"), vectors)
-    path.with_suffix(".tmp.npy").replace(path)
+    buf = io.BytesIO()
+    np.save(buf, vectors)
+    atomic_write_bytes(path, buf.getvalue())
     return vectors
 
 
