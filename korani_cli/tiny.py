@@ -2,7 +2,7 @@
 with a byte-level BPE tokenizer trained on the given text.
 
 Used where a real model is needed but a real model is too big: the test
-suite, the benchmarks, and (later) `korani train --smoke`, which swaps the
+suite, the benchmarks, and `korani train --smoke`, which swaps the
 recipe's base for one of these to catch data and config mistakes on a CPU in
 a minute. The tokenizer carries the KoRani chat template, EOS and a pad token
 that differs from EOS, like the tokenizers training saves.

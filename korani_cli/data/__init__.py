@@ -1,6 +1,7 @@
 """`korani data`: two public Korean instruction sets → one clean, split training set.
 
 Pipeline (one module per stage, typed values between them):
+  records.py  the values between the stages: RawRecord, Conversation, Reject
   sources.py  where the files are (local path, directory, or hub id)
   readers.py  files → RawRecord (streamed; a bad line/element → Reject)
   clean.py    RawRecord → Conversation (field mapping per source), then the

@@ -50,7 +50,3 @@ class Reject:
 
     def to_json(self) -> dict:
         return {"source": self.source, "file": self.file, "position": self.position, "reason": self.reason, "detail": self.detail, "kind": self.kind, "record": self.record}
-
-
-class DataError(Exception):
-    """Raised by readers in --strict mode; wrapped into a KoraniError by prepare."""

@@ -128,7 +128,7 @@ def warm() -> None:
     try:
         for _ in range(_size()):
             executor.submit(_ready)
-    except Exception:  # a broken pool is noticed and replaced by `run`
+    except Exception:  # a broken pool is noticed by the fetch that uses it (fetch._page_text), which discards it
         pass
 
 

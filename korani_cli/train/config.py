@@ -287,7 +287,7 @@ def save_config(config: TrainConfig, path: Path) -> None:
 
 
 def describe() -> str:
-    """The recipe keys with their defaults and help, for `--help-config`."""
+    """The recipe keys with their defaults and help, for `korani train keys`."""
     lines = []
     for f in fields(TrainConfig):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

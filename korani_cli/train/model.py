@@ -1,4 +1,6 @@
-"""Small pure functions: recipe → library objects (quantisation, LoRA, DeepSpeed, device plan).
+"""Recipe → library objects (quantisation, LoRA, DeepSpeed, device plan),
+loading the base model with its LoRA adapter, and checks of the loaded model
+(LoRA target modules, packing support).
 
 `plan_device` decides once what the hardware allows and returns the
 adjustments with the one-line notices that explain them, so the run can
