@@ -75,9 +75,7 @@ def answer(
         generation.close()
     generate_s = time.perf_counter() - start
     usage = generation.usage
-    if usage.whole:
-        # The text arrived in one piece at the end: its arrival is not the first token.
-        first = usage.first_token_at - start if usage.first_token_at is not None else None
+    first = usage.first_token_s(start, first)
     return Answer(
         answer="".join(parts),
         model=backend.info.name,

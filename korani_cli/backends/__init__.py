@@ -55,6 +55,13 @@ class Usage:
     whole: bool = False
     first_token_at: float | None = None
 
+    def first_token_s(self, start: float, seen: float | None) -> float | None:
+        """Seconds from `start` to the first token: `seen` (when the consumer saw the first
+        text), unless the answer came whole — then the backend's own record, if it has one."""
+        if not self.whole:
+            return seen
+        return self.first_token_at - start if self.first_token_at is not None else None
+
 
 class Generation:
     """An iterator of answer text chunks; `usage` is complete once it is exhausted."""

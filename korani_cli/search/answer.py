@@ -291,8 +291,7 @@ def stream(backend: Backend, question: str, ranked: Sequence[Ranked], params: Ge
         generation.close()
     generate_s = time.perf_counter() - start
     usage = generation.usage
-    if usage.whole:  # handed over in one piece: its arrival is not the first token
-        first_token = usage.first_token_at - start if usage.first_token_at is not None else None
+    first_token = usage.first_token_s(start, first_token)
     answer = checker.answer("".join(shown))
     if answer.citations:
         yield Footnotes(tuple(answer.citations))
