@@ -229,7 +229,7 @@ def test_data_prepare_progress_labels_are_english():
 HOSTILE_MODELS = [
     # name typed after /모델 → a fragment of its one error line
     ("openai:x", "no server URL for 'openai:x'"),
-    ("../../etc", "holds no model"),
+    ("tests/../korani_cli", "holds no model"),  # a traversal to a directory that exists wherever the checkout is
     ("a" * 3000, "as a model path (File name too long)"),
     ("\x1b[31mred", "no such model file or directory: [31mred"),
     ("/dev/null.gguf", "GGUF file not found"),
