@@ -41,6 +41,8 @@ def smoke_config(prepared: Path, output: Path, **overrides) -> TrainConfig:
     return replace(load_config(RECIPE), data=str(prepared), output=str(output), **overrides)
 
 
+# TRL warns when SFTConfig gets the deprecated pad_token; the tokenizer (processing_class) carries it.
+@pytest.mark.filterwarnings("error:`pad_token`:FutureWarning")
 def test_label_mask_learns_only_assistant_text_and_eos(prepared, tmp_path):
     from korani_cli.train.smoke import smoke_adjust
     from korani_cli.train.trainer import build_trainer
@@ -84,6 +86,9 @@ def test_smoke_run_is_qlora_trains_and_answers(prepared, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "note: no CUDA GPU: training in float32" in proc.stderr and "Traceback" not in proc.stderr
     meta = json.loads((out / "korani_metadata.json").read_text())
+    from korani_cli.train.metadata import TrainMetadata
+
+    assert TrainMetadata.read(out).to_json() == meta  # what the run wrote reads back as the same value
     assert meta["steps"] == 20 and meta["smoke"] is True
     assert meta["train_loss_last"] < meta["train_loss_first"]
     assert meta["eval_losses"] and meta["health"]["prompts"] > 0

@@ -157,7 +157,10 @@ def _convert(value: object, hint: Any, where: str, path: str):
             return value
     else:
         return value
-    raise _wrong(where, path, f"a {hint.__name__}", value)
+    raise _wrong(where, path, _KINDS.get(hint, f"a {getattr(hint, '__name__', hint)}"), value)
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 def _join(path: str, name: str) -> str:
