@@ -127,7 +127,7 @@ def write_marker(directory: Path, command: str, **details) -> None:
 
     record = {"tool": "korani", "command": command, "version": __version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details}
-    (Path(directory) / MARKER).write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(Path(directory) / MARKER, json.dumps(record, ensure_ascii=False, indent=2) + "\n")
 
 
 def is_ours(directory: Path, legacy: Iterable[str] = ()) -> bool:
