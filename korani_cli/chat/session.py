@@ -7,7 +7,6 @@ exchange goes to the History as it happens.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from korani_cli.backends import Backend, GenerationParams
 from korani_cli.chat import memory
 from korani_cli.chat.history import History, HistoryError, to_markdown
 from korani_cli.errors import KoraniError
+from korani_cli.search.query import is_follow_up, rewrite_query, standalone
 from korani_cli.untrusted import clean, clean_line
 
 ANSWER_ROOM = 256  # tokens kept free for the answer when trimming
@@ -38,7 +38,6 @@ HELP = """명령어
   /도움말       (/help)     이 도움말
   /종료         (/exit)     끝내기 (Ctrl-D)
 여러 줄 입력: \"\"\" 로 시작하고 \"\"\" 로 끝내거나, 줄 끝에 \\ 를 붙이세요. Tab 은 명령어를 완성합니다."""
-FOLLOW_UP = re.compile(r"^(그럼|그러면|그리고|또|그건|그게|그 |그녀|그분|거기|저기|이건|저건|그것|이것|걔|그 사람)")
 
 
 @dataclass(frozen=True)
@@ -78,40 +77,6 @@ def cut_at_word(text: str, limit: int) -> str:
     if space > limit // 2:  # a word boundary not too far back; else cut the long word itself
         cut = cut[:space]
     return cut.rstrip(" ,.;:·—-") + "…"
-
-
-def is_follow_up(question: str, previous: str | None) -> bool:
-    return bool(previous) and (bool(FOLLOW_UP.match(question)) or len(question) < 12)
-
-
-def rewrite_query(question: str, previous: str | None) -> str:
-    """The deterministic standalone query: a follow-up carries the previous query along."""
-    return f"{previous} {question}" if is_follow_up(question, previous) else question
-
-
-REWRITE_PROMPT = (
-    "이전 검색어: {previous}\n새 질문: {question}\n"
-    "새 질문을 이전 검색어의 맥락을 넣어 혼자서도 뜻이 통하는 검색어 한 줄로 다시 쓰세요. 검색어만 쓰세요."
-)
-
-
-def model_rewrite(backend, question: str, previous: str) -> str | None:
-    """Ask the model for a standalone query; None when its answer is not a usable query."""
-    from korani_cli.search.rank import morphemes
-
-    params = GenerationParams(max_new_tokens=32, temperature=0.0)
-    try:
-        text = backend.stream([tpl.user(REWRITE_PROMPT.format(previous=previous, question=question))], params).text()
-    except KoraniError:
-        return None
-    text = text.strip().splitlines()[0].strip().strip('"“”') if text.strip() else ""
-    if not 2 <= len(text) <= 80 or "###" in text or "[" in text:
-        return None
-    # A usable rewrite carries the previous query's subject and is mostly made of known words.
-    words, before, asked = (set(m) for m in morphemes([text, previous, question]))
-    if not words or not words & before or len(words - before - asked) / len(words) > 0.5:
-        return None
-    return text
 
 
 STAGE_NAMES = {"fetch": "페이지 읽는 중", "rank": "관련 문단 고르는 중"}
@@ -282,8 +247,8 @@ class ChatSession:
         if is_follow_up(question, self.last_query):
             try:
                 yield from self._ensure_backend()
-                query = model_rewrite(self.backend, question, self.last_query) or rewrite_query(question, self.last_query)
-            except KoraniError:
+                query = standalone(question, self.last_query, self.backend)
+            except KoraniError:  # no model to rewrite with (or no Kiwi): the deterministic rewrite serves
                 query = rewrite_query(question, self.last_query)
             yield Event("notice", f"검색어: {query}")
         try:
