@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from korani_cli import memory
 from korani_cli import template as tpl
 from korani_cli.backends import Backend, GenerationParams
-from korani_cli.chat import memory
 from korani_cli.chat.history import History, HistoryError, to_markdown
 from korani_cli.errors import KoraniError
 from korani_cli.search.query import is_follow_up, rewrite_query, standalone
@@ -173,11 +173,9 @@ class ChatSession:
     def prompt_messages(self, user_message: tpl.Message) -> tuple[list[tpl.Message], int]:
         head = [tpl.Message("system", self.system)] if self.system else []
         messages = [*head, *self.turns, user_message]
-        limit = self.backend.info.context_length if self.backend else None
-        if not limit:
+        if self.backend is None:
             return messages, 0
-        eos = getattr(self.backend, "eos_text", "")
-        return memory.trim(messages, self.backend.count_tokens, max(limit - ANSWER_ROOM, 64), eos)
+        return memory.fit(messages, self.backend, ANSWER_ROOM)
 
     def _generate(self, user_message: tpl.Message, stored_text: str, store_question: bool = True) -> Iterator[Event]:
         """Generate, remember, store and show one plain answer as it streams."""
