@@ -235,7 +235,7 @@ def ask(
             citations=[c.__dict__ for c in sourced.citations],
             sources=sourced.sources,
             search={"provider": retrieval.provider, "timings": retrieval.timings.stages,
-                    "skipped": [{"url": u, "reason": w} for u, w in retrieval.failures]},
+                    "skipped": [skipped.to_json() for skipped in retrieval.failures]},
         )
         if not sourced.citations:
             notice("no sentence of the answer is supported by the sources; no footnotes")
