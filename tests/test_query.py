@@ -55,6 +55,8 @@ STANDALONE = [
     ("first-line-without-quotes", Q, PREV, '"손흥민 나이"\n이렇게 검색하세요', "손흥민 나이", True),
     ("no-model-at-hand", Q, PREV, None, GLUED, False),
     ("template-text", Q, PREV, "### User 무엇이든", GLUED, True),
+    ("echoes-the-prompt", Q, PREV, f"이전 검색어: {PREV}", GLUED, True),  # what the demo model answers
+    ("echoes-the-question-label", Q, PREV, "새 질문: 손흥민 나이", GLUED, True),
     ("a-footnote-marker", Q, PREV, "손흥민 [1] 나이", GLUED, True),
     ("unrelated-words", Q, PREV, "오늘 날씨 맑음 서울 비 소식 여행 추천", GLUED, True),
     ("the-subject-among-new-words", Q, PREV, "손흥민 오늘 날씨 맑음 서울 여행 추천", GLUED, True),

@@ -32,6 +32,9 @@ REWRITE_PROMPT = (
     "이전 검색어: {previous}\n새 질문: {question}\n"
     "새 질문을 이전 검색어의 맥락을 넣어 혼자서도 뜻이 통하는 검색어 한 줄로 다시 쓰세요. 검색어만 쓰세요."
 )
+# The prompt's labels: a small model often answers by echoing the prompt ("이전 검색어: …"),
+# which can pass the word check below while sending the label words to the search engine.
+PROMPT_LABELS = tuple(line.split(":")[0] for line in REWRITE_PROMPT.splitlines()[:2])
 REWRITE_TOKENS = 32  # a query is a line, not an answer
 MAX_QUERY_CHARS = 80
 MAX_NEW_WORDS = 0.5  # share of the rewrite's words found in neither the previous query nor the question
@@ -49,7 +52,7 @@ def rewrite_query(question: str, previous: str | None) -> str:
 
 def model_rewrite(backend: Backend, question: str, previous: str) -> str | None:
     """Ask the model for a standalone query; None when its answer is not a usable query
-    (generation failed, empty, too long, template text, or mostly words from elsewhere)."""
+    (generation failed, empty, too long, template or prompt text, or mostly words from elsewhere)."""
     from korani_cli.search.rank import morphemes
 
     params = GenerationParams(max_new_tokens=REWRITE_TOKENS, temperature=0.0)
@@ -58,7 +61,7 @@ def model_rewrite(backend: Backend, question: str, previous: str) -> str | None:
     except KoraniError:
         return None
     text = text.strip().splitlines()[0].strip().strip('"“”') if text.strip() else ""
-    if not 2 <= len(text) <= MAX_QUERY_CHARS or "###" in text or "[" in text:
+    if not 2 <= len(text) <= MAX_QUERY_CHARS or "###" in text or "[" in text or any(label in text for label in PROMPT_LABELS):
         return None
     # A usable rewrite carries the previous query's subject and is mostly made of known words.
     words, before, asked = (set(m) for m in morphemes([text, previous, question]))
