@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -135,28 +136,15 @@ def ask(
     a history that -c/--session cannot read), 7 --search found no sources,
     130 interrupted.
     """
-    from korani_cli import memory, oneshot
     from korani_cli.backends import GenerationParams
     from korani_cli.chat import asklog
-    from korani_cli.chat.history import History
-    from korani_cli.chat.resume import resume
-    from korani_cli.models import load_backend, resolve
-    from korani_cli.template import conversation
 
     if session_id is not None and not session_id.strip():
         raise UsageError("--session is empty", "pass a session id from `korani history list`")
     log = asklog.enabled(no_log)
-    resumed = None
-    if resume_last or session_id is not None:
-        # Continuing needs the history: a database that cannot be read is exit 5, before the model loads.
-        history = History(without="or ask without continuing (drop -c/--session)")
-        try:
-            resumed = resume(history, session_id, model=model, template=template, system=system,
-                             start_hint='ask a first question without -c: korani ask "질문"')
-        finally:
-            history.close()  # the exchange is stored through a connection of its own, after the answer
+    resumed = _resumed(session_id, model, template, system) if resume_last or session_id is not None else None
+    if resumed is not None:
         model, template, system = resumed.model, resumed.template, resumed.system
-
     settings = load_settings(
         {"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "template": template,
          "backend": backend}
@@ -168,67 +156,105 @@ def ask(
         notice(resumed.note)
     earlier = resumed.messages if resumed is not None else []
     streaming = sys.stdout.isatty() and not as_json
-    params = GenerationParams(
-        max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        seed=seed,
-        stream=streaming,
-    )
-    console = err_console()
+    params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                              top_p=settings.top_p, seed=seed, stream=streaming)
     retrieval = None
     if web or local_dir:
-        from korani_cli.search import answer as rag
-        from korani_cli.search.pipeline import NoSources, retrieve
-
         opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links)
-        try:
-            with console.status("검색 중 → 페이지 읽는 중…", spinner="dots"):
-                retrieval = retrieve(text, opts, notice)
-        except NoSources as exc:
-            if not allow_no_sources:
-                # Only ask can answer without sources, so only ask's hint names the option.
-                raise NoSources(exc.what, f"{exc.fix}, or pass --allow-no-sources" if exc.fix else "pass --allow-no-sources") from None
-            notice(f"{exc.what}; answering without sources (--allow-no-sources)")
+        retrieval = _retrieve(text, opts, allow_no_sources)
+    loaded, load_s = _load(settings)
+    result, sourced = _generate(loaded, text, system, earlier, retrieval, params, context_tokens, load_s)
+    payload = _payload(result, retrieval, sourced)
+    payload["session"] = asklog.save(
+        None, resumed.id if resumed is not None else None, text, result.answer, model=settings.model, system=system,
+        template=settings.template, timings={k: v for k, v in payload["timings"].items() if v is not None},
+        citations=payload.get("citations") or None, notify=notice) if log else None
+    if as_json:
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+    else:
+        if not streaming:
+            sys.stdout.write(clean(result.answer) + "\n")
+        footnotes = sourced.footnotes() if sourced is not None else ""
+        if footnotes:
+            sys.stdout.write("\n" + clean(footnotes) + "\n")
+    _cut_note(result, params, retrieval is not None)
+
+
+def _resumed(session_id, model, template, system):
+    """The saved conversation -c / --session continue. Continuing needs the history:
+    a database that cannot be read is exit 5, before the model loads."""
+    from korani_cli.chat.history import History
+    from korani_cli.chat.resume import resume
+
+    history = History(without="or ask without continuing (drop -c/--session)")
+    try:
+        return resume(history, session_id, model=model, template=template, system=system,
+                      start_hint='ask a first question without -c: korani ask "질문"')
+    finally:
+        history.close()  # the exchange is stored through a connection of its own, after the answer
+
+
+def _retrieve(text: str, opts, allow_no_sources: bool):
+    """Search and read the pages; None when nothing was found and --allow-no-sources says answer anyway."""
+    from korani_cli.search.pipeline import NoSources, retrieve
+
+    try:
+        with err_console().status("검색 중 → 페이지 읽는 중…", spinner="dots"):
+            return retrieve(text, opts, notice)
+    except NoSources as exc:
+        if not allow_no_sources:
+            # Only ask can answer without sources, so only ask's hint names the option.
+            raise NoSources(exc.what, f"{exc.fix}, or pass --allow-no-sources" if exc.fix else "pass --allow-no-sources") from None
+        notice(f"{exc.what}; answering without sources (--allow-no-sources)")
+        return None
+
+
+def _load(settings):
+    """The backend and the seconds it took to load."""
+    from korani_cli.models import load_backend, resolve
+
     start = time.perf_counter()
-    with console.status(f"모델 불러오는 중… [bold]{escape(clean_line(settings.model))}[/bold]", spinner="dots"):
-        backend = load_backend(resolve(settings.model, settings), settings, notice)
-    load_s = time.perf_counter() - start
-    messages = conversation(text, system, earlier)
-    if earlier and backend.info.context_length:
-        # Oldest exchanges go first when the conversation outgrows the context window (as in chat).
-        messages, dropped = memory.fit(messages, backend, params.max_new_tokens)
-        if dropped:
-            notice(_trimmed_note(dropped, backend.info.context_length))
+    with err_console().status(f"모델 불러오는 중… [bold]{escape(clean_line(settings.model))}[/bold]", spinner="dots"):
+        loaded = load_backend(resolve(settings.model, settings), settings, notice)
+    return loaded, time.perf_counter() - start
+
+
+def _generate(backend, text, system, earlier, retrieval, params, context_tokens, load_s):
+    """The answer (streamed to stdout on a terminal) and, with sources, the checked SourcedAnswer."""
+    from korani_cli import memory, oneshot
+    from korani_cli.search import answer as rag_answer
+    from korani_cli.template import conversation
 
     def write(chunk: str) -> None:
         # Backends strip control characters already (apply_stops); the terminal is worth a second look.
         sys.stdout.write(clean(chunk))
         sys.stdout.flush()
 
-    footnotes = ""
+    on_text = write if params.stream else None
+    waiting = contextlib.nullcontext() if params.stream else err_console().status("답변 생성 중…", spinner="dots")
     try:
-        if retrieval is not None:
-            # Sentences are shown once their markers are checked (search/answer.py).
-            events = rag.stream(backend, text, retrieval.ranked, params, system=system, history=earlier,
-                                context_tokens=context_tokens)
-            if streaming:
-                done = _sourced(events, write)
-            else:
-                with console.status("답변 생성 중…", spinner="dots"):
-                    done = _sourced(events)
-            result = _as_answer(done, backend, load_s)
-            sourced = done.answer
-            footnotes = sourced.footnotes()
-        elif streaming:
-            result = oneshot.answer(backend, messages, params, on_text=write, load_s=load_s)
-        else:
-            with console.status("답변 생성 중…", spinner="dots"):
-                result = oneshot.answer(backend, messages, params, load_s=load_s)
+        with waiting:
+            if retrieval is not None:
+                # Sentences are shown once their markers are checked (search/answer.py).
+                events = rag_answer.stream(backend, text, retrieval.ranked, params, system=system, history=earlier,
+                                           context_tokens=context_tokens)
+                done = _sourced(events, on_text)
+                return _as_answer(done, backend, load_s), done.answer
+            messages = conversation(text, system, earlier)
+            if earlier and backend.info.context_length:
+                # Oldest exchanges go first when the conversation outgrows the context window (as in chat).
+                messages, dropped = memory.fit(messages, backend, params.max_new_tokens)
+                if dropped:
+                    notice(_trimmed_note(dropped, backend.info.context_length))
+            return oneshot.answer(backend, messages, params, on_text=on_text, load_s=load_s), None
     finally:
-        if streaming:
+        if params.stream:
             sys.stdout.write("\n")
             sys.stdout.flush()
+
+
+def _payload(result, retrieval, sourced) -> dict:
+    """What --json prints (and the history keeps): the Answer, and with sources its citations and search."""
     payload = result.to_json()
     if retrieval is not None:
         payload.update(
@@ -239,25 +265,17 @@ def ask(
         )
         if not sourced.citations:
             notice("no sentence of the answer is supported by the sources; no footnotes")
-    if log:
-        payload["session"] = asklog.save(
-            None, resumed.id if resumed is not None else None, text, result.answer, model=settings.model, system=system,
-            template=settings.template, timings={k: v for k, v in payload["timings"].items() if v is not None},
-            citations=payload.get("citations") or None, notify=notice)
+    return payload
+
+
+def _cut_note(result, params, searched: bool) -> None:
+    """Why an answer stopped at the length limit, and what to change."""
+    if result.finish_reason != "length":
+        return
+    made = result.completion_tokens
+    if made is not None and made < params.max_new_tokens:
+        # The backend gave the answer only the room the context window had left.
+        notice(f"the answer was cut at {made} tokens: the prompt ({result.prompt_tokens} tokens) filled the rest of the "
+               "model's context window; shorten the question" + (" or lower --context-tokens" if searched else ""))
     else:
-        payload["session"] = None
-    if as_json:
-        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
-    else:
-        if not streaming:
-            sys.stdout.write(clean(result.answer) + "\n")
-        if footnotes:
-            sys.stdout.write("\n" + clean(footnotes) + "\n")
-    if result.finish_reason == "length":
-        made = result.completion_tokens
-        if made is not None and made < params.max_new_tokens:
-            # The backend gave the answer only the room the context window had left.
-            notice(f"the answer was cut at {made} tokens: the prompt ({result.prompt_tokens} tokens) filled the rest of the "
-                   "model's context window; shorten the question" + (" or lower --context-tokens" if retrieval is not None else ""))
-        else:
-            notice(f"the answer was cut at {params.max_new_tokens} tokens; raise --max-new-tokens for more")
+        notice(f"the answer was cut at {params.max_new_tokens} tokens; raise --max-new-tokens for more")
