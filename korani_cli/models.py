@@ -209,7 +209,7 @@ def _nearby(path: Path) -> str:
 
 def load_backend(spec: ModelSpec, settings: Settings, notify: Notify = lambda _msg: None) -> Backend:
     """Load the model behind `spec` with its registered backend; raises ModelLoadError with the way forward."""
-    load = registry.loader(spec.backend)  # before the notice: an unknown backend has nothing to announce
+    loader = registry.loader(spec.backend)  # before the notice: an unknown backend has nothing to announce
     if spec.notice:
         notify(spec.notice)
-    return load.load(spec, settings, notify)
+    return loader.load(spec, settings, notify)

@@ -1,6 +1,6 @@
 """Generation backends: one small Protocol and the values that cross it.
 
-A backend turns a message list into a stream of answer text. Three real ones:
+A backend turns a message list into a stream of answer text. Three built-in ones:
 `hf` (transformers + PEFT), `llamacpp` (GGUF on CPU) and `openai` (any
 OpenAI-compatible server over HTTP). Each module imports its heavy library
 inside its functions, so importing this package costs nothing.
@@ -56,7 +56,7 @@ class GenerationParams:
 @dataclass(frozen=True)
 class ModelInfo:
     name: str  # what the user asked for (alias, path, id)
-    backend: str  # hf | llamacpp | openai
+    backend: str  # the registered backend name: hf | llamacpp | openai, or an added one
     context_length: int | None
     template: str  # korani | model
     details: dict = field(default_factory=dict)  # resolved paths, base model, device, dtype
