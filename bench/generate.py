@@ -117,7 +117,7 @@ def bench_hf(reps: int, tokens: int) -> dict:
 
     from korani_cli import oneshot
     from korani_cli import template as tpl
-    from korani_cli import tiny
+    from korani_cli.train import smoke
     from korani_cli.backends import GenerationParams
     from korani_cli.config import Settings
     from korani_cli.models import load_backend, resolve
@@ -128,8 +128,8 @@ def bench_hf(reps: int, tokens: int) -> dict:
         data = json.loads(korquad.read_text(encoding="utf-8"))["data"]
         texts += [p["context"] for a in data[:40] for p in a["paragraphs"]]
     work = Path(tempfile.mkdtemp(prefix="korani-bench-"))
-    tok = tiny.train_tokenizer(texts, work / "tok", vocab_size=4000)
-    model_dir = tiny.build_model(tok, work / "model", hidden_size=256, layers=4, heads=8, context=1024)
+    tok = smoke.train_tokenizer(texts, work / "tok", vocab_size=4000)
+    model_dir = smoke.build_model(tok, work / "model", hidden_size=256, layers=4, heads=8, context=1024)
 
     settings = Settings(model=str(model_dir))
     backend = load_backend(resolve(settings.model, settings), settings)

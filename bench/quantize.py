@@ -52,7 +52,7 @@ def build(work: Path, hidden: int, layers: int, heads: int, vocab: int) -> tuple
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from korani_cli import tiny
+    from korani_cli.train import smoke
 
     start = time.perf_counter()
     texts = [PROMPT]
@@ -61,7 +61,7 @@ def build(work: Path, hidden: int, layers: int, heads: int, vocab: int) -> tuple
         data = json.loads(korquad.read_text(encoding="utf-8"))["data"]
         texts += [p["context"] for a in data[:60] for p in a["paragraphs"]]
     out = work / "model"
-    tokenizer = tiny.train_tokenizer(texts, out, vocab_size=vocab)
+    tokenizer = smoke.train_tokenizer(texts, out, vocab_size=vocab)
     torch.manual_seed(0)
     config = GPTNeoXConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,

@@ -92,11 +92,11 @@ def main() -> None:
 
     from data_prepare import synthesize
     from korani_cli import template as tpl
-    from korani_cli import tiny
     from korani_cli.data.prepare import PrepareConfig, prepare
+    from korani_cli.train import smoke
     from korani_cli.train.config import load_config
     from korani_cli.train.model import lora_config
-    from korani_cli.train.run import build_trainer
+    from korani_cli.train.trainer import build_trainer
 
     torch.set_num_threads(os.cpu_count() or 1)
     work = Path(tempfile.mkdtemp(prefix="korani-train-bench-"))
@@ -104,8 +104,8 @@ def main() -> None:
     prepare(PrepareConfig(work / "data", koalpaca=(str(ko),), sharegpt=(str(sg),), max_tokens=args.max_length, near_dup=False))
     data = work / "data"
     texts = [m["content"] for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()[:3000] for m in json.loads(line)["messages"]]
-    tok = tiny.train_tokenizer(texts, work / "base", vocab_size=4000)
-    tiny.build_model(tok, work / "base", hidden_size=128, layers=4, heads=4, context=max(512, args.max_length))
+    tok = smoke.train_tokenizer(texts, work / "base", vocab_size=4000)
+    smoke.build_model(tok, work / "base", hidden_size=128, layers=4, heads=4, context=max(512, args.max_length))
 
     recipe = replace(
         load_config(REPO / "configs" / "korani-5.8b.yaml"),

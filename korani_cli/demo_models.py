@@ -56,8 +56,11 @@ def demo_gguf() -> Path:
     # every later start instant while still catching a truncated file.
     if target.is_file() and target.stat().st_size == expected:
         return target
+    from korani_cli.outputs import reap_stale, temp_sibling
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    reap_stale(target)  # an assembly killed midway left a partial copy of 270 MB
+    tmp = temp_sibling(target)
     digest = hashlib.sha256()
     try:
         with tmp.open("wb") as out:

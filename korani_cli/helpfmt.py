@@ -21,26 +21,32 @@ import re
 _TAG_OPENER = re.compile(r"(?<!\\)\[(?=[A-Za-z#/@])")  # what rich would take for the start of a tag
 
 
-def install() -> None:
-    from typer.core import TyperOption
+def install(option_class=None) -> None:
+    """Wrap Typer's option class (`option_class` is for tests); a part whose hook
+    this Typer lacks is left out, never an error: the help loses a nicety, the
+    CLI still starts (typer>=0.15 is allowed, and its internals move)."""
+    if option_class is None:
+        from typer.core import TyperOption as option_class
 
-    original = TyperOption.display_type_rich
-    if getattr(original, "korani_flags_untyped", False):
+    original = getattr(option_class, "display_type_rich", None)
+    if original is not None and not getattr(original, "korani_flags_untyped", False):
+
+        def display_type_rich(self, ctx):
+            if self.is_flag or self.count:
+                return None  # a flag (or a counter) takes no value, so it has no type to show
+            return original(self, ctx)
+
+        display_type_rich.korani_flags_untyped = True
+        option_class.display_type_rich = display_type_rich
+
+    original_init = option_class.__init__
+    if getattr(original_init, "korani_help_escaped", False):
         return
-
-    def display_type_rich(self, ctx):
-        if self.is_flag or self.count:
-            return None  # a flag (or a counter) takes no value, so it has no type to show
-        return original(self, ctx)
-
-    display_type_rich.korani_flags_untyped = True
-    TyperOption.display_type_rich = display_type_rich
-
-    original_init = TyperOption.__init__
 
     def __init__(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        if self.help:
+        if getattr(self, "help", None):
             self.help = _TAG_OPENER.sub(r"\\[", self.help)
 
-    TyperOption.__init__ = __init__
+    __init__.korani_help_escaped = True
+    option_class.__init__ = __init__

@@ -1,8 +1,10 @@
 """One question → one answer, with the numbers a script wants about it.
 
-`answer` consumes a backend's Generation, hands each chunk to an optional
-sink (the CLI's stdout writer) and returns an `Answer` value: text, token
-counts, why it stopped, and timings. It prints nothing itself.
+`Run` is the generation loop: it consumes a backend's Generation chunk by
+chunk and keeps the text and the moments that make an `Answer` value (text,
+token counts, why it stopped, timings). `answer` hands each chunk to an
+optional sink (the CLI's stdout writer) and returns the Answer; chat consumes
+a Run itself, to stream events. Nothing here prints.
 """
 
 from __future__ import annotations
@@ -52,6 +54,62 @@ class Answer:
         return out
 
 
+class Run:
+    """One generation being consumed: iterate it for the text chunks as they come;
+    `result()` — after the last chunk, or after stopping early (`close()`, Ctrl-C) —
+    is the `Answer` with whatever was generated until then. This is the one
+    generation loop for a plain answer: `answer` below drives it with a callback,
+    chat (chat/session.py) turns its chunks into events."""
+
+    def __init__(self, backend: Backend, messages: Sequence[Message], params: GenerationParams, *, load_s: float = 0.0):
+        self.backend = backend
+        self.load_s = load_s
+        self._start = time.perf_counter()
+        self._first: float | None = None
+        self._end: float | None = None
+        self._parts: list[str] = []
+        self.generation = backend.stream(messages, params)
+
+    def __iter__(self) -> "Run":
+        return self
+
+    def __next__(self) -> str:
+        try:
+            chunk = next(self.generation)
+        except BaseException:  # the end, a failure or an interrupt: generation stops here
+            self.close()
+            raise
+        if self._first is None:
+            self._first = time.perf_counter() - self._start
+        self._parts.append(chunk)
+        return chunk
+
+    def close(self) -> None:
+        """Stop generating (the backend frees its work); what came so far stays."""
+        if self._end is None:
+            self.generation.close()
+            self._end = time.perf_counter()
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def result(self) -> Answer:
+        self.close()
+        generate_s = self._end - self._start
+        usage = self.generation.usage
+        return Answer(
+            answer=self.text,
+            model=self.backend.info.name,
+            backend=self.backend.info.backend,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            finish_reason=usage.finish_reason,
+            timings=Timings(load_s=self.load_s, first_token_s=usage.first_token_s(self._start, self._first),
+                            generate_s=generate_s, total_s=self.load_s + generate_s),
+        )
+
+
 def answer(
     backend: Backend,
     messages: Sequence[Message],
@@ -60,28 +118,11 @@ def answer(
     on_text: Callable[[str], None] | None = None,
     load_s: float = 0.0,
 ) -> Answer:
-    start = time.perf_counter()
-    first = None
-    parts: list[str] = []
-    generation = backend.stream(messages, params)
+    run = Run(backend, messages, params, load_s=load_s)
     try:
-        for chunk in generation:
-            if first is None:
-                first = time.perf_counter() - start
-            parts.append(chunk)
+        for chunk in run:
             if on_text:
                 on_text(chunk)
     finally:
-        generation.close()
-    generate_s = time.perf_counter() - start
-    usage = generation.usage
-    first = usage.first_token_s(start, first)
-    return Answer(
-        answer="".join(parts),
-        model=backend.info.name,
-        backend=backend.info.backend,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        finish_reason=usage.finish_reason,
-        timings=Timings(load_s=load_s, first_token_s=first, generate_s=generate_s, total_s=load_s + generate_s),
-    )
+        run.close()
+    return run.result()

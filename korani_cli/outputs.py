@@ -127,7 +127,7 @@ def write_marker(directory: Path, command: str, **details) -> None:
 
     record = {"tool": "korani", "command": command, "version": __version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details}
-    (Path(directory) / MARKER).write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(Path(directory) / MARKER, json.dumps(record, ensure_ascii=False, indent=2) + "\n")
 
 
 def is_ours(directory: Path, legacy: Iterable[str] = ()) -> bool:
@@ -190,6 +190,34 @@ def temp_sibling(out: Path, kind: str = "tmp") -> Path:
     return out.parent / f".{out.name}.{kind}-{os.getpid()}"
 
 
+def temp_dir(out: Path) -> Path:
+    """An empty `temp_sibling(out)` directory to build the output in (`replace_dir`
+    moves it into place; a run killed before that leaves it to `reap_stale`)."""
+    tmp = temp_sibling(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def set_aside(out: Path) -> Path:
+    """Move `out` to `.NAME.old-PID` beside it, where `put_back` (or, if this
+    process dies, `reap_stale`) finds it again. Returns where it went."""
+    old = temp_sibling(out, "old")
+    os.replace(out, old)
+    return old
+
+
+def put_back(old: Path, out: Path) -> None:
+    """Undo `set_aside`: `out` must be gone again."""
+    os.replace(old, out)
+
+
+def move_file_into_place(done: Path, target: Path) -> None:
+    """A finished file written by another program (in a `temp_dir` beside `target`)
+    replaces `target` in one rename: a reader sees the old file or the new one."""
+    os.replace(done, target)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -215,7 +243,7 @@ def reap_stale(out: Path) -> list[Path]:
             if kind == "old" and not (out.exists() or out.is_symlink()):
                 # Killed between replace_dir's two renames: the old output is
                 # the only copy there is. Put it back rather than delete it.
-                os.replace(path, out)
+                put_back(path, out)
                 continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
@@ -228,10 +256,7 @@ def reap_stale(out: Path) -> list[Path]:
 def replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished `tmp` into place at `out`; an old `out` (already judged
     replaceable by `guard_output_dir`) goes only after the new one is in place."""
-    old = None
-    if out.exists():
-        old = temp_sibling(out, "old")
-        os.replace(out, old)
+    old = set_aside(out) if out.exists() else None
     os.replace(tmp, out)
     if old:
         shutil.rmtree(old, ignore_errors=True)

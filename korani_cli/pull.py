@@ -330,7 +330,7 @@ def pull(alias: str, quant: str = "q4_k_m", *, source_dir: Path | None = None, f
     if existing and not force:
         return existing, False
     paths.ensure_dir(entry.parent)
-    from korani_cli.outputs import reap_stale, temp_sibling
+    from korani_cli.outputs import reap_stale, temp_dir
 
     reap_stale(entry)
     adapter_id, base_id = PULLABLE[alias]
@@ -342,9 +342,7 @@ def pull(alias: str, quant: str = "q4_k_m", *, source_dir: Path | None = None, f
     else:
         adapter, base = _fetch_from_hub(adapter_id, base_id, quant, entry.parent, on_step)
 
-    work = temp_sibling(entry)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    work = temp_dir(entry)
     try:
         made = _build(alias, quant, adapter, base, work, on_step)
         from korani_cli.outputs import replace_dir

@@ -47,7 +47,7 @@ def korani_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     """A byte-level BPE tokenizer trained on Korean text, saved with the KoRani template."""
-    from korani_cli.tiny import train_tokenizer
+    from korani_cli.train.smoke import train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_tokenizer")
     train_tokenizer(KOREAN_CORPUS, out)
@@ -59,7 +59,7 @@ def tiny_neox_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     """A randomly initialised GPT-NeoX (polyglot-ko's architecture), small enough for CPU tests."""
     from transformers import AutoTokenizer
 
-    from korani_cli.tiny import build_model
+    from korani_cli.train.smoke import build_model
 
     return build_model(AutoTokenizer.from_pretrained(tiny_tokenizer_dir), tmp_path_factory.mktemp("tiny_neox"))
 

@@ -98,3 +98,18 @@ def test_demo_models_are_located_without_importing_their_packages():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["SmolLM2-135M-Instruct.Q4_1.gguf 4", "[]"]
+
+
+def test_a_demo_assembly_killed_midway_leaves_nothing_behind_for_long(tmp_path, monkeypatch):
+    """A partial 270 MB copy left by a killed first run (its process gone) is removed by the next assembly;
+    the old `.NAME.PID.tmp` name was one reap_stale never looked for."""
+    from korani_cli import demo_models, paths
+
+    monkeypatch.setenv("KORANI_HOME", str(tmp_path))
+    target = paths.cache_dir() / "models" / demo_models.GEMMA_FILE
+    target.parent.mkdir(parents=True)
+    stale = target.parent / f".{target.name}.tmp-999999999"  # no such process
+    stale.write_bytes(b"\0" * 1024)
+    assert demo_models.demo_gguf() == target and target.is_file()
+    assert not stale.exists()
+    assert [p.name for p in target.parent.iterdir()] == [target.name]

@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 from support import REPO, ScriptedBackend, drive, run_korani, session_for
 from korani_cli import template as tpl
 from korani_cli.chat.repl import read_inputs
-from korani_cli.chat.session import rewrite_query
 from korani_cli.cli import app
 
 runner = CliRunner()
@@ -66,25 +65,6 @@ def test_save_writes_a_markdown_transcript(tmp_path):
     drive(session, f"질문입니다\n/저장 {target}\n")
     text = target.read_text(encoding="utf-8")
     assert "**나**\n\n질문입니다" in text and "**코라니**\n\n답입니다." in text
-
-
-def test_follow_up_queries_are_made_standalone():
-    assert rewrite_query("그럼 그 사람은 몇 살이야?", "손흥민 소속팀") == "손흥민 소속팀 그럼 그 사람은 몇 살이야?"
-    assert rewrite_query("한라산의 높이는 얼마인가요?", "손흥민") == "한라산의 높이는 얼마인가요?"
-
-
-@pytest.mark.parametrize("model_says, expected", [
-    ("손흥민 나이", "손흥민 나이"),  # a usable rewrite by the model
-    ("### User 무엇이든", "손흥민 소속팀 그럼 그 사람은 몇 살이야?"),  # junk: the deterministic fallback
-    ("오늘 날씨 맑음 서울 비 소식 여행 추천", "손흥민 소속팀 그럼 그 사람은 몇 살이야?"),  # unrelated words
-])
-def test_model_rewrite_with_fallback(model_says, expected):
-    from korani_cli.chat.session import model_rewrite
-
-    backend = ScriptedBackend([model_says])
-    got = model_rewrite(backend, "그럼 그 사람은 몇 살이야?", "손흥민 소속팀") or rewrite_query("그럼 그 사람은 몇 살이야?", "손흥민 소속팀")
-    assert got == expected
-    assert "이전 검색어: 손흥민 소속팀" in backend.prompts[0][0].content
 
 
 def test_continue_restores_turns_from_sqlite(scripted, home):

@@ -209,3 +209,18 @@ def test_train_help_lists_its_run_form():
     screen = _help_screen(("train",))
     commands = screen.split("Commands")[1]
     assert re.search(r"│ run +Train a LoRA adapter", commands), screen
+
+
+def test_help_format_survives_a_typer_without_the_hooks_it_wraps():
+    """A Typer whose option class lacks display_type_rich (typer>=0.15 allows such) must not stop korani starting;
+    found on a GPU machine whose Typer differed: `korani` died at import with AttributeError."""
+    from korani_cli import helpfmt
+
+    class BareOption:  # an option class as an older Typer builds it: no display_type_rich
+        def __init__(self, help=None):
+            self.help = help
+
+    helpfmt.install(BareOption)
+    helpfmt.install(BareOption)  # twice, as two imports would: wrapped once
+    assert not hasattr(BareOption, "display_type_rich")
+    assert BareOption(help="Tokens to keep [default: 256]").help == "Tokens to keep \\[default: 256]"

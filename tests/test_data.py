@@ -1,6 +1,7 @@
 """`korani data`: real samples, every input format and quirk, dedup, splits, safety."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -397,3 +398,26 @@ def test_an_empty_split_gets_a_note_saying_why(tmp_path, args, notes):
                            env={"COLUMNS": "2000"})
     assert result.exit_code == 0, result.output
     assert [line.removeprefix("note: ") for line in result.stderr.splitlines() if line.startswith("note:")] == notes
+
+
+@pytest.mark.slow
+def test_a_near_duplicate_of_two_kept_records_names_the_first_whatever_the_hash_seed(tmp_path):
+    """C is within the threshold of both A and B (which are not of each other): rejects.jsonl names A on every
+    run. LSH hands candidates back as a set, so before they were sorted it named A or B by PYTHONHASHSEED."""
+
+    shared = "대한민국의 수도는 서울이며 한강이 도시를 가로질러 흐른다 서울은 조선 시대부터 수도였다 " * 2
+    p = "부산은 남쪽의 항구 도시로 해운대 해수욕장이 유명하고 영화제가 열린다 "
+    q = "제주도는 화산섬으로 한라산이 있으며 감귤과 돌하르방으로 알려져 있다 "
+    source = tmp_path / "k.jsonl"
+    source.write_text("".join(
+        json.dumps({"instruction": "한국의 도시를 설명해 주세요.", "output": out}, ensure_ascii=False) + "\n"
+        for out in (shared + p, shared + q, shared + p[: len(p) // 2] + q[: len(q) // 2])), encoding="utf-8")
+    details = set()
+    for seed in range(6):
+        out = tmp_path / f"out{seed}"
+        proc = subprocess.run([sys.executable, "-m", "korani_cli", "data", "prepare", "--koalpaca", str(source),
+                               "--near-dup-threshold", "0.5", "-o", str(out)],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        details |= {json.loads(line)["detail"] for line in (out / "rejects.jsonl").read_text(encoding="utf-8").splitlines()}
+    assert details == {"near-duplicate of koalpaca:k.jsonl:line1"}

@@ -195,7 +195,7 @@ def test_the_guard_refuses_every_form_without_dialling(net, url, why):
         net.name(name, *answers)
     report = one(url)
     assert not report.pages
-    assert len(report.failures) == 1 and why in report.failures[0][1], report.failures
+    assert len(report.failures) == 1 and why in report.failures[0].reason, report.failures
     assert net.dials == []  # refused before any connection was attempted
 
 
@@ -245,7 +245,7 @@ def test_a_redirect_to_the_metadata_service_is_refused_at_the_hop(net, site):
         net.dials.clear()
         site.routes["/go"] = (302, {"Location": target}, b"")
         report = one(f"http://public.example:{site.port}/go")
-        assert not report.pages and why in report.failures[0][1], report.failures
+        assert not report.pages and why in report.failures[0].reason, report.failures
         assert net.dials == [(PUBLIC, site.port)]
     assert ("/secret", f"127.0.0.1:{site.port}") not in site.seen
 
@@ -309,7 +309,7 @@ def test_a_page_cached_under_allow_private_is_not_served_without_it(net, site, t
             for offline in (False, True):
                 again = fetch([Hit(url, "t", "", "t")], FetchOptions(offline=offline), cache)
                 assert not again.pages, (loop, offline)
-                assert "loopback" in again.failures[0][1]
+                assert "loopback" in again.failures[0].reason
             # A run that allows private addresses may still read it.
             assert fetch([Hit(url, "t", "", "t")], FetchOptions(allow_private=True, offline=True), cache).pages
         finally:
@@ -716,7 +716,7 @@ if kind == "provider":
         outcome = exc.why
 else:
     report = fetch([Hit(url, "t", "", "t")], FetchOptions(allow_private=True, timeout=30, deadline=40, max_bytes=1_000_000))
-    outcome = f"{len(report.pages[0].text)} chars" if report.pages else report.failures[0][1]
+    outcome = f"{len(report.pages[0].text)} chars" if report.pages else report.failures[0].reason
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"outcome": outcome, "grew_mb": (after - before) / 1024}))
 """

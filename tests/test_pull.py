@@ -58,7 +58,7 @@ def _mirror(root: Path, tokenizer_dir: Path, hidden: int) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
-    from korani_cli.tiny import build_model
+    from korani_cli.train.smoke import build_model
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     base = build_model(tokenizer, root / BASE_ID, hidden_size=hidden, layers=2, heads=4, context=256)
@@ -261,7 +261,7 @@ def byte_level_models(tiny_tokenizer_dir, tmp_path_factory) -> tuple[Path, Path]
     _tools_or_skip()
     from transformers import AutoTokenizer
 
-    from korani_cli.tiny import build_model
+    from korani_cli.train.smoke import build_model
 
     root = tmp_path_factory.mktemp("byte_level")
     plain = build_model(AutoTokenizer.from_pretrained(tiny_tokenizer_dir), root / "plain")

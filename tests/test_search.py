@@ -59,7 +59,7 @@ def hits_for(base, *paths):
 
 def test_the_guard_refuses_loopback_by_default(web):
     report = fetch(hits_for(web, "/ok.html"), FetchOptions())
-    assert not report.pages and "loopback" in report.failures[0][1]
+    assert not report.pages and "loopback" in report.failures[0].reason
 
 
 def test_fetch_handles_every_kind_of_page(web):
@@ -68,7 +68,7 @@ def test_fetch_handles_every_kind_of_page(web):
     paths = ["/ok.html", "/slow.html", "/big.html", "/gz.html", "/image.png", "/to-local", "/many", "/donga.html", "/chosun.html", "/daejon.html"]
     report = fetch(hits_for(web, *paths), opts)
     pages = {p.url.removeprefix(web): p for p in report.pages}
-    failures = {u.removeprefix(web): why for u, why in report.failures}
+    failures = {s.url.removeprefix(web): s.reason for s in report.failures}
     assert "서울은 대한민국의 수도" in pages["/ok.html"].text and pages["/ok.html"].title == "서울 소개"
     assert "부산은 항구 도시" in pages["/gz.html"].text
     assert pages["/to-local"].final_url == web + "/ok.html"
@@ -82,7 +82,7 @@ def test_fetch_handles_every_kind_of_page(web):
 
 def test_non_http_schemes_are_refused():
     report = fetch([Hit("ftp://example.com/x", "x", "", "t"), Hit("http://0.0.0.0/", "x", "", "t")], FetchOptions())
-    reasons = " ".join(why for _, why in report.failures)
+    reasons = " ".join(s.reason for s in report.failures)
     assert "scheme 'ftp'" in reasons and "unspecified" in reasons
 
 

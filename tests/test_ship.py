@@ -208,7 +208,7 @@ def trained_neox(tiny_tokenizer_dir, tmp_path_factory) -> Path:
 
     from support import KOREAN_CORPUS
     from korani_cli import template
-    from korani_cli.tiny import build_model
+    from korani_cli.train.smoke import build_model
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     out = build_model(tokenizer, tmp_path_factory.mktemp("trained_neox"), hidden_size=256, layers=2, heads=4, context=256)

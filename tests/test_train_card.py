@@ -20,6 +20,7 @@ import pytest
 from support import KOREAN_CORPUS, REPO, run_korani
 from korani_cli.train import card, health
 from korani_cli.train.config import load_config
+from korani_cli.train.metadata import TrainMetadata
 
 RECIPE = REPO / "configs" / "korani-5.8b.yaml"
 
@@ -105,7 +106,8 @@ def test_the_model_card_says_what_was_trained_how_it_did_and_how_to_run_it(recip
     output = changes.pop("OUTPUT", "runs/ko")  # a path with a space must stay one shell word
     meta = _metadata(**changes)
     config = replace(load_config(RECIPE), base_model=meta["base_model"])
-    text = card.render(card.Run(name="ko", output=output, config=config, recipe_base_model=recipe_base, metadata=meta))
+    text = card.render(card.Run(name="ko", output=output, config=config, recipe_base_model=recipe_base,
+                                     metadata=TrainMetadata.from_json(meta)))
     assert text.startswith("---\n") and "\n# ko\n" in text
     for fragment in present:
         assert fragment in text, fragment

@@ -52,7 +52,7 @@ def losses(output: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def tiny_base(prepared, tmp_path_factory) -> Path:
     """The --smoke model (random GPT-NeoX, tokenizer trained on the data), built once outside any run."""
-    from korani_cli.train.run import smoke_adjust
+    from korani_cli.train.smoke import smoke_adjust
 
     where = tmp_path_factory.mktemp("multi_base")
     return Path(smoke_adjust(smoke_config(prepared, where / "o"), where, prepared, QuietProgress()).base_model)

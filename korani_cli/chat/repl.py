@@ -16,7 +16,7 @@ from typing import Iterator, TextIO
 from rich.console import Console
 from rich.markup import escape
 
-from korani_cli.chat.session import ChatSession, Event
+from korani_cli.chat.session import AnswerText, Answered, ChatSession, ErrorLine, Event, Exit, Notice, Output, Stage
 from korani_cli.untrusted import clean, clean_line
 
 
@@ -140,66 +140,93 @@ def _render(events: Iterator[Event], interactive: bool, out: Console, err: Conso
     was shown, then `(답변을 멈췄습니다)` on a line of its own."""
     if not interactive:
         return _render_plain(events, out, err)
-    from korani_cli.chat.view import AnswerView, InterruptGuard
+    from korani_cli.chat.view import InterruptGuard
 
-    status = None
     with InterruptGuard(out.file) as guard:
-        view = AnswerView(out, guard)
-
-        def stop_status() -> None:
-            nonlocal status
-            if status is not None:
-                with guard.writing():
-                    status.stop()
-                status = None
-
+        screen = _Screen(out, err, guard)
         try:
             for event in events:
-                if event.kind == "stage":
-                    with guard.writing():
-                        if status is None:
-                            status = err.status(f"{event.text}…")
-                            status.start()
-                        else:
-                            status.update(f"{event.text}…")
-                elif event.kind == "text":
-                    stop_status()
-                    view.feed(clean(event.text))
-                elif event.kind == "done":
-                    stop_status()
-                    if not view.text:  # an answer that arrives whole
-                        view.feed(clean(event.text))
-                    view.finish()
-                    with guard.writing():
-                        if event.data.get("footnotes"):
-                            out.print(escape(clean(event.data["footnotes"])))
-                    view = AnswerView(out, guard)
-                elif event.kind == "exit":
+                if isinstance(event, Exit):
                     return True
-                else:
-                    stop_status()
-                    view.pause()
-                    with guard.writing():
-                        _show(event, out, err)
+                screen.show(event)
         except KeyboardInterrupt:
-            stop_status()
-            view.finish()  # what was shown stays, once
+            screen.finish_answer()  # what was shown stays, once
             events.close()  # stops generation; the partial answer is kept
             with guard.writing():
                 err.print("[dim](답변을 멈췄습니다)[/dim]")
         finally:
-            stop_status()
-            view.pause()
+            screen.close()
     return False
+
+
+class _Screen:
+    """One input's events on a terminal: a transient status line for the stage, the
+    answer drawn by `view.AnswerView`, anything else printed between them. Every
+    write goes through the InterruptGuard, so Ctrl-C never cuts a write in half."""
+
+    def __init__(self, out: Console, err: Console, guard) -> None:
+        from korani_cli.chat.view import AnswerView
+
+        self.out, self.err, self.guard = out, err, guard
+        self.view = AnswerView(out, guard)
+        self.status = None
+
+    def show(self, event: Event) -> None:
+        if isinstance(event, Stage):
+            self._stage(event.text)
+        elif isinstance(event, AnswerText):
+            self.stop_status()
+            self.view.feed(clean(event.text))
+        elif isinstance(event, Answered):
+            self._answered(event)
+        else:
+            self.stop_status()
+            self.view.pause()
+            with self.guard.writing():
+                _show(event, self.out, self.err)
+
+    def _stage(self, text: str) -> None:
+        with self.guard.writing():
+            if self.status is None:
+                self.status = self.err.status(f"{text}…")
+                self.status.start()
+            else:
+                self.status.update(f"{text}…")
+
+    def _answered(self, event: Answered) -> None:
+        from korani_cli.chat.view import AnswerView
+
+        self.stop_status()
+        if not self.view.text:  # an answer that arrives whole
+            self.view.feed(clean(event.text))
+        self.view.finish()
+        with self.guard.writing():
+            if event.footnotes:
+                self.out.print(escape(clean(event.footnotes)))
+        self.view = AnswerView(self.out, self.guard)
+
+    def stop_status(self) -> None:
+        if self.status is not None:
+            with self.guard.writing():
+                self.status.stop()
+            self.status = None
+
+    def finish_answer(self) -> None:
+        self.stop_status()
+        self.view.finish()
+
+    def close(self) -> None:
+        self.stop_status()
+        self.view.pause()
 
 
 def _show(event: Event, out: Console, err: Console) -> None:
     """A notice, an error line or a command's output."""
-    if event.kind == "notice":
+    if isinstance(event, Notice):
         err.print(f"[dim]알림:[/dim] {escape(clean_line(event.text))}", soft_wrap=True)
-    elif event.kind == "error":
+    elif isinstance(event, ErrorLine):
         err.print(f"[bold red]{escape(clean_line(event.text))}[/bold red]", soft_wrap=True)  # one line, always
-    elif event.kind == "output":
+    elif isinstance(event, Output):
         out.print(_indented(clean(event.text)))
 
 
@@ -222,21 +249,21 @@ def _render_plain(events: Iterator[Event], out: Console, err: Console) -> bool:
     answer: list[str] = []
     try:
         for event in events:
-            if event.kind == "text":
+            if isinstance(event, AnswerText):
                 answer.append(clean(event.text))
                 out.file.write(answer[-1])
                 out.file.flush()
-            elif event.kind == "done":
+            elif isinstance(event, Answered):
                 if not answer:  # an answer that arrives whole
                     out.file.write(clean(event.text))
                 out.file.write("\n")
-                if event.data.get("footnotes"):
-                    out.print(escape(clean(event.data["footnotes"])))
+                if event.footnotes:
+                    out.print(escape(clean(event.footnotes)))
                 out.file.flush()
                 answer = []
-            elif event.kind == "exit":
+            elif isinstance(event, Exit):
                 return True
-            elif event.kind != "stage":
+            elif not isinstance(event, Stage):
                 _show(event, out, err)
     except KeyboardInterrupt:
         events.close()

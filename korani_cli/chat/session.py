@@ -1,23 +1,26 @@
 """One chat: turns, memory, slash commands and /검색 — as a stream of events.
 
-`ChatSession.handle(line)` yields `Event`s (stage, text, done, notice, error,
-output, exit); the REPL decides how they look. Nothing here prints. Every
+`ChatSession.handle(line)` yields `Event`s — typed values, one class per kind
+(Stage, AnswerText, Answered, Notice, ErrorLine, Output, Exit); the REPL
+decides how they look. Nothing here prints. Every
 exchange goes to the History as it happens.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from korani_cli import memory
 from korani_cli import template as tpl
-from korani_cli.backends import Backend, GenerationParams
-from korani_cli.chat import memory
+from korani_cli import oneshot
+from korani_cli.backends import Backend, GenerationParams, Usage
 from korani_cli.chat.history import History, HistoryError, to_markdown
 from korani_cli.errors import KoraniError
+from korani_cli.search.query import is_follow_up, rewrite_query, standalone
+from korani_cli.search.types import Citation
 from korani_cli.untrusted import clean, clean_line
 
 ANSWER_ROOM = 256  # tokens kept free for the answer when trimming
@@ -38,7 +41,6 @@ HELP = """명령어
   /도움말       (/help)     이 도움말
   /종료         (/exit)     끝내기 (Ctrl-D)
 여러 줄 입력: \"\"\" 로 시작하고 \"\"\" 로 끝내거나, 줄 끝에 \\ 를 붙이세요. Tab 은 명령어를 완성합니다."""
-FOLLOW_UP = re.compile(r"^(그럼|그러면|그리고|또|그건|그게|그 |그녀|그분|거기|저기|이건|저건|그것|이것|걔|그 사람)")
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,57 @@ class Asked:
     ranked: list | None = None  # None: a plain question
 
 
+# -- events: what handle() yields; the REPL decides how each looks --------------------------
+
 @dataclass(frozen=True)
-class Event:
-    kind: str  # stage | text | done | notice | error | output | exit
-    text: str = ""
-    data: dict = field(default_factory=dict)
+class Stage:
+    text: str  # what is being done now ("검색 중"): a passing status, not part of the transcript
+
+
+@dataclass(frozen=True)
+class AnswerText:
+    text: str  # the answer as it streams (model text: clean it before it is shown)
+
+
+@dataclass(frozen=True)
+class AnswerTimings:
+    first_token_s: float | None  # generation start → first text (None: not known)
+    total_s: float  # generation start → end
+    first_sentence_s: float | None = None  # /검색: → first checked sentence shown
+
+
+@dataclass(frozen=True)
+class Answered:
+    """An answer is over (finished or stopped): all of it, as stored and remembered."""
+
+    text: str
+    timings: AnswerTimings
+    usage: Usage
+    citations: tuple[Citation, ...] = ()  # /검색: the cited sources, in footnote order
+    footnotes: str = ""  # /검색: the footnote lines to show under the answer
+
+
+@dataclass(frozen=True)
+class Notice:
+    text: str  # worth knowing, not an error (one line)
+
+
+@dataclass(frozen=True)
+class ErrorLine:
+    text: str  # `error: what — fix`, one line; the chat goes on
+
+
+@dataclass(frozen=True)
+class Output:
+    text: str  # a slash command's answer (may span lines)
+
+
+@dataclass(frozen=True)
+class Exit:
+    """/종료: the chat should end."""
+
+
+Event = Stage | AnswerText | Answered | Notice | ErrorLine | Output | Exit
 
 
 SOURCE_CHARS = 200  # how much of a passage /출처 shows
@@ -78,40 +126,6 @@ def cut_at_word(text: str, limit: int) -> str:
     if space > limit // 2:  # a word boundary not too far back; else cut the long word itself
         cut = cut[:space]
     return cut.rstrip(" ,.;:·—-") + "…"
-
-
-def is_follow_up(question: str, previous: str | None) -> bool:
-    return bool(previous) and (bool(FOLLOW_UP.match(question)) or len(question) < 12)
-
-
-def rewrite_query(question: str, previous: str | None) -> str:
-    """The deterministic standalone query: a follow-up carries the previous query along."""
-    return f"{previous} {question}" if is_follow_up(question, previous) else question
-
-
-REWRITE_PROMPT = (
-    "이전 검색어: {previous}\n새 질문: {question}\n"
-    "새 질문을 이전 검색어의 맥락을 넣어 혼자서도 뜻이 통하는 검색어 한 줄로 다시 쓰세요. 검색어만 쓰세요."
-)
-
-
-def model_rewrite(backend, question: str, previous: str) -> str | None:
-    """Ask the model for a standalone query; None when its answer is not a usable query."""
-    from korani_cli.search.rank import morphemes
-
-    params = GenerationParams(max_new_tokens=32, temperature=0.0)
-    try:
-        text = backend.stream([tpl.user(REWRITE_PROMPT.format(previous=previous, question=question))], params).text()
-    except KoraniError:
-        return None
-    text = text.strip().splitlines()[0].strip().strip('"“”') if text.strip() else ""
-    if not 2 <= len(text) <= 80 or "###" in text or "[" in text:
-        return None
-    # A usable rewrite carries the previous query's subject and is mostly made of known words.
-    words, before, asked = (set(m) for m in morphemes([text, previous, question]))
-    if not words or not words & before or len(words - before - asked) / len(words) > 0.5:
-        return None
-    return text
 
 
 STAGE_NAMES = {"fetch": "페이지 읽는 중", "rank": "관련 문단 고르는 중"}
@@ -137,9 +151,9 @@ def _retrieve_with_events(query, options) -> Iterator:
     while True:
         kind, value = inbox.get()
         if kind == "stage":
-            yield Event("stage", STAGE_NAMES.get(value, value))
+            yield Stage(STAGE_NAMES.get(value, value))
         elif kind == "notice":
-            yield Event("notice", value)
+            yield Notice(value)
         elif kind == "error":
             raise value
         else:
@@ -186,8 +200,8 @@ class ChatSession:
                 self.session_id = self.history.new_session(self.model_name, self.system, self.template)
             self.history.add(self.session_id, role, content, *extra)
         except HistoryError as exc:
-            self._pending += [Event("error", exc.one_line()),
-                              Event("notice", "이 대화는 이제부터 저장되지 않고 메모리에만 남습니다 (/저장 으로 파일에 저장할 수 있습니다)")]
+            self._pending += [ErrorLine(exc.one_line()),
+                              Notice("이 대화는 이제부터 저장되지 않고 메모리에만 남습니다 (/저장 으로 파일에 저장할 수 있습니다)")]
             self.history = History.in_memory()
             self.session_id = self.history.new_session(self.model_name, self.system, self.template)
             for turn in self.turns:
@@ -202,17 +216,15 @@ class ChatSession:
 
     def _ensure_backend(self) -> Iterator[Event]:
         if self.backend is None:
-            yield Event("stage", "모델 불러오는 중")
+            yield Stage("모델 불러오는 중")
             self.backend = self._load()
 
     def prompt_messages(self, user_message: tpl.Message) -> tuple[list[tpl.Message], int]:
         head = [tpl.Message("system", self.system)] if self.system else []
         messages = [*head, *self.turns, user_message]
-        limit = self.backend.info.context_length if self.backend else None
-        if not limit:
+        if self.backend is None:
             return messages, 0
-        eos = getattr(self.backend, "eos_text", "")
-        return memory.trim(messages, self.backend.count_tokens, max(limit - ANSWER_ROOM, 64), eos)
+        return memory.fit(messages, self.backend, ANSWER_ROOM)
 
     def _generate(self, user_message: tpl.Message, stored_text: str, store_question: bool = True) -> Iterator[Event]:
         """Generate, remember, store and show one plain answer as it streams."""
@@ -221,32 +233,26 @@ class ChatSession:
         messages, dropped = self.prompt_messages(user_message)
         if dropped and not self.trim_reported:
             self.trim_reported = True
-            yield Event("notice", f"대화가 길어져 오래된 대화 {dropped}개를 기억에서 뺐습니다 (컨텍스트 {self.backend.info.context_length} 토큰)")
-        yield Event("stage", "답변 생성 중")
-        start = time.perf_counter()
-        first = None
-        parts: list[str] = []
-        generation = self.backend.stream(messages, self.params)
+            yield Notice(f"대화가 길어져 오래된 대화 {dropped}개를 기억에서 뺐습니다 (컨텍스트 {self.backend.info.context_length} 토큰)")
+        yield Stage("답변 생성 중")
+        run = oneshot.Run(self.backend, messages, self.params)  # the same generation loop as `korani ask`
         try:
-            for chunk in generation:
-                if first is None:
-                    first = time.perf_counter() - start
-                parts.append(chunk)
-                yield Event("text", chunk)
+            for chunk in run:
+                yield AnswerText(chunk)
         finally:
-            generation.close()
-            answer = "".join(parts)
-            timings = {"first_token_s": round(first, 4) if first else None, "total_s": round(time.perf_counter() - start, 4)}
-            if answer:
-                self._store("assistant", answer, self.model_name, timings)
-                self.turns += [tpl.Message("user", stored_text), tpl.Message("assistant", answer)]
-        yield Event("done", answer, {"timings": timings, "usage": generation.usage.__dict__})
+            result = run.result()  # stops generating; what came until then is the answer (Ctrl-C keeps it)
+            timings = AnswerTimings(_round(result.timings.first_token_s), round(result.timings.generate_s, 4))
+            if result.answer:
+                self._store("assistant", result.answer, self.model_name,
+                            {"first_token_s": timings.first_token_s, "total_s": timings.total_s})
+                self.turns += [tpl.Message("user", stored_text), tpl.Message("assistant", result.answer)]
+        yield Answered(result.answer, timings, run.generation.usage)
 
     # -- entry point ------------------------------------------------------------
 
     def handle(self, line: str) -> Iterator[Event]:
         if any("\udc80" <= ch <= "\udcff" for ch in line):  # stdin bytes that were not UTF-8
-            yield Event("error", "입력이 UTF-8 텍스트가 아닙니다 — UTF-8로 입력하세요")
+            yield ErrorLine("입력이 UTF-8 텍스트가 아닙니다 — UTF-8로 입력하세요")
             return
         # A pasted line can carry terminal control sequences; they mean nothing to the model.
         line = clean(line).strip()
@@ -255,7 +261,7 @@ class ChatSession:
         try:
             yield from self._dispatch(line)
         except KoraniError as exc:
-            yield Event("error", exc.one_line())
+            yield ErrorLine(exc.one_line())
         pending, self._pending = self._pending, []
         yield from pending
 
@@ -264,7 +270,7 @@ class ChatSession:
             name, _, arg = line.partition(" ")
             command = COMMANDS.get(name)
             if command is None:
-                yield Event("error", f"알 수 없는 명령어 {name} — /도움말 로 명령어를 확인하세요")
+                yield ErrorLine(f"알 수 없는 명령어 {name} — /도움말 로 명령어를 확인하세요")
                 return
             yield from getattr(self, f"cmd_{command}")(arg.strip())
             return
@@ -276,18 +282,18 @@ class ChatSession:
 
     def cmd_search(self, question: str) -> Iterator[Event]:
         if not question:
-            yield Event("error", "검색할 질문을 적어 주세요 — 예: /검색 한라산의 높이는?")
+            yield ErrorLine("검색할 질문을 적어 주세요 — 예: /검색 한라산의 높이는?")
             return
         query = question
         if is_follow_up(question, self.last_query):
             try:
                 yield from self._ensure_backend()
-                query = model_rewrite(self.backend, question, self.last_query) or rewrite_query(question, self.last_query)
-            except KoraniError:
+                query = standalone(question, self.last_query, self.backend)
+            except KoraniError:  # no model to rewrite with (or no Kiwi): the deterministic rewrite serves
                 query = rewrite_query(question, self.last_query)
-            yield Event("notice", f"검색어: {query}")
+            yield Notice(f"검색어: {query}")
         try:
-            yield Event("stage", "검색 중")
+            yield Stage("검색 중")
             result = None
             for event in _retrieve_with_events(query, self.search_options):
                 if isinstance(event, Event):
@@ -296,7 +302,7 @@ class ChatSession:
                     result = event
             yield from self._ensure_backend()
         except KoraniError as exc:
-            yield Event("error", exc.one_line())
+            yield ErrorLine(exc.one_line())
             return
         self.last_query = query
         self.last_sources = result.ranked
@@ -304,7 +310,7 @@ class ChatSession:
         try:
             yield from self._sourced(question, result.ranked)
         except KoraniError as exc:
-            yield Event("error", exc.one_line())
+            yield ErrorLine(exc.one_line())
 
     def _sourced(self, question: str, ranked, store_question: bool = True) -> Iterator[Event]:
         """Answer from `ranked` through the RAG core (search/answer.py): each sentence is
@@ -313,7 +319,7 @@ class ChatSession:
 
         if store_question:  # /다시 answers a question that is stored already
             self._store("user", question)  # before generation: never lost
-        yield Event("stage", "답변 생성 중")
+        yield Stage("답변 생성 중")
         start = time.perf_counter()
         shown: list[str] = []
         done = None
@@ -324,36 +330,36 @@ class ChatSession:
                 if isinstance(event, rag.Trimmed):
                     if not self.trim_reported:
                         self.trim_reported = True
-                        yield Event("notice", f"대화가 길어져 오래된 대화 {event.dropped}개를 기억에서 뺐습니다 (컨텍스트 {event.context_length} 토큰)")
+                        yield Notice(f"대화가 길어져 오래된 대화 {event.dropped}개를 기억에서 뺐습니다 (컨텍스트 {event.context_length} 토큰)")
                 elif isinstance(event, rag.Text):
                     shown.append(event.text)
-                    yield Event("text", event.text)
+                    yield AnswerText(event.text)
                 elif isinstance(event, rag.Done):
                     done = event
                     self.last_sources = list(event.passages)  # /출처 shows what the model was given
         finally:
             events.close()
             answer = done.answer.text if done else "".join(shown)
-            citations = [c.__dict__ for c in done.answer.citations] if done else None
-            timings = {"first_token_s": _round(done.timings.first_token_s) if done else None,
-                       "first_sentence_s": _round(done.timings.first_sentence_s) if done else None,
-                       "total_s": round(time.perf_counter() - start, 4)}
+            citations = tuple(done.answer.citations) if done else ()
+            timings = AnswerTimings(_round(done.timings.first_token_s) if done else None, round(time.perf_counter() - start, 4),
+                                    _round(done.timings.first_sentence_s) if done else None)
             if answer:
-                self._store("assistant", answer, self.model_name, timings, citations)
+                stored = {"first_token_s": timings.first_token_s, "first_sentence_s": timings.first_sentence_s,
+                          "total_s": timings.total_s}
+                self._store("assistant", answer, self.model_name, stored, [c.__dict__ for c in citations] or None)
                 self.turns += [tpl.Message("user", question), tpl.Message("assistant", answer)]
-        yield Event("done", answer, {"timings": timings, "usage": done.usage.__dict__, "citations": citations,
-                                     "footnotes": done.answer.footnotes()})
+        yield Answered(answer, timings, done.usage, citations, done.answer.footnotes())
 
     def cmd_sources(self, _arg: str) -> Iterator[Event]:
         if not self.last_sources:
-            yield Event("output", "아직 출처가 없습니다 — /검색 으로 질문해 보세요")
+            yield Output("아직 출처가 없습니다 — /검색 으로 질문해 보세요")
             return
         lines = []
         for i, r in enumerate(self.last_sources, 1):
             # Indented lines keep their indent when the REPL wraps them.
             lines += [f"[{i}] {r.score:.4f}  {clean_line(r.passage.title)}", f"    {clean_line(r.passage.url)}",
                       f"    {cut_at_word(clean_line(r.passage.text), SOURCE_CHARS)}"]
-        yield Event("output", "\n".join(lines))
+        yield Output("\n".join(lines))
 
     def cmd_reset(self, _arg: str) -> Iterator[Event]:
         self.turns = []
@@ -365,7 +371,7 @@ class ChatSession:
         # message): the one before stays whole in the history, and `--continue` later resumes
         # exactly the conversation the model remembered, with every message of it.
         self.session_id = None
-        yield Event("output", "대화 기억을 지웠습니다 (지난 대화는 기록에 남아 있습니다)")
+        yield Output("대화 기억을 지웠습니다 (지난 대화는 기록에 남아 있습니다)")
 
     def cmd_save(self, arg: str) -> Iterator[Event]:
         """Write the transcript atomically; a symlink is written through, a device or FIFO refused."""
@@ -373,31 +379,31 @@ class ChatSession:
 
         if self.session_id is None and not arg:
             # No session yet (nothing said, or just after /초기화): no file to name after it.
-            yield Event("output", "아직 저장할 대화가 없습니다 — /저장 파일이름 으로 빈 기록을 저장할 수 있습니다")
+            yield Output("아직 저장할 대화가 없습니다 — /저장 파일이름 으로 빈 기록을 저장할 수 있습니다")
             return
         path = Path(arg).expanduser() if arg else Path(f"korani-chat-{self.session_id}.md")
         stored = self.history.messages(self.session_id, since_reset=False) if self.session_id else []
         text = to_markdown(stored, f"korani chat {self.session_id or ''}".strip())
         written = atomic_write_text(path, text)  # a KoraniError becomes one error line in handle()
-        yield Event("output", f"저장했습니다: {path}" + (f" (→ {written})" if written != path else ""))
+        yield Output(f"저장했습니다: {path}" + (f" (→ {written})" if written != path else ""))
 
     def cmd_history(self, _arg: str) -> Iterator[Event]:
         if not self.history.persistent:
-            yield Event("output", "이 대화는 기록 없이 메모리에서만 진행 중입니다 — 저장된 대화 목록은 korani history list")
+            yield Output("이 대화는 기록 없이 메모리에서만 진행 중입니다 — 저장된 대화 목록은 korani history list")
             return
         rows = self.history.sessions(20)
         lines = [f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created or 0))}  {r.model}  메시지 {r.messages}개  "
                  f"{(r.first or '')[:40]}" for r in rows]
-        yield Event("output", "\n".join(lines) or "저장된 대화가 없습니다")
+        yield Output("\n".join(lines) or "저장된 대화가 없습니다")
 
     def cmd_model(self, arg: str) -> Iterator[Event]:
         if arg:
             yield from self._switch_model(arg)
             return
         if self.backend is None:
-            yield Event("output", f"{self.model_name} (아직 불러오지 않음)")
+            yield Output(f"{self.model_name} (아직 불러오지 않음)")
             return
-        yield Event("output", self._describe())
+        yield Output(self._describe())
 
     def _describe(self) -> str:
         info = self.backend.info
@@ -408,15 +414,15 @@ class ChatSession:
         """Load `name`; only once it has loaded does it replace the current model (a
         failure is one error line and the chat goes on with the model it had)."""
         if self.choose_model is None:
-            yield Event("error", "이 대화에서는 모델을 바꿀 수 없습니다 — korani chat --model 이름 으로 시작하세요")
+            yield ErrorLine("이 대화에서는 모델을 바꿀 수 없습니다 — korani chat --model 이름 으로 시작하세요")
             return
-        yield Event("stage", "모델 불러오는 중")
+        yield Stage("모델 불러오는 중")
         try:
             choice = self.choose_model(name)
             backend = choice.load()
         except KoraniError as exc:
-            yield Event("error", exc.one_line())
-            yield Event("notice", f"모델은 그대로 {self.model_name} 입니다")
+            yield ErrorLine(exc.one_line())
+            yield Notice(f"모델은 그대로 {self.model_name} 입니다")
             return
         self.backend, self.model_name, self.template = backend, choice.name, choice.template
         self.trim_reported = False
@@ -424,8 +430,8 @@ class ChatSession:
             try:  # later messages, and a later --continue, use the new model
                 self.history.set_model(self.session_id, choice.name, choice.template)
             except HistoryError as exc:
-                yield Event("error", exc.one_line())
-        yield Event("output", f"모델을 바꿨습니다: {self._describe()}")
+                yield ErrorLine(exc.one_line())
+        yield Output(f"모델을 바꿨습니다: {self._describe()}")
 
     def cmd_retry(self, _arg: str) -> Iterator[Event]:
         """Answer the last question again. The answer it replaces stays in the history
@@ -433,7 +439,7 @@ class ChatSession:
         conversation (--continue, history show/export), but nothing stored is lost."""
         asked = self.last_asked
         if asked is None:
-            yield Event("output", "다시 답할 질문이 없습니다 — 먼저 질문하거나 /검색 하세요")
+            yield Output("다시 답할 질문이 없습니다 — 먼저 질문하거나 /검색 하세요")
             return
         if len(self.turns) >= 2 and self.turns[-1].role == "assistant" and self.turns[-2].content == asked.question:
             self.turns = self.turns[:-2]
@@ -441,7 +447,7 @@ class ChatSession:
                 try:
                     self.history.replace_last_answer(self.session_id)
                 except HistoryError as exc:
-                    yield Event("error", exc.one_line())
+                    yield ErrorLine(exc.one_line())
         yield from self._ensure_backend()
         if asked.ranked is None:
             yield from self._generate(tpl.user(asked.question), asked.question, store_question=False)
@@ -450,10 +456,10 @@ class ChatSession:
         try:
             yield from self._sourced(asked.question, asked.ranked, store_question=False)
         except KoraniError as exc:
-            yield Event("error", exc.one_line())
+            yield ErrorLine(exc.one_line())
 
     def cmd_help(self, _arg: str) -> Iterator[Event]:
-        yield Event("output", HELP)
+        yield Output(HELP)
 
     def cmd_exit(self, _arg: str) -> Iterator[Event]:
-        yield Event("exit")
+        yield Exit()

@@ -135,11 +135,10 @@ def ask(
     a history that -c/--session cannot read), 7 --search found no sources,
     130 interrupted.
     """
-    from korani_cli import oneshot
+    from korani_cli import memory, oneshot
     from korani_cli.backends import GenerationParams
     from korani_cli.chat import asklog
     from korani_cli.chat.history import History
-    from korani_cli.chat.memory import trim
     from korani_cli.chat.resume import resume
     from korani_cli.models import load_backend, resolve
     from korani_cli.template import conversation
@@ -198,8 +197,7 @@ def ask(
     messages = conversation(text, system, earlier)
     if earlier and backend.info.context_length:
         # Oldest exchanges go first when the conversation outgrows the context window (as in chat).
-        messages, dropped = trim(messages, backend.count_tokens, max(backend.info.context_length - params.max_new_tokens, 64),
-                                 getattr(backend, "eos_text", ""))
+        messages, dropped = memory.fit(messages, backend, params.max_new_tokens)
         if dropped:
             notice(_trimmed_note(dropped, backend.info.context_length))
 
@@ -237,7 +235,7 @@ def ask(
             citations=[c.__dict__ for c in sourced.citations],
             sources=sourced.sources,
             search={"provider": retrieval.provider, "timings": retrieval.timings.stages,
-                    "skipped": [{"url": u, "reason": w} for u, w in retrieval.failures]},
+                    "skipped": [skipped.to_json() for skipped in retrieval.failures]},
         )
         if not sourced.citations:
             notice("no sentence of the answer is supported by the sources; no footnotes")

@@ -68,7 +68,7 @@ def search(
             "query": clean(query), "provider": result.provider,  # valid UTF-8 even from raw argv bytes
             "passages": [{"rank": i + 1, "score": round(r.score, 5), "bm25": r.bm25, "dense": r.dense, "rerank": r.rerank, "url": r.passage.url,
                           "title": r.passage.title, "text": r.passage.text} for i, r in enumerate(result.ranked)],
-            "skipped": [{"url": u, "reason": w} for u, w in result.failures],
+            "skipped": [skipped.to_json() for skipped in result.failures],
             "timings": result.timings.stages,
         }
         sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")

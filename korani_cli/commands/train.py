@@ -103,7 +103,7 @@ def run_command(
 
     from korani_cli.errors import KoraniError
     from korani_cli.train.dist import Ranks
-    from korani_cli.train.health import EOS_WARN_BELOW
+    from korani_cli.train.health import EOS_WARNING
 
     try:
         values = parse_overrides(overrides or [])
@@ -117,29 +117,29 @@ def run_command(
         raise
     reporter = RichReporter()
     metadata = run(recipe, smoke=smoke, resume=resume, overwrite=overwrite, reporter=reporter)
-    if not metadata:
-        return
+    if metadata is None:
+        return  # another process of a launched job reports
     console = err_console()
     out = recipe.output
-    first, last = metadata["train_loss_first"], metadata["train_loss_last"]
-    console.print(f"trained {metadata['steps']} steps in {metadata['train_seconds']} s; train loss {first:.4f} → {last:.4f}" if first is not None else f"trained {metadata['steps']} steps")
-    if metadata["eval_losses"]:
-        console.print(f"eval loss {metadata['eval_losses'][-1]['eval_loss']:.4f} (step {metadata['eval_losses'][-1]['step']})")
-    elif metadata.get("eval_skipped"):
-        console.print(f"eval loss: skipped — {escape(metadata['eval_skipped'])}", highlight=False)
-    health = metadata.get("health")
+    first, last = metadata.train_loss_first, metadata.train_loss_last
+    console.print(f"trained {metadata.steps} steps in {metadata.train_seconds} s; train loss {first:.4f} → {last:.4f}"
+                  if first is not None and last is not None else f"trained {metadata.steps} steps")
+    if metadata.eval_losses:
+        console.print(f"eval loss {metadata.eval_losses[-1].eval_loss:.4f} (step {metadata.eval_losses[-1].step})")
+    elif metadata.eval_skipped:
+        console.print(f"eval loss: skipped — {escape(metadata.eval_skipped)}", highlight=False)
+    health = metadata.health
     if health:
-        share = health["eos_share"]
-        style = "bold red" if share < EOS_WARN_BELOW else "green"
-        console.print(f"health: [{style}]{share:.0%}[/{style}] of {health['prompts']} held-out answers ({health.get('split') or 'held-out'} split) "
-                      f"ended with EOS; repetition {health['repetition']:.3f}")
-        if share < EOS_WARN_BELOW:
+        style = "bold red" if health.stops_too_rarely else "green"
+        console.print(f"health: [{style}]{health.eos_share:.0%}[/{style}] of {health.prompts} held-out answers "
+                      f"({health.split or 'held-out'} split) ended with EOS; repetition {health.repetition:.3f}")
+        if health.stops_too_rarely:
             console.print(
-                "[bold red]WARNING: under 90 % of answers end with EOS — the model may not have learned to stop"
-                + (f" (expected for a {metadata['steps']}-step --smoke run)" if smoke else "; train longer or check the data") + "[/bold red]"
+                f"[bold red]WARNING: {EOS_WARNING} of answers end with EOS — the model may not have learned to stop"
+                + (f" (expected for a {metadata.steps}-step --smoke run)" if smoke else "; train longer or check the data") + "[/bold red]"
             )
-    elif metadata.get("health_skipped"):
-        console.print(f"health check: skipped — {escape(metadata['health_skipped'])}", highlight=False)
+    elif metadata.health_skipped:
+        console.print(f"health check: skipped — {escape(metadata.health_skipped)}", highlight=False)
     console.print(f"adapter, tokenizer, README.md (model card), korani_train.yaml and korani_metadata.json in {out}")
     console.print(f"try it: korani ask --model {out} \"질문\"")
 

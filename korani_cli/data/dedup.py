@@ -116,8 +116,10 @@ class Deduplicator:
         # does the banded LSH indexing and the Jaccard estimate.
         values = signature_values(shingle_hashes(compact), self._perms)
         sig = MinHash(hashvalues=values, permutations=self._perms, scheme="legacy")
-        for key in self._lsh.query(sig):
-            # LSH returns candidates; confirm with the estimated Jaccard similarity.
+        # LSH returns candidates as a set, whose order follows Python's per-process
+        # string hash; taking them oldest first names the same original every run.
+        for key in sorted(self._lsh.query(sig), key=int):
+            # Confirm each candidate with the estimated Jaccard similarity.
             if sig.jaccard(self._signatures[key]) >= self.threshold:
                 return self._ids[key]
         key = str(len(self._ids))

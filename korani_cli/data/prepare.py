@@ -24,7 +24,7 @@ import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence, TextIO
 
 from korani_cli import __version__
 from korani_cli import template as tpl
@@ -34,7 +34,7 @@ from korani_cli.data.readers import SourceReadError, read_file
 from korani_cli.data.records import SOURCES, Conversation, RawRecord, Reject
 from korani_cli.data.sources import DataInputError, resolve_source
 from korani_cli.errors import UsageError
-from korani_cli.outputs import guard_output_dir, reap_stale, replace_dir, temp_sibling, write_marker
+from korani_cli.outputs import guard_output_dir, reap_stale, replace_dir, temp_dir, write_marker
 
 SPLITS = ("train", "valid", "test")
 RECORD_KEYS = {"koalpaca": ("instruction", "output"), "sharegpt": ("conversations", "id")}
@@ -215,9 +215,7 @@ def prepare(config: PrepareConfig, progress: Progress | None = None) -> dict:
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_sibling(out)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = temp_dir(out)
     except OSError as exc:
         blocker = next((a for a in out.parents if a.exists() or a.is_symlink()), None)
         if blocker is not None and not blocker.is_dir():
@@ -249,9 +247,79 @@ def _json_line(value) -> str:
 
 
 def _run(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress: Progress) -> dict:
+    """The pipeline's four steps, in `tmp`: spool, split, write, stats."""
+    spooled = _spool(config, files, lengths, tmp, progress)
+    split_of = _draw_splits(len(spooled.kept), config)
+    splits = _write_splits(config, spooled, split_of, tmp, progress)
+    stats = _stats(config, files, lengths, spooled, splits)
+    _write_json(tmp / "stats.json", stats)
+    return stats
+
+
+class _Kept(NamedTuple):
+    """What the split and the stats need of one spooled conversation (its text stays on disk)."""
+
+    source: str
+    tokens: int
+    exchanges: int
+
+
+@dataclass
+class _Spooled:
+    """What reading, cleaning, dedup and the length fit kept (in `path`, one JSON line each) and counted."""
+
+    path: Path
+    fingerprint: str  # sha256 of every source byte read
+    kept: list[_Kept] = field(default_factory=list)
+    records_in: Counter = field(default_factory=Counter)  # per source
+    mix_dropped: Counter = field(default_factory=Counter)
+    truncated: Counter = field(default_factory=Counter)
+    rejects: Counter = field(default_factory=Counter)  # per reason
+    rejects_by_source: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    cleaning: dict[str, int] = field(default_factory=dict)  # per rule: how often it changed a record
+
+
+class _Spooler:
+    """Step 1's sinks: rejects go to rejects.jsonl, kept conversations — fitted to
+    --max-tokens in batches, one tokenizer call per batch — to the spool file."""
+
+    def __init__(self, config: PrepareConfig, lengths: _Lengths, spooled: _Spooled, rejects: TextIO, spool: TextIO):
+        self.config, self.lengths, self.spooled = config, lengths, spooled
+        self.rejects, self.spool = rejects, spool
+        self.batch: list[tuple[Conversation, RawRecord]] = []
+
+    def reject(self, r: Reject) -> None:
+        if self.config.strict and r.kind == "input":
+            raise DataInputError(f"{r.file}, {r.position}: {r.reason.replace('_', ' ')} ({r.detail})",
+                                 "fix the record, or drop --strict to skip and count bad records")
+        self.spooled.rejects[r.reason] += 1
+        self.spooled.rejects_by_source[r.source][r.reason] += 1
+        self.rejects.write(_json_line(r.to_json()) + "\n")
+
+    def keep(self, conv: Conversation, raw: RawRecord) -> None:
+        self.batch.append((conv, raw))
+        if len(self.batch) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        limit = self.config.max_tokens
+        for (conv, raw), turn_lengths in zip(self.batch, self.lengths.turn_lengths([c for c, _ in self.batch])):
+            fitted, tokens, was_cut = _fit(conv, turn_lengths, limit)
+            if fitted is None:
+                self.reject(Reject(raw.source, raw.file, raw.position, "too_long",
+                                   f"the first exchange alone is {tokens} tokens (> --max-tokens {limit})"))
+                continue
+            self.spooled.truncated[conv.source] += was_cut
+            self.spool.write(json.dumps(fitted.to_json(), ensure_ascii=False) + "\n")
+            exchanges = sum(1 for t in fitted.turns if t.role == "assistant")
+            self.spooled.kept.append(_Kept(conv.source, tokens, exchanges))
+        self.batch.clear()
+
+
+def _spool(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress: Progress) -> _Spooled:
+    """Step 1: read → clean → mix → dedup → fit, streaming; kept conversations go to a spool file."""
     fingerprint = hashlib.sha256()
-    total_bytes = sum(f.stat().st_size for _, f in files)
-    progress.start("read", total_bytes)
+    progress.start("read", sum(f.stat().st_size for _, f in files))
     progress.start("clean", None)
     progress.start("dedup", None)
 
@@ -262,113 +330,102 @@ def _run(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress: P
     cleaner = Cleaner(frozenset(config.disabled_rules))
     dedup = Deduplicator(config.near_dup_threshold, near=config.near_dup)
     mix_rng = random.Random(f"mix:{config.seed}")
-    rejects = Counter()
-    rejects_by_source: dict[str, Counter] = defaultdict(Counter)
-    records_in = Counter()
-    mix_dropped = Counter()
-    truncated = Counter()
-    kept_meta: list[tuple[str, int, int]] = []  # (source, tokens, exchanges) per spooled conversation
-    spool_path = tmp / "spool.jsonl"
-
-    with (tmp / "rejects.jsonl").open("w", encoding="utf-8") as rej_fh, spool_path.open("w", encoding="utf-8") as spool:
-
-        def reject(r: Reject) -> None:
-            if config.strict and r.kind == "input":
-                raise DataInputError(f"{r.file}, {r.position}: {r.reason.replace('_', ' ')} ({r.detail})",
-                                     "fix the record, or drop --strict to skip and count bad records")
-            rejects[r.reason] += 1
-            rejects_by_source[r.source][r.reason] += 1
-            rej_fh.write(_json_line(r.to_json()) + "\n")
-
-        batch: list[tuple[Conversation, RawRecord]] = []
-
-        def flush() -> None:
-            for (conv, raw), turn_lengths in zip(batch, lengths.turn_lengths([c for c, _ in batch])):
-                fitted, tokens, was_cut = _fit(conv, turn_lengths, config.max_tokens)
-                if fitted is None:
-                    reject(Reject(raw.source, raw.file, raw.position, "too_long",
-                                  f"the first exchange alone is {tokens} tokens (> --max-tokens {config.max_tokens})"))
-                    continue
-                truncated[conv.source] += was_cut
-                spool.write(json.dumps(fitted.to_json(), ensure_ascii=False) + "\n")
-                exchanges = sum(1 for t in fitted.turns if t.role == "assistant")
-                kept_meta.append((conv.source, tokens, exchanges))
-            batch.clear()
-
+    spooled = _Spooled(tmp / "spool.jsonl", "")
+    with (tmp / "rejects.jsonl").open("w", encoding="utf-8") as rej_fh, spooled.path.open("w", encoding="utf-8") as spool:
+        sink = _Spooler(config, lengths, spooled, rej_fh, spool)
         for name, path in files:
             for item in read_file(name, path, on_bytes, RECORD_KEYS[name]):
                 if isinstance(item, Reject):
                     # A bad line or element was a record too; a bad file was not.
-                    records_in[name] += item.position != "file"
-                    reject(item)
+                    spooled.records_in[name] += item.position != "file"
+                    sink.reject(item)
                     continue
-                records_in[name] += 1
+                spooled.records_in[name] += 1
                 conv = to_conversation(item, cleaner)
                 progress.advance("clean")
                 if isinstance(conv, Reject):
-                    reject(conv)
+                    sink.reject(conv)
                     continue
                 weight = config.mix.get(name, 1.0)
                 if weight < 1.0 and mix_rng.random() >= weight:
-                    mix_dropped[name] += 1
+                    spooled.mix_dropped[name] += 1
                     continue
                 text = normalised(conv)
                 progress.advance("dedup")
                 first = dedup.exact_of(conv, text)
                 if first is not None:
-                    reject(Reject(item.source, item.file, item.position, "exact_duplicate", f"same text as {first}"))
+                    sink.reject(Reject(item.source, item.file, item.position, "exact_duplicate", f"same text as {first}"))
                     continue
                 first = dedup.near_of(conv, text)
                 if first is not None:
-                    reject(Reject(item.source, item.file, item.position, "near_duplicate", f"near-duplicate of {first}"))
+                    sink.reject(Reject(item.source, item.file, item.position, "near_duplicate", f"near-duplicate of {first}"))
                     continue
-                batch.append((conv, item))
-                if len(batch) >= BATCH:
-                    flush()
-        flush()
-
-    if not kept_meta:
-        reasons = ", ".join(f"{k} {v}" for k, v in rejects.most_common(5)) or "the sources hold no records"
+                sink.keep(conv, item)
+        sink.flush()
+    spooled.fingerprint = fingerprint.hexdigest()
+    spooled.cleaning = {rule: cleaner.counts[rule] for rule in RULES if rule not in config.disabled_rules}
+    if not spooled.kept:
+        reasons = ", ".join(f"{k} {v}" for k, v in spooled.rejects.most_common(5)) or "the sources hold no records"
         raise DataInputError(f"no conversation survived reading and cleaning ({reasons})", "check the sources and their format")
+    return spooled
 
-    # Split by shuffled index: exact sizes, all turns of a conversation together.
-    n = len(kept_meta)
+
+def _draw_splits(n: int, config: PrepareConfig) -> list[str]:
+    """Step 2: the split of each spooled conversation, by shuffled index: exact
+    sizes, all turns of a conversation together."""
     order = list(range(n))
     random.Random(f"split:{config.seed}").shuffle(order)
     n_test, n_valid = round(n * config.test), round(n * config.valid)
     split_of = [""] * n
     for rank, index in enumerate(order):
         split_of[index] = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
+    return split_of
 
+
+@dataclass
+class _SplitStats:
+    conversations: int = 0
+    by_source: Counter = field(default_factory=Counter)
+    exchanges: Counter = field(default_factory=Counter)  # conversations by their number of exchanges
+    tokens: list[int] = field(default_factory=list)
+
+
+def _write_splits(config: PrepareConfig, spooled: _Spooled, split_of: list[str], tmp: Path,
+                  progress: Progress) -> dict[str, _SplitStats]:
+    """Step 3: the spool, line by line, into train/valid/test.jsonl (--mix weights above 1 repeat in train)."""
     up_rng = random.Random(f"upsample:{config.seed}")
-    split_stats = {s: {"conversations": 0, "by_source": Counter(), "exchanges": Counter(), "tokens": []} for s in SPLITS}
-    progress.start("write", n)
+    splits = {s: _SplitStats() for s in SPLITS}
+    progress.start("write", len(split_of))
     handles = {s: (tmp / f"{s}.jsonl").open("w", encoding="utf-8") for s in SPLITS}
     try:
-        with spool_path.open(encoding="utf-8") as spool:
+        with spooled.path.open(encoding="utf-8") as spool:
             for index, line in enumerate(spool):
                 split = split_of[index]
-                source, tokens, exchanges = kept_meta[index]
+                kept = spooled.kept[index]
                 copies = 1
-                weight = config.mix.get(source, 1.0)
+                weight = config.mix.get(kept.source, 1.0)
                 if split == "train" and weight > 1.0:
                     # Up-weighting repeats a source in train only: copies in
                     # valid/test would measure memorisation.
                     copies = int(weight) + (up_rng.random() < weight - int(weight))
                 for _ in range(copies):
                     handles[split].write(line)
-                    st = split_stats[split]
-                    st["conversations"] += 1
-                    st["by_source"][source] += 1
-                    st["exchanges"][exchanges] += 1
-                    st["tokens"].append(tokens)
+                    st = splits[split]
+                    st.conversations += 1
+                    st.by_source[kept.source] += 1
+                    st.exchanges[kept.exchanges] += 1
+                    st.tokens.append(kept.tokens)
                 progress.advance("write")
     finally:
         for fh in handles.values():
             fh.close()
-    spool_path.unlink()
+    spooled.path.unlink()
+    return splits
 
-    stats = {
+
+def _stats(config: PrepareConfig, files, lengths: _Lengths, spooled: _Spooled, splits: dict[str, _SplitStats]) -> dict:
+    """Step 4: stats.json — the parameters, what each source gave and lost, and each split."""
+    return {
         "korani_version": __version__,
         "params": {
             "koalpaca": list(config.koalpaca), "sharegpt": list(config.sharegpt), "tokenizer": config.tokenizer,
@@ -378,34 +435,36 @@ def _run(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress: P
         },
         "length_measure": lengths.measure,
         "eos_token": lengths.eos,
-        "fingerprint": fingerprint.hexdigest(),
+        "fingerprint": spooled.fingerprint,
         "inputs": {
             s: {
                 "files": [{"path": str(f), "bytes": f.stat().st_size} for name, f in files if name == s],
-                "records_in": records_in[s],
-                "records_out": sum(st["by_source"][s] for st in split_stats.values()),
-                "mix_dropped": mix_dropped[s],
-                "truncated": truncated[s],
-                "rejects": dict(sorted(rejects_by_source[s].items())),
+                "records_in": spooled.records_in[s],
+                "records_out": sum(st.by_source[s] for st in splits.values()),
+                "mix_dropped": spooled.mix_dropped[s],
+                "truncated": spooled.truncated[s],
+                "rejects": dict(sorted(spooled.rejects_by_source[s].items())),
             }
             for s in SOURCES if any(name == s for name, _ in files)
         },
-        "rejects": dict(sorted(rejects.items())),
-        "cleaning": {rule: cleaner.counts[rule] for rule in RULES if rule not in config.disabled_rules},
+        "rejects": dict(sorted(spooled.rejects.items())),
+        "cleaning": spooled.cleaning,
         "splits": {
             s: {
-                "conversations": st["conversations"],
-                "by_source": dict(sorted(st["by_source"].items())),
-                "exchanges": {str(k): v for k, v in sorted(st["exchanges"].items())},
-                "tokens": _percentiles(st["tokens"]),
+                "conversations": st.conversations,
+                "by_source": dict(sorted(st.by_source.items())),
+                "exchanges": {str(k): v for k, v in sorted(st.exchanges.items())},
+                "tokens": _percentiles(st.tokens),
             }
-            for s, st in split_stats.items()
+            for s, st in splits.items()
         },
     }
-    text = json.dumps(stats, ensure_ascii=False, indent=2)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    text = json.dumps(value, ensure_ascii=False, indent=2)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # see _json_line
-        text = json.dumps(stats, ensure_ascii=True, indent=2)
-    (tmp / "stats.json").write_text(text + "\n", encoding="utf-8")
-    return stats
+        text = json.dumps(value, ensure_ascii=True, indent=2)
+    path.write_text(text + "\n", encoding="utf-8")

@@ -1,6 +1,7 @@
 """Web search RAG: one module per stage, typed values between them.
 
   types.py      Hit → Page → Passage → Ranked → Citation (frozen dataclasses)
+  query.py      a chat's follow-up question → a search query that stands on its own
   providers.py  query → Hits: google, duckduckgo, searxng, naver, local; an ordered fallback chain
   safety.py     the SSRF guard: which URLs may be fetched
   fetch.py      Hits → Pages: concurrent, capped, charset-correct, cached in SQLite

@@ -243,7 +243,7 @@ def stream(backend: Backend, question: str, ranked: Sequence[Ranked], params: Ge
 
     `context_tokens` caps the sources' share of the prompt (None: the model's default).
     Closing the generator stops generation; what was yielded stays valid."""
-    from korani_cli.chat import memory
+    from korani_cli import memory
     from korani_cli.search import budget
 
     prepare = time.perf_counter()
@@ -254,8 +254,7 @@ def stream(backend: Backend, question: str, ranked: Sequence[Ranked], params: Ge
     ranked = budget.fit(question, list(ranked), tokens, backend.count_tokens)
     prompt = messages(question, ranked, system, history)
     if history and limit:
-        prompt, dropped = memory.trim(prompt, backend.count_tokens, max(limit - params.max_new_tokens, 64),
-                                      getattr(backend, "eos_text", ""))
+        prompt, dropped = memory.fit(prompt, backend, params.max_new_tokens)
         if dropped:
             yield Trimmed(dropped, limit)
     prepare_s = time.perf_counter() - prepare

@@ -22,7 +22,7 @@ from korani_cli.search.cache import PageCache
 from korani_cli.search.decode import decode_html
 from korani_cli.search.extract import extract
 from korani_cli.search.safety import GuardedBackend, Hop, UnsafeURL, check_chain, check_scheme, literal_address, refuse
-from korani_cli.search.types import Hit, Page
+from korani_cli.search.types import Hit, Page, Skipped
 
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36 korani"
 HTML_TYPES = ("text/html", "application/xhtml+xml", "text/plain")
@@ -41,7 +41,7 @@ class FetchOptions:
 @dataclass
 class FetchReport:
     pages: list = field(default_factory=list)
-    failures: list = field(default_factory=list)  # (url, reason)
+    failures: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -180,17 +180,28 @@ def _client(opts: FetchOptions):
 
 
 async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None = None) -> FetchReport:
-    import httpx
-
+    """Every hit's page, or the reason it was skipped; pages in the order of their hits."""
     start = time.perf_counter()
     report = FetchReport()
+    todo = _without_network(hits, opts, cache, report)
+    if todo:
+        await _download(todo, opts, cache, report)
+    order = {hit.url: i for i, hit in enumerate(hits)}
+    report.pages.sort(key=lambda p: order.get(p.url, 0))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _without_network(hits: list[Hit], opts: FetchOptions, cache: PageCache | None, report: FetchReport) -> list[str]:
+    """Into `report`: local files, and pages the cache holds (if their redirect chain
+    passes today's guard). Returned: the URLs that must be downloaded."""
     todo: list[str] = []
     for hit in hits:
         if hit.url.startswith("file://"):
             try:
                 page = read_local(hit.url)
             except (OSError, FetchFailed) as exc:
-                report.failures.append((hit.url, str(exc)))
+                report.failures.append(Skipped(hit.url, str(exc)))
             else:
                 if page.text.strip():
                     report.pages.append(page)
@@ -202,47 +213,54 @@ async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None
                 # a page cached under --allow-private is not served to a run without it.
                 check_chain(cached.hops, opts.allow_private)
             except UnsafeURL as exc:
-                report.failures.append((hit.url, f"refused: {exc}"))
+                report.failures.append(Skipped(hit.url, f"refused: {exc}"))
                 continue
             report.pages.append(cached.page)
         elif opts.offline:
-            report.failures.append((hit.url, "not in the cache (--offline)"))
+            report.failures.append(Skipped(hit.url, "not in the cache (--offline)"))
         else:
             todo.append(hit.url)
-    if todo:
-        client, backend = _client(opts)
-        async with client:
-            tasks = {asyncio.ensure_future(asyncio.wait_for(_fetch_one(client, backend, url, opts), opts.timeout)): url
-                     for url in todo}
-            done, pending = await asyncio.wait(tasks, timeout=opts.deadline)
-            for task in pending:
-                task.cancel()
-                report.failures.append((tasks[task], f"past the {opts.deadline:g} s deadline"))
-            for task in done:
-                url = tasks[task]
-                try:
-                    page, hops = task.result()
-                except FetchFailed as exc:
-                    report.failures.append((url, str(exc)))
-                except (asyncio.TimeoutError, TimeoutError):
-                    report.failures.append((url, f"timed out after {opts.timeout:g} s"))
-                except httpx.HTTPError as exc:
-                    report.failures.append((url, f"{exc.__class__.__name__}: {exc}"))
-                except httpx.InvalidURL as exc:  # the URL, or a redirect's Location, httpx cannot parse
-                    report.failures.append((url, f"invalid URL ({exc})"))
-                else:
-                    if page.text.strip():
-                        report.pages.append(page)
-                        if cache:
-                            cache.put(page, hops)
-                    else:
-                        report.failures.append((url, "no readable text"))
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-    order = {hit.url: i for i, hit in enumerate(hits)}
-    report.pages.sort(key=lambda p: order.get(p.url, 0))
-    report.seconds = time.perf_counter() - start
-    return report
+    return todo
+
+
+async def _download(urls: list[str], opts: FetchOptions, cache: PageCache | None, report: FetchReport) -> None:
+    """Fetch `urls` at once, each under its timeout and all under the deadline; pages
+    (cached with their hops) and reasons into `report`."""
+    client, backend = _client(opts)
+    async with client:
+        tasks = {asyncio.ensure_future(asyncio.wait_for(_fetch_one(client, backend, url, opts), opts.timeout)): url
+                 for url in urls}
+        done, pending = await asyncio.wait(tasks, timeout=opts.deadline)
+        for task in pending:
+            task.cancel()
+            report.failures.append(Skipped(tasks[task], f"past the {opts.deadline:g} s deadline"))
+        for task in done:
+            _collect(task, tasks[task], opts, cache, report)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _collect(task: asyncio.Future, url: str, opts: FetchOptions, cache: PageCache | None, report: FetchReport) -> None:
+    """One finished download: its page, or why there is none."""
+    import httpx
+
+    try:
+        page, hops = task.result()
+    except FetchFailed as exc:
+        report.failures.append(Skipped(url, str(exc)))
+    except (asyncio.TimeoutError, TimeoutError):
+        report.failures.append(Skipped(url, f"timed out after {opts.timeout:g} s"))
+    except httpx.HTTPError as exc:
+        report.failures.append(Skipped(url, f"{exc.__class__.__name__}: {exc}"))
+    except httpx.InvalidURL as exc:  # the URL, or a redirect's Location, httpx cannot parse
+        report.failures.append(Skipped(url, f"invalid URL ({exc})"))
+    else:
+        if page.text.strip():
+            report.pages.append(page)
+            if cache:
+                cache.put(page, hops)
+        else:
+            report.failures.append(Skipped(url, "no readable text"))
 
 
 def fetch(hits: list[Hit], opts: FetchOptions, cache: PageCache | None = None) -> FetchReport:

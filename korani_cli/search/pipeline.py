@@ -33,7 +33,7 @@ from korani_cli.search.fetch import FetchOptions, fetch
 from korani_cli.search.passages import kiwi
 from korani_cli.search.passages import passages_within
 from korani_cli.search.rank import make_embedder, make_reranker, rank
-from korani_cli.search.types import Timings
+from korani_cli.search.types import Skipped, Timings
 from korani_cli.untrusted import clean_line
 
 DEFAULT_DEADLINE = 45.0  # seconds for the whole search stage (KORANI_SEARCH_DEADLINE)
@@ -97,7 +97,7 @@ class Retrieval:
     provider: str | None
     hits: list
     pages: list
-    failures: list
+    failures: list[Skipped]  # result pages left out, in the order they were given up
     ranked: list
     timings: Timings
 
@@ -112,13 +112,7 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
     def say(message: str) -> None:  # notices quote URLs and servers' words
         notify(clean_line(message))
 
-    # Options are checked before anything starts, so that a typo costs nothing.
-    if "local" in options.providers:
-        check_local_dir(options.local_dir)
-    try:
-        chain = [_provider(name, options) for name in options.providers]
-    except prov.NoProvider as exc:
-        raise UsageError(str(exc), "e.g. --provider duckduckgo --provider google") from None
+    chain = _chain(options)
     # Start what the CPU stages need while the network is being waited on:
     # extraction workers, Kiwi and the embedder (each loads once per process).
     if not options.fetch.offline:
@@ -127,19 +121,8 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
     preload.start()
     cache = PageCache(paths.cache_dir() / "search.sqlite", notify=say) if options.use_cache or options.fetch.offline else None
     try:
-        if options.fetch.offline:
-            hits, used = _cached_hits(query, options, chain, cache, say)
-        else:
-            hits, used = prov.search_chain(chain, query, options.results, say)
-            if hits and cache and used != "local":
-                cache.put_hits(query, hits)
+        hits, used = _search(query, options, chain, cache, say)
         timings.add("search", time.perf_counter() - start)
-        if not hits:
-            local_only = set(options.providers) == {"local"}
-            raise NoSources(f"no search results for {query!r} from {', '.join(options.providers)}",
-                            "--local-dir holds no .html, .md, .txt or .pdf file (links out of it count only with --follow-links)"
-                            if local_only else
-                            "try another --provider, or check the network")
         t = time.perf_counter()
         on_stage("fetch")
         report = fetch(hits, options.fetch, cache)
@@ -147,20 +130,15 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
         if cache:
             cache.close()
     timings.add("fetch+extract", time.perf_counter() - t)
-    failures = [(clean_line(url), clean_line(why)) for url, why in report.failures]
-    for url, why in failures:
-        say(f"skipped {url}: {why}")
+    failures = list(report.failures)
+    for skipped in failures:
+        say(f"skipped {skipped.url}: {skipped.reason}")
     if not report.pages:
         raise NoSources(f"none of the {len(hits)} result pages could be read", "check the notices above")
 
     on_stage("rank")
     t = time.perf_counter()
-    chunks, late = passages_within(report.pages, deadline)
-    for page in late:
-        failures.append((page.url, f"past the {deadline_s:g} s search deadline"))
-        say(f"skipped {page.url}: past the {deadline_s:g} s search deadline (KORANI_SEARCH_DEADLINE)")
-    left_out = {id(page) for page in late}
-    pages = [page for page in report.pages if id(page) not in left_out]
+    chunks, pages = _passages(report.pages, deadline, deadline_s, failures, say)
     timings.add("passages", time.perf_counter() - t)
     t = time.perf_counter()
     embedder, reranker = preload.get("embedder"), preload.get("reranker")
@@ -168,6 +146,45 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
     ranked = rank(query, chunks, embedder, k=options.k, per_page=options.per_page, reranker=reranker, timings=timings)
     timings.add("total", time.perf_counter() - start)
     return Retrieval(query, used, hits, pages, failures, ranked, timings)
+
+
+def _chain(options: SearchOptions) -> list:
+    """The providers to ask, in order. Options are checked before anything starts, so that a typo costs nothing."""
+    if "local" in options.providers:
+        check_local_dir(options.local_dir)
+    try:
+        return [_provider(name, options) for name in options.providers]
+    except prov.NoProvider as exc:
+        raise UsageError(str(exc), "e.g. --provider duckduckgo --provider google") from None
+
+
+def _search(query: str, options: SearchOptions, chain: list, cache: PageCache | None, say: Callable[[str], None]):
+    """(hits, the provider that gave them): the chain asked in order, or under --offline
+    the cache or local files; NoSources when there are none."""
+    if options.fetch.offline:
+        hits, used = _cached_hits(query, options, chain, cache, say)
+    else:
+        hits, used = prov.search_chain(chain, query, options.results, say)
+        if hits and cache and used != "local":
+            cache.put_hits(query, hits)
+    if not hits:
+        local_only = set(options.providers) == {"local"}
+        raise NoSources(f"no search results for {query!r} from {', '.join(options.providers)}",
+                        "--local-dir holds no .html, .md, .txt or .pdf file (links out of it count only with --follow-links)"
+                        if local_only else
+                        "try another --provider, or check the network")
+    return hits, used
+
+
+def _passages(pages: list, deadline: float, deadline_s: float, failures: list[Skipped], say: Callable[[str], None]):
+    """(passages, the pages they came from): pages whose analysis has not begun by the
+    deadline are left out, each added to `failures` and said."""
+    chunks, late = passages_within(pages, deadline)
+    for page in late:
+        failures.append(Skipped(page.url, f"past the {deadline_s:g} s search deadline"))
+        say(f"skipped {page.url}: past the {deadline_s:g} s search deadline (KORANI_SEARCH_DEADLINE)")
+    left_out = {id(page) for page in late}
+    return chunks, [page for page in pages if id(page) not in left_out]
 
 
 class _Preload(threading.Thread):

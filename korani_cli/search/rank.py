@@ -231,63 +231,101 @@ def rank(
     timings=None,
     index: "Index | None" = None,  # built by bm25_index(passages): reused across queries on one pool
 ) -> list[Ranked]:
-    """mode: hybrid | bm25 | dense. `timings` (a types.Timings) gets bm25/embed/rerank sub-stages."""
+    """mode: hybrid | bm25 | dense. `timings` (a types.Timings) gets bm25/embed/rerank sub-stages.
+
+    The steps: BM25 scores, dense scores of the BM25 head, the two fused, the
+    fused head reranked, at most `per_page` passages of a URL in the top k."""
     import time
-
-    import numpy as np
-
-    clock = time.perf_counter()
 
     if not passages:
         return []
-    n = len(passages)
-    candidates = candidates or max(k + 1, MIN_CANDIDATES)
-    bm25_scores = np.zeros(n)
-    if index is not None and len(index.passages) != n:
+    if index is not None and len(index.passages) != len(passages):
         raise ValueError("rank(): the index was built for another list of passages")
-    if mode in ("hybrid", "bm25") or candidates < n:
-        retriever = (index or bm25_index(passages)).retriever
-        query_tokens = morphemes([query])[0]
-        if query_tokens:
-            bm25_scores = np.asarray(retriever.get_scores(query_tokens), dtype=float)
+    candidates = candidates or max(k + 1, MIN_CANDIDATES)
+
+    clock = time.perf_counter()
+    bm25_scores = _bm25_scores(query, passages, mode, candidates, index)
     if timings is not None:
         timings.add("bm25", time.perf_counter() - clock)
-        clock = time.perf_counter()
-    dense_scores = None
-    if mode in ("hybrid", "dense") and embedder is not None:
-        pool = list(range(n)) if mode == "dense" or candidates >= n else list(np.argsort(-bm25_scores)[:candidates])
-        q = embedder.queries([query])[0]
-        # The head of a passage carries its topic; embedding cost grows with length.
-        vectors = _embed_heads(embedder, [passages[i].text[:EMBED_CHARS] for i in pool], index)
-        dense_scores = np.full(n, -1.0)
-        dense_scores[pool] = vectors @ q
+    clock = time.perf_counter()
+    dense_scores = _dense_scores(query, passages, embedder, bm25_scores, mode, candidates, index)
     if timings is not None and dense_scores is not None:
         timings.add("embed", time.perf_counter() - clock)
-    if mode == "bm25" or dense_scores is None:
-        fused = bm25_scores
-    elif mode == "dense":
-        fused = dense_scores
-    else:
-        br, dr = _ranks(list(bm25_scores)), _ranks(list(dense_scores))
-        fused = np.array([1 / (RRF_K + br[i] + 1) + DENSE_WEIGHT / (RRF_K + dr[i] + 1) for i in range(n)])
-    order = sorted(range(n), key=lambda i: -fused[i])
+    fused = _fuse(bm25_scores, dense_scores, mode)
+    order = sorted(range(len(passages)), key=lambda i: -fused[i])
     rerank_scores: dict[int, float] = {}
     if reranker is not None:
         clock = time.perf_counter()
-        head = order[: rerank_depth or 3 * k]
-        rerank_scores = dict(zip(head, reranker.scores(query, [f"{passages[i].title}\n{passages[i].text}" for i in head])))
-        # The reranked head keeps its place above the rest of the fused order.
-        order = sorted(head, key=lambda i: -rerank_scores[i]) + order[len(head):]
+        order, rerank_scores = _rerank(query, passages, order, reranker, rerank_depth or 3 * k)
         if timings is not None:
             timings.add("rerank", time.perf_counter() - clock)
-    out, per_url = [], {}
+    return [Ranked(passages[i], float(fused[i]), float(bm25_scores[i]),
+                   None if dense_scores is None else float(dense_scores[i]), rerank_scores.get(i))
+            for i in _per_page(passages, order, k, per_page)]
+
+
+def _bm25_scores(query: str, passages: Sequence[Passage], mode: str, candidates: int, index: Index | None):
+    """BM25 over morphemes, for ranking (hybrid, bm25) or to pick the embedder's candidates; zeros otherwise."""
+    import numpy as np
+
+    scores = np.zeros(len(passages))
+    if mode in ("hybrid", "bm25") or candidates < len(passages):
+        retriever = (index or bm25_index(passages)).retriever
+        query_tokens = morphemes([query])[0]
+        if query_tokens:
+            scores = np.asarray(retriever.get_scores(query_tokens), dtype=float)
+    return scores
+
+
+def _dense_scores(query: str, passages: Sequence[Passage], embedder: Embedder | None, bm25_scores, mode: str,
+                  candidates: int, index: Index | None):
+    """Cosine of the query and each passage head the embedder reads (the BM25 head unless
+    every passage is read); -1 for the others. None without an embedder or in bm25 mode."""
+    import numpy as np
+
+    if mode not in ("hybrid", "dense") or embedder is None:
+        return None
+    n = len(passages)
+    pool = list(range(n)) if mode == "dense" or candidates >= n else list(np.argsort(-bm25_scores)[:candidates])
+    q = embedder.queries([query])[0]
+    # The head of a passage carries its topic; embedding cost grows with length.
+    vectors = _embed_heads(embedder, [passages[i].text[:EMBED_CHARS] for i in pool], index)
+    scores = np.full(n, -1.0)
+    scores[pool] = vectors @ q
+    return scores
+
+
+def _fuse(bm25_scores, dense_scores, mode: str):
+    """The score that orders the passages: one ranking alone, or their reciprocal rank fusion."""
+    import numpy as np
+
+    if mode == "bm25" or dense_scores is None:
+        return bm25_scores
+    if mode == "dense":
+        return dense_scores
+    br, dr = _ranks(list(bm25_scores)), _ranks(list(dense_scores))
+    return np.array([1 / (RRF_K + br[i] + 1) + DENSE_WEIGHT / (RRF_K + dr[i] + 1) for i in range(len(br))])
+
+
+def _rerank(query: str, passages: Sequence[Passage], order: list[int], reranker: Reranker,
+            depth: int) -> tuple[list[int], dict[int, float]]:
+    """(the order with its head reordered by the cross-encoder, the head's scores)."""
+    head = order[:depth]
+    scores = dict(zip(head, reranker.scores(query, [f"{passages[i].title}\n{passages[i].text}" for i in head])))
+    # The reranked head keeps its place above the rest of the fused order.
+    return sorted(head, key=lambda i: -scores[i]) + order[len(head):], scores
+
+
+def _per_page(passages: Sequence[Passage], order: list[int], k: int, per_page: int) -> list[int]:
+    """The first `k` of `order`, taking at most `per_page` passages of one URL."""
+    out: list[int] = []
+    per_url: dict[str, int] = {}
     for i in order:
         url = passages[i].url
         if per_url.get(url, 0) >= per_page:
             continue
         per_url[url] = per_url.get(url, 0) + 1
-        out.append(Ranked(passages[i], float(fused[i]), float(bm25_scores[i]),
-                          None if dense_scores is None else float(dense_scores[i]), rerank_scores.get(i)))
+        out.append(i)
         if len(out) >= k:
             break
     return out

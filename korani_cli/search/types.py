@@ -78,6 +78,22 @@ class Ranked:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A result page left out, and why (`korani search --json` lists them as "skipped").
+    The reason can quote a server or an exception: one clean line, like the URL."""
+
+    url: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", clean_line(_text(self.url)))
+        object.__setattr__(self, "reason", clean_line(_text(self.reason)))
+
+    def to_json(self) -> dict:
+        return {"url": self.url, "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class Citation:
     n: int
     url: str

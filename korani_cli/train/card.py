@@ -3,11 +3,11 @@
 TRL writes a draft card when it saves a checkpoint ("This model is a
 fine-tuned version of [None]" for a local base, a pipeline() example that
 ignores the KoRani template) and PEFT adds its own blank template. korani
-turns TRL's draft off (`run._trainer_class`) and, once the run is done,
+turns TRL's draft off (`trainer.trainer_class`) and, once the run is done,
 replaces the README with this card: what the adapter was trained from
 (base model, recipe, data), how it did (losses, the held-out health check,
 or why either was skipped), and how to run it. It is rendered from the same
-values as korani_metadata.json, and written atomically by the run.
+values as korani_metadata.json (a `TrainMetadata`), and written atomically by the run.
 
 Everything here is text: no model, no file access.
 """
@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from korani_cli.train.config import TrainConfig
-from korani_cli.train.health import EOS_WARN_BELOW
+from korani_cli.train.health import EOS_WARNING
+from korani_cli.train.metadata import TrainMetadata
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Run:
     output: str  # its path, as the user gave it (for the commands to run it)
     config: TrainConfig  # the recipe as trained (after --smoke's changes)
     recipe_base_model: str  # the recipe's base (a --smoke run trains a tiny stand-in instead)
-    metadata: dict  # korani_metadata.json, as written
+    metadata: TrainMetadata  # korani_metadata.json, as written
 
 
 def _yaml_text(text: str) -> str:
@@ -48,9 +49,8 @@ def _number(value, digits: int = 4) -> str:
 
 def render(run: Run) -> str:
     c, m = run.config, run.metadata
-    smoke = bool(m.get("smoke"))
-    data = m.get("data") or {}
-    counts = data.get("conversations") or {}
+    smoke = m.smoke
+    counts = m.data.conversations
     front = ["---", "library_name: peft", "pipeline_tag: text-generation", "language:", "- ko", "tags:",
              "- korani", "- lora", "- sft"]
     if c.load_in_4bit:
@@ -67,7 +67,7 @@ def render(run: Run) -> str:
     else:
         base = f"`{c.base_model}`"
     lines = [*front, "", f"# {run.name}", "",
-             f"A LoRA adapter trained with korani {m.get('korani_version', '')} "
+             f"A LoRA adapter trained with korani {m.korani_version} "
              "on Korean instruction data in the KoRani format (`### User` / `### Bot`, answers closed by EOS).", "",
              f"- **Base model:** {base}"]
 
@@ -84,39 +84,39 @@ def render(run: Run) -> str:
     ]
 
     lines += ["", "## Data", "",
-              f"- `{data.get('dir', '?')}`: {counts.get('train', 0)} train, {counts.get('valid', 0)} valid, "
+              f"- `{m.data.dir}`: {counts.get('train', 0)} train, {counts.get('valid', 0)} valid, "
               f"{counts.get('test', 0)} test conversations"]
-    if data.get("fingerprint"):
-        lines.append(f"- fingerprint `{data['fingerprint'][:16]}…` (`stats.json` of `korani data prepare`)")
+    if m.data.fingerprint:
+        lines.append(f"- fingerprint `{m.data.fingerprint[:16]}…` (`stats.json` of `korani data prepare`)")
 
     lines += ["", "## Training", "",
-              f"- {m.get('steps')} steps of {m.get('max_steps')} in {m.get('train_seconds')} s"
-              + (f", resumed from `{m['resumed_from']}`" if m.get("resumed_from") else ""),
-              f"- train loss {_number(m.get('train_loss_first'))} → {_number(m.get('train_loss_last'))}"]
-    evals = m.get("eval_losses") or []
-    if evals:
-        lines.append(f"- eval loss {_number(evals[-1]['eval_loss'])} at step {evals[-1]['step']} (valid split)")
+              f"- {m.steps} steps of {m.max_steps} in {m.train_seconds} s"
+              + (f", resumed from `{m.resumed_from}`" if m.resumed_from else ""),
+              f"- train loss {_number(m.train_loss_first)} → {_number(m.train_loss_last)}"]
+    if m.eval_losses:
+        last = m.eval_losses[-1]
+        lines.append(f"- eval loss {_number(last.eval_loss)} at step {last.step} (valid split)")
     else:
-        lines.append(f"- eval loss: skipped — {m.get('eval_skipped') or 'no evaluation ran'}")
-    device = m.get("device") or {}
-    lines.append(f"- {'CUDA GPU' if device.get('cuda') else 'CPU'}, {'bf16' if device.get('bf16') else 'float32'}, "
-                 f"optimizer {device.get('optim', '?')}")
+        lines.append(f"- eval loss: skipped — {m.eval_skipped or 'no evaluation ran'}")
+    device = m.device
+    lines.append(f"- {'CUDA GPU' if device.cuda else 'CPU'}, {'bf16' if device.bf16 else 'float32'}, "
+                 f"optimizer {device.optim}")
 
-    health = m.get("health")
+    health = m.health
     lines += ["", "## Health check", ""]
     if health:
-        share = health["eos_share"]
         lines += [
-            f"Greedy answers to {health['prompts']} held-out prompts (the {health.get('split') or 'held-out'} split, "
+            f"Greedy answers to {health.prompts} held-out prompts (the {health.split or 'held-out'} split, "
             f"never train), at most {c.health_max_new_tokens} new tokens each:", "",
-            f"- ended with EOS: {share:.0%}" + (" — **under 90 %: the model may not have learned to stop**" if share < EOS_WARN_BELOW else ""),
-            f"- repeated 3-grams: {health['repetition']:.3f} (0 = none)",
-            f"- mean answer length: {health['mean_new_tokens']} tokens",
+            f"- ended with EOS: {health.eos_share:.0%}"
+            + (f" — **{EOS_WARNING}: the model may not have learned to stop**" if health.stops_too_rarely else ""),
+            f"- repeated 3-grams: {health.repetition:.3f} (0 = none)",
+            f"- mean answer length: {health.mean_new_tokens} tokens",
         ]
-        if health.get("nonfinite"):
-            lines.append(f"- **NaN/inf logits on {health['nonfinite']} prompts**")
+        if health.nonfinite:
+            lines.append(f"- **NaN/inf logits on {health.nonfinite} prompts**")
     else:
-        lines.append(f"Skipped — {m.get('health_skipped') or 'not run'}.")
+        lines.append(f"Skipped — {m.health_skipped or 'not run'}.")
 
     import shlex
 

@@ -32,7 +32,6 @@ only a GGUF file (`outputs.guard_output_file`), never another kind.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from korani_cli.errors import ModelLoadError, UsageError
-from korani_cli.outputs import guard_output_file, reap_stale, temp_sibling
+from korani_cli.outputs import guard_output_file, move_file_into_place, reap_stale, temp_dir
 
 CONVERTER_TYPES = ("f32", "f16", "bf16")
 QUANT_TYPES = ("q8_0", "q4_k_m", "q5_k_m")  # llama_cpp.LLAMA_FTYPE_MOSTLY_<NAME.upper()>
@@ -133,9 +132,7 @@ def export_gguf(model: Path, output: Path, outtype: str = "f16", overwrite: bool
     # Work beside the target (a merged 5.8B model is 12 GB; /tmp may be small),
     # in a `.NAME.tmp-PID` directory that a later run removes if this one is killed.
     reap_stale(target)
-    work = temp_sibling(target)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    work = temp_dir(target)
     try:
         converted = _convert(model, work, "f16" if outtype in QUANT_TYPES else outtype)
         f16_size = None
@@ -143,7 +140,7 @@ def export_gguf(model: Path, output: Path, outtype: str = "f16", overwrite: bool
             f16_size = converted.stat().st_size
             converted = _quantize(converted, work / "quantized.gguf", outtype)
         result = _describe(converted, outtype, target, f16_size)
-        os.replace(converted, target)
+        move_file_into_place(converted, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result

@@ -22,7 +22,8 @@ from pathlib import Path
 from korani_cli import template as tpl
 from korani_cli.train.data import conversations
 
-EOS_WARN_BELOW = 0.9
+EOS_WARN_BELOW = 0.9  # a smaller EOS share is a warning: the model may not have learned to stop
+EOS_WARNING = f"under {EOS_WARN_BELOW * 100:g} %"  # how the card and `korani train` word it
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class Health:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @property
+    def stops_too_rarely(self) -> bool:
+        return self.eos_share < EOS_WARN_BELOW
 
 
 HELD_OUT = ("test", "valid")  # never train

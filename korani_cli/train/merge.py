@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from korani_cli.errors import ModelLoadError, UsageError
-from korani_cli.outputs import guard_output_dir, reap_stale, replace_dir, temp_sibling, write_marker
+from korani_cli.outputs import guard_output_dir, reap_stale, replace_dir, temp_dir, write_marker
 
 DTYPES = ("float16", "bfloat16", "float32")
 
@@ -77,8 +77,7 @@ def merge(adapter: Path, output: Path, dtype: str = "float16", overwrite: bool =
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create {output.parent} ({exc.strerror})", "choose another -o") from None
-    tmp = temp_sibling(output)
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_dir(output)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -17,13 +17,12 @@ its fresh files and mistake them for an earlier run.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from korani_cli.errors import UsageError
-from korani_cli.outputs import guard_output_dir, is_ours, reap_stale, temp_sibling, write_marker
+from korani_cli.outputs import guard_output_dir, is_ours, put_back, reap_stale, set_aside, write_marker
 
 LEGACY = ("korani_train.yaml",)  # every korani train output has had it since the first version
 CHECKPOINT_STATE = "trainer_state.json"  # written last when transformers saves a checkpoint
@@ -70,13 +69,12 @@ def take(output: Path, *, resume: bool) -> Taken:
     existed = output.is_dir()
     old = None
     if not resume and _holds_files(output):  # judged replaceable
-        old = temp_sibling(output, "old")
-        os.replace(output, old)
+        old = set_aside(output)
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         if old is not None:
-            os.replace(old, output)
+            put_back(old, output)
         raise UsageError(f"cannot create --output {output} ({exc.strerror})", "choose another --output") from None
     return Taken(output, old, fresh=not resume, existed=existed)
 
@@ -99,7 +97,7 @@ def settle(taken: Taken, *, ok: bool) -> None:
         return  # a resume wrote nothing but the marker and the recipe
     shutil.rmtree(output, ignore_errors=True)
     if old is not None:
-        os.replace(old, output)
+        put_back(old, output)
     elif taken.existed:
         output.mkdir()
 

@@ -1,10 +1,10 @@
-"""One training run: data → tokenizer → model → SFTTrainer → adapter + metadata.
+"""One training run, in the order of TRL's `scripts/sft.py`: model, data, train, save.
 
-TRL's SFTTrainer tokenises each conversation through the KoRani chat
-template stored on the tokenizer, and `assistant_only_loss` turns its
-`{% generation %}` markers into labels: -100 everywhere except assistant
-content and the EOS closing it. The pad token is never EOS, so padding can't
-teach the model to stop — or not to.
+`run` checks the recipe and the data, takes the output directory (`output.py`)
+and swaps in the `--smoke` model (`smoke.py`); builds the SFTTrainer
+(`trainer.py`); trains, turning Ctrl-C, a lost process and a non-finite loss
+into one-line errors; then saves the adapter, the tokenizer, the metadata
+(`metadata.py`) and the model card (`card.py`).
 
 The run talks to its caller through a `Reporter` (notices, progress); it
 prints nothing itself.
@@ -13,25 +13,25 @@ prints nothing itself.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
-import socket
 import time
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from korani_cli import __version__
-from korani_cli.outputs import atomic_write_text
 from korani_cli.errors import EXIT_CONFIG, EXIT_INTERRUPTED, KoraniError, ModelLoadError, UsageError
+from korani_cli.outputs import atomic_write_text
 from korani_cli.train import data as train_data
 from korani_cli.train import dist
-from korani_cli.train import model as mdl
+from korani_cli.train import model as train_model
 from korani_cli.train import output as outdir
 from korani_cli.train.config import TrainConfig, save_config, validate
+from korani_cli.train.metadata import FILENAME, DataInfo, DeviceInfo, EvalLoss, TrainMetadata
+from korani_cli.train.smoke import smoke_adjust
+from korani_cli.train.trainer import Reporter, RunState, Silent, build_trainer, callbacks
 
-SMOKE_STEPS = 20
+SMOKE_EVAL_LIMIT = 64  # a smoke run evaluates on a slice of valid: it checks the path, not the model
 
 
 class TrainingInterrupted(KoraniError):
@@ -49,250 +49,17 @@ class TrainingDiverged(KoraniError):
     exit_code = EXIT_CONFIG
 
 
-class Reporter(Protocol):
-    def notice(self, message: str) -> None: ...
+@dataclass(frozen=True)
+class Setup:
+    """A checked recipe in a prepared output directory, ready to load."""
 
-    def start(self, total_steps: int, first_step: int) -> None: ...
-
-    def step(self, step: int, logs: dict) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-class _Silent:
-    def notice(self, message):
-        pass
-
-    def start(self, total_steps, first_step):
-        pass
-
-    def step(self, step, logs):
-        pass
-
-    def finish(self):
-        pass
-
-
-def smoke_adjust(config: TrainConfig, output: Path, data_dir: Path, reporter: Reporter) -> TrainConfig:
-    """Swap the base for a tiny random GPT-NeoX with a tokenizer trained on the data; ~20 CPU steps."""
-    from korani_cli import tiny
-
-    base_dir = output / "smoke-base"
-    if not (base_dir / "config.json").is_file():
-        reporter.notice(f"--smoke: building a tiny GPT-NeoX and a tokenizer trained on {data_dir / 'train.jsonl'}")
-        tokenizer = tiny.train_tokenizer(train_data.texts(data_dir / "train.jsonl"), base_dir, vocab_size=2000)
-        tiny.build_model(tokenizer, base_dir, hidden_size=64, layers=2, heads=4, context=max(config.max_length, 256))
-    return replace(
-        config,
-        base_model=str(base_dir.resolve()),
-        max_steps=SMOKE_STEPS if config.max_steps < 0 else config.max_steps,
-        per_device_train_batch_size=min(config.per_device_train_batch_size, 4),
-        per_device_eval_batch_size=min(config.per_device_eval_batch_size, 4),
-        gradient_accumulation_steps=1,
-        learning_rate=max(config.learning_rate, 1e-3),
-        warmup_ratio=0.0,
-        eval_steps=min(config.eval_steps, 10),
-        save_steps=min(config.save_steps, 10),
-        logging_steps=1,
-        max_length=min(config.max_length, 256),
-        health_prompts=min(config.health_prompts, 8),
-        health_max_new_tokens=min(config.health_max_new_tokens, 32),
-    )
-
-
-def prepare_tokenizer(base: str, embedding_rows: int | None = None):
-    """The base tokenizer with the KoRani template and a pad token that is not EOS."""
-    from transformers import AutoTokenizer
-
-    from korani_cli.template import CHAT_TEMPLATE, PAD_TOKEN
-
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    if tokenizer.eos_token is None:
-        raise UsageError(f"the tokenizer of {base} has no EOS token", "use a base model whose tokenizer defines eos_token")
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    tokenizer.padding_side = "right"
-    return tokenizer
-
-
-def _ensure_dist_env() -> None:
-    """DeepSpeed in a plain `python` process needs the variables its launcher would set."""
-    if "RANK" in os.environ:
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-
-
-def _trainer_class():
-    """SFTTrainer for data preparation (template, assistant masks, packing); the
-    model's own loss on those labels.
-
-    TRL's compute_loss runs a chunked log-prob kernel to also log entropy and
-    token accuracy; on a CPU that cost more than the model itself (measured
-    in bench/train.py), and the loss it computes is the same masked
-    cross-entropy the model computes from `labels`.
-    """
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    class KoraniSFTTrainer(SFTTrainer):
-        def create_model_card(self, *args, **kwargs):
-            # TRL drafts a card into the output directory at every checkpoint ("a fine-tuned
-            # version of [None]" for a local base); korani writes its own when the run is done (train/card.py).
-            return None
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs["use_cache"] = False
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-
-    return KoraniSFTTrainer
-
-
-def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: Reporter | None = None, callbacks=(), eval_limit: int | None = None):
-    """Everything up to `trainer.train()`: returns (trainer, tokenizer, plan)."""
-    import torch
-    from trl import SFTConfig
-
-    reporter = reporter or _Silent()
-    plan = mdl.plan_device(config, torch.cuda.is_available())
-    for message in plan.notices:
-        reporter.notice(message)
-    ds_path = mdl.resolve_deepspeed(config.deepspeed)
-    mdl.check_combination(config, ds_path)
-    if ds_path is not None:
-        _ensure_dist_env()
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(output / "tensorboard")
-
-    # LoRA's A matrices start random: seed them, so that a run is repeatable and every
-    # process of a launched job starts from the same adapter.
-    from transformers import set_seed
-
-    set_seed(config.seed)
-    try:
-        tokenizer = prepare_tokenizer(config.base_model)
-        model = mdl.load_model(config, plan, config.base_model, vocab=len(tokenizer))
-    except ImportError as exc:
-        raise ModelLoadError(f"a library needed to train on {config.base_model} is missing ({exc})", "pip install 'korani[train]'") from None
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise ModelLoadError(
-            f"cannot load the base model '{config.base_model}' ({first})",
-            "set base_model to a local model directory, or a hub id that is cached (or reachable)",
-        ) from None
-    train = train_data.load_split(data_dir, "train")
-    valid = train_data.load_split(data_dir, "valid")
-    # Packed rows keep samples apart: through flash attention's varlen kernel
-    # where the model has it, through a block-diagonal 4-D mask elsewhere.
-    packing = config.packing
-    collator = None
-    if packing and not mdl.supports_packing(model):
-        from korani_cli.train.packing import BlockDiagonalCollator
-
-        collator = BlockDiagonalCollator(tokenizer.pad_token_id)
-    args = SFTConfig(
-        output_dir=str(output),
-        max_steps=config.max_steps,
-        num_train_epochs=config.num_train_epochs,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of the total steps
-        adam_beta1=config.adam_beta1,
-        adam_beta2=config.adam_beta2,
-        weight_decay=config.weight_decay,
-        optim=plan.optim,
-        bf16=plan.bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-        eval_strategy="steps" if valid is not None else "no",
-        eval_steps=config.eval_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps,
-        # Log a NaN loss as NaN: transformers would log the mean of earlier losses
-        # instead, and a diverged run would look healthy to the callback below.
-        logging_nan_inf_filter=False,
-        report_to=["tensorboard"],
-        seed=config.seed,
-        data_seed=config.seed,
-        deepspeed=str(ds_path) if ds_path else None,
-        ddp_timeout=config.dist_timeout,
-        use_cpu=not plan.cuda,
-        disable_tqdm=True,
-        assistant_only_loss=True,
-        max_length=config.max_length,
-        packing=packing,
-        padding_free=packing,
-        train_sampling_strategy="random" if packing else "group_by_length",
-        pad_token=tokenizer.pad_token,
-        eos_token=tokenizer.eos_token,
-        dataset_kwargs={"skip_prepare_dataset": False},
-        save_only_model=False,
-    )
-    if valid is not None and eval_limit is not None and len(valid) > eval_limit:
-        valid = valid.select(range(eval_limit))
-    trainer = _trainer_class()(
-        model=model, args=args, train_dataset=train, eval_dataset=valid, processing_class=tokenizer, callbacks=list(callbacks)
-    )
-    if collator is not None:
-        # TRL refuses a custom collator with its best-fit packing, whose rows we
-        # want; its own padding-free collator is only correct under flash attention.
-        trainer.data_collator = collator
-    if not plan.cuda:
-        # TRL casts QLoRA adapters to bf16 (the paper's recipe for GPUs); on a CPU that is the slow path.
-        for param in trainer.model.parameters():
-            if param.requires_grad and param.dtype != torch.float32:
-                param.data = param.data.float()
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # our reporter shows progress; logs go to logs.jsonl
-    return trainer, tokenizer, plan
-
-
-def _callbacks(output: Path, reporter: Reporter, interrupted: dict, diverged: dict, ranks: dist.Ranks | None = None):
-    from transformers import TrainerCallback
-
-    class Report(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            reporter.start(state.max_steps, state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if state.is_world_process_zero and logs:
-                with (output / "logs.jsonl").open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"step": state.global_step, "time": round(time.time(), 3), **logs}) + "\n")
-                reporter.step(state.global_step, logs)
-
-        def on_step_end(self, args, state, control, **kw):
-            reporter.step(state.global_step, {})
-            # A Ctrl-C reaches the processes at slightly different moments; all of
-            # them must save (a collective under DeepSpeed) and stop at the same step.
-            interrupted["flag"] = dist.any_rank(ranks or dist.Ranks(), interrupted["flag"])
-            if interrupted["flag"]:
-                # Ctrl-C: checkpoint this step, then stop cleanly.
-                control.should_save = True
-                control.should_training_stop = True
-
-    class StopOnNonFinite(TrainerCallback):
-        """A NaN or infinite loss never recovers (the weights are gone): stop at
-        once, and save no checkpoint from this step."""
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            for key in ("loss", "eval_loss"):
-                value = (logs or {}).get(key)
-                if isinstance(value, (int, float)) and not math.isfinite(value) and not diverged:
-                    diverged.update(step=state.global_step, key=key, value=value)
-            if diverged:
-                control.should_training_stop = True
-                control.should_save = False
-                control.should_evaluate = False
-
-    return [Report(), StopOnNonFinite()]
+    config: TrainConfig  # after --smoke's changes
+    recipe_base_model: str  # the recipe's own base (the card names it)
+    data_dir: Path
+    output: Path
+    checkpoint: Path | None  # what --resume continues
+    counts: dict[str, int] | None  # conversations per split (known to the first process)
+    taken: outdir.Taken | None  # what the first process did to the output directory
 
 
 def run(
@@ -302,46 +69,43 @@ def run(
     resume: str | None = None,
     overwrite: bool = False,
     reporter: Reporter | None = None,
-) -> dict:
-    """Train; returns the metadata written to OUTPUT/korani_metadata.json."""
+) -> TrainMetadata | None:
+    """Train; returns what OUTPUT/korani_metadata.json says (None on every process but the first)."""
     ranks = dist.Ranks.from_env()
     # One process speaks for the job: the others' notices and progress would
     # repeat the first one's line for line.
-    reporter = (reporter or _Silent()) if ranks.main else _Silent()
+    reporter = (reporter or Silent()) if ranks.main else Silent()
     if ranks.launched:
         import torch
 
         dist.init(ranks, cuda=torch.cuda.is_available(), timeout_s=config.dist_timeout)
-    data_dir, output = Path(config.data), Path(config.output)
-    base = Path(config.base_model).expanduser()
-    # The first process checks the recipe and the data and prepares the output directory
-    # while the others wait: they would repeat its errors, and see its fresh files as an
-    # earlier run. When it fails, they stop with its exit code and print nothing.
+    setup = _set_up(config, ranks, smoke=smoke, resume=resume, overwrite=overwrite, reporter=reporter)
+    state = RunState()
+    trainer, tokenizer, plan = _load(setup, state, ranks, reporter, smoke=smoke)
+    started = time.time()
+    result = _train(trainer, setup, state, ranks, reporter)
+    _stop_if_stopped(setup, state, ranks, trainer.state.global_step)
+    trainer.save_model(str(setup.output))
+    if not trainer.is_world_process_zero():
+        return None
+    return _save(trainer, tokenizer, plan, setup, result, smoke=smoke, seconds=time.time() - started)
+
+
+def _set_up(config: TrainConfig, ranks: dist.Ranks, *, smoke: bool, resume: str | None, overwrite: bool,
+            reporter: Reporter) -> Setup:
+    """Check the recipe and the data, take the output directory, swap in the --smoke model.
+
+    The first process does it while the others wait: they would repeat its errors, and
+    see its fresh files as an earlier run. When it fails, they stop with its exit code
+    and print nothing."""
     from korani_cli.console import quiet_libraries
 
-    counts, taken = None, None
-    recipe_base_model = config.base_model  # the model card names it; --smoke swaps in a stand-in
+    data_dir, output = Path(config.data), Path(config.output)
+    recipe_base_model = config.base_model
+    counts, taken, checkpoint = None, None, None
     with dist.main_first(ranks):
         if ranks.main:
-            # Every recipe value is checked before --smoke replaces any of them: a
-            # recipe that cannot train must not get a smoke run that looks like a pass.
-            validate(config)
-            ds_path = mdl.resolve_deepspeed(config.deepspeed)
-            mdl.check_combination(config, ds_path)
-            if ds_path is not None and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
-                # accelerate's CPU mode turns DeepSpeed off inside transformers: the run would be plain DDP.
-                raise UsageError("accelerate launch --cpu turns DeepSpeed off, so --deepspeed would be ignored",
-                                 "use torchrun --nproc_per_node N -m korani_cli train ..., or accelerate launch"
-                                 " --use_deepspeed --deepspeed_config_file FILE --num_processes N without --cpu")
-            if not smoke and config.base_model.startswith(("/", ".", "~")) and not base.exists():  # --smoke never loads it
-                raise ModelLoadError(f"base_model {config.base_model} does not exist", "set base_model to a model directory or a hub id")
-            counts = train_data.check_data(data_dir)
-            sources = [data_dir] + ([base] if base.exists() else [])
-            outdir.judge(output, sources=sources, resume=bool(resume), overwrite=overwrite)
-            checkpoint = outdir.find_checkpoint(output, resume) if resume else None
-            if checkpoint is not None:
-                outdir.check_matches(checkpoint, lora_r=config.lora_r, lora_target_modules=config.lora_target_modules,
-                                     base_model=None if smoke else config.base_model)
+            counts, checkpoint = _check(config, data_dir, output, smoke=smoke, resume=resume, overwrite=overwrite)
             taken = outdir.take(output, resume=bool(resume))
             try:
                 outdir.mark(output, data=str(data_dir.resolve()), base_model=config.base_model, smoke=smoke)
@@ -358,30 +122,63 @@ def run(
         checkpoint = outdir.find_checkpoint(output, resume) if resume else None
         if smoke:
             config = smoke_adjust(config, output, data_dir, reporter)
+    return Setup(config, recipe_base_model, data_dir, output, checkpoint, counts, taken)
+
+
+def _check(config: TrainConfig, data_dir: Path, output: Path, *, smoke: bool, resume: str | None,
+           overwrite: bool) -> tuple[dict[str, int], Path | None]:
+    """Everything that can be wrong before a model loads; returns the split counts and the checkpoint."""
+    # Every recipe value is checked before --smoke replaces any of them: a
+    # recipe that cannot train must not get a smoke run that looks like a pass.
+    validate(config)
+    ds_path = train_model.resolve_deepspeed(config.deepspeed)
+    train_model.check_combination(config, ds_path)
+    if ds_path is not None and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        # accelerate's CPU mode turns DeepSpeed off inside transformers: the run would be plain DDP.
+        raise UsageError("accelerate launch --cpu turns DeepSpeed off, so --deepspeed would be ignored",
+                         "use torchrun --nproc_per_node N -m korani_cli train ..., or accelerate launch"
+                         " --use_deepspeed --deepspeed_config_file FILE --num_processes N without --cpu")
+    base = Path(config.base_model).expanduser()
+    if not smoke and config.base_model.startswith(("/", ".", "~")) and not base.exists():  # --smoke never loads it
+        raise ModelLoadError(f"base_model {config.base_model} does not exist", "set base_model to a model directory or a hub id")
+    counts = train_data.check_data(data_dir)
+    sources = [data_dir] + ([base] if base.exists() else [])
+    outdir.judge(output, sources=sources, resume=bool(resume), overwrite=overwrite)
+    checkpoint = outdir.find_checkpoint(output, resume) if resume else None
+    if checkpoint is not None:
+        outdir.check_matches(checkpoint, lora_r=config.lora_r, lora_target_modules=config.lora_target_modules,
+                             base_model=None if smoke else config.base_model)
+    return counts, checkpoint
+
+
+def _load(setup: Setup, state: RunState, ranks: dist.Ranks, reporter: Reporter, *, smoke: bool):
+    """Model and data: the SFTTrainer. The output directory is settled either way:
+    an earlier run it replaces goes only once the new model has loaded."""
     loaded = False
     try:
-        interrupted = {"flag": False}
-        diverged: dict = {}
-        # A smoke run evaluates on a slice of valid: it checks the path, not the model.
-        trainer, tokenizer, plan = build_trainer(
-            config, output, data_dir, reporter, _callbacks(output, reporter, interrupted, diverged, ranks),
-            eval_limit=64 if smoke else None,
-        )
+        built = build_trainer(setup.config, setup.output, setup.data_dir, reporter,
+                              callbacks(setup.output, reporter, state, ranks),
+                              eval_limit=SMOKE_EVAL_LIMIT if smoke else None)
         loaded = True
+        return built
     finally:
-        if taken is not None:
-            outdir.settle(taken, ok=loaded)
+        if setup.taken is not None:
+            outdir.settle(setup.taken, ok=loaded)
+
+
+def _train(trainer, setup: Setup, state: RunState, ranks: dist.Ranks, reporter: Reporter):
+    """`trainer.train()` with Ctrl-C asking for a checkpoint, and a lost process named."""
+    output, checkpoint = setup.output, setup.checkpoint
 
     def on_sigint(signum, frame):
-        if interrupted["flag"]:
+        if state.interrupted:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        interrupted["flag"] = True
+        state.interrupted = True
         reporter.notice("Ctrl-C: saving a checkpoint at the end of this step, then stopping (press again to abort)")
 
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
-    started = time.time()
     try:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except KeyboardInterrupt:
         if not ranks.launched:
             raise
@@ -400,79 +197,92 @@ def run(
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         reporter.finish()
-    state = trainer.state
-    if not ranks.main and (diverged or interrupted["flag"]):
+
+
+def _stop_if_stopped(setup: Setup, state: RunState, ranks: dist.Ranks, step: int) -> None:
+    """A run the callbacks stopped (a non-finite loss, a Ctrl-C) ends here, with no adapter saved."""
+    config, output = setup.config, setup.output
+    if not ranks.main and (state.diverged or state.interrupted):
         # Every process saw the same NaN loss (it is gathered) or the same Ctrl-C; the first one says so.
-        raise dist.ReportedByMainRank(TrainingDiverged.exit_code if diverged else TrainingInterrupted.exit_code)
-    if diverged:
+        raise dist.ReportedByMainRank(TrainingDiverged.exit_code if state.diverged else TrainingInterrupted.exit_code)
+    if state.diverged:
+        d = state.diverged
         raise TrainingDiverged(
-            f"training diverged: {diverged['key']} became {diverged['value']} at step {diverged['step']}; no adapter was saved",
+            f"training diverged: {d.key} became {d.value} at step {d.step}; no adapter was saved",
             f"lower learning_rate (this run used {config.learning_rate:g}) or raise max_length ({config.max_length}) so answers fit,"
             " then start over with --overwrite",
         )
-    if interrupted["flag"]:
+    if state.interrupted:
         raise TrainingInterrupted(
-            f"training stopped at step {state.global_step}; checkpoint saved in {output}",
+            f"training stopped at step {step}; checkpoint saved in {output}",
             f"continue with: korani train ... --output {output} --resume",
         )
 
-    trainer.save_model(str(output))
-    if not trainer.is_world_process_zero():
-        return {}
-    tokenizer.save_pretrained(str(output))
-    history = state.log_history
-    train_losses = [h["loss"] for h in history if "loss" in h]
-    eval_losses = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
-    eval_skipped = None if eval_losses else _why_no_eval(config, data_dir, counts, state.global_step)
-    report, health_json, health_skipped = None, None, None
-    if config.health_prompts <= 0:
-        health_skipped = "health_prompts is 0 in the recipe"
-    else:
-        from korani_cli.train import health
 
-        held_out = health.held_out_prompts(data_dir, config.health_prompts)
-        if held_out.prompts:
-            report = health.check(trainer.model, tokenizer, held_out.prompts, config.health_max_new_tokens, split=held_out.split)
-            health_json = report.to_json()
-        else:
-            health_skipped = held_out.why_none
-    stats_path = data_dir / "stats.json"
-    fingerprint = json.loads(stats_path.read_text(encoding="utf-8")).get("fingerprint") if stats_path.is_file() else None
-    metadata = {
-        "korani_version": __version__,
-        "base_model": config.base_model,
-        "smoke": smoke,
-        "data": {"dir": str(data_dir.resolve()), "fingerprint": fingerprint, "conversations": counts},
-        "steps": state.global_step,
-        "max_steps": state.max_steps,
-        "train_loss_first": train_losses[0] if train_losses else None,
-        "train_loss_last": train_losses[-1] if train_losses else None,
-        "train_loss_mean": getattr(result, "training_loss", None),
-        "eval_losses": eval_losses,
-        "eval_skipped": eval_skipped,  # why there is no eval loss; None when there is one
-        "health": health_json,
-        "health_skipped": health_skipped,  # why there is no health check; None when it ran
-        "device": {"cuda": plan.cuda, "bf16": plan.bf16, "optim": plan.optim, "notices": plan.notices},
-        "deepspeed": config.deepspeed,
-        "quantization": config.bnb_4bit_quant_type if config.load_in_4bit else None,
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        "train_seconds": round(time.time() - started, 1),
-        "pad_token": tokenizer.pad_token,
-        "eos_token": tokenizer.eos_token,
-    }
-    atomic_write_text(output / "korani_metadata.json", json.dumps(metadata, ensure_ascii=False, indent=2) + "\n")
+def _save(trainer, tokenizer, plan: train_model.DevicePlan, setup: Setup, result, *, smoke: bool,
+          seconds: float) -> TrainMetadata:
+    """The tokenizer, the health check, korani_metadata.json and the model card (the adapter is saved)."""
+    config, output, data_dir = setup.config, setup.output, setup.data_dir
+    tokenizer.save_pretrained(str(output))
+    history = trainer.state.log_history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    eval_losses = [EvalLoss(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    counts = setup.counts or {}
+    report, health_skipped = _health(trainer.model, tokenizer, config, data_dir)
+    metadata = TrainMetadata(
+        korani_version=__version__,
+        base_model=config.base_model,
+        smoke=smoke,
+        data=DataInfo(str(data_dir.resolve()), _fingerprint(data_dir), counts),
+        steps=trainer.state.global_step,
+        max_steps=trainer.state.max_steps,
+        train_loss_first=train_losses[0] if train_losses else None,
+        train_loss_last=train_losses[-1] if train_losses else None,
+        train_loss_mean=getattr(result, "training_loss", None),
+        eval_losses=eval_losses,
+        eval_skipped=None if eval_losses else _why_no_eval(config, data_dir, counts, trainer.state.global_step),
+        health=report,
+        health_skipped=health_skipped,
+        device=DeviceInfo(plan.cuda, plan.bf16, plan.optim, list(plan.notices)),
+        deepspeed=config.deepspeed,
+        quantization=config.bnb_4bit_quant_type if config.load_in_4bit else None,
+        resumed_from=str(setup.checkpoint) if setup.checkpoint else None,
+        train_seconds=round(seconds, 1),
+        pad_token=tokenizer.pad_token,
+        eos_token=tokenizer.eos_token,
+    )
+    metadata.write(output)
     from korani_cli.train import card
 
     # Replaces PEFT's blank template (save_model wrote it just now) with korani's card.
     atomic_write_text(output / "README.md", card.render(card.Run(
-        name=output.resolve().name, output=str(output), config=config, recipe_base_model=recipe_base_model, metadata=metadata)))
+        name=output.resolve().name, output=str(output), config=config, recipe_base_model=setup.recipe_base_model,
+        metadata=metadata)))
     if report is not None and report.nonfinite:
         raise TrainingDiverged(
             f"the trained model's outputs are NaN or infinite on {report.nonfinite} of {report.prompts} held-out prompts"
-            f" (health check in {output / 'korani_metadata.json'})",
+            f" (health check in {output / FILENAME})",
             f"lower learning_rate (this run used {config.learning_rate:g}) and start over with --overwrite",
         )
     return metadata
+
+
+def _health(model, tokenizer, config: TrainConfig, data_dir: Path):
+    """The held-out health check, or why it did not run: (Health | None, skipped | None)."""
+    if config.health_prompts <= 0:
+        return None, "health_prompts is 0 in the recipe"
+    from korani_cli.train import health
+
+    held_out = health.held_out_prompts(data_dir, config.health_prompts)
+    if not held_out.prompts:
+        return None, held_out.why_none
+    return health.check(model, tokenizer, held_out.prompts, config.health_max_new_tokens, split=held_out.split), None
+
+
+def _fingerprint(data_dir: Path) -> str | None:
+    """`korani data prepare`'s fingerprint of the sources, from its stats.json."""
+    stats_path = data_dir / "stats.json"
+    return json.loads(stats_path.read_text(encoding="utf-8")).get("fingerprint") if stats_path.is_file() else None
 
 
 def _why_no_eval(config: TrainConfig, data_dir: Path, counts: dict[str, int], steps: int) -> str:
@@ -482,7 +292,6 @@ def _why_no_eval(config: TrainConfig, data_dir: Path, counts: dict[str, int], st
                 "(korani data prepare --valid 0.1)")
     # transformers evaluates every eval_steps and at the last step, so this is rare (a run stopped early).
     return f"the trainer logged no eval loss in {steps} steps (eval_steps {config.eval_steps})"
-
 
 
 def _last_checkpoint(output: Path) -> Path | None:
