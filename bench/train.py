@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     args = ap.parse_args()
 
-    from korani_cli.console import quiet_libraries
+    from korani_cli.runtime import quiet_libraries
 
     quiet_libraries()
     import torch

@@ -20,7 +20,7 @@ from korani_cli.commands import eval as eval_command
 from korani_cli.commands import models as models_command
 from korani_cli.commands import search as search_command
 from korani_cli.commands import train as train_command
-from korani_cli.console import set_debug
+from korani_cli.runtime import set_debug
 from korani_cli.helpfmt import install as _install_help_format
 
 _install_help_format()

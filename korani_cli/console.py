@@ -4,6 +4,8 @@ stdout is for what a script consumes (answers, --json); everything else —
 spinners, notices, errors — goes to stderr. `korani_command` turns a
 `KoraniError` into the one line `error: <what> — <how to fix>` and its exit
 code; unexpected exceptions get a traceback only with --debug/KORANI_DEBUG=1.
+Only printing lives here: the process-wide policy it follows (the debug flag,
+quiet libraries) is korani_cli/runtime.py's.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from korani_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, KoraniError
-
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
+from korani_cli.runtime import debug_enabled
+from korani_cli.runtime import quiet_libraries  # noqa: F401  (moved to runtime; train/ updated after merge)
 from korani_cli.untrusted import clean_line
 
-_state = {"debug": False}
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
 
 
 class _Console(Console):
@@ -38,14 +40,6 @@ def out_console() -> Console:
 def err_console() -> Console:
     # Built per call: tests swap sys.stderr, and Console binds its file early.
     return _Console(file=sys.stderr, highlight=False, soft_wrap=True)
-
-
-def set_debug(value: bool) -> None:
-    _state["debug"] = value
-
-
-def debug_enabled() -> bool:
-    return _state["debug"] or os.environ.get("KORANI_DEBUG", "") not in ("", "0", "false", "no")
 
 
 def notice(message: str) -> None:
@@ -100,47 +94,3 @@ def korani_command(func):
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper
-
-
-class _OptionalKernelFilter:
-    """Drops bitsandbytes' "Failed to load CPU gemm_4bit_forward" record (see quiet_libraries)."""
-
-    def filter(self, record) -> bool:
-        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")
-
-
-def quiet_libraries() -> None:
-    """Silence library progress bars, deprecation chatter and best-effort kernel
-    warnings, which would bury korani's own one-line notices. --debug keeps them."""
-    import logging
-    import warnings
-
-    if debug_enabled():
-        return
-    for category in (FutureWarning, UserWarning, DeprecationWarning):
-        warnings.filterwarnings("ignore", category=category)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # bitsandbytes, imported by peft, logs at import on CPUs with AVX512-BF16 that it could not
-    # fetch an optional CPU kernel from the Hub ("Failed to load CPU gemm_4bit_forward … pip install
-    # kernels"); 4-bit layers work without it. Only that record is dropped: its other warnings stay.
-    ops = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    if not any(isinstance(f, _OptionalKernelFilter) for f in ops.filters):
-        ops.addFilter(_OptionalKernelFilter())
-    # accelerate warns on every DeepSpeed run with gradient accumulation that it takes
-    # the DeepSpeed config's value — which korani set to the recipe's own.
-    logging.getLogger("accelerate").setLevel(logging.ERROR)
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say so instead of DeepSpeed warning that it guessed
-    except ImportError:
-        pass
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported

@@ -6,7 +6,9 @@ A spec is what the user types after `--model`:
   - a `.gguf` file → llamacpp;
   - a local directory (a full model, or a PEFT adapter whose
     adapter_config.json names its base) → hf;
-  - anything else shaped like `org/name` → a Hugging Face Hub id → hf.
+  - anything else shaped like `org/name` → a Hugging Face Hub id → hf;
+  - `NAME:SOURCE` where NAME is a backend added with
+    `korani_cli.backends.registry.register` (the tests' `scripted` one).
 
 `korani-5.8b` has two forms: the adapter on its base through transformers,
 and the 4-bit GGUF `korani models pull` makes (korani_cli/pull.py). Without a
@@ -15,7 +17,7 @@ CUDA GPU a pulled GGUF is used, and the spec carries a notice saying so;
 
 `resolve` is cheap (no heavy imports, no network; torch only to confirm a GPU
 the driver reports when a pulled GGUF could be used instead); `load_backend`
-imports the one backend module it needs.
+finds the spec's backend in the registry, which imports its module then.
 """
 
 from __future__ import annotations
@@ -24,10 +26,9 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from korani_cli.backends import Backend, Notify
+from korani_cli.backends import OFFLINE_FIX, Backend, ModelSpec, Notify, registry
 from korani_cli.config import RULES, Invalid, Settings, check_value
 from korani_cli.errors import ModelLoadError, UsageError
 
@@ -41,20 +42,8 @@ ALIASES = {
 # Aliases of chat models that ship their own chat template, which they answer best in;
 # every other model is prompted in the KoRani format unless --template says otherwise.
 OWN_TEMPLATE = {"demo-chat": "model"}
-OFFLINE_FIX = "use --model demo for the offline demo, or --model PATH for a local model (directory or .gguf)"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str  # as the user gave it
-    backend: str  # hf | llamacpp | openai
-    source: str  # .gguf path, hub id or directory, or the served model's name
-    base: str | None = None  # hf: base model when `source` is a LoRA adapter
-    base_url: str | None = None  # openai
-    api_key: str | None = None  # openai
-    notice: str | None = None  # said once when the model loads (which form of an alias was chosen, and why)
 
 
 def _read_adapter_base(directory: Path) -> str | None:
@@ -131,7 +120,9 @@ def _resolve_other(spec: str, settings: Settings) -> ModelSpec:
             raise UsageError(f"the server URL of {spec!r} must be {exc}, got {base_url!r}",
                              "write --model openai:MODEL@http://HOST:PORT/v1") from None
         return ModelSpec(spec, "openai", model, base_url=base_url, api_key=settings.openai_api_key)
-
+    name, sep, source = spec.partition(":")
+    if sep and registry.is_added(name):
+        return ModelSpec(spec, name, source)
     return _resolve_path(spec, settings)
 
 
@@ -217,17 +208,8 @@ def _nearby(path: Path) -> str:
 
 
 def load_backend(spec: ModelSpec, settings: Settings, notify: Notify = lambda _msg: None) -> Backend:
-    """Load the model behind `spec`; raises ModelLoadError with the way forward."""
+    """Load the model behind `spec` with its registered backend; raises ModelLoadError with the way forward."""
+    loader = registry.loader(spec.backend)  # before the notice: an unknown backend has nothing to announce
     if spec.notice:
         notify(spec.notice)
-    if spec.backend == "llamacpp":
-        from korani_cli.backends.llamacpp import LlamaCppBackend
-
-        return LlamaCppBackend.load(spec, settings, notify)
-    if spec.backend == "openai":
-        from korani_cli.backends.openai import OpenAIBackend
-
-        return OpenAIBackend.load(spec, settings, notify)
-    from korani_cli.backends.hf import HFBackend
-
-    return HFBackend.load(spec, settings, notify)
+    return loader.load(spec, settings, notify)

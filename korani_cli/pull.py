@@ -363,7 +363,7 @@ def _check_tools() -> None:
 
 
 def _fetch_from_hub(adapter_id: str, base_id: str, quant: str, where: Path, on_step: Step) -> tuple[Source, Source]:
-    from korani_cli.backends.hf import hub_reachable
+    from korani_cli.runtime import hub_reachable
 
     if not hub_reachable():
         raise ModelLoadError("the Hugging Face Hub is not reachable (or HF_HUB_OFFLINE is set)", _OFFLINE_FIX)
@@ -425,10 +425,9 @@ def _verify(gguf: Path, merged: Path) -> tuple[str, int, int]:
     does, and decode a short greedy answer. Returns (answer, its tokens, probes compared)."""
     from transformers import AutoTokenizer
 
-    from korani_cli.backends import GenerationParams
+    from korani_cli.backends import GenerationParams, ModelSpec
     from korani_cli.backends.llamacpp import LlamaCppBackend
     from korani_cli.config import Settings
-    from korani_cli.models import ModelSpec
     from korani_cli.template import conversation
 
     backend = LlamaCppBackend.load(ModelSpec("pulled", "llamacpp", str(gguf)), Settings(n_ctx=512), lambda _m: None)

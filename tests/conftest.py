@@ -1,49 +1,29 @@
-"""Shared fixtures: an isolated KORANI_HOME, a tiny GPT-NeoX with a Korean
-tokenizer trained here, the PyPI demo GGUFs, and llama-cpp-python's own
-OpenAI-compatible server on loopback."""
+"""Shared fixtures: an isolated KORANI_HOME (one for the session, `home` for a test),
+the `scripted` backend registered for a test, a tiny GPT-NeoX with a Korean
+tokenizer trained here, the PyPI demo GGUFs, llama-cpp-python's own
+OpenAI-compatible server, a failing one and a small Korean web on loopback, and a
+prepared training data set.
+
+Helpers a test calls directly live in tests/support.py; test modules import
+from there, never from this file or from each other.
+"""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-
-# Small, real Korean text for the tokenizer: everyday sentences plus the
-# template's own words, so prompts tokenize into sensible pieces.
-KOREAN_CORPUS = [
-    "대한민국의 수도는 서울이며, 가장 큰 도시이기도 합니다.",
-    "오늘 날씨가 맑아서 한강 공원에 산책하러 갔습니다.",
-    "인공지능 모델은 많은 데이터를 학습해서 질문에 답합니다.",
-    "김치찌개는 돼지고기와 두부를 넣고 끓이면 맛있어요.",
-    "서울에서 부산까지 기차로 약 세 시간이 걸립니다.",
-    "한글은 세종대왕이 1443년에 창제한 문자입니다.",
-    "컴퓨터 프로그래밍을 배우려면 파이썬부터 시작하는 것이 좋습니다.",
-    "질문: 제주도에서 가장 높은 산은 무엇인가요? 답: 한라산입니다.",
-    "다음 자료를 참고해서 질문에 답하세요. 근거가 된 자료의 번호를 표시하세요.",
-    "### User\n안녕하세요?\n\n### Bot\n안녕하세요! 무엇을 도와드릴까요?",
-    "경제 성장률이 작년보다 조금 낮아질 것으로 예상됩니다.",
-    "도서관에서 책을 빌리려면 회원증이 필요합니다.",
-    "지하철 2호선은 서울의 순환선입니다.",
-    "커피를 너무 많이 마시면 잠이 오지 않을 수 있어요.",
-    "축구 대표팀이 어제 경기에서 승리했습니다.",
-] * 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from korani_cli.backends import registry
+from support import KOREAN_CORPUS, SHARED, ScriptedBackend, Site, free_port
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,7 +47,7 @@ def korani_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     """A byte-level BPE tokenizer trained on Korean text, saved with the KoRani template."""
-    from korani_cli.tiny import train_tokenizer
+    from korani_cli.train.smoke import train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_tokenizer")
     train_tokenizer(KOREAN_CORPUS, out)
@@ -79,7 +59,7 @@ def tiny_neox_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     """A randomly initialised GPT-NeoX (polyglot-ko's architecture), small enough for CPU tests."""
     from transformers import AutoTokenizer
 
-    from korani_cli.tiny import build_model
+    from korani_cli.train.smoke import build_model
 
     return build_model(AutoTokenizer.from_pretrained(tiny_tokenizer_dir), tmp_path_factory.mktemp("tiny_neox"))
 
@@ -134,16 +114,7 @@ def openai_server(demo_chat_gguf):
         proc.kill()
 
 
-def run_korani(*args: str, input: str | None = None, env: dict | None = None, timeout: float = 300):
-    """Run the installed CLI in a subprocess, as a user's shell would."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "korani_cli", *args],
-        input=input, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO,
-    )
-
-
-class Failing(BaseHTTPRequestHandler):
+class _Failing(BaseHTTPRequestHandler):
     """A server that lists a model, then fails every generation with HTTP 500."""
 
     def log_message(self, *args):
@@ -167,8 +138,90 @@ class Failing(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def failing_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    """An OpenAI-compatible server that lists a model, then fails every generation with HTTP 500."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A private KORANI_HOME (tmp_path/home) for in-process runs, no model, template or
+    server chosen by the environment; the working directory is tmp_path."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("KORANI_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    for name in ("KORANI_THREADS", "KORANI_MODEL", "KORANI_TEMPLATE", "KORANI_LOG", "KORANI_OPENAI_BASE_URL",
+                 "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture
+def scripted():
+    """The `scripted` backend, registered for this test: `--model scripted:NAME` loads this
+    ScriptedBackend through models.resolve → the backend registry → its `load`, the path every
+    backend takes. Script it (`scripted.answers = [...]`, "{n}" is the prompt's number), read
+    what it was sent (`scripted.prompts`) and how it was loaded (`scripted.loads`)."""
+    backend = ScriptedBackend()
+    registry.register("scripted", backend)
+    yield backend
+    registry.unregister("scripted")
+
+
+@pytest.fixture(scope="module")
+def web():
+    """A small Korean web on 127.0.0.1: pages of every kind a fetch meets (slow, big, gzip,
+    image, redirects, legacy encodings from ../shared), a SearXNG /search listing some of
+    them, and Google-like refusals under /g429, /gsorry, /gold, /gslow. Yields its base URL."""
+    html = "text/html; charset=utf-8"
+    routes = {
+        "/ok.html": (200, {"Content-Type": html}, "<html><head><title>서울 소개</title></head><body><article><p>서울은 대한민국의 수도이며 가장 큰 도시이다. 한강이 도시를 가로지른다. 인구는 약 940만 명이다.</p></article></body></html>".encode(), 0),
+        "/slow.html": (200, {"Content-Type": html}, b"<p>late</p>", 3.0),
+        "/big.html": (200, {"Content-Type": html}, b"<html><body><p>" + "가".encode() * 3_500_000 + b"</p></body></html>", 0),
+        "/gz.html": (200, {"Content-Type": html, "Content-Encoding": "gzip"}, gzip.compress("<p>압축된 페이지의 본문입니다. 부산은 항구 도시이다.</p>".encode()), 0),
+        "/image.png": (200, {"Content-Type": "image/png"}, b"\x89PNG....", 0),
+        "/to-local": (302, {"Location": "/ok.html"}, b"", 0),
+        "/many": (302, {"Location": "/many"}, b"", 0),
+    }
+    pages = SHARED / "fixtures" / "html"
+    if pages.is_dir():
+        routes["/donga.html"] = (200, {"Content-Type": "text/html; charset=euc-kr"}, (pages / "derived_cp949_variants" / "donga.euckr_declared.cp949.html").read_bytes(), 0)
+        routes["/chosun.html"] = (200, {"Content-Type": "text/html; charset=utf-8"}, (pages / "derived_cp949_variants" / "chosun.utf8_declared_but_cp949_bytes.html").read_bytes(), 0)
+        routes["/daejon.html"] = (200, {"Content-Type": "text/html; charset=euc-kr"}, (pages / "htmldate_korean_news" / "daejonilbo_1538026996.html").read_bytes(), 0)
+    site = Site(routes)
+
+    def searx(_request):
+        results = [{"url": site.base + p, "title": p.strip("/"), "content": ""} for p in ("/ok.html", "/gz.html", "/donga.html", "/chosun.html")]
+        return 200, {"Content-Type": "application/json"}, json.dumps({"number_of_results": 0, "results": results}).encode(), 0
+
+    routes["/search"] = searx
+    routes["/g429/search"] = (429, {"Content-Type": "text/html"}, b"Too Many Requests", 0)
+    routes["/gsorry/search"] = (302, {"Location": "/sorry/index?continue=x"}, b"", 0)
+    routes["/sorry/index"] = (200, {"Content-Type": "text/html"}, b"<html>Our systems have detected unusual traffic</html>", 0)
+    routes["/gold/search"] = (200, {"Content-Type": "text/html"}, b"<html>Your browser isn't supported anymore. Update your browser</html>", 0)
+    routes["/gslow/search"] = (200, {"Content-Type": "text/html"}, b"", 60)
+    yield site.base
+    site.close()
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A small data set through `korani data prepare`: short Korean Q&A, some two-turn."""
+    from korani_cli.data.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("train_data")
+    corpus = sorted({s for s in KOREAN_CORPUS if "###" not in s})
+    rows = []
+    for i in range(120):
+        q = corpus[i % len(corpus)]
+        output = f"{corpus[(i + 3) % len(corpus)]} 번호 {i}."
+        if i % 4 == 0:
+            output += f"\n\n 덧붙이는 답변: 더 알려 주세요 {i}? \n\n{corpus[(i + 7) % len(corpus)]}"
+        rows.append({"instruction": f"{q} 질문 {i}", "output": output})
+    (root / "k.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    prepare(PrepareConfig(root / "data", koalpaca=(str(root / "k.jsonl"),), valid=0.1, test=0.1, near_dup=False))
+    return root / "data"

@@ -15,17 +15,15 @@ import random
 import re
 import select
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from korani_cli import template as tpl
 from korani_cli.backends import Generation, GenerationParams, ModelInfo, apply_stops
 from korani_cli.search.types import Passage, Ranked
+from support import SEJONG, ScriptServer
 
-SEJONG = ("https://sejong.example", "세종", "세종은 1443년에 훈민정음을 창제하였다. 세종은 조선의 네 번째 왕이다.")
 BANPO = ("https://banpo.example", "반포", "훈민정음은 1446년에 반포되었다. 반포를 기념하는 날이 한글날이다.")
 PARTHIA = ("https://parthia.example", "파르티아", "파르티아는 고대 이란의 왕국이다. 파르티아인은 기마 궁수로 유명했다.")
 
@@ -228,67 +226,6 @@ def test_written_claims_are_the_models_own_sentences_and_markers():
 
 # -- end to end: an OpenAI-compatible server on loopback, a real pty ----------------------------
 
-class ScriptServer(ThreadingHTTPServer):
-    """Answers every completion from `script`, with {title} replaced by the number the prompt gave that
-    source (the local provider titles a file by its name); streams it a few characters at a time and holds everything after `hold` until released."""
-
-    daemon_threads = True
-
-    def __init__(self, script: str, hold: str | None = None):
-        super().__init__(("127.0.0.1", 0), ScriptHandler)
-        self.script, self.hold = script, hold
-        self.reached, self.release = threading.Event(), threading.Event()
-        self.prompts: list[str] = []
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-    def answer(self, prompt: str) -> str:
-        numbers = {title: n for n, title in re.findall(r"^\[(\d+)\] (.+?) \(", prompt, re.M)}
-        return re.sub(r"\{(.+?)\}", lambda m: numbers.get(m.group(1), "9"), self.script)
-
-
-class ScriptHandler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _json(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self._json({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        server: ScriptServer = self.server
-        server.prompts.append(body.get("prompt", ""))
-        text = server.answer(body.get("prompt", ""))
-        if not body.get("stream"):
-            self._json({"choices": [{"text": text, "finish_reason": "stop"}]})
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        held = text.index(server.hold) + len(server.hold) if server.hold else len(text)
-        for i in range(0, len(text), 3):
-            if i >= held and not server.reached.is_set():
-                server.reached.set()
-                server.release.wait(30)
-            self.wfile.write(f"data: {json.dumps({'choices': [{'text': text[i:i + 3]}]})}\n\n".encode())
-            self.wfile.flush()
-            time.sleep(0.005)
-        self.wfile.write(b'data: {"choices": [{"text": "", "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n')
-
-
 SCRIPT = ("질문: 세종은 무엇을 했나요?\n## 세종\n\n- 세종은 1443년에 훈민정음을 창제하였다[{sejong}].\n"
           "- 훈민정음은 1446년에 반포되었다 [{banpo}][9].\n- 파르티아는 고대 이란의 왕국이다[{sejong}].\n\n"
           "```\nprint(a[1])\n```\n")
@@ -311,7 +248,7 @@ def _pty_run(argv: list[str], env: dict, server: ScriptServer, first: str, typed
     """Run argv on a pty; return (the screen when the server held back the rest, the whole screen)."""
     import pty
 
-    from conftest import REPO
+    from support import REPO
 
     pid, fd = pty.fork()
     if pid == 0:
@@ -392,7 +329,7 @@ def test_ask_search_shows_the_first_sentence_while_the_rest_is_generated(pages, 
 
 @pytest.mark.slow
 def test_ask_search_json_is_the_checked_answer(pages, tmp_path):
-    from conftest import run_korani
+    from support import run_korani
 
     server = ScriptServer(SCRIPT)
     proc = run_korani("ask", "세종은 무엇을 했나요?", "--search", "--local-dir", str(pages), "--embedder", "none",

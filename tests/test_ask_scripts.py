@@ -1,7 +1,8 @@
 """`korani ask` in shell scripts: piped text joined before the question (llm's rule),
 hostile and empty stdin, exchanges logged to the chat history, `ask -c` / `--session`.
 
-The model is a recording test double where what is asserted is what korani
+The model is the `scripted` backend (tests/conftest.py, loaded through the backend
+registry as `--model scripted:demo`) where what is asserted is what korani
 sends it (the prompt); real SQLite files throughout; the subprocess rows use
 the demo model and compare its real prompt token counts.
 """
@@ -16,67 +17,18 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from korani_cli import piped
-from korani_cli import template as tpl
-from korani_cli.backends import Generation, ModelInfo, apply_stops
 from korani_cli.chat.history import History
 from korani_cli.cli import app
-
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
 runner = CliRunner()
 MiB = 1 << 20
-
-
-class Recorder:
-    """A scripted backend: answers "답 N." and records every prompt it was given."""
-
-    def __init__(self, context_length: int = 4096):
-        self.prompts: list[list[tpl.Message]] = []
-        self.loads: list[str] = []
-        self.info = ModelInfo("scripted", "test", context_length, "korani")
-        self.eos_text = "<eos>"
-
-    def count_tokens(self, text: str) -> int:
-        return len(text)
-
-    def stream(self, messages, params):
-        self.prompts.append(list(messages))
-        n = len(self.prompts)
-
-        def run(usage):
-            usage.completion_tokens = 1
-            yield f"답 {n}."
-            usage.finish_reason = "eos"
-
-        return Generation(lambda usage: apply_stops(run(usage), usage))
-
-
-@pytest.fixture
-def home(monkeypatch, tmp_path) -> Path:
-    monkeypatch.setenv("KORANI_HOME", str(tmp_path / "home"))
-    for name in ("KORANI_MODEL", "KORANI_LOG", "KORANI_TEMPLATE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def model(monkeypatch, home) -> Recorder:
-    import korani_cli.models as models
-
-    backend = Recorder()
-
-    def load(spec, settings, notify=None):
-        backend.loads.append(spec.name)
-        return backend
-
-    monkeypatch.setattr(models, "load_backend", load)
-    return backend
 
 
 def ask(*args: str, input: bytes | str | None = None, env: dict | None = None):
@@ -116,14 +68,14 @@ STDIN_ROWS = [
 @pytest.mark.parametrize("question, data, code, expected", STDIN_ROWS,
                          ids=["joined", "empty", "blank", "bom", "stripped", "dash", "no-question", "png", "nul",
                               "empty-question", "over-limit", "over-limit-mid-character"])
-def test_piped_text_goes_before_the_question(model, home, question, data, code, expected):
-    result = ask("--model", "demo", *([question] if question is not None else []), input=data)
+def test_piped_text_goes_before_the_question(scripted, home, question, data, code, expected):
+    result = ask("--model", "scripted:demo", *([question] if question is not None else []), input=data)
     assert result.exit_code == code, result.output
     if code:
         assert notes(result.stderr) and notes(result.stderr)[0].startswith(expected), result.stderr
-        assert len(notes(result.stderr)) == 1 and not model.prompts
+        assert len(notes(result.stderr)) == 1 and not scripted.prompts
         return
-    sent = model.prompts[-1][-1]
+    sent = scripted.prompts[-1][-1]
     assert sent.role == "user"
     if expected.startswith("note:"):
         assert notes(result.stderr)[0].startswith(expected), result.stderr
@@ -186,14 +138,14 @@ def test_a_real_model_sees_the_same_prompt_from_devnull_a_closed_stdin_or_no_inp
 # -- exchanges are logged; -c continues ----------------------------------------------------------------
 
 
-def test_an_ask_is_logged_as_an_ask_session_that_history_shows(model, home):
-    result = ask("--model", "demo", "--json", "한국의 수도는?")
+def test_an_ask_is_logged_as_an_ask_session_that_history_shows(scripted, home):
+    result = ask("--model", "scripted:demo", "--json", "한국의 수도는?")
     assert result.exit_code == 0, result.output
     listed = sessions(home)
-    assert [(s["kind"], s["model"], s["messages"], s["first"]) for s in listed] == [("ask", "demo", 2, "한국의 수도는?")]
+    assert [(s["kind"], s["model"], s["messages"], s["first"]) for s in listed] == [("ask", "scripted:demo", 2, "한국의 수도는?")]
     assert json.loads(result.stdout)["session"] == listed[0]["id"]
     line = runner.invoke(app, ["history", "list"]).stdout.splitlines()[0]
-    assert line.split()[3:5] == ["ask", "demo"], line
+    assert line.split()[3:5] == ["ask", "scripted:demo"], line
     shown = runner.invoke(app, ["history", "show", listed[0]["id"][:4]]).stdout
     assert shown.startswith(f"# korani ask {listed[0]['id']}") and "한국의 수도는?" in shown and "답 1." in shown
 
@@ -211,13 +163,13 @@ LOG_ROWS = [
 
 @pytest.mark.parametrize("args, env, code, stored, fragment", LOG_ROWS,
                          ids=["--no-log", "LOG=0", "LOG=off", "LOG=1", "LOG-empty", "LOG-bad"])
-def test_no_log_and_korani_log_switch_logging(model, home, args, env, code, stored, fragment):
-    result = ask("--model", "demo", *args, "안녕?", env=env)
+def test_no_log_and_korani_log_switch_logging(scripted, home, args, env, code, stored, fragment):
+    result = ask("--model", "scripted:demo", *args, "안녕?", env=env)
     assert result.exit_code == code, result.output
     assert len(sessions(home)) == stored
     if fragment:
         assert notes(result.stderr) == [notes(result.stderr)[0]] and notes(result.stderr)[0].startswith(fragment)
-        assert not model.prompts
+        assert not scripted.prompts
     else:
         assert result.stdout == "답 1.\n" and result.stderr == ""
 
@@ -232,7 +184,7 @@ def _garbage(home: Path) -> None:
 
 
 def _home_is_a_file_for_data(home: Path) -> None:
-    home.mkdir(parents=True)
+    assert home.is_dir()  # the fixture made it
     (home / "data").write_text("a file where the data directory goes")
 
 
@@ -245,9 +197,9 @@ UNUSABLE_ROWS = [
 
 
 @pytest.mark.parametrize("damage, fragment", UNUSABLE_ROWS, ids=["directory", "garbage", "data-is-a-file"])
-def test_an_unusable_history_costs_one_notice_not_the_answer(model, home, damage, fragment):
+def test_an_unusable_history_costs_one_notice_not_the_answer(scripted, home, damage, fragment):
     damage(home)
-    result = ask("--model", "demo", "안녕?")
+    result = ask("--model", "scripted:demo", "안녕?")
     assert result.exit_code == 0, result.output
     assert result.stdout == "답 1.\n"
     said = notes(result.stderr)
@@ -255,52 +207,52 @@ def test_an_unusable_history_costs_one_notice_not_the_answer(model, home, damage
     assert "--no-log or KORANI_LOG=0" in said[0]
 
 
-def test_continue_puts_the_last_exchange_into_the_prompt_and_stores_in_the_same_session(model, home):
-    assert ask("--model", "demo", "--system", "짧게 답해.", "내 이름은 민수야").exit_code == 0
+def test_continue_puts_the_last_exchange_into_the_prompt_and_stores_in_the_same_session(scripted, home):
+    assert ask("--model", "scripted:demo", "--system", "짧게 답해.", "내 이름은 민수야").exit_code == 0
     result = ask("-c", "내 이름이 뭐지?")
     assert result.exit_code == 0, result.output
     assert result.stdout == "답 2.\n"  # notes go to stderr only
-    assert [(m.role, m.content) for m in model.prompts[-1]] == [
+    assert [(m.role, m.content) for m in scripted.prompts[-1]] == [
         ("system", "짧게 답해."), ("user", "내 이름은 민수야"), ("assistant", "답 1."), ("user", "내 이름이 뭐지?")]
-    assert model.loads == ["demo", "demo"]  # the session's model
+    assert scripted.loads == [("scripted:demo", "korani")] * 2  # the session's model
     listed = sessions(home)
     assert len(listed) == 1 and listed[0]["messages"] == 4
     assert notes(result.stderr) == [f"note: resuming session {listed[0]['id']} (2 messages)"]
 
 
-def test_session_prefix_and_piped_text_with_continue(model, home):
-    assert ask("--model", "demo", "첫 질문").exit_code == 0
-    assert ask("--model", "demo", "다른 질문").exit_code == 0
+def test_session_prefix_and_piped_text_with_continue(scripted, home):
+    assert ask("--model", "scripted:demo", "첫 질문").exit_code == 0
+    assert ask("--model", "scripted:demo", "다른 질문").exit_code == 0
     first = [s for s in sessions(home) if s["first"] == "첫 질문"][0]["id"]
     result = ask("--session", first[:6], "이어서", input="붙인 글")
     assert result.exit_code == 0, result.output
-    assert [m.content for m in model.prompts[-1]] == ["첫 질문", "답 1.", "붙인 글\n\n이어서"]
+    assert [m.content for m in scripted.prompts[-1]] == ["첫 질문", "답 1.", "붙인 글\n\n이어서"]
 
 
-def test_ask_continues_a_chat_and_a_chat_continues_an_ask(model, home):
-    chatted = runner.invoke(app, ["chat", "--model", "demo"], input="채팅 질문\n")
+def test_ask_continues_a_chat_and_a_chat_continues_an_ask(scripted, home):
+    chatted = runner.invoke(app, ["chat", "--model", "scripted:demo"], input="채팅 질문\n")
     assert chatted.exit_code == 0, chatted.output
     assert ask("-c", "후속 질문").exit_code == 0
-    assert [m.content for m in model.prompts[-1]] == ["채팅 질문", "답 1.", "후속 질문"]
+    assert [m.content for m in scripted.prompts[-1]] == ["채팅 질문", "답 1.", "후속 질문"]
     assert [(s["kind"], s["messages"]) for s in sessions(home)] == [("chat", 4)]
     assert runner.invoke(app, ["chat", "-c"], input="채팅으로 돌아와서\n").exit_code == 0
-    assert [m.content for m in model.prompts[-1]][-3:] == ["후속 질문", "답 2.", "채팅으로 돌아와서"]
+    assert [m.content for m in scripted.prompts[-1]][-3:] == ["후속 질문", "답 2.", "채팅으로 돌아와서"]
 
 
-def test_continue_without_log_reads_but_does_not_write(model, home):
-    assert ask("--model", "demo", "첫 질문").exit_code == 0
+def test_continue_without_log_reads_but_does_not_write(scripted, home):
+    assert ask("--model", "scripted:demo", "첫 질문").exit_code == 0
     assert ask("-c", "--no-log", "둘째").exit_code == 0
-    assert [m.content for m in model.prompts[-1]] == ["첫 질문", "답 1.", "둘째"]
+    assert [m.content for m in scripted.prompts[-1]] == ["첫 질문", "답 1.", "둘째"]
     assert sessions(home)[0]["messages"] == 2
 
 
-def test_a_long_conversation_is_trimmed_to_the_context_window_with_one_note(model, home):
-    model.info = ModelInfo("scripted", "test", 400, "korani")  # count_tokens is len(text)
-    assert ask("--model", "demo", "-n", "64", "가" * 150).exit_code == 0
+def test_a_long_conversation_is_trimmed_to_the_context_window_with_one_note(scripted, home):
+    scripted.info = replace(scripted.info, context_length=400)  # count_tokens is len(text)
+    assert ask("--model", "scripted:demo", "-n", "64", "가" * 150).exit_code == 0
     assert ask("-c", "-n", "64", "나" * 150).exit_code == 0
     result = ask("-c", "-n", "64", "다음")
     assert result.exit_code == 0, result.output
-    assert [m.content for m in model.prompts[-1]] == ["나" * 150, "답 2.", "다음"]
+    assert [m.content for m in scripted.prompts[-1]] == ["나" * 150, "답 2.", "다음"]
     assert any("its 1 oldest exchanges were left out of the prompt" in n for n in notes(result.stderr)), result.stderr
 
 
@@ -316,7 +268,7 @@ CONTINUE_ERROR_ROWS = [
 
 @pytest.mark.parametrize("args, damage, code, fragment", CONTINUE_ERROR_ROWS,
                          ids=["nothing-saved", "no-such-session", "empty-session", "history-is-a-dir", "history-garbage"])
-def test_continue_errors_are_one_line(model, home, args, damage, code, fragment):
+def test_continue_errors_are_one_line(scripted, home, args, damage, code, fragment):
     if damage:
         damage(home)
     result = ask(*args)
@@ -324,19 +276,19 @@ def test_continue_errors_are_one_line(model, home, args, damage, code, fragment)
     said = notes(result.stderr)
     assert len(said) == 1 and said[0].startswith("error: ") and fragment in said[0], said
     assert "chat --no-history" not in said[0]  # a way out that ask has
-    assert not model.prompts and result.stdout == ""
+    assert not scripted.prompts and result.stdout == ""
 
 
-def test_search_answers_get_the_conversation_too(model, home, tmp_path):
+def test_search_answers_get_the_conversation_too(scripted, home, tmp_path):
     pages = tmp_path / "pages"
     pages.mkdir()
     (pages / "sejong.txt").write_text("세종대왕은 1443년에 한글을 창제했습니다. 세종은 조선의 네 번째 왕입니다.", encoding="utf-8")
-    assert ask("--model", "demo", "세종은 누구야?").exit_code == 0
+    assert ask("--model", "scripted:demo", "세종은 누구야?").exit_code == 0
     result = ask("-c", "--search", "--local-dir", str(pages), "--embedder", "none", "한글은 언제 만들었어?")
     assert result.exit_code == 0, result.output
-    contents = [m.content for m in model.prompts[-1]]
+    contents = [m.content for m in scripted.prompts[-1]]
     assert contents[:2] == ["세종은 누구야?", "답 1."] and "한글은 언제 만들었어?" in contents[-1]
-    assert any("1443" in source.text for source in model.prompts[-1][-1].sources)  # the last turn carries the sources
+    assert any("1443" in source.text for source in scripted.prompts[-1][-1].sources)  # the last turn carries the sources
     assert sessions(home)[0]["messages"] == 4
 
 

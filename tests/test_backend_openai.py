@@ -57,7 +57,7 @@ def test_unknown_served_model_is_named(openai_server):
 
 
 def test_unreachable_server_is_a_model_load_error():
-    from conftest import free_port
+    from support import free_port
 
     with pytest.raises(ModelLoadError, match="cannot reach"):
         connect(f"http://127.0.0.1:{free_port()}/v1")

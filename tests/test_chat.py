@@ -1,63 +1,18 @@
 """`korani chat` driven like a user would: piped stdin, a test double and the demo model, SQLite history."""
 
-import io
 import os
 import sqlite3
 import sys
 
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
-from conftest import run_korani
-from test_search import web  # noqa: F401  (the loopback web, a fixture)
+from support import REPO, ScriptedBackend, drive, run_korani, session_for
 from korani_cli import template as tpl
-from korani_cli.backends import Generation, ModelInfo, apply_stops
-from korani_cli.chat.history import History
-from korani_cli.chat.repl import read_inputs, run
-from korani_cli.chat.session import ChatSession
+from korani_cli.chat.repl import read_inputs
 from korani_cli.cli import app
 
 runner = CliRunner()
-
-
-class ScriptedBackend:
-    """A test double: answers from a script, records every prompt it was given."""
-
-    def __init__(self, answers=("답변입니다.",), context_length=4096):
-        self.answers = list(answers)
-        self.prompts: list[list[tpl.Message]] = []
-        self.info = ModelInfo("scripted", "test", context_length, "korani")
-        self.eos_text = "<eos>"
-
-    def count_tokens(self, text: str) -> int:
-        return len(text)
-
-    def stream(self, messages, params):
-        self.prompts.append(list(messages))
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-
-        def run(usage):
-            usage.completion_tokens = 0
-            for word in answer.split(" "):
-                usage.completion_tokens += 1
-                yield word + " "
-            usage.finish_reason = "eos"
-
-        # Through the same stop filter as the real backends.
-        return Generation(lambda usage: apply_stops(run(usage), usage))
-
-
-def session_for(tmp_path, backend, **kw):
-    history = History(tmp_path / "history.sqlite")
-    sid = history.new_session("scripted", kw.get("system"))
-    return ChatSession(lambda: backend, history, sid, model_name="scripted", **kw), history
-
-
-def drive(session, text: str) -> tuple[str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    run(session, stdin=io.StringIO(text), out=Console(file=out, width=100), err=Console(file=err, width=100))
-    return out.getvalue(), err.getvalue()
 
 
 def test_multiline_input_forms():
@@ -112,22 +67,14 @@ def test_save_writes_a_markdown_transcript(tmp_path):
     assert "**나**\n\n질문입니다" in text and "**코라니**\n\n답입니다." in text
 
 
-@pytest.fixture
-def scripted_cli(monkeypatch, tmp_path):
-    backend = ScriptedBackend(["코라니의 답입니다."])
-    monkeypatch.setenv("KORANI_HOME", str(tmp_path))
-    import korani_cli.models as models
-
-    monkeypatch.setattr(models, "load_backend", lambda spec, settings, notify=None: backend)
-    return backend
-
-
-def test_continue_restores_turns_from_sqlite(scripted_cli, tmp_path):
-    first = runner.invoke(app, ["chat", "--model", "demo"], input="기억해 줘: 내 이름은 민수야\n")
+def test_continue_restores_turns_from_sqlite(scripted, home):
+    scripted.answers = ["코라니의 답입니다."]
+    first = runner.invoke(app, ["chat", "--model", "scripted:demo"], input="기억해 줘: 내 이름은 민수야\n")
     assert first.exit_code == 0, first.output
-    second = runner.invoke(app, ["chat", "--model", "demo", "--continue"], input="내 이름이 뭐였지?\n")
+    second = runner.invoke(app, ["chat", "--model", "scripted:demo", "--continue"], input="내 이름이 뭐였지?\n")
     assert second.exit_code == 0, second.output
-    last = scripted_cli.prompts[-1]
+    assert scripted.loads == [("scripted:demo", "korani")] * 2  # through the backend registry, once per chat
+    last = scripted.prompts[-1]
     assert [m.content for m in last[:2]] == ["기억해 줘: 내 이름은 민수야", "코라니의 답입니다."]
     listing = runner.invoke(app, ["history", "list"])
     sid = listing.stdout.split()[0]
@@ -172,8 +119,6 @@ def test_ctrl_c_in_a_terminal_stops_the_answer_not_the_chat(tmp_path):
     import pty
     import select
     import time
-
-    from conftest import REPO
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: korani chat on a terminal

@@ -4,7 +4,7 @@ template (demo-chat) is prompted in it unless a template was chosen.
 
 /모델 is driven through the real `korani chat` against two OpenAI-compatible
 servers on 127.0.0.1; /다시 through a session on a scripted backend and a real
-SQLite history; Tab through a pty (tests/test_repl_screen.Terminal).
+SQLite history; Tab through a pty (tests/support.py's Terminal).
 """
 
 from __future__ import annotations
@@ -16,18 +16,15 @@ import sqlite3
 import pytest
 from rich.console import Console
 
-from conftest import run_korani
-from test_answer import SEJONG, ScriptServer
-from test_chat import ScriptedBackend
+from support import SEJONG, ScriptedBackend, ScriptServer, Terminal, run_korani
+from support import drive as drive_at
 from korani_cli.chat.history import History
-from korani_cli.chat.repl import complete_command, run
+from korani_cli.chat.repl import complete_command
 from korani_cli.chat.session import ChatSession
 
 
 def drive(session, text: str) -> tuple[str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    run(session, stdin=io.StringIO(text), out=Console(file=out, width=200), err=Console(file=err, width=200))
-    return out.getvalue(), err.getvalue()
+    return drive_at(session, text, width=200)  # wide: a line of the chat's own text is never wrapped
 
 
 def rows(db) -> list[tuple]:
@@ -87,7 +84,6 @@ def test_complete_command(text, begidx, expected):
 @pytest.mark.slow
 def test_tab_completes_a_command_on_a_terminal(tmp_path):
     pytest.importorskip("pyte", reason="pyte draws the screen this test reads")
-    from test_repl_screen import Terminal
 
     server = ScriptServer("답입니다.")
     term = Terminal(["chat", "--model", f"openai:scripted@{server.url}"], tmp_path / "home")

@@ -8,7 +8,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from conftest import run_korani
+from support import run_korani
 from korani_cli.cli import app
 from korani_cli.errors import EXIT_CONFIG, EXIT_GENERATION, EXIT_MODEL_LOAD, EXIT_USAGE
 
@@ -109,7 +109,7 @@ def test_missing_relative_path_names_the_ways_forward():
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "hub refuses connections"])
 def test_default_model_unreachable_offline_points_to_demo(how):
-    from conftest import free_port
+    from support import free_port
 
     env = {"HF_HUB_OFFLINE": "1"} if how == "HF_HUB_OFFLINE" else {
         "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SHARED, run_korani
+from support import SHARED, run_korani
 from korani_cli.cli import app
 from korani_cli.data.clean import Cleaner, to_conversation
 from korani_cli.data.prepare import PrepareConfig, prepare

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO, SHARED, run_korani
+from support import REPO, SHARED, run_korani
 from korani_cli.backends import Generation, ModelInfo, apply_stops
 from korani_cli.cli import app
 from korani_cli.errors import EXIT_DATA, EXIT_USAGE

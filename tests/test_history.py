@@ -3,7 +3,8 @@ resumes that bring back model, template, system text and every message,
 git-style id prefixes, --json, full-text search, and an old database file
 that keeps every row when a newer korani opens it.
 
-Real SQLite files throughout; the model is a scripted test double only where
+Real SQLite files throughout; the model is the `scripted` backend (tests/conftest.py,
+`--model scripted:demo` through the backend registry) only where
 a real one would add nothing (what is asserted is what korani sends it)."""
 
 from __future__ import annotations
@@ -19,61 +20,11 @@ import pytest
 from typer.testing import CliRunner
 
 from korani_cli import template as tpl
-from korani_cli.backends import Generation, ModelInfo, apply_stops
 from korani_cli.chat.history import History
 from korani_cli.cli import app
 
 runner = CliRunner()
 UNREACHABLE = "openai:x@http://127.0.0.1:1/v1"  # loopback port 1: connection refused
-
-
-class Recorder:
-    """A scripted backend that records every prompt and what it was loaded as."""
-
-    def __init__(self):
-        self.prompts: list[list[tpl.Message]] = []
-        self.loads: list[tuple[str, str]] = []  # (model spec, template)
-        self.info = ModelInfo("scripted", "test", 4096, "korani")
-        self.eos_text = "<eos>"
-
-    def count_tokens(self, text: str) -> int:
-        return len(text)
-
-    def stream(self, messages, params):
-        self.prompts.append(list(messages))
-        n = len(self.prompts)
-
-        def run(usage):
-            usage.completion_tokens = 1
-            yield f"답 {n}."
-            usage.finish_reason = "eos"
-
-        return Generation(lambda usage: apply_stops(run(usage), usage))
-
-
-@pytest.fixture
-def home(monkeypatch, tmp_path):
-    monkeypatch.setenv("KORANI_HOME", str(tmp_path))
-    monkeypatch.delenv("KORANI_MODEL", raising=False)
-    return tmp_path
-
-
-@pytest.fixture
-def scripted(monkeypatch, home):
-    """`korani chat` with the scripted backend for every model except the unreachable server."""
-    import korani_cli.models as models
-
-    backend = Recorder()
-    real = models.load_backend
-
-    def load(spec, settings, notify=None):
-        if spec.backend == "openai":
-            return real(spec, settings, notify or (lambda _m: None))
-        backend.loads.append((spec.name, settings.template))
-        return backend
-
-    monkeypatch.setattr(models, "load_backend", load)
-    return backend
 
 
 def db_path(home: Path) -> Path:
@@ -93,7 +44,7 @@ def chat(*args: str, input: str = ""):
 
 
 def test_a_failed_start_saves_no_session_and_continue_skips_it(scripted, home):
-    first = chat("--model", "demo", input="내 이름은 민수야\n")
+    first = chat("--model", "scripted:demo", input="내 이름은 민수야\n")
     assert first.exit_code == 0, first.output
     failed = chat("--model", UNREACHABLE, input="안녕\n")
     assert failed.exit_code == 3, failed.output  # the model-load code, as `ask` gives
@@ -101,13 +52,13 @@ def test_a_failed_start_saves_no_session_and_continue_skips_it(scripted, home):
     assert rows(home, "SELECT COUNT(*) FROM sessions") == [(1,)]  # no empty session left behind
     resumed = chat("--continue", input="내 이름이 뭐야?\n")
     assert resumed.exit_code == 0, resumed.output
-    assert scripted.loads[-1] == ("demo", "korani")  # the session's model, not the failed one
+    assert scripted.loads[-1] == ("scripted:demo", "korani")  # the session's model, not the failed one
     assert [m.content for m in scripted.prompts[-1]] == ["내 이름은 민수야", "답 1.", "내 이름이 뭐야?"]
 
 
 def test_a_chat_that_says_nothing_saves_nothing(scripted, home):
     for given in ("", "/도움말\n", "/기록\n/저장\n"):
-        result = chat("--model", "demo", input=given)
+        result = chat("--model", "scripted:demo", input=given)
         assert result.exit_code == 0, result.output
     assert rows(home, "SELECT COUNT(*) FROM sessions") == [(0,)]
 
@@ -124,7 +75,7 @@ def test_continue_with_nothing_saved_is_one_line_exit_2(scripted, home):
 
 def test_resume_restores_model_template_system_and_all_messages(scripted, home):
     questions = [f"질문 {i}" for i in range(7)]
-    first = chat("--model", "demo", "--template", "model", "--system", "너는 코라니야.", input="\n".join(questions) + "\n")
+    first = chat("--model", "scripted:demo", "--template", "model", "--system", "너는 코라니야.", input="\n".join(questions) + "\n")
     assert first.exit_code == 0, first.output
     listing = runner.invoke(app, ["history", "list"])
     assert "14 messages" in listing.stdout
@@ -132,7 +83,7 @@ def test_resume_restores_model_template_system_and_all_messages(scripted, home):
     assert resumed.exit_code == 0, resumed.output
     sid = listing.stdout.split()[0]
     assert f"note: resuming session {sid} (14 messages)" in resumed.stderr
-    assert scripted.loads[-1] == ("demo", "model")
+    assert scripted.loads[-1] == ("scripted:demo", "model")
     prompt = scripted.prompts[-1]
     assert prompt[0] == tpl.Message("system", "너는 코라니야.")
     assert len(prompt) == 1 + 14 + 1 and prompt[-1].content == "마지막 질문"
@@ -140,16 +91,16 @@ def test_resume_restores_model_template_system_and_all_messages(scripted, home):
 
 
 def test_a_model_given_on_the_command_line_wins_and_one_note_says_so(scripted, home):
-    assert chat("--model", "demo", input="안녕\n").exit_code == 0
-    resumed = chat("-c", "--model", "demo-chat", input="또 안녕\n")
+    assert chat("--model", "scripted:demo", input="안녕\n").exit_code == 0
+    resumed = chat("-c", "--model", "scripted:demo-chat", input="또 안녕\n")
     assert resumed.exit_code == 0, resumed.output
     notes = [line for line in resumed.stderr.splitlines() if line.startswith("note:")]
-    assert len(notes) == 1 and "--model 'demo-chat' replaces the session's 'demo'" in notes[0], resumed.stderr
-    assert scripted.loads[-1][0] == "demo-chat"
+    assert len(notes) == 1 and "--model 'scripted:demo-chat' replaces the session's 'scripted:demo'" in notes[0], resumed.stderr
+    assert scripted.loads[-1][0] == "scripted:demo-chat"
 
 
 def test_reset_starts_a_new_session_so_a_resume_restores_what_the_model_remembered(scripted, home):
-    result = chat("--model", "demo", input="첫 질문\n둘째 질문\n/초기화\n셋째 질문\n")
+    result = chat("--model", "scripted:demo", input="첫 질문\n둘째 질문\n/초기화\n셋째 질문\n")
     assert result.exit_code == 0, result.output
     listed = runner.invoke(app, ["history", "list", "--json"])
     counts = sorted(s["messages"] for s in json.loads(listed.stdout))
@@ -161,7 +112,7 @@ def test_reset_starts_a_new_session_so_a_resume_restores_what_the_model_remember
 
 def test_an_old_session_with_a_reset_mark_says_how_many_are_remembered(scripted, home):
     history = History(db_path(home))
-    sid = history.new_session("demo", None)
+    sid = history.new_session("scripted:demo", None)
     for i in range(6):
         history.add(sid, "user" if i % 2 == 0 else "assistant", f"옛 메시지 {i}")
     history.mark_reset(sid)
@@ -179,7 +130,7 @@ def test_an_old_session_with_a_reset_mark_says_how_many_are_remembered(scripted,
 def make_sessions(home: Path, ids: list[str]) -> None:
     history = History(db_path(home))
     for n, sid in enumerate(ids):
-        history.db.execute("INSERT INTO sessions (id, created, model) VALUES (?, ?, 'demo')", (sid, time.time() + n))
+        history.db.execute("INSERT INTO sessions (id, created, model) VALUES (?, ?, 'scripted:demo')", (sid, time.time() + n))
         history.db.commit()
         history.add(sid, "user", f"{sid}의 질문")
         history.add(sid, "assistant", f"{sid}의 답")
@@ -228,16 +179,16 @@ def test_chat_session_prefix_resumes_and_rm_prefix_deletes(scripted, home):
 
 
 def test_list_and_show_json(scripted, home):
-    assert chat("--model", "demo", "--system", "짧게", input="한국의 수도는?\n").exit_code == 0
+    assert chat("--model", "scripted:demo", "--system", "짧게", input="한국의 수도는?\n").exit_code == 0
     listed = runner.invoke(app, ["history", "list", "--json"])
     assert listed.exit_code == 0 and listed.stderr == ""
     [entry] = json.loads(listed.stdout)
-    assert entry["model"] == "demo" and entry["messages"] == 2 and entry["first"] == "한국의 수도는?"
+    assert entry["model"] == "scripted:demo" and entry["messages"] == 2 and entry["first"] == "한국의 수도는?"
     assert entry["created"].endswith("+00:00")
     shown = json.loads(runner.invoke(app, ["history", "show", entry["id"][:5], "--json"]).stdout)
     assert shown["id"] == entry["id"] and shown["system"] == "짧게" and shown["template"] == "korani"
     assert [(m["role"], m["content"]) for m in shown["messages"]] == [("user", "한국의 수도는?"), ("assistant", "답 1.")]
-    assert shown["messages"][1]["model"] == "demo" and "total_s" in shown["messages"][1]["timings"]
+    assert shown["messages"][1]["model"] == "scripted:demo" and "total_s" in shown["messages"][1]["timings"]
 
 
 def test_json_strips_control_characters(home):
@@ -320,12 +271,12 @@ def test_an_old_history_file_migrates_without_losing_anything(scripted, home):
     path.parent.mkdir(parents=True)
     with sqlite3.connect(path) as db:
         db.executescript(OLD_SCHEMA)
-        db.execute("INSERT INTO sessions VALUES ('0ld5e5510n01', 1700000000.0, 'demo', '너는 코라니야.')")
+        db.execute("INSERT INTO sessions VALUES ('0ld5e5510n01', 1700000000.0, 'scripted:demo', '너는 코라니야.')")
         db.execute("INSERT INTO sessions VALUES ('3mpty5e5510n', 1700000100.0, 'korani-5.8b', NULL)")  # a failed start
         db.executemany(
             "INSERT INTO messages (session_id, role, content, created, model, timings, citations) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [("0ld5e5510n01", "user", "한라산의 높이는?", 1700000001.0, None, None, None),
-             ("0ld5e5510n01", "assistant", "한라산은 1947미터입니다 [1].", 1700000002.0, "demo", '{"total_s": 1.5}',
+             ("0ld5e5510n01", "assistant", "한라산은 1947미터입니다 [1].", 1700000002.0, "scripted:demo", '{"total_s": 1.5}',
               '[{"n": 1, "title": "한라산", "url": "http://127.0.0.1/h"}]')])
     before_sessions = rows(home, "SELECT * FROM sessions ORDER BY id")
     before_messages = rows(home, "SELECT * FROM messages ORDER BY id")
@@ -339,7 +290,7 @@ def test_an_old_history_file_migrates_without_losing_anything(scripted, home):
 
     resumed = chat("--continue", input="그럼 백두산은?\n")  # skips the empty session, though it is newer
     assert resumed.exit_code == 0, resumed.output
-    assert scripted.loads[-1] == ("demo", "korani")
+    assert scripted.loads[-1] == ("scripted:demo", "korani")
     assert scripted.prompts[-1][0] == tpl.Message("system", "너는 코라니야.")
 
     after_sessions = rows(home, "SELECT id, created, model, system FROM sessions ORDER BY id")
@@ -371,7 +322,7 @@ def test_interactive_chat_fails_at_start_when_the_model_cannot_load(tmp_path):
     import pty
     import select
 
-    from conftest import REPO
+    from support import REPO
 
     pid, fd = pty.fork()
     if pid == 0:

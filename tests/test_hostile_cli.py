@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO
+from support import REPO
 from korani_cli.chat.history import History
 from korani_cli.cli import app
 from korani_cli.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_USAGE
@@ -47,18 +47,6 @@ def korani(*args: str, input: bytes | str | None = None, env: dict | None = None
         env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd,
     )
     return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A private KORANI_HOME for in-process runs; the working directory is tmp_path too."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("KORANI_HOME", str(home))
-    monkeypatch.chdir(tmp_path)
-    for name in ("KORANI_THREADS", "KORANI_MODEL", "KORANI_TEMPLATE", "KORANI_OPENAI_BASE_URL", "OPENAI_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    return home
 
 
 # -- 13, 15, 14: one validation for the config file (exit 5), environment (exit 5) and flags (exit 2) --------
@@ -637,7 +625,7 @@ def test_a_hostile_server_error_message_is_cleaned_too(home):
 
 
 def test_a_history_that_breaks_mid_chat_leaves_the_chat_going_in_memory(tmp_path):
-    from test_chat import ScriptedBackend, drive, session_for
+    from support import ScriptedBackend, drive, session_for
 
     session, history = session_for(tmp_path, ScriptedBackend(["첫 답.", "둘째 답."]))
     drive(session, "첫 질문\n")

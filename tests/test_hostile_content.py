@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from conftest import REPO
+from support import REPO, Site
 
 # What must never reach a terminal: C0 controls but tab and newline, DEL, C1.
 CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -69,42 +69,18 @@ def error_lines(run: Run) -> list[str]:
 
 # -- a hostile loopback web ------------------------------------------------------
 
-class Web(BaseHTTPRequestHandler):
-    routes: dict = {}
-
-    def log_message(self, *a):
-        pass
-
-    def do_GET(self):
-        route = self.routes.get(self.path.partition("?")[0])
-        if route is None:
-            self.send_response(404)
-            self.end_headers()
-            return
-        headers, body = route() if callable(route) else route
-        self.send_response(200)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-
 def _searx(base: str, *paths: str) -> tuple[dict, bytes]:
     results = [{"url": base + p, "title": f"결과{EVIL}{C1_CSI}", "content": f"요약{EVIL}"} for p in paths]
     return {"Content-Type": "application/json"}, json.dumps({"results": results}).encode()
 
 
 @pytest.fixture(scope="module")
-def web():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Web)
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+def hostile_web():
+    """Pages and SearXNG answers full of control characters, long runs and a gzip bomb; yields the base URL."""
+    site = Site({})
     html = {"Content-Type": "text/html; charset=utf-8"}
     one_run = b"A" * 2_000_000
-    Web.routes = {
+    routes = {
         "/evil.html": (html, f"<html><head><title>{HOSTILE_TITLE}</title></head><body><article><p>{HOSTILE_TEXT} {ENTITIES}</p>"
                              f"<p>{HOSTILE_TEXT}</p></article></body></html>".encode()),
         "/ok.html": (html, "<html><head><title>부산</title></head><body><p>부산은 대한민국의 항구 도시이다. 해운대가 유명하다.</p></body></html>".encode()),
@@ -112,14 +88,13 @@ def web():
         # (a few kB on the wire that inflate to the fetcher's byte cap).
         "/run.html": (html, b"<html><body><p>" + one_run + b"</p></body></html>"),
         "/bomb.html": ({**html, "Content-Encoding": "gzip"}, gzip.compress("가".encode() * 3_000_000)),
-        "/evil/search": _searx(base, "/evil.html"),
-        "/runs/search": _searx(base, "/ok.html", "/run.html", "/bomb.html"),
+        "/evil/search": _searx(site.base, "/evil.html"),
+        "/runs/search": _searx(site.base, "/ok.html", "/run.html", "/bomb.html"),
         "/empty/search": ({"Content-Type": "application/json"}, b'{"results": []}'),
     }
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield base
-    server.shutdown()
+    site.routes.update({path: (200, headers, body) for path, (headers, body) in routes.items()})
+    yield site.base
+    site.close()
 
 
 class FakeModel(BaseHTTPRequestHandler):
@@ -186,8 +161,8 @@ SEARCH_ROWS = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args,source", [r[1:] for r in SEARCH_ROWS], ids=[r[0] for r in SEARCH_ROWS])
-def test_page_and_file_text_reaches_no_terminal_raw(args, source, web, model_url, hostile_dir, tmp_path):
-    env = {"KORANI_SEARXNG_URL": web + "/evil", "KORANI_HOME": str(tmp_path / "home")}
+def test_page_and_file_text_reaches_no_terminal_raw(args, source, hostile_web, model_url, hostile_dir, tmp_path):
+    env = {"KORANI_SEARXNG_URL": hostile_web + "/evil", "KORANI_HOME": str(tmp_path / "home")}
     full = [*args, "--embedder", "none"]
     if source == "local":
         full += ["--local-dir", str(hostile_dir)]
@@ -358,31 +333,31 @@ def test_pieces_of_an_over_long_sentence_keep_their_terms():
 
 
 @pytest.mark.slow
-def test_long_runs_and_a_gzip_bomb_do_not_hang_the_search(web, tmp_path):
+def test_long_runs_and_a_gzip_bomb_do_not_hang_the_search(hostile_web, tmp_path):
     """Before the caps, Kiwi took minutes on one 2 MB run; now the search
     answers well inside the subprocess timeout, with the real page first."""
-    env = {"KORANI_SEARXNG_URL": web + "/runs", "KORANI_HOME": str(tmp_path / "home")}
+    env = {"KORANI_SEARXNG_URL": hostile_web + "/runs", "KORANI_HOME": str(tmp_path / "home")}
     run = korani("search", "부산 항구", "-p", "searxng", "--allow-private", "--json", "--embedder", "none", env=env, timeout=120)
     assert run.rc == 0, run.err
     data = json.loads(run.out)
-    assert data["passages"][0]["url"] == web + "/ok.html"
+    assert data["passages"][0]["url"] == hostile_web + "/ok.html"
     from korani_cli.search.passages import MAX_CHARS
 
     assert all(len(p["text"]) <= MAX_CHARS for p in data["passages"])
     # The runs still give passages (broken into words of RUN_CHARS), just ranked last.
-    assert {p["url"] for p in data["passages"]} == {web + "/ok.html", web + "/run.html", web + "/bomb.html"}
+    assert {p["url"] for p in data["passages"]} == {hostile_web + "/ok.html", hostile_web + "/run.html", hostile_web + "/bomb.html"}
 
 
 @pytest.mark.slow
-def test_the_search_deadline_skips_pages_not_yet_analysed(web, tmp_path):
-    env = {"KORANI_SEARXNG_URL": web + "/runs", "KORANI_HOME": str(tmp_path / "home"), "KORANI_SEARCH_DEADLINE": "0.01"}
+def test_the_search_deadline_skips_pages_not_yet_analysed(hostile_web, tmp_path):
+    env = {"KORANI_SEARXNG_URL": hostile_web + "/runs", "KORANI_HOME": str(tmp_path / "home"), "KORANI_SEARCH_DEADLINE": "0.01"}
     run = korani("search", "부산 항구", "-p", "searxng", "--allow-private", "--json", "--embedder", "none", env=env, timeout=120)
     assert run.rc == 0, run.err
     data = json.loads(run.out)
     # The first page is always analysed; the two after it come too late.
-    assert {p["url"] for p in data["passages"]} == {web + "/ok.html"}
+    assert {p["url"] for p in data["passages"]} == {hostile_web + "/ok.html"}
     late = [s for s in data["skipped"] if "search deadline" in s["reason"]]
-    assert {s["url"] for s in late} == {web + "/run.html", web + "/bomb.html"}
+    assert {s["url"] for s in late} == {hostile_web + "/run.html", hostile_web + "/bomb.html"}
     assert run.err.count("search deadline") == 2
 
 
@@ -407,8 +382,8 @@ ENV_ROWS = [
 
 
 @pytest.mark.parametrize("env,args,code,fragment", [r[1:] for r in ENV_ROWS], ids=[r[0] for r in ENV_ROWS])
-def test_user_errors_are_one_line_with_their_code(env, args, code, fragment, web, tmp_path):
-    run = korani(*args, env={"KORANI_SEARXNG_URL": web + "/empty", "KORANI_HOME": str(tmp_path / "home"), **env}, timeout=60)
+def test_user_errors_are_one_line_with_their_code(env, args, code, fragment, hostile_web, tmp_path):
+    run = korani(*args, env={"KORANI_SEARXNG_URL": hostile_web + "/empty", "KORANI_HOME": str(tmp_path / "home"), **env}, timeout=60)
     lines = error_lines(run)
     assert run.rc == code, run.err
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], run.err
@@ -440,12 +415,12 @@ EXIT_ROWS = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args,endpoint,code", [r[1:] for r in EXIT_ROWS], ids=[r[0] for r in EXIT_ROWS])
-def test_fast_exits_leave_no_pool_traceback(args, endpoint, code, web, tmp_path):
+def test_fast_exits_leave_no_pool_traceback(args, endpoint, code, hostile_web, tmp_path):
     """Several at once, as the race shows under load; a worker pool is forced
     (KORANI_EXTRACT_WORKERS=4) so that one-core machines test it too. The
     default embedder is kept: its loading thread, still busy at exit, is part
     of the race (HF_HUB_OFFLINE: it never looks for the Hub)."""
-    env = {"KORANI_SEARXNG_URL": web + endpoint, "KORANI_HOME": str(tmp_path / "home"), "KORANI_EXTRACT_WORKERS": "4",
+    env = {"KORANI_SEARXNG_URL": hostile_web + endpoint, "KORANI_HOME": str(tmp_path / "home"), "KORANI_EXTRACT_WORKERS": "4",
            "HF_HUB_OFFLINE": "1"}
     with ThreadPoolExecutor(6) as pool:
         runs = list(pool.map(lambda _: korani(*args, env=env, timeout=90), range(6)))

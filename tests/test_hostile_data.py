@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO
+from support import REPO
 from korani_cli.cli import app
 from korani_cli.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE
 from korani_cli.outputs import MARKER

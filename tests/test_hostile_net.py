@@ -21,11 +21,10 @@ import sys
 import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import REPO, free_port, run_korani
+from support import REPO, Site, free_port, run_korani
 from korani_cli.search import providers as prov
 from korani_cli.search.cache import PageCache
 from korani_cli.search.fetch import FetchOptions, fetch
@@ -93,52 +92,6 @@ class Net:
 @pytest.fixture
 def net(monkeypatch):
     return Net(monkeypatch)
-
-
-class Site:
-    """A loopback web server: routes path → (status, headers, body); records (path, Host) of each request."""
-
-    def __init__(self, routes: dict):
-        site = self
-        self.routes = routes
-        self.seen: list[tuple[str, str]] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                path = self.path.split("?")[0]
-                site.seen.append((path, self.headers.get("Host", "")))
-                route = site.routes.get(path)
-                if route is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                status, headers, body = route(self) if callable(route) else route
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 64
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 HTML = {"Content-Type": "text/html; charset=utf-8"}

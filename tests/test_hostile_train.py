@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 from korani_cli.errors import EXIT_CONFIG, EXIT_DATA, EXIT_MODEL_LOAD, EXIT_USAGE
 from korani_cli.outputs import MARKER
 

@@ -3,121 +3,23 @@
 The chat runs on a real pty of a known size; its bytes are fed to pyte, a
 VT100 emulator, and the tests compare the screen a person would see
 (scrollback included). The model is an OpenAI-compatible server on 127.0.0.1
-(test_answer.ScriptServer) that streams a script and holds the rest back at a
+(tests/support.py's ScriptServer) that streams a script and holds the rest back at a
 known point, so Ctrl-C lands at a known place in the answer.
 """
 
 from __future__ import annotations
 
-import fcntl
 import io
-import os
-import pty
-import select
-import struct
-import sys
-import termios
-import time
 
 import pytest
 from rich.console import Console
 
-from test_answer import ScriptServer
+from support import ScriptServer, Terminal
 
 pyte = pytest.importorskip("pyte", reason="pyte (a terminal emulator, in korani[dev]) draws the screen these tests compare")
 
 MARKER = "(답변을 멈췄습니다)"
 STORY = "".join(f"{i}번째 줄입니다. 이야기가 계속 이어집니다.\n" for i in range(1, 41))
-
-
-class Terminal:
-    """`korani ARGS` on a pty of cols × rows, its output drawn by pyte."""
-
-    def __init__(self, argv: list[str], home, cols: int = 80, rows: int = 24):
-        from conftest import REPO
-
-        self.cols, self.rows = cols, rows
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: korani on a terminal of this size
-            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-            os.chdir(REPO)
-            # An explicit environment: readline, once imported here, exports LINES and COLUMNS
-            # behind os.environ's back, and rich would believe them over the pty's size.
-            env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
-            env.update({"KORANI_HOME": str(home), "TERM": "xterm-256color", "HF_HUB_OFFLINE": "1"})
-            os.execve(sys.executable, [sys.executable, "-m", "korani_cli", *argv], env)
-        self.pid, self.fd = pid, fd
-        self.screen = pyte.HistoryScreen(cols, rows, history=100_000)
-        self.stream = pyte.ByteStream(self.screen)
-        self.raw = b""
-        self.status: int | None = None
-
-    def pump(self, until, timeout: float = 60) -> bool:
-        deadline = time.monotonic() + timeout
-        while not until(self):
-            if time.monotonic() > deadline:
-                return False
-            if select.select([self.fd], [], [], 0.05)[0]:
-                try:
-                    data = os.read(self.fd, 65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    return until(self)
-                self.raw += data
-                self.stream.feed(data)
-        return True
-
-    def settle(self, quiet: float = 0.5, timeout: float = 20) -> None:
-        """Read until nothing has come for `quiet` seconds."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and select.select([self.fd], [], [], quiet)[0]:
-            try:
-                data = os.read(self.fd, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            self.raw += data
-            self.stream.feed(data)
-
-    def lines(self) -> list[str]:
-        """Every line a person could read: the scrollback, then the screen, without trailing blank rows."""
-        def row(line) -> str:
-            return "".join(line[x].data for x in range(self.cols)).rstrip()
-
-        out = [row(line) for line in self.screen.history.top] + [row(self.screen.buffer[y]) for y in range(self.rows)]
-        while out and not out[-1]:
-            out.pop()
-        return out
-
-    def text(self) -> str:
-        return "\n".join(self.lines())
-
-    def at_prompt(self, count: int = 1) -> bool:
-        return self.text().endswith("나>") and self.text().count("나>") >= count
-
-    def type(self, text: str) -> None:
-        os.write(self.fd, text.encode())
-
-    def wait_exit(self, timeout: float = 30) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.settle(0.1, 1)
-            done, status = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                self.status = os.waitstatus_to_exitcode(status)
-                return self.status
-        raise AssertionError(f"korani did not exit: {self.text()[-500:]}")
-
-    def close(self) -> None:
-        if self.status is None:
-            try:
-                os.kill(self.pid, 9)
-                os.waitpid(self.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-        os.close(self.fd)
 
 
 @pytest.fixture

@@ -1,14 +1,11 @@
 """Web search RAG against loopback servers only: providers, guard, fetch, ranking, footnotes."""
 
-import gzip
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import SHARED, run_korani
+from support import SHARED, Site, run_korani
 from korani_cli.search import providers as prov
 from korani_cli.search.fetch import FetchOptions, fetch
 from korani_cli.search.types import Hit
@@ -54,70 +51,7 @@ def test_naver_markup_is_stripped():
     assert prov.strip_markup("<b>서울</b> 날씨 &amp; 미세먼지") == "서울 날씨 & 미세먼지"
 
 
-# -- a loopback web -------------------------------------------------------------
-
-class Web(BaseHTTPRequestHandler):
-    pages: dict = {}
-
-    def log_message(self, *a):
-        pass
-
-    def do_GET(self):
-        path, _, query = self.path.partition("?")
-        route = self.pages.get(path)
-        if route is None:
-            self.send_response(404)
-            self.end_headers()
-            return
-        status, headers, body, delay = route(query) if callable(route) else route
-        if delay:
-            time.sleep(delay)
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-
-@pytest.fixture(scope="module")
-def web():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Web)
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    html = "text/html; charset=utf-8"
-    pages = {
-        "/ok.html": (200, {"Content-Type": html}, "<html><head><title>서울 소개</title></head><body><article><p>서울은 대한민국의 수도이며 가장 큰 도시이다. 한강이 도시를 가로지른다. 인구는 약 940만 명이다.</p></article></body></html>".encode(), 0),
-        "/slow.html": (200, {"Content-Type": html}, b"<p>late</p>", 3.0),
-        "/big.html": (200, {"Content-Type": html}, b"<html><body><p>" + "가".encode() * 3_500_000 + b"</p></body></html>", 0),
-        "/gz.html": (200, {"Content-Type": html, "Content-Encoding": "gzip"}, gzip.compress("<p>압축된 페이지의 본문입니다. 부산은 항구 도시이다.</p>".encode()), 0),
-        "/image.png": (200, {"Content-Type": "image/png"}, b"\x89PNG....", 0),
-        "/to-local": (302, {"Location": "/ok.html"}, b"", 0),
-        "/many": (302, {"Location": "/many"}, b"", 0),
-    }
-    if HTML.is_dir():
-        pages["/donga.html"] = (200, {"Content-Type": "text/html; charset=euc-kr"}, (HTML / "derived_cp949_variants" / "donga.euckr_declared.cp949.html").read_bytes(), 0)
-        pages["/chosun.html"] = (200, {"Content-Type": "text/html; charset=utf-8"}, (HTML / "derived_cp949_variants" / "chosun.utf8_declared_but_cp949_bytes.html").read_bytes(), 0)
-        pages["/daejon.html"] = (200, {"Content-Type": "text/html; charset=euc-kr"}, (HTML / "htmldate_korean_news" / "daejonilbo_1538026996.html").read_bytes(), 0)
-
-    def searx(query):
-        results = [{"url": base + p, "title": p.strip("/"), "content": ""} for p in ("/ok.html", "/gz.html", "/donga.html", "/chosun.html")]
-        return 200, {"Content-Type": "application/json"}, json.dumps({"number_of_results": 0, "results": results}).encode(), 0
-
-    pages["/search"] = searx
-    pages["/g429/search"] = (429, {"Content-Type": "text/html"}, b"Too Many Requests", 0)
-    pages["/gsorry/search"] = (302, {"Location": "/sorry/index?continue=x"}, b"", 0)
-    pages["/sorry/index"] = (200, {"Content-Type": "text/html"}, b"<html>Our systems have detected unusual traffic</html>", 0)
-    pages["/gold/search"] = (200, {"Content-Type": "text/html"}, b"<html>Your browser isn't supported anymore. Update your browser</html>", 0)
-    pages["/gslow/search"] = (200, {"Content-Type": "text/html"}, b"", 60)
-    Web.pages = pages
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield base
-    server.shutdown()
-
+# -- against the loopback web (conftest's `web`) --------------------------------------
 
 def hits_for(base, *paths):
     return [Hit(base + p, p, "", "test") for p in paths]
@@ -163,13 +97,12 @@ def test_google_refusals_fall_through_to_the_next_provider(web, route, why, monk
 
 
 def test_searxng_403_names_the_fix(monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Forbidden", (Web,), {"pages": {"/search": (403, {}, b"", 0)}}))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    forbidden = Site({"/search": (403, {}, b"")})
     try:
         with pytest.raises(prov.ProviderError, match="json format"):
-            prov.SearxngProvider(base_url=f"http://127.0.0.1:{server.server_address[1]}").search("q", 3)
+            prov.SearxngProvider(base_url=forbidden.base).search("q", 3)
     finally:
-        server.shutdown()
+        forbidden.close()
 
 
 # -- passages and ranking -----------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 from korani_cli.errors import EXIT_CONFIG, EXIT_DATA, EXIT_USAGE
 
 PRESET = "korani-5.8b"
@@ -206,7 +206,7 @@ def trained_neox(tiny_tokenizer_dir, tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
-    from conftest import KOREAN_CORPUS
+    from support import KOREAN_CORPUS
     from korani_cli import template
     from korani_cli.train.smoke import build_model
 

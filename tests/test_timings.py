@@ -104,7 +104,7 @@ def test_hf_timings_and_counts_are_consistent(tiny_neox_dir, stream):
 
 @pytest.mark.slow
 def test_ask_says_when_the_context_window_cut_the_answer(tiny_neox_dir):
-    from conftest import run_korani
+    from support import run_korani
 
     # The tiny model's window is 512 tokens: a long question leaves the answer little room.
     question = "서울 " * 230

@@ -10,35 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KOREAN_CORPUS, REPO, run_korani
+from support import RECIPE, REPO, QuietProgress, run_korani, smoke_config
 from korani_cli.errors import EXIT_CONFIG, EXIT_USAGE
-from korani_cli.train.config import TrainConfig, load_config
+from korani_cli.train.config import load_config
 
 pytestmark = pytest.mark.slow
-RECIPE = REPO / "configs" / "korani-5.8b.yaml"
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """A small data set through `korani data prepare`: short Korean Q&A, some two-turn."""
-    from korani_cli.data.prepare import PrepareConfig, prepare
-
-    root = tmp_path_factory.mktemp("train_data")
-    corpus = sorted({s for s in KOREAN_CORPUS if "###" not in s})
-    rows = []
-    for i in range(120):
-        q = corpus[i % len(corpus)]
-        output = f"{corpus[(i + 3) % len(corpus)]} 번호 {i}."
-        if i % 4 == 0:
-            output += f"\n\n 덧붙이는 답변: 더 알려 주세요 {i}? \n\n{corpus[(i + 7) % len(corpus)]}"
-        rows.append({"instruction": f"{q} 질문 {i}", "output": output})
-    (root / "k.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
-    prepare(PrepareConfig(root / "data", koalpaca=(str(root / "k.jsonl"),), valid=0.1, test=0.1, near_dup=False))
-    return root / "data"
-
-
-def smoke_config(prepared: Path, output: Path, **overrides) -> TrainConfig:
-    return replace(load_config(RECIPE), data=str(prepared), output=str(output), **overrides)
 
 
 # TRL warns when SFTConfig gets the deprecated pad_token; the tokenizer (processing_class) carries it.
@@ -47,7 +23,7 @@ def test_label_mask_learns_only_assistant_text_and_eos(prepared, tmp_path):
     from korani_cli.train.smoke import smoke_adjust
     from korani_cli.train.trainer import build_trainer
 
-    config = smoke_adjust(smoke_config(prepared, tmp_path / "o", load_in_4bit=False), tmp_path / "o", prepared, _Quiet())
+    config = smoke_adjust(smoke_config(prepared, tmp_path / "o", load_in_4bit=False), tmp_path / "o", prepared, QuietProgress())
     trainer, tok, _ = build_trainer(config, tmp_path / "o", prepared)
     assert tok.pad_token_id != tok.eos_token_id
     batch = next(iter(trainer.get_train_dataloader()))
@@ -64,20 +40,6 @@ def test_label_mask_learns_only_assistant_text_and_eos(prepared, tmp_path):
         assert "### User" not in tok.decode(learned) and "### Bot" not in tok.decode(learned)
         checked += 1
     assert checked == config.per_device_train_batch_size
-
-
-class _Quiet:
-    def notice(self, m):
-        pass
-
-    def start(self, *a):
-        pass
-
-    def step(self, *a):
-        pass
-
-    def finish(self):
-        pass
 
 
 def test_smoke_run_is_qlora_trains_and_answers(prepared, tmp_path):
@@ -125,7 +87,7 @@ def test_training_teaches_the_model_to_stop(prepared, tmp_path):
         lora_target_modules=["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
         eval_steps=1000, save_steps=1000, health_prompts=12, health_max_new_tokens=40,
     )
-    config = smoke_adjust(config, tmp_path / "base", prepared, _Quiet())  # the tiny base, outside the run's output
+    config = smoke_adjust(config, tmp_path / "base", prepared, QuietProgress())  # the tiny base, outside the run's output
     config = replace(config, learning_rate=3e-3, per_device_train_batch_size=8)
     tok = prepare_tokenizer(config.base_model)
     base = AutoModelForCausalLM.from_pretrained(config.base_model)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KOREAN_CORPUS, REPO, run_korani
+from support import KOREAN_CORPUS, REPO, run_korani
 from korani_cli.train import card, health
 from korani_cli.train.config import load_config
 from korani_cli.train.metadata import TrainMetadata

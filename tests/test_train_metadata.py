@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 from korani_cli.errors import EXIT_MODEL_LOAD
 from korani_cli.train import card, health
 from korani_cli.train.config import TrainConfig, load_config

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_korani
-from test_train import _Quiet, prepared, smoke_config  # noqa: F401  (the prepared-data fixture)
+from support import REPO, QuietProgress, run_korani, smoke_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -51,15 +50,15 @@ def losses(output: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def tiny_base(prepared, tmp_path_factory) -> Path:  # noqa: F811
+def tiny_base(prepared, tmp_path_factory) -> Path:
     """The --smoke model (random GPT-NeoX, tokenizer trained on the data), built once outside any run."""
     from korani_cli.train.smoke import smoke_adjust
 
     where = tmp_path_factory.mktemp("multi_base")
-    return Path(smoke_adjust(smoke_config(prepared, where / "o"), where, prepared, _Quiet()).base_model)
+    return Path(smoke_adjust(smoke_config(prepared, where / "o"), where, prepared, QuietProgress()).base_model)
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(prepared, tiny_base, tmp_path):  # noqa: F811
+def test_two_processes_train_like_one_with_the_same_global_batch(prepared, tiny_base, tmp_path):
     common = [*COMPARE, "--data", str(prepared), f"base_model={tiny_base}"]
     one = run_korani("train", *common, "--output", str(tmp_path / "one"),
                      "per_device_train_batch_size=8", "gradient_accumulation_steps=1", timeout=300)
@@ -113,7 +112,7 @@ def _workers(launcher: int) -> dict[int, int]:
     return found
 
 
-def test_kill_9_of_one_process_stops_the_job_and_resume_continues(prepared, tmp_path):  # noqa: F811
+def test_kill_9_of_one_process_stops_the_job_and_resume_continues(prepared, tmp_path):
     out = tmp_path / "k"
     args = ["korani-5.8b", "--data", str(prepared), "--output", str(out), "--smoke", "--deepspeed", "zero2",
             "max_steps=40", "save_steps=5", "eval_steps=1000", "health_prompts=0", "dist_timeout=60"]
@@ -152,7 +151,7 @@ def test_kill_9_of_one_process_stops_the_job_and_resume_continues(prepared, tmp_
     assert logged == set(range(1, 41))
 
 
-def test_a_hung_process_ends_the_job_after_dist_timeout(prepared, tmp_path):  # noqa: F811
+def test_a_hung_process_ends_the_job_after_dist_timeout(prepared, tmp_path):
     """SIGSTOP, not SIGKILL: the process is alive, so only the process-group timeout can end the wait."""
     out, log = tmp_path / "h", tmp_path / "stderr.txt"
     args = ["korani-5.8b", "--data", str(prepared), "--output", str(out), "--smoke", "--deepspeed", "zero2",
@@ -187,7 +186,7 @@ def test_a_hung_process_ends_the_job_after_dist_timeout(prepared, tmp_path):  # 
     assert job.returncode != 0
 
 
-def test_first_process_errors_are_printed_once(prepared, tmp_path):  # noqa: F811
+def test_first_process_errors_are_printed_once(prepared, tmp_path):
     """A recipe error stops every process of the job; only the first one prints it."""
     proc = launch("korani-5.8b", "--data", str(prepared), "--output", str(tmp_path / "x"), "--smoke", "lora_r=0", timeout=120)
     assert proc.returncode != 0
@@ -205,7 +204,7 @@ def test_first_process_errors_are_printed_once(prepared, tmp_path):  # noqa: F81
         ({}, ["dist_timeout=many"], 5, "dist_timeout"),
     ],
 )
-def test_launch_settings_refused_before_loading(prepared, tmp_path, env, extra, code, fragment):  # noqa: F811
+def test_launch_settings_refused_before_loading(prepared, tmp_path, env, extra, code, fragment):
     proc = run_korani("train", "korani-5.8b", "--data", str(prepared), "--output", str(tmp_path / "o"), "--smoke", *extra,
                       env=env, timeout=120)
     assert proc.returncode == code, proc.stderr[-2000:]

@@ -1,16 +1,19 @@
 """Generation backends: one small Protocol and the values that cross it.
 
-A backend turns a message list into a stream of answer text. Three real ones:
+A backend turns a message list into a stream of answer text. Three built-in ones:
 `hf` (transformers + PEFT), `llamacpp` (GGUF on CPU) and `openai` (any
 OpenAI-compatible server over HTTP). Each module imports its heavy library
 inside its functions, so importing this package costs nothing.
 
-What backends share is here: the parameters, the `Generation` stream whose
+What backends share is here: the `ModelSpec` a backend is loaded from (made
+by `korani_cli.models.resolve`), the parameters, the `Generation` stream whose
 usage fills in as it is consumed, and `apply_stops`, which makes every backend
 stop at a `### ` header the same way (see `korani_cli.template.StopFilter`)
 and strips control characters from what the model wrote: a model can echo an
 escape sequence from a page in its prompt, and its answer is printed to a
 terminal and stored (see `korani_cli.untrusted`).
+
+Which class loads which backend name is `korani_cli.backends.registry`'s job.
 """
 
 from __future__ import annotations
@@ -22,6 +25,21 @@ from korani_cli.template import Message, StopFilter
 from korani_cli.untrusted import clean
 
 FINISH_REASONS = ("eos", "stop", "length")
+# The way forward when a model cannot be had here (offline, not cached, no such path).
+OFFLINE_FIX = "use --model demo for the offline demo, or --model PATH for a local model (directory or .gguf)"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and with which backend: what `models.resolve` makes of `--model`."""
+
+    name: str  # as the user gave it
+    backend: str  # a registered backend name: hf | llamacpp | openai, or one added by `registry.register`
+    source: str  # .gguf path, hub id or directory, or the served model's name
+    base: str | None = None  # hf: base model when `source` is a LoRA adapter
+    base_url: str | None = None  # openai
+    api_key: str | None = None  # openai
+    notice: str | None = None  # said once when the model loads (which form of an alias was chosen, and why)
 
 
 @dataclass(frozen=True)
@@ -38,7 +56,7 @@ class GenerationParams:
 @dataclass(frozen=True)
 class ModelInfo:
     name: str  # what the user asked for (alias, path, id)
-    backend: str  # hf | llamacpp | openai
+    backend: str  # the registered backend name: hf | llamacpp | openai, or an added one
     context_length: int | None
     template: str  # korani | model
     details: dict = field(default_factory=dict)  # resolved paths, base model, device, dtype

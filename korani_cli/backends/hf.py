@@ -17,32 +17,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from korani_cli import template as tpl
-from korani_cli.backends import Generation, GenerationParams, ModelInfo, Notify, Usage, apply_stops
+from korani_cli.backends import OFFLINE_FIX, Generation, GenerationParams, ModelInfo, ModelSpec, Notify, Usage, apply_stops
 from korani_cli.config import Settings
 from korani_cli.errors import GenerationError, ModelLoadError, UsageError
-from korani_cli.models import OFFLINE_FIX, ModelSpec
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can we open a TCP connection to the Hub? Decided in seconds, not after
-    huggingface_hub's minute of retries; when not, loads use the local cache only."""
-    import socket
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    parts = urlsplit(constants.ENDPOINT)
-    try:
-        with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _adapter_base(source: str, local_only: bool) -> str | None:
@@ -133,55 +115,19 @@ class HFBackend:
     @classmethod
     def load(cls, spec: ModelSpec, settings: Settings, notify: Notify) -> "HFBackend":
         try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            import torch  # noqa: F401  (checked here: the steps below import it again)
+            import transformers  # noqa: F401
         except ImportError:
             raise ModelLoadError("transformers/torch are not installed", "pip install 'korani[hf]'") from None
 
-        from korani_cli.console import quiet_libraries
+        from korani_cli.runtime import quiet_libraries
 
         quiet_libraries()
-
-        is_local = Path(spec.source).is_dir()
-        local_only = not is_local and not hub_reachable()
-        adapter, base = None, spec.source
-        if spec.base or not is_local:
-            named_base = spec.base if is_local else _adapter_base(spec.source, local_only)
-            if named_base:
-                adapter, base = spec.source, named_base
-
-        kwargs: dict = {}
-        if torch.cuda.is_available():
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16,
-            )
-            kwargs["device_map"] = {"": 0}
-            device, dtype = "cuda", "nf4/bf16"
-        else:
-            kwargs["dtype"] = torch.float32
-            device, dtype = "cpu", "float32"
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                adapter if adapter and _has_tokenizer(adapter) else base, local_files_only=local_only
-            )
-            model = AutoModelForCausalLM.from_pretrained(base, local_files_only=local_only, **kwargs)
-            if adapter:
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, adapter, local_files_only=local_only)
-        except ImportError as exc:
-            raise ModelLoadError(f"a library needed to load {spec.name} is missing ({exc})", "pip install 'korani[all]'") from None
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise ModelLoadError(f"cannot load '{spec.name}' ({first})", OFFLINE_FIX) from None
+        weights = _locate(spec)
+        placement = _placement()
+        model, tokenizer = _from_pretrained(spec, weights, placement)
         model.eval()
-        if device == "cpu":
+        if placement.device == "cpu":
             notify("no CUDA GPU: running on CPU in float32 (slow for large models; a GPU loads it in 4-bit NF4)")
         if settings.template == "model" and not tokenizer.chat_template:
             raise UsageError(f"{spec.name} ships no chat template", "use --template korani")
@@ -191,7 +137,7 @@ class HFBackend:
             backend="hf",
             context_length=getattr(config, "max_position_embeddings", None),
             template=settings.template,
-            details={"base": base, "adapter": adapter, "device": device, "dtype": dtype},
+            details={"base": weights.base, "adapter": weights.adapter, "device": placement.device, "dtype": placement.dtype},
         )
         return cls(model, tokenizer, info)
 
@@ -208,9 +154,27 @@ class HFBackend:
         return Generation(lambda usage: apply_stops(self._generate(messages, params, usage), usage))
 
     def _generate(self, messages, params: GenerationParams, usage: Usage) -> Iterator[str]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
+        """Encode, then generate whole or streamed. A generator, so that a prompt too long
+        for the context fails when the answer is read, as every backend's does."""
+        from transformers import set_seed
 
+        enc, n_prompt, max_new = self._encode(messages, params, usage)
+        if params.seed is not None:
+            set_seed(params.seed)
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        sampling = params.temperature > 0
+        gen_kwargs = dict(**enc, max_new_tokens=max_new, do_sample=sampling, eos_token_id=eos, pad_token_id=pad)
+        if sampling:
+            gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        run = _Run(gen_kwargs, n_prompt, max_new, eos, usage)
+        if params.stream:
+            yield from self._streamed(run)
+        else:
+            yield from self._whole(run)
+
+    def _encode(self, messages, params: GenerationParams, usage: Usage) -> tuple[dict, int, int]:
+        """The prompt's tensors on the model's device, its length, and how many new tokens fit after it."""
         # A model-template prompt already holds its special tokens (BOS etc.).
         add_special = self.info.template != "model"
         enc = self.tokenizer(self.prompt_text(messages), return_tensors="pt", add_special_tokens=add_special)
@@ -226,19 +190,19 @@ class HFBackend:
                     "shorten the input",
                 )
             max_new = min(max_new, limit - n_prompt)
-        if params.seed is not None:
-            set_seed(params.seed)
+        return enc, n_prompt, max_new
 
-        cancel = threading.Event()
-        tokenizer = self.tokenizer
+    def _whole(self, run: "_Run") -> Iterator[str]:
+        """Nobody watches the text arrive: generate in this thread, no streamer, and let
+        generate() itself stop at the next header. (A worker thread costs torch ~0.5 ms a
+        token: noticeable on small models.)"""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return cancel.is_set()
+        tokenizer, usage, n_prompt = self.tokenizer, run.usage, run.n_prompt
 
         class HeaderStop(StoppingCriteria):
-            """Without a streaming consumer, stop generate() itself at the next header.
-            Called after every new token, so its first call is when the first token was made."""
+            """Called after every new token, so its first call is when the first token was made."""
 
             def __call__(self, input_ids, scores, **kwargs):
                 if usage.first_token_at is None:
@@ -246,41 +210,34 @@ class HFBackend:
                 tail = tokenizer.decode(input_ids[0, max(n_prompt, input_ids.shape[1] - 6):], skip_special_tokens=True)
                 return tpl.HEADER_STOP in tail
 
-        streamer = IncrementalStreamer(self.tokenizer, n_prompt)
-        eos = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
-        sampling = params.temperature > 0
-        gen_kwargs = dict(
-            **enc,
-            max_new_tokens=max_new,
-            do_sample=sampling,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([Cancelled()]),
-        )
-        if sampling:
-            gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
-        if not params.stream:
-            # Nobody watches the text arrive: generate in this thread, no streamer.
-            # (A worker thread costs torch ~0.5 ms a token: noticeable on small models.)
-            del gen_kwargs["streamer"]
-            gen_kwargs["stopping_criteria"] = StoppingCriteriaList([HeaderStop()])
-            usage.whole = True
-            try:
-                with torch.inference_mode():
-                    ids = self.model.generate(**gen_kwargs)
-            except Exception as exc:
-                raise GenerationError(f"generation failed ({exc.__class__.__name__}: {exc})", "retry with --debug for details") from None
-            new = _count(ids[0, n_prompt:].tolist(), eos, max_new, usage)
-            yield self.tokenizer.decode(new, skip_special_tokens=True)
-            return
+        usage.whole = True
+        try:
+            with torch.inference_mode():
+                ids = self.model.generate(**run.gen_kwargs, stopping_criteria=StoppingCriteriaList([HeaderStop()]))
+        except Exception as exc:
+            raise _failed(exc) from None
+        yield tokenizer.decode(run.count(ids), skip_special_tokens=True)
+
+    def _streamed(self, run: "_Run") -> Iterator[str]:
+        """generate() in a worker thread feeding an IncrementalStreamer; closing this
+        generator (a header cut, Ctrl-C) sets an Event that stops generate() too."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        cancel = threading.Event()
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return cancel.is_set()
+
+        streamer = IncrementalStreamer(self.tokenizer, run.n_prompt)
         outcome: dict = {}
 
         def work():
             try:
                 with torch.inference_mode():
-                    outcome["ids"] = self.model.generate(**gen_kwargs)
+                    outcome["ids"] = self.model.generate(
+                        **run.gen_kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]))
             except BaseException as exc:  # surfaced in the consumer thread
                 outcome["error"] = exc
                 streamer.end()
@@ -296,10 +253,96 @@ class HFBackend:
             thread.join()
             ids = outcome.get("ids")
             if ids is not None:
-                _count(ids[0, n_prompt:].tolist(), eos, max_new, usage)
+                run.count(ids)
         if "error" in outcome:
-            exc = outcome["error"]
-            raise GenerationError(f"generation failed ({exc.__class__.__name__}: {exc})", "retry with --debug for details") from None
+            raise _failed(outcome["error"]) from None
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """Where the weights come from: a base model, maybe with a PEFT adapter on it."""
+
+    base: str
+    adapter: str | None
+    local_only: bool  # the Hub is unreachable: only the local cache may serve
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where and how the weights sit: 4-bit NF4 on CUDA, float32 on CPU."""
+
+    device: str  # cuda | cpu
+    dtype: str  # as ModelInfo.details shows it
+    kwargs: dict  # for from_pretrained
+
+
+def _locate(spec: ModelSpec) -> _Weights:
+    """The base model and adapter behind `spec`; a hub source is asked whether it is an adapter."""
+    from korani_cli.runtime import hub_reachable
+
+    is_local = Path(spec.source).is_dir()
+    local_only = not is_local and not hub_reachable()
+    if spec.base or not is_local:
+        named_base = spec.base if is_local else _adapter_base(spec.source, local_only)
+        if named_base:
+            return _Weights(named_base, spec.source, local_only)
+    return _Weights(spec.source, None, local_only)
+
+
+def _placement() -> _Placement:
+    import torch
+
+    if not torch.cuda.is_available():
+        return _Placement("cpu", "float32", {"dtype": torch.float32})
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    return _Placement("cuda", "nf4/bf16", {"quantization_config": quantization, "device_map": {"": 0}})
+
+
+def _from_pretrained(spec: ModelSpec, weights: _Weights, placement: _Placement):
+    """(model, tokenizer): the adapter's own tokenizer wins over the base's; load failures are ModelLoadErrors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter, base, local_only = weights.adapter, weights.base, weights.local_only
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            adapter if adapter and _has_tokenizer(adapter) else base, local_files_only=local_only
+        )
+        model = AutoModelForCausalLM.from_pretrained(base, local_files_only=local_only, **placement.kwargs)
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter, local_files_only=local_only)
+    except ImportError as exc:
+        raise ModelLoadError(f"a library needed to load {spec.name} is missing ({exc})", "pip install 'korani[all]'") from None
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelLoadError(f"cannot load '{spec.name}' ({first})", OFFLINE_FIX) from None
+    return model, tokenizer
+
+
+@dataclass
+class _Run:
+    """One generate() call: its arguments, and what counting its ids needs."""
+
+    gen_kwargs: dict
+    n_prompt: int
+    max_new: int
+    eos: int | None
+    usage: Usage
+
+    def count(self, ids) -> list:
+        return _count(ids[0, self.n_prompt:].tolist(), self.eos, self.max_new, self.usage)
+
+
+def _failed(exc: BaseException) -> GenerationError:
+    return GenerationError(f"generation failed ({exc.__class__.__name__}: {exc})", "retry with --debug for details")
 
 
 def _count(new: list, eos: int | None, max_new: int, usage) -> list:

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from korani_cli import template as tpl
-from korani_cli.backends import Generation, GenerationParams, ModelInfo, Notify, Usage, apply_stops
+from korani_cli.backends import Generation, GenerationParams, ModelInfo, ModelSpec, Notify, Usage, apply_stops
 from korani_cli.config import Settings
 from korani_cli.errors import GenerationError, ModelLoadError, UsageError
-from korani_cli.models import ModelSpec
 
 
 @contextlib.contextmanager
@@ -30,7 +29,7 @@ def _quiet_native_stderr():
     It writes straight to file descriptor 2, so Python-level redirection can't
     catch it; with --debug it is left alone.
     """
-    from korani_cli.console import debug_enabled
+    from korani_cli.runtime import debug_enabled
 
     if debug_enabled():
         yield

@@ -24,10 +24,9 @@ from typing import Iterator, Sequence
 from urllib.parse import urlsplit
 
 from korani_cli import template as tpl
-from korani_cli.backends import Generation, GenerationParams, ModelInfo, Notify, Usage, apply_stops
+from korani_cli.backends import Generation, GenerationParams, ModelInfo, ModelSpec, Notify, Usage, apply_stops
 from korani_cli.config import Settings
 from korani_cli.errors import GenerationError, ModelLoadError
-from korani_cli.models import ModelSpec
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0  # between two streamed events, not for the whole answer

@@ -130,7 +130,7 @@ def _load_st(kind: str, flag: str, model: str, device: str | None):
 
 @lru_cache(maxsize=6)
 def _st_cached(kind: str, model: str, device: str | None):
-    from korani_cli.console import quiet_libraries
+    from korani_cli.runtime import quiet_libraries
 
     quiet_libraries()
     import sentence_transformers
@@ -152,7 +152,7 @@ def default_embedder() -> Embedder:
 
     if importlib.util.find_spec("sentence_transformers") is not None:
         try:
-            from korani_cli.backends.hf import hub_reachable
+            from korani_cli.runtime import hub_reachable
 
             if hub_reachable(timeout=2.0):
                 return SentenceTransformerEmbedder("intfloat/multilingual-e5-small")
