@@ -28,12 +28,15 @@ from korani_cli import paths
 from korani_cli.errors import ConfigError, UsageError
 
 DEFAULT_MODEL = "korani-5.8b"
+# Aliases of chat models that ship their own chat template, which they answer best in;
+# every other model is prompted in the KoRani format unless --template says otherwise.
+OWN_TEMPLATE = {"demo-chat": "model"}
 
 
 @dataclass(frozen=True)
 class Settings:
     model: str = DEFAULT_MODEL
-    template: str = "korani"  # "korani" or "model" (the model's own chat template); see models.default_template
+    template: str = "korani"  # "korani" or "model" (the model's own chat template); see default_template
     max_new_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 0.9
@@ -262,10 +265,13 @@ def load_settings(overrides: dict[str, Any] | None = None, *, config_path: Path 
             merged[key] = check_flag("--" + key.replace("_", "-"), value, _rule(key))
     if "template" not in merged:
         # No template chosen anywhere: a model that ships its own chat template (demo-chat) uses it.
-        from korani_cli.models import default_template
-
         merged["template"] = default_template(merged.get("model", DEFAULT_MODEL))
     return dataclasses.replace(Settings(), **merged)
+
+
+def default_template(spec: str) -> str:
+    """The template a model is prompted in when none was chosen (flag, environment, config file)."""
+    return OWN_TEMPLATE.get(spec.strip(), "korani")
 
 
 _ON = ("1", "true", "yes", "on")

@@ -31,17 +31,12 @@ from pathlib import Path
 from korani_cli.backends import OFFLINE_FIX, Backend, ModelSpec, Notify, registry
 from korani_cli.config import RULES, Invalid, Settings, check_value
 from korani_cli.errors import ModelLoadError, UsageError
-
-REFERENCE_ADAPTER = "ChaeMs/KoRani-5.8b"
-REFERENCE_BASE = "EleutherAI/polyglot-ko-5.8b"
+from korani_cli.pull import REFERENCE_ADAPTER, REFERENCE_BASE
 ALIASES = {
     "korani-5.8b": f"adapter {REFERENCE_ADAPTER} on {REFERENCE_BASE} (hf backend)",
     "demo": "gemma-3-270m Q4_K_M from PyPI (llamacpp backend, offline, a base model)",
     "demo-chat": "SmolLM2-135M-Instruct Q4_1 from PyPI (llamacpp backend, offline)",
 }
-# Aliases of chat models that ship their own chat template, which they answer best in;
-# every other model is prompted in the KoRani format unless --template says otherwise.
-OWN_TEMPLATE = {"demo-chat": "model"}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -63,11 +58,6 @@ def _read_adapter_base(directory: Path) -> str | None:
             "add it, or pass the merged model directory instead",
         )
     return base
-
-
-def default_template(spec: str) -> str:
-    """The template a model is prompted in when none was chosen (flag, environment, config file)."""
-    return OWN_TEMPLATE.get(spec.strip(), "korani")
 
 
 def resolve(spec: str, settings: Settings) -> ModelSpec:

@@ -39,8 +39,10 @@ from typing import Callable
 
 from korani_cli import paths
 from korani_cli.errors import ModelLoadError, UsageError
-from korani_cli.models import REFERENCE_ADAPTER, REFERENCE_BASE
 
+# The reference model: korani's adapter and the base it was trained on (models.py's korani-5.8b alias).
+REFERENCE_ADAPTER = "ChaeMs/KoRani-5.8b"
+REFERENCE_BASE = "EleutherAI/polyglot-ko-5.8b"
 # Alias → (adapter repo, base repo). The adapter's own adapter_config.json names its
 # base too; the alias's base is what korani documents, so that one is fetched.
 PULLABLE: dict[str, tuple[str, str]] = {"korani-5.8b": (REFERENCE_ADAPTER, REFERENCE_BASE)}
