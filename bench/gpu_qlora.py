@@ -95,13 +95,10 @@ def build_base(data: Path, out: Path, hidden: int, layers: int, heads: int, voca
 
     from korani_cli.train import data as train_data
 
-    try:
-        from korani_cli.train import tiny
-    except ImportError:  # before tiny.py moved under train/
-        from korani_cli import tiny
+    from korani_cli.train import smoke
 
     start = time.perf_counter()
-    tokenizer = tiny.train_tokenizer(train_data.texts(data / "train.jsonl"), out, vocab_size=vocab)
+    tokenizer = smoke.train_tokenizer(train_data.texts(data / "train.jsonl"), out, vocab_size=vocab)
     config = GPTNeoXConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=hidden * 4, max_position_embeddings=2048, rotary_pct=0.5,

@@ -20,7 +20,6 @@ from rich.markup import escape
 
 from korani_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, KoraniError
 from korani_cli.runtime import debug_enabled
-from korani_cli.runtime import quiet_libraries  # noqa: F401  (moved to runtime; train/ updated after merge)
 from korani_cli.untrusted import clean_line
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away

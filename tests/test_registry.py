@@ -98,8 +98,6 @@ def _policy_imports() -> list[str]:
     found = []
     for path in sorted((REPO / "korani_cli").rglob("*.py")):
         relative = path.relative_to(REPO).as_posix()
-        if relative.startswith("korani_cli/train/"):  # updated when the train/ split lands
-            continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module != "korani_cli.runtime":
                 names = POLICY & {alias.name for alias in node.names}

@@ -120,7 +120,7 @@ def test_the_model_card_says_what_was_trained_how_it_did_and_how_to_run_it(recip
 def test_only_bitsandbytes_optional_kernel_warning_is_silenced():
     code = (
         "import logging\n"
-        "from korani_cli.console import quiet_libraries\n"
+        "from korani_cli.runtime import quiet_libraries\n"
         "quiet_libraries()\n"
         "log = logging.getLogger('bitsandbytes.backends.cpu.ops')\n"
         "log.warning('Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "

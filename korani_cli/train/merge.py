@@ -44,7 +44,7 @@ def load_merged(adapter: Path, dtype: str = "float16", base: str | None = None):
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
     base = base or adapter_base(adapter)
-    from korani_cli.console import quiet_libraries
+    from korani_cli.runtime import quiet_libraries
 
     quiet_libraries()  # the spinner is the progress; shard-writing bars would break it
     import torch

@@ -98,7 +98,7 @@ def _set_up(config: TrainConfig, ranks: dist.Ranks, *, smoke: bool, resume: str 
     The first process does it while the others wait: they would repeat its errors, and
     see its fresh files as an earlier run. When it fails, they stop with its exit code
     and print nothing."""
-    from korani_cli.console import quiet_libraries
+    from korani_cli.runtime import quiet_libraries
 
     data_dir, output = Path(config.data), Path(config.output)
     recipe_base_model = config.base_model
