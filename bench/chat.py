@@ -124,7 +124,7 @@ def main() -> None:
     os.environ.setdefault("KORANI_HOME", tempfile.mkdtemp(prefix="korani-chat-bench-"))
     import rag
 
-    from korani_cli import template as tpl
+    from korani_cli.template import user
     from korani_cli.backends import GenerationParams
     from korani_cli.chat.history import History
     from korani_cli.chat.session import ChatSession
@@ -155,7 +155,7 @@ def main() -> None:
     bare = []
     for q in questions:
         start = time.perf_counter()
-        for _chunk in wrapped.backend.stream([tpl.user(q + " 자세히")], params):
+        for _chunk in wrapped.backend.stream([user(q + " 자세히")], params):
             bare.append(time.perf_counter() - start)
             break
     plain = []

@@ -75,11 +75,11 @@ def main() -> None:
     parser.add_argument("--show", type=int, help="print the questions whose answer this budget cut away")
     args = parser.parse_args()
 
-    from korani_cli import template as tpl
+    from korani_cli.template import Source, sources_text
     from korani_cli.eval import metrics as m
     from korani_cli.eval.rag import RagConfig, plan
     from korani_cli.eval.sets import load_korquad, resolve_set
-    from korani_cli.search import answer as rag
+    from korani_cli.search.answer import messages
     from korani_cli.search.budget import fit
 
     qaset = load_korquad(resolve_set("korquad-dev", "--set"))
@@ -102,8 +102,8 @@ def main() -> None:
             offered = ranked if name == "baseline" else fit(q.question, ranked, int(name), backend.count_tokens)
             ms = (time.perf_counter() - start) * 1000
             row = rows[name]
-            row["prompt"].append(len(backend.prompt_tokens(rag.messages(q.question, offered))))
-            row["sources"].append(backend.count_tokens(tpl.sources_text([tpl.Source(r.passage.title or r.passage.url, r.passage.url, r.passage.text) for r in offered])))
+            row["prompt"].append(len(backend.prompt_tokens(messages(q.question, offered))))
+            row["sources"].append(backend.count_tokens(sources_text([Source(r.passage.title or r.passage.url, r.passage.url, r.passage.text) for r in offered])))
             row["hit"].append(any(r.passage.url == gold for r in offered))
             row["in_context"].append(m.answer_in_context([r.passage.text for r in offered], q.answers))
             row["ms"].append(ms)

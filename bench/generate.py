@@ -38,7 +38,7 @@ def bench_llamacpp(reps: int, tokens: int, threads: int) -> dict:
     from llama_cpp import Llama
 
     from korani_cli import oneshot
-    from korani_cli import template as tpl
+    from korani_cli.template import render, user
     from korani_cli.backends import GenerationParams
     from korani_cli.config import Settings
     from korani_cli.models import load_backend, resolve
@@ -48,8 +48,8 @@ def bench_llamacpp(reps: int, tokens: int, threads: int) -> dict:
     t = time.perf_counter()
     backend = load_backend(spec, settings)
     korani_load = time.perf_counter() - t
-    messages = [tpl.user(PROMPT)]
-    prompt = tpl.render(messages, backend.eos_text)
+    messages = [user(PROMPT)]
+    prompt = render(messages, backend.eos_text)
     # Temperature 0 on both sides; the stop filter may end korani's answer at a
     # header, so speeds are compared per token, not per answer.
     params = GenerationParams(max_new_tokens=tokens, temperature=0.0, top_p=0.9)
@@ -116,7 +116,7 @@ def bench_hf(reps: int, tokens: int) -> dict:
     from transformers import AutoTokenizer, pipeline
 
     from korani_cli import oneshot
-    from korani_cli import template as tpl
+    from korani_cli.template import render, user
     from korani_cli.train import smoke
     from korani_cli.backends import GenerationParams
     from korani_cli.config import Settings
@@ -133,8 +133,8 @@ def bench_hf(reps: int, tokens: int) -> dict:
 
     settings = Settings(model=str(model_dir))
     backend = load_backend(resolve(settings.model, settings), settings)
-    messages = [tpl.user(PROMPT)]
-    prompt = tpl.render(messages, backend.eos_text)
+    messages = [user(PROMPT)]
+    prompt = render(messages, backend.eos_text)
     params = GenerationParams(max_new_tokens=tokens, temperature=0.0)
 
     korani_total, korani_ttft, korani_tokens = [], [], []

@@ -39,16 +39,15 @@ def assistant_loss(model, tokenizer, data_dir: Path, limit: int = 200, max_lengt
     """Mean cross-entropy over assistant tokens (+ EOS) of valid.jsonl."""
     import torch
 
-    from korani_cli import template as tpl
-
+    from korani_cli.template import Message, render_with_mask
     total, count = 0.0, 0
     model.eval()
     with (data_dir / "valid.jsonl").open(encoding="utf-8") as fh:
         for i, line in enumerate(fh):
             if i >= limit:
                 break
-            messages = [tpl.Message(m["role"], m["content"]) for m in json.loads(line)["messages"]]
-            text, spans = tpl.render_with_mask(messages, tokenizer.eos_token)
+            messages = [Message(m["role"], m["content"]) for m in json.loads(line)["messages"]]
+            text, spans = render_with_mask(messages, tokenizer.eos_token)
             enc = tokenizer(text, return_offsets_mapping=True, truncation=True, max_length=max_length)
             ids = enc["input_ids"]
             labels = [t if any(s <= a < e for s, e in spans) else -100 for t, (a, _) in zip(ids, enc["offset_mapping"])]
@@ -91,7 +90,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     from data_prepare import synthesize
-    from korani_cli import template as tpl
+    from korani_cli.template import Message, render
     from korani_cli.data.prepare import PrepareConfig, prepare
     from korani_cli.train import smoke
     from korani_cli.train.config import load_config
@@ -127,7 +126,7 @@ def main() -> None:
     stok = AutoTokenizer.from_pretrained(work / "base")
     stok.pad_token = stok.eos_token
     rows = [json.loads(line)["messages"] for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()]
-    texts = [tpl.render([tpl.Message(m["role"], m["content"]) for m in msgs], stok.eos_token, add_generation_prompt=False) for msgs in rows]
+    texts = [render([Message(m["role"], m["content"]) for m in msgs], stok.eos_token, add_generation_prompt=False) for msgs in rows]
     ds = Dataset.from_dict({"text": texts}).map(lambda b: stok(b["text"], truncation=True, max_length=args.max_length), batched=True, remove_columns=["text"])
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(work / "base"), lora_config(recipe))
     seed_args = TrainingArguments(

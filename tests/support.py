@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Union
 
-from korani_cli import template as tpl
+from korani_cli.template import Message
 from korani_cli.backends import Generation, ModelInfo, apply_stops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ class ScriptedBackend:
 
     def __init__(self, answers=("답 {n}.",), context_length: int = 4096):
         self.answers = list(answers)
-        self.prompts: list[list[tpl.Message]] = []
+        self.prompts: list[list[Message]] = []
         self.loads: list[tuple[str, str]] = []  # (--model as given, template) of each load
         self.info = ModelInfo("scripted", "scripted", context_length, "korani")
         self.eos_text = "<eos>"

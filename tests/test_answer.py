@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from korani_cli import template as tpl
+from korani_cli.template import Message
 from korani_cli.backends import Generation, GenerationParams, ModelInfo, apply_stops
 from korani_cli.search.types import Passage, Ranked
 from support import SEJONG, ScriptServer
@@ -40,7 +40,7 @@ class Scripted:
         self.info = ModelInfo("scripted", "test", context_length, "korani")
         self.eos_text = "<eos>"
         self.pulled = 0
-        self.prompts: list[list[tpl.Message]] = []
+        self.prompts: list[list[Message]] = []
 
     def count_tokens(self, text: str) -> int:
         return len(text)
@@ -148,70 +148,65 @@ def test_markdown_survives_the_check(pages, answer, shown, urls):
 # -- the core, streamed -----------------------------------------------------------------------
 
 def _run(backend, ranked, **kw):
-    from korani_cli.search import answer as rag
-
-    return list(rag.stream(backend, "세종은 무엇을 했나요?", ranked, GenerationParams(max_new_tokens=64), **kw))
+    from korani_cli.search.answer import stream
+    return list(stream(backend, "세종은 무엇을 했나요?", ranked, GenerationParams(max_new_tokens=64), **kw))
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 7, 1000])
 def test_stream_shows_only_checked_text_and_ends_with_what_verify_gives(chunk):
-    from korani_cli.search import answer as rag
-
+    from korani_cli.search.answer import Done, Footnotes, Sentence, Text, verify
     raw = MARKDOWN[0][2]
     ranked = _ranked(BANPO, SEJONG)
     backend = Scripted(raw, chunk)
     events = _run(backend, ranked)
-    texts = [e.text for e in events if isinstance(e, rag.Text)]
+    texts = [e.text for e in events if isinstance(e, Text)]
     done = events[-1]
-    assert isinstance(done, rag.Done) and done.raw.rstrip() == raw.rstrip()  # StopFilter keeps no final newline
-    final = rag.verify(raw, ranked).text
+    assert isinstance(done, Done) and done.raw.rstrip() == raw.rstrip()  # StopFilter keeps no final newline
+    final = verify(raw, ranked).text
     assert "".join(texts) == final == done.answer.text
     shown = ""
     for text in texts:  # every prefix on the screen is a prefix of the checked answer
         shown += text
         assert final.startswith(shown)
     assert "[9]" not in "".join(texts) and "왕국이다[" not in "".join(texts)
-    footnotes = [e for e in events if isinstance(e, rag.Footnotes)]
+    footnotes = [e for e in events if isinstance(e, Footnotes)]
     assert len(footnotes) == 1 and [c.url for c in footnotes[0].citations] == [c.url for c in done.answer.citations]
-    sentences = [e for e in events if isinstance(e, rag.Sentence)]
+    sentences = [e for e in events if isinstance(e, Sentence)]
     assert [s.marks for s in sentences] == [(), (1,), (2,), ()]  # heading, two items, the dropped one
     assert done.timings.first_sentence_s is not None and done.timings.first_sentence_s <= done.timings.generate_s
 
 
 def test_the_first_sentence_is_shown_before_generation_ends():
-    from korani_cli.search import answer as rag
-
+    from korani_cli.search.answer import Sentence, stream
     backend = Scripted("세종은 1443년에 훈민정음을 창제하였다[1]. " + "그리고 더 많은 이야기가 이어진다. " * 20, chunk=4)
     total = -(-len(backend.answer) // 4)
-    for event in rag.stream(backend, "세종?", _ranked(SEJONG), GenerationParams()):
-        if isinstance(event, rag.Sentence):
+    for event in stream(backend, "세종?", _ranked(SEJONG), GenerationParams()):
+        if isinstance(event, Sentence):
             assert event.text == "세종은 1443년에 훈민정음을 창제하였다." and event.marks == (1,)
             assert backend.pulled < total / 4, "the sentence waited for the rest of the answer"
             break
 
 
 def test_the_prompt_is_the_rag_form_with_the_history_and_a_long_history_is_trimmed():
-    from korani_cli.search import answer as rag
-
-    history = [tpl.Message("user", "질문 " * 200), tpl.Message("assistant", "답 " * 200), tpl.Message("user", "최근"),
-               tpl.Message("assistant", "최근 답")]
+    from korani_cli.search.answer import Trimmed
+    history = [Message("user", "질문 " * 200), Message("assistant", "답 " * 200), Message("user", "최근"),
+               Message("assistant", "최근 답")]
     backend = Scripted("세종은 1443년에 훈민정음을 창제하였다[1].", context_length=900)
     events = _run(backend, _ranked(SEJONG), history=history, system="짧게 답하세요.")
-    trimmed = [e for e in events if isinstance(e, rag.Trimmed)]
-    assert trimmed == [rag.Trimmed(1, 900)]
+    trimmed = [e for e in events if isinstance(e, Trimmed)]
+    assert trimmed == [Trimmed(1, 900)]
     prompt = backend.prompts[0]
-    assert prompt[0] == tpl.Message("system", "짧게 답하세요.")
+    assert prompt[0] == Message("system", "짧게 답하세요.")
     assert [m.content for m in prompt[1:3]] == ["최근", "최근 답"]
     assert prompt[-1].content == "세종은 무엇을 했나요?" and prompt[-1].sources[0].url == "https://sejong.example"
 
 
 def test_closing_the_stream_stops_generation():
-    from korani_cli.search import answer as rag
-
+    from korani_cli.search.answer import Text, stream
     backend = Scripted("세종은 1443년에 훈민정음을 창제하였다[1]. " * 50, chunk=4)
-    events = rag.stream(backend, "세종?", _ranked(SEJONG), GenerationParams())
+    events = stream(backend, "세종?", _ranked(SEJONG), GenerationParams())
     for event in events:
-        if isinstance(event, rag.Text):
+        if isinstance(event, Text):
             break
     events.close()
     assert backend.pulled < 20

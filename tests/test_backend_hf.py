@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from korani_cli import template as tpl
+from korani_cli.template import render, user
 from korani_cli.backends import GenerationParams
 from korani_cli.config import Settings
 from korani_cli.errors import ModelLoadError
@@ -28,14 +28,14 @@ def test_greedy_stream_matches_plain_generate(tiny_neox_dir):
     assert backend.info.backend == "hf" and backend.info.context_length == 512
     assert any("float32" in n for n in notes)  # the one-line CPU notice
 
-    messages = [tpl.user("대한민국의 수도는?")]
+    messages = [user("대한민국의 수도는?")]
     gen = backend.stream(messages, GREEDY)
     chunks = list(gen)
     streamed = "".join(chunks)
 
     tok = AutoTokenizer.from_pretrained(tiny_neox_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_neox_dir)
-    prompt = tpl.render(messages, tok.eos_token)
+    prompt = render(messages, tok.eos_token)
     enc = tok(prompt, return_tensors="pt")
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
@@ -59,7 +59,7 @@ def test_forced_eos_gives_finish_reason_eos(tiny_neox_dir, tmp_path):
         model.get_output_embeddings().weight.zero_()
     model.save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(tiny_neox_dir).save_pretrained(tmp_path)
-    gen = load(str(tmp_path)).stream([tpl.user("안녕?")], GREEDY)
+    gen = load(str(tmp_path)).stream([user("안녕?")], GREEDY)
     assert gen.text() == ""
     assert (gen.usage.finish_reason, gen.usage.completion_tokens) == ("eos", 0)
 
@@ -82,7 +82,7 @@ def test_adapter_round_trip_changes_outputs(tiny_neox_dir, tmp_path):
     with_adapter = load(str(adapter_dir))
     assert with_adapter.info.details["adapter"] == str(adapter_dir.resolve())
     plain = load(str(tiny_neox_dir))
-    messages = [tpl.user("서울에서 부산까지 얼마나 걸려?")]
+    messages = [user("서울에서 부산까지 얼마나 걸려?")]
     params = GenerationParams(max_new_tokens=16, temperature=0.0)
 
     import torch
@@ -90,7 +90,7 @@ def test_adapter_round_trip_changes_outputs(tiny_neox_dir, tmp_path):
     # Compare what the two models predict, not just the (possibly empty) text.
     text_a = with_adapter.stream(messages, params).text()
     text_b = plain.stream(messages, params).text()
-    ids = plain.tokenizer(tpl.render(messages, plain.eos_text), return_tensors="pt")["input_ids"]
+    ids = plain.tokenizer(render(messages, plain.eos_text), return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         diff = (with_adapter.model(ids).logits - plain.model(ids).logits).abs().max().item()
     assert diff > 1e-3
@@ -100,9 +100,9 @@ def test_adapter_round_trip_changes_outputs(tiny_neox_dir, tmp_path):
 def test_model_template_option_uses_the_tokenizers_template(tiny_neox_dir):
     settings = Settings(model=str(tiny_neox_dir), template="model")
     backend = load_backend(resolve(settings.model, settings), settings)
-    messages = [tpl.user("안녕?")]
+    messages = [user("안녕?")]
     # The tiny tokenizer carries the KoRani template, so both routes agree.
-    assert backend.prompt_text(messages) == tpl.render(messages, backend.eos_text)
+    assert backend.prompt_text(messages) == render(messages, backend.eos_text)
 
 
 def test_missing_hub_model_offline_is_a_model_load_error():
@@ -118,7 +118,7 @@ def test_directory_that_is_no_model_is_a_model_load_error(tmp_path):
 
 def test_whole_answer_mode_gives_the_streamed_text(tiny_neox_dir):
     backend = load(str(tiny_neox_dir))
-    messages = [tpl.user("서울은 어떤 도시인가요?")]
+    messages = [user("서울은 어떤 도시인가요?")]
     streamed = backend.stream(messages, GREEDY)
     whole = backend.stream(messages, GenerationParams(max_new_tokens=12, temperature=0.0, stream=False))
     assert whole.text() == streamed.text()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from korani_cli import template as tpl
+from korani_cli.template import user
 from korani_cli.backends import GenerationParams
 from korani_cli.config import Settings
 from korani_cli.errors import UsageError
@@ -24,11 +24,11 @@ def test_demo_alias_assembles_the_verified_gguf(demo, demo_gguf, korani_home):
 
 
 def test_demo_generates_korean_with_exact_counts(demo):
-    gen = demo.stream([tpl.user("한국의 전통 음식에 대해 설명해 주세요.")], GenerationParams(max_new_tokens=24, temperature=0.0))
+    gen = demo.stream([user("한국의 전통 음식에 대해 설명해 주세요.")], GenerationParams(max_new_tokens=24, temperature=0.0))
     text = gen.text()
     assert text and "###" not in text
     u = gen.usage
-    assert u.prompt_tokens == len(demo.prompt_tokens([tpl.user("한국의 전통 음식에 대해 설명해 주세요.")]))
+    assert u.prompt_tokens == len(demo.prompt_tokens([user("한국의 전통 음식에 대해 설명해 주세요.")]))
     assert 1 <= u.completion_tokens <= 24
     assert u.finish_reason in ("eos", "stop", "length")
     if u.finish_reason == "length":
@@ -36,7 +36,7 @@ def test_demo_generates_korean_with_exact_counts(demo):
 
 
 def test_greedy_is_repeatable_and_seeded_sampling_too(demo):
-    msgs = [tpl.user("서울의 봄 날씨는 어때요?")]
+    msgs = [user("서울의 봄 날씨는 어때요?")]
     greedy = GenerationParams(max_new_tokens=16, temperature=0.0)
     assert demo.stream(msgs, greedy).text() == demo.stream(msgs, greedy).text()
     sampled = GenerationParams(max_new_tokens=16, temperature=1.0, seed=7)
@@ -45,14 +45,14 @@ def test_greedy_is_repeatable_and_seeded_sampling_too(demo):
 
 def test_base_model_continuing_the_dialogue_is_cut_at_the_header(demo):
     """The base model writes a new '### User' turn; the user never sees it."""
-    gen = demo.stream([tpl.user("한국의 수도는?")], GenerationParams(max_new_tokens=60, temperature=0.0))
+    gen = demo.stream([user("한국의 수도는?")], GenerationParams(max_new_tokens=60, temperature=0.0))
     text = gen.text()
     assert "#" not in text
     assert gen.usage.finish_reason == "stop"
 
 
 def test_length_limit(demo):
-    gen = demo.stream([tpl.user("한국의 역사를 자세히 설명해 주세요.")], GenerationParams(max_new_tokens=3, temperature=0.0))
+    gen = demo.stream([user("한국의 역사를 자세히 설명해 주세요.")], GenerationParams(max_new_tokens=3, temperature=0.0))
     gen.text()
     assert gen.usage.completion_tokens <= 3
     assert gen.usage.finish_reason in ("length", "stop", "eos")
@@ -61,7 +61,7 @@ def test_length_limit(demo):
 def test_demo_chat_answers_and_stops_at_eos(demo_chat_gguf):
     settings = Settings(model="demo-chat")
     backend = load_backend(resolve("demo-chat", settings), settings)
-    gen = backend.stream([tpl.user("What is the capital of France?")], GenerationParams(max_new_tokens=40, temperature=0.0))
+    gen = backend.stream([user("What is the capital of France?")], GenerationParams(max_new_tokens=40, temperature=0.0))
     assert "France" in gen.text()
     assert gen.usage.finish_reason == "eos"
 
@@ -69,7 +69,7 @@ def test_demo_chat_answers_and_stops_at_eos(demo_chat_gguf):
 def test_demo_chat_with_its_own_template(demo_chat_gguf):
     settings = Settings(model="demo-chat", template="model")
     backend = load_backend(resolve("demo-chat", settings), settings)
-    gen = backend.stream([tpl.user("Say hello.")], GenerationParams(max_new_tokens=20, temperature=0.0))
+    gen = backend.stream([user("Say hello.")], GenerationParams(max_new_tokens=20, temperature=0.0))
     assert gen.text().strip()
     assert gen.usage.finish_reason in ("eos", "length", "stop")
 
@@ -81,7 +81,7 @@ def test_model_template_on_a_gguf_without_one_is_refused():
 
 
 def test_closing_a_stream_early_stops_generation(demo):
-    gen = demo.stream([tpl.user("긴 이야기를 들려주세요.")], GenerationParams(max_new_tokens=200, temperature=1.0, seed=1))
+    gen = demo.stream([user("긴 이야기를 들려주세요.")], GenerationParams(max_new_tokens=200, temperature=1.0, seed=1))
     first = next(gen)
     gen.close()
     assert first and gen.usage.completion_tokens < 200

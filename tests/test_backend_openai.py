@@ -2,7 +2,7 @@
 
 import pytest
 
-from korani_cli import template as tpl
+from korani_cli.template import user
 from korani_cli.backends import GenerationParams
 from korani_cli.backends.openai import normalise_base_url
 from korani_cli.config import Settings
@@ -32,7 +32,7 @@ def test_spec_without_url_needs_one():
 def test_streaming_and_whole_answers_agree(openai_server):
     backend = connect(openai_server)  # no model name: the first served one is picked
     assert backend.model and backend.info.backend == "openai"
-    messages = [tpl.user("What is the capital of France?")]
+    messages = [user("What is the capital of France?")]
     params = GenerationParams(max_new_tokens=30, temperature=0.0, seed=1)
     streamed = backend.stream(messages, params)
     chunks = list(streamed)
@@ -47,7 +47,7 @@ def test_streaming_and_whole_answers_agree(openai_server):
 
 def test_chat_completions_with_the_models_template(openai_server):
     backend = connect(openai_server, template="model")
-    gen = backend.stream([tpl.user("Say hello.")], GenerationParams(max_new_tokens=20, temperature=0.0))
+    gen = backend.stream([user("Say hello.")], GenerationParams(max_new_tokens=20, temperature=0.0))
     assert gen.text().strip()
 
 
@@ -67,4 +67,4 @@ def test_unreachable_server_is_a_model_load_error():
 def test_server_error_is_a_generation_error(failing_server, stream):
     backend = connect(failing_server, model="broken")
     with pytest.raises(GenerationError, match="HTTP 500: CUDA out of memory"):
-        backend.stream([tpl.user("hi")], GenerationParams(stream=stream)).text()
+        backend.stream([user("hi")], GenerationParams(stream=stream)).text()

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from korani_cli import template as tpl
+from korani_cli.template import RAG_QUESTION_PREFIX, Source, render, sources_text, user
 from korani_cli.eval.metrics import answer_in_context
 from korani_cli.search.budget import DEFAULT_TOKENS, ELLIPSIS, MIN_TOKENS, PROMPT_ALLOWANCE, default_tokens, fit
 from korani_cli.search.types import Passage, Ranked
@@ -29,7 +29,7 @@ def ranked(*texts: str, urls=None) -> list[Ranked]:
 
 
 def sources_tokens(items: list[Ranked], counter=count) -> int:
-    return counter(tpl.sources_text([tpl.Source(r.passage.title or r.passage.url, r.passage.url, r.passage.text) for r in items]))
+    return counter(sources_text([Source(r.passage.title or r.passage.url, r.passage.url, r.passage.text) for r in items]))
 
 
 FILLER = [
@@ -165,11 +165,11 @@ def test_overlap_between_passages_of_one_page_is_offered_once():
 
 
 def test_sources_text_is_what_the_template_renders():
-    sources = [tpl.Source("제목", "https://a/1", "  본문.\n "), tpl.Source("", "https://b", "{{ x }} [1]")]
-    rendered = tpl.render([tpl.user("질문", sources)], "<eos>")
-    assert tpl.sources_text(sources) in rendered
-    assert rendered.index(tpl.sources_text(sources)) + len(tpl.sources_text(sources)) == rendered.index(tpl.RAG_QUESTION_PREFIX + "질문")
-    assert tpl.sources_text([]) == ""
+    sources = [Source("제목", "https://a/1", "  본문.\n "), Source("", "https://b", "{{ x }} [1]")]
+    rendered = render([user("질문", sources)], "<eos>")
+    assert sources_text(sources) in rendered
+    assert rendered.index(sources_text(sources)) + len(sources_text(sources)) == rendered.index(RAG_QUESTION_PREFIX + "질문")
+    assert sources_text([]) == ""
 
 
 @pytest.mark.parametrize("window, answer, expected", [

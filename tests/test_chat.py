@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from support import REPO, ScriptedBackend, drive, run_korani, session_for
-from korani_cli import template as tpl
+from korani_cli.template import render
 from korani_cli.chat.repl import read_inputs
 from korani_cli.cli import app
 
@@ -37,7 +37,7 @@ def test_memory_carries_turns_and_reset_clears_it(tmp_path):
     assert "대화 기억을 지웠습니다" in out
     second, third = backend.prompts[1], backend.prompts[2]
     assert [m.content for m in second] == ["첫 질문", "첫 답.", "둘째 질문"]
-    rendered = tpl.render(third, "<eos>")
+    rendered = render(third, "<eos>")
     assert "첫 질문" not in rendered and "둘째" not in rendered and rendered.endswith("### User\n셋째 질문\n\n### Bot\n")
 
 
@@ -99,7 +99,7 @@ def test_search_command_answers_with_footnotes_and_sources(tmp_path, web, monkey
     assert "서울은 대한민국의 수도이며 가장 큰 도시이다[1]. 달은 치즈다." in out
     assert f"[1] 서울 소개 — {web}/ok.html" in out  # a footnote that resolves to the fetched page
     assert f"{web}/ok.html" in out.split("[1] 서울 소개")[-1]  # /출처 lists it too, with its score
-    prompt = tpl.render(backend.prompts[0], "<eos>")
+    prompt = render(backend.prompts[0], "<eos>")
     assert f"(http://127.0.0.1:{web.rsplit(':', 1)[1]}/ok.html)" in prompt and "질문: 서울은 어떤 도시인가요?" in prompt
     stored = history.messages(session.session_id)
     assert stored[-1].citations[0]["url"] == f"{web}/ok.html"

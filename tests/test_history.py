@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from korani_cli import template as tpl
+from korani_cli.template import Message
 from korani_cli.chat.history import History
 from korani_cli.cli import app
 
@@ -85,7 +85,7 @@ def test_resume_restores_model_template_system_and_all_messages(scripted, home):
     assert f"note: resuming session {sid} (14 messages)" in resumed.stderr
     assert scripted.loads[-1] == ("scripted:demo", "model")
     prompt = scripted.prompts[-1]
-    assert prompt[0] == tpl.Message("system", "너는 코라니야.")
+    assert prompt[0] == Message("system", "너는 코라니야.")
     assert len(prompt) == 1 + 14 + 1 and prompt[-1].content == "마지막 질문"
     assert rows(home, "SELECT COUNT(*) FROM sessions") == [(1,)]  # stored in the same session
 
@@ -291,7 +291,7 @@ def test_an_old_history_file_migrates_without_losing_anything(scripted, home):
     resumed = chat("--continue", input="그럼 백두산은?\n")  # skips the empty session, though it is newer
     assert resumed.exit_code == 0, resumed.output
     assert scripted.loads[-1] == ("scripted:demo", "korani")
-    assert scripted.prompts[-1][0] == tpl.Message("system", "너는 코라니야.")
+    assert scripted.prompts[-1][0] == Message("system", "너는 코라니야.")
 
     after_sessions = rows(home, "SELECT id, created, model, system FROM sessions ORDER BY id")
     assert after_sessions == before_sessions

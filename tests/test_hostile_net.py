@@ -25,7 +25,7 @@ import zlib
 import pytest
 
 from support import REPO, Site, free_port, run_korani
-from korani_cli.search import providers as prov
+from korani_cli.search.providers import DuckDuckGoProvider, GoogleProvider, NaverProvider, SearxngProvider, search_chain
 from korani_cli.search.cache import PageCache
 from korani_cli.search.fetch import FetchOptions, fetch
 from korani_cli.search.types import Hit
@@ -428,8 +428,8 @@ def test_a_malformed_searxng_answer_falls_through(serps, case, body):
     good, bad = serps
     bad.routes["/search"] = (200, {"Content-Type": "application/json"}, body)
     notes: list[str] = []
-    chain = [prov.SearxngProvider(base_url=bad.base, deadline=5), prov.SearxngProvider(base_url=good.base, deadline=5)]
-    hits, used = prov.search_chain(chain, "q", 5, notes.append)
+    chain = [SearxngProvider(base_url=bad.base, deadline=5), SearxngProvider(base_url=good.base, deadline=5)]
+    hits, used = search_chain(chain, "q", 5, notes.append)
     assert [h.url for h in hits] == ["https://ok.example/"]
     assert len(notes) == 1 and notes[0].startswith("searxng: "), notes
 
@@ -442,8 +442,8 @@ def test_a_malformed_naver_answer_falls_through(serps, case, body, monkeypatch):
     for kind in ("webkr", "news", "blog"):
         bad.routes[f"/v1/search/{kind}.json"] = (200, {"Content-Type": "application/json"}, body.replace(b'"results"', b'"items"'))
     notes: list[str] = []
-    chain = [prov.NaverProvider(endpoint=bad.base + "/v1/search", deadline=5), prov.SearxngProvider(base_url=good.base, deadline=5)]
-    hits, used = prov.search_chain(chain, "q", 5, notes.append)
+    chain = [NaverProvider(endpoint=bad.base + "/v1/search", deadline=5), SearxngProvider(base_url=good.base, deadline=5)]
+    hits, used = search_chain(chain, "q", 5, notes.append)
     assert used == "searxng" and len(notes) == 1 and notes[0].startswith("naver: "), notes
 
 
@@ -463,8 +463,8 @@ def test_a_result_page_of_the_wrong_kind_falls_through(serps, name, case, body):
     good, bad = serps
     bad.routes["/search"] = bad.routes["/html/"] = (200, {"Content-Type": "text/html"}, body)
     notes: list[str] = []
-    chain = [PROVIDERS[name](bad.base, 5), prov.SearxngProvider(base_url=good.base, deadline=5)]
-    hits, used = prov.search_chain(chain, "q", 5, notes.append)
+    chain = [PROVIDERS[name](bad.base, 5), SearxngProvider(base_url=good.base, deadline=5)]
+    hits, used = search_chain(chain, "q", 5, notes.append)
     assert used == "searxng" and len(notes) == 1 and notes[0].startswith(f"{name}: "), notes
 
 
@@ -573,10 +573,10 @@ def slow_server(request):
 
 
 PROVIDERS = {
-    "google": lambda base, d: prov.GoogleProvider(endpoint=base, deadline=d),
-    "duckduckgo": lambda base, d: prov.DuckDuckGoProvider(endpoint=base + "/html/", deadline=d),
-    "searxng": lambda base, d: prov.SearxngProvider(base_url=base, deadline=d),
-    "naver": lambda base, d: prov.NaverProvider(endpoint=base + "/v1/search", deadline=d),
+    "google": lambda base, d: GoogleProvider(endpoint=base, deadline=d),
+    "duckduckgo": lambda base, d: DuckDuckGoProvider(endpoint=base + "/html/", deadline=d),
+    "searxng": lambda base, d: SearxngProvider(base_url=base, deadline=d),
+    "naver": lambda base, d: NaverProvider(endpoint=base + "/v1/search", deadline=d),
 }
 
 
@@ -587,9 +587,9 @@ def test_every_provider_ends_by_its_deadline(name, slow_server, serps, monkeypat
     monkeypatch.setenv("NAVER_CLIENT_SECRET", "secret")
     good, _ = serps
     notes: list[str] = []
-    chain = [PROVIDERS[name](slow_server.base, 1.5), prov.SearxngProvider(base_url=good.base, deadline=5)]
+    chain = [PROVIDERS[name](slow_server.base, 1.5), SearxngProvider(base_url=good.base, deadline=5)]
     start = time.monotonic()
-    hits, used = prov.search_chain(chain, "q", 5, notes.append)
+    hits, used = search_chain(chain, "q", 5, notes.append)
     elapsed = time.monotonic() - start
     assert used == "searxng" and hits
     assert len(notes) == 1 and f"{name}: timed out" in notes[0], notes
@@ -644,7 +644,7 @@ def test_an_openai_server_that_never_answers_fails_the_load_by_the_deadline(hand
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("stream", [True, False])
 def test_an_openai_generation_that_trickles_ends_by_its_deadline(stream):
-    from korani_cli import template as tpl
+    from korani_cli.template import user
     from korani_cli.backends import GenerationParams
     from korani_cli.backends.openai import GENERATION_FACTOR
     from korani_cli.config import Settings
@@ -672,7 +672,7 @@ def test_an_openai_generation_that_trickles_ends_by_its_deadline(stream):
         backend = load_backend(resolve(f"openai:m@{server.base}/v1", settings), settings)
         start = time.monotonic()
         with pytest.raises(GenerationError, match="no complete answer"):
-            backend.stream([tpl.user("hi")], GenerationParams(stream=stream)).text()
+            backend.stream([user("hi")], GenerationParams(stream=stream)).text()
         assert time.monotonic() - start < GENERATION_FACTOR * 0.1 + 1.5
     finally:
         server.close()
@@ -703,16 +703,16 @@ def heavy_site():
 
 CHILD = r"""
 import resource, sys, json
-from korani_cli.search import providers as prov
+from korani_cli.search.providers import DuckDuckGoProvider, GoogleProvider, NaverProvider, ProviderError, SearxngProvider, search_chain
 from korani_cli.search.fetch import FetchOptions, fetch
 from korani_cli.search.types import Hit
 kind, url = sys.argv[1], sys.argv[2]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if kind == "provider":
     try:
-        prov.SearxngProvider(base_url=url, deadline=30).search("q", 5)
+        SearxngProvider(base_url=url, deadline=30).search("q", 5)
         outcome = "no error"
-    except prov.ProviderError as exc:
+    except ProviderError as exc:
         outcome = exc.why
 else:
     report = fetch([Hit(url, "t", "", "t")], FetchOptions(allow_private=True, timeout=30, deadline=40, max_bytes=1_000_000))

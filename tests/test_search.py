@@ -6,7 +6,7 @@ import time
 import pytest
 
 from support import SHARED, Site, run_korani
-from korani_cli.search import providers as prov
+from korani_cli.search.providers import GoogleProvider, ProviderError, SearxngProvider, parse_duckduckgo, parse_google, parse_searxng, search_chain, strip_markup
 from korani_cli.search.fetch import FetchOptions, fetch
 from korani_cli.search.types import Hit
 
@@ -24,31 +24,31 @@ def needs_shared():
 def test_google_nojs_parser_matches_serp_parser_expectations():
     needs_shared()
     expected = json.loads((SERP / "google_serp-parser_expected.json").read_text())["google_nojs_q-google_serp-parser.html"]
-    hits = prov.parse_google((SERP / "google_nojs_q-google_serp-parser.html").read_text(encoding="utf-8"))
+    hits = parse_google((SERP / "google_nojs_q-google_serp-parser.html").read_text(encoding="utf-8"))
     assert len(hits) == expected["organic_count"]
     assert hits[1].title == expected["organic[1].title"]
     assert hits[0].snippet == expected["organic[0].snippet"]
     assert hits[2].snippet == expected["organic[2].snippet"]
     assert hits[7].url == expected["organic[7].url"]
-    assert prov.parse_google((SERP / "google_nojs_no-results_serp-parser.html").read_text(encoding="utf-8")) == []
+    assert parse_google((SERP / "google_nojs_no-results_serp-parser.html").read_text(encoding="utf-8")) == []
 
 
 def test_duckduckgo_parser_and_its_fake_eof_result():
     needs_shared()
-    hits = prov.parse_duckduckgo((SERP / "ddg_html_eino_found_results.html").read_text(encoding="utf-8"))
+    hits = parse_duckduckgo((SERP / "ddg_html_eino_found_results.html").read_text(encoding="utf-8"))
     assert len(hits) == 10 and hits[0].url == "https://github.com/cloudwego/eino" and hits[0].snippet
-    assert prov.parse_duckduckgo((SERP / "ddg_html_eino_no_results.html").read_text(encoding="utf-8")) == []
+    assert parse_duckduckgo((SERP / "ddg_html_eino_no_results.html").read_text(encoding="utf-8")) == []
 
 
 def test_searxng_parser_ignores_the_zero_result_count():
     needs_shared()
     data = json.loads((SERP / "searxng_json_excerpt_lobechat.json").read_text(encoding="utf-8"))
-    hits = prov.parse_searxng(data)
+    hits = parse_searxng(data)
     assert data["number_of_results"] == 0 and len(hits) == 6 and all(h.url.startswith("http") for h in hits)
 
 
 def test_naver_markup_is_stripped():
-    assert prov.strip_markup("<b>서울</b> 날씨 &amp; 미세먼지") == "서울 날씨 & 미세먼지"
+    assert strip_markup("<b>서울</b> 날씨 &amp; 미세먼지") == "서울 날씨 & 미세먼지"
 
 
 # -- against the loopback web (conftest's `web`) --------------------------------------
@@ -88,10 +88,10 @@ def test_non_http_schemes_are_refused():
 
 @pytest.mark.parametrize("route, why", [("/g429", "429"), ("/gsorry", "CAPTCHA"), ("/gold", "browser isn't supported"), ("/gslow", "timed out")])
 def test_google_refusals_fall_through_to_the_next_provider(web, route, why, monkeypatch):
-    monkeypatch.setattr(prov, "TIMEOUT", 1.0)
+    monkeypatch.setattr("korani_cli.search.providers.TIMEOUT", 1.0)
     notes = []
-    chain = [prov.GoogleProvider(endpoint=web + route), prov.SearxngProvider(base_url=web)]
-    hits, used = prov.search_chain(chain, "서울", 5, notes.append)
+    chain = [GoogleProvider(endpoint=web + route), SearxngProvider(base_url=web)]
+    hits, used = search_chain(chain, "서울", 5, notes.append)
     assert used == "searxng" and hits
     assert len(notes) == 1 and why in notes[0]
 
@@ -99,8 +99,8 @@ def test_google_refusals_fall_through_to_the_next_provider(web, route, why, monk
 def test_searxng_403_names_the_fix(monkeypatch):
     forbidden = Site({"/search": (403, {}, b"")})
     try:
-        with pytest.raises(prov.ProviderError, match="json format"):
-            prov.SearxngProvider(base_url=forbidden.base).search("q", 3)
+        with pytest.raises(ProviderError, match="json format"):
+            SearxngProvider(base_url=forbidden.base).search("q", 3)
     finally:
         forbidden.close()
 

@@ -2,25 +2,25 @@
 
 import pytest
 
-from korani_cli import template as tpl
+from korani_cli.template import RAG_INSTRUCTION, TemplateError, flatten_sources, render, render_with_mask, turn_text, user
 from korani_cli.template import Message, Source, StopFilter
 
 EOS = "<|endoftext|>"
 
 
 def test_render_single_turn_ends_with_bot_header():
-    assert tpl.render([tpl.user("안녕?")], EOS) == "### User\n안녕?\n\n### Bot\n"
+    assert render([user("안녕?")], EOS) == "### User\n안녕?\n\n### Bot\n"
 
 
 def test_render_multi_turn_with_system_and_eos_after_every_bot_turn():
     msgs = [
         Message("system", "너는 친절한 비서야."),
-        tpl.user("안녕?"),
+        user("안녕?"),
         Message("assistant", "안녕하세요!"),
-        tpl.user("이름이 뭐야?"),
+        user("이름이 뭐야?"),
         Message("assistant", "코라니예요."),
     ]
-    text = tpl.render(msgs, EOS, add_generation_prompt=False)
+    text = render(msgs, EOS, add_generation_prompt=False)
     assert text == (
         "너는 친절한 비서야.\n\n"
         "### User\n안녕?\n\n"
@@ -31,27 +31,27 @@ def test_render_multi_turn_with_system_and_eos_after_every_bot_turn():
 
 
 def test_mask_spans_cover_exactly_assistant_content_and_eos():
-    msgs = [tpl.user("질문 하나"), Message("assistant", "답 하나"), tpl.user("질문 둘"), Message("assistant", "답 둘")]
-    text, spans = tpl.render_with_mask(msgs, EOS)
+    msgs = [user("질문 하나"), Message("assistant", "답 하나"), user("질문 둘"), Message("assistant", "답 둘")]
+    text, spans = render_with_mask(msgs, EOS)
     assert [text[a:b] for a, b in spans] == [f"답 하나{EOS}", f"답 둘{EOS}"]
     outside = "".join(text[i] for i in range(len(text)) if not any(a <= i < b for a, b in spans))
     assert "### Bot" in outside and "답" not in outside
 
 
 def test_rag_user_turn_numbers_its_sources():
-    msg = tpl.user("수도는?", [Source("위키", "https://ko.wikipedia.org/wiki/서울", "서울은 수도다."), Source("뉴스", "https://news.example/a", "부산은 항구다.")])
-    text = tpl.render([msg], EOS)
+    msg = user("수도는?", [Source("위키", "https://ko.wikipedia.org/wiki/서울", "서울은 수도다."), Source("뉴스", "https://news.example/a", "부산은 항구다.")])
+    text = render([msg], EOS)
     assert "[1] 위키 (https://ko.wikipedia.org/wiki/서울)\n서울은 수도다." in text
     assert "[2] 뉴스 (https://news.example/a)\n부산은 항구다." in text
     assert text.index("[2]") < text.index("질문: 수도는?") < text.index("### Bot\n")
     # The flattened form (for models' own templates) carries the same text.
-    flat = tpl.flatten_sources(msg)
-    assert not flat.sources and flat.content in text and flat.content.startswith(tpl.RAG_INSTRUCTION)
+    flat = flatten_sources(msg)
+    assert not flat.sources and flat.content in text and flat.content.startswith(RAG_INSTRUCTION)
 
 
 def test_unknown_role_is_a_clear_error():
-    with pytest.raises(tpl.TemplateError, match="unknown role 'tool'"):
-        tpl.render([{"role": "tool", "content": "x"}], EOS)
+    with pytest.raises(TemplateError, match="unknown role 'tool'"):
+        render([{"role": "tool", "content": "x"}], EOS)
 
 
 def feed_all(chunks, extra=()):
@@ -95,8 +95,8 @@ def test_transformers_renders_the_same_text_and_assistant_mask(tiny_tokenizer_di
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    msgs = [Message("system", "시스템"), tpl.user("안녕?"), Message("assistant", "안녕하세요!"), tpl.user("또?"), Message("assistant", "네.")]
-    ours, spans = tpl.render_with_mask(msgs, tok.eos_token)
+    msgs = [Message("system", "시스템"), user("안녕?"), Message("assistant", "안녕하세요!"), user("또?"), Message("assistant", "네.")]
+    ours, spans = render_with_mask(msgs, tok.eos_token)
     dicts = [m.to_dict() for m in msgs]
     assert tok.apply_chat_template(dicts, tokenize=False) == ours
     out = tok.apply_chat_template(dicts, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
@@ -107,6 +107,6 @@ def test_transformers_renders_the_same_text_and_assistant_mask(tiny_tokenizer_di
 
 @pytest.mark.parametrize("content", ["짧은 글", "  앞뒤 공백  \n", "여러\n\n줄", ""])
 def test_turn_text_matches_the_jinja_rendering(content):
-    msgs = [Message("system", content), tpl.user(content), Message("assistant", content)]
-    whole = tpl.render(msgs, EOS, add_generation_prompt=False)
-    assert "".join(tpl.turn_text(m.role, m.content, EOS) for m in msgs) == whole
+    msgs = [Message("system", content), user(content), Message("assistant", content)]
+    whole = render(msgs, EOS, add_generation_prompt=False)
+    assert "".join(turn_text(m.role, m.content, EOS) for m in msgs) == whole

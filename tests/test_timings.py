@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from korani_cli import template as tpl
+from korani_cli.template import user
 from korani_cli.backends import Generation, GenerationParams, ModelInfo, apply_stops
 
 PROMPT_S, TOKEN_S, TOKENS = 0.4, 0.03, 20
@@ -55,7 +55,7 @@ class Paced:
 def test_timings_match_what_the_backend_did(whole):
     from korani_cli import oneshot
 
-    result = oneshot.answer(Paced(whole), [tpl.user("질문")], GenerationParams(max_new_tokens=TOKENS))
+    result = oneshot.answer(Paced(whole), [user("질문")], GenerationParams(max_new_tokens=TOKENS))
     data = result.to_json()
     t = data["timings"]
     decode_s = (TOKENS - 1) * TOKEN_S
@@ -78,7 +78,7 @@ def test_an_answer_handed_over_whole_without_a_first_token_time_reports_none():
 
             return Generation(lambda usage: apply_stops(raw(usage), usage))
 
-    t = oneshot.answer(Whole(True), [tpl.user("질문")], GenerationParams()).to_json()["timings"]
+    t = oneshot.answer(Whole(True), [user("질문")], GenerationParams()).to_json()["timings"]
     assert t["first_token_s"] is None and t["decode_tok_s"] is None and t["generate_s"] >= 0.1
 
 
@@ -92,7 +92,7 @@ def test_hf_timings_and_counts_are_consistent(tiny_neox_dir, stream):
     settings = Settings(model=str(tiny_neox_dir))
     backend = load_backend(resolve(str(tiny_neox_dir), settings), settings, lambda m: None)
     params = GenerationParams(max_new_tokens=24, temperature=1.0, seed=1, stream=stream)
-    data = oneshot.answer(backend, [tpl.user("대한민국의 수도는?")], params).to_json()
+    data = oneshot.answer(backend, [user("대한민국의 수도는?")], params).to_json()
     t = data["timings"]
     assert t["first_token_s"] is not None and 0 < t["first_token_s"] < t["generate_s"]
     n = data["completion_tokens"]

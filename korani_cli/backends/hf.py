@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from korani_cli import template as tpl
+from korani_cli.template import HEADER_STOP, Message, flatten_sources, render
 from korani_cli.backends import OFFLINE_FIX, Generation, GenerationParams, ModelInfo, ModelSpec, Notify, Usage, apply_stops
 from korani_cli.config import Settings
 from korani_cli.errors import GenerationError, ModelLoadError, UsageError
@@ -144,13 +144,13 @@ class HFBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def prompt_text(self, messages: Sequence[tpl.Message]) -> str:
+    def prompt_text(self, messages: Sequence[Message]) -> str:
         if self.info.template == "model":
-            chat = [tpl.flatten_sources(m).to_dict() for m in messages]
+            chat = [flatten_sources(m).to_dict() for m in messages]
             return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        return tpl.render(messages, self.eos_text)
+        return render(messages, self.eos_text)
 
-    def stream(self, messages: Sequence[tpl.Message], params: GenerationParams) -> Generation:
+    def stream(self, messages: Sequence[Message], params: GenerationParams) -> Generation:
         return Generation(lambda usage: apply_stops(self._generate(messages, params, usage), usage))
 
     def _generate(self, messages, params: GenerationParams, usage: Usage) -> Iterator[str]:
@@ -208,7 +208,7 @@ class HFBackend:
                 if usage.first_token_at is None:
                     usage.first_token_at = time.perf_counter()
                 tail = tokenizer.decode(input_ids[0, max(n_prompt, input_ids.shape[1] - 6):], skip_special_tokens=True)
-                return tpl.HEADER_STOP in tail
+                return HEADER_STOP in tail
 
         usage.whole = True
         try:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from korani_cli import template as tpl
+from korani_cli.template import Message, flatten_sources, render
 from korani_cli.backends import Generation, GenerationParams, ModelInfo, ModelSpec, Notify, Usage, apply_stops
 from korani_cli.config import Settings
 from korani_cli.errors import GenerationError, ModelLoadError, UsageError
@@ -98,11 +98,11 @@ class LlamaCppBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def prompt_tokens(self, messages: Sequence[tpl.Message]) -> list[int]:
-        prompt = tpl.render(messages, self.eos_text)
+    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
+        prompt = render(messages, self.eos_text)
         return self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
 
-    def stream(self, messages: Sequence[tpl.Message], params: GenerationParams) -> Generation:
+    def stream(self, messages: Sequence[Message], params: GenerationParams) -> Generation:
         if self.info.template == "model":
             return Generation(lambda usage: apply_stops(self._chat(messages, params, usage), usage))
         return Generation(lambda usage: apply_stops(self._complete(messages, params, usage), usage))
@@ -145,7 +145,7 @@ class LlamaCppBackend:
             yield tail
 
     def _chat(self, messages, params: GenerationParams, usage: Usage) -> Iterator[str]:
-        chat = [tpl.flatten_sources(m).to_dict() for m in messages]
+        chat = [flatten_sources(m).to_dict() for m in messages]
         try:
             chunks = self.llm.create_chat_completion(
                 messages=chat,

@@ -23,7 +23,7 @@ import json
 from typing import Iterator, Sequence
 from urllib.parse import urlsplit
 
-from korani_cli import template as tpl
+from korani_cli.template import CHARS_PER_TOKEN, DEFAULT_EOS, HEADER_STOP, Message, flatten_sources, render
 from korani_cli.backends import Generation, GenerationParams, ModelInfo, ModelSpec, Notify, Usage, apply_stops
 from korani_cli.config import Settings
 from korani_cli.errors import GenerationError, ModelLoadError
@@ -36,7 +36,7 @@ GENERATION_FACTOR = 30
 LIST_CAP = 5_000_000  # bytes of a /models answer
 ANSWER_CAP = 16_000_000  # bytes of a whole (non-streamed) answer, or of one event
 # What the server should stop at besides EOS: the next turn's header.
-SERVER_STOPS = [tpl.HEADER_STOP]
+SERVER_STOPS = [HEADER_STOP]
 
 
 def normalise_base_url(url: str) -> str:
@@ -120,14 +120,14 @@ class OpenAIBackend:
         )
         # We cannot know the served tokenizer's EOS text; earlier Bot turns are
         # closed with the one KoRani models use (polyglot-ko's).
-        return cls(client, model, info, eos_text=tpl.DEFAULT_EOS, deadline=deadline,
+        return cls(client, model, info, eos_text=DEFAULT_EOS, deadline=deadline,
                    generation_deadline=GENERATION_FACTOR * request_timeout)
 
     def count_tokens(self, text: str) -> int:
         # The server's tokenizer is remote: polyglot-ko's usual ratio stands in.
-        return max(1, round(len(text) / tpl.CHARS_PER_TOKEN))
+        return max(1, round(len(text) / CHARS_PER_TOKEN))
 
-    def stream(self, messages: Sequence[tpl.Message], params: GenerationParams) -> Generation:
+    def stream(self, messages: Sequence[Message], params: GenerationParams) -> Generation:
         body: dict = {
             "model": self.model,
             "max_tokens": params.max_new_tokens,
@@ -138,10 +138,10 @@ class OpenAIBackend:
             body["seed"] = params.seed
         if self.info.template == "model":
             path = "/chat/completions"
-            body["messages"] = [tpl.flatten_sources(m).to_dict() for m in messages]
+            body["messages"] = [flatten_sources(m).to_dict() for m in messages]
         else:
             path = "/completions"
-            body["prompt"] = tpl.render(messages, self.eos_text)
+            body["prompt"] = render(messages, self.eos_text)
             body["stop"] = SERVER_STOPS
         run = self._events if params.stream else self._whole
         return Generation(lambda usage: apply_stops(run(path, body, usage), usage))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from korani_cli import template as tpl
+from korani_cli.template import Message
 from korani_cli.chat.history import History
 from korani_cli.errors import UsageError
 
@@ -21,7 +21,7 @@ class Resumed:
     model: str | None  # the command line's, else the session's
     template: str | None
     system: str | None
-    messages: list[tpl.Message]  # user and assistant turns the model is given again
+    messages: list[Message]  # user and assistant turns the model is given again
     note: str  # "resuming session … (N messages)", and what the command line replaced
 
 
@@ -51,6 +51,6 @@ def resume(history: History, session_id: str | None, *, model: str | None, templ
         model=model if model is not None else stored.model,
         template=template if template is not None else stored.template,
         system=system if system is not None else stored.system,
-        messages=[tpl.Message(m.role, m.content) for m in kept],
+        messages=[Message(m.role, m.content) for m in kept],
         note=f"resuming session {sid} ({counted})" + "".join(f"; {r}" for r in replaced),
     )

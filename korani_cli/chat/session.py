@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from korani_cli import memory
-from korani_cli import template as tpl
+from korani_cli.template import Message, user
 from korani_cli import oneshot
 from korani_cli.backends import Backend, GenerationParams, Usage
 from korani_cli.chat.history import History, HistoryError, to_markdown
@@ -168,7 +168,7 @@ def _round(seconds: float | None) -> float | None:
 class ChatSession:
     def __init__(self, load_backend: Callable[[], Backend], history: History, session_id: str | None = None, *,
                  model_name: str, system: str | None = None, template: str | None = None,
-                 params: GenerationParams | None = None, search_options=None, restored: list[tpl.Message] | None = None,
+                 params: GenerationParams | None = None, search_options=None, restored: list[Message] | None = None,
                  context_tokens: int | None = None, choose_model: Callable[[str], ModelChoice] | None = None):
         """`session_id` None: a new chat, whose session row is written with its first message
         (a chat that fails to start, or says nothing, leaves no empty session behind)."""
@@ -182,7 +182,7 @@ class ChatSession:
         self.params = params or GenerationParams()
         self.search_options = search_options
         self.context_tokens = context_tokens  # the sources' share of a /검색 prompt; None: the model's default
-        self.turns: list[tpl.Message] = list(restored or [])
+        self.turns: list[Message] = list(restored or [])
         self.last_sources: list = []
         self.last_query: str | None = None
         self.trim_reported = False
@@ -219,14 +219,14 @@ class ChatSession:
             yield Stage("모델 불러오는 중")
             self.backend = self._load()
 
-    def prompt_messages(self, user_message: tpl.Message) -> tuple[list[tpl.Message], int]:
-        head = [tpl.Message("system", self.system)] if self.system else []
+    def prompt_messages(self, user_message: Message) -> tuple[list[Message], int]:
+        head = [Message("system", self.system)] if self.system else []
         messages = [*head, *self.turns, user_message]
         if self.backend is None:
             return messages, 0
         return memory.fit(messages, self.backend, ANSWER_ROOM)
 
-    def _generate(self, user_message: tpl.Message, stored_text: str, store_question: bool = True) -> Iterator[Event]:
+    def _generate(self, user_message: Message, stored_text: str, store_question: bool = True) -> Iterator[Event]:
         """Generate, remember, store and show one plain answer as it streams."""
         if store_question:
             self._store("user", stored_text)  # before generation: never lost
@@ -245,7 +245,7 @@ class ChatSession:
             if result.answer:
                 self._store("assistant", result.answer, self.model_name,
                             {"first_token_s": timings.first_token_s, "total_s": timings.total_s})
-                self.turns += [tpl.Message("user", stored_text), tpl.Message("assistant", result.answer)]
+                self.turns += [Message("user", stored_text), Message("assistant", result.answer)]
         yield Answered(result.answer, timings, run.generation.usage)
 
     # -- entry point ------------------------------------------------------------
@@ -276,7 +276,7 @@ class ChatSession:
             return
         yield from self._ensure_backend()
         self.last_asked = Asked(line)
-        yield from self._generate(tpl.user(line), line)
+        yield from self._generate(user(line), line)
 
     # -- commands ---------------------------------------------------------------
 
@@ -315,7 +315,7 @@ class ChatSession:
     def _sourced(self, question: str, ranked, store_question: bool = True) -> Iterator[Event]:
         """Answer from `ranked` through the RAG core (search/answer.py): each sentence is
         shown once its footnotes are checked; remembered and stored as shown."""
-        from korani_cli.search import answer as rag
+        from korani_cli.search.answer import Done, Text, Trimmed, stream
 
         if store_question:  # /다시 answers a question that is stored already
             self._store("user", question)  # before generation: never lost
@@ -323,18 +323,18 @@ class ChatSession:
         start = time.perf_counter()
         shown: list[str] = []
         done = None
-        events = rag.stream(self.backend, question, ranked, self.params, system=self.system, history=self.turns,
+        events = stream(self.backend, question, ranked, self.params, system=self.system, history=self.turns,
                             context_tokens=self.context_tokens)
         try:
             for event in events:
-                if isinstance(event, rag.Trimmed):
+                if isinstance(event, Trimmed):
                     if not self.trim_reported:
                         self.trim_reported = True
                         yield Notice(f"대화가 길어져 오래된 대화 {event.dropped}개를 기억에서 뺐습니다 (컨텍스트 {event.context_length} 토큰)")
-                elif isinstance(event, rag.Text):
+                elif isinstance(event, Text):
                     shown.append(event.text)
                     yield AnswerText(event.text)
-                elif isinstance(event, rag.Done):
+                elif isinstance(event, Done):
                     done = event
                     self.last_sources = list(event.passages)  # /출처 shows what the model was given
         finally:
@@ -347,7 +347,7 @@ class ChatSession:
                 stored = {"first_token_s": timings.first_token_s, "first_sentence_s": timings.first_sentence_s,
                           "total_s": timings.total_s}
                 self._store("assistant", answer, self.model_name, stored, [c.__dict__ for c in citations] or None)
-                self.turns += [tpl.Message("user", question), tpl.Message("assistant", answer)]
+                self.turns += [Message("user", question), Message("assistant", answer)]
         yield Answered(answer, timings, done.usage, citations, done.answer.footnotes())
 
     def cmd_sources(self, _arg: str) -> Iterator[Event]:
@@ -450,7 +450,7 @@ class ChatSession:
                     yield ErrorLine(exc.one_line())
         yield from self._ensure_backend()
         if asked.ranked is None:
-            yield from self._generate(tpl.user(asked.question), asked.question, store_question=False)
+            yield from self._generate(user(asked.question), asked.question, store_question=False)
             return
         self.last_sources = list(asked.ranked)
         try:

@@ -222,7 +222,7 @@ def _load(settings):
 def _generate(backend, text, system, earlier, retrieval, params, context_tokens, load_s):
     """The answer (streamed to stdout on a terminal) and, with sources, the checked SourcedAnswer."""
     from korani_cli import memory, oneshot
-    from korani_cli.search import answer as rag_answer
+    from korani_cli.search.answer import stream
     from korani_cli.template import conversation
 
     def write(chunk: str) -> None:
@@ -236,7 +236,7 @@ def _generate(backend, text, system, earlier, retrieval, params, context_tokens,
         with waiting:
             if retrieval is not None:
                 # Sentences are shown once their markers are checked (search/answer.py).
-                events = rag_answer.stream(backend, text, retrieval.ranked, params, system=system, history=earlier,
+                events = stream(backend, text, retrieval.ranked, params, system=system, history=earlier,
                                            context_tokens=context_tokens)
                 done = _sourced(events, on_text)
                 return _as_answer(done, backend, load_s), done.answer

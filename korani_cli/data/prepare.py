@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol, Sequence, TextIO
 
 from korani_cli import __version__
-from korani_cli import template as tpl
+from korani_cli.template import CHARS_PER_TOKEN, DEFAULT_EOS, turn_text
 from korani_cli.data.clean import RULES, Cleaner, to_conversation
 from korani_cli.data.dedup import DEFAULT_THRESHOLD, Deduplicator, normalised
 from korani_cli.data.readers import SourceReadError, read_file
@@ -143,7 +143,7 @@ class _Lengths:
 
     def __init__(self, tokenizer: str | None):
         self.tokenizer = None
-        self.eos = tpl.DEFAULT_EOS
+        self.eos = DEFAULT_EOS
         if tokenizer:
             try:
                 from transformers import AutoTokenizer
@@ -152,13 +152,13 @@ class _Lengths:
             except Exception as exc:  # transformers raises many unrelated types for a bad tokenizer
                 raise UsageError(f"cannot load the tokenizer '{tokenizer}' ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})",
                                  "pass a local tokenizer directory, or leave --tokenizer out to count characters") from None
-            self.eos = self.tokenizer.eos_token or tpl.DEFAULT_EOS
-        self.measure = f"tokenizer:{tokenizer}" if tokenizer else f"chars/{tpl.CHARS_PER_TOKEN}"
+            self.eos = self.tokenizer.eos_token or DEFAULT_EOS
+        self.measure = f"tokenizer:{tokenizer}" if tokenizer else f"chars/{CHARS_PER_TOKEN}"
 
     def turn_lengths(self, convs: Sequence[Conversation]) -> list[list[int]]:
-        pieces = [[tpl.turn_text(t.role, t.content, self.eos) for t in c.turns] for c in convs]
+        pieces = [[turn_text(t.role, t.content, self.eos) for t in c.turns] for c in convs]
         if self.tokenizer is None:
-            return [[math.ceil(len(p) / tpl.CHARS_PER_TOKEN) for p in ps] for ps in pieces]
+            return [[math.ceil(len(p) / CHARS_PER_TOKEN) for p in ps] for ps in pieces]
         flat = [p for ps in pieces for p in ps]
         ids = self.tokenizer(flat, add_special_tokens=False)["input_ids"]
         out, i = [], 0

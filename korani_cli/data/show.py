@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Group
 from rich.text import Text
 
-from korani_cli import template as tpl
+from korani_cli.template import Message, ROLES, render_with_mask
 from korani_cli.data.sources import DataInputError
 from korani_cli.untrusted import clean
 
@@ -64,7 +64,7 @@ def _record_problem(record) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "no list of 'messages'"
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in tpl.ROLES or not isinstance(m.get("content"), str):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             return f"message {i} is not {{role: system|user|assistant, content: str}}"
     return None
 
@@ -83,8 +83,8 @@ def pick(lines: list[bytes], index: int | None, random_k: int | None, seed: int,
 
 
 def render_example(record: dict, eos: str, index: int, split: str) -> Group:
-    messages = [tpl.Message(m["role"], clean(m["content"])) for m in record["messages"]]
-    text, spans = tpl.render_with_mask(messages, clean(eos))
+    messages = [Message(m["role"], clean(m["content"])) for m in record["messages"]]
+    text, spans = render_with_mask(messages, clean(eos))
     # Context and learned text as separate segments: learned text must not inherit "dim".
     body, cursor = Text(), 0
     for start, end in spans:

@@ -75,7 +75,7 @@ class Asker:
         self.cpu = threading.Lock()
 
     def __call__(self, item: Planned) -> dict:
-        from korani_cli.search import answer as rag
+        from korani_cli.search.answer import Done, stream, written_claims
 
         q = item.question
         gold_url = self.page_url[q.page_id]
@@ -84,13 +84,13 @@ class Asker:
             ranked = self.pool.rank(q.question, exclude=frozenset({gold_url}) if item.unanswerable else frozenset())
         retrieve_s = time.perf_counter() - start
         done = None
-        for event in rag.stream(self.backend, q.question, ranked, self.config.params(), system=self.config.system,
+        for event in stream(self.backend, q.question, ranked, self.config.params(), system=self.config.system,
                                 context_tokens=self.config.context_tokens):
-            if isinstance(event, rag.Done):
+            if isinstance(event, Done):
                 done = event
         sourced, offered_passages = done.answer, done.passages
         offered = {n: r.passage.text for n, r in enumerate(offered_passages, 1)}
-        raw_claims = rag.written_claims(done.raw)
+        raw_claims = written_claims(done.raw)
         printed = {c.n: c.passage for c in sourced.citations}
         body = m.strip_markers(sourced.text)
         hit = any(r.passage.url == gold_url for r in ranked)

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from korani_cli import template as tpl
+from korani_cli.template import Message, RAG_INSTRUCTION, RAG_QUESTION_PREFIX, Source, user
 from korani_cli.backends import Backend, GenerationParams, Usage
 from korani_cli.search import support as sup
 from korani_cli.search.segment import Piece, Segmenter
@@ -108,17 +108,17 @@ Event = Trimmed | Text | Sentence | Footnotes | Done
 
 # -- prompt -------------------------------------------------------------------------------
 
-def messages(question: str, ranked: Sequence[Ranked], system: str | None = None, history=()) -> list[tpl.Message]:
-    sources = [tpl.Source(r.passage.title or r.passage.url, r.passage.url, r.passage.text) for r in ranked]
-    head = [tpl.Message("system", system)] if system else []
-    return [*head, *history, tpl.user(question, sources)]
+def messages(question: str, ranked: Sequence[Ranked], system: str | None = None, history=()) -> list[Message]:
+    sources = [Source(r.passage.title or r.passage.url, r.passage.url, r.passage.text) for r in ranked]
+    head = [Message("system", system)] if system else []
+    return [*head, *history, user(question, sources)]
 
 
 def echo_prefixes(ranked: Sequence[Ranked]) -> list[str]:
     """How a line repeating the prompt starts: the instruction's sentences, the question
     label, a source header. Such lines are never shown (segment.Segmenter)."""
-    label = tpl.RAG_QUESTION_PREFIX.strip()
-    instruction = [s[:12] for s in re.split(r"(?<=[.])\s+", tpl.RAG_INSTRUCTION) if s]
+    label = RAG_QUESTION_PREFIX.strip()
+    instruction = [s[:12] for s in re.split(r"(?<=[.])\s+", RAG_INSTRUCTION) if s]
     headers = [f"[{n}] {r.passage.title or r.passage.url} (" for n, r in enumerate(ranked, 1)]
     return [label, label.replace(":", " :"), *instruction, *headers]
 
@@ -237,7 +237,7 @@ def written_claims(raw: str) -> list[tuple[str, list[int]]]:
 # -- the core -----------------------------------------------------------------------------
 
 def stream(backend: Backend, question: str, ranked: Sequence[Ranked], params: GenerationParams, *,
-           system: str | None = None, history: Sequence[tpl.Message] = (), context_tokens: int | None = None,
+           system: str | None = None, history: Sequence[Message] = (), context_tokens: int | None = None,
            threshold: float = SUPPORT_THRESHOLD) -> Iterator[Event]:
     """Answer `question` from `ranked`, yielding events as the answer is generated and checked.
 

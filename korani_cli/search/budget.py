@@ -61,6 +61,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from korani_cli.search.types import Ranked
+from korani_cli.template import Source, sources_text
 
 # The fixed cap of `default_tokens`, in tokens of the sources block (the demo
 # model's gemma tokenizer). bench/context.py, KorQuAD dev, eval rag's pool (k=5,
@@ -138,16 +139,12 @@ class _Counter:
 
 
 def _offered(r: Ranked):
-    from korani_cli import template as tpl
-
     # As search/answer.py offers a passage: a page with no title shows its URL.
-    return tpl.Source(r.passage.title or r.passage.url, r.passage.url, r.passage.text)
+    return Source(r.passage.title or r.passage.url, r.passage.url, r.passage.text)
 
 
 def _rendered(ranked: Sequence[Ranked], cost: _Counter) -> int:
-    from korani_cli import template as tpl
-
-    return cost(tpl.sources_text([_offered(r) for r in ranked]))
+    return cost(sources_text([_offered(r) for r in ranked]))
 
 
 @dataclass(frozen=True)
@@ -197,7 +194,6 @@ class _Choice:
 
 
 def _analyse(question: str, ranked: list[Ranked], cost: _Counter) -> "_Analysis":
-    from korani_cli import template as tpl
     from korani_cli.search.passages import CONTENT_TAGS, bounded, kiwi
     from korani_cli.search.support import idf, prior
 
@@ -217,7 +213,7 @@ def _analyse(question: str, ranked: list[Ranked], cost: _Counter) -> "_Analysis"
     for r, text, low in zip(ranked, texts, lowered):
         sents = [_Sentence(m.start(), m.end()) for m in _SENTENCE.finditer(text)]
         scores = [sum(w for f, w in weights.items() if _holds(f, low[s.start:s.end])) for s in sents]
-        header = cost(tpl.sources_text([tpl.Source(r.passage.title or r.passage.url, r.passage.url, "")]))
+        header = cost(sources_text([Source(r.passage.title or r.passage.url, r.passage.url, "")]))
         passages.append(_Passage(r, text, sents, scores, header, _wanted(scores)))
     return _Analysis(passages, weights, cost)
 

@@ -26,7 +26,7 @@ from typing import Callable
 
 from korani_cli import paths
 from korani_cli.errors import EXIT_NO_SOURCES, ConfigError, KoraniError, UsageError
-from korani_cli.search import providers as prov
+from korani_cli.search.providers import DEFAULT_CHAIN, NoProvider, build, search_chain
 from korani_cli.search import workers
 from korani_cli.search.cache import PageCache
 from korani_cli.search.fetch import FetchOptions, fetch
@@ -45,7 +45,7 @@ class NoSources(KoraniError):
 
 @dataclass(frozen=True)
 class SearchOptions:
-    providers: tuple = prov.DEFAULT_CHAIN
+    providers: tuple = DEFAULT_CHAIN
     results: int = 8  # hits asked of the provider
     k: int = 5  # passages given to the model
     per_page: int = 2
@@ -87,7 +87,7 @@ def check_local_dir(directory: Path | None) -> None:
 
 
 def _provider(name: str, options: SearchOptions):
-    return prov.build(name, searxng_url=options.searxng_url, local_dir=options.local_dir, endpoints=options.endpoints,
+    return build(name, searxng_url=options.searxng_url, local_dir=options.local_dir, endpoints=options.endpoints,
                       follow_links=options.follow_links)
 
 
@@ -154,7 +154,7 @@ def _chain(options: SearchOptions) -> list:
         check_local_dir(options.local_dir)
     try:
         return [_provider(name, options) for name in options.providers]
-    except prov.NoProvider as exc:
+    except NoProvider as exc:
         raise UsageError(str(exc), "e.g. --provider duckduckgo --provider google") from None
 
 
@@ -164,7 +164,7 @@ def _search(query: str, options: SearchOptions, chain: list, cache: PageCache | 
     if options.fetch.offline:
         hits, used = _cached_hits(query, options, chain, cache, say)
     else:
-        hits, used = prov.search_chain(chain, query, options.results, say)
+        hits, used = search_chain(chain, query, options.results, say)
         if hits and cache and used != "local":
             cache.put_hits(query, hits)
     if not hits:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from korani_cli import template as tpl
+from korani_cli.template import render, user
 from korani_cli.train.data import conversations
 
 EOS_WARN_BELOW = 0.9  # a smaller EOS share is a warning: the model may not have learned to stop
@@ -90,7 +90,7 @@ def check(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_
     model.eval()
     try:
         for prompt in prompts:
-            text = tpl.render([tpl.user(prompt)], tokenizer.eos_token)
+            text = render([user(prompt)], tokenizer.eos_token)
             enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_prompt_tokens)
             enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             with torch.inference_mode():
