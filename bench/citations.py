@@ -62,8 +62,18 @@ def own_sentence(context: str, start: int, answer: str) -> str | None:
     return None
 
 
-_REWORD = [("였다", "였습니다"), ("이다", "입니다"), ("했다", "했습니다"), ("하였다", "했습니다"), ("되었다", "됐습니다"),
-           ("그러나", "하지만"), ("또한", "그리고"), ("에서는", "에선"), ("하였으며", "했고"), ("이며", "이고")]
+_REWORD = [
+    ("였다", "였습니다"),
+    ("이다", "입니다"),
+    ("했다", "했습니다"),
+    ("하였다", "했습니다"),
+    ("되었다", "됐습니다"),
+    ("그러나", "하지만"),
+    ("또한", "그리고"),
+    ("에서는", "에선"),
+    ("하였으며", "했고"),
+    ("이며", "이고"),
+]
 
 
 def paraphrase(sentence: str, answer: str, rng: random.Random) -> str:
@@ -72,8 +82,11 @@ def paraphrase(sentence: str, answer: str, rng: random.Random) -> str:
         out = out.replace(a, b)
     words = out.split()
     # Drop one word that is not (part of) the answer, as a light rewording does.
-    droppable = [i for i, w in enumerate(words[:-1]) if w not in answer and answer not in w
-                 and not any(ch.isdigit() for ch in w)]
+    droppable = [
+        i
+        for i, w in enumerate(words[:-1])
+        if w not in answer and answer not in w and not any(ch.isdigit() for ch in w)
+    ]
     if len(words) > 4 and droppable:
         del words[rng.choice(droppable)]
     return " ".join(words)
@@ -138,40 +151,70 @@ def main() -> int:
             results["old"].append((kind, label, old_support(words, set(terms[para])) >= OLD_THRESHOLD))
             results["new"].append((kind, label, new[para] >= sup.THRESHOLD))
             if args.show and (new[para] >= sup.THRESHOLD) != label:
-                print(f"  {'FP' if not label else 'FN'} {kind} {new[para]:.2f} {sentence} | {paragraphs[para][:150]!r}")
+                print(
+                    f"  {'FP' if not label else 'FN'} {kind} {new[para]:.2f} {sentence} | {paragraphs[para][:150]!r}"
+                )
     check_s = time.perf_counter() - t0
 
     def measure(rows):
         tp = sum(1 for _, y, p in rows if y and p)
         fp = sum(1 for _, y, p in rows if not y and p)
         fn = sum(1 for _, y, p in rows if y and not p)
-        return {"precision": round(tp / (tp + fp), 4) if tp + fp else 0.0,
-                "recall": round(tp / (tp + fn), 4) if tp + fn else 0.0, "tp": tp, "fp": fp, "fn": fn}
+        return {
+            "precision": round(tp / (tp + fp), 4) if tp + fp else 0.0,
+            "recall": round(tp / (tp + fn), 4) if tp + fn else 0.0,
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+        }
 
     kinds = ["template", "verbatim", "paraphrase", "short"]
-    table = {name: {"all": measure(rows), **{k: measure([r for r in rows if r[0] == k]) for k in kinds}}
-             for name, rows in results.items()}
-    print(f"{len(cases)} sentences × (gold, distractor) from {args.questions} KorQuAD dev questions; "
-          f"old threshold {OLD_THRESHOLD}, new threshold {sup.THRESHOLD}")
+    table = {
+        name: {"all": measure(rows), **{k: measure([r for r in rows if r[0] == k]) for k in kinds}}
+        for name, rows in results.items()
+    }
+    print(
+        f"{len(cases)} sentences × (gold, distractor) from {args.questions} KorQuAD dev questions; "
+        f"old threshold {OLD_THRESHOLD}, new threshold {sup.THRESHOLD}"
+    )
     print(f"{'checker':8} {'subset':11} {'precision':>9} {'recall':>7} {'tp':>5} {'fp':>4} {'fn':>4}")
     for name in table:
         for subset, m in table[name].items():
-            print(f"{name:8} {subset:11} {m['precision']:9.4f} {m['recall']:7.4f} {m['tp']:5} {m['fp']:4} {m['fn']:4}")
+            print(
+                f"{name:8} {subset:11} {m['precision']:9.4f} {m['recall']:7.4f} {m['tp']:5} {m['fp']:4} {m['fn']:4}"
+            )
     for t in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7):
         m = measure([("", y, s >= t) for y, s in sweep])
         print(f"new at threshold {t:.2f}: precision {m['precision']:.4f} recall {m['recall']:.4f}")
     print(f"prepare {prep_s:.1f}s, check {check_s:.1f}s")
     goal = table["new"]["all"]["precision"] >= 0.97 and table["new"]["all"]["recall"] >= 0.90
+
     def f1(m):
-        return 2 * m["precision"] * m["recall"] / (m["precision"] + m["recall"]) if m["precision"] + m["recall"] else 0.0
+        return (
+            2 * m["precision"] * m["recall"] / (m["precision"] + m["recall"])
+            if m["precision"] + m["recall"]
+            else 0.0
+        )
 
     # The old check accepts nearly everything (high recall, precision ~0.6): "above" is judged on F1.
     better = f1(table["new"]["all"]) > f1(table["old"]["all"])
-    print("RESULT " + json.dumps({"questions": args.questions, "sentences": len(cases), "threshold": sup.THRESHOLD,
-                                  "old": table["old"]["all"], "new": table["new"]["all"],
-                                  "by_kind": {k: {"old": table["old"][k], "new": table["new"][k]} for k in kinds},
-                                  "f1": {"old": round(f1(table["old"]["all"]), 4), "new": round(f1(table["new"]["all"]), 4)},
-                                  "goal_met": goal, "above_old": better}, ensure_ascii=False))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "questions": args.questions,
+                "sentences": len(cases),
+                "threshold": sup.THRESHOLD,
+                "old": table["old"]["all"],
+                "new": table["new"]["all"],
+                "by_kind": {k: {"old": table["old"][k], "new": table["new"][k]} for k in kinds},
+                "f1": {"old": round(f1(table["old"]["all"]), 4), "new": round(f1(table["new"]["all"]), 4)},
+                "goal_met": goal,
+                "above_old": better,
+            },
+            ensure_ascii=False,
+        )
+    )
     return 0
 
 

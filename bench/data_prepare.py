@@ -39,7 +39,10 @@ def sentence_pool() -> list[str]:
         if len(pool) > 1000:
             return pool
     rng = random.Random(0)
-    return ["".join(chr(rng.randrange(0xAC00, 0xD7A3)) + (" " if rng.random() < 0.3 else "") for _ in range(60)) for _ in range(5000)]
+    return [
+        "".join(chr(rng.randrange(0xAC00, 0xD7A3)) + (" " if rng.random() < 0.3 else "") for _ in range(60))
+        for _ in range(5000)
+    ]
 
 
 def synthesize(out: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
@@ -56,9 +59,25 @@ def synthesize(out: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
             output = para(rng.randint(2, 6))
             if rng.random() < 0.3:
                 output += f"\n\n 덧붙이는 답변: {rng.choice(pool)} \n\n{para(2)}"
-            fh.write(json.dumps({"instruction": para(1), "output": output, "url": f"https://kin.naver.com/qna/{i}"}, ensure_ascii=False) + "\n")
+            fh.write(
+                json.dumps(
+                    {"instruction": para(1), "output": output, "url": f"https://kin.naver.com/qna/{i}"},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
             if rng.random() < 0.05:  # exact duplicates across the file
-                fh.write(json.dumps({"instruction": "중복 질문입니다", "output": "중복 답변입니다. 같은 글이 여러 번 나옵니다.", "url": ""}, ensure_ascii=False) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "instruction": "중복 질문입니다",
+                            "output": "중복 답변입니다. 같은 글이 여러 번 나옵니다.",
+                            "url": "",
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
 
     sg_path = out / "sharegpt.json"
     previous = None
@@ -102,15 +121,24 @@ def big_array(path: Path, megabytes: int, seed: int = 1) -> None:
             turns = []
             for _ in range(rng.randint(1, 5)):
                 turns.append({"from": "human", "value": " ".join(rng.choice(pool) for _ in range(2))})
-                turns.append({"from": "gpt", "value": " ".join(rng.choice(pool) for _ in range(10)).replace(". ", ".\r\n")})
-            fh.write(("," if i else "") + json.dumps({"id": f"big{i}", "conversations": turns}, ensure_ascii=False))
+                turns.append(
+                    {
+                        "from": "gpt",
+                        "value": " ".join(rng.choice(pool) for _ in range(10)).replace(". ", ".\r\n"),
+                    }
+                )
+            fh.write(
+                ("," if i else "") + json.dumps({"id": f"big{i}", "conversations": turns}, ensure_ascii=False)
+            )
             i += 1
         fh.write("]")
 
 
 def in_child(code: str, *args: str) -> tuple[float, float, str]:
     """Run code in a fresh interpreter; return (seconds, peak RSS in MB, its stdout)."""
-    wrapper = code + "\nimport resource\nprint('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    wrapper = (
+        code + "\nimport resource\nprint('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True, text=True, cwd=REPO)
     seconds = time.perf_counter() - t
@@ -137,7 +165,9 @@ def main() -> None:
         "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
     )
     out_dir = work / "out"
-    prep_s, prep_mb, _ = in_child(prepare_code, "data", "prepare", "--koalpaca", str(ko), "--sharegpt", str(sg), "-o", str(out_dir))
+    prep_s, prep_mb, _ = in_child(
+        prepare_code, "data", "prepare", "--koalpaca", str(ko), "--sharegpt", str(sg), "-o", str(out_dir)
+    )
     stats = json.loads((out_dir / "stats.json").read_text(encoding="utf-8"))
     kept = sum(s["conversations"] for s in stats["splits"].values())
 
@@ -154,7 +184,12 @@ def main() -> None:
     empty_s, empty_mb, _ = in_child("import korani_cli.data.readers\n")
 
     rows = [
-        ("prepare (CLI, end to end)", f"{args.records:,} records, {inputs_mb:.0f} MB", f"{prep_s:.1f} s", f"{prep_mb:.0f} MB"),
+        (
+            "prepare (CLI, end to end)",
+            f"{args.records:,} records, {inputs_mb:.0f} MB",
+            f"{prep_s:.1f} s",
+            f"{prep_mb:.0f} MB",
+        ),
         (f"stream {big_mb:.0f} MB array (korani)", "", f"{stream_s:.1f} s", f"{stream_mb:.0f} MB"),
         (f"json.load {big_mb:.0f} MB array (naive)", "", f"{naive_s:.1f} s", f"{naive_mb:.0f} MB"),
         ("interpreter + reader import", "", f"{empty_s:.1f} s", f"{empty_mb:.0f} MB"),
@@ -164,10 +199,18 @@ def main() -> None:
         print(f"{r[0]:<32} {r[1]:<28} {r[2]:>8} {r[3]:>9}")
     print(f"kept {kept:,} conversations; rejects {stats['rejects']}")
     result = {
-        "records": args.records, "inputs_mb": round(inputs_mb, 1), "synthesize_s": round(synth_s, 1),
-        "prepare_s": round(prep_s, 1), "prepare_peak_mb": round(prep_mb), "kept": kept, "rejects": stats["rejects"],
-        "big_array_mb": round(big_mb), "stream_s": round(stream_s, 1), "stream_peak_mb": round(stream_mb),
-        "naive_json_load_s": round(naive_s, 1), "naive_json_load_peak_mb": round(naive_mb),
+        "records": args.records,
+        "inputs_mb": round(inputs_mb, 1),
+        "synthesize_s": round(synth_s, 1),
+        "prepare_s": round(prep_s, 1),
+        "prepare_peak_mb": round(prep_mb),
+        "kept": kept,
+        "rejects": stats["rejects"],
+        "big_array_mb": round(big_mb),
+        "stream_s": round(stream_s, 1),
+        "stream_peak_mb": round(stream_mb),
+        "naive_json_load_s": round(naive_s, 1),
+        "naive_json_load_peak_mb": round(naive_mb),
         "goals": {"prepare_s_max": 60, "peak_mb_max": 1024},
     }
     print("RESULT " + json.dumps(result, ensure_ascii=False))

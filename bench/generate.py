@@ -38,10 +38,10 @@ def bench_llamacpp(reps: int, tokens: int, threads: int) -> dict:
     from llama_cpp import Llama
 
     from korani_cli import oneshot
-    from korani_cli.template import render, user
     from korani_cli.backends import GenerationParams
     from korani_cli.config import Settings
     from korani_cli.models import load_backend, resolve
+    from korani_cli.template import render, user
 
     settings = Settings(model="demo", threads=threads, n_ctx=2048)
     spec = resolve("demo", settings)
@@ -73,8 +73,17 @@ def bench_llamacpp(reps: int, tokens: int, threads: int) -> dict:
         first = None
         n = 0
         # Same sampler chain and the same header stop as the korani backend.
-        for chunk in llm.create_completion(prompt, max_tokens=tokens, temperature=0.0, top_k=40, top_p=0.9,
-                                           min_p=0.05, repeat_penalty=1.1, stop=["\n###"], stream=True):
+        for chunk in llm.create_completion(
+            prompt,
+            max_tokens=tokens,
+            temperature=0.0,
+            top_k=40,
+            top_p=0.9,
+            min_p=0.05,
+            repeat_penalty=1.1,
+            stop=["\n###"],
+            stream=True,
+        ):
             if chunk["choices"][0]["text"]:
                 n += 1
                 if first is None:
@@ -90,8 +99,24 @@ def bench_llamacpp(reps: int, tokens: int, threads: int) -> dict:
     env = {**os.environ, "KORANI_THREADS": str(threads)}
     t = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "korani_cli", "ask", "--model", "demo", "-t", "0", "-n", str(tokens), "--json", PROMPT],
-        capture_output=True, text=True, env=env, check=True,
+        [
+            sys.executable,
+            "-m",
+            "korani_cli",
+            "ask",
+            "--model",
+            "demo",
+            "-t",
+            "0",
+            "-n",
+            str(tokens),
+            "--json",
+            PROMPT,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     cli_wall = time.perf_counter() - t
     cli = json.loads(out.stdout)
@@ -116,11 +141,11 @@ def bench_hf(reps: int, tokens: int) -> dict:
     from transformers import AutoTokenizer, pipeline
 
     from korani_cli import oneshot
-    from korani_cli.template import render, user
-    from korani_cli.train import smoke
     from korani_cli.backends import GenerationParams
     from korani_cli.config import Settings
     from korani_cli.models import load_backend, resolve
+    from korani_cli.template import render, user
+    from korani_cli.train import smoke
 
     texts = [PROMPT]
     korquad = SHARED / "eval" / "korquad" / "KorQuAD_v1.0_dev.json"
@@ -152,12 +177,19 @@ def bench_hf(reps: int, tokens: int) -> dict:
         whole_total.append(r.timings.generate_s)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    pipe = pipeline("text-generation", model=str(model_dir), tokenizer=tokenizer, dtype=torch.float32, device="cpu")
+    pipe = pipeline(
+        "text-generation", model=str(model_dir), tokenizer=tokenizer, dtype=torch.float32, device="cpu"
+    )
     pipe_total, pipe_tokens = [], []
     for _ in range(reps):
         t = time.perf_counter()
-        out = pipe(prompt, max_new_tokens=tokens, do_sample=False, return_tensors=True,
-                   pad_token_id=tokenizer.pad_token_id)
+        out = pipe(
+            prompt,
+            max_new_tokens=tokens,
+            do_sample=False,
+            return_tensors=True,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         pipe_total.append(time.perf_counter() - t)
         n_prompt = len(tokenizer(prompt)["input_ids"])
         pipe_tokens.append(len(out[0]["generated_token_ids"]) - n_prompt)
@@ -186,8 +218,11 @@ def bench_help(reps: int) -> dict:
         return round(median(times), 3)
 
     korani = str(Path(sys.executable).with_name("korani"))
-    return {"korani_help_s": wall([korani, "--help"]), "ask_help_s": wall([korani, "ask", "--help"]),
-            "python_pass_s": wall([sys.executable, "-c", "pass"])}
+    return {
+        "korani_help_s": wall([korani, "--help"]),
+        "ask_help_s": wall([korani, "ask", "--help"]),
+        "python_pass_s": wall([sys.executable, "-c", "pass"]),
+    }
 
 
 def main() -> None:
@@ -203,20 +238,48 @@ def main() -> None:
     hp = bench_help(5)
 
     rows = [
-        ("llamacpp decode tok/s", f"{lc['korani_decode_tok_s']}", f"{lc['raw_decode_tok_s']} (raw llama-cpp-python)", f"{lc['decode_ratio']}x"),
+        (
+            "llamacpp decode tok/s",
+            f"{lc['korani_decode_tok_s']}",
+            f"{lc['raw_decode_tok_s']} (raw llama-cpp-python)",
+            f"{lc['decode_ratio']}x",
+        ),
         ("llamacpp first token s", f"{lc['korani_ttft_s']}", f"{lc['raw_ttft_s']}", ""),
         ("llamacpp load s", f"{lc['korani_load_s']}", f"{lc['raw_load_s']}", ""),
         ("korani ask CLI wall s", f"{lc['cli_wall_s']}", "", ""),
-        ("hf total s, streaming", f"{hf['korani_total_s']}", f"{hf['pipeline_total_s']} (pipeline)", f"{round(hf['pipeline_total_s'] / hf['korani_total_s'], 2)}x"),
+        (
+            "hf total s, streaming",
+            f"{hf['korani_total_s']}",
+            f"{hf['pipeline_total_s']} (pipeline)",
+            f"{round(hf['pipeline_total_s'] / hf['korani_total_s'], 2)}x",
+        ),
         ("hf first token s", f"{hf['korani_ttft_s']}", f"{hf['pipeline_ttft_s']}", ""),
-        ("hf total s, whole answer", f"{hf['korani_whole_total_s']}", f"{hf['pipeline_total_s']} (pipeline)", f"{round(hf['pipeline_total_s'] / hf['korani_whole_total_s'], 2)}x"),
+        (
+            "hf total s, whole answer",
+            f"{hf['korani_whole_total_s']}",
+            f"{hf['pipeline_total_s']} (pipeline)",
+            f"{round(hf['pipeline_total_s'] / hf['korani_whole_total_s'], 2)}x",
+        ),
         ("korani --help s", f"{hp['korani_help_s']}", f"{hp['python_pass_s']} (python -c pass)", ""),
     ]
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     print(f"{'measure':<{width[0]}}  {'korani':>{width[1]}}  {'baseline':<{width[2]}}  ratio")
     for r in rows:
         print(f"{r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:<{width[2]}}  {r[3]}")
-    print("RESULT " + json.dumps({"llamacpp": lc, "hf": hf, "help": hp, "tokens": args.tokens, "reps": args.reps, "threads": args.threads}, ensure_ascii=False))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "llamacpp": lc,
+                "hf": hf,
+                "help": hp,
+                "tokens": args.tokens,
+                "reps": args.reps,
+                "threads": args.threads,
+            },
+            ensure_ascii=False,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,14 @@ PROMPT = "대한민국의 수도는 어디인가요?"
 
 
 def korani(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "korani_cli", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "korani_cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 class GpuMemory:
@@ -58,8 +64,12 @@ class GpuMemory:
     @staticmethod
     def used_mib() -> int | None:
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-                                 capture_output=True, text=True, timeout=10).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
             return int(out.split()[0])
         except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
             return None
@@ -94,15 +104,21 @@ def build_base(data: Path, out: Path, hidden: int, layers: int, heads: int, voca
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from korani_cli.train import data as train_data
-
     from korani_cli.train import smoke
 
     start = time.perf_counter()
     tokenizer = smoke.train_tokenizer(train_data.texts(data / "train.jsonl"), out, vocab_size=vocab)
     config = GPTNeoXConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=hidden * 4, max_position_embeddings=2048, rotary_pct=0.5,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 4,
+        max_position_embeddings=2048,
+        rotary_pct=0.5,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
@@ -132,25 +148,56 @@ def step_seconds(logs: Path) -> float | None:
 
 
 def train(name: str, base: Path, data: Path, out: Path, steps: int, batch: int, extra: list[str]) -> dict:
-    args = ["train", "run", "korani-5.8b", "--data", str(data), "--output", str(out), f"base_model={base}",
-            f"max_steps={steps}", f"per_device_train_batch_size={batch}", f"per_device_eval_batch_size={batch}",
-            "logging_steps=1", f"eval_steps={steps}", f"save_steps={steps}", "health_prompts=4",
-            "health_max_new_tokens=16", *extra]
+    args = [
+        "train",
+        "run",
+        "korani-5.8b",
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        f"base_model={base}",
+        f"max_steps={steps}",
+        f"per_device_train_batch_size={batch}",
+        f"per_device_eval_batch_size={batch}",
+        "logging_steps=1",
+        f"eval_steps={steps}",
+        f"save_steps={steps}",
+        "health_prompts=4",
+        "health_max_new_tokens=16",
+        *extra,
+    ]
     start = time.perf_counter()
     with GpuMemory() as memory:
         proc = korani(*args)
     wall = round(time.perf_counter() - start, 1)
-    print(f"--- {name}: exit {proc.returncode} in {wall} s; stderr tail:\n{proc.stderr[-1500:]}", file=sys.stderr, flush=True)
-    result = {"exit": proc.returncode, "wall_s": wall, "peak_gib": memory.peak_gib, "s_per_step": step_seconds(out / "logs.jsonl")}
+    print(
+        f"--- {name}: exit {proc.returncode} in {wall} s; stderr tail:\n{proc.stderr[-1500:]}",
+        file=sys.stderr,
+        flush=True,
+    )
+    result = {
+        "exit": proc.returncode,
+        "wall_s": wall,
+        "peak_gib": memory.peak_gib,
+        "s_per_step": step_seconds(out / "logs.jsonl"),
+    }
     meta_path = out / "korani_metadata.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         health = meta.get("health") or {}
-        result.update({
-            "steps": meta.get("steps"), "loss_first": meta.get("train_loss_first"), "loss_last": meta.get("train_loss_last"),
-            "eval_losses": meta.get("eval_losses"), "quantization": meta.get("quantization"),
-            "device": meta.get("device"), "eos_share": health.get("eos_share"), "train_s": meta.get("train_seconds"),
-        })
+        result.update(
+            {
+                "steps": meta.get("steps"),
+                "loss_first": meta.get("train_loss_first"),
+                "loss_last": meta.get("train_loss_last"),
+                "eval_losses": meta.get("eval_losses"),
+                "quantization": meta.get("quantization"),
+                "device": meta.get("device"),
+                "eos_share": health.get("eos_share"),
+                "train_s": meta.get("train_seconds"),
+            }
+        )
     return result
 
 
@@ -158,19 +205,29 @@ def ask(adapter: Path) -> dict:
     start = time.perf_counter()
     with GpuMemory() as memory:
         proc = korani("ask", "--model", str(adapter), "-t", "0", "-n", "24", "--json", PROMPT)
-    result = {"exit": proc.returncode, "wall_s": round(time.perf_counter() - start, 1), "peak_gib": memory.peak_gib,
-              "stderr_tail": proc.stderr[-600:]}
+    result = {
+        "exit": proc.returncode,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "peak_gib": memory.peak_gib,
+        "stderr_tail": proc.stderr[-600:],
+    }
     if proc.returncode == 0:
         answer = json.loads(proc.stdout)
-        result.update({k: answer.get(k) for k in ("backend", "completion_tokens", "finish_reason", "timings")})
+        result.update(
+            {k: answer.get(k) for k in ("backend", "completion_tokens", "finish_reason", "timings")}
+        )
         result["answer_chars"] = len(answer.get("answer") or "")
-        result["device_note"] = next((line for line in proc.stderr.splitlines() if "4-bit" in line or "GPU" in line), None)
+        result["device_note"] = next(
+            (line for line in proc.stderr.splitlines() if "4-bit" in line or "GPU" in line), None
+        )
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="A prepared data directory (korani data prepare).")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="A prepared data directory (korani data prepare)."
+    )
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--heads", type=int, default=16)
@@ -184,24 +241,39 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="korani-gpu-bench-"))
     os.environ.setdefault("KORANI_HOME", str(work / "home"))
-    results: dict = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                     "torch": torch.__version__, "shape": {"hidden": args.hidden, "layers": args.layers, "heads": args.heads},
-                     "steps": args.steps, "batch": args.batch}
+    results: dict = {
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "shape": {"hidden": args.hidden, "layers": args.layers, "heads": args.heads},
+        "steps": args.steps,
+        "batch": args.batch,
+    }
 
     def checkpoint():
         if args.out:
             args.out.write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
     try:
-        results["base"] = build_base(args.data, work / "base", args.hidden, args.layers, args.heads, args.vocab)
+        results["base"] = build_base(
+            args.data, work / "base", args.hidden, args.layers, args.heads, args.vocab
+        )
         checkpoint()
         print(f"base: {results['base']}", file=sys.stderr, flush=True)
-        results["qlora"] = train("qlora", work / "base", args.data, work / "qlora", args.steps, args.batch, [])
+        results["qlora"] = train(
+            "qlora", work / "base", args.data, work / "qlora", args.steps, args.batch, []
+        )
         checkpoint()
         results["ask_qlora"] = ask(work / "qlora")
         checkpoint()
-        results["lora_bf16"] = train("lora_bf16", work / "base", args.data, work / "lora_bf16", args.steps, args.batch,
-                                     ["load_in_4bit=false"])
+        results["lora_bf16"] = train(
+            "lora_bf16",
+            work / "base",
+            args.data,
+            work / "lora_bf16",
+            args.steps,
+            args.batch,
+            ["load_in_4bit=false"],
+        )
         checkpoint()
         q, b = results["qlora"], results["lora_bf16"]
         if q.get("peak_gib") and b.get("peak_gib"):

@@ -90,9 +90,13 @@ def main() -> None:
                 found_relevant += len(got & want)
                 relevant += len(want)
                 returned += len(got)
-            result[kind] = {"recall": round(found_relevant / relevant, 3),
-                            "precision": round(found_relevant / returned, 3) if returned else None,
-                            "found": found_relevant, "relevant": relevant, "returned": returned}
+            result[kind] = {
+                "recall": round(found_relevant / relevant, 3),
+                "precision": round(found_relevant / returned, 3) if returned else None,
+                "found": found_relevant,
+                "relevant": relevant,
+                "returned": returned,
+            }
         history.close()
     print(f"{'tokenizer':<10} {'recall':>7} {'precision':>10} {'found/relevant':>15}")
     for kind, r in result.items():

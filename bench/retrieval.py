@@ -58,22 +58,40 @@ def metrics(rank_lists, gold) -> dict:
             r5 += pos < 5
             r10 += 1
     n = len(gold)
-    return {"recall@1": round(r1 / n, 4), "recall@5": round(r5 / n, 4), "recall@10": round(r10 / n, 4), "mrr@10": round(mrr / n, 4)}
+    return {
+        "recall@1": round(r1 / n, 4),
+        "recall@5": round(r5 / n, 4),
+        "recall@10": round(r10 / n, 4),
+        "mrr@10": round(mrr / n, 4),
+    }
 
 
 def main() -> None:
     import bm25s
     import numpy as np
 
-    from korani_cli.search.rank import DENSE_WEIGHT, EMBED_CHARS, MIN_CANDIDATES, RRF_K, make_embedder, morphemes
+    from korani_cli.search.rank import (
+        DENSE_WEIGHT,
+        EMBED_CHARS,
+        MIN_CANDIDATES,
+        RRF_K,
+        make_embedder,
+        morphemes,
+    )
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=0, help="use only the first N questions (0: all)")
     ap.add_argument("--embedder", default="auto")
-    ap.add_argument("--shortcuts", default=f"10x240,{MIN_CANDIDATES}x{EMBED_CHARS}",
-                    help="N×C settings to measure: BM25 top-N candidates, first C characters embedded")
-    ap.add_argument("--weights", default=f"1,{DENSE_WEIGHT}",
-                    help="dense weights in the rank fusion to measure (korani's is rank.DENSE_WEIGHT)")
+    ap.add_argument(
+        "--shortcuts",
+        default=f"10x240,{MIN_CANDIDATES}x{EMBED_CHARS}",
+        help="N×C settings to measure: BM25 top-N candidates, first C characters embedded",
+    )
+    ap.add_argument(
+        "--weights",
+        default=f"1,{DENSE_WEIGHT}",
+        help="dense weights in the rank fusion to measure (korani's is rank.DENSE_WEIGHT)",
+    )
     args = ap.parse_args()
     data = json.loads(KORQUAD.read_text(encoding="utf-8"))["data"]
     paragraphs, contexts, questions, gold = [], [], [], []
@@ -133,12 +151,27 @@ def main() -> None:
         ranks_s[rows, order(short)] = np.arange(n)
         for w in weights:
             fused = 1 / (RRF_K + ranks_b + 1) + w / (RRF_K + ranks_s + 1)
-            results[f"hybrid {n_cand}x{chars}" + ("" if w == 1 else f" w={w:g}")] = metrics(order(fused)[:, :10], gold)
+            results[f"hybrid {n_cand}x{chars}" + ("" if w == 1 else f" w={w:g}")] = metrics(
+                order(fused)[:, :10], gold
+            )
     print(f"{len(questions):,} questions, {n} paragraphs, embedder: {embedder.name}")
     print(f"{'method':<20} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'MRR@10':>7}")
     for name, m in results.items():
-        print(f"{name:<20} {m['recall@1']:>7.4f} {m['recall@5']:>7.4f} {m['recall@10']:>7.4f} {m['mrr@10']:>7.4f}")
-    print("RESULT " + json.dumps({"questions": len(questions), "paragraphs": n, "embedder": embedder.name, **results, "timings": timings}))
+        print(
+            f"{name:<20} {m['recall@1']:>7.4f} {m['recall@5']:>7.4f} {m['recall@10']:>7.4f} {m['mrr@10']:>7.4f}"
+        )
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "questions": len(questions),
+                "paragraphs": n,
+                "embedder": embedder.name,
+                **results,
+                "timings": timings,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

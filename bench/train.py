@@ -40,6 +40,7 @@ def assistant_loss(model, tokenizer, data_dir: Path, limit: int = 200, max_lengt
     import torch
 
     from korani_cli.template import Message, render_with_mask
+
     total, count = 0.0, 0
     model.eval()
     with (data_dir / "valid.jsonl").open(encoding="utf-8") as fh:
@@ -50,7 +51,10 @@ def assistant_loss(model, tokenizer, data_dir: Path, limit: int = 200, max_lengt
             text, spans = render_with_mask(messages, tokenizer.eos_token)
             enc = tokenizer(text, return_offsets_mapping=True, truncation=True, max_length=max_length)
             ids = enc["input_ids"]
-            labels = [t if any(s <= a < e for s, e in spans) else -100 for t, (a, _) in zip(ids, enc["offset_mapping"])]
+            labels = [
+                t if any(s <= a < e for s, e in spans) else -100
+                for t, (a, _) in zip(ids, enc["offset_mapping"])
+            ]
             with torch.inference_mode():
                 logits = model(torch.tensor([ids])).logits[0, :-1]
             target = torch.tensor(labels[1:])
@@ -85,13 +89,19 @@ def main() -> None:
 
     quiet_libraries()
     import torch
+    from data_prepare import synthesize
     from datasets import Dataset
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
 
-    from data_prepare import synthesize
-    from korani_cli.template import Message, render
     from korani_cli.data.prepare import PrepareConfig, prepare
+    from korani_cli.template import Message, render
     from korani_cli.train import smoke
     from korani_cli.train.config import load_config
     from korani_cli.train.model import lora_config
@@ -100,17 +110,42 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     work = Path(tempfile.mkdtemp(prefix="korani-train-bench-"))
     ko, sg = synthesize(work, args.records)
-    prepare(PrepareConfig(work / "data", koalpaca=(str(ko),), sharegpt=(str(sg),), max_tokens=args.max_length, near_dup=False))
+    prepare(
+        PrepareConfig(
+            work / "data",
+            koalpaca=(str(ko),),
+            sharegpt=(str(sg),),
+            max_tokens=args.max_length,
+            near_dup=False,
+        )
+    )
     data = work / "data"
-    texts = [m["content"] for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()[:3000] for m in json.loads(line)["messages"]]
+    texts = [
+        m["content"]
+        for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()[:3000]
+        for m in json.loads(line)["messages"]
+    ]
     tok = smoke.train_tokenizer(texts, work / "base", vocab_size=4000)
-    smoke.build_model(tok, work / "base", hidden_size=128, layers=4, heads=4, context=max(512, args.max_length))
+    smoke.build_model(
+        tok, work / "base", hidden_size=128, layers=4, heads=4, context=max(512, args.max_length)
+    )
 
     recipe = replace(
         load_config(REPO / "configs" / "korani-5.8b.yaml"),
-        base_model=str(work / "base"), data=str(data), output=str(work / "korani"), load_in_4bit=False,
-        max_steps=args.steps, per_device_train_batch_size=args.batch, gradient_checkpointing=False, max_length=args.max_length,
-        learning_rate=1e-3, warmup_ratio=0.0, eval_steps=10**6, save_steps=10**6, logging_steps=10**6, health_prompts=0,
+        base_model=str(work / "base"),
+        data=str(data),
+        output=str(work / "korani"),
+        load_in_4bit=False,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch,
+        gradient_checkpointing=False,
+        max_length=args.max_length,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        eval_steps=10**6,
+        save_steps=10**6,
+        logging_steps=10**6,
+        health_prompts=0,
     )
 
     # korani
@@ -119,40 +154,83 @@ def main() -> None:
     trainer.train()
     korani_s = time.perf_counter() - t
     # Real tokens seen: count non-pad tokens over the same number of batches, same sampler order.
-    korani_tokens = real_tokens(trainer.get_train_dataloader, args.steps, lambda b: (b["input_ids"] != ktok.pad_token_id).sum())
+    korani_tokens = real_tokens(
+        trainer.get_train_dataloader, args.steps, lambda b: (b["input_ids"] != ktok.pad_token_id).sum()
+    )
     korani_loss = assistant_loss(trainer.model, ktok, data, max_length=args.max_length)
 
     # seed: plain Trainer, pad = EOS, labels = input ids, no prompt masking, no grouping.
     stok = AutoTokenizer.from_pretrained(work / "base")
     stok.pad_token = stok.eos_token
-    rows = [json.loads(line)["messages"] for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()]
-    texts = [render([Message(m["role"], m["content"]) for m in msgs], stok.eos_token, add_generation_prompt=False) for msgs in rows]
-    ds = Dataset.from_dict({"text": texts}).map(lambda b: stok(b["text"], truncation=True, max_length=args.max_length), batched=True, remove_columns=["text"])
+    rows = [
+        json.loads(line)["messages"]
+        for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    texts = [
+        render([Message(m["role"], m["content"]) for m in msgs], stok.eos_token, add_generation_prompt=False)
+        for msgs in rows
+    ]
+    ds = Dataset.from_dict({"text": texts}).map(
+        lambda b: stok(b["text"], truncation=True, max_length=args.max_length),
+        batched=True,
+        remove_columns=["text"],
+    )
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(work / "base"), lora_config(recipe))
     seed_args = TrainingArguments(
-        output_dir=str(work / "seed"), max_steps=args.steps, per_device_train_batch_size=args.batch, learning_rate=1e-3,
-        lr_scheduler_type="linear", adam_beta1=0.9, adam_beta2=0.99, optim="adamw_torch", use_cpu=True, report_to=[],
-        save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=42,
+        output_dir=str(work / "seed"),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch,
+        learning_rate=1e-3,
+        lr_scheduler_type="linear",
+        adam_beta1=0.9,
+        adam_beta2=0.99,
+        optim="adamw_torch",
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        seed=42,
     )
     collator = DataCollatorForLanguageModeling(stok, mlm=False)
     seed_trainer = Trainer(model=model, args=seed_args, train_dataset=ds, data_collator=collator)
     t = time.perf_counter()
     seed_trainer.train()
     seed_s = time.perf_counter() - t
-    seed_tokens = real_tokens(seed_trainer.get_train_dataloader, args.steps, lambda b: b["attention_mask"].sum())
+    seed_tokens = real_tokens(
+        seed_trainer.get_train_dataloader, args.steps, lambda b: b["attention_mask"].sum()
+    )
     seed_loss = assistant_loss(seed_trainer.model, stok, data, max_length=args.max_length)
 
     k_tps, s_tps = korani_tokens / korani_s, seed_tokens / seed_s
-    print(f"{'recipe':<8} {'steps':>5} {'real tokens':>11} {'seconds':>8} {'tokens/s':>9} {'assistant eval loss':>20}")
-    print(f"{'korani':<8} {args.steps:>5} {korani_tokens:>11,} {korani_s:>8.1f} {k_tps:>9.0f} {korani_loss:>20.4f}")
+    print(
+        f"{'recipe':<8} {'steps':>5} {'real tokens':>11} {'seconds':>8} {'tokens/s':>9} {'assistant eval loss':>20}"
+    )
+    print(
+        f"{'korani':<8} {args.steps:>5} {korani_tokens:>11,} {korani_s:>8.1f} {k_tps:>9.0f} {korani_loss:>20.4f}"
+    )
     print(f"{'seed':<8} {args.steps:>5} {seed_tokens:>11,} {seed_s:>8.1f} {s_tps:>9.0f} {seed_loss:>20.4f}")
-    print(f"speed-up {k_tps / s_tps:.2f}x (goal ≥ 1.5x); eval loss {'no worse' if korani_loss <= seed_loss else 'WORSE'}")
-    print("RESULT " + json.dumps({
-        "steps": args.steps, "batch": args.batch, "records": args.records, "max_length": args.max_length,
-        "korani_tokens_per_s": round(k_tps, 1), "seed_tokens_per_s": round(s_tps, 1), "speedup": round(k_tps / s_tps, 3),
-        "korani_assistant_eval_loss": round(korani_loss, 4), "seed_assistant_eval_loss": round(seed_loss, 4),
-        "korani_seconds": round(korani_s, 2), "seed_seconds": round(seed_s, 2),
-    }))
+    print(
+        f"speed-up {k_tps / s_tps:.2f}x (goal ≥ 1.5x); eval loss {'no worse' if korani_loss <= seed_loss else 'WORSE'}"
+    )
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "steps": args.steps,
+                "batch": args.batch,
+                "records": args.records,
+                "max_length": args.max_length,
+                "korani_tokens_per_s": round(k_tps, 1),
+                "seed_tokens_per_s": round(s_tps, 1),
+                "speedup": round(k_tps / s_tps, 3),
+                "korani_assistant_eval_loss": round(korani_loss, 4),
+                "seed_assistant_eval_loss": round(seed_loss, 4),
+                "korani_seconds": round(korani_s, 2),
+                "seed_seconds": round(seed_s, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

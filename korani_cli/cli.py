@@ -20,8 +20,8 @@ from korani_cli.commands import eval as eval_command
 from korani_cli.commands import models as models_command
 from korani_cli.commands import search as search_command
 from korani_cli.commands import train as train_command
-from korani_cli.runtime import set_debug
 from korani_cli.helpfmt import install as _install_help_format
+from korani_cli.runtime import set_debug
 
 _install_help_format()
 
@@ -43,12 +43,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also KORANI_DEBUG=1).")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks (also KORANI_DEBUG=1).")
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
     local_rank: Annotated[
-        Optional[int], typer.Option("--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher.")
+        Optional[int],
+        typer.Option("--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher."),
     ] = None,
 ) -> None:
     set_debug(debug)

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
+
+import tomllib
 
 from korani_cli import paths
 from korani_cli.errors import ConfigError, UsageError
@@ -44,7 +45,9 @@ class Settings:
     openai_api_key: str | None = None
     n_ctx: int = 2048  # context window asked of the llama.cpp backend
     threads: int | None = None  # CPU threads for llama.cpp; None = all cores
-    request_timeout: float = 20.0  # seconds: the overall deadline of one network request (see korani_cli/net.py)
+    request_timeout: float = (
+        20.0  # seconds: the overall deadline of one network request (see korani_cli/net.py)
+    )
     backend: str = "auto"  # korani-5.8b: auto (a pulled GGUF when there is no CUDA GPU), hf or llamacpp; see models.resolve.
     # No environment variable: an exported KORANI_BACKEND=hf would make every other --model a usage error.
 
@@ -192,7 +195,9 @@ def check_flag(option: str, value: Any, rule: Rule) -> Any:
     try:
         return check_value(rule, value)
     except Invalid as exc:
-        raise UsageError(f"{option} must be {exc}, got {_shown(value)}", f"pass {option} {rule.describe()}") from None
+        raise UsageError(
+            f"{option} must be {exc}, got {_shown(value)}", f"pass {option} {rule.describe()}"
+        ) from None
 
 
 def _check_names(values: dict[str, Any], where: str) -> None:
@@ -209,7 +214,9 @@ def _validate_file(values: dict[str, Any], where: str) -> dict[str, Any]:
         try:
             out[key] = check_value(_rule(key), value)
         except Invalid as exc:
-            raise ConfigError(f"{where}: '{key}' must be {exc}, got {_shown(value)}", f"fix '{key}' in {where}") from None
+            raise ConfigError(
+                f"{where}: '{key}' must be {exc}, got {_shown(value)}", f"fix '{key}' in {where}"
+            ) from None
     return out
 
 
@@ -217,7 +224,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     if path.is_dir():
-        raise ConfigError(f"{path} is a directory, not a config file", "remove it, or put settings in a TOML file there")
+        raise ConfigError(
+            f"{path} is a directory, not a config file", "remove it, or put settings in a TOML file there"
+        )
     if not path.is_file():  # a FIFO would block the read forever, a device could be anything
         raise ConfigError(f"{path} is not a regular file", "replace it with a TOML file, or remove it")
     try:
@@ -288,4 +297,6 @@ def env_switch(name: str, default: bool = True) -> bool:
         return True
     if raw.lower() in _OFF:
         return False
-    raise ConfigError(f"{name} must be 0 or 1, got {_shown(raw)}", f"set {name}=0 (off) or {name}=1 (on), or unset it")
+    raise ConfigError(
+        f"{name} must be 0 or 1, got {_shown(raw)}", f"set {name}=0 (off) or {name}=1 (on), or unset it"
+    )

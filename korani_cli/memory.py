@@ -24,7 +24,7 @@ def trim(
 ) -> tuple[list[template.Message], int]:
     """(messages that fit, number of exchanges dropped)."""
     system = [m for m in messages[:1] if m.role == "system"]
-    body = list(messages[len(system):])
+    body = list(messages[len(system) :])
     # Exchanges: a user turn with whatever follows it up to the next user turn.
     exchanges: list[list[template.Message]] = []
     for m in body:
@@ -42,10 +42,14 @@ def trim(
     return [*system, *[m for ex in exchanges for m in ex]], dropped
 
 
-def fit(messages: Sequence[template.Message], backend: Backend, answer_room: int) -> tuple[list[template.Message], int]:
+def fit(
+    messages: Sequence[template.Message], backend: Backend, answer_room: int
+) -> tuple[list[template.Message], int]:
     """`trim` to `backend`'s context window less `answer_room` tokens, counted by its tokenizer;
     unchanged when the backend does not know its context length."""
     limit = backend.info.context_length
     if not limit:
         return list(messages), 0
-    return trim(messages, backend.count_tokens, max(limit - answer_room, MIN_BUDGET), getattr(backend, "eos_text", ""))
+    return trim(
+        messages, backend.count_tokens, max(limit - answer_room, MIN_BUDGET), getattr(backend, "eos_text", "")
+    )

@@ -32,6 +32,7 @@ from korani_cli.backends import OFFLINE_FIX, Backend, ModelSpec, Notify, registr
 from korani_cli.config import RULES, Invalid, Settings, check_value
 from korani_cli.errors import ModelLoadError, UsageError
 from korani_cli.pull import REFERENCE_ADAPTER, REFERENCE_BASE
+
 ALIASES = {
     "korani-5.8b": f"adapter {REFERENCE_ADAPTER} on {REFERENCE_BASE} (hf backend)",
     "demo": "gemma-3-270m Q4_K_M from PyPI (llamacpp backend, offline, a base model)",
@@ -65,7 +66,9 @@ def resolve(spec: str, settings: Settings) -> ModelSpec:
         return _resolve(spec, settings)
     except OSError as exc:  # probing the spec as a path: a name too long, a loop of links, no permission
         shown = spec.strip()[:60] + ("…" if len(spec.strip()) > 60 else "")
-        raise ModelLoadError(f"cannot use {shown!r} as a model path ({exc.strerror or exc})", OFFLINE_FIX) from None
+        raise ModelLoadError(
+            f"cannot use {shown!r} as a model path ({exc.strerror or exc})", OFFLINE_FIX
+        ) from None
 
 
 def _resolve(spec: str, settings: Settings) -> ModelSpec:
@@ -76,8 +79,10 @@ def _resolve(spec: str, settings: Settings) -> ModelSpec:
         return _reference(spec, settings.backend)
     resolved = _resolve_other(spec, settings)
     if settings.backend not in ("auto", resolved.backend):
-        raise UsageError(f"--backend {settings.backend} cannot load {spec!r}, a {resolved.backend} model",
-                         "leave --backend out (it chooses between the forms of korani-5.8b) or pass another --model")
+        raise UsageError(
+            f"--backend {settings.backend} cannot load {spec!r}, a {resolved.backend} model",
+            "leave --backend out (it chooses between the forms of korani-5.8b) or pass another --model",
+        )
     return resolved
 
 
@@ -97,7 +102,7 @@ def _resolve_other(spec: str, settings: Settings) -> ModelSpec:
 
         return ModelSpec(spec, "llamacpp", str(demo_chat_gguf()))
     if spec.startswith("openai:"):
-        model, _, url = spec[len("openai:"):].partition("@")
+        model, _, url = spec[len("openai:") :].partition("@")
         base_url = url or settings.openai_base_url
         if not base_url:
             raise UsageError(
@@ -107,8 +112,10 @@ def _resolve_other(spec: str, settings: Settings) -> ModelSpec:
         try:
             check_value(RULES["openai_base_url"], base_url)
         except Invalid as exc:
-            raise UsageError(f"the server URL of {spec!r} must be {exc}, got {base_url!r}",
-                             "write --model openai:MODEL@http://HOST:PORT/v1") from None
+            raise UsageError(
+                f"the server URL of {spec!r} must be {exc}, got {base_url!r}",
+                "write --model openai:MODEL@http://HOST:PORT/v1",
+            ) from None
         return ModelSpec(spec, "openai", model, base_url=base_url, api_key=settings.openai_api_key)
     name, sep, source = spec.partition(":")
     if sep and registry.is_added(name):
@@ -145,13 +152,24 @@ def _reference(spec: str, backend: str) -> ModelSpec:
     pulled = newest_pulled(spec)
     if backend == "llamacpp":
         if pulled is None:
-            raise ModelLoadError(f"{spec} has not been pulled as a GGUF file",
-                                 f"run `korani models pull {spec}` first, or use --backend hf")
-        return ModelSpec(spec, "llamacpp", str(pulled.path), notice=f"using the pulled {pulled.quant} GGUF of {spec} ({pulled.path})")
+            raise ModelLoadError(
+                f"{spec} has not been pulled as a GGUF file",
+                f"run `korani models pull {spec}` first, or use --backend hf",
+            )
+        return ModelSpec(
+            spec,
+            "llamacpp",
+            str(pulled.path),
+            notice=f"using the pulled {pulled.quant} GGUF of {spec} ({pulled.path})",
+        )
     if pulled is None or cuda_available():
         return hf
-    return ModelSpec(spec, "llamacpp", str(pulled.path),
-                     notice=f"no CUDA GPU: using the pulled {pulled.quant} GGUF of {spec} ({pulled.path}); --backend hf for transformers")
+    return ModelSpec(
+        spec,
+        "llamacpp",
+        str(pulled.path),
+        notice=f"no CUDA GPU: using the pulled {pulled.quant} GGUF of {spec} ({pulled.path}); --backend hf for transformers",
+    )
 
 
 def _resolve_path(spec: str, settings: Settings) -> ModelSpec:
@@ -178,7 +196,9 @@ def _resolve_path(spec: str, settings: Settings) -> ModelSpec:
     # `runs/x` beside an existing ./runs is a local path that is missing, not a hub id.
     looks_like_path = looks_like_path or Path(spec.split("/", 1)[0]).expanduser().is_dir()
     if looks_like_path or not _HUB_ID.match(spec):
-        raise ModelLoadError(f"no such model file or directory: {spec} (the path does not exist{_nearby(path)})", OFFLINE_FIX)
+        raise ModelLoadError(
+            f"no such model file or directory: {spec} (the path does not exist{_nearby(path)})", OFFLINE_FIX
+        )
     return ModelSpec(spec, "hf", spec)
 
 
@@ -188,8 +208,11 @@ def _nearby(path: Path) -> str:
     try:
         if str(parent) in ("", ".") or not parent.is_dir():
             return ""
-        names = sorted(p.name + ("/" if p.is_dir() else "") for p in parent.iterdir()
-                       if p.is_dir() or p.suffix.lower() == ".gguf")
+        names = sorted(
+            p.name + ("/" if p.is_dir() else "")
+            for p in parent.iterdir()
+            if p.is_dir() or p.suffix.lower() == ".gguf"
+        )
     except OSError:
         return ""
     if not names:

@@ -91,7 +91,7 @@ class BodyDecoder:
         if len(self.body) > self.cap:
             if not self.truncate:
                 raise TooLarge(f"the answer is larger than {self.cap / 1e6:g} MB")
-            del self.body[self.cap:]
+            del self.body[self.cap :]
             self.full = True
 
 
@@ -136,9 +136,16 @@ def check_timeout(seconds: float, name: str = "request_timeout") -> float:
     """A deadline a user set must be a positive, finite number of seconds."""
     from korani_cli.errors import ConfigError
 
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"{name} must be a positive number of seconds, got {seconds!r}",
-                          f"set {name} (KORANI_REQUEST_TIMEOUT) to e.g. 20")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or seconds <= 0
+    ):
+        raise ConfigError(
+            f"{name} must be a positive number of seconds, got {seconds!r}",
+            f"set {name} (KORANI_REQUEST_TIMEOUT) to e.g. 20",
+        )
     return float(seconds)
 
 
@@ -186,15 +193,32 @@ class DeadlineBackend:
             raise error("past the request's overall deadline")
         return left if timeout is None else min(timeout, left)
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Iterable | None = None):
-        stream = self._inner.connect_tcp(host, port, timeout=self.clamp(timeout, "connect"),
-                                         local_address=local_address, socket_options=socket_options)
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable | None = None,
+    ):
+        stream = self._inner.connect_tcp(
+            host,
+            port,
+            timeout=self.clamp(timeout, "connect"),
+            local_address=local_address,
+            socket_options=socket_options,
+        )
         return _DeadlineStream(stream, self)
 
-    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Iterable | None = None):
-        return _DeadlineStream(self._inner.connect_unix_socket(path, timeout=self.clamp(timeout, "connect"),
-                                                               socket_options=socket_options), self)
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable | None = None
+    ):
+        return _DeadlineStream(
+            self._inner.connect_unix_socket(
+                path, timeout=self.clamp(timeout, "connect"), socket_options=socket_options
+            ),
+            self,
+        )
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
@@ -215,8 +239,10 @@ class _DeadlineStream:
         self._stream.close()
 
     def start_tls(self, ssl_context, server_hostname: str | None = None, timeout: float | None = None):
-        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, self._backend.clamp(timeout, "connect")),
-                               self._backend)
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, self._backend.clamp(timeout, "connect")),
+            self._backend,
+        )
 
     def get_extra_info(self, info: str):
         return self._stream.get_extra_info(info)
@@ -233,12 +259,18 @@ def use_backend(transport, backend, *, limits=None) -> None:
     import httpx
 
     limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
-    kind = httpcore.AsyncConnectionPool if isinstance(transport, httpx.AsyncHTTPTransport) else httpcore.ConnectionPool
+    kind = (
+        httpcore.AsyncConnectionPool
+        if isinstance(transport, httpx.AsyncHTTPTransport)
+        else httpcore.ConnectionPool
+    )
     if not isinstance(transport._pool, kind):
         raise RuntimeError("httpx's transport changed shape; korani cannot pin its connections")
     transport._pool = kind(
-        ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
         network_backend=backend,
     )
 

@@ -44,7 +44,9 @@ class Answer:
         # Decode speed after the first token, the figure comparable across backends
         # (unknown when the first token's time is: an answer handed over whole).
         out["timings"]["decode_tok_s"] = (
-            round((self.completion_tokens - 1) / gen, 2) if self.completion_tokens and self.completion_tokens > 1 and gen > 0 else None
+            round((self.completion_tokens - 1) / gen, 2)
+            if self.completion_tokens and self.completion_tokens > 1 and gen > 0
+            else None
         )
         if self.timings.first_sentence_s is None:
             del out["timings"]["first_sentence_s"]  # only answers with sources are shown by sentence
@@ -61,7 +63,9 @@ class Run:
     generation loop for a plain answer: `answer` below drives it with a callback,
     chat (chat/session.py) turns its chunks into events."""
 
-    def __init__(self, backend: Backend, messages: Sequence[Message], params: GenerationParams, *, load_s: float = 0.0):
+    def __init__(
+        self, backend: Backend, messages: Sequence[Message], params: GenerationParams, *, load_s: float = 0.0
+    ):
         self.backend = backend
         self.load_s = load_s
         self._start = time.perf_counter()
@@ -105,8 +109,12 @@ class Run:
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             finish_reason=usage.finish_reason,
-            timings=Timings(load_s=self.load_s, first_token_s=usage.first_token_s(self._start, self._first),
-                            generate_s=generate_s, total_s=self.load_s + generate_s),
+            timings=Timings(
+                load_s=self.load_s,
+                first_token_s=usage.first_token_s(self._start, self._first),
+                generate_s=generate_s,
+                total_s=self.load_s + generate_s,
+            ),
         )
 
 

@@ -61,7 +61,9 @@ def writable_target(path: Path) -> Path:
     kind = _special_kind(mode)
     if kind:
         shown = f"{path} (→ {target})" if target != path else str(path)
-        raise UsageError(f"{shown} is {kind}, not a regular file; refusing to replace it", "choose a file path")
+        raise UsageError(
+            f"{shown} is {kind}, not a regular file; refusing to replace it", "choose a file path"
+        )
     return target
 
 
@@ -70,7 +72,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     Returns the file actually written (a symlink's target)."""
     target = writable_target(path)
     if not target.parent.is_dir():
-        raise UsageError(f"cannot write {path}: the directory {target.parent} does not exist", "create it first or choose another path")
+        raise UsageError(
+            f"cannot write {path}: the directory {target.parent} does not exist",
+            "create it first or choose another path",
+        )
     try:
         mode = stat.S_IMODE(target.stat().st_mode)
     except OSError:
@@ -80,7 +85,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
-        raise UsageError(f"cannot write {path} ({exc.strerror})", "check the directory's permissions or choose another path") from None
+        raise UsageError(
+            f"cannot write {path} ({exc.strerror})",
+            "check the directory's permissions or choose another path",
+        ) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -90,7 +98,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
         os.replace(tmp, target)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path} ({exc.strerror})", "free some space or choose another path") from None
+        raise UsageError(
+            f"cannot write {path} ({exc.strerror})", "free some space or choose another path"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -113,8 +123,10 @@ def guard_output_file(path: Path, *, overwrite: bool, magic: bytes | None = None
             with open(target, "rb") as fh:
                 head = fh.read(len(magic))
             if head != magic:
-                raise UsageError(f"{path} is not a file korani wrote (it does not start with {magic!r}); refusing to replace it",
-                                 "choose another -o, or move the file away yourself")
+                raise UsageError(
+                    f"{path} is not a file korani wrote (it does not start with {magic!r}); refusing to replace it",
+                    "choose another -o, or move the file away yourself",
+                )
     return target
 
 
@@ -125,8 +137,13 @@ def write_marker(directory: Path, command: str, **details) -> None:
     """Sign `directory` as korani's output of `command`."""
     from korani_cli import __version__
 
-    record = {"tool": "korani", "command": command, "version": __version__,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details}
+    record = {
+        "tool": "korani",
+        "command": command,
+        "version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **details,
+    }
     atomic_write_text(Path(directory) / MARKER, json.dumps(record, ensure_ascii=False, indent=2) + "\n")
 
 
@@ -158,14 +175,23 @@ def guard_output_dir(
     cwd = Path.cwd().resolve()
     if _within(cwd, resolved):
         what = "the working directory" if resolved == cwd else "a parent of the working directory"
-        raise UsageError(f"{flag} {out} is {what}; korani would have to replace it", f"choose a new directory, e.g. {flag} {out / 'korani-out'}")
+        raise UsageError(
+            f"{flag} {out} is {what}; korani would have to replace it",
+            f"choose a new directory, e.g. {flag} {out / 'korani-out'}",
+        )
     for source in sources:
         src = Path(source).expanduser().resolve()
         if _within(src, resolved):
             what = "is" if src == resolved else "contains"
-            raise UsageError(f"{flag} {out} {what} the source {source}; writing there would destroy it", f"choose an output directory outside {source}")
+            raise UsageError(
+                f"{flag} {out} {what} the source {source}; writing there would destroy it",
+                f"choose an output directory outside {source}",
+            )
         if src.is_dir() and _within(resolved, src):
-            raise UsageError(f"{flag} {out} lies inside the source directory {source}", f"choose an output directory outside {source}")
+            raise UsageError(
+                f"{flag} {out} lies inside the source directory {source}",
+                f"choose an output directory outside {source}",
+            )
     if not (out.exists() or out.is_symlink()):
         return
     if out.is_symlink() or not out.is_dir():
@@ -173,7 +199,9 @@ def guard_output_dir(
     try:
         empty = not any(out.iterdir())
     except OSError as exc:
-        raise UsageError(f"cannot read {out} ({exc.strerror})", f"check its permissions or choose another {flag}") from None
+        raise UsageError(
+            f"cannot read {out} ({exc.strerror})", f"check its permissions or choose another {flag}"
+        ) from None
     if empty:
         return
     if not is_ours(out, legacy):

@@ -30,7 +30,9 @@ def _home() -> Path | None:
     for parent in home.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ConfigError(f"KORANI_HOME={raw} lies under {parent}, which is not a directory", _HOME_FIX)
+                raise ConfigError(
+                    f"KORANI_HOME={raw} lies under {parent}, which is not a directory", _HOME_FIX
+                )
             break
     return home
 
@@ -68,7 +70,11 @@ def config_file() -> Path:
 
 def ensure_dir(path: Path) -> Path:
     """Create `path` (and its parents) if needed and check korani may write there."""
-    fix = _HOME_FIX if os.environ.get("KORANI_HOME") else f"check the permissions of {path}, or set KORANI_HOME to a writable directory"
+    fix = (
+        _HOME_FIX
+        if os.environ.get("KORANI_HOME")
+        else f"check the permissions of {path}, or set KORANI_HOME to a writable directory"
+    )
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path} is not a directory", fix)
     try:

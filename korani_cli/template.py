@@ -204,7 +204,9 @@ def render(
     template: str = CHAT_TEMPLATE,
 ) -> str:
     """The prompt text for a message list (ending with `### Bot\\n` by default)."""
-    return render_with_mask(messages, eos_token, add_generation_prompt=add_generation_prompt, template=template)[0]
+    return render_with_mask(
+        messages, eos_token, add_generation_prompt=add_generation_prompt, template=template
+    )[0]
 
 
 # -- stopping ---------------------------------------------------------------
@@ -239,11 +241,13 @@ class StopFilter:
                 if not chunk:
                     return ""
         self._text += chunk
-        cut = min((i for i in (self._text.find(s, self._emitted - 1) for s in self.stops) if i >= 0), default=-1)
+        cut = min(
+            (i for i in (self._text.find(s, self._emitted - 1) for s in self.stops) if i >= 0), default=-1
+        )
         if cut >= 0:
             self.stopped = True
             end = len(self._text[:cut].rstrip())
-            out = self._text[self._emitted:max(end, self._emitted)]
+            out = self._text[self._emitted : max(end, self._emitted)]
             self._emitted = len(self._text)
             return out
         safe = len(self._text)
@@ -254,7 +258,7 @@ class StopFilter:
                     break
         safe = min(safe, len(self._text[:safe].rstrip()))
         safe = max(safe, self._emitted)
-        out = self._text[self._emitted:safe]
+        out = self._text[self._emitted : safe]
         self._emitted = safe
         return out
 
@@ -262,7 +266,7 @@ class StopFilter:
         """What is still held back once generation has ended (no stop followed)."""
         if self.stopped:
             return ""
-        out = self._text[self._emitted:].rstrip()
+        out = self._text[self._emitted :].rstrip()
         self._emitted = len(self._text)
         return out
 
@@ -315,13 +319,15 @@ def _source_frame(k: int) -> tuple[str, ...]:
         return ("",)
     fields = [f"\ue010{n}\ue011" for n in range(3 * k)]
     question = "\ue012"
-    sources = [Source(*fields[3 * i:3 * i + 3]) for i in range(k)]
+    sources = [Source(*fields[3 * i : 3 * i + 3]) for i in range(k)]
     text = render([user(question, sources)], eos_token="", add_generation_prompt=False)
     start = text.index(RAG_INSTRUCTION) + len(RAG_INSTRUCTION) + len(TURN_SEPARATOR)
-    body = text[start:text.rindex(RAG_QUESTION_PREFIX + question)]
+    body = text[start : text.rindex(RAG_QUESTION_PREFIX + question)]
     parts = _FIELD.split(body)
     if [int(n) for n in parts[1::2]] != list(range(3 * k)):
-        raise TemplateError("the RAG template no longer prints each source's title, url and text once, in that order")
+        raise TemplateError(
+            "the RAG template no longer prints each source's title, url and text once, in that order"
+        )
     return tuple(parts[0::2])
 
 
@@ -334,5 +340,5 @@ def flatten_sources(message: Message) -> Message:
     if not message.sources:
         return message
     text = render([message], eos_token="", add_generation_prompt=False)
-    content = text[len(USER_HEADER):-len(TURN_SEPARATOR)]
+    content = text[len(USER_HEADER) : -len(TURN_SEPARATOR)]
     return Message(message.role, content)

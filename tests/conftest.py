@@ -21,9 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from support import KOREAN_CORPUS, SHARED, ScriptedBackend, Site, free_port
 
 from korani_cli.backends import registry
-from support import KOREAN_CORPUS, SHARED, ScriptedBackend, Site, free_port
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,7 +61,9 @@ def tiny_neox_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 
     from korani_cli.train.smoke import build_model
 
-    return build_model(AutoTokenizer.from_pretrained(tiny_tokenizer_dir), tmp_path_factory.mktemp("tiny_neox"))
+    return build_model(
+        AutoTokenizer.from_pretrained(tiny_tokenizer_dir), tmp_path_factory.mktemp("tiny_neox")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -82,9 +84,21 @@ def start_llama_server(model: Path):
     port = free_port()
     log = open(Path(os.environ["KORANI_HOME"]) / f"llama-server-{port}.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     import httpx
 
@@ -154,8 +168,14 @@ def home(tmp_path, monkeypatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("KORANI_HOME", str(home))
     monkeypatch.chdir(tmp_path)
-    for name in ("KORANI_THREADS", "KORANI_MODEL", "KORANI_TEMPLATE", "KORANI_LOG", "KORANI_OPENAI_BASE_URL",
-                 "OPENAI_BASE_URL"):
+    for name in (
+        "KORANI_THREADS",
+        "KORANI_MODEL",
+        "KORANI_TEMPLATE",
+        "KORANI_LOG",
+        "KORANI_OPENAI_BASE_URL",
+        "OPENAI_BASE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     return home
 
@@ -179,30 +199,78 @@ def web():
     them, and Google-like refusals under /g429, /gsorry, /gold, /gslow. Yields its base URL."""
     html = "text/html; charset=utf-8"
     routes = {
-        "/ok.html": (200, {"Content-Type": html}, "<html><head><title>서울 소개</title></head><body><article><p>서울은 대한민국의 수도이며 가장 큰 도시이다. 한강이 도시를 가로지른다. 인구는 약 940만 명이다.</p></article></body></html>".encode(), 0),
+        "/ok.html": (
+            200,
+            {"Content-Type": html},
+            "<html><head><title>서울 소개</title></head><body><article><p>서울은 대한민국의 수도이며 가장 큰 도시이다. 한강이 도시를 가로지른다. 인구는 약 940만 명이다.</p></article></body></html>".encode(),
+            0,
+        ),
         "/slow.html": (200, {"Content-Type": html}, b"<p>late</p>", 3.0),
-        "/big.html": (200, {"Content-Type": html}, b"<html><body><p>" + "가".encode() * 3_500_000 + b"</p></body></html>", 0),
-        "/gz.html": (200, {"Content-Type": html, "Content-Encoding": "gzip"}, gzip.compress("<p>압축된 페이지의 본문입니다. 부산은 항구 도시이다.</p>".encode()), 0),
+        "/big.html": (
+            200,
+            {"Content-Type": html},
+            b"<html><body><p>" + "가".encode() * 3_500_000 + b"</p></body></html>",
+            0,
+        ),
+        "/gz.html": (
+            200,
+            {"Content-Type": html, "Content-Encoding": "gzip"},
+            gzip.compress("<p>압축된 페이지의 본문입니다. 부산은 항구 도시이다.</p>".encode()),
+            0,
+        ),
         "/image.png": (200, {"Content-Type": "image/png"}, b"\x89PNG....", 0),
         "/to-local": (302, {"Location": "/ok.html"}, b"", 0),
         "/many": (302, {"Location": "/many"}, b"", 0),
     }
     pages = SHARED / "fixtures" / "html"
     if pages.is_dir():
-        routes["/donga.html"] = (200, {"Content-Type": "text/html; charset=euc-kr"}, (pages / "derived_cp949_variants" / "donga.euckr_declared.cp949.html").read_bytes(), 0)
-        routes["/chosun.html"] = (200, {"Content-Type": "text/html; charset=utf-8"}, (pages / "derived_cp949_variants" / "chosun.utf8_declared_but_cp949_bytes.html").read_bytes(), 0)
-        routes["/daejon.html"] = (200, {"Content-Type": "text/html; charset=euc-kr"}, (pages / "htmldate_korean_news" / "daejonilbo_1538026996.html").read_bytes(), 0)
+        routes["/donga.html"] = (
+            200,
+            {"Content-Type": "text/html; charset=euc-kr"},
+            (pages / "derived_cp949_variants" / "donga.euckr_declared.cp949.html").read_bytes(),
+            0,
+        )
+        routes["/chosun.html"] = (
+            200,
+            {"Content-Type": "text/html; charset=utf-8"},
+            (pages / "derived_cp949_variants" / "chosun.utf8_declared_but_cp949_bytes.html").read_bytes(),
+            0,
+        )
+        routes["/daejon.html"] = (
+            200,
+            {"Content-Type": "text/html; charset=euc-kr"},
+            (pages / "htmldate_korean_news" / "daejonilbo_1538026996.html").read_bytes(),
+            0,
+        )
     site = Site(routes)
 
     def searx(_request):
-        results = [{"url": site.base + p, "title": p.strip("/"), "content": ""} for p in ("/ok.html", "/gz.html", "/donga.html", "/chosun.html")]
-        return 200, {"Content-Type": "application/json"}, json.dumps({"number_of_results": 0, "results": results}).encode(), 0
+        results = [
+            {"url": site.base + p, "title": p.strip("/"), "content": ""}
+            for p in ("/ok.html", "/gz.html", "/donga.html", "/chosun.html")
+        ]
+        return (
+            200,
+            {"Content-Type": "application/json"},
+            json.dumps({"number_of_results": 0, "results": results}).encode(),
+            0,
+        )
 
     routes["/search"] = searx
     routes["/g429/search"] = (429, {"Content-Type": "text/html"}, b"Too Many Requests", 0)
     routes["/gsorry/search"] = (302, {"Location": "/sorry/index?continue=x"}, b"", 0)
-    routes["/sorry/index"] = (200, {"Content-Type": "text/html"}, b"<html>Our systems have detected unusual traffic</html>", 0)
-    routes["/gold/search"] = (200, {"Content-Type": "text/html"}, b"<html>Your browser isn't supported anymore. Update your browser</html>", 0)
+    routes["/sorry/index"] = (
+        200,
+        {"Content-Type": "text/html"},
+        b"<html>Our systems have detected unusual traffic</html>",
+        0,
+    )
+    routes["/gold/search"] = (
+        200,
+        {"Content-Type": "text/html"},
+        b"<html>Your browser isn't supported anymore. Update your browser</html>",
+        0,
+    )
     routes["/gslow/search"] = (200, {"Content-Type": "text/html"}, b"", 60)
     yield site.base
     site.close()
@@ -222,6 +290,10 @@ def prepared(tmp_path_factory) -> Path:
         if i % 4 == 0:
             output += f"\n\n 덧붙이는 답변: 더 알려 주세요 {i}? \n\n{corpus[(i + 7) % len(corpus)]}"
         rows.append({"instruction": f"{q} 질문 {i}", "output": output})
-    (root / "k.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
-    prepare(PrepareConfig(root / "data", koalpaca=(str(root / "k.jsonl"),), valid=0.1, test=0.1, near_dup=False))
+    (root / "k.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8"
+    )
+    prepare(
+        PrepareConfig(root / "data", koalpaca=(str(root / "k.jsonl"),), valid=0.1, test=0.1, near_dup=False)
+    )
     return root / "data"

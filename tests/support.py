@@ -26,8 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Union
 
-from korani_cli.template import Message
 from korani_cli.backends import Generation, ModelInfo, apply_stops
+from korani_cli.template import Message
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -53,7 +53,11 @@ KOREAN_CORPUS = [
 ] * 20
 
 # A source page (url, title, text) the RAG tests cite.
-SEJONG = ("https://sejong.example", "세종", "세종은 1443년에 훈민정음을 창제하였다. 세종은 조선의 네 번째 왕이다.")
+SEJONG = (
+    "https://sejong.example",
+    "세종",
+    "세종은 1443년에 훈민정음을 창제하였다. 세종은 조선의 네 번째 왕이다.",
+)
 
 
 def free_port() -> int:
@@ -67,11 +71,17 @@ def run_korani(*args: str, input: str | None = None, env: dict | None = None, ti
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "korani_cli", *args],
-        input=input, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO,
+        input=input,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 
 # -- the scripted backend ---------------------------------------------------------------------------
+
 
 class ScriptedBackend:
     """A backend that answers from a script and records what it was sent (llm's MockModel).
@@ -131,7 +141,12 @@ def drive(session, text: str, width: int = 100) -> tuple[str, str]:
     from korani_cli.chat.repl import run
 
     out, err = io.StringIO(), io.StringIO()
-    run(session, stdin=io.StringIO(text), out=Console(file=out, width=width), err=Console(file=err, width=width))
+    run(
+        session,
+        stdin=io.StringIO(text),
+        out=Console(file=out, width=width),
+        err=Console(file=err, width=width),
+    )
     return out.getvalue(), err.getvalue()
 
 
@@ -247,13 +262,14 @@ class ScriptHandler(BaseHTTPRequestHandler):
             if i >= held and not server.reached.is_set():
                 server.reached.set()
                 server.release.wait(30)
-            self.wfile.write(f"data: {json.dumps({'choices': [{'text': text[i:i + 3]}]})}\n\n".encode())
+            self.wfile.write(f"data: {json.dumps({'choices': [{'text': text[i : i + 3]}]})}\n\n".encode())
             self.wfile.flush()
             time.sleep(0.005)
         self.wfile.write(b'data: {"choices": [{"text": "", "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n')
 
 
 # -- a terminal ---------------------------------------------------------------------------------------
+
 
 class Terminal:
     """`korani ARGS` on a pty of cols × rows, its output drawn by pyte."""
@@ -308,10 +324,13 @@ class Terminal:
 
     def lines(self) -> list[str]:
         """Every line a person could read: the scrollback, then the screen, without trailing blank rows."""
+
         def row(line) -> str:
             return "".join(line[x].data for x in range(self.cols)).rstrip()
 
-        out = [row(line) for line in self.screen.history.top] + [row(self.screen.buffer[y]) for y in range(self.rows)]
+        out = [row(line) for line in self.screen.history.top] + [
+            row(self.screen.buffer[y]) for y in range(self.rows)
+        ]
         while out and not out[-1]:
             out.pop()
         return out

@@ -18,14 +18,18 @@ import sys
 import time
 
 import pytest
-
-from korani_cli.template import Message
-from korani_cli.backends import Generation, GenerationParams, ModelInfo, apply_stops
-from korani_cli.search.types import Passage, Ranked
 from support import SEJONG, ScriptServer
 
+from korani_cli.backends import Generation, GenerationParams, ModelInfo, apply_stops
+from korani_cli.search.types import Passage, Ranked
+from korani_cli.template import Message
+
 BANPO = ("https://banpo.example", "반포", "훈민정음은 1446년에 반포되었다. 반포를 기념하는 날이 한글날이다.")
-PARTHIA = ("https://parthia.example", "파르티아", "파르티아는 고대 이란의 왕국이다. 파르티아인은 기마 궁수로 유명했다.")
+PARTHIA = (
+    "https://parthia.example",
+    "파르티아",
+    "파르티아는 고대 이란의 왕국이다. 파르티아인은 기마 궁수로 유명했다.",
+)
 
 
 def _ranked(*pages):
@@ -51,7 +55,7 @@ class Scripted:
         def raw(usage):
             for i in range(0, len(self.answer), self.chunk):
                 self.pulled += 1
-                yield self.answer[i:i + self.chunk]
+                yield self.answer[i : i + self.chunk]
             usage.finish_reason = "eos"
 
         return Generation(lambda usage: apply_stops(raw(usage), usage))
@@ -103,36 +107,71 @@ def test_pieces_know_code_headings_and_rows():
 
 MARKDOWN = [
     # id, pages, model's answer, shown answer, footnote URLs
-    ("list items keep their lines and markers where written", (BANPO, SEJONG),
-     "## 세종\n\n- 세종은 1443년에 훈민정음을 창제하였다[2].\n- 훈민정음은 1446년에 반포되었다 [1][9].\n\n"
-     "```python\nprint(a[1])\n```\n\n1. 파르티아는 고대 이란의 왕국이다[1].\n",
-     "## 세종\n\n- 세종은 1443년에 훈민정음을 창제하였다[1].\n- 훈민정음은 1446년에 반포되었다[2].\n\n"
-     "```python\nprint(a[1])\n```\n\n1. 파르티아는 고대 이란의 왕국이다.",
-     ["https://sejong.example", "https://banpo.example"]),
-    ("a marker after the period stays after it", (SEJONG,),
-     "세종은 1443년에 훈민정음을 창제하였다. [1] 끝.", "세종은 1443년에 훈민정음을 창제하였다.[1] 끝.", ["https://sejong.example"]),
-    ("paragraphs stay paragraphs", (SEJONG, BANPO),
-     "세종은 1443년에 훈민정음을 창제하였다[1].\n\n훈민정음은 1446년에 반포되었다[2].",
-     "세종은 1443년에 훈민정음을 창제하였다[1].\n\n훈민정음은 1446년에 반포되었다[2].",
-     ["https://sejong.example", "https://banpo.example"]),
-    ("echoed instruction and question lines are hidden", (SEJONG,),
-     "다음 자료를 참고해서 질문에 한국어로 답하세요.\n질문: 세종은 무엇을 했나요?\n세종은 1443년에 훈민정음을 창제하였다[1].",
-     "세종은 1443년에 훈민정음을 창제하였다[1].", ["https://sejong.example"]),
-    ("an echoed source header is hidden", (SEJONG,),
-     "[1] 세종 (https://sejong.example)\n세종은 1443년에 훈민정음을 창제하였다[1].",
-     "세종은 1443년에 훈민정음을 창제하였다[1].", ["https://sejong.example"]),
-    ("a line that only starts like the question label is kept", (SEJONG,),
-     "질문이 좋네요.\n세종은 1443년에 훈민정음을 창제하였다[1].",
-     "질문이 좋네요.\n세종은 1443년에 훈민정음을 창제하였다[1].", ["https://sejong.example"]),
-    ("an index in inline code is not a footnote", (SEJONG,),
-     "배열 `a[1]`을 보세요. 세종은 1443년에 훈민정음을 창제하였다.",
-     "배열 `a[1]`을 보세요. 세종은 1443년에 훈민정음을 창제하였다.[1]", ["https://sejong.example"]),
-    ("a paragraph behind a stray heading mark is checked as prose", (SEJONG,),
-     "# 세종 세종은 1443년에 훈민정음을 창제하였다. 그리고 이 문장은 아주 길어서 제목일 수가 없습니다",
-     "# 세종 세종은 1443년에 훈민정음을 창제하였다.[1] 그리고 이 문장은 아주 길어서 제목일 수가 없습니다",
-     ["https://sejong.example"]),
-    ("a heading gets no footnote of its own", (SEJONG,),
-     "# 세종은 1443년에 훈민정음을 창제하였다\n\n본문입니다.", "# 세종은 1443년에 훈민정음을 창제하였다\n\n본문입니다.", []),
+    (
+        "list items keep their lines and markers where written",
+        (BANPO, SEJONG),
+        "## 세종\n\n- 세종은 1443년에 훈민정음을 창제하였다[2].\n- 훈민정음은 1446년에 반포되었다 [1][9].\n\n"
+        "```python\nprint(a[1])\n```\n\n1. 파르티아는 고대 이란의 왕국이다[1].\n",
+        "## 세종\n\n- 세종은 1443년에 훈민정음을 창제하였다[1].\n- 훈민정음은 1446년에 반포되었다[2].\n\n"
+        "```python\nprint(a[1])\n```\n\n1. 파르티아는 고대 이란의 왕국이다.",
+        ["https://sejong.example", "https://banpo.example"],
+    ),
+    (
+        "a marker after the period stays after it",
+        (SEJONG,),
+        "세종은 1443년에 훈민정음을 창제하였다. [1] 끝.",
+        "세종은 1443년에 훈민정음을 창제하였다.[1] 끝.",
+        ["https://sejong.example"],
+    ),
+    (
+        "paragraphs stay paragraphs",
+        (SEJONG, BANPO),
+        "세종은 1443년에 훈민정음을 창제하였다[1].\n\n훈민정음은 1446년에 반포되었다[2].",
+        "세종은 1443년에 훈민정음을 창제하였다[1].\n\n훈민정음은 1446년에 반포되었다[2].",
+        ["https://sejong.example", "https://banpo.example"],
+    ),
+    (
+        "echoed instruction and question lines are hidden",
+        (SEJONG,),
+        "다음 자료를 참고해서 질문에 한국어로 답하세요.\n질문: 세종은 무엇을 했나요?\n세종은 1443년에 훈민정음을 창제하였다[1].",
+        "세종은 1443년에 훈민정음을 창제하였다[1].",
+        ["https://sejong.example"],
+    ),
+    (
+        "an echoed source header is hidden",
+        (SEJONG,),
+        "[1] 세종 (https://sejong.example)\n세종은 1443년에 훈민정음을 창제하였다[1].",
+        "세종은 1443년에 훈민정음을 창제하였다[1].",
+        ["https://sejong.example"],
+    ),
+    (
+        "a line that only starts like the question label is kept",
+        (SEJONG,),
+        "질문이 좋네요.\n세종은 1443년에 훈민정음을 창제하였다[1].",
+        "질문이 좋네요.\n세종은 1443년에 훈민정음을 창제하였다[1].",
+        ["https://sejong.example"],
+    ),
+    (
+        "an index in inline code is not a footnote",
+        (SEJONG,),
+        "배열 `a[1]`을 보세요. 세종은 1443년에 훈민정음을 창제하였다.",
+        "배열 `a[1]`을 보세요. 세종은 1443년에 훈민정음을 창제하였다.[1]",
+        ["https://sejong.example"],
+    ),
+    (
+        "a paragraph behind a stray heading mark is checked as prose",
+        (SEJONG,),
+        "# 세종 세종은 1443년에 훈민정음을 창제하였다. 그리고 이 문장은 아주 길어서 제목일 수가 없습니다",
+        "# 세종 세종은 1443년에 훈민정음을 창제하였다.[1] 그리고 이 문장은 아주 길어서 제목일 수가 없습니다",
+        ["https://sejong.example"],
+    ),
+    (
+        "a heading gets no footnote of its own",
+        (SEJONG,),
+        "# 세종은 1443년에 훈민정음을 창제하였다\n\n본문입니다.",
+        "# 세종은 1443년에 훈민정음을 창제하였다\n\n본문입니다.",
+        [],
+    ),
 ]
 
 
@@ -147,14 +186,17 @@ def test_markdown_survives_the_check(pages, answer, shown, urls):
 
 # -- the core, streamed -----------------------------------------------------------------------
 
+
 def _run(backend, ranked, **kw):
     from korani_cli.search.answer import stream
+
     return list(stream(backend, "세종은 무엇을 했나요?", ranked, GenerationParams(max_new_tokens=64), **kw))
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 7, 1000])
 def test_stream_shows_only_checked_text_and_ends_with_what_verify_gives(chunk):
     from korani_cli.search.answer import Done, Footnotes, Sentence, Text, verify
+
     raw = MARKDOWN[0][2]
     ranked = _ranked(BANPO, SEJONG)
     backend = Scripted(raw, chunk)
@@ -170,15 +212,22 @@ def test_stream_shows_only_checked_text_and_ends_with_what_verify_gives(chunk):
         assert final.startswith(shown)
     assert "[9]" not in "".join(texts) and "왕국이다[" not in "".join(texts)
     footnotes = [e for e in events if isinstance(e, Footnotes)]
-    assert len(footnotes) == 1 and [c.url for c in footnotes[0].citations] == [c.url for c in done.answer.citations]
+    assert len(footnotes) == 1 and [c.url for c in footnotes[0].citations] == [
+        c.url for c in done.answer.citations
+    ]
     sentences = [e for e in events if isinstance(e, Sentence)]
     assert [s.marks for s in sentences] == [(), (1,), (2,), ()]  # heading, two items, the dropped one
-    assert done.timings.first_sentence_s is not None and done.timings.first_sentence_s <= done.timings.generate_s
+    assert (
+        done.timings.first_sentence_s is not None and done.timings.first_sentence_s <= done.timings.generate_s
+    )
 
 
 def test_the_first_sentence_is_shown_before_generation_ends():
     from korani_cli.search.answer import Sentence, stream
-    backend = Scripted("세종은 1443년에 훈민정음을 창제하였다[1]. " + "그리고 더 많은 이야기가 이어진다. " * 20, chunk=4)
+
+    backend = Scripted(
+        "세종은 1443년에 훈민정음을 창제하였다[1]. " + "그리고 더 많은 이야기가 이어진다. " * 20, chunk=4
+    )
     total = -(-len(backend.answer) // 4)
     for event in stream(backend, "세종?", _ranked(SEJONG), GenerationParams()):
         if isinstance(event, Sentence):
@@ -189,8 +238,13 @@ def test_the_first_sentence_is_shown_before_generation_ends():
 
 def test_the_prompt_is_the_rag_form_with_the_history_and_a_long_history_is_trimmed():
     from korani_cli.search.answer import Trimmed
-    history = [Message("user", "질문 " * 200), Message("assistant", "답 " * 200), Message("user", "최근"),
-               Message("assistant", "최근 답")]
+
+    history = [
+        Message("user", "질문 " * 200),
+        Message("assistant", "답 " * 200),
+        Message("user", "최근"),
+        Message("assistant", "최근 답"),
+    ]
     backend = Scripted("세종은 1443년에 훈민정음을 창제하였다[1].", context_length=900)
     events = _run(backend, _ranked(SEJONG), history=history, system="짧게 답하세요.")
     trimmed = [e for e in events if isinstance(e, Trimmed)]
@@ -198,11 +252,15 @@ def test_the_prompt_is_the_rag_form_with_the_history_and_a_long_history_is_trimm
     prompt = backend.prompts[0]
     assert prompt[0] == Message("system", "짧게 답하세요.")
     assert [m.content for m in prompt[1:3]] == ["최근", "최근 답"]
-    assert prompt[-1].content == "세종은 무엇을 했나요?" and prompt[-1].sources[0].url == "https://sejong.example"
+    assert (
+        prompt[-1].content == "세종은 무엇을 했나요?"
+        and prompt[-1].sources[0].url == "https://sejong.example"
+    )
 
 
 def test_closing_the_stream_stops_generation():
     from korani_cli.search.answer import Text, stream
+
     backend = Scripted("세종은 1443년에 훈민정음을 창제하였다[1]. " * 50, chunk=4)
     events = stream(backend, "세종?", _ranked(SEJONG), GenerationParams())
     for event in events:
@@ -221,11 +279,15 @@ def test_written_claims_are_the_models_own_sentences_and_markers():
 
 # -- end to end: an OpenAI-compatible server on loopback, a real pty ----------------------------
 
-SCRIPT = ("질문: 세종은 무엇을 했나요?\n## 세종\n\n- 세종은 1443년에 훈민정음을 창제하였다[{sejong}].\n"
-          "- 훈민정음은 1446년에 반포되었다 [{banpo}][9].\n- 파르티아는 고대 이란의 왕국이다[{sejong}].\n\n"
-          "```\nprint(a[1])\n```\n")
-SHOWN = ("## 세종\n\n- 세종은 1443년에 훈민정음을 창제하였다[1].\n- 훈민정음은 1446년에 반포되었다[2].\n"
-         "- 파르티아는 고대 이란의 왕국이다.\n\n```\nprint(a[1])\n```")
+SCRIPT = (
+    "질문: 세종은 무엇을 했나요?\n## 세종\n\n- 세종은 1443년에 훈민정음을 창제하였다[{sejong}].\n"
+    "- 훈민정음은 1446년에 반포되었다 [{banpo}][9].\n- 파르티아는 고대 이란의 왕국이다[{sejong}].\n\n"
+    "```\nprint(a[1])\n```\n"
+)
+SHOWN = (
+    "## 세종\n\n- 세종은 1443년에 훈민정음을 창제하였다[1].\n- 훈민정음은 1446년에 반포되었다[2].\n"
+    "- 파르티아는 고대 이란의 왕국이다.\n\n```\nprint(a[1])\n```"
+)
 FIRST = "- 세종은 1443년에 훈민정음을 창제하였다[1]."
 
 
@@ -238,8 +300,15 @@ def pages(tmp_path):
     return docs
 
 
-def _pty_run(argv: list[str], env: dict, server: ScriptServer, first: str, typed: bytes | None = None,
-             wait: float = 20, timeout: float = 120) -> tuple[str, str]:
+def _pty_run(
+    argv: list[str],
+    env: dict,
+    server: ScriptServer,
+    first: str,
+    typed: bytes | None = None,
+    wait: float = 20,
+    timeout: float = 120,
+) -> tuple[str, str]:
     """Run argv on a pty; return (the screen when the server held back the rest, the whole screen)."""
     import pty
 
@@ -300,8 +369,25 @@ def _plain(raw: bytes) -> str:
 def test_ask_search_streams_checked_sentences_on_a_terminal(pages, tmp_path):
     server = ScriptServer(SCRIPT, hold="창제하였다[")  # held before the first item's marker is complete
     env = {"KORANI_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    at_hold, whole = _pty_run(["ask", "세종은 무엇을 했나요?", "--search", "--local-dir", str(pages), "--embedder", "none",
-                               "--model", f"openai:scripted@{server.url}", "-t", "0"], env, server, FIRST, wait=3)
+    at_hold, whole = _pty_run(
+        [
+            "ask",
+            "세종은 무엇을 했나요?",
+            "--search",
+            "--local-dir",
+            str(pages),
+            "--embedder",
+            "none",
+            "--model",
+            f"openai:scripted@{server.url}",
+            "-t",
+            "0",
+        ],
+        env,
+        server,
+        FIRST,
+        wait=3,
+    )
     server.shutdown()
     screen = _plain(whole.encode())
     assert "창제하였다" not in at_hold, "the first item was shown before its marker could be checked"
@@ -315,8 +401,24 @@ def test_ask_search_streams_checked_sentences_on_a_terminal(pages, tmp_path):
 def test_ask_search_shows_the_first_sentence_while_the_rest_is_generated(pages, tmp_path):
     server = ScriptServer(SCRIPT, hold="반포되었다")
     env = {"KORANI_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    at_hold, whole = _pty_run(["ask", "세종은 무엇을 했나요?", "--search", "--local-dir", str(pages), "--embedder", "none",
-                               "--model", f"openai:scripted@{server.url}", "-t", "0"], env, server, FIRST)
+    at_hold, whole = _pty_run(
+        [
+            "ask",
+            "세종은 무엇을 했나요?",
+            "--search",
+            "--local-dir",
+            str(pages),
+            "--embedder",
+            "none",
+            "--model",
+            f"openai:scripted@{server.url}",
+            "-t",
+            "0",
+        ],
+        env,
+        server,
+        FIRST,
+    )
     server.shutdown()
     assert FIRST in at_hold and "반포되었다" not in at_hold
     assert SHOWN in _plain(whole.encode())
@@ -327,8 +429,19 @@ def test_ask_search_json_is_the_checked_answer(pages, tmp_path):
     from support import run_korani
 
     server = ScriptServer(SCRIPT)
-    proc = run_korani("ask", "세종은 무엇을 했나요?", "--search", "--local-dir", str(pages), "--embedder", "none",
-                      "--model", f"openai:scripted@{server.url}", "--json", env={"KORANI_HOME": str(tmp_path / "home")})
+    proc = run_korani(
+        "ask",
+        "세종은 무엇을 했나요?",
+        "--search",
+        "--local-dir",
+        str(pages),
+        "--embedder",
+        "none",
+        "--model",
+        f"openai:scripted@{server.url}",
+        "--json",
+        env={"KORANI_HOME": str(tmp_path / "home")},
+    )
     server.shutdown()
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -345,9 +458,23 @@ def test_ask_search_json_is_the_checked_answer(pages, tmp_path):
 def test_chat_search_streams_checked_sentences_on_a_terminal(pages, tmp_path):
     server = ScriptServer(SCRIPT, hold="반포되었다")
     env = {"KORANI_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    at_hold, whole = _pty_run(["chat", "--local-dir", str(pages), "--embedder", "none", "--model",
-                               f"openai:scripted@{server.url}", "-t", "0"], env, server, "1443년에 훈민정음을 창제하였다[1]",
-                              typed="/검색 세종은 무엇을 했나요?\r".encode())
+    at_hold, whole = _pty_run(
+        [
+            "chat",
+            "--local-dir",
+            str(pages),
+            "--embedder",
+            "none",
+            "--model",
+            f"openai:scripted@{server.url}",
+            "-t",
+            "0",
+        ],
+        env,
+        server,
+        "1443년에 훈민정음을 창제하였다[1]",
+        typed="/검색 세종은 무엇을 했나요?\r".encode(),
+    )
     server.shutdown()
     assert "1443년에 훈민정음을 창제하였다[1]" in at_hold, at_hold[-500:]
     assert "[9]" not in whole and "질문:" not in whole and "왕국이다[" not in whole

@@ -37,16 +37,43 @@ def plant(root: Path, files: dict[str, str]) -> None:
 
 PLANTED = [
     # files of a small package → a fragment of the problem the checker must report
-    ({"search/__init__.py": "", "search/answer.py": "def f():\n    from korani_cli.chat import memory\n",
-      "chat/__init__.py": "", "chat/memory.py": ""}, "search.answer:2 imports chat.memory (search ↛ chat)"),
+    (
+        {
+            "search/__init__.py": "",
+            "search/answer.py": "def f():\n    from korani_cli.chat import memory\n",
+            "chat/__init__.py": "",
+            "chat/memory.py": "",
+        },
+        "search.answer:2 imports chat.memory (search ↛ chat)",
+    ),
     ({"template.py": "from korani_cli import errors\n", "errors.py": ""}, "template:1 imports errors"),
-    ({"models.py": "from korani_cli.backends import hf\n", "backends/__init__.py": "",
-      "backends/hf.py": "from korani_cli.models import ModelSpec\n"}, "cycle: backends.hf ↔ models"),
-    ({"search/__init__.py": "", "search/rank.py": "from .. import console\n", "console.py": ""},
-     "search.rank:1 imports console (the core never imports the presentation layer)"),
-    ({"data/__init__.py": "", "data/prepare.py": "import sys\nsys.stderr.write('x')\n"}, "data.prepare:2 writes to sys.stderr"),
-    ({"train/__init__.py": "", "train/run.py": "from korani_cli.train import model as mdl\n", "train/model.py": "",
-      "search/__init__.py": "", "search/rank.py": "from korani_cli.search import budget\n", "search/budget.py": ""}, None),
+    (
+        {
+            "models.py": "from korani_cli.backends import hf\n",
+            "backends/__init__.py": "",
+            "backends/hf.py": "from korani_cli.models import ModelSpec\n",
+        },
+        "cycle: backends.hf ↔ models",
+    ),
+    (
+        {"search/__init__.py": "", "search/rank.py": "from .. import console\n", "console.py": ""},
+        "search.rank:1 imports console (the core never imports the presentation layer)",
+    ),
+    (
+        {"data/__init__.py": "", "data/prepare.py": "import sys\nsys.stderr.write('x')\n"},
+        "data.prepare:2 writes to sys.stderr",
+    ),
+    (
+        {
+            "train/__init__.py": "",
+            "train/run.py": "from korani_cli.train import model as mdl\n",
+            "train/model.py": "",
+            "search/__init__.py": "",
+            "search/rank.py": "from korani_cli.search import budget\n",
+            "search/budget.py": "",
+        },
+        None,
+    ),
 ]
 
 
@@ -55,7 +82,11 @@ def test_the_checker_finds_a_planted_break(graph, tmp_path, files, expected):
     plant(tmp_path, files)
     known = graph.modules(tmp_path)
     found = graph.edges(known)
-    problems = [f"cycle: {' ↔ '.join(c)}" for c in graph.cycles(found)] + graph.wall_breaks(found) + graph.printers(known)
+    problems = (
+        [f"cycle: {' ↔ '.join(c)}" for c in graph.cycles(found)]
+        + graph.wall_breaks(found)
+        + graph.printers(known)
+    )
     if expected is None:
         assert problems == [] and len(found) == 2  # edges inside an area are fine, and are seen
     else:

@@ -21,12 +21,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support import REPO
 from typer.testing import CliRunner
 
 from korani_cli import piped
 from korani_cli.chat.history import History
 from korani_cli.cli import app
-from support import REPO
+
 runner = CliRunner()
 MiB = 1 << 20
 
@@ -57,7 +58,12 @@ STDIN_ROWS = [
     ("  요약해 줘  ", b"\n" + NOTES.encode() + b"\n\n", 0, f"{NOTES}\n\n요약해 줘"),
     ("-", NOTES.encode(), 0, NOTES),  # `-` alone: stdin is the question
     (None, NOTES.encode(), 0, NOTES),
-    ("요약해 줘", b"\x89PNG\r\n\x1a\n\x00\x00", 2, "error: stdin is not UTF-8 text (byte 0x89 at offset 0) — pipe UTF-8 text, or run with </dev/null"),
+    (
+        "요약해 줘",
+        b"\x89PNG\r\n\x1a\n\x00\x00",
+        2,
+        "error: stdin is not UTF-8 text (byte 0x89 at offset 0) — pipe UTF-8 text, or run with </dev/null",
+    ),
     ("요약해 줘", "메모\x00바이너리".encode(), 2, "error: stdin holds NUL bytes (binary data?)"),
     ("", NOTES.encode(), 2, "error: the question is empty"),
     ("요약해 줘", b"a" * (MiB + 5000), 0, "note: stdin holds more than 1 MiB; only its first 1 MiB is used"),
@@ -65,9 +71,24 @@ STDIN_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("question, data, code, expected", STDIN_ROWS,
-                         ids=["joined", "empty", "blank", "bom", "stripped", "dash", "no-question", "png", "nul",
-                              "empty-question", "over-limit", "over-limit-mid-character"])
+@pytest.mark.parametrize(
+    "question, data, code, expected",
+    STDIN_ROWS,
+    ids=[
+        "joined",
+        "empty",
+        "blank",
+        "bom",
+        "stripped",
+        "dash",
+        "no-question",
+        "png",
+        "nul",
+        "empty-question",
+        "over-limit",
+        "over-limit-mid-character",
+    ],
+)
 def test_piped_text_goes_before_the_question(scripted, home, question, data, code, expected):
     result = ask("--model", "scripted:demo", *([question] if question is not None else []), input=data)
     assert result.exit_code == code, result.output
@@ -114,9 +135,29 @@ def test_a_pipe_left_open_gets_one_waiting_note_then_its_text_is_used(monkeypatc
 
 def _demo_prompt_tokens(*, stdin, preexec=None, input: bytes | None = None) -> tuple[int, str, str]:
     env = {**os.environ, "KORANI_LOG": "0"}
-    proc = subprocess.run([sys.executable, "-m", "korani_cli", "ask", "--model", "demo", "-t", "0", "-n", "1", "--json", "안녕?"],
-                          stdin=stdin, input=input, capture_output=True, env=env, cwd=REPO, timeout=180,
-                          preexec_fn=preexec)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "korani_cli",
+            "ask",
+            "--model",
+            "demo",
+            "-t",
+            "0",
+            "-n",
+            "1",
+            "--json",
+            "안녕?",
+        ],
+        stdin=stdin,
+        input=input,
+        capture_output=True,
+        env=env,
+        cwd=REPO,
+        timeout=180,
+        preexec_fn=preexec,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout)["prompt_tokens"], proc.stderr.decode(), proc.stdout.decode()
 
@@ -127,7 +168,9 @@ def test_a_real_model_sees_the_same_prompt_from_devnull_a_closed_stdin_or_no_inp
     """/dev/null (CI), a closed descriptor (`<&-`) and `subprocess.run` without input: the question alone."""
     alone, _, _ = _demo_prompt_tokens(stdin=subprocess.DEVNULL)
     closed, err, _ = _demo_prompt_tokens(stdin=None, preexec=lambda: os.close(0))
-    inherited, _, _ = _demo_prompt_tokens(stdin=None)  # pytest's own stdin: /dev/null under capture, or a terminal
+    inherited, _, _ = _demo_prompt_tokens(
+        stdin=None
+    )  # pytest's own stdin: /dev/null under capture, or a terminal
     empty, _, _ = _demo_prompt_tokens(stdin=None, input=b"")
     assert alone == closed == inherited == empty, (alone, closed, inherited, empty)
     assert "error" not in err
@@ -142,12 +185,16 @@ def test_an_ask_is_logged_as_an_ask_session_that_history_shows(scripted, home):
     result = ask("--model", "scripted:demo", "--json", "한국의 수도는?")
     assert result.exit_code == 0, result.output
     listed = sessions(home)
-    assert [(s["kind"], s["model"], s["messages"], s["first"]) for s in listed] == [("ask", "scripted:demo", 2, "한국의 수도는?")]
+    assert [(s["kind"], s["model"], s["messages"], s["first"]) for s in listed] == [
+        ("ask", "scripted:demo", 2, "한국의 수도는?")
+    ]
     assert json.loads(result.stdout)["session"] == listed[0]["id"]
     line = runner.invoke(app, ["history", "list"]).stdout.splitlines()[0]
     assert line.split()[3:5] == ["ask", "scripted:demo"], line
     shown = runner.invoke(app, ["history", "show", listed[0]["id"][:4]]).stdout
-    assert shown.startswith(f"# korani ask {listed[0]['id']}") and "한국의 수도는?" in shown and "답 1." in shown
+    assert (
+        shown.startswith(f"# korani ask {listed[0]['id']}") and "한국의 수도는?" in shown and "답 1." in shown
+    )
 
 
 LOG_ROWS = [
@@ -157,18 +204,29 @@ LOG_ROWS = [
     ([], {"KORANI_LOG": "off"}, 0, 0, ""),
     ([], {"KORANI_LOG": "1"}, 0, 1, ""),
     ([], {"KORANI_LOG": ""}, 0, 1, ""),
-    ([], {"KORANI_LOG": "maybe"}, 5, 0, "error: KORANI_LOG must be 0 or 1, got 'maybe' — set KORANI_LOG=0 (off) or KORANI_LOG=1 (on)"),
+    (
+        [],
+        {"KORANI_LOG": "maybe"},
+        5,
+        0,
+        "error: KORANI_LOG must be 0 or 1, got 'maybe' — set KORANI_LOG=0 (off) or KORANI_LOG=1 (on)",
+    ),
 ]
 
 
-@pytest.mark.parametrize("args, env, code, stored, fragment", LOG_ROWS,
-                         ids=["--no-log", "LOG=0", "LOG=off", "LOG=1", "LOG-empty", "LOG-bad"])
+@pytest.mark.parametrize(
+    "args, env, code, stored, fragment",
+    LOG_ROWS,
+    ids=["--no-log", "LOG=0", "LOG=off", "LOG=1", "LOG-empty", "LOG-bad"],
+)
 def test_no_log_and_korani_log_switch_logging(scripted, home, args, env, code, stored, fragment):
     result = ask("--model", "scripted:demo", *args, "안녕?", env=env)
     assert result.exit_code == code, result.output
     assert len(sessions(home)) == stored
     if fragment:
-        assert notes(result.stderr) == [notes(result.stderr)[0]] and notes(result.stderr)[0].startswith(fragment)
+        assert notes(result.stderr) == [notes(result.stderr)[0]] and notes(result.stderr)[0].startswith(
+            fragment
+        )
         assert not scripted.prompts
     else:
         assert result.stdout == "답 1.\n" and result.stderr == ""
@@ -203,7 +261,11 @@ def test_an_unusable_history_costs_one_notice_not_the_answer(scripted, home, dam
     assert result.exit_code == 0, result.output
     assert result.stdout == "답 1.\n"
     said = notes(result.stderr)
-    assert len(said) == 1 and said[0].startswith("note: this answer was not saved to the history") and fragment in said[0], said
+    assert (
+        len(said) == 1
+        and said[0].startswith("note: this answer was not saved to the history")
+        and fragment in said[0]
+    ), said
     assert "--no-log or KORANI_LOG=0" in said[0]
 
 
@@ -213,7 +275,11 @@ def test_continue_puts_the_last_exchange_into_the_prompt_and_stores_in_the_same_
     assert result.exit_code == 0, result.output
     assert result.stdout == "답 2.\n"  # notes go to stderr only
     assert [(m.role, m.content) for m in scripted.prompts[-1]] == [
-        ("system", "짧게 답해."), ("user", "내 이름은 민수야"), ("assistant", "답 1."), ("user", "내 이름이 뭐지?")]
+        ("system", "짧게 답해."),
+        ("user", "내 이름은 민수야"),
+        ("assistant", "답 1."),
+        ("user", "내 이름이 뭐지?"),
+    ]
     assert scripted.loads == [("scripted:demo", "korani")] * 2  # the session's model
     listed = sessions(home)
     assert len(listed) == 1 and listed[0]["messages"] == 4
@@ -253,12 +319,19 @@ def test_a_long_conversation_is_trimmed_to_the_context_window_with_one_note(scri
     result = ask("-c", "-n", "64", "다음")
     assert result.exit_code == 0, result.output
     assert [m.content for m in scripted.prompts[-1]] == ["나" * 150, "답 2.", "다음"]
-    assert any("its 1 oldest exchanges were left out of the prompt" in n for n in notes(result.stderr)), result.stderr
+    assert any("its 1 oldest exchanges were left out of the prompt" in n for n in notes(result.stderr)), (
+        result.stderr
+    )
 
 
 CONTINUE_ERROR_ROWS = [
     # (argv, damage before, exit code, fragment)
-    (["-c", "뭐?"], None, 2, 'error: there is no saved conversation to continue — ask a first question without -c: korani ask "질문"'),
+    (
+        ["-c", "뭐?"],
+        None,
+        2,
+        'error: there is no saved conversation to continue — ask a first question without -c: korani ask "질문"',
+    ),
     (["--session", "zz", "뭐?"], None, 2, "error: no saved session zz — see `korani history list`"),
     (["--session", " ", "뭐?"], None, 2, "error: --session is empty"),
     (["-c", "뭐?"], _dir_in_place, 5, "or ask without continuing (drop -c/--session)"),
@@ -266,8 +339,11 @@ CONTINUE_ERROR_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("args, damage, code, fragment", CONTINUE_ERROR_ROWS,
-                         ids=["nothing-saved", "no-such-session", "empty-session", "history-is-a-dir", "history-garbage"])
+@pytest.mark.parametrize(
+    "args, damage, code, fragment",
+    CONTINUE_ERROR_ROWS,
+    ids=["nothing-saved", "no-such-session", "empty-session", "history-is-a-dir", "history-garbage"],
+)
 def test_continue_errors_are_one_line(scripted, home, args, damage, code, fragment):
     if damage:
         damage(home)
@@ -282,13 +358,17 @@ def test_continue_errors_are_one_line(scripted, home, args, damage, code, fragme
 def test_search_answers_get_the_conversation_too(scripted, home, tmp_path):
     pages = tmp_path / "pages"
     pages.mkdir()
-    (pages / "sejong.txt").write_text("세종대왕은 1443년에 한글을 창제했습니다. 세종은 조선의 네 번째 왕입니다.", encoding="utf-8")
+    (pages / "sejong.txt").write_text(
+        "세종대왕은 1443년에 한글을 창제했습니다. 세종은 조선의 네 번째 왕입니다.", encoding="utf-8"
+    )
     assert ask("--model", "scripted:demo", "세종은 누구야?").exit_code == 0
     result = ask("-c", "--search", "--local-dir", str(pages), "--embedder", "none", "한글은 언제 만들었어?")
     assert result.exit_code == 0, result.output
     contents = [m.content for m in scripted.prompts[-1]]
     assert contents[:2] == ["세종은 누구야?", "답 1."] and "한글은 언제 만들었어?" in contents[-1]
-    assert any("1443" in source.text for source in scripted.prompts[-1][-1].sources)  # the last turn carries the sources
+    assert any(
+        "1443" in source.text for source in scripted.prompts[-1][-1].sources
+    )  # the last turn carries the sources
     assert sessions(home)[0]["messages"] == 4
 
 
@@ -301,7 +381,8 @@ def test_an_old_database_without_kind_lists_its_sessions_as_chats(home):
             "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT, role TEXT, content TEXT, created REAL,"
             " model TEXT, timings TEXT, citations TEXT, reset_before INTEGER DEFAULT 0);"
             "INSERT INTO sessions VALUES ('abc123', 1.0, 'demo', NULL);"
-            "INSERT INTO messages (session_id, role, content, created) VALUES ('abc123', 'user', '옛 질문', 1.0);")
+            "INSERT INTO messages (session_id, role, content, created) VALUES ('abc123', 'user', '옛 질문', 1.0);"
+        )
     listed = sessions(home)
     assert [(s["id"], s["kind"], s["messages"]) for s in listed] == [("abc123", "chat", 1)]
     assert History(path).session("abc123").kind == "chat"

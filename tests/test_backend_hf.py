@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from korani_cli.template import render, user
 from korani_cli.backends import GenerationParams
 from korani_cli.config import Settings
 from korani_cli.errors import ModelLoadError
 from korani_cli.models import load_backend, resolve
+from korani_cli.template import render, user
 
 pytestmark = pytest.mark.slow
 GREEDY = GenerationParams(max_new_tokens=12, temperature=0.0)
@@ -16,7 +16,9 @@ GREEDY = GenerationParams(max_new_tokens=12, temperature=0.0)
 
 def load(spec: str, notes=None):
     settings = Settings(model=spec)
-    return load_backend(resolve(spec, settings), settings, (notes.append if notes is not None else lambda m: None))
+    return load_backend(
+        resolve(spec, settings), settings, (notes.append if notes is not None else lambda m: None)
+    )
 
 
 def test_greedy_stream_matches_plain_generate(tiny_neox_dir):
@@ -39,7 +41,7 @@ def test_greedy_stream_matches_plain_generate(tiny_neox_dir):
     enc = tok(prompt, return_tensors="pt")
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
-    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    new = out[0, enc["input_ids"].shape[1] :].tolist()
     expected = tok.decode(new, skip_special_tokens=True).split("\n###")[0].strip()
     assert streamed == expected
     assert gen.usage.prompt_tokens == enc["input_ids"].shape[1]
@@ -75,7 +77,9 @@ def test_adapter_round_trip_changes_outputs(tiny_neox_dir, tmp_path):
     adapter_dir = tmp_path / "adapter"
     peft_model.save_pretrained(adapter_dir)
     AutoTokenizer.from_pretrained(tiny_neox_dir).save_pretrained(adapter_dir)
-    assert json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_neox_dir)
+    assert json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tiny_neox_dir
+    )
 
     spec = resolve(str(adapter_dir), Settings())
     assert spec.base == str(tiny_neox_dir)

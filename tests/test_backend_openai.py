@@ -2,12 +2,12 @@
 
 import pytest
 
-from korani_cli.template import user
 from korani_cli.backends import GenerationParams
 from korani_cli.backends.openai import normalise_base_url
 from korani_cli.config import Settings
 from korani_cli.errors import GenerationError, ModelLoadError, UsageError
 from korani_cli.models import load_backend, resolve
+from korani_cli.template import user
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,9 @@ def test_streaming_and_whole_answers_agree(openai_server):
     params = GenerationParams(max_new_tokens=30, temperature=0.0, seed=1)
     streamed = backend.stream(messages, params)
     chunks = list(streamed)
-    whole = backend.stream(messages, GenerationParams(max_new_tokens=30, temperature=0.0, seed=1, stream=False))
+    whole = backend.stream(
+        messages, GenerationParams(max_new_tokens=30, temperature=0.0, seed=1, stream=False)
+    )
     whole_text = whole.text()
     assert len(chunks) > 1, "the SSE stream should arrive in pieces"
     assert "".join(chunks) == whole_text and "France" in whole_text

@@ -11,10 +11,17 @@ import re
 
 import pytest
 
-from korani_cli.template import RAG_QUESTION_PREFIX, Source, render, sources_text, user
 from korani_cli.eval.metrics import answer_in_context
-from korani_cli.search.budget import DEFAULT_TOKENS, ELLIPSIS, MIN_TOKENS, PROMPT_ALLOWANCE, default_tokens, fit
+from korani_cli.search.budget import (
+    DEFAULT_TOKENS,
+    ELLIPSIS,
+    MIN_TOKENS,
+    PROMPT_ALLOWANCE,
+    default_tokens,
+    fit,
+)
 from korani_cli.search.types import Passage, Ranked
+from korani_cli.template import RAG_QUESTION_PREFIX, Source, render, sources_text, user
 
 _PIECE = re.compile(r"\w{1,3}|[^\w\s]")
 
@@ -25,11 +32,16 @@ def count(text: str) -> int:
 
 def ranked(*texts: str, urls=None) -> list[Ranked]:
     urls = urls or [f"https://ko.example/{i}" for i in range(len(texts))]
-    return [Ranked(Passage(url, f"문서 {i}", text, i, terms=("x",)), 1.0 - i / 10) for i, (url, text) in enumerate(zip(urls, texts))]
+    return [
+        Ranked(Passage(url, f"문서 {i}", text, i, terms=("x",)), 1.0 - i / 10)
+        for i, (url, text) in enumerate(zip(urls, texts))
+    ]
 
 
 def sources_tokens(items: list[Ranked], counter=count) -> int:
-    return counter(sources_text([Source(r.passage.title or r.passage.url, r.passage.url, r.passage.text) for r in items]))
+    return counter(
+        sources_text([Source(r.passage.title or r.passage.url, r.passage.url, r.passage.text) for r in items])
+    )
 
 
 FILLER = [
@@ -62,7 +74,7 @@ def test_answer_far_from_the_start_is_kept_and_filler_cut():
     assert FILLER[0] not in top and len(top) < len(FAR)
     assert answer_in_context([r.passage.text for r in out], ["혜안"])
     # A cut to the first characters, as before, would have lost it.
-    assert "혜안" not in FAR[:len(top)]
+    assert "혜안" not in FAR[: len(top)]
 
 
 def test_neighbours_are_kept_when_there_is_room_and_order_is_kept():
@@ -90,8 +102,12 @@ def test_budget_is_respected_and_passages_keep_their_identity(tokens):
     assert out == fit(QUESTION, items, tokens, count)  # deterministic
     assert len(out) >= 1
     for got, was in zip(out, items):  # the passages that stay are the top ones, in rank order
-        assert (got.passage.url, got.passage.title, got.passage.position, got.score) == \
-               (was.passage.url, was.passage.title, was.passage.position, was.score)
+        assert (got.passage.url, got.passage.title, got.passage.position, got.score) == (
+            was.passage.url,
+            was.passage.title,
+            was.passage.position,
+            was.score,
+        )
         assert got.passage.terms is None
         # Whole sentences of the passage, in order (no sentence is cut at these sizes but the tiniest).
         if ELLIPSIS not in got.passage.text:
@@ -119,7 +135,7 @@ def test_one_sentence_longer_than_its_share_is_cut_at_a_word_boundary():
     inner = text.strip(ELLIPSIS).split()
     # Whole words, contiguous in the original, around the question's words.
     start = words.index(inner[0])
-    assert inner == words[start:start + len(inner)]
+    assert inner == words[start : start + len(inner)]
     assert "돌다리를" in inner and "혜안이" in inner
 
 
@@ -143,14 +159,16 @@ def test_lower_passages_are_dropped_last_and_from_the_bottom():
     assert len(roomy) == 5
     tight = fit(QUESTION, items, headers, count)
     assert 1 <= len(tight) < 5
-    assert [r.passage.url for r in tight] == [r.passage.url for r in items[:len(tight)]]
+    assert [r.passage.url for r in tight] == [r.passage.url for r in items[: len(tight)]]
 
 
 def test_rare_question_words_outweigh_common_ones():
     # 마을 and 사람 are in every passage; 혜안 only in one sentence of the top one.
     common = "마을 사람들이 모여 사는 마을에는 사람이 많다."
     rare = "혜안은 돌다리를 놓았다."
-    items = ranked(" ".join([common] * 4 + [rare]), "마을 사람들이 산다. " + OTHER, "마을 사람들. " + " ".join(FILLER))
+    items = ranked(
+        " ".join([common] * 4 + [rare]), "마을 사람들이 산다. " + OTHER, "마을 사람들. " + " ".join(FILLER)
+    )
     out = fit("혜안은 마을 사람들에게 무엇을 놓았나?", items, 60, count)
     assert rare in out[0].passage.text
 
@@ -158,7 +176,9 @@ def test_rare_question_words_outweigh_common_ones():
 def test_overlap_between_passages_of_one_page_is_offered_once():
     first = " ".join(FILLER[:4] + [ANSWER])
     second = " ".join([ANSWER, AFTER] + FILLER[4:])  # the next passage repeats the last sentence
-    items = ranked(first, second, OTHER, urls=["https://ko.example/p", "https://ko.example/p", "https://ko.example/q"])
+    items = ranked(
+        first, second, OTHER, urls=["https://ko.example/p", "https://ko.example/p", "https://ko.example/q"]
+    )
     out = fit(QUESTION, items, 110, count)
     texts = [r.passage.text for r in out]
     assert sum(t.count(ANSWER) for t in texts) == 1
@@ -168,28 +188,36 @@ def test_sources_text_is_what_the_template_renders():
     sources = [Source("제목", "https://a/1", "  본문.\n "), Source("", "https://b", "{{ x }} [1]")]
     rendered = render([user("질문", sources)], "<eos>")
     assert sources_text(sources) in rendered
-    assert rendered.index(sources_text(sources)) + len(sources_text(sources)) == rendered.index(RAG_QUESTION_PREFIX + "질문")
+    assert rendered.index(sources_text(sources)) + len(sources_text(sources)) == rendered.index(
+        RAG_QUESTION_PREFIX + "질문"
+    )
     assert sources_text([]) == ""
 
 
-@pytest.mark.parametrize("window, answer, expected", [
-    (None, 256, DEFAULT_TOKENS),  # an openai: server: window unknown
-    (2048, 256, min(DEFAULT_TOKENS, 2048 - 256 - PROMPT_ALLOWANCE)),
-    (32768, 256, DEFAULT_TOKENS),
-    (512, 256, 512 - 256 - PROMPT_ALLOWANCE),
-    (300, 256, MIN_TOKENS),  # no room: fit keeps the top passage's best sentence anyway
-])
+@pytest.mark.parametrize(
+    "window, answer, expected",
+    [
+        (None, 256, DEFAULT_TOKENS),  # an openai: server: window unknown
+        (2048, 256, min(DEFAULT_TOKENS, 2048 - 256 - PROMPT_ALLOWANCE)),
+        (32768, 256, DEFAULT_TOKENS),
+        (512, 256, 512 - 256 - PROMPT_ALLOWANCE),
+        (300, 256, MIN_TOKENS),  # no room: fit keeps the top passage's best sentence anyway
+    ],
+)
 def test_default_tokens(window, answer, expected):
     assert default_tokens(window, answer) == expected
 
 
-@pytest.mark.parametrize("texts, golds, expected", [
-    (["그는 《임꺽정》을 썼다."], ["임꺽정"], True),
-    (["총 1,947미터이다."], ["1,947미터"], True),
-    (["The 'Beatles' came."], ["the beatles"], True),
-    (["돌다리를 놓았다."], ["혜안"], False),
-    ([], ["혜안"], False),
-])
+@pytest.mark.parametrize(
+    "texts, golds, expected",
+    [
+        (["그는 《임꺽정》을 썼다."], ["임꺽정"], True),
+        (["총 1,947미터이다."], ["1,947미터"], True),
+        (["The 'Beatles' came."], ["the beatles"], True),
+        (["돌다리를 놓았다."], ["혜안"], False),
+        ([], ["혜안"], False),
+    ],
+)
 def test_answer_in_context(texts, golds, expected):
     assert answer_in_context(texts, golds) is expected
 
@@ -220,14 +248,17 @@ def test_budget_holds_with_the_demo_models_tokenizer():
         assert ANSWER in out[0].passage.text or tokens < 200
 
 
-@pytest.mark.parametrize("text", [
-    "가" * 600,  # one word, no punctuation: cut inside the word, the only way
-    " ".join(["가나다라마바사아자차카타파하" * 4] * 20),  # 56-character runs, as passages.py leaves them
-    "... !!! ??? " * 40,  # punctuation only
-    "萬瀑洞表訓寺普德庵" * 50,  # characters a tokenizer may spell in bytes
-    "",
-    "   \n ",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "가" * 600,  # one word, no punctuation: cut inside the word, the only way
+        " ".join(["가나다라마바사아자차카타파하" * 4] * 20),  # 56-character runs, as passages.py leaves them
+        "... !!! ??? " * 40,  # punctuation only
+        "萬瀑洞表訓寺普德庵" * 50,  # characters a tokenizer may spell in bytes
+        "",
+        "   \n ",
+    ],
+)
 @pytest.mark.parametrize("question", [QUESTION, "", "???"])
 def test_hostile_passages_fit_or_keep_only_the_minimum(text, question):
     items = ranked(text, OTHER)

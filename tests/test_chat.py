@@ -5,12 +5,12 @@ import sqlite3
 import sys
 
 import pytest
+from support import REPO, ScriptedBackend, drive, run_korani, session_for
 from typer.testing import CliRunner
 
-from support import REPO, ScriptedBackend, drive, run_korani, session_for
-from korani_cli.template import render
 from korani_cli.chat.repl import read_inputs
 from korani_cli.cli import app
+from korani_cli.template import render
 
 runner = CliRunner()
 
@@ -25,7 +25,11 @@ def test_plain_exchange_is_printed_and_logged_before_and_after(tmp_path):
     session, history = session_for(tmp_path, backend)
     out, err = drive(session, "수도는 어디야?\n")
     assert "서울은 대한민국의 수도입니다." in out
-    rows = sqlite3.connect(tmp_path / "history.sqlite").execute("SELECT role, content FROM messages ORDER BY id").fetchall()
+    rows = (
+        sqlite3.connect(tmp_path / "history.sqlite")
+        .execute("SELECT role, content FROM messages ORDER BY id")
+        .fetchall()
+    )
     assert rows == [("user", "수도는 어디야?"), ("assistant", "서울은 대한민국의 수도입니다.")]
     assert backend.prompts[0][-1].content == "수도는 어디야?"
 
@@ -38,7 +42,11 @@ def test_memory_carries_turns_and_reset_clears_it(tmp_path):
     second, third = backend.prompts[1], backend.prompts[2]
     assert [m.content for m in second] == ["첫 질문", "첫 답.", "둘째 질문"]
     rendered = render(third, "<eos>")
-    assert "첫 질문" not in rendered and "둘째" not in rendered and rendered.endswith("### User\n셋째 질문\n\n### Bot\n")
+    assert (
+        "첫 질문" not in rendered
+        and "둘째" not in rendered
+        and rendered.endswith("### User\n셋째 질문\n\n### Bot\n")
+    )
 
 
 def test_unknown_command_gets_a_hint_not_a_model_call(tmp_path):
@@ -71,7 +79,9 @@ def test_continue_restores_turns_from_sqlite(scripted, home):
     scripted.answers = ["코라니의 답입니다."]
     first = runner.invoke(app, ["chat", "--model", "scripted:demo"], input="기억해 줘: 내 이름은 민수야\n")
     assert first.exit_code == 0, first.output
-    second = runner.invoke(app, ["chat", "--model", "scripted:demo", "--continue"], input="내 이름이 뭐였지?\n")
+    second = runner.invoke(
+        app, ["chat", "--model", "scripted:demo", "--continue"], input="내 이름이 뭐였지?\n"
+    )
     assert second.exit_code == 0, second.output
     assert scripted.loads == [("scripted:demo", "korani")] * 2  # through the backend registry, once per chat
     last = scripted.prompts[-1]
@@ -91,16 +101,27 @@ def test_search_command_answers_with_footnotes_and_sources(tmp_path, web, monkey
     from korani_cli.search.pipeline import SearchOptions
 
     monkeypatch.setenv("KORANI_HOME", str(tmp_path))
-    backend = ScriptedBackend(["서울은 대한민국의 수도이며 가장 큰 도시이다 [1]. 달은 치즈다 [4].", "그 도시는 크다."])
-    opts = SearchOptions(providers=("searxng",), searxng_url=web, k=3, embedder="none",
-                         fetch=FetchOptions(allow_private=True), use_cache=False)
+    backend = ScriptedBackend(
+        ["서울은 대한민국의 수도이며 가장 큰 도시이다 [1]. 달은 치즈다 [4].", "그 도시는 크다."]
+    )
+    opts = SearchOptions(
+        providers=("searxng",),
+        searxng_url=web,
+        k=3,
+        embedder="none",
+        fetch=FetchOptions(allow_private=True),
+        use_cache=False,
+    )
     session, history = session_for(tmp_path, backend, search_options=opts)
     out, err = drive(session, "/검색 서울은 어떤 도시인가요?\n/출처\n")
     assert "서울은 대한민국의 수도이며 가장 큰 도시이다[1]. 달은 치즈다." in out
     assert f"[1] 서울 소개 — {web}/ok.html" in out  # a footnote that resolves to the fetched page
     assert f"{web}/ok.html" in out.split("[1] 서울 소개")[-1]  # /출처 lists it too, with its score
     prompt = render(backend.prompts[0], "<eos>")
-    assert f"(http://127.0.0.1:{web.rsplit(':', 1)[1]}/ok.html)" in prompt and "질문: 서울은 어떤 도시인가요?" in prompt
+    assert (
+        f"(http://127.0.0.1:{web.rsplit(':', 1)[1]}/ok.html)" in prompt
+        and "질문: 서울은 어떤 도시인가요?" in prompt
+    )
     stored = history.messages(session.session_id)
     assert stored[-1].citations[0]["url"] == f"{web}/ok.html"
 
@@ -124,7 +145,23 @@ def test_ctrl_c_in_a_terminal_stops_the_answer_not_the_chat(tmp_path):
     if pid == 0:  # the child: korani chat on a terminal
         os.chdir(REPO)
         os.environ["KORANI_HOME"] = str(tmp_path)
-        os.execv(sys.executable, [sys.executable, "-m", "korani_cli", "chat", "--model", "demo", "-n", "1500", "-t", "1.0", "--seed", "3"])
+        os.execv(
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "korani_cli",
+                "chat",
+                "--model",
+                "demo",
+                "-n",
+                "1500",
+                "-t",
+                "1.0",
+                "--seed",
+                "3",
+            ],
+        )
 
     def read_until(predicate, timeout):
         buf = b""
@@ -163,6 +200,8 @@ def test_ctrl_c_in_a_terminal_stops_the_answer_not_the_chat(tmp_path):
     os.write(fd, b"\x04")  # Ctrl-D at the prompt
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
-    rows = sqlite3.connect(tmp_path / "data" / "history.sqlite").execute("SELECT role FROM messages").fetchall()
+    rows = (
+        sqlite3.connect(tmp_path / "data" / "history.sqlite").execute("SELECT role FROM messages").fetchall()
+    )
     assert ("user",) in rows, (streamed[-500:], after[-500:])  # written before generation started
     assert ("assistant",) in rows, (streamed[-800:], after[-300:])  # the partial answer is kept

@@ -15,9 +15,9 @@ import sqlite3
 
 import pytest
 from rich.console import Console
-
 from support import SEJONG, ScriptedBackend, ScriptServer, Terminal, run_korani
 from support import drive as drive_at
+
 from korani_cli.chat.history import History
 from korani_cli.chat.repl import complete_command
 from korani_cli.chat.session import ChatSession
@@ -28,10 +28,15 @@ def drive(session, text: str) -> tuple[str, str]:
 
 
 def rows(db) -> list[tuple]:
-    return sqlite3.connect(db).execute("SELECT role, content FROM messages WHERE role != 'reset' ORDER BY id").fetchall()
+    return (
+        sqlite3.connect(db)
+        .execute("SELECT role, content FROM messages WHERE role != 'reset' ORDER BY id")
+        .fetchall()
+    )
 
 
 # -- /모델 NAME ---------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_model_switch_loads_the_new_model_and_the_session_remembers_it(tmp_path):
@@ -39,8 +44,15 @@ def test_model_switch_loads_the_new_model_and_the_session_remembers_it(tmp_path)
     a, b = f"openai:scripted@{first.url}", f"openai:scripted@{second.url}"
     home = tmp_path / "home"
     try:
-        proc = run_korani("chat", "--model", a, "-t", "0", env={"KORANI_HOME": str(home)},
-                          input=f"안녕\n/모델 {b}\n다시 안녕\n/모델 {tmp_path}/missing.gguf\n또 안녕\n/모델\n")
+        proc = run_korani(
+            "chat",
+            "--model",
+            a,
+            "-t",
+            "0",
+            env={"KORANI_HOME": str(home)},
+            input=f"안녕\n/모델 {b}\n다시 안녕\n/모델 {tmp_path}/missing.gguf\n또 안녕\n/모델\n",
+        )
     finally:
         first.shutdown()
         second.shutdown()
@@ -54,7 +66,11 @@ def test_model_switch_loads_the_new_model_and_the_session_remembers_it(tmp_path)
     assert len(first.prompts) == 1 and len(second.prompts) == 2
     db = sqlite3.connect(home / "data" / "history.sqlite")
     assert db.execute("SELECT model FROM sessions").fetchall() == [(b,)]
-    assert [m for (m,) in db.execute("SELECT model FROM messages WHERE role = 'assistant' ORDER BY id")] == [a, b, b]
+    assert [m for (m,) in db.execute("SELECT model FROM messages WHERE role = 'assistant' ORDER BY id")] == [
+        a,
+        b,
+        b,
+    ]
     listing = run_korani("history", "list", "--json", env={"KORANI_HOME": str(home)})
     assert json.loads(listing.stdout)[0]["model"] == b  # --continue would resume with it
 
@@ -67,13 +83,17 @@ def test_model_switch_without_a_chooser_says_so(tmp_path):
 
 # -- Tab --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, begidx, expected", [
-    ("/도", 0, ["/도움말 "]),
-    ("/re", 0, ["/reset ", "/retry "]),
-    ("/다", 0, ["/다시 "]),
-    ("/", 5, []),  # not the first word: a question may contain a slash
-    ("도", 0, []),
-])
+
+@pytest.mark.parametrize(
+    "text, begidx, expected",
+    [
+        ("/도", 0, ["/도움말 "]),
+        ("/re", 0, ["/reset ", "/retry "]),
+        ("/다", 0, ["/다시 "]),
+        ("/", 5, []),  # not the first word: a question may contain a slash
+        ("도", 0, []),
+    ],
+)
 def test_complete_command(text, begidx, expected):
     got = []
     while (match := complete_command(text, len(got), begidx)) is not None:
@@ -101,6 +121,7 @@ def test_tab_completes_a_command_on_a_terminal(tmp_path):
 
 # -- /다시 --------------------------------------------------------------------------------
 
+
 def test_retry_answers_again_and_replaces_the_last_answer(tmp_path):
     backend = ScriptedBackend(["첫 답.", "다시 만든 답.", "셋째 답."])
     history = History(tmp_path / "h.sqlite")
@@ -109,9 +130,19 @@ def test_retry_answers_again_and_replaces_the_last_answer(tmp_path):
     assert "첫 답." in out and "다시 만든 답." in out
     assert [m.content for m in backend.prompts[1]] == ["질문"]  # the replaced answer is not in the prompt
     assert [m.content for m in backend.prompts[2]] == ["질문", "다시 만든 답.", "다음 질문"]
-    assert rows(tmp_path / "h.sqlite") == [("user", "질문"), ("replaced", "첫 답."), ("assistant", "다시 만든 답."),
-                                           ("user", "다음 질문"), ("assistant", "셋째 답.")]
-    assert [m.content for m in history.messages(session.session_id)] == ["질문", "다시 만든 답.", "다음 질문", "셋째 답."]
+    assert rows(tmp_path / "h.sqlite") == [
+        ("user", "질문"),
+        ("replaced", "첫 답."),
+        ("assistant", "다시 만든 답."),
+        ("user", "다음 질문"),
+        ("assistant", "셋째 답."),
+    ]
+    assert [m.content for m in history.messages(session.session_id)] == [
+        "질문",
+        "다시 만든 답.",
+        "다음 질문",
+        "셋째 답.",
+    ]
     assert history.count(session.session_id) == 4
 
 
@@ -130,7 +161,9 @@ def test_retry_of_a_search_answers_from_the_same_sources(tmp_path, monkeypatch):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "sejong.md").write_text(f"# 세종\n\n{SEJONG[2]}\n", encoding="utf-8")
-    backend = ScriptedBackend(["세종은 1443년에 훈민정음을 창제하였다 [1].", "세종은 조선의 네 번째 왕이다 [1]."])
+    backend = ScriptedBackend(
+        ["세종은 1443년에 훈민정음을 창제하였다 [1].", "세종은 조선의 네 번째 왕이다 [1]."]
+    )
     opts = SearchOptions(providers=("local",), local_dir=docs, embedder="none", use_cache=False)
     history = History(tmp_path / "h.sqlite")
     session = ChatSession(lambda: backend, history, model_name="scripted", search_options=opts)
@@ -145,16 +178,22 @@ def test_retry_of_a_search_answers_from_the_same_sources(tmp_path, monkeypatch):
 
 # -- a model's own template --------------------------------------------------------------------
 
-@pytest.mark.parametrize("model, env, config, flag, expected", [
-    ("demo-chat", {}, "", None, "model"),  # the alias's own chat template
-    ("demo", {}, "", None, "korani"),
-    ("korani-5.8b", {}, "", None, "korani"),
-    ("demo-chat", {}, "", "korani", "korani"),  # --template wins
-    ("demo-chat", {"KORANI_TEMPLATE": "korani"}, "", None, "korani"),
-    ("demo-chat", {}, 'template = "korani"\n', None, "korani"),  # and so does the config file
-    (None, {}, 'model = "demo-chat"\n', None, "model"),  # the model named by the config file
-])
-def test_a_model_with_its_own_chat_template_uses_it_unless_told(tmp_path, monkeypatch, model, env, config, flag, expected):
+
+@pytest.mark.parametrize(
+    "model, env, config, flag, expected",
+    [
+        ("demo-chat", {}, "", None, "model"),  # the alias's own chat template
+        ("demo", {}, "", None, "korani"),
+        ("korani-5.8b", {}, "", None, "korani"),
+        ("demo-chat", {}, "", "korani", "korani"),  # --template wins
+        ("demo-chat", {"KORANI_TEMPLATE": "korani"}, "", None, "korani"),
+        ("demo-chat", {}, 'template = "korani"\n', None, "korani"),  # and so does the config file
+        (None, {}, 'model = "demo-chat"\n', None, "model"),  # the model named by the config file
+    ],
+)
+def test_a_model_with_its_own_chat_template_uses_it_unless_told(
+    tmp_path, monkeypatch, model, env, config, flag, expected
+):
     from korani_cli.config import load_settings
 
     monkeypatch.delenv("KORANI_TEMPLATE", raising=False)
@@ -169,19 +208,60 @@ def test_a_model_with_its_own_chat_template_uses_it_unless_told(tmp_path, monkey
 # -- one language per surface -------------------------------------------------------------------
 
 # ASCII words the Korean chat may show: command aliases, program and file names, key names.
-ALLOWED = {"search", "sources", "reset", "save", "history", "model", "retry", "help", "exit", "quit", "korani", "list",
-           "demo", "chat", "Markdown", "Tab", "Ctrl", "scripted", "test", "openai", "korani", "UTF", "https", "example",
-           "sejong", "URL"}
+ALLOWED = {
+    "search",
+    "sources",
+    "reset",
+    "save",
+    "history",
+    "model",
+    "retry",
+    "help",
+    "exit",
+    "quit",
+    "korani",
+    "list",
+    "demo",
+    "chat",
+    "Markdown",
+    "Tab",
+    "Ctrl",
+    "scripted",
+    "test",
+    "openai",
+    "korani",
+    "UTF",
+    "https",
+    "example",
+    "sejong",
+    "URL",
+}
 
 
-@pytest.mark.parametrize("typed", [
-    "/도움말", "/출처", "/기록", "/모델", "/저장", "/다시", "/초기화", "/검섹", "/검색", "/모델 demo-chat",
-    "질문\n/기록", "질문\n/모델", "\udcff 깨진 입력",
-])
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "/도움말",
+        "/출처",
+        "/기록",
+        "/모델",
+        "/저장",
+        "/다시",
+        "/초기화",
+        "/검섹",
+        "/검색",
+        "/모델 demo-chat",
+        "질문\n/기록",
+        "질문\n/모델",
+        "\udcff 깨진 입력",
+    ],
+)
 def test_the_chat_speaks_korean(tmp_path, typed):
     import re
 
-    session = ChatSession(lambda: ScriptedBackend(["답입니다."]), History(tmp_path / "h.sqlite"), model_name="scripted")
+    session = ChatSession(
+        lambda: ScriptedBackend(["답입니다."]), History(tmp_path / "h.sqlite"), model_name="scripted"
+    )
     out, err = drive(session, typed + "\n")
     shown = re.sub(r"\b[0-9a-f]{12}\b", "", (out + err).replace("답입니다.", ""))  # session ids
     assert shown.strip()
@@ -190,7 +270,9 @@ def test_the_chat_speaks_korean(tmp_path, typed):
 
 
 def test_history_command_counts_messages_in_korean(tmp_path):
-    session = ChatSession(lambda: ScriptedBackend(["답입니다."]), History(tmp_path / "h.sqlite"), model_name="scripted")
+    session = ChatSession(
+        lambda: ScriptedBackend(["답입니다."]), History(tmp_path / "h.sqlite"), model_name="scripted"
+    )
     out, _ = drive(session, "질문\n/기록\n")
     assert "scripted  메시지 2개  질문" in out
 
@@ -225,7 +307,10 @@ def test_data_prepare_progress_labels_are_english():
 HOSTILE_MODELS = [
     # name typed after /모델 → a fragment of its one error line
     ("openai:x", "no server URL for 'openai:x'"),
-    ("tests/../korani_cli", "holds no model"),  # a traversal to a directory that exists wherever the checkout is
+    (
+        "tests/../korani_cli",
+        "holds no model",
+    ),  # a traversal to a directory that exists wherever the checkout is
     ("a" * 3000, "as a model path (File name too long)"),
     ("\x1b[31mred", "no such model file or directory: [31mred"),
     ("/dev/null.gguf", "GGUF file not found"),
@@ -239,7 +324,9 @@ def hostile_switches(tmp_path_factory):
     home = tmp_path_factory.mktemp("hostile-models")
     try:
         typed = "".join(f"/모델 {name}\n" for name, _ in HOSTILE_MODELS) + "안녕\n"
-        proc = run_korani("chat", "--model", f"openai:scripted@{server.url}", env={"KORANI_HOME": str(home)}, input=typed)
+        proc = run_korani(
+            "chat", "--model", f"openai:scripted@{server.url}", env={"KORANI_HOME": str(home)}, input=typed
+        )
     finally:
         server.shutdown()
     return proc, server
@@ -253,4 +340,6 @@ def test_a_model_that_cannot_be_switched_to_is_one_line(hostile_switches, row):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == len(HOSTILE_MODELS), proc.stderr
     assert HOSTILE_MODELS[row][1] in errors[row] and "\x1b" not in errors[row]
-    assert proc.stdout.strip().endswith("답입니다.") and len(server.prompts) == 1  # the chat went on, on its model
+    assert (
+        proc.stdout.strip().endswith("답입니다.") and len(server.prompts) == 1
+    )  # the chat went on, on its model

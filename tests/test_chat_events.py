@@ -10,7 +10,7 @@ import pytest
 
 from korani_cli.backends import Generation, ModelInfo, Usage
 from korani_cli.chat.history import History
-from korani_cli.chat.session import AnswerText, Answered, ChatSession, ErrorLine, Exit, Notice, Output, Stage
+from korani_cli.chat.session import Answered, AnswerText, ChatSession, ErrorLine, Exit, Notice, Output, Stage
 from korani_cli.search.types import Citation
 
 
@@ -38,8 +38,15 @@ class Says:
 
 
 def stored(path):
-    rows = sqlite3.connect(path).execute("SELECT role, content, timings, citations FROM messages ORDER BY id").fetchall()
-    return [(role, content, json.loads(t) if t else None, json.loads(c) if c else None) for role, content, t, c in rows]
+    rows = (
+        sqlite3.connect(path)
+        .execute("SELECT role, content, timings, citations FROM messages ORDER BY id")
+        .fetchall()
+    )
+    return [
+        (role, content, json.loads(t) if t else None, json.loads(c) if c else None)
+        for role, content, t, c in rows
+    ]
 
 
 COMMANDS = [
@@ -59,12 +66,18 @@ def test_commands_yield_typed_events(tmp_path, line, kinds):
 
 
 def test_a_plain_answer_streams_as_text_then_one_answered(tmp_path):
-    session = ChatSession(lambda: Says("서울은 수도입니다."), History(tmp_path / "h.sqlite"), model_name="says")
+    session = ChatSession(
+        lambda: Says("서울은 수도입니다."), History(tmp_path / "h.sqlite"), model_name="says"
+    )
     events = list(session.handle("수도는?"))
     assert [type(e) for e in events] == [Stage, Stage, AnswerText, AnswerText, Answered]
     done = events[-1]
     assert done.text == "서울은 수도입니다. " == "".join(e.text for e in events if isinstance(e, AnswerText))
-    assert isinstance(done.usage, Usage) and done.usage.completion_tokens == 2 and done.usage.finish_reason == "eos"
+    assert (
+        isinstance(done.usage, Usage)
+        and done.usage.completion_tokens == 2
+        and done.usage.finish_reason == "eos"
+    )
     assert done.citations == () and done.footnotes == ""
     assert done.timings.total_s >= 0 and done.timings.first_sentence_s is None
     (_, question, *_), (role, answer, timings, citations) = stored(tmp_path / "h.sqlite")
@@ -90,16 +103,25 @@ def test_a_search_answer_carries_its_citations_and_footnotes(tmp_path, monkeypat
     monkeypatch.setenv("KORANI_HOME", str(tmp_path / "home"))
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "sejong.md").write_text("# 세종대왕\n\n세종대왕은 1443년에 훈민정음을 만들었다.\n", encoding="utf-8")
+    (docs / "sejong.md").write_text(
+        "# 세종대왕\n\n세종대왕은 1443년에 훈민정음을 만들었다.\n", encoding="utf-8"
+    )
     opts = SearchOptions(providers=("local",), local_dir=docs, embedder="none", use_cache=False)
-    session = ChatSession(lambda: Says("세종대왕은 1443년에 훈민정음을 만들었다 [1]."), History(tmp_path / "h.sqlite"),
-                          model_name="says", search_options=opts)
+    session = ChatSession(
+        lambda: Says("세종대왕은 1443년에 훈민정음을 만들었다 [1]."),
+        History(tmp_path / "h.sqlite"),
+        model_name="says",
+        search_options=opts,
+    )
     events = list(session.handle("/검색 훈민정음은 누가 만들었나?"))
     assert not [e for e in events if isinstance(e, (ErrorLine, Notice))], events
     done = events[-1]
     assert isinstance(done, Answered) and "만들었다[1]" in done.text
     assert [type(c) for c in done.citations] == [Citation] and done.citations[0].url.endswith("sejong.md")
-    assert done.footnotes == f"[1] sejong — {done.citations[0].url}" and done.timings.first_sentence_s is not None
+    assert (
+        done.footnotes == f"[1] sejong — {done.citations[0].url}"
+        and done.timings.first_sentence_s is not None
+    )
     *_, (role, answer, timings, citations) = stored(tmp_path / "h.sqlite")
     assert role == "assistant" and answer == done.text
     assert set(timings) == {"first_token_s", "first_sentence_s", "total_s"}

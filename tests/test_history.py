@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from korani_cli.template import Message
 from korani_cli.chat.history import History
 from korani_cli.cli import app
+from korani_cli.template import Message
 
 runner = CliRunner()
 UNREACHABLE = "openai:x@http://127.0.0.1:1/v1"  # loopback port 1: connection refused
@@ -67,7 +67,8 @@ def test_continue_with_nothing_saved_is_one_line_exit_2(scripted, home):
     result = chat("--continue", input="안녕\n")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "error: there is no saved conversation to continue — start one with korani chat (without --continue)"]
+        "error: there is no saved conversation to continue — start one with korani chat (without --continue)"
+    ]
 
 
 # -- a resume brings back model, template, system text and every message ----------
@@ -75,7 +76,15 @@ def test_continue_with_nothing_saved_is_one_line_exit_2(scripted, home):
 
 def test_resume_restores_model_template_system_and_all_messages(scripted, home):
     questions = [f"질문 {i}" for i in range(7)]
-    first = chat("--model", "scripted:demo", "--template", "model", "--system", "너는 코라니야.", input="\n".join(questions) + "\n")
+    first = chat(
+        "--model",
+        "scripted:demo",
+        "--template",
+        "model",
+        "--system",
+        "너는 코라니야.",
+        input="\n".join(questions) + "\n",
+    )
     assert first.exit_code == 0, first.output
     listing = runner.invoke(app, ["history", "list"])
     assert "14 messages" in listing.stdout
@@ -95,7 +104,9 @@ def test_a_model_given_on_the_command_line_wins_and_one_note_says_so(scripted, h
     resumed = chat("-c", "--model", "scripted:demo-chat", input="또 안녕\n")
     assert resumed.exit_code == 0, resumed.output
     notes = [line for line in resumed.stderr.splitlines() if line.startswith("note:")]
-    assert len(notes) == 1 and "--model 'scripted:demo-chat' replaces the session's 'scripted:demo'" in notes[0], resumed.stderr
+    assert (
+        len(notes) == 1 and "--model 'scripted:demo-chat' replaces the session's 'scripted:demo'" in notes[0]
+    ), resumed.stderr
     assert scripted.loads[-1][0] == "scripted:demo-chat"
 
 
@@ -130,7 +141,9 @@ def test_an_old_session_with_a_reset_mark_says_how_many_are_remembered(scripted,
 def make_sessions(home: Path, ids: list[str]) -> None:
     history = History(db_path(home))
     for n, sid in enumerate(ids):
-        history.db.execute("INSERT INTO sessions (id, created, model) VALUES (?, ?, 'scripted:demo')", (sid, time.time() + n))
+        history.db.execute(
+            "INSERT INTO sessions (id, created, model) VALUES (?, ?, 'scripted:demo')", (sid, time.time() + n)
+        )
         history.db.commit()
         history.add(sid, "user", f"{sid}의 질문")
         history.add(sid, "assistant", f"{sid}의 답")
@@ -140,20 +153,35 @@ def make_sessions(home: Path, ids: list[str]) -> None:
 IDS = ["c895a1b2c3d4", "c8f0e9d8c7b6", "1a2b3c4d5e6f"]
 
 
-@pytest.mark.parametrize("args, code, expect", [
-    (["history", "show", "c895"], 0, "c895a1b2c3d4의 질문"),
-    (["history", "show", "1"], 0, "1a2b3c4d5e6f의 답"),
-    (["history", "export", "c8f"], 0, "c8f0e9d8c7b6의 질문"),
-    (["history", "show", "c895a1b2c3d4", "--json"], 0, '"id": "c895a1b2c3d4"'),
-    (["history", "show", "c8"], 2, "error: session id c8 is ambiguous: c895a1b2c3d4, c8f0e9d8c7b6 — give more of its characters"),
-    (["history", "rm", "c"], 2, "error: session id c is ambiguous: c895a1b2c3d4, c8f0e9d8c7b6 — give more of its characters"),
-    (["history", "show", "ffff"], 2, "error: no saved session ffff — see `korani history list`"),
-    (["history", "show", "c8%"], 2, "error: no saved session c8% — see `korani history list`"),  # not a LIKE wildcard
-    (["history", "export", "c8_"], 2, "error: no saved session c8_ — see `korani history list`"),
-    (["history", "show", " "], 2, "error: the session id is empty"),
-    (["chat", "--session", "c8"], 2, "error: session id c8 is ambiguous"),
-    (["chat", "--session", "zz"], 2, "error: no saved session zz"),
-])
+@pytest.mark.parametrize(
+    "args, code, expect",
+    [
+        (["history", "show", "c895"], 0, "c895a1b2c3d4의 질문"),
+        (["history", "show", "1"], 0, "1a2b3c4d5e6f의 답"),
+        (["history", "export", "c8f"], 0, "c8f0e9d8c7b6의 질문"),
+        (["history", "show", "c895a1b2c3d4", "--json"], 0, '"id": "c895a1b2c3d4"'),
+        (
+            ["history", "show", "c8"],
+            2,
+            "error: session id c8 is ambiguous: c895a1b2c3d4, c8f0e9d8c7b6 — give more of its characters",
+        ),
+        (
+            ["history", "rm", "c"],
+            2,
+            "error: session id c is ambiguous: c895a1b2c3d4, c8f0e9d8c7b6 — give more of its characters",
+        ),
+        (["history", "show", "ffff"], 2, "error: no saved session ffff — see `korani history list`"),
+        (
+            ["history", "show", "c8%"],
+            2,
+            "error: no saved session c8% — see `korani history list`",
+        ),  # not a LIKE wildcard
+        (["history", "export", "c8_"], 2, "error: no saved session c8_ — see `korani history list`"),
+        (["history", "show", " "], 2, "error: the session id is empty"),
+        (["chat", "--session", "c8"], 2, "error: session id c8 is ambiguous"),
+        (["chat", "--session", "zz"], 2, "error: no saved session zz"),
+    ],
+)
 def test_session_prefixes(scripted, home, args, code, expect):
     make_sessions(home, IDS)
     result = runner.invoke(app, args, input="")
@@ -161,7 +189,9 @@ def test_session_prefixes(scripted, home, args, code, expect):
     if code == 0:
         assert expect in result.stdout
     else:
-        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(expect), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(expect), (
+            result.stderr
+        )
     assert rows(home, "SELECT COUNT(*) FROM messages") == [(6,)]  # a refused rm deletes nothing
 
 
@@ -187,7 +217,10 @@ def test_list_and_show_json(scripted, home):
     assert entry["created"].endswith("+00:00")
     shown = json.loads(runner.invoke(app, ["history", "show", entry["id"][:5], "--json"]).stdout)
     assert shown["id"] == entry["id"] and shown["system"] == "짧게" and shown["template"] == "korani"
-    assert [(m["role"], m["content"]) for m in shown["messages"]] == [("user", "한국의 수도는?"), ("assistant", "답 1.")]
+    assert [(m["role"], m["content"]) for m in shown["messages"]] == [
+        ("user", "한국의 수도는?"),
+        ("assistant", "답 1."),
+    ]
     assert shown["messages"][1]["model"] == "scripted:demo" and "total_s" in shown["messages"][1]["timings"]
 
 
@@ -223,14 +256,24 @@ def fill(home: Path) -> list[str]:
 
 
 @pytest.mark.slow  # Kiwi takes a couple of seconds to load
-@pytest.mark.parametrize("words, found", [
-    (["서울"], {"서울에서 부산까지 기차로 얼마나 걸려?", "서울의 인구는 몇 명이야?", "서울특별시 인구는 약 940만 명입니다."}),
-    (["인구"], {"서울의 인구는 몇 명이야?", "서울특별시 인구는 약 940만 명입니다."}),
-    (["비"], {"비 오는 날 듣기 좋은 노래 추천해 줘"}),  # rain, not 비밀
-    (["노래", "추천"], {"비 오는 날 듣기 좋은 노래 추천해 줘"}),
-    (["기차", "인구"], set()),  # every word must occur
-    (['"', "AND", "NEAR(", "*"], set()),  # FTS5 syntax is text, never an error
-])
+@pytest.mark.parametrize(
+    "words, found",
+    [
+        (
+            ["서울"],
+            {
+                "서울에서 부산까지 기차로 얼마나 걸려?",
+                "서울의 인구는 몇 명이야?",
+                "서울특별시 인구는 약 940만 명입니다.",
+            },
+        ),
+        (["인구"], {"서울의 인구는 몇 명이야?", "서울특별시 인구는 약 940만 명입니다."}),
+        (["비"], {"비 오는 날 듣기 좋은 노래 추천해 줘"}),  # rain, not 비밀
+        (["노래", "추천"], {"비 오는 날 듣기 좋은 노래 추천해 줘"}),
+        (["기차", "인구"], set()),  # every word must occur
+        (['"', "AND", "NEAR(", "*"], set()),  # FTS5 syntax is text, never an error
+    ],
+)
 def test_search_finds_korean_by_morphemes(home, words, found):
     fill(home)
     result = runner.invoke(app, ["history", "search", *words, "--json"])
@@ -242,7 +285,11 @@ def test_search_finds_korean_by_morphemes(home, words, found):
 def test_search_text_output_and_a_deleted_session_is_not_found(home):
     ids = fill(home)
     shown = runner.invoke(app, ["history", "search", "기차"])
-    assert shown.exit_code == 0 and shown.stdout.startswith(ids[0]) and "서울에서 부산까지 기차로" in shown.stdout
+    assert (
+        shown.exit_code == 0
+        and shown.stdout.startswith(ids[0])
+        and "서울에서 부산까지 기차로" in shown.stdout
+    )
     assert runner.invoke(app, ["history", "rm", ids[0]]).exit_code == 0
     again = runner.invoke(app, ["history", "search", "기차"])
     assert again.exit_code == 0 and again.stdout == "" and "no saved message matches '기차'" in again.stderr
@@ -271,13 +318,27 @@ def test_an_old_history_file_migrates_without_losing_anything(scripted, home):
     path.parent.mkdir(parents=True)
     with sqlite3.connect(path) as db:
         db.executescript(OLD_SCHEMA)
-        db.execute("INSERT INTO sessions VALUES ('0ld5e5510n01', 1700000000.0, 'scripted:demo', '너는 코라니야.')")
-        db.execute("INSERT INTO sessions VALUES ('3mpty5e5510n', 1700000100.0, 'korani-5.8b', NULL)")  # a failed start
+        db.execute(
+            "INSERT INTO sessions VALUES ('0ld5e5510n01', 1700000000.0, 'scripted:demo', '너는 코라니야.')"
+        )
+        db.execute(
+            "INSERT INTO sessions VALUES ('3mpty5e5510n', 1700000100.0, 'korani-5.8b', NULL)"
+        )  # a failed start
         db.executemany(
             "INSERT INTO messages (session_id, role, content, created, model, timings, citations) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [("0ld5e5510n01", "user", "한라산의 높이는?", 1700000001.0, None, None, None),
-             ("0ld5e5510n01", "assistant", "한라산은 1947미터입니다 [1].", 1700000002.0, "scripted:demo", '{"total_s": 1.5}',
-              '[{"n": 1, "title": "한라산", "url": "http://127.0.0.1/h"}]')])
+            [
+                ("0ld5e5510n01", "user", "한라산의 높이는?", 1700000001.0, None, None, None),
+                (
+                    "0ld5e5510n01",
+                    "assistant",
+                    "한라산은 1947미터입니다 [1].",
+                    1700000002.0,
+                    "scripted:demo",
+                    '{"total_s": 1.5}',
+                    '[{"n": 1, "title": "한라산", "url": "http://127.0.0.1/h"}]',
+                ),
+            ],
+        )
     before_sessions = rows(home, "SELECT * FROM sessions ORDER BY id")
     before_messages = rows(home, "SELECT * FROM messages ORDER BY id")
 
@@ -302,11 +363,14 @@ def test_an_old_history_file_migrates_without_losing_anything(scripted, home):
 # -- a model that cannot load ends the chat at once ------------------------------------
 
 
-@pytest.mark.parametrize("model, fragment", [
-    (UNREACHABLE, "error: cannot reach the OpenAI-compatible server at http://127.0.0.1:1/v1"),
-    ("/nonexistent/model.gguf", "error: GGUF file not found: /nonexistent/model.gguf"),
-    ("./no-such-dir/model", "error: no such model file or directory: ./no-such-dir/model"),
-])
+@pytest.mark.parametrize(
+    "model, fragment",
+    [
+        (UNREACHABLE, "error: cannot reach the OpenAI-compatible server at http://127.0.0.1:1/v1"),
+        ("/nonexistent/model.gguf", "error: GGUF file not found: /nonexistent/model.gguf"),
+        ("./no-such-dir/model", "error: no such model file or directory: ./no-such-dir/model"),
+    ],
+)
 def test_piped_chat_with_a_model_that_cannot_load_exits_3(home, model, fragment):
     result = chat("--model", model, input="안녕\n두 번째\n")
     assert result.exit_code == 3, result.output
@@ -345,5 +409,9 @@ def test_interactive_chat_fails_at_start_when_the_model_cannot_load(tmp_path):
     text = screen.decode("utf-8", "replace")
     assert os.WEXITSTATUS(status) == 3, text
     assert "나> " not in text and "cannot reach the OpenAI-compatible server" in text
-    assert not (tmp_path / "data" / "history.sqlite").exists() or not sqlite3.connect(
-        tmp_path / "data" / "history.sqlite").execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+    assert (
+        not (tmp_path / "data" / "history.sqlite").exists()
+        or not sqlite3.connect(tmp_path / "data" / "history.sqlite")
+        .execute("SELECT COUNT(*) FROM sessions")
+        .fetchone()[0]
+    )

@@ -19,9 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from support import REPO
 from typer.testing import CliRunner
 
-from support import REPO
 from korani_cli.chat.history import History
 from korani_cli.cli import app
 from korani_cli.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_USAGE
@@ -39,12 +39,21 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def korani(*args: str, input: bytes | str | None = None, env: dict | None = None, cwd: Path = REPO, timeout: float = 120):
+def korani(
+    *args: str,
+    input: bytes | str | None = None,
+    env: dict | None = None,
+    cwd: Path = REPO,
+    timeout: float = 120,
+):
     """The CLI in a subprocess (bytes in, text out): what a shell user gets."""
     proc = subprocess.run(
         [sys.executable, "-m", "korani_cli", *args],
-        input=input.encode() if isinstance(input, str) else input, capture_output=True,
-        env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd,
+        input=input.encode() if isinstance(input, str) else input,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd=cwd,
     )
     return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
 
@@ -81,7 +90,11 @@ CONFIG_FILE_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("content, fragment", CONFIG_FILE_ROWS, ids=[r[0].decode("utf-8", "replace")[:30] for r in CONFIG_FILE_ROWS])
+@pytest.mark.parametrize(
+    "content, fragment",
+    CONFIG_FILE_ROWS,
+    ids=[r[0].decode("utf-8", "replace")[:30] for r in CONFIG_FILE_ROWS],
+)
 @pytest.mark.parametrize("command", [["ask", "안녕?"], ["chat"], ["models", "resolve"]])
 def test_a_bad_config_file_value_is_exit_5(home, content, fragment, command):
     (home / "config.toml").write_bytes(content)
@@ -92,11 +105,15 @@ def test_a_bad_config_file_value_is_exit_5(home, content, fragment, command):
 
 
 @pytest.mark.timeout(60)  # reading a FIFO nobody writes to would block forever
-@pytest.mark.parametrize("make, fragment", [
-    (lambda path: path.mkdir(), "is a directory, not a config file"),
-    (lambda path: os.mkfifo(path), "is not a regular file"),
-    (lambda path: path.symlink_to("/dev/zero"), "is not a regular file"),
-], ids=["directory", "fifo", "link to /dev/zero"])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda path: path.mkdir(), "is a directory, not a config file"),
+        (lambda path: os.mkfifo(path), "is not a regular file"),
+        (lambda path: path.symlink_to("/dev/zero"), "is not a regular file"),
+    ],
+    ids=["directory", "fifo", "link to /dev/zero"],
+)
 def test_a_config_file_that_is_no_file_is_exit_5(home, make, fragment):
     make(home / "config.toml")
     result = runner.invoke(app, ["ask", "안녕?"])
@@ -122,8 +139,16 @@ ENV_ROWS = [
 def test_a_bad_environment_value_is_exit_5(name, value, fragment, tmp_path):
     """In a subprocess: before this fix, KORANI_THREADS=100000 aborted llama.cpp
     (std::bad_alloc and a gdb dump), which would take the test runner with it."""
-    code, out, err = korani("ask", "--model", "demo", "-n", "2", "안녕?",
-                            env={"KORANI_HOME": str(tmp_path), name: value}, timeout=120)
+    code, out, err = korani(
+        "ask",
+        "--model",
+        "demo",
+        "-n",
+        "2",
+        "안녕?",
+        env={"KORANI_HOME": str(tmp_path), name: value},
+        timeout=120,
+    )
     assert code == EXIT_CONFIG, err
     assert fragment in one_line(err) and "unset it" in err
     assert out == ""
@@ -169,6 +194,7 @@ def test_a_bad_flag_value_is_one_line_and_exit_2(home, args, fragment):
 
 # -- 14: KORANI_HOME that cannot hold korani's files ---------------------------------------------
 
+
 def _home_is_a_file(tmp_path: Path) -> str:
     (tmp_path / "afile").write_text("x")
     return str(tmp_path / "afile")
@@ -191,7 +217,9 @@ HOME_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("make, args, fragment", HOME_ROWS, ids=[f"{r[0].__name__}-{' '.join(r[1])}" for r in HOME_ROWS])
+@pytest.mark.parametrize(
+    "make, args, fragment", HOME_ROWS, ids=[f"{r[0].__name__}-{' '.join(r[1])}" for r in HOME_ROWS]
+)
 def test_an_unusable_korani_home_is_exit_5(home, tmp_path, monkeypatch, make, args, fragment):
     value = make(tmp_path)
     if value.startswith("/sys") and not Path("/sys").is_dir():
@@ -208,7 +236,9 @@ def test_a_read_only_korani_home_is_exit_5(home, tmp_path, monkeypatch):
     ro.mkdir()
     ro.chmod(0o555)
     if os.access(ro, os.W_OK):
-        pytest.skip("running as root: permission bits do not stop root (the /sys row covers a home korani cannot write)")
+        pytest.skip(
+            "running as root: permission bits do not stop root (the /sys row covers a home korani cannot write)"
+        )
     monkeypatch.setenv("KORANI_HOME", str(ro))
     result = runner.invoke(app, ["history", "list"])
     assert result.exit_code == EXIT_CONFIG
@@ -234,13 +264,19 @@ def test_binary_stdin_to_ask_is_exit_2(tmp_path, data, fragment):
 
 
 def test_a_question_argument_that_is_not_utf8_is_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "korani_cli", "ask", "--model", "demo", b"\xff\xfe?"],
-                          capture_output=True, env={**os.environ, "KORANI_HOME": str(tmp_path)}, timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "korani_cli", "ask", "--model", "demo", b"\xff\xfe?"],
+        capture_output=True,
+        env={**os.environ, "KORANI_HOME": str(tmp_path)},
+        timeout=120,
+        cwd=REPO,
+    )
     assert proc.returncode == EXIT_USAGE, proc.stderr
     assert "not UTF-8 text" in one_line(proc.stderr.decode())
 
 
 # -- 18: a missing local path is a missing path, not a Hub failure; a broken model directory says what is wrong --
+
 
 def _model_files(tmp: Path) -> None:
     (tmp / "runs" / "a").mkdir(parents=True)
@@ -288,6 +324,7 @@ def test_an_empty_session_id_is_a_usage_error(home):
 
 # -- 7: /저장 and history export -o never replace a special file ---------------------------------------
 
+
 def _seed_session(home: Path) -> str:
     history = History(home / "data" / "history.sqlite")
     sid = history.new_session("demo", None)
@@ -329,7 +366,9 @@ def _dev_full(tmp: Path) -> tuple[Path, Path]:
         os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 7))
     except (PermissionError, OSError):
         if os.access("/dev", os.W_OK):
-            pytest.skip("cannot make a device node, and /dev is writable: never aim a test at the real /dev/full")
+            pytest.skip(
+                "cannot make a device node, and /dev is writable: never aim a test at the real /dev/full"
+            )
         return Path("/dev/full"), Path("/dev/full")
     return node, node
 
@@ -360,14 +399,27 @@ def _kind(path: Path) -> str:
         mode = path.stat().st_mode
     except FileNotFoundError:
         return "missing"
-    return ("char" if stat.S_ISCHR(mode) else "fifo" if stat.S_ISFIFO(mode) else "dir" if stat.S_ISDIR(mode)
-            else "regular" if stat.S_ISREG(mode) else "other")
+    return (
+        "char"
+        if stat.S_ISCHR(mode)
+        else "fifo"
+        if stat.S_ISFIFO(mode)
+        else "dir"
+        if stat.S_ISDIR(mode)
+        else "regular"
+        if stat.S_ISREG(mode)
+        else "other"
+    )
 
 
 @pytest.mark.timeout(60)  # writing into a FIFO with nobody reading would block forever
 @pytest.mark.parametrize("how", ["history export -o", "/저장"])
-@pytest.mark.parametrize("make, written, fragment, kind_after", SAVE_ROWS, ids=[r[0].__name__.strip("_") for r in SAVE_ROWS])
-def test_saving_a_transcript_never_replaces_a_special_file(home, tmp_path, how, make, written, fragment, kind_after):
+@pytest.mark.parametrize(
+    "make, written, fragment, kind_after", SAVE_ROWS, ids=[r[0].__name__.strip("_") for r in SAVE_ROWS]
+)
+def test_saving_a_transcript_never_replaces_a_special_file(
+    home, tmp_path, how, make, written, fragment, kind_after
+):
     sid = _seed_session(home)
     given, target = make(tmp_path)
     was_link = given.is_symlink()
@@ -386,10 +438,13 @@ def test_saving_a_transcript_never_replaces_a_special_file(home, tmp_path, how, 
         assert "저장할 질문" in target.read_text(encoding="utf-8")
     else:
         assert len(errors) == 1 and fragment in errors[0], result.stderr
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]  # no temp left
+    assert not [
+        p for p in tmp_path.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")
+    ]  # no temp left
 
 
 # -- 14, 18: a damaged, misplaced or locked history database ---------------------------------------
+
 
 def _history_with_sessions(path: Path, n: int = 8) -> list[str]:
     """A real history of several pages (sessions, messages and their indexes)."""
@@ -418,7 +473,9 @@ def _index_entry_damaged(path: Path, sids) -> None:
     the lookup then finds nothing, and only an integrity check tells why."""
     db = sqlite3.connect(path)
     page_size = db.execute("PRAGMA page_size").fetchone()[0]
-    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_sessions_1'").fetchone()[0]
+    root = db.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_sessions_1'"
+    ).fetchone()[0]
     db.close()
     data = bytearray(path.read_bytes())
     page = slice((root - 1) * page_size, root * page_size)
@@ -464,7 +521,11 @@ DAMAGE_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("damage, args, fragment", DAMAGE_ROWS, ids=[f"{r[0].__name__.strip('_')}-{' '.join(r[1][:2])}" for r in DAMAGE_ROWS])
+@pytest.mark.parametrize(
+    "damage, args, fragment",
+    DAMAGE_ROWS,
+    ids=[f"{r[0].__name__.strip('_')}-{' '.join(r[1][:2])}" for r in DAMAGE_ROWS],
+)
 def test_a_damaged_history_is_one_line_exit_5_and_never_no_saved_session(home, damage, args, fragment):
     db = home / "data" / "history.sqlite"
     sids = _history_with_sessions(db)
@@ -474,14 +535,18 @@ def test_a_damaged_history_is_one_line_exit_5_and_never_no_saved_session(home, d
     assert result.exit_code == EXIT_CONFIG, result.output
     line = one_line(result.stderr)
     assert fragment in line and str(db) in line and "no saved session" not in line
-    assert sorted((p.name, p.stat().st_size) for p in db.parent.rglob("*")) == before  # nothing of it was touched
+    assert (
+        sorted((p.name, p.stat().st_size) for p in db.parent.rglob("*")) == before
+    )  # nothing of it was touched
 
 
 def test_chat_without_history_works_beside_a_damaged_database(home, tmp_path):
     db = home / "data" / "history.sqlite"
     _history_with_sessions(db, 2)
     _garbage(db, None)
-    result = runner.invoke(app, ["chat", "--model", "demo", "--no-history"], input=f"/기록\n/저장 {tmp_path / 't.md'}\n")
+    result = runner.invoke(
+        app, ["chat", "--model", "demo", "--no-history"], input=f"/기록\n/저장 {tmp_path / 't.md'}\n"
+    )
     assert result.exit_code == 0, result.output
     assert "기록 없이 메모리에서만" in result.stdout and (tmp_path / "t.md").is_file()
     assert "--no-history" in result.stderr and "error" not in result.stderr
@@ -497,11 +562,15 @@ def test_a_history_locked_by_another_process_is_one_line(home, args):
     db = home / "data" / "history.sqlite"
     _history_with_sessions(db, 1)
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sqlite3, sys, time\n"
-         f"db = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-         "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            f"db = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+            "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -541,7 +610,12 @@ class EvilServer(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         if not body.get("stream"):
-            self._json({"choices": [{"text": EVIL, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 9}})
+            self._json(
+                {
+                    "choices": [{"text": EVIL, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 9},
+                }
+            )
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -564,9 +638,14 @@ def _ask_on_a_terminal(model: str, home: Path) -> str:
     import pty
 
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "korani_cli", "ask", "--model", model, "안녕?"], stdout=slave,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=REPO,
-                            env={**os.environ, "KORANI_HOME": str(home)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "korani_cli", "ask", "--model", model, "안녕?"],
+        stdout=slave,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        env={**os.environ, "KORANI_HOME": str(home)},
+    )
     os.close(slave)
     seen = b""
     while True:
@@ -583,7 +662,12 @@ def _ask_on_a_terminal(model: str, home: Path) -> str:
     return seen.decode("utf-8", "replace").replace("\r\n", "\n")  # the tty's own ONLCR
 
 
-MODEL_OUTPUT_ROWS = ["ask (whole answer)", "ask --json", "ask on a terminal (streamed)", "chat (streamed) and its history"]
+MODEL_OUTPUT_ROWS = [
+    "ask (whole answer)",
+    "ask --json",
+    "ask on a terminal (streamed)",
+    "chat (streamed) and its history",
+]
 
 
 @pytest.mark.timeout(120)
@@ -600,23 +684,30 @@ def test_model_output_cannot_drive_the_terminal(home, evil_model, how):
     else:
         result = runner.invoke(app, ["chat", "--model", evil_model], input="안녕?\n")
         shown = result.stdout
-        stored = sqlite3.connect(home / "data" / "history.sqlite").execute(
-            "SELECT content FROM messages WHERE role = 'assistant'").fetchall()
+        stored = (
+            sqlite3.connect(home / "data" / "history.sqlite")
+            .execute("SELECT content FROM messages WHERE role = 'assistant'")
+            .fetchall()
+        )
         assert len(stored) == 1 and not any(c in stored[0][0] for c in CONTROL) and "\r" not in stored[0][0]
-        exported = runner.invoke(app, ["history", "show", runner.invoke(app, ["history", "list"]).stdout.split()[0]])
+        exported = runner.invoke(
+            app, ["history", "show", runner.invoke(app, ["history", "list"]).stdout.split()[0]]
+        )
         assert "수도입니다" in exported.stdout and not any(c in exported.stdout for c in CONTROL)
     if result is not None:
         assert result.exit_code == 0, result.output
     assert "수도입니다.\n" in shown and "끝" in shown
     assert not any(c in shown for c in CONTROL), repr(shown)
-    assert "\r" not in shown and "수도입니다.\n\n" not in shown  # a CRLF split across events is one line break
+    assert (
+        "\r" not in shown and "수도입니다.\n\n" not in shown
+    )  # a CRLF split across events is one line break
 
 
 def test_a_hostile_server_error_message_is_cleaned_too(home):
-    from korani_cli.console import print_error
-
-    import io
     import contextlib
+    import io
+
+    from korani_cli.console import print_error
 
     buf = io.StringIO()
     with contextlib.redirect_stderr(buf):
@@ -652,17 +743,27 @@ STREAM_ROWS = [
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("args, how, code, fragment", STREAM_ROWS, ids=[f"{' '.join(r[0][:2])}-{r[1]}" for r in STREAM_ROWS])
+@pytest.mark.parametrize(
+    "args, how, code, fragment", STREAM_ROWS, ids=[f"{' '.join(r[0][:2])}-{r[1]}" for r in STREAM_ROWS]
+)
 def test_closed_streams_are_not_internal_errors(tmp_path, args, how, code, fragment):
     home = tmp_path / "home"
     sid = _seed_session(home)
     cmd = [sys.executable, "-m", "korani_cli", *[sid if a == "SID" else a for a in args]]
     env = {**os.environ, "KORANI_HOME": str(home)}
     if how == "stdin closed":
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO,
-                                preexec_fn=lambda: os.close(0))
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=REPO,
+            preexec_fn=lambda: os.close(0),
+        )
     else:  # stdout's reader closes its end before korani writes a byte (`korani … | head -c 0`)
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO
+        )
         proc.stdout.close()
         proc.stdin.write("/출처\n/기록\n".encode())
         proc.stdin.close()

@@ -24,7 +24,6 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-
 from support import REPO, Site
 
 # What must never reach a terminal: C0 controls but tab and newline, DEL, C1.
@@ -50,15 +49,25 @@ class Run:
 def korani(*args: str, env: dict | None = None, timeout: float = 180, stdin: str = "") -> Run:
     """The CLI in a subprocess; output kept as bytes until checked to be UTF-8."""
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "korani_cli", *args], input=stdin.encode(), capture_output=True,
-                          env={**os.environ, **(env or {})}, cwd=REPO, timeout=timeout)
-    return Run(proc.returncode, proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8"), time.monotonic() - start)
+    proc = subprocess.run(
+        [sys.executable, "-m", "korani_cli", *args],
+        input=stdin.encode(),
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        timeout=timeout,
+    )
+    return Run(
+        proc.returncode, proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8"), time.monotonic() - start
+    )
 
 
 def assert_no_controls(*texts: str) -> None:
     for text in texts:
         found = CONTROLS.search(text)
-        assert found is None, f"control {found.group()!r} reached the terminal: {text[max(0, found.start() - 40):found.end() + 40]!r}"
+        assert found is None, (
+            f"control {found.group()!r} reached the terminal: {text[max(0, found.start() - 40) : found.end() + 40]!r}"
+        )
 
 
 def error_lines(run: Run) -> list[str]:
@@ -68,6 +77,7 @@ def error_lines(run: Run) -> list[str]:
 
 
 # -- a hostile loopback web ------------------------------------------------------
+
 
 def _searx(base: str, *paths: str) -> tuple[dict, bytes]:
     results = [{"url": base + p, "title": f"결과{EVIL}{C1_CSI}", "content": f"요약{EVIL}"} for p in paths]
@@ -81,9 +91,15 @@ def hostile_web():
     html = {"Content-Type": "text/html; charset=utf-8"}
     one_run = b"A" * 2_000_000
     routes = {
-        "/evil.html": (html, f"<html><head><title>{HOSTILE_TITLE}</title></head><body><article><p>{HOSTILE_TEXT} {ENTITIES}</p>"
-                             f"<p>{HOSTILE_TEXT}</p></article></body></html>".encode()),
-        "/ok.html": (html, "<html><head><title>부산</title></head><body><p>부산은 대한민국의 항구 도시이다. 해운대가 유명하다.</p></body></html>".encode()),
+        "/evil.html": (
+            html,
+            f"<html><head><title>{HOSTILE_TITLE}</title></head><body><article><p>{HOSTILE_TEXT} {ENTITIES}</p>"
+            f"<p>{HOSTILE_TEXT}</p></article></body></html>".encode(),
+        ),
+        "/ok.html": (
+            html,
+            "<html><head><title>부산</title></head><body><p>부산은 대한민국의 항구 도시이다. 해운대가 유명하다.</p></body></html>".encode(),
+        ),
         # About 2 MB of one run without whitespace, plain and as a gzip bomb
         # (a few kB on the wire that inflate to the fetcher's byte cap).
         "/run.html": (html, b"<html><body><p>" + one_run + b"</p></body></html>"),
@@ -120,8 +136,12 @@ class FakeModel(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         self.prompts.append(body.get("prompt") or json.dumps(body.get("messages"), ensure_ascii=False))
         answer = "서울은 대한민국의 수도이며 가장 큰 도시이다 [1]."
-        self._send({"choices": [{"text": answer, "message": {"content": answer}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 10}})
+        self._send(
+            {
+                "choices": [{"text": answer, "message": {"content": answer}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 10},
+            }
+        )
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +159,13 @@ def hostile_dir(tmp_path) -> Path:
     d.mkdir()
     (d / "seoul.txt").write_text(f"{HOSTILE_TITLE}\n\n{HOSTILE_TEXT}", encoding="utf-8")
     (d / "seoul.md").write_text(f"# {HOSTILE_TITLE}\n\n{HOSTILE_TEXT}", encoding="utf-8")
-    (d / "seoul.html").write_text(f"<html><head><title>{HOSTILE_TITLE}</title></head><body><p>{HOSTILE_TEXT} {ENTITIES}</p></body></html>",
-                                  encoding="utf-8")
-    (d / f"name{EVIL}.txt").write_text("서울은 대한민국의 수도이다.", encoding="utf-8")  # the title is the file name
+    (d / "seoul.html").write_text(
+        f"<html><head><title>{HOSTILE_TITLE}</title></head><body><p>{HOSTILE_TEXT} {ENTITIES}</p></body></html>",
+        encoding="utf-8",
+    )
+    (d / f"name{EVIL}.txt").write_text(
+        "서울은 대한민국의 수도이다.", encoding="utf-8"
+    )  # the title is the file name
     return d
 
 
@@ -152,7 +176,11 @@ SEARCH_ROWS = [
     ("web-json", ["search", "서울", "-p", "searxng", "--allow-private", "--json"], "web"),
     ("web-human", ["search", "서울", "-p", "searxng", "--allow-private"], "web"),
     ("web-ask", ["ask", "--search", "-p", "searxng", "--allow-private", "서울은 어떤 도시인가?"], "web"),
-    ("web-ask-json", ["ask", "--search", "-p", "searxng", "--allow-private", "--json", "서울은 어떤 도시인가?"], "web"),
+    (
+        "web-ask-json",
+        ["ask", "--search", "-p", "searxng", "--allow-private", "--json", "서울은 어떤 도시인가?"],
+        "web",
+    ),
     ("local-json", ["search", "서울", "--json"], "local"),
     ("local-human", ["search", "서울"], "local"),
     ("local-ask", ["ask", "서울은 어떤 도시인가?"], "local"),
@@ -161,7 +189,9 @@ SEARCH_ROWS = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args,source", [r[1:] for r in SEARCH_ROWS], ids=[r[0] for r in SEARCH_ROWS])
-def test_page_and_file_text_reaches_no_terminal_raw(args, source, hostile_web, model_url, hostile_dir, tmp_path):
+def test_page_and_file_text_reaches_no_terminal_raw(
+    args, source, hostile_web, model_url, hostile_dir, tmp_path
+):
     env = {"KORANI_SEARXNG_URL": hostile_web + "/evil", "KORANI_HOME": str(tmp_path / "home")}
     full = [*args, "--embedder", "none"]
     if source == "local":
@@ -186,7 +216,18 @@ def test_page_and_file_text_reaches_no_terminal_raw(args, source, hostile_web, m
             assert "PWNED" in run.out  # the footnote keeps the page title's visible text
     if source == "web" and args[0] == "search":
         # What the page cache stored is clean too: a later --offline run prints it.
-        offline = korani("search", "서울", "-p", "searxng", "--offline", "--allow-private", "--json", "--embedder", "none", env=env)
+        offline = korani(
+            "search",
+            "서울",
+            "-p",
+            "searxng",
+            "--offline",
+            "--allow-private",
+            "--json",
+            "--embedder",
+            "none",
+            env=env,
+        )
         assert offline.rc == 0, offline.err
         assert_no_controls(offline.out, offline.err)
         assert "PWNED" in offline.out
@@ -224,12 +265,16 @@ def test_a_title_is_one_bounded_line_and_never_a_crash():
     assert Hit("https://e.example", 123, "", "test").title == "123"  # a provider's JSON may hold a number
 
 
-@pytest.mark.parametrize("html", [
-    f"<html><head><title>{HOSTILE_TITLE}</title></head><body><p>{HOSTILE_TEXT}</p></body></html>",
-    f"<html><head><title>{ENTITIES}</title></head><body><p>{ENTITIES} {HOSTILE_TEXT}</p></body></html>",
-    f'<html><head><meta property="og:title" content="{ENTITIES}"></head><body><p>{HOSTILE_TEXT}</p></body></html>',
-    "\x00" * 1000 + f"<html><body><p>{HOSTILE_TEXT}</p>\x00</body></html>",
-], ids=["raw", "entities", "og-title", "nul"])
+@pytest.mark.parametrize(
+    "html",
+    [
+        f"<html><head><title>{HOSTILE_TITLE}</title></head><body><p>{HOSTILE_TEXT}</p></body></html>",
+        f"<html><head><title>{ENTITIES}</title></head><body><p>{ENTITIES} {HOSTILE_TEXT}</p></body></html>",
+        f'<html><head><meta property="og:title" content="{ENTITIES}"></head><body><p>{HOSTILE_TEXT}</p></body></html>',
+        "\x00" * 1000 + f"<html><body><p>{HOSTILE_TEXT}</p>\x00</body></html>",
+    ],
+    ids=["raw", "entities", "og-title", "nul"],
+)
 def test_extraction_returns_no_controls(html):
     from korani_cli.search.extract import extract
 
@@ -242,7 +287,9 @@ def test_footnotes_print_clean_lines():
     from korani_cli.search.answer import SourcedAnswer
     from korani_cli.search.types import Citation
 
-    footnotes = SourcedAnswer("x [1]", [Citation(1, f"https://e.example/{EVIL}", HOSTILE_TITLE, "p", 1.0)]).footnotes()
+    footnotes = SourcedAnswer(
+        "x [1]", [Citation(1, f"https://e.example/{EVIL}", HOSTILE_TITLE, "p", 1.0)]
+    ).footnotes()
     assert_no_controls(footnotes)
     assert footnotes.count("\n") == 0 and "PWNED" in footnotes
 
@@ -256,13 +303,25 @@ def test_names_and_queries_that_are_not_utf8_are_read_not_a_crash(tmp_path):
     (docs / os.fsdecode(b"raw\xff\xfe.txt")).write_text("부산은 대한민국의 항구 도시이다.", encoding="utf-8")
     (docs / "b.txt").write_text("서울은 대한민국의 수도이다.", encoding="utf-8")
     query = os.fsdecode(b"\xff\xfe" + "부산 항구".encode())
-    run = korani("search", query, "--local-dir", str(docs), "--embedder", "none", "--json", env={"KORANI_HOME": str(tmp_path / "home")})
+    run = korani(
+        "search",
+        query,
+        "--local-dir",
+        str(docs),
+        "--embedder",
+        "none",
+        "--json",
+        env={"KORANI_HOME": str(tmp_path / "home")},
+    )
     assert run.rc == 0, run.err
     top = json.loads(run.out)["passages"][0]
-    assert top["url"].endswith("raw%FF%FE.txt") and "부산" in top["text"] and top["title"] == "raw\ufffd\ufffd"
+    assert (
+        top["url"].endswith("raw%FF%FE.txt") and "부산" in top["text"] and top["title"] == "raw\ufffd\ufffd"
+    )
 
 
 # -- 5: the local provider stays inside its directory --------------------------------
+
 
 @pytest.fixture
 def linked_dir(tmp_path) -> Path:
@@ -295,7 +354,10 @@ def test_local_provider_keeps_inside_its_directory(linked_dir, follow, expected)
     from korani_cli.search.providers import LocalProvider
 
     hits = LocalProvider(linked_dir, follow_links=follow).search("q", 5)
-    found = {str(Path(unquote(h.url.removeprefix("file://"))).relative_to(linked_dir.parent.resolve())) for h in hits}
+    found = {
+        str(Path(unquote(h.url.removeprefix("file://"))).relative_to(linked_dir.parent.resolve()))
+        for h in hits
+    }
     assert found == expected
 
 
@@ -303,13 +365,19 @@ def test_local_provider_keeps_inside_its_directory(linked_dir, follow, expected)
 @pytest.mark.parametrize("follow", [False, True], ids=["default", "follow-links"])
 def test_search_prints_no_file_from_outside_without_follow_links(linked_dir, follow, tmp_path):
     args = ["search", "계정 비밀 서울", "--local-dir", str(linked_dir), "--embedder", "none", "--json"]
-    run = korani(*args, *(["--follow-links"] if follow else []), env={"KORANI_HOME": str(tmp_path / "home")}, timeout=120)
+    run = korani(
+        *args,
+        *(["--follow-links"] if follow else []),
+        env={"KORANI_HOME": str(tmp_path / "home")},
+        timeout=120,
+    )
     assert run.rc == 0, run.err
     assert ("root:x:0:0" in run.out) == follow
     assert "서울은 대한민국의 수도이다" in run.out
 
 
 # -- 10: no page, however long its runs, holds the search up ------------------------
+
 
 def test_kiwi_never_sees_a_long_run_or_a_long_input():
     from korani_cli.search.passages import PAGE_CHARS, PIECE_CHARS, RUN_CHARS, _paragraphs, bounded
@@ -337,7 +405,18 @@ def test_long_runs_and_a_gzip_bomb_do_not_hang_the_search(hostile_web, tmp_path)
     """Before the caps, Kiwi took minutes on one 2 MB run; now the search
     answers well inside the subprocess timeout, with the real page first."""
     env = {"KORANI_SEARXNG_URL": hostile_web + "/runs", "KORANI_HOME": str(tmp_path / "home")}
-    run = korani("search", "부산 항구", "-p", "searxng", "--allow-private", "--json", "--embedder", "none", env=env, timeout=120)
+    run = korani(
+        "search",
+        "부산 항구",
+        "-p",
+        "searxng",
+        "--allow-private",
+        "--json",
+        "--embedder",
+        "none",
+        env=env,
+        timeout=120,
+    )
     assert run.rc == 0, run.err
     data = json.loads(run.out)
     assert data["passages"][0]["url"] == hostile_web + "/ok.html"
@@ -345,13 +424,32 @@ def test_long_runs_and_a_gzip_bomb_do_not_hang_the_search(hostile_web, tmp_path)
 
     assert all(len(p["text"]) <= MAX_CHARS for p in data["passages"])
     # The runs still give passages (broken into words of RUN_CHARS), just ranked last.
-    assert {p["url"] for p in data["passages"]} == {hostile_web + "/ok.html", hostile_web + "/run.html", hostile_web + "/bomb.html"}
+    assert {p["url"] for p in data["passages"]} == {
+        hostile_web + "/ok.html",
+        hostile_web + "/run.html",
+        hostile_web + "/bomb.html",
+    }
 
 
 @pytest.mark.slow
 def test_the_search_deadline_skips_pages_not_yet_analysed(hostile_web, tmp_path):
-    env = {"KORANI_SEARXNG_URL": hostile_web + "/runs", "KORANI_HOME": str(tmp_path / "home"), "KORANI_SEARCH_DEADLINE": "0.01"}
-    run = korani("search", "부산 항구", "-p", "searxng", "--allow-private", "--json", "--embedder", "none", env=env, timeout=120)
+    env = {
+        "KORANI_SEARXNG_URL": hostile_web + "/runs",
+        "KORANI_HOME": str(tmp_path / "home"),
+        "KORANI_SEARCH_DEADLINE": "0.01",
+    }
+    run = korani(
+        "search",
+        "부산 항구",
+        "-p",
+        "searxng",
+        "--allow-private",
+        "--json",
+        "--embedder",
+        "none",
+        env=env,
+        timeout=120,
+    )
     assert run.rc == 0, run.err
     data = json.loads(run.out)
     # The first page is always analysed; the two after it come too late.
@@ -365,25 +463,95 @@ def test_the_search_deadline_skips_pages_not_yet_analysed(hostile_web, tmp_path)
 
 ENV_ROWS = [
     # id, environment, arguments, exit code, fragment of the one error line
-    ("workers-abc", {"KORANI_EXTRACT_WORKERS": "abc"}, ["search", "x", "-p", "searxng"], 5, "KORANI_EXTRACT_WORKERS='abc'"),
-    ("workers-negative", {"KORANI_EXTRACT_WORKERS": "-3"}, ["search", "x", "-p", "searxng"], 5, "from 0 to 64"),
-    ("workers-fraction", {"KORANI_EXTRACT_WORKERS": "2.5"}, ["search", "x", "-p", "searxng"], 5, "whole number"),
-    ("deadline-abc", {"KORANI_SEARCH_DEADLINE": "abc"}, ["search", "x", "-p", "searxng"], 5, "KORANI_SEARCH_DEADLINE='abc'"),
-    ("deadline-zero", {"KORANI_SEARCH_DEADLINE": "0"}, ["search", "x", "-p", "searxng"], 5, "positive number of seconds"),
-    ("deadline-nan", {"KORANI_SEARCH_DEADLINE": "nan"}, ["search", "x", "-p", "searxng"], 5, "positive number of seconds"),
-    ("deadline-inf", {"KORANI_SEARCH_DEADLINE": "inf"}, ["search", "x", "-p", "searxng"], 5, "positive number of seconds"),
-    ("search-missing-dir", {}, ["search", "x", "--local-dir", "no/such/dir"], 2, "--local-dir no/such/dir does not exist"),
+    (
+        "workers-abc",
+        {"KORANI_EXTRACT_WORKERS": "abc"},
+        ["search", "x", "-p", "searxng"],
+        5,
+        "KORANI_EXTRACT_WORKERS='abc'",
+    ),
+    (
+        "workers-negative",
+        {"KORANI_EXTRACT_WORKERS": "-3"},
+        ["search", "x", "-p", "searxng"],
+        5,
+        "from 0 to 64",
+    ),
+    (
+        "workers-fraction",
+        {"KORANI_EXTRACT_WORKERS": "2.5"},
+        ["search", "x", "-p", "searxng"],
+        5,
+        "whole number",
+    ),
+    (
+        "deadline-abc",
+        {"KORANI_SEARCH_DEADLINE": "abc"},
+        ["search", "x", "-p", "searxng"],
+        5,
+        "KORANI_SEARCH_DEADLINE='abc'",
+    ),
+    (
+        "deadline-zero",
+        {"KORANI_SEARCH_DEADLINE": "0"},
+        ["search", "x", "-p", "searxng"],
+        5,
+        "positive number of seconds",
+    ),
+    (
+        "deadline-nan",
+        {"KORANI_SEARCH_DEADLINE": "nan"},
+        ["search", "x", "-p", "searxng"],
+        5,
+        "positive number of seconds",
+    ),
+    (
+        "deadline-inf",
+        {"KORANI_SEARCH_DEADLINE": "inf"},
+        ["search", "x", "-p", "searxng"],
+        5,
+        "positive number of seconds",
+    ),
+    (
+        "search-missing-dir",
+        {},
+        ["search", "x", "--local-dir", "no/such/dir"],
+        2,
+        "--local-dir no/such/dir does not exist",
+    ),
     ("search-file-as-dir", {}, ["search", "x", "--local-dir", "README.md"], 2, "is not a directory"),
-    ("search-local-provider-missing-dir", {}, ["search", "x", "-p", "local", "--local-dir", "nope"], 2, "does not exist"),
-    ("ask-missing-dir", {}, ["ask", "--model", "demo", "--local-dir", "nope", "x"], 2, "--local-dir nope does not exist"),
-    ("chat-missing-dir", {}, ["chat", "--model", "demo", "--local-dir", "nope"], 2, "--local-dir nope does not exist"),
+    (
+        "search-local-provider-missing-dir",
+        {},
+        ["search", "x", "-p", "local", "--local-dir", "nope"],
+        2,
+        "does not exist",
+    ),
+    (
+        "ask-missing-dir",
+        {},
+        ["ask", "--model", "demo", "--local-dir", "nope", "x"],
+        2,
+        "--local-dir nope does not exist",
+    ),
+    (
+        "chat-missing-dir",
+        {},
+        ["chat", "--model", "demo", "--local-dir", "nope"],
+        2,
+        "--local-dir nope does not exist",
+    ),
     ("unknown-provider", {}, ["search", "x", "-p", "bing"], 2, "unknown provider 'bing'"),
 ]
 
 
 @pytest.mark.parametrize("env,args,code,fragment", [r[1:] for r in ENV_ROWS], ids=[r[0] for r in ENV_ROWS])
 def test_user_errors_are_one_line_with_their_code(env, args, code, fragment, hostile_web, tmp_path):
-    run = korani(*args, env={"KORANI_SEARXNG_URL": hostile_web + "/empty", "KORANI_HOME": str(tmp_path / "home"), **env}, timeout=60)
+    run = korani(
+        *args,
+        env={"KORANI_SEARXNG_URL": hostile_web + "/empty", "KORANI_HOME": str(tmp_path / "home"), **env},
+        timeout=60,
+    )
     lines = error_lines(run)
     assert run.rc == code, run.err
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], run.err
@@ -409,7 +577,12 @@ EXIT_ROWS = [
     ("no-such-provider", ["search", "-p", "no-such-provider", "x"], "", 2),
     ("bing", ["search", "x", "-p", "bing"], "", 2),
     ("no-results", ["search", "x", "-p", "searxng"], "/empty", 7),
-    ("all-pages-refused", ["search", "x", "-p", "searxng"], "/runs", 7),  # loopback pages without --allow-private
+    (
+        "all-pages-refused",
+        ["search", "x", "-p", "searxng"],
+        "/runs",
+        7,
+    ),  # loopback pages without --allow-private
 ]
 
 
@@ -420,8 +593,12 @@ def test_fast_exits_leave_no_pool_traceback(args, endpoint, code, hostile_web, t
     (KORANI_EXTRACT_WORKERS=4) so that one-core machines test it too. The
     default embedder is kept: its loading thread, still busy at exit, is part
     of the race (HF_HUB_OFFLINE: it never looks for the Hub)."""
-    env = {"KORANI_SEARXNG_URL": hostile_web + endpoint, "KORANI_HOME": str(tmp_path / "home"), "KORANI_EXTRACT_WORKERS": "4",
-           "HF_HUB_OFFLINE": "1"}
+    env = {
+        "KORANI_SEARXNG_URL": hostile_web + endpoint,
+        "KORANI_HOME": str(tmp_path / "home"),
+        "KORANI_EXTRACT_WORKERS": "4",
+        "HF_HUB_OFFLINE": "1",
+    }
     with ThreadPoolExecutor(6) as pool:
         runs = list(pool.map(lambda _: korani(*args, env=env, timeout=90), range(6)))
     for run in runs:
@@ -443,7 +620,9 @@ def test_shutdown_ends_a_busy_worker_at_once(monkeypatch):
     try:
         pool = workers.pool()
         assert pool is not None
-        busy = pool.submit(workers.page_text, b"<table>" + b"<tr><td>" * 250_000, None, False, "http://e.example/")
+        busy = pool.submit(
+            workers.page_text, b"<table>" + b"<tr><td>" * 250_000, None, False, "http://e.example/"
+        )
         time.sleep(3)
         assert not busy.done()
         processes = list(pool._processes.values())

@@ -22,17 +22,29 @@ import time
 from pathlib import Path
 
 import pytest
+from support import REPO
 from typer.testing import CliRunner
 
-from support import REPO
 from korani_cli.cli import app
 from korani_cli.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE
 from korani_cli.outputs import MARKER
 
 runner = CliRunner()
 
-GOOD_KO = [{"instruction": f"질문 {i}: 한국의 {i}번째 산은 무엇인가요?", "output": f"답변 {i}: 그 산은 높고 아름답습니다. 번호 {i * 7919}."} for i in range(6)]
-GOOD_SG = {"id": "good", "conversations": [{"from": "human", "value": "좋은 질문입니다"}, {"from": "gpt", "value": "좋은 답변입니다"}]}
+GOOD_KO = [
+    {
+        "instruction": f"질문 {i}: 한국의 {i}번째 산은 무엇인가요?",
+        "output": f"답변 {i}: 그 산은 높고 아름답습니다. 번호 {i * 7919}.",
+    }
+    for i in range(6)
+]
+GOOD_SG = {
+    "id": "good",
+    "conversations": [
+        {"from": "human", "value": "좋은 질문입니다"},
+        {"from": "gpt", "value": "좋은 답변입니다"},
+    ],
+}
 DEEP = b"[" * 100_000 + b"]" * 100_000
 HUGE = b"9" * 5000
 
@@ -123,28 +135,132 @@ def layout(tmp_path):
 
 # (row id, cwd relative to tmp_path, arguments with {t} = tmp_path, exit code, fragment of the one line)
 OUTPUT_REFUSALS = [
-    ("o-is-the-source-dir", ".", ["--koalpaca", "{t}/data", "-o", "{t}/data", "--overwrite"], EXIT_USAGE, "is the source"),
-    ("o-contains-a-source-file", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/data", "--overwrite"], EXIT_USAGE, "contains the source"),
-    ("o-inside-a-source-dir", ".", ["--koalpaca", "{t}/data", "-o", "{t}/data/out"], EXIT_USAGE, "inside the source directory"),
-    ("o-inside-a-source-dir-overwrite", ".", ["--koalpaca", "{t}/data", "-o", "{t}/data/out", "--overwrite"], EXIT_USAGE, "inside the source directory"),
-    ("o-dot", "work", ["--koalpaca", "{t}/data/k.jsonl", "-o", ".", "--overwrite"], EXIT_USAGE, "is the working directory"),
-    ("o-dot-no-overwrite", "work", ["--koalpaca", "{t}/data/k.jsonl", "-o", "."], EXIT_USAGE, "is the working directory"),
-    ("o-dotdot", "work/sub", ["--koalpaca", "{t}/data/k.jsonl", "-o", "..", "--overwrite"], EXIT_USAGE, "parent of the working directory"),
-    ("o-root", "work", ["--koalpaca", "{t}/data/k.jsonl", "-o", "/", "--overwrite"], EXIT_USAGE, "parent of the working directory"),
-    ("o-unrelated-files-overwrite", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/other", "--overwrite"], EXIT_USAGE, "korani did not write"),
-    ("o-unrelated-files", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/other"], EXIT_USAGE, "korani did not write"),
-    ("o-an-existing-file-overwrite", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/file.txt", "--overwrite"], EXIT_USAGE, "not a directory"),
-    ("o-an-existing-file", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/file.txt"], EXIT_USAGE, "not a directory"),
-    ("o-under-a-file", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/file.txt/out"], EXIT_USAGE, "file.txt is not a directory"),
-    ("o-name-too-long", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/" + "x" * 300], EXIT_USAGE, "too long"),
-    ("o-korani-output-without-overwrite", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/mine"], EXIT_USAGE, "--overwrite"),
-    ("o-a-symlink-loop", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/loop/out", "--overwrite"], EXIT_USAGE, "symlink loop"),
-    ("o-a-link-to-korani-output", ".", ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/link", "--overwrite"], EXIT_USAGE, "not a directory"),
+    (
+        "o-is-the-source-dir",
+        ".",
+        ["--koalpaca", "{t}/data", "-o", "{t}/data", "--overwrite"],
+        EXIT_USAGE,
+        "is the source",
+    ),
+    (
+        "o-contains-a-source-file",
+        ".",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/data", "--overwrite"],
+        EXIT_USAGE,
+        "contains the source",
+    ),
+    (
+        "o-inside-a-source-dir",
+        ".",
+        ["--koalpaca", "{t}/data", "-o", "{t}/data/out"],
+        EXIT_USAGE,
+        "inside the source directory",
+    ),
+    (
+        "o-inside-a-source-dir-overwrite",
+        ".",
+        ["--koalpaca", "{t}/data", "-o", "{t}/data/out", "--overwrite"],
+        EXIT_USAGE,
+        "inside the source directory",
+    ),
+    (
+        "o-dot",
+        "work",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", ".", "--overwrite"],
+        EXIT_USAGE,
+        "is the working directory",
+    ),
+    (
+        "o-dot-no-overwrite",
+        "work",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", "."],
+        EXIT_USAGE,
+        "is the working directory",
+    ),
+    (
+        "o-dotdot",
+        "work/sub",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", "..", "--overwrite"],
+        EXIT_USAGE,
+        "parent of the working directory",
+    ),
+    (
+        "o-root",
+        "work",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", "/", "--overwrite"],
+        EXIT_USAGE,
+        "parent of the working directory",
+    ),
+    (
+        "o-unrelated-files-overwrite",
+        ".",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/other", "--overwrite"],
+        EXIT_USAGE,
+        "korani did not write",
+    ),
+    (
+        "o-unrelated-files",
+        ".",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/other"],
+        EXIT_USAGE,
+        "korani did not write",
+    ),
+    (
+        "o-an-existing-file-overwrite",
+        ".",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/file.txt", "--overwrite"],
+        EXIT_USAGE,
+        "not a directory",
+    ),
+    (
+        "o-an-existing-file",
+        ".",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/file.txt"],
+        EXIT_USAGE,
+        "not a directory",
+    ),
+    (
+        "o-under-a-file",
+        ".",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/file.txt/out"],
+        EXIT_USAGE,
+        "file.txt is not a directory",
+    ),
+    (
+        "o-name-too-long",
+        ".",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/" + "x" * 300],
+        EXIT_USAGE,
+        "too long",
+    ),
+    (
+        "o-korani-output-without-overwrite",
+        ".",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/mine"],
+        EXIT_USAGE,
+        "--overwrite",
+    ),
+    (
+        "o-a-symlink-loop",
+        ".",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/loop/out", "--overwrite"],
+        EXIT_USAGE,
+        "symlink loop",
+    ),
+    (
+        "o-a-link-to-korani-output",
+        ".",
+        ["--koalpaca", "{t}/data/k.jsonl", "-o", "{t}/link", "--overwrite"],
+        EXIT_USAGE,
+        "not a directory",
+    ),
 ]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("cwd, args, code, fragment", [row[1:] for row in OUTPUT_REFUSALS], ids=[row[0] for row in OUTPUT_REFUSALS])
+@pytest.mark.parametrize(
+    "cwd, args, code, fragment", [row[1:] for row in OUTPUT_REFUSALS], ids=[row[0] for row in OUTPUT_REFUSALS]
+)
 def test_output_directory_refusals_lose_nothing(layout, cwd, args, code, fragment):
     (layout / "link").symlink_to(layout / "mine")
     (layout / "loop").symlink_to("loop")
@@ -174,12 +290,31 @@ def test_overwrite_replaces_korani_own_earlier_output(layout, marker):
     if not marker:
         (out / MARKER).unlink()
     old_train = (out / "train.jsonl").read_bytes()
-    result = korani("data", "prepare", "--koalpaca", layout / "data" / "k.jsonl", "-o", out, "--overwrite", "--seed", "5", "--valid", "0", "--test", "0")
+    result = korani(
+        "data",
+        "prepare",
+        "--koalpaca",
+        layout / "data" / "k.jsonl",
+        "-o",
+        out,
+        "--overwrite",
+        "--seed",
+        "5",
+        "--valid",
+        "0",
+        "--test",
+        "0",
+    )
     assert result.exit_code == 0, result.output
-    assert len(read_jsonl(out / "train.jsonl")) == len(GOOD_KO) and (out / "train.jsonl").read_bytes() != old_train
+    assert (
+        len(read_jsonl(out / "train.jsonl")) == len(GOOD_KO)
+        and (out / "train.jsonl").read_bytes() != old_train
+    )
     signed = json.loads((out / MARKER).read_text(encoding="utf-8"))
     assert signed["command"] == "data prepare" and signed["seed"] == 5
-    assert sorted(p.name for p in layout.iterdir() if p.name.startswith(".")) == []  # no .mine.tmp-/.old- left
+    assert (
+        sorted(p.name for p in layout.iterdir() if p.name.startswith(".")) == []
+    )  # no .mine.tmp-/.old- left
 
 
 @pytest.mark.timeout(60)
@@ -196,6 +331,7 @@ def test_an_empty_existing_directory_is_fine(layout):
 # the bad one is a reject (reason and position in rejects.jsonl and stats.json)
 # and the good ones are written; with --strict the run stops with exit 6 and
 # one line naming the position.
+
 
 def sg_array(*elements: bytes) -> bytes:
     return b"[\n" + b",\n".join(elements) + b"\n]\n"
@@ -221,19 +357,123 @@ NULL_KO = b'{"instruction": null, "output": "a"}\n'
 
 # (row id, source flag, file name, file bytes, reason, position of the bad record, fragment of the reject's detail)
 BAD_RECORDS = [
-    ("json-array-invalid-utf8", "--sharegpt", "s.json", sg_array(GOOD_SG_B, BAD_UTF8_SG), "invalid_utf8", "element 1", "not utf-8"),
-    ("json-object-invalid-utf8", "--sharegpt", "s.json", b'{"data": ' + sg_array(GOOD_SG_B, BAD_UTF8_SG) + b"}", "invalid_utf8", "data[1]", "not utf-8"),
-    ("jsonl-invalid-utf8", "--koalpaca", "k.jsonl", GOOD_KO_LINES + BAD_UTF8_KO, "invalid_utf8", "line 4", "invalid utf-8"),
-    ("json-array-lone-surrogate", "--sharegpt", "s.json", sg_array(GOOD_SG_B, SURROGATE_SG), "lone_surrogate", "element 1", "turn 0"),
-    ("json-array-lone-surrogate-in-id", "--sharegpt", "s.json", sg_array(GOOD_SG_B, SURROGATE_ID_SG), "lone_surrogate", "element 1", "the id"),
-    ("jsonl-lone-surrogate", "--koalpaca", "k.jsonl", GOOD_KO_LINES + SURROGATE_KO, "lone_surrogate", "line 4", "surrogate"),
-    ("json-array-100k-deep", "--sharegpt", "s.json", sg_array(GOOD_SG_B, DEEP_SG), "too_deep", "element 1", "nested deeper"),
-    ("json-array-100k-deep-first", "--sharegpt", "s.json", sg_array(DEEP_SG, GOOD_SG_B), "too_deep", "element 0", "nested deeper"),
-    ("jsonl-100k-deep", "--koalpaca", "k.jsonl", GOOD_KO_LINES + DEEP_KO, "too_deep", "line 4", "nested deeper"),
-    ("json-array-5000-digits", "--sharegpt", "s.json", sg_array(GOOD_SG_B, HUGE_SG), "huge_number", "element 1", "4,300 digits"),
-    ("jsonl-5000-digits", "--koalpaca", "k.jsonl", GOOD_KO_LINES + HUGE_KO, "huge_number", "line 4", "4,300 digits"),
-    ("json-array-null-conversations", "--sharegpt", "s.json", sg_array(GOOD_SG_B, NULL_SG), "null_field", "element 1", "'conversations' is null"),
-    ("jsonl-null-instruction", "--koalpaca", "k.jsonl", GOOD_KO_LINES + NULL_KO, "null_field", "line 4", "'instruction' is null"),
+    (
+        "json-array-invalid-utf8",
+        "--sharegpt",
+        "s.json",
+        sg_array(GOOD_SG_B, BAD_UTF8_SG),
+        "invalid_utf8",
+        "element 1",
+        "not utf-8",
+    ),
+    (
+        "json-object-invalid-utf8",
+        "--sharegpt",
+        "s.json",
+        b'{"data": ' + sg_array(GOOD_SG_B, BAD_UTF8_SG) + b"}",
+        "invalid_utf8",
+        "data[1]",
+        "not utf-8",
+    ),
+    (
+        "jsonl-invalid-utf8",
+        "--koalpaca",
+        "k.jsonl",
+        GOOD_KO_LINES + BAD_UTF8_KO,
+        "invalid_utf8",
+        "line 4",
+        "invalid utf-8",
+    ),
+    (
+        "json-array-lone-surrogate",
+        "--sharegpt",
+        "s.json",
+        sg_array(GOOD_SG_B, SURROGATE_SG),
+        "lone_surrogate",
+        "element 1",
+        "turn 0",
+    ),
+    (
+        "json-array-lone-surrogate-in-id",
+        "--sharegpt",
+        "s.json",
+        sg_array(GOOD_SG_B, SURROGATE_ID_SG),
+        "lone_surrogate",
+        "element 1",
+        "the id",
+    ),
+    (
+        "jsonl-lone-surrogate",
+        "--koalpaca",
+        "k.jsonl",
+        GOOD_KO_LINES + SURROGATE_KO,
+        "lone_surrogate",
+        "line 4",
+        "surrogate",
+    ),
+    (
+        "json-array-100k-deep",
+        "--sharegpt",
+        "s.json",
+        sg_array(GOOD_SG_B, DEEP_SG),
+        "too_deep",
+        "element 1",
+        "nested deeper",
+    ),
+    (
+        "json-array-100k-deep-first",
+        "--sharegpt",
+        "s.json",
+        sg_array(DEEP_SG, GOOD_SG_B),
+        "too_deep",
+        "element 0",
+        "nested deeper",
+    ),
+    (
+        "jsonl-100k-deep",
+        "--koalpaca",
+        "k.jsonl",
+        GOOD_KO_LINES + DEEP_KO,
+        "too_deep",
+        "line 4",
+        "nested deeper",
+    ),
+    (
+        "json-array-5000-digits",
+        "--sharegpt",
+        "s.json",
+        sg_array(GOOD_SG_B, HUGE_SG),
+        "huge_number",
+        "element 1",
+        "4,300 digits",
+    ),
+    (
+        "jsonl-5000-digits",
+        "--koalpaca",
+        "k.jsonl",
+        GOOD_KO_LINES + HUGE_KO,
+        "huge_number",
+        "line 4",
+        "4,300 digits",
+    ),
+    (
+        "json-array-null-conversations",
+        "--sharegpt",
+        "s.json",
+        sg_array(GOOD_SG_B, NULL_SG),
+        "null_field",
+        "element 1",
+        "'conversations' is null",
+    ),
+    (
+        "jsonl-null-instruction",
+        "--koalpaca",
+        "k.jsonl",
+        GOOD_KO_LINES + NULL_KO,
+        "null_field",
+        "line 4",
+        "'instruction' is null",
+    ),
 ]
 _ROWS = [row[1:] for row in BAD_RECORDS]
 _IDS = [row[0] for row in BAD_RECORDS]
@@ -285,8 +525,17 @@ BAD_OPTIONS = [
     pytest.param(None, ["--mix", "koalpaca=101"], EXIT_USAGE, "more than 100", id="mix-weight-101"),
     pytest.param(None, ["--mix", "koalpaca=nan"], EXIT_USAGE, "must be ≥ 0", id="mix-weight-nan"),
     pytest.param(None, ["--valid", "nan"], EXIT_USAGE, "--valid must be a fraction", id="valid-nan"),
-    pytest.param(None, ["--near-dup-threshold", "nan"], EXIT_USAGE, "--near-dup-threshold", id="threshold-nan"),
-    pytest.param(_garbage_tokenizer, ["--tokenizer", "{t}/tk"], EXIT_USAGE, "cannot load the tokenizer", id="garbage-tokenizer", marks=pytest.mark.slow),
+    pytest.param(
+        None, ["--near-dup-threshold", "nan"], EXIT_USAGE, "--near-dup-threshold", id="threshold-nan"
+    ),
+    pytest.param(
+        _garbage_tokenizer,
+        ["--tokenizer", "{t}/tk"],
+        EXIT_USAGE,
+        "cannot load the tokenizer",
+        id="garbage-tokenizer",
+        marks=pytest.mark.slow,
+    ),
 ]
 
 
@@ -297,7 +546,15 @@ def test_bad_options_are_one_line_errors(tmp_path, setup, extra, code, fragment)
     if setup is not None:
         setup(tmp_path)
     before = snapshot(tmp_path)
-    result = korani("data", "prepare", "--koalpaca", tmp_path / "k.jsonl", "-o", tmp_path / "out", *(a.format(t=tmp_path) for a in extra))
+    result = korani(
+        "data",
+        "prepare",
+        "--koalpaca",
+        tmp_path / "k.jsonl",
+        "-o",
+        tmp_path / "out",
+        *(a.format(t=tmp_path) for a in extra),
+    )
     assert result.exit_code == code, result.output
     one_error_line(result, fragment)
     assert snapshot(tmp_path) == before
@@ -336,7 +593,14 @@ BAD_SOURCES = [
     ("missing-file-with-suffix", None, "nope.jsonl", EXIT_DATA, "no such file", "hub"),
     ("missing-dot-slash-org-name", None, "./beomi/KoAlpaca", EXIT_DATA, "data source not found", "hub"),
     ("missing-deep-relative", None, "a/b/c/k.parquet", EXIT_DATA, "the directory a does not exist", "hub"),
-    ("hub-id-offline", None, "beomi/KoAlpaca-v1.1a", EXIT_DATA, "from the hugging face hub", "data source not found"),
+    (
+        "hub-id-offline",
+        None,
+        "beomi/KoAlpaca-v1.1a",
+        EXIT_DATA,
+        "from the hugging face hub",
+        "data source not found",
+    ),
     ("name-too-long", None, "x" * 5000 + ".json", EXIT_DATA, "file name too long", "hub"),
     ("a-fifo", _fifo, "pipe.jsonl", EXIT_DATA, "is not a file", "internal"),
     ("unreadable-file", _proc_mem, "mem.jsonl", EXIT_DATA, "cannot read", "internal"),
@@ -346,7 +610,11 @@ BAD_SOURCES = [
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("setup, spec, code, fragment, absent", [row[1:] for row in BAD_SOURCES], ids=[row[0] for row in BAD_SOURCES])
+@pytest.mark.parametrize(
+    "setup, spec, code, fragment, absent",
+    [row[1:] for row in BAD_SOURCES],
+    ids=[row[0] for row in BAD_SOURCES],
+)
 def test_bad_sources_are_one_line_errors(tmp_path, setup, spec, code, fragment, absent):
     if setup is not None:
         setup(tmp_path)
@@ -378,38 +646,142 @@ def _split(t: Path, content: bytes) -> None:
     (t / "d" / "train.jsonl").write_bytes(content)
 
 
-GOOD_RECORD = jsonl([{"id": "x", "source": "sharegpt", "messages": [{"role": "user", "content": "질문"}, {"role": "assistant", "content": "답"}]}])
+GOOD_RECORD = jsonl(
+    [
+        {
+            "id": "x",
+            "source": "sharegpt",
+            "messages": [{"role": "user", "content": "질문"}, {"role": "assistant", "content": "답"}],
+        }
+    ]
+)
 
 # (row id, setup, command arguments with {t}, exit code, fragment)
 BAD_OUTPUTS = [
     ("stats-missing-dir", None, ["stats", "{t}/nope"], EXIT_DATA, "not found"),
-    ("stats-of-a-file", lambda t: (t / "f").write_text("x"), ["stats", "{t}/f"], EXIT_DATA, "is not a directory"),
-    ("stats-json-a-directory", lambda t: (t / "d" / "stats.json").mkdir(parents=True), ["stats", "{t}/d"], EXIT_DATA, "is a directory"),
+    (
+        "stats-of-a-file",
+        lambda t: (t / "f").write_text("x"),
+        ["stats", "{t}/f"],
+        EXIT_DATA,
+        "is not a directory",
+    ),
+    (
+        "stats-json-a-directory",
+        lambda t: (t / "d" / "stats.json").mkdir(parents=True),
+        ["stats", "{t}/d"],
+        EXIT_DATA,
+        "is a directory",
+    ),
     ("stats-malformed", lambda t: _stats(t, b"{"), ["stats", "{t}/d"], EXIT_DATA, "not valid JSON"),
     ("stats-truncated", "truncated-stats", ["stats", "{t}/d"], EXIT_DATA, "not valid JSON"),
     ("stats-empty-file", lambda t: _stats(t, b""), ["stats", "{t}/d"], EXIT_DATA, "not valid JSON"),
     ("stats-a-list", lambda t: _stats(t, b"[]"), ["stats", "{t}/d"], EXIT_DATA, "not a stats file"),
-    ("stats-missing-fields", lambda t: _stats(t, b"{}"), ["stats", "{t}/d"], EXIT_DATA, "'inputs' is missing"),
+    (
+        "stats-missing-fields",
+        lambda t: _stats(t, b"{}"),
+        ["stats", "{t}/d"],
+        EXIT_DATA,
+        "'inputs' is missing",
+    ),
     ("stats-wrong-types", "wrong-type-stats", ["stats", "{t}/d"], EXIT_DATA, "must be a count"),
-    ("stats-invalid-utf8", lambda t: _stats(t, b'{"inputs": "\xff"}'), ["stats", "{t}/d"], EXIT_DATA, "not UTF-8"),
+    (
+        "stats-invalid-utf8",
+        lambda t: _stats(t, b'{"inputs": "\xff"}'),
+        ["stats", "{t}/d"],
+        EXIT_DATA,
+        "not UTF-8",
+    ),
     ("stats-100k-deep", lambda t: _stats(t, DEEP), ["stats", "{t}/d"], EXIT_DATA, "nested too deeply"),
-    ("stats-5000-digits", lambda t: _stats(t, b'{"n": ' + HUGE + b"}"), ["stats", "{t}/d"], EXIT_DATA, "not valid JSON"),
+    (
+        "stats-5000-digits",
+        lambda t: _stats(t, b'{"n": ' + HUGE + b"}"),
+        ["stats", "{t}/d"],
+        EXIT_DATA,
+        "not valid JSON",
+    ),
     ("show-missing-split", lambda t: (t / "d").mkdir(), ["show", "{t}/d"], EXIT_DATA, "not found"),
-    ("show-truncated-line", lambda t: _split(t, GOOD_RECORD + GOOD_RECORD[:25]), ["show", "{t}/d", "--index", "1"], EXIT_DATA, "line 2 is not valid JSON"),
+    (
+        "show-truncated-line",
+        lambda t: _split(t, GOOD_RECORD + GOOD_RECORD[:25]),
+        ["show", "{t}/d", "--index", "1"],
+        EXIT_DATA,
+        "line 2 is not valid JSON",
+    ),
     ("show-not-an-object", lambda t: _split(t, b"[1, 2]\n"), ["show", "{t}/d"], EXIT_DATA, "not an object"),
-    ("show-invalid-utf8", lambda t: _split(t, b'{"id": "\xff"}\n'), ["show", "{t}/d"], EXIT_DATA, "not UTF-8"),
-    ("show-no-messages", lambda t: _split(t, b'{"id": "x", "source": "s"}\n'), ["show", "{t}/d"], EXIT_DATA, "'messages'"),
-    ("show-unknown-role", lambda t: _split(t, GOOD_RECORD.replace(b'"user"', b'"hacker"')), ["show", "{t}/d"], EXIT_DATA, "message 0"),
+    (
+        "show-invalid-utf8",
+        lambda t: _split(t, b'{"id": "\xff"}\n'),
+        ["show", "{t}/d"],
+        EXIT_DATA,
+        "not UTF-8",
+    ),
+    (
+        "show-no-messages",
+        lambda t: _split(t, b'{"id": "x", "source": "s"}\n'),
+        ["show", "{t}/d"],
+        EXIT_DATA,
+        "'messages'",
+    ),
+    (
+        "show-unknown-role",
+        lambda t: _split(t, GOOD_RECORD.replace(b'"user"', b'"hacker"')),
+        ["show", "{t}/d"],
+        EXIT_DATA,
+        "message 0",
+    ),
     ("show-100k-deep", lambda t: _split(t, DEEP + b"\n"), ["show", "{t}/d"], EXIT_DATA, "nested too deeply"),
-    ("show-5000-digits", lambda t: _split(t, b'{"id": ' + HUGE + b"}\n"), ["show", "{t}/d"], EXIT_DATA, "not valid JSON"),
-    ("show-random-over-bad-lines", lambda t: _split(t, b"{\n" * 3), ["show", "{t}/d", "--random", "2"], EXIT_DATA, "not valid JSON"),
-    ("show-malformed-stats", lambda t: (_split(t, GOOD_RECORD), _stats(t, b"{oops")), ["show", "{t}/d"], EXIT_DATA, "stats.json is not valid JSON"),
+    (
+        "show-5000-digits",
+        lambda t: _split(t, b'{"id": ' + HUGE + b"}\n"),
+        ["show", "{t}/d"],
+        EXIT_DATA,
+        "not valid JSON",
+    ),
+    (
+        "show-random-over-bad-lines",
+        lambda t: _split(t, b"{\n" * 3),
+        ["show", "{t}/d", "--random", "2"],
+        EXIT_DATA,
+        "not valid JSON",
+    ),
+    (
+        "show-malformed-stats",
+        lambda t: (_split(t, GOOD_RECORD), _stats(t, b"{oops")),
+        ["show", "{t}/d"],
+        EXIT_DATA,
+        "stats.json is not valid JSON",
+    ),
     ("show-eos-not-a-string", "eos-not-string", ["show", "{t}/d"], EXIT_DATA, "'eos_token' must be a string"),
-    ("show-index-out-of-range", lambda t: _split(t, GOOD_RECORD), ["show", "{t}/d", "--index", "7"], EXIT_DATA, "out of range"),
+    (
+        "show-index-out-of-range",
+        lambda t: _split(t, GOOD_RECORD),
+        ["show", "{t}/d", "--index", "7"],
+        EXIT_DATA,
+        "out of range",
+    ),
     # A FIFO would block the read forever.
-    ("stats-json-a-fifo", lambda t: ((t / "d").mkdir(), os.mkfifo(t / "d" / "stats.json")), ["stats", "{t}/d"], EXIT_DATA, "not a regular file"),
-    ("show-stats-a-fifo", lambda t: (_split(t, GOOD_RECORD), os.mkfifo(t / "d" / "stats.json")), ["show", "{t}/d"], EXIT_DATA, "not a regular file"),
-    ("show-split-a-fifo", lambda t: ((t / "d").mkdir(), os.mkfifo(t / "d" / "train.jsonl")), ["show", "{t}/d"], EXIT_DATA, "not a regular file"),
+    (
+        "stats-json-a-fifo",
+        lambda t: ((t / "d").mkdir(), os.mkfifo(t / "d" / "stats.json")),
+        ["stats", "{t}/d"],
+        EXIT_DATA,
+        "not a regular file",
+    ),
+    (
+        "show-stats-a-fifo",
+        lambda t: (_split(t, GOOD_RECORD), os.mkfifo(t / "d" / "stats.json")),
+        ["show", "{t}/d"],
+        EXIT_DATA,
+        "not a regular file",
+    ),
+    (
+        "show-split-a-fifo",
+        lambda t: ((t / "d").mkdir(), os.mkfifo(t / "d" / "train.jsonl")),
+        ["show", "{t}/d"],
+        EXIT_DATA,
+        "not a regular file",
+    ),
 ]
 
 
@@ -424,7 +796,9 @@ def real_stats(tmp_path_factory) -> bytes:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("setup, args, code, fragment", [row[1:] for row in BAD_OUTPUTS], ids=[row[0] for row in BAD_OUTPUTS])
+@pytest.mark.parametrize(
+    "setup, args, code, fragment", [row[1:] for row in BAD_OUTPUTS], ids=[row[0] for row in BAD_OUTPUTS]
+)
 def test_stats_and_show_on_what_korani_did_not_write(tmp_path, real_stats, setup, args, code, fragment):
     if setup == "truncated-stats":
         _stats(tmp_path, real_stats[: len(real_stats) // 2])
@@ -453,7 +827,14 @@ def test_stats_and_show_print_file_text_as_data(tmp_path, real_stats):
     stats = json.loads(real_stats)
     stats["rejects"] = {"[/bold] \x1b]0;PWNED\x07": 3}
     _stats(tmp_path, json.dumps(stats).encode())
-    record = {"id": "x\x1b[2J", "source": "sharegpt", "messages": [{"role": "user", "content": "질문 \x1b]0;PWNED\x07[/]"}, {"role": "assistant", "content": "답\x9b31m"}]}
+    record = {
+        "id": "x\x1b[2J",
+        "source": "sharegpt",
+        "messages": [
+            {"role": "user", "content": "질문 \x1b]0;PWNED\x07[/]"},
+            {"role": "assistant", "content": "답\x9b31m"},
+        ],
+    }
     _split(tmp_path, jsonl([record]))
     shown = korani("data", "stats", tmp_path / "d")
     assert shown.exit_code == 0, shown.output
@@ -469,13 +850,32 @@ def test_stats_and_show_print_file_text_as_data(tmp_path, real_stats):
 
 def big_source(path: Path, rows: int = 20_000) -> None:
     filler = "정렬 알고리즘과 자료 구조에 대한 긴 설명입니다. " * 6
-    path.write_bytes(jsonl({"instruction": f"질문 {i}: {filler[: 40 + i % 90]}", "output": f"답 {i} {filler} {i * 7919}"} for i in range(rows)))
+    path.write_bytes(
+        jsonl(
+            {"instruction": f"질문 {i}: {filler[: 40 + i % 90]}", "output": f"답 {i} {filler} {i * 7919}"}
+            for i in range(rows)
+        )
+    )
 
 
 def spawn_prepare(src: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "korani_cli", "data", "prepare", "--koalpaca", str(src), "-o", str(out), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "korani_cli",
+            "data",
+            "prepare",
+            "--koalpaca",
+            str(src),
+            "-o",
+            str(out),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
 
 
@@ -569,9 +969,13 @@ def test_a_source_file_name_that_is_not_utf8(tmp_path):
     except (OSError, UnicodeEncodeError):
         pytest.skip("this file system refuses file names that are not UTF-8")
     out = tmp_path / "out"
-    result = korani("data", "prepare", "--koalpaca", tmp_path / "src", "-o", out, "--valid", "0", "--test", "0")
+    result = korani(
+        "data", "prepare", "--koalpaca", tmp_path / "src", "-o", out, "--valid", "0", "--test", "0"
+    )
     assert result.exit_code == 0, result.output
     ids = [c["id"] for c in read_jsonl(out / "train.jsonl")]
-    assert len(ids) == len(GOOD_KO) and all(i.startswith("koalpaca:\ufffd\ufffd-koalpaca.jsonl:line") for i in ids)
+    assert len(ids) == len(GOOD_KO) and all(
+        i.startswith("koalpaca:\ufffd\ufffd-koalpaca.jsonl:line") for i in ids
+    )
     files = json.loads((out / "stats.json").read_text(encoding="utf-8"))["inputs"]["koalpaca"]["files"]
     assert os.fsencode(files[0]["path"]).endswith(b"\xff\xfe-koalpaca.jsonl")

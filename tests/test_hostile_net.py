@@ -23,11 +23,17 @@ import time
 import zlib
 
 import pytest
-
 from support import REPO, Site, free_port, run_korani
-from korani_cli.search.providers import DuckDuckGoProvider, GoogleProvider, NaverProvider, SearxngProvider, search_chain
+
 from korani_cli.search.cache import PageCache
 from korani_cli.search.fetch import FetchOptions, fetch
+from korani_cli.search.providers import (
+    DuckDuckGoProvider,
+    GoogleProvider,
+    NaverProvider,
+    SearxngProvider,
+    search_chain,
+)
 from korani_cli.search.types import Hit
 
 PUBLIC = "93.184.216.34"  # plays "a public web server"; never really dialled
@@ -36,6 +42,7 @@ IDN = "로컬호스트.example"
 
 
 # -- stubs at the OS edge ---------------------------------------------------------------
+
 
 class Net:
     def __init__(self, monkeypatch):
@@ -64,8 +71,12 @@ class Net:
             seq = net.answers[key]
             ips = seq[min(net.lookups.count(key), len(seq)) - 1]
             port = int(port or 0)
-            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (ip, port, 0, 0)) if ":" in ip
-                    else (socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in ips]
+            return [
+                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", (ip, port, 0, 0))
+                if ":" in ip
+                else (socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))
+                for ip in ips
+            ]
 
         async def connect_tcp(self_, host, port, timeout=None, local_address=None, socket_options=None):
             try:
@@ -79,8 +90,14 @@ class Net:
                 target = "127.0.0.1"
             else:
                 raise httpcore.ConnectError(f"test network: {ip} is not reachable (no packet sent)")
-            return await real_connect(self_, target, port, timeout=timeout, local_address=local_address,
-                                      socket_options=socket_options)
+            return await real_connect(
+                self_,
+                target,
+                port,
+                timeout=timeout,
+                local_address=local_address,
+                socket_options=socket_options,
+            )
 
         monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
         monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", connect_tcp)
@@ -211,6 +228,7 @@ def test_a_public_name_is_dialled_at_its_checked_address_with_its_host_header(ne
 
 # -- item 1: DNS rebinding -------------------------------------------------------------
 
+
 def test_dns_rebinding_cannot_reach_loopback(net, site):
     """Public on the first answer, loopback on the second: the one checked is the one dialled."""
     net.name("rebind.example", [PUBLIC], ["127.0.0.1"])
@@ -236,12 +254,14 @@ def test_a_redirect_to_the_metadata_service_is_refused_at_the_hop(net, site):
     net.name("public.example", [PUBLIC])
     net.name("meta.example", ["169.254.169.254"])
     net.public.add(PUBLIC)
-    for target, why in (("http://169.254.169.254/latest/meta-data/", "link-local"),
-                        ("http://meta.example/latest/", "link-local"),
-                        (f"http://127.0.0.1:{site.port}/secret", "loopback"),
-                        (f"http://[::ffff:127.0.0.1]:{site.port}/secret", "loopback"),
-                        ("file:///etc/passwd", "scheme 'file'"),
-                        ("http://2130706433/", "loopback")):
+    for target, why in (
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://meta.example/latest/", "link-local"),
+        (f"http://127.0.0.1:{site.port}/secret", "loopback"),
+        (f"http://[::ffff:127.0.0.1]:{site.port}/secret", "loopback"),
+        ("file:///etc/passwd", "scheme 'file'"),
+        ("http://2130706433/", "loopback"),
+    ):
         net.dials.clear()
         site.routes["/go"] = (302, {"Location": target}, b"")
         report = one(f"http://public.example:{site.port}/go")
@@ -263,14 +283,30 @@ def test_page_fetches_ignore_proxy_environment(net, site, monkeypatch):
 @pytest.mark.slow
 def test_allow_private_still_reads_loopback_end_to_end(site):
     serp = Site({})
-    serp.routes["/search"] = (200, {"Content-Type": "application/json"},
-                              json.dumps({"results": [{"url": site.base + "/ok.html", "title": "ok", "content": ""}]}).encode())
+    serp.routes["/search"] = (
+        200,
+        {"Content-Type": "application/json"},
+        json.dumps({"results": [{"url": site.base + "/ok.html", "title": "ok", "content": ""}]}).encode(),
+    )
     try:
-        proc = run_korani("search", "부산", "-p", "searxng", "--searxng-url", serp.base, "--allow-private",
-                          "--embedder", "none", "--json", timeout=120)
+        proc = run_korani(
+            "search",
+            "부산",
+            "-p",
+            "searxng",
+            "--searxng-url",
+            serp.base,
+            "--allow-private",
+            "--embedder",
+            "none",
+            "--json",
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["passages"][0]["url"] == site.base + "/ok.html"
-        refused = run_korani("search", "부산", "-p", "searxng", "--searxng-url", serp.base, "--embedder", "none", timeout=120)
+        refused = run_korani(
+            "search", "부산", "-p", "searxng", "--searxng-url", serp.base, "--embedder", "none", timeout=120
+        )
         assert refused.returncode == 7 and "loopback" in refused.stderr
     finally:
         serp.close()
@@ -287,10 +323,14 @@ def test_the_pool_replacement_httpx_relies_on_is_pinned():
     transport = httpx.AsyncHTTPTransport()
     backend = GuardedBackend(False)
     knet.use_backend(transport, backend)
-    assert isinstance(transport._pool, httpcore.AsyncConnectionPool) and transport._pool._network_backend is backend
+    assert (
+        isinstance(transport._pool, httpcore.AsyncConnectionPool)
+        and transport._pool._network_backend is backend
+    )
 
 
 # -- item 2: the cache re-checks the chain ---------------------------------------------------
+
 
 def test_a_page_cached_under_allow_private_is_not_served_without_it(net, site, tmp_path):
     net.name("public.example", [PUBLIC])
@@ -311,7 +351,9 @@ def test_a_page_cached_under_allow_private_is_not_served_without_it(net, site, t
                 assert not again.pages, (loop, offline)
                 assert "loopback" in again.failures[0].reason
             # A run that allows private addresses may still read it.
-            assert fetch([Hit(url, "t", "", "t")], FetchOptions(allow_private=True, offline=True), cache).pages
+            assert fetch(
+                [Hit(url, "t", "", "t")], FetchOptions(allow_private=True, offline=True), cache
+            ).pages
         finally:
             cache.close()
 
@@ -336,10 +378,18 @@ def test_a_public_chain_is_served_from_the_cache_without_dns(net, site, tmp_path
 def test_an_old_cache_file_loses_its_pages_of_unknown_origin(tmp_path):
     path = tmp_path / "search.sqlite"
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE pages (url TEXT PRIMARY KEY, final_url TEXT, title TEXT, text TEXT, content_type TEXT, encoding TEXT, fetched_at REAL)")
+    db.execute(
+        "CREATE TABLE pages (url TEXT PRIMARY KEY, final_url TEXT, title TEXT, text TEXT, content_type TEXT, encoding TEXT, fetched_at REAL)"
+    )
     db.execute("CREATE TABLE searches (query TEXT PRIMARY KEY, hits TEXT, fetched_at REAL)")
-    db.execute("INSERT INTO pages VALUES ('http://public.example/', 'http://[::1]/', 't', '비밀', 'text/html', 'utf-8', ?)", (time.time(),))
-    db.execute("INSERT INTO searches VALUES ('q', ?, ?)", (json.dumps([["http://a.example/", "a", "", "x"]]), time.time()))
+    db.execute(
+        "INSERT INTO pages VALUES ('http://public.example/', 'http://[::1]/', 't', '비밀', 'text/html', 'utf-8', ?)",
+        (time.time(),),
+    )
+    db.execute(
+        "INSERT INTO searches VALUES ('q', ?, ?)",
+        (json.dumps([["http://a.example/", "a", "", "x"]]), time.time()),
+    )
     db.commit()
     db.close()
     cache = PageCache(path)
@@ -351,6 +401,7 @@ def test_an_old_cache_file_loses_its_pages_of_unknown_origin(tmp_path):
 
 
 # -- item 14: a damaged search.sqlite -----------------------------------------------------------
+
 
 def _damage(kind: str, path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -379,11 +430,32 @@ def _damage(kind: str, path):
 def test_a_damaged_cache_is_rebuilt_or_bypassed_and_search_works(kind, site, tmp_path):
     home = tmp_path / "home"
     _damage(kind, home / "cache" / "search.sqlite")
-    serp = Site({"/search": (200, {"Content-Type": "application/json"},
-                             json.dumps({"results": [{"url": site.base + "/ok.html", "title": "ok", "content": ""}]}).encode())})
+    serp = Site(
+        {
+            "/search": (
+                200,
+                {"Content-Type": "application/json"},
+                json.dumps(
+                    {"results": [{"url": site.base + "/ok.html", "title": "ok", "content": ""}]}
+                ).encode(),
+            )
+        }
+    )
     try:
-        proc = run_korani("search", "부산", "-p", "searxng", "--searxng-url", serp.base, "--allow-private",
-                          "--embedder", "none", "--json", env={"KORANI_HOME": str(home)}, timeout=120)
+        proc = run_korani(
+            "search",
+            "부산",
+            "-p",
+            "searxng",
+            "--searxng-url",
+            serp.base,
+            "--allow-private",
+            "--embedder",
+            "none",
+            "--json",
+            env={"KORANI_HOME": str(home)},
+            timeout=120,
+        )
     finally:
         serp.close()
     assert proc.returncode == 0, proc.stderr
@@ -415,8 +487,17 @@ BAD_ANSWERS = [
 
 @pytest.fixture
 def serps():
-    good = Site({"/search": (200, {"Content-Type": "application/json"},
-                             json.dumps({"results": [{"url": "https://ok.example/", "title": "ok", "content": "c"}]}).encode())})
+    good = Site(
+        {
+            "/search": (
+                200,
+                {"Content-Type": "application/json"},
+                json.dumps(
+                    {"results": [{"url": "https://ok.example/", "title": "ok", "content": "c"}]}
+                ).encode(),
+            )
+        }
+    )
     bad = Site({})
     yield good, bad
     good.close()
@@ -440,9 +521,16 @@ def test_a_malformed_naver_answer_falls_through(serps, case, body, monkeypatch):
     monkeypatch.setenv("NAVER_CLIENT_ID", "id")
     monkeypatch.setenv("NAVER_CLIENT_SECRET", "secret")
     for kind in ("webkr", "news", "blog"):
-        bad.routes[f"/v1/search/{kind}.json"] = (200, {"Content-Type": "application/json"}, body.replace(b'"results"', b'"items"'))
+        bad.routes[f"/v1/search/{kind}.json"] = (
+            200,
+            {"Content-Type": "application/json"},
+            body.replace(b'"results"', b'"items"'),
+        )
     notes: list[str] = []
-    chain = [NaverProvider(endpoint=bad.base + "/v1/search", deadline=5), SearxngProvider(base_url=good.base, deadline=5)]
+    chain = [
+        NaverProvider(endpoint=bad.base + "/v1/search", deadline=5),
+        SearxngProvider(base_url=good.base, deadline=5),
+    ]
     hits, used = search_chain(chain, "q", 5, notes.append)
     assert used == "searxng" and len(notes) == 1 and notes[0].startswith("naver: "), notes
 
@@ -458,7 +546,9 @@ PAGES_THAT_ARE_NOT_RESULT_PAGES = [
 
 
 @pytest.mark.parametrize("name", ["google", "duckduckgo"])
-@pytest.mark.parametrize("case, body", PAGES_THAT_ARE_NOT_RESULT_PAGES, ids=[c for c, _ in PAGES_THAT_ARE_NOT_RESULT_PAGES])
+@pytest.mark.parametrize(
+    "case, body", PAGES_THAT_ARE_NOT_RESULT_PAGES, ids=[c for c, _ in PAGES_THAT_ARE_NOT_RESULT_PAGES]
+)
 def test_a_result_page_of_the_wrong_kind_falls_through(serps, name, case, body):
     good, bad = serps
     bad.routes["/search"] = bad.routes["/html/"] = (200, {"Content-Type": "text/html"}, body)
@@ -496,10 +586,15 @@ def test_a_malformed_searxng_url_is_one_line(where, value, code):
     proc = run_korani(*args, env=env, timeout=60)
     assert proc.returncode == code, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and ("KORANI_SEARXNG_URL" if where == "env" else "--searxng-url") in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error: ")
+        and ("KORANI_SEARXNG_URL" if where == "env" else "--searxng-url") in lines[0]
+    )
 
 
 # -- item 11: deadlines against servers that trickle or say nothing ---------------------------------
+
 
 class RawServer:
     """A loopback TCP server that hands each connection to `handle(conn)`."""
@@ -565,7 +660,9 @@ def silent(conn, stop):
     stop.wait(120)
 
 
-@pytest.fixture(params=[trickle_body, trickle_headers, silent], ids=["trickle-body", "trickle-headers", "silent"])
+@pytest.fixture(
+    params=[trickle_body, trickle_headers, silent], ids=["trickle-body", "trickle-headers", "silent"]
+)
 def slow_server(request):
     server = RawServer(request.param)
     yield server
@@ -604,10 +701,36 @@ def test_korani_search_against_a_trickling_searxng_ends_with_exit_7(tmp_path):
     try:
         env = {"KORANI_REQUEST_TIMEOUT": "2"}
         start = time.monotonic()
-        alone = run_korani("search", "q", "-p", "searxng", "--searxng-url", server.base, "--embedder", "none", env=env, timeout=90)
+        alone = run_korani(
+            "search",
+            "q",
+            "-p",
+            "searxng",
+            "--searxng-url",
+            server.base,
+            "--embedder",
+            "none",
+            env=env,
+            timeout=90,
+        )
         alone_s = time.monotonic() - start
-        chained = run_korani("search", "부산", "-p", "searxng", "-p", "local", "--local-dir", str(tmp_path),
-                             "--searxng-url", server.base, "--embedder", "none", "--json", env=env, timeout=90)
+        chained = run_korani(
+            "search",
+            "부산",
+            "-p",
+            "searxng",
+            "-p",
+            "local",
+            "--local-dir",
+            str(tmp_path),
+            "--searxng-url",
+            server.base,
+            "--embedder",
+            "none",
+            "--json",
+            env=env,
+            timeout=90,
+        )
     finally:
         server.close()
     assert alone.returncode == 7 and "searxng: timed out" in alone.stderr and "Traceback" not in alone.stderr
@@ -619,20 +742,38 @@ def test_korani_search_against_a_trickling_searxng_ends_with_exit_7(tmp_path):
 @pytest.mark.slow  # one CLI start per row
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "abc"])
 def test_a_bad_request_timeout_is_a_config_error(value):
-    proc = run_korani("search", "q", "-p", "duckduckgo", "--embedder", "none", "--offline",  # --offline: see above
-                      env={"KORANI_REQUEST_TIMEOUT": value}, timeout=60)
+    proc = run_korani(
+        "search",
+        "q",
+        "-p",
+        "duckduckgo",
+        "--embedder",
+        "none",
+        "--offline",  # --offline: see above
+        env={"KORANI_REQUEST_TIMEOUT": value},
+        timeout=60,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 5 and len(lines) == 1 and "KORANI_REQUEST_TIMEOUT" in lines[0], proc.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("handler", [silent, trickle_body, trickle_headers], ids=["silent", "trickle-body", "trickle-headers"])
+@pytest.mark.parametrize(
+    "handler", [silent, trickle_body, trickle_headers], ids=["silent", "trickle-body", "trickle-headers"]
+)
 def test_an_openai_server_that_never_answers_fails_the_load_by_the_deadline(handler):
     server = RawServer(handler)
     try:
         start = time.monotonic()
-        proc = run_korani("ask", "--model", f"openai:m@{server.base}/v1", "안녕?", env={"KORANI_REQUEST_TIMEOUT": "2"}, timeout=90)
+        proc = run_korani(
+            "ask",
+            "--model",
+            f"openai:m@{server.base}/v1",
+            "안녕?",
+            env={"KORANI_REQUEST_TIMEOUT": "2"},
+            timeout=90,
+        )
         elapsed = time.monotonic() - start
     finally:
         server.close()
@@ -644,12 +785,12 @@ def test_an_openai_server_that_never_answers_fails_the_load_by_the_deadline(hand
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("stream", [True, False])
 def test_an_openai_generation_that_trickles_ends_by_its_deadline(stream):
-    from korani_cli.template import user
     from korani_cli.backends import GenerationParams
     from korani_cli.backends.openai import GENERATION_FACTOR
     from korani_cli.config import Settings
     from korani_cli.errors import GenerationError
     from korani_cli.models import load_backend, resolve
+    from korani_cli.template import user
 
     def handle(conn, stop):
         request = b""
@@ -659,8 +800,10 @@ def test_an_openai_generation_that_trickles_ends_by_its_deadline(stream):
             body = json.dumps({"data": [{"id": "m"}]}).encode()
             # The handler closes this connection when it returns: say so, or httpx may
             # send the next request down the closed keep-alive connection.
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
             return
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
         while not stop.wait(0.3):
@@ -680,6 +823,7 @@ def test_an_openai_generation_that_trickles_ends_by_its_deadline(stream):
 
 # -- item 12: byte caps on decoded answers ------------------------------------------------------
 
+
 def _bomb(size: int) -> bytes:
     out = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip
     chunk = b"a " * (1 << 19)
@@ -691,12 +835,14 @@ def _bomb(size: int) -> bytes:
 def heavy_site():
     bomb = _bomb(512 << 20)  # ~0.5 MB of gzip → 512 MB
     huge = b"a " * (100 << 20)  # 200 MB, sent as is
-    site = Site({
-        "/bomb/search": (200, {"Content-Type": "application/json", "Content-Encoding": "gzip"}, bomb),
-        "/huge/search": (200, {"Content-Type": "application/json"}, huge),
-        "/bomb.txt": (200, {"Content-Type": "text/plain", "Content-Encoding": "gzip"}, bomb),
-        "/huge.txt": (200, {"Content-Type": "text/plain"}, huge),
-    })
+    site = Site(
+        {
+            "/bomb/search": (200, {"Content-Type": "application/json", "Content-Encoding": "gzip"}, bomb),
+            "/huge/search": (200, {"Content-Type": "application/json"}, huge),
+            "/bomb.txt": (200, {"Content-Type": "text/plain", "Content-Encoding": "gzip"}, bomb),
+            "/huge.txt": (200, {"Content-Type": "text/plain"}, huge),
+        }
+    )
     yield site
     site.close()
 
@@ -724,15 +870,24 @@ print(json.dumps({"outcome": outcome, "grew_mb": (after - before) / 1024}))
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kind, path, expect", [
-    ("provider", "/bomb", "larger than 5 MB"),
-    ("provider", "/huge", "larger than 5 MB"),
-    ("page", "/bomb.txt", "chars"),
-    ("page", "/huge.txt", "chars"),
-])
+@pytest.mark.parametrize(
+    "kind, path, expect",
+    [
+        ("provider", "/bomb", "larger than 5 MB"),
+        ("provider", "/huge", "larger than 5 MB"),
+        ("page", "/bomb.txt", "chars"),
+        ("page", "/huge.txt", "chars"),
+    ],
+)
 def test_answers_are_capped_while_decoding(heavy_site, kind, path, expect):
-    proc = subprocess.run([sys.executable, "-c", CHILD, kind, heavy_site.base + path], capture_output=True, text=True,
-                          timeout=100, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, kind, heavy_site.base + path],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert expect in result["outcome"], result

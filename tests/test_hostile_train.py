@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from support import REPO
+
 from korani_cli.errors import EXIT_CONFIG, EXIT_DATA, EXIT_MODEL_LOAD, EXIT_USAGE
 from korani_cli.outputs import MARKER
 
@@ -28,9 +28,18 @@ pytestmark = pytest.mark.timeout(300)
 
 def korani(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """The CLI as a user's shell runs it, from `cwd`."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "korani_cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "korani_cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -44,7 +53,9 @@ def final_error(proc: subprocess.CompletedProcess) -> str:
     """A run that trained prints notes and progress first; it still ends in exactly one error line."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr[-2000:]
-    assert lines and lines[-1].startswith("error: ") and sum(x.startswith("error: ") for x in lines) == 1, proc.stderr[-2000:]
+    assert lines and lines[-1].startswith("error: ") and sum(x.startswith("error: ") for x in lines) == 1, (
+        proc.stderr[-2000:]
+    )
     return lines[-1]
 
 
@@ -57,8 +68,12 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
 
 
 def conversation(i: int) -> dict:
-    return {"messages": [{"role": "user", "content": f"서울은 어떤 도시인가요? {i}"},
-                         {"role": "assistant", "content": f"대한민국의 수도입니다. 번호 {i}."}]}
+    return {
+        "messages": [
+            {"role": "user", "content": f"서울은 어떤 도시인가요? {i}"},
+            {"role": "assistant", "content": f"대한민국의 수도입니다. 번호 {i}."},
+        ]
+    }
 
 
 def write_data(directory: Path, n: int = 40) -> Path:
@@ -86,8 +101,20 @@ RECIPE_CASES = [
     ("lora_r 0 override", None, ["lora_r=0"], EXIT_CONFIG, "command line: 'lora_r' is 0"),
     ("max_length 0", "max_length: 0\n", [], EXIT_CONFIG, "'max_length' is 0"),
     ("batch 0", "per_device_train_batch_size: 0\n", [], EXIT_CONFIG, "'per_device_train_batch_size' is 0"),
-    ("eval batch 0", None, ["per_device_eval_batch_size=0"], EXIT_CONFIG, "'per_device_eval_batch_size' is 0"),
-    ("grad accumulation 0", None, ["gradient_accumulation_steps=0"], EXIT_CONFIG, "'gradient_accumulation_steps' is 0"),
+    (
+        "eval batch 0",
+        None,
+        ["per_device_eval_batch_size=0"],
+        EXIT_CONFIG,
+        "'per_device_eval_batch_size' is 0",
+    ),
+    (
+        "grad accumulation 0",
+        None,
+        ["gradient_accumulation_steps=0"],
+        EXIT_CONFIG,
+        "'gradient_accumulation_steps' is 0",
+    ),
     ("lr nan", "learning_rate: .nan\n", [], EXIT_CONFIG, "'learning_rate' is nan"),
     ("lr inf", "learning_rate: .inf\n", [], EXIT_CONFIG, "'learning_rate' is inf"),
     ("lr negative", "learning_rate: -1.0e-4\n", [], EXIT_CONFIG, "'learning_rate' is -0.0001"),
@@ -108,7 +135,13 @@ RECIPE_CASES = [
     ("quant type", None, ["bnb_4bit_quant_type=int3"], EXIT_CONFIG, "'bnb_4bit_quant_type' is 'int3'"),
     ("compute dtype", None, ["bnb_4bit_compute_dtype=float8"], EXIT_CONFIG, "'bnb_4bit_compute_dtype'"),
     ("seed negative", None, ["seed=-1"], EXIT_CONFIG, "'seed' is -1"),
-    ("huge max_length", "max_length: 99999999999999999999\n", [], EXIT_CONFIG, "'max_length' is 99999999999999999999"),
+    (
+        "huge max_length",
+        "max_length: 99999999999999999999\n",
+        [],
+        EXIT_CONFIG,
+        "'max_length' is 99999999999999999999",
+    ),
     ("save_steps 0", None, ["save_steps=0"], EXIT_CONFIG, "'save_steps' is 0"),
     ("logging_steps 0", None, ["logging_steps=0"], EXIT_CONFIG, "'logging_steps' is 0"),
     ("health tokens 0", None, ["health_max_new_tokens=0"], EXIT_CONFIG, "'health_max_new_tokens' is 0"),
@@ -127,7 +160,9 @@ RECIPE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("recipe, overrides, code, fragment", [r[1:] for r in RECIPE_CASES], ids=[r[0] for r in RECIPE_CASES])
+@pytest.mark.parametrize(
+    "recipe, overrides, code, fragment", [r[1:] for r in RECIPE_CASES], ids=[r[0] for r in RECIPE_CASES]
+)
 def test_bad_recipe_is_refused_before_any_work(work, recipe, overrides, code, fragment):
     if recipe is None:
         path = RECIPE
@@ -174,13 +209,20 @@ DEEPSPEED_CASES = [
     ("a directory", "data", None, "DeepSpeed config not found"),
     ("not JSON", "ds.json", ("ds.json", b"{zero"), "is not valid JSON"),
     ("JSON list", "ds.json", ("ds.json", b"[1, 2]"), "is not a DeepSpeed config"),
-    ("zero_optimization a string", "ds.json", ("ds.json", b'{"zero_optimization": "3"}'), "is not a DeepSpeed config"),
+    (
+        "zero_optimization a string",
+        "ds.json",
+        ("ds.json", b'{"zero_optimization": "3"}'),
+        "is not a DeepSpeed config",
+    ),
     ("binary", "ds.json", ("ds.json", bytes(range(128, 256))), "is not valid JSON"),
     ("ZeRO-3 with 4-bit", "zero3", None, "cannot be partitioned by DeepSpeed ZeRO-3"),
 ]
 
 
-@pytest.mark.parametrize("value, file, fragment", [r[1:] for r in DEEPSPEED_CASES], ids=[r[0] for r in DEEPSPEED_CASES])
+@pytest.mark.parametrize(
+    "value, file, fragment", [r[1:] for r in DEEPSPEED_CASES], ids=[r[0] for r in DEEPSPEED_CASES]
+)
 def test_bad_deepspeed_config_is_refused_before_any_work(work, value, file, fragment):
     if file:
         (work / file[0]).write_bytes(file[1])
@@ -208,14 +250,29 @@ DATA_CASES = [
     ("messages empty", b'{"messages": []}\n', "line 1: no 'messages' list"),
     ("message not an object", b'{"messages": ["hi"]}\n', "message 1 is not an object"),
     ("unknown role", b'{"messages": [{"role": "bot", "content": "hi"}]}\n', "message 1 has role 'bot'"),
-    ("content not text", b'{"messages": [{"role": "user", "content": 5}]}\n', "message 1 has no text 'content'"),
-    ("null content", b'{"messages": [{"role": "user", "content": null}]}\n', "message 1 has no text 'content'"),
+    (
+        "content not text",
+        b'{"messages": [{"role": "user", "content": 5}]}\n',
+        "message 1 has no text 'content'",
+    ),
+    (
+        "null content",
+        b'{"messages": [{"role": "user", "content": null}]}\n',
+        "message 1 has no text 'content'",
+    ),
     ("no assistant turn", b'{"messages": [{"role": "user", "content": "hi"}]}\n', "no assistant turn"),
-    ("lone surrogate", b'{"messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "x"}]}\n',
-     "unpaired surrogate"),
+    (
+        "lone surrogate",
+        b'{"messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "x"}]}\n',
+        "unpaired surrogate",
+    ),
     ("5000-digit integer", b'{"messages": ' + b"1" * 5000 + b"}\n", "line 1: not JSON"),
     ("deep nesting", b"[" * 100_000 + b"\n", "line 1: nested too deeply"),
-    ("bad third line", b"\n".join([json.dumps(conversation(0)).encode()] * 2 + [b"{oops"]) + b"\n", "line 3: not JSON"),
+    (
+        "bad third line",
+        b"\n".join([json.dumps(conversation(0)).encode()] * 2 + [b"{oops"]) + b"\n",
+        "line 3: not JSON",
+    ),
     ("no train.jsonl", MISSING, "no training data at"),
 ]
 
@@ -235,10 +292,14 @@ def test_garbage_train_jsonl_is_a_data_error(work, content, fragment):
     assert snapshot(work) == before
 
 
-@pytest.mark.parametrize("data, fragment", [
-    ("nowhere", "does not exist"),
-    ("notes.txt", "is not a directory"),
-], ids=["missing", "a file"])
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ("nowhere", "does not exist"),
+        ("notes.txt", "is not a directory"),
+    ],
+    ids=["missing", "a file"],
+)
 def test_data_directory_that_is_not_one(work, data, fragment):
     proc = korani("train", str(RECIPE), "--data", data, "--output", "out", cwd=work)
     assert proc.returncode == EXIT_DATA and fragment in one_line_error(proc)
@@ -282,24 +343,68 @@ OUTPUT_CASES = [
     ("parent of cwd", None, "..", ["--overwrite"], "a parent of the working directory"),
     ("the data directory", None, "data", ["--overwrite"], "is the source data"),
     ("inside the data", None, "data/run", [], "lies inside the source directory data"),
-    ("foreign files", lambda w: _foreign(w / "out"), "out", ["--overwrite"], "holds files korani did not write"),
+    (
+        "foreign files",
+        lambda w: _foreign(w / "out"),
+        "out",
+        ["--overwrite"],
+        "holds files korani did not write",
+    ),
     ("foreign, no overwrite", lambda w: _foreign(w / "out"), "out", [], "holds files korani did not write"),
     ("a file", None, "notes.txt", ["--overwrite"], "exists and is not a directory"),
     ("under a file", None, "notes.txt/run", [], "Not a directory"),
     ("earlier run, no flag", lambda w: _marked_run(w / "out"), "out", [], "already holds a run"),
     ("legacy run, no flag", lambda w: _legacy_run(w / "out"), "out", [], "already holds a run"),
     ("resume foreign", lambda w: _foreign(w / "out"), "out", ["--resume"], "refusing to resume there"),
-    ("resume and overwrite", lambda w: _marked_run(w / "out"), "out", ["--resume", "--overwrite"], "contradict"),
-    ("resume, no checkpoint", lambda w: _marked_run(w / "out"), "out", ["--resume"], "no checkpoint to resume from"),
+    (
+        "resume and overwrite",
+        lambda w: _marked_run(w / "out"),
+        "out",
+        ["--resume", "--overwrite"],
+        "contradict",
+    ),
+    (
+        "resume, no checkpoint",
+        lambda w: _marked_run(w / "out"),
+        "out",
+        ["--resume"],
+        "no checkpoint to resume from",
+    ),
     ("resume, nothing there", None, "out", ["--resume"], "no checkpoint to resume from"),
-    ("resume half-saved", lambda w: _half_saved_checkpoint(w / "out"), "out", ["--resume"], "no checkpoint to resume from"),
-    ("resume a non-checkpoint", lambda w: _marked_run(w / "out"), "out", ["--resume", "data"], "is not a training checkpoint"),
-    ("resume a file", lambda w: _marked_run(w / "out"), "out", ["--resume", "notes.txt"], "is not a directory"),
-    ("resume a missing path", lambda w: _marked_run(w / "out"), "out", ["--resume", "out/checkpoint-9"], "does not exist"),
+    (
+        "resume half-saved",
+        lambda w: _half_saved_checkpoint(w / "out"),
+        "out",
+        ["--resume"],
+        "no checkpoint to resume from",
+    ),
+    (
+        "resume a non-checkpoint",
+        lambda w: _marked_run(w / "out"),
+        "out",
+        ["--resume", "data"],
+        "is not a training checkpoint",
+    ),
+    (
+        "resume a file",
+        lambda w: _marked_run(w / "out"),
+        "out",
+        ["--resume", "notes.txt"],
+        "is not a directory",
+    ),
+    (
+        "resume a missing path",
+        lambda w: _marked_run(w / "out"),
+        "out",
+        ["--resume", "out/checkpoint-9"],
+        "does not exist",
+    ),
 ]
 
 
-@pytest.mark.parametrize("setup, output, extra, fragment", [r[1:] for r in OUTPUT_CASES], ids=[r[0] for r in OUTPUT_CASES])
+@pytest.mark.parametrize(
+    "setup, output, extra, fragment", [r[1:] for r in OUTPUT_CASES], ids=[r[0] for r in OUTPUT_CASES]
+)
 def test_output_directory_rule_for_train(work, setup, output, extra, fragment):
     if setup:
         setup(work)
@@ -317,19 +422,32 @@ def _checkpointed_run(path: Path) -> None:
     checkpoint = path / "checkpoint-5"
     checkpoint.mkdir()
     (checkpoint / "trainer_state.json").write_text('{"global_step": 5}')
-    (checkpoint / "adapter_config.json").write_text(json.dumps(
-        {"r": 8, "target_modules": ["query_key_value"], "base_model_name_or_path": "EleutherAI/polyglot-ko-5.8b"}))
+    (checkpoint / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "r": 8,
+                "target_modules": ["query_key_value"],
+                "base_model_name_or_path": "EleutherAI/polyglot-ko-5.8b",
+            }
+        )
+    )
 
 
 RESUME_MISMATCH_CASES = [
     # (id, overrides, fragment) — exit 5: the recipe differs from the checkpoint's LoRA shape
     ("another rank", ["lora_r=16"], "was trained with lora_r 8 (now 16)"),
-    ("other modules", ["lora_target_modules=[dense]"], "lora_target_modules ['query_key_value'] (now ['dense'])"),
+    (
+        "other modules",
+        ["lora_target_modules=[dense]"],
+        "lora_target_modules ['query_key_value'] (now ['dense'])",
+    ),
     ("another base", ["base_model=EleutherAI/polyglot-ko-1.3b"], "base_model EleutherAI/polyglot-ko-5.8b"),
 ]
 
 
-@pytest.mark.parametrize("overrides, fragment", [r[1:] for r in RESUME_MISMATCH_CASES], ids=[r[0] for r in RESUME_MISMATCH_CASES])
+@pytest.mark.parametrize(
+    "overrides, fragment", [r[1:] for r in RESUME_MISMATCH_CASES], ids=[r[0] for r in RESUME_MISMATCH_CASES]
+)
 def test_resume_with_a_recipe_the_checkpoint_does_not_fit(work, overrides, fragment):
     _checkpointed_run(work / "out")
     before = snapshot(work)
@@ -359,24 +477,58 @@ def fake_adapter(work) -> Path:
 MERGE_CASES = [
     # (id, setup(work), -o, extra, exit code, fragment)
     ("onto the adapter", None, "adapter", ["--overwrite"], EXIT_USAGE, "is the source adapter"),
-    ("inside the adapter", None, "adapter/merged", [], EXIT_USAGE, "lies inside the source directory adapter"),
+    (
+        "inside the adapter",
+        None,
+        "adapter/merged",
+        [],
+        EXIT_USAGE,
+        "lies inside the source directory adapter",
+    ),
     ("onto the base", None, "base", ["--overwrite"], EXIT_USAGE, "is the source"),
     ("working directory", None, ".", ["--overwrite"], EXIT_USAGE, "is the working directory"),
     ("parent of cwd", None, "..", ["--overwrite"], EXIT_USAGE, "a parent of the working directory"),
-    ("foreign files", lambda w: _foreign(w / "m"), "m", ["--overwrite"], EXIT_USAGE, "holds files korani did not write"),
+    (
+        "foreign files",
+        lambda w: _foreign(w / "m"),
+        "m",
+        ["--overwrite"],
+        EXIT_USAGE,
+        "holds files korani did not write",
+    ),
     ("a file", None, "notes.txt", ["--overwrite"], EXIT_USAGE, "exists and is not a directory"),
     ("earlier merge, no flag", lambda w: _marked_run(w / "m"), "m", [], EXIT_USAGE, "already exists"),
     ("bad dtype", None, "m", ["--dtype", "int4"], EXIT_USAGE, "unknown dtype"),
-    ("adapter config garbage", lambda w: (w / "adapter" / "adapter_config.json").write_bytes(b"\xff{"), "m", [],
-     EXIT_MODEL_LOAD, "cannot read"),
-    ("adapter config names no base", lambda w: (w / "adapter" / "adapter_config.json").write_text("[]"), "m", [],
-     EXIT_MODEL_LOAD, "names no base model"),
-    ("not an adapter", lambda w: (w / "adapter" / "adapter_config.json").unlink(), "m", [], EXIT_MODEL_LOAD,
-     "is not a LoRA adapter"),
+    (
+        "adapter config garbage",
+        lambda w: (w / "adapter" / "adapter_config.json").write_bytes(b"\xff{"),
+        "m",
+        [],
+        EXIT_MODEL_LOAD,
+        "cannot read",
+    ),
+    (
+        "adapter config names no base",
+        lambda w: (w / "adapter" / "adapter_config.json").write_text("[]"),
+        "m",
+        [],
+        EXIT_MODEL_LOAD,
+        "names no base model",
+    ),
+    (
+        "not an adapter",
+        lambda w: (w / "adapter" / "adapter_config.json").unlink(),
+        "m",
+        [],
+        EXIT_MODEL_LOAD,
+        "is not a LoRA adapter",
+    ),
 ]
 
 
-@pytest.mark.parametrize("setup, output, extra, code, fragment", [r[1:] for r in MERGE_CASES], ids=[r[0] for r in MERGE_CASES])
+@pytest.mark.parametrize(
+    "setup, output, extra, code, fragment", [r[1:] for r in MERGE_CASES], ids=[r[0] for r in MERGE_CASES]
+)
 def test_merge_output_rule(work, fake_adapter, setup, output, extra, code, fragment):
     if setup:
         setup(work)
@@ -391,14 +543,22 @@ def test_merge_output_rule(work, fake_adapter, setup, output, extra, code, fragm
 EXPORT_CASES = [
     # (id, setup(work), -o, extra, fragment) — all exit 2
     ("onto a non-GGUF file", None, "notes.txt", ["--overwrite"], "not a file korani wrote"),
-    ("existing GGUF, no flag", lambda w: (w / "old.gguf").write_bytes(b"GGUF\x03\x00"), "old.gguf", [], "already exists"),
+    (
+        "existing GGUF, no flag",
+        lambda w: (w / "old.gguf").write_bytes(b"GGUF\x03\x00"),
+        "old.gguf",
+        [],
+        "already exists",
+    ),
     ("onto a directory", None, "data", ["--overwrite"], "is a directory"),
     ("under a file", None, "notes.txt/model.gguf", [], "cannot write"),
     ("bad outtype", None, "x.gguf", ["--outtype", "q2"], "unknown --outtype"),
 ]
 
 
-@pytest.mark.parametrize("setup, output, extra, fragment", [r[1:] for r in EXPORT_CASES], ids=[r[0] for r in EXPORT_CASES])
+@pytest.mark.parametrize(
+    "setup, output, extra, fragment", [r[1:] for r in EXPORT_CASES], ids=[r[0] for r in EXPORT_CASES]
+)
 def test_export_gguf_output_rule(work, fake_adapter, setup, output, extra, fragment):
     import importlib.util
 
@@ -420,7 +580,9 @@ def test_export_gguf_refuses_a_device(work, fake_adapter):
 
 
 def test_a_missing_local_base_model_is_refused_before_any_work(work):
-    proc = korani("train", str(RECIPE), "--data", "data", "--output", "out", "base_model=./no-such-model", cwd=work)
+    proc = korani(
+        "train", str(RECIPE), "--data", "data", "--output", "out", "base_model=./no-such-model", cwd=work
+    )
     assert proc.returncode == EXIT_MODEL_LOAD and "does not exist" in one_line_error(proc)
     assert not (work / "out").exists()
 
@@ -434,14 +596,23 @@ def _broken_base(work: Path) -> str:
 LOAD_CASES = [
     # (id, setup(work) -> extra args, command, fragment) — exit 3 once the libraries are up; nothing left behind
     ("train: broken base", _broken_base, "train", "cannot load the base model 'broken'"),
-    ("train: hub id not cached", lambda w: "base_model=korani-test/no-such-model", "train", "cannot load the base model"),
+    (
+        "train: hub id not cached",
+        lambda w: "base_model=korani-test/no-such-model",
+        "train",
+        "cannot load the base model",
+    ),
     ("merge: broken base", lambda w: None, "merge", "cannot load adapter onto its base"),
 ]
 
 
 @pytest.mark.slow  # each imports torch and transformers before it can fail
-@pytest.mark.parametrize("setup, command, fragment", [r[1:] for r in LOAD_CASES], ids=[r[0] for r in LOAD_CASES])
-def test_a_base_model_that_does_not_load_is_exit_3_and_leaves_nothing(work, fake_adapter, setup, command, fragment):
+@pytest.mark.parametrize(
+    "setup, command, fragment", [r[1:] for r in LOAD_CASES], ids=[r[0] for r in LOAD_CASES]
+)
+def test_a_base_model_that_does_not_load_is_exit_3_and_leaves_nothing(
+    work, fake_adapter, setup, command, fragment
+):
     extra = setup(work)
     before = snapshot(work)
     if command == "train":
@@ -458,14 +629,26 @@ def test_a_base_model_that_does_not_load_is_exit_3_and_leaves_nothing(work, fake
 
 
 def _files(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_marked_and_legacy_runs_resume_and_a_failed_overwrite_gives_the_run_back(work):
-    args = ("train", str(RECIPE), "--data", "data", "--output", "out", "--smoke", "health_prompts=0", "load_in_4bit=false",
-            "eval_steps=1000")
+    args = (
+        "train",
+        str(RECIPE),
+        "--data",
+        "data",
+        "--output",
+        "out",
+        "--smoke",
+        "health_prompts=0",
+        "load_in_4bit=false",
+        "eval_steps=1000",
+    )
     first = korani(*args, "max_steps=4", "save_steps=3", cwd=work, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     marker = json.loads((work / "out" / MARKER).read_text())
@@ -486,7 +669,9 @@ def test_marked_and_legacy_runs_resume_and_a_failed_overwrite_gives_the_run_back
 
     # --overwrite with a recipe that fails once the model is loaded: the earlier run comes back whole.
     before = _files(work / "out")
-    failed = korani(*args, "max_steps=2", "lora_target_modules=[query_key_valu]", "--overwrite", cwd=work, timeout=600)
+    failed = korani(
+        *args, "max_steps=2", "lora_target_modules=[query_key_valu]", "--overwrite", cwd=work, timeout=600
+    )
     line = final_error(failed)
     assert failed.returncode == EXIT_CONFIG and "query_key_valu matches no linear layer" in line
     assert "choose from:" in line and "query_key_value" in line
@@ -518,15 +703,31 @@ def test_marked_and_legacy_runs_resume_and_a_failed_overwrite_gives_the_run_back
 @pytest.mark.timeout(900)
 def test_a_nan_loss_stops_training_with_one_line(work):
     """A finite but absurd learning rate passes validation and blows the weights up: the run stops, saves no adapter."""
-    proc = korani("train", str(RECIPE), "--data", "data", "--output", "out", "--smoke", "max_steps=8",
-                  "learning_rate=1e30", "health_prompts=0", "load_in_4bit=false", "eval_steps=1000", cwd=work, timeout=600)
+    proc = korani(
+        "train",
+        str(RECIPE),
+        "--data",
+        "data",
+        "--output",
+        "out",
+        "--smoke",
+        "max_steps=8",
+        "learning_rate=1e30",
+        "health_prompts=0",
+        "load_in_4bit=false",
+        "eval_steps=1000",
+        cwd=work,
+        timeout=600,
+    )
     line = final_error(proc)
     assert proc.returncode == EXIT_CONFIG, line
     assert "training diverged: loss became nan" in line and "lower learning_rate" in line
     assert not (work / "out" / "adapter_model.safetensors").exists()
     assert not (work / "out" / "korani_metadata.json").exists()
     assert not list((work / "out").glob("checkpoint-*"))
-    steps = [json.loads(x)["step"] for x in (work / "out" / "logs.jsonl").read_text().splitlines() if '"loss"' in x]
+    steps = [
+        json.loads(x)["step"] for x in (work / "out" / "logs.jsonl").read_text().splitlines() if '"loss"' in x
+    ]
     assert max(steps) < 8  # stopped early
 
 

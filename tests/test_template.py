@@ -2,8 +2,18 @@
 
 import pytest
 
-from korani_cli.template import RAG_INSTRUCTION, TemplateError, flatten_sources, render, render_with_mask, turn_text, user
-from korani_cli.template import Message, Source, StopFilter
+from korani_cli.template import (
+    RAG_INSTRUCTION,
+    Message,
+    Source,
+    StopFilter,
+    TemplateError,
+    flatten_sources,
+    render,
+    render_with_mask,
+    turn_text,
+    user,
+)
 
 EOS = "<|endoftext|>"
 
@@ -31,7 +41,12 @@ def test_render_multi_turn_with_system_and_eos_after_every_bot_turn():
 
 
 def test_mask_spans_cover_exactly_assistant_content_and_eos():
-    msgs = [user("질문 하나"), Message("assistant", "답 하나"), user("질문 둘"), Message("assistant", "답 둘")]
+    msgs = [
+        user("질문 하나"),
+        Message("assistant", "답 하나"),
+        user("질문 둘"),
+        Message("assistant", "답 둘"),
+    ]
     text, spans = render_with_mask(msgs, EOS)
     assert [text[a:b] for a, b in spans] == [f"답 하나{EOS}", f"답 둘{EOS}"]
     outside = "".join(text[i] for i in range(len(text)) if not any(a <= i < b for a, b in spans))
@@ -39,7 +54,13 @@ def test_mask_spans_cover_exactly_assistant_content_and_eos():
 
 
 def test_rag_user_turn_numbers_its_sources():
-    msg = user("수도는?", [Source("위키", "https://ko.wikipedia.org/wiki/서울", "서울은 수도다."), Source("뉴스", "https://news.example/a", "부산은 항구다.")])
+    msg = user(
+        "수도는?",
+        [
+            Source("위키", "https://ko.wikipedia.org/wiki/서울", "서울은 수도다."),
+            Source("뉴스", "https://news.example/a", "부산은 항구다."),
+        ],
+    )
     text = render([msg], EOS)
     assert "[1] 위키 (https://ko.wikipedia.org/wiki/서울)\n서울은 수도다." in text
     assert "[2] 뉴스 (https://news.example/a)\n부산은 항구다." in text
@@ -77,7 +98,10 @@ def test_stop_filter_header_at_answer_start_prints_nothing():
 
 
 def test_stop_filter_keeps_hashes_that_are_not_headers():
-    assert feed_all(["C# ", "언어와 #태그 ", "그리고 ## 두 개\n끝"]) == ("C# 언어와 #태그 그리고 ## 두 개\n끝", False)
+    assert feed_all(["C# ", "언어와 #태그 ", "그리고 ## 두 개\n끝"]) == (
+        "C# 언어와 #태그 그리고 ## 두 개\n끝",
+        False,
+    )
 
 
 def test_stop_filter_streams_without_waiting_for_the_end():
@@ -95,7 +119,13 @@ def test_transformers_renders_the_same_text_and_assistant_mask(tiny_tokenizer_di
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    msgs = [Message("system", "시스템"), user("안녕?"), Message("assistant", "안녕하세요!"), user("또?"), Message("assistant", "네.")]
+    msgs = [
+        Message("system", "시스템"),
+        user("안녕?"),
+        Message("assistant", "안녕하세요!"),
+        user("또?"),
+        Message("assistant", "네."),
+    ]
     ours, spans = render_with_mask(msgs, tok.eos_token)
     dicts = [m.to_dict() for m in msgs]
     assert tok.apply_chat_template(dicts, tokenize=False) == ours

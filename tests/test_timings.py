@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from korani_cli.template import user
 from korani_cli.backends import Generation, GenerationParams, ModelInfo, apply_stops
+from korani_cli.template import user
 
 PROMPT_S, TOKEN_S, TOKENS = 0.4, 0.03, 20
 
@@ -63,7 +63,11 @@ def test_timings_match_what_the_backend_did(whole):
     assert PROMPT_S + decode_s - 0.01 <= t["generate_s"] <= PROMPT_S + decode_s + 0.3
     expected_rate = (TOKENS - 1) / decode_s
     assert expected_rate * 0.6 <= t["decode_tok_s"] <= expected_rate * 1.05
-    assert data["completion_tokens"] == TOKENS and data["prompt_tokens"] == 7 and data["finish_reason"] == "length"
+    assert (
+        data["completion_tokens"] == TOKENS
+        and data["prompt_tokens"] == 7
+        and data["finish_reason"] == "length"
+    )
 
 
 def test_an_answer_handed_over_whole_without_a_first_token_time_reports_none():
@@ -108,7 +112,9 @@ def test_ask_says_when_the_context_window_cut_the_answer(tiny_neox_dir):
 
     # The tiny model's window is 512 tokens: a long question leaves the answer little room.
     question = "서울 " * 230
-    proc = run_korani("ask", "--model", str(tiny_neox_dir), "-n", "400", "-t", "1.0", "--seed", "2", "--json", question)
+    proc = run_korani(
+        "ask", "--model", str(tiny_neox_dir), "-n", "400", "-t", "1.0", "--seed", "2", "--json", question
+    )
     assert proc.returncode == 0, proc.stderr
     import json
 

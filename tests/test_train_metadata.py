@@ -16,8 +16,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
-
 from support import REPO
+
 from korani_cli.errors import EXIT_MODEL_LOAD
 from korani_cli.train import card, health
 from korani_cli.train.config import TrainConfig, load_config
@@ -27,20 +27,59 @@ from korani_cli.train.metadata import FILENAME, DataInfo, DeviceInfo, EvalLoss, 
 RECIPE = REPO / "configs" / "korani-5.8b.yaml"
 
 # The keys korani_metadata.json has always had, in this order: the dataclass must not change the file.
-FILE_KEYS = ["korani_version", "base_model", "smoke", "data", "steps", "max_steps", "train_loss_first", "train_loss_last",
-             "train_loss_mean", "eval_losses", "eval_skipped", "health", "health_skipped", "device", "deepspeed",
-             "quantization", "resumed_from", "train_seconds", "pad_token", "eos_token"]
+FILE_KEYS = [
+    "korani_version",
+    "base_model",
+    "smoke",
+    "data",
+    "steps",
+    "max_steps",
+    "train_loss_first",
+    "train_loss_last",
+    "train_loss_mean",
+    "eval_losses",
+    "eval_skipped",
+    "health",
+    "health_skipped",
+    "device",
+    "deepspeed",
+    "quantization",
+    "resumed_from",
+    "train_seconds",
+    "pad_token",
+    "eos_token",
+]
 
 
 def sample(**changes) -> TrainMetadata:
     value = TrainMetadata(
-        korani_version="0.1.0", base_model="EleutherAI/polyglot-ko-5.8b", smoke=False,
+        korani_version="0.1.0",
+        base_model="EleutherAI/polyglot-ko-5.8b",
+        smoke=False,
         data=DataInfo("/data/ko", "ab" * 32, {"train": 900, "valid": 50, "test": 50}),
-        steps=300, max_steps=300, train_loss_first=2.5, train_loss_last=1.25, train_loss_mean=1.5,
-        eval_losses=[EvalLoss(200, 1.6), EvalLoss(300, 1.5)], eval_skipped=None,
-        health=Health(50, 0.96, 0.012, 41.5, [{"prompt": "서울은?", "answer": "수도입니다.", "ended_with_eos": True}], 0, "test"),
-        health_skipped=None, device=DeviceInfo(True, True, "paged_adamw_8bit", ["a notice"]),
-        deepspeed="zero2", quantization="nf4", resumed_from=None, train_seconds=1234.5, pad_token="<|pad|>",
+        steps=300,
+        max_steps=300,
+        train_loss_first=2.5,
+        train_loss_last=1.25,
+        train_loss_mean=1.5,
+        eval_losses=[EvalLoss(200, 1.6), EvalLoss(300, 1.5)],
+        eval_skipped=None,
+        health=Health(
+            50,
+            0.96,
+            0.012,
+            41.5,
+            [{"prompt": "서울은?", "answer": "수도입니다.", "ended_with_eos": True}],
+            0,
+            "test",
+        ),
+        health_skipped=None,
+        device=DeviceInfo(True, True, "paged_adamw_8bit", ["a notice"]),
+        deepspeed="zero2",
+        quantization="nf4",
+        resumed_from=None,
+        train_seconds=1234.5,
+        pad_token="<|pad|>",
         eos_token="<|endoftext|>",
     )
     return replace(value, **changes)
@@ -53,10 +92,16 @@ def test_metadata_round_trips_through_the_file_with_the_same_keys(tmp_path):
     raw = json.loads(path.read_text(encoding="utf-8"))
     assert list(raw) == FILE_KEYS
     assert raw["health"]["eos_share"] == 0.96 and raw["eval_losses"][-1] == {"step": 300, "eval_loss": 1.5}
-    assert raw["data"] == {"dir": "/data/ko", "fingerprint": "ab" * 32, "conversations": {"train": 900, "valid": 50, "test": 50}}
+    assert raw["data"] == {
+        "dir": "/data/ko",
+        "fingerprint": "ab" * 32,
+        "conversations": {"train": 900, "valid": 50, "test": 50},
+    }
     assert TrainMetadata.read(tmp_path) == meta  # the directory, or the file itself
     assert TrainMetadata.read(path) == meta
-    skipped = sample(health=None, health_skipped="health_prompts is 0 in the recipe", eval_losses=[], train_loss_first=None)
+    skipped = sample(
+        health=None, health_skipped="health_prompts is 0 in the recipe", eval_losses=[], train_loss_first=None
+    )
     skipped.write(tmp_path)
     assert TrainMetadata.read(tmp_path) == skipped
 
@@ -86,21 +131,42 @@ METADATA_CASES = [
     ("not-utf8", b'{"korani_version": "\xff\xfe"}', "cannot read"),
     ("a-list", b"[1, 2]", "it holds list, not an object (TrainMetadata)"),
     ("a-number", b"42", "it holds 42, not an object"),
-    ("foreign-json", b'{"model_type": "gpt_neox"}', "'korani_version' is missing; korani did not write this file"),
+    (
+        "foreign-json",
+        b'{"model_type": "gpt_neox"}',
+        "'korani_version' is missing; korani did not write this file",
+    ),
     ("steps-a-string", _edited(lambda r: r.update(steps="300")), "'steps' should be an integer, not \"300\""),
     ("steps-a-bool", _edited(lambda r: r.update(steps=True)), "'steps' should be an integer, not true"),
     ("base-null", _edited(lambda r: r.update(base_model=None)), "'base_model' should be a string, not null"),
-    ("health-share-text", _edited(lambda r: r["health"].update(eos_share="96%")), "'health.eos_share' should be a number"),
+    (
+        "health-share-text",
+        _edited(lambda r: r["health"].update(eos_share="96%")),
+        "'health.eos_share' should be a number",
+    ),
     ("health-a-list", _edited(lambda r: r.update(health=[0.9])), "'health' should be an object (Health)"),
-    ("eval-step-missing", _edited(lambda r: r["eval_losses"][0].pop("step")), "'eval_losses[0].step' is missing"),
-    ("eval-losses-a-dict", _edited(lambda r: r.update(eval_losses={"step": 1})), "'eval_losses' should be a list"),
-    ("counts-text", _edited(lambda r: r["data"]["conversations"].update(train="many")),
-     "'data.conversations.train' should be an integer"),
+    (
+        "eval-step-missing",
+        _edited(lambda r: r["eval_losses"][0].pop("step")),
+        "'eval_losses[0].step' is missing",
+    ),
+    (
+        "eval-losses-a-dict",
+        _edited(lambda r: r.update(eval_losses={"step": 1})),
+        "'eval_losses' should be a list",
+    ),
+    (
+        "counts-text",
+        _edited(lambda r: r["data"]["conversations"].update(train="many")),
+        "'data.conversations.train' should be an integer",
+    ),
     ("device-missing-cuda", _edited(lambda r: r["device"].pop("cuda")), "'device.cuda' is missing"),
 ]
 
 
-@pytest.mark.parametrize("content, fragment", [r[1:] for r in METADATA_CASES], ids=[r[0] for r in METADATA_CASES])
+@pytest.mark.parametrize(
+    "content, fragment", [r[1:] for r in METADATA_CASES], ids=[r[0] for r in METADATA_CASES]
+)
 def test_a_broken_or_foreign_metadata_file_is_one_line(tmp_path, content, fragment):
     if content is not None:
         (tmp_path / FILENAME).write_bytes(content)
@@ -117,8 +183,15 @@ def test_the_eos_threshold_has_one_source(monkeypatch):
     config = load_config(RECIPE)
 
     def rendered() -> str:
-        return card.render(card.Run(name="ko", output="runs/ko", config=config, recipe_base_model=config.base_model,
-                                    metadata=sample()))
+        return card.render(
+            card.Run(
+                name="ko",
+                output="runs/ko",
+                config=config,
+                recipe_base_model=config.base_model,
+                metadata=sample(),
+            )
+        )
 
     assert "may not have learned to stop" not in rendered()  # 96 % ≥ 90 %
     monkeypatch.setattr(health, "EOS_WARN_BELOW", 0.99)
@@ -148,12 +221,33 @@ def test_sft_config_gets_every_recipe_value_and_no_deprecated_argument(tmp_path)
     from korani_cli.train.trainer import RECIPE_TO_SFT, SFT_FIXED, sft_kwargs
 
     # Values unlike the defaults on both sides, so that a value that did not arrive shows.
-    config = replace(load_config(RECIPE), max_steps=17, num_train_epochs=2.5, per_device_train_batch_size=3,
-                     per_device_eval_batch_size=5, gradient_accumulation_steps=7, learning_rate=3.5e-4,
-                     lr_scheduler_type="cosine", warmup_ratio=0.25, adam_beta1=0.85, adam_beta2=0.95, weight_decay=0.01,
-                     gradient_checkpointing=False, eval_steps=11, save_steps=13, save_total_limit=2, logging_steps=3,
-                     seed=1234, dist_timeout=77, max_length=96, packing=False, load_in_4bit=False, bf16=False,
-                     bnb_4bit_compute_dtype="float32", optim="adamw_torch")
+    config = replace(
+        load_config(RECIPE),
+        max_steps=17,
+        num_train_epochs=2.5,
+        per_device_train_batch_size=3,
+        per_device_eval_batch_size=5,
+        gradient_accumulation_steps=7,
+        learning_rate=3.5e-4,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.25,
+        adam_beta1=0.85,
+        adam_beta2=0.95,
+        weight_decay=0.01,
+        gradient_checkpointing=False,
+        eval_steps=11,
+        save_steps=13,
+        save_total_limit=2,
+        logging_steps=3,
+        seed=1234,
+        dist_timeout=77,
+        max_length=96,
+        packing=False,
+        load_in_4bit=False,
+        bf16=False,
+        bnb_4bit_compute_dtype="float32",
+        optim="adamw_torch",
+    )
     plan = plan_device(config, cuda=False)
     kwargs = sft_kwargs(config, plan, tmp_path, deepspeed=None, evaluate=True, eos_token="<|endoftext|>")
     assert "pad_token" not in kwargs and "dataset_kwargs" not in kwargs
@@ -164,10 +258,20 @@ def test_sft_config_gets_every_recipe_value_and_no_deprecated_argument(tmp_path)
         assert getattr(args, field) == getattr(config, key), (key, field)
     for field, value in SFT_FIXED.items():
         assert getattr(args, field) == value, field
-    assert args.output_dir == str(tmp_path) and args.use_cpu and not args.bf16 and args.eval_strategy == "steps"
+    assert (
+        args.output_dir == str(tmp_path) and args.use_cpu and not args.bf16 and args.eval_strategy == "steps"
+    )
     assert args.train_sampling_strategy == "group_by_length" and args.eos_token == "<|endoftext|>"
     assert args.pad_token is None  # the tokenizer given as processing_class carries it
-    packed = SFTConfig(**sft_kwargs(replace(config, packing=True), plan, Path(tmp_path), deepspeed=None, evaluate=False,
-                                    eos_token="<|endoftext|>"))
+    packed = SFTConfig(
+        **sft_kwargs(
+            replace(config, packing=True),
+            plan,
+            Path(tmp_path),
+            deepspeed=None,
+            evaluate=False,
+            eos_token="<|endoftext|>",
+        )
+    )
     assert packed.packing and packed.padding_free and packed.train_sampling_strategy == "random"
     assert packed.eval_strategy == "no"

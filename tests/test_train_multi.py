@@ -18,15 +18,25 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support import REPO, QuietProgress, run_korani, smoke_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 # The same recipe for both runs; only how the global batch of 8 is split differs.
 COMPARE = [
-    "korani-5.8b", "--deepspeed", "zero2", "max_steps=-1", "num_train_epochs=1", "lora_dropout=0", "learning_rate=1e-3",
-    "warmup_ratio=0", "logging_steps=1", "eval_steps=1000", "save_steps=1000", "health_prompts=0", "max_length=64",
+    "korani-5.8b",
+    "--deepspeed",
+    "zero2",
+    "max_steps=-1",
+    "num_train_epochs=1",
+    "lora_dropout=0",
+    "learning_rate=1e-3",
+    "warmup_ratio=0",
+    "logging_steps=1",
+    "eval_steps=1000",
+    "save_steps=1000",
+    "health_prompts=0",
+    "max_length=64",
 ]
 # float32 sums the two processes' gradients in another order than one process's
 # larger batch does: the curves agree to ~1e-5 over an epoch (measured). 1e-3 leaves
@@ -37,7 +47,18 @@ LOSS_TOLERANCE = 1e-3
 
 def torchrun(*args: str) -> list[str]:
     # --standalone picks a free rendezvous port: tests running beside each other never meet.
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "korani_cli", "train", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "korani_cli",
+        "train",
+        *args,
+    ]
 
 
 def launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -55,18 +76,35 @@ def tiny_base(prepared, tmp_path_factory) -> Path:
     from korani_cli.train.smoke import smoke_adjust
 
     where = tmp_path_factory.mktemp("multi_base")
-    return Path(smoke_adjust(smoke_config(prepared, where / "o"), where, prepared, QuietProgress()).base_model)
+    return Path(
+        smoke_adjust(smoke_config(prepared, where / "o"), where, prepared, QuietProgress()).base_model
+    )
 
 
 def test_two_processes_train_like_one_with_the_same_global_batch(prepared, tiny_base, tmp_path):
     common = [*COMPARE, "--data", str(prepared), f"base_model={tiny_base}"]
-    one = run_korani("train", *common, "--output", str(tmp_path / "one"),
-                     "per_device_train_batch_size=8", "gradient_accumulation_steps=1", timeout=300)
+    one = run_korani(
+        "train",
+        *common,
+        "--output",
+        str(tmp_path / "one"),
+        "per_device_train_batch_size=8",
+        "gradient_accumulation_steps=1",
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     # 2 per device × 2 processes × 2 accumulation steps = the same 8 conversations per step.
-    two = launch(*common, "--output", str(tmp_path / "two"), "per_device_train_batch_size=2", "gradient_accumulation_steps=2")
+    two = launch(
+        *common,
+        "--output",
+        str(tmp_path / "two"),
+        "per_device_train_batch_size=2",
+        "gradient_accumulation_steps=2",
+    )
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "Traceback" not in two.stderr and "error" not in two.stderr.lower() and "mismatch" not in two.stderr
+    assert (
+        "Traceback" not in two.stderr and "error" not in two.stderr.lower() and "mismatch" not in two.stderr
+    )
     # One process speaks for the job: each notice and the summary once.
     assert two.stderr.count("note: no CUDA GPU: training in float32") == 1, two.stderr
     assert two.stderr.count("trained ") == 1 and two.stderr.count("korani_metadata.json in") == 1, two.stderr
@@ -81,8 +119,11 @@ def test_two_processes_train_like_one_with_the_same_global_batch(prepared, tiny_
     # each reading all of it (which would double the steps).
     assert meta_two["steps"] == meta_one["steps"] > 3
     # Each step logged once, by one process.
-    steps = [json.loads(line)["step"] for line in (tmp_path / "two" / "logs.jsonl").read_text().splitlines()
-             if "loss" in json.loads(line)]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "two" / "logs.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert steps == list(range(1, meta_two["steps"] + 1))
     # Both processes saved their ZeRO-2 optimizer shards into the one checkpoint.
     shards = list((tmp_path / "two").glob("checkpoint-*/global_step*/*optim_states.pt"))
@@ -114,9 +155,24 @@ def _workers(launcher: int) -> dict[int, int]:
 
 def test_kill_9_of_one_process_stops_the_job_and_resume_continues(prepared, tmp_path):
     out = tmp_path / "k"
-    args = ["korani-5.8b", "--data", str(prepared), "--output", str(out), "--smoke", "--deepspeed", "zero2",
-            "max_steps=40", "save_steps=5", "eval_steps=1000", "health_prompts=0", "dist_timeout=60"]
-    job = subprocess.Popen(torchrun(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    args = [
+        "korani-5.8b",
+        "--data",
+        str(prepared),
+        "--output",
+        str(out),
+        "--smoke",
+        "--deepspeed",
+        "zero2",
+        "max_steps=40",
+        "save_steps=5",
+        "eval_steps=1000",
+        "health_prompts=0",
+        "dist_timeout=60",
+    ]
+    job = subprocess.Popen(
+        torchrun(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not (out / "checkpoint-5" / "trainer_state.json").exists():
@@ -139,7 +195,9 @@ def test_kill_9_of_one_process_stops_the_job_and_resume_continues(prepared, tmp_
     assert "Signal 9 (SIGKILL) received by PID " + str(workers[1]) in stderr
     assert "Exception ignored" not in stderr
     assert not (out / "korani_metadata.json").exists()
-    done = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file())
+    done = sorted(
+        int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+    )
     assert done and done[-1] < 40
 
     resumed = launch(*args, "--resume")
@@ -154,8 +212,21 @@ def test_kill_9_of_one_process_stops_the_job_and_resume_continues(prepared, tmp_
 def test_a_hung_process_ends_the_job_after_dist_timeout(prepared, tmp_path):
     """SIGSTOP, not SIGKILL: the process is alive, so only the process-group timeout can end the wait."""
     out, log = tmp_path / "h", tmp_path / "stderr.txt"
-    args = ["korani-5.8b", "--data", str(prepared), "--output", str(out), "--smoke", "--deepspeed", "zero2",
-            "max_steps=400", "save_steps=5", "eval_steps=1000", "health_prompts=0", "dist_timeout=10"]
+    args = [
+        "korani-5.8b",
+        "--data",
+        str(prepared),
+        "--output",
+        str(out),
+        "--smoke",
+        "--deepspeed",
+        "zero2",
+        "max_steps=400",
+        "save_steps=5",
+        "eval_steps=1000",
+        "health_prompts=0",
+        "dist_timeout=10",
+    ]
     with log.open("w") as err:
         job = subprocess.Popen(torchrun(*args), stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
     workers = {}
@@ -180,7 +251,9 @@ def test_a_hung_process_ends_the_job_after_dist_timeout(prepared, tmp_path):
         job.wait(timeout=120)
     text = log.read_text()
     ours = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(ours) == 1 and "process 0 of 2 stopped at step" in ours[0] and "Timed out" in ours[0], text[-3000:]
+    assert len(ours) == 1 and "process 0 of 2 stopped at step" in ours[0] and "Timed out" in ours[0], text[
+        -3000:
+    ]
     assert "the last complete checkpoint is" in ours[0] and "--resume" in ours[0]
     assert 9 <= waited < 60, waited
     assert job.returncode != 0
@@ -188,7 +261,16 @@ def test_a_hung_process_ends_the_job_after_dist_timeout(prepared, tmp_path):
 
 def test_first_process_errors_are_printed_once(prepared, tmp_path):
     """A recipe error stops every process of the job; only the first one prints it."""
-    proc = launch("korani-5.8b", "--data", str(prepared), "--output", str(tmp_path / "x"), "--smoke", "lora_r=0", timeout=120)
+    proc = launch(
+        "korani-5.8b",
+        "--data",
+        str(prepared),
+        "--output",
+        str(tmp_path / "x"),
+        "--smoke",
+        "lora_r=0",
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert proc.stderr.count("error: ") == 1 and "'lora_r' is 0" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "x").exists()
@@ -198,15 +280,30 @@ def test_first_process_errors_are_printed_once(prepared, tmp_path):
     ("env", "extra", "code", "fragment"),
     [
         # accelerate's CPU mode would silently train without ZeRO
-        ({"ACCELERATE_USE_CPU": "true"}, ["--deepspeed", "zero2"], 2, "accelerate launch --cpu turns DeepSpeed off"),
+        (
+            {"ACCELERATE_USE_CPU": "true"},
+            ["--deepspeed", "zero2"],
+            2,
+            "accelerate launch --cpu turns DeepSpeed off",
+        ),
         ({"ACCELERATE_USE_CPU": "1"}, ["--deepspeed", "zero2"], 2, "--use_deepspeed --deepspeed_config_file"),
         ({}, ["dist_timeout=0"], 5, "'dist_timeout' is 0"),
         ({}, ["dist_timeout=many"], 5, "dist_timeout"),
     ],
 )
 def test_launch_settings_refused_before_loading(prepared, tmp_path, env, extra, code, fragment):
-    proc = run_korani("train", "korani-5.8b", "--data", str(prepared), "--output", str(tmp_path / "o"), "--smoke", *extra,
-                      env=env, timeout=120)
+    proc = run_korani(
+        "train",
+        "korani-5.8b",
+        "--data",
+        str(prepared),
+        "--output",
+        str(tmp_path / "o"),
+        "--smoke",
+        *extra,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == code, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr

@@ -60,7 +60,7 @@ def _resolve(name: str, known: dict[str, Path]) -> str | None:
     """`korani_cli.search.answer` → `search.answer`; a name that is not a module → its package."""
     if name != PACKAGE and not name.startswith(PACKAGE + "."):
         return None
-    rest = name[len(PACKAGE) + 1:]
+    rest = name[len(PACKAGE) + 1 :]
     while rest and rest not in known:
         rest = rest.rpartition(".")[0]
     return rest or "__init__"
@@ -72,8 +72,13 @@ def edges(known: dict[str, Path] | None = None) -> list[Edge]:
     for module, path in known.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        lazy_lines = {n.lineno for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                      for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        lazy_lines = {
+            n.lineno
+            for f in ast.walk(tree)
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f)
+            if isinstance(n, (ast.Import, ast.ImportFrom))
+        }
         for node in ast.walk(tree):
             names = []
             if isinstance(node, ast.Import):
@@ -110,7 +115,9 @@ def wall_breaks(found: list[Edge]) -> list[str]:
         if e.source == "template":
             breaks.append(f"template:{e.line} imports {e.target} (template imports no korani module)")
         if not is_presentation(e.source) and is_presentation(e.target):
-            breaks.append(f"{e.source}:{e.line} imports {e.target} (the core never imports the presentation layer)")
+            breaks.append(
+                f"{e.source}:{e.line} imports {e.target} (the core never imports the presentation layer)"
+            )
     return sorted(set(breaks))
 
 
@@ -127,8 +134,12 @@ def printers(known: dict[str, Path] | None = None) -> list[str]:
             func = node.func
             if isinstance(func, ast.Name) and func.id in ("print", "Console"):
                 found.append(f"{module}:{node.lineno} calls {func.id}()")
-            elif (isinstance(func, ast.Attribute) and func.attr == "write" and isinstance(func.value, ast.Attribute)
-                  and func.value.attr in ("stdout", "stderr")):
+            elif (
+                isinstance(func, ast.Attribute)
+                and func.attr == "write"
+                and isinstance(func.value, ast.Attribute)
+                and func.value.attr in ("stdout", "stderr")
+            ):
                 found.append(f"{module}:{node.lineno} writes to sys.{func.value.attr}")
     return found
 
@@ -179,7 +190,9 @@ def main() -> int:
     for e in found:
         if area(e.source) != area(e.target):
             areas.setdefault(area(e.source), set()).add(area(e.target))
-    print(f"{len(known)} modules, {len(found)} imports of korani modules ({sum(e.lazy for e in found)} inside functions)")
+    print(
+        f"{len(known)} modules, {len(found)} imports of korani modules ({sum(e.lazy for e in found)} inside functions)"
+    )
     print("areas (→ what each imports):")
     for name in sorted(areas):
         print(f"  {name} → {', '.join(sorted(areas[name]))}")

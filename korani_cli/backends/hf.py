@@ -21,10 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from korani_cli.template import HEADER_STOP, Message, flatten_sources, render
-from korani_cli.backends import OFFLINE_FIX, Generation, GenerationParams, ModelInfo, ModelSpec, Notify, Usage, apply_stops
+from korani_cli.backends import (
+    OFFLINE_FIX,
+    Generation,
+    GenerationParams,
+    ModelInfo,
+    ModelSpec,
+    Notify,
+    Usage,
+    apply_stops,
+)
 from korani_cli.config import Settings
 from korani_cli.errors import GenerationError, ModelLoadError, UsageError
+from korani_cli.template import HEADER_STOP, Message, flatten_sources, render
 
 
 def _adapter_base(source: str, local_only: bool) -> str | None:
@@ -43,7 +52,9 @@ def _adapter_base(source: str, local_only: bool) -> str | None:
     except EntryNotFoundError:
         return None
     except RepositoryNotFoundError:
-        raise ModelLoadError(f"'{source}' is neither a local path nor a model on the Hugging Face Hub", OFFLINE_FIX) from None
+        raise ModelLoadError(
+            f"'{source}' is neither a local path nor a model on the Hugging Face Hub", OFFLINE_FIX
+        ) from None
     except Exception as exc:  # offline, DNS, timeouts, gated repos: all mean "cannot get it now"
         raise ModelLoadError(
             f"cannot load '{source}': it is not a local path, the Hugging Face Hub is unreachable and it is not cached ({exc.__class__.__name__})",
@@ -82,22 +93,22 @@ class IncrementalStreamer:
     def put(self, value) -> None:
         ids = value.reshape(-1).tolist()
         if self.n_prompt:  # generate() first hands over the prompt itself
-            ids = ids[self.n_prompt:] if len(ids) >= self.n_prompt else []
+            ids = ids[self.n_prompt :] if len(ids) >= self.n_prompt else []
             self.n_prompt = 0
         for token in ids:
             self.ids.append(token)
             decode = self.tokenizer.decode
-            before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-            after = decode(self.ids[self.prefix:], skip_special_tokens=True)
+            before = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+            after = decode(self.ids[self.prefix :], skip_special_tokens=True)
             if len(after) > len(before) and not after.endswith("\ufffd"):
-                self.queue.put(after[len(before):])
+                self.queue.put(after[len(before) :])
                 self.prefix, self.read = self.read, len(self.ids)
 
     def end(self) -> None:
-        tail = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
-        before = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        tail = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
+        before = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
         if len(tail) > len(before):
-            self.queue.put(tail[len(before):])
+            self.queue.put(tail[len(before) :])
         self.queue.put(self._END)
 
     def __iter__(self):
@@ -128,7 +139,9 @@ class HFBackend:
         model, tokenizer = _from_pretrained(spec, weights, placement)
         model.eval()
         if placement.device == "cpu":
-            notify("no CUDA GPU: running on CPU in float32 (slow for large models; a GPU loads it in 4-bit NF4)")
+            notify(
+                "no CUDA GPU: running on CPU in float32 (slow for large models; a GPU loads it in 4-bit NF4)"
+            )
         if settings.template == "model" and not tokenizer.chat_template:
             raise UsageError(f"{spec.name} ships no chat template", "use --template korani")
         config = getattr(model, "config", None)
@@ -137,7 +150,12 @@ class HFBackend:
             backend="hf",
             context_length=getattr(config, "max_position_embeddings", None),
             template=settings.template,
-            details={"base": weights.base, "adapter": weights.adapter, "device": placement.device, "dtype": placement.dtype},
+            details={
+                "base": weights.base,
+                "adapter": weights.adapter,
+                "device": placement.device,
+                "dtype": placement.dtype,
+            },
         )
         return cls(model, tokenizer, info)
 
@@ -164,7 +182,9 @@ class HFBackend:
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         sampling = params.temperature > 0
-        gen_kwargs = dict(**enc, max_new_tokens=max_new, do_sample=sampling, eos_token_id=eos, pad_token_id=pad)
+        gen_kwargs = dict(
+            **enc, max_new_tokens=max_new, do_sample=sampling, eos_token_id=eos, pad_token_id=pad
+        )
         if sampling:
             gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
         run = _Run(gen_kwargs, n_prompt, max_new, eos, usage)
@@ -207,13 +227,17 @@ class HFBackend:
             def __call__(self, input_ids, scores, **kwargs):
                 if usage.first_token_at is None:
                     usage.first_token_at = time.perf_counter()
-                tail = tokenizer.decode(input_ids[0, max(n_prompt, input_ids.shape[1] - 6):], skip_special_tokens=True)
+                tail = tokenizer.decode(
+                    input_ids[0, max(n_prompt, input_ids.shape[1] - 6) :], skip_special_tokens=True
+                )
                 return HEADER_STOP in tail
 
         usage.whole = True
         try:
             with torch.inference_mode():
-                ids = self.model.generate(**run.gen_kwargs, stopping_criteria=StoppingCriteriaList([HeaderStop()]))
+                ids = self.model.generate(
+                    **run.gen_kwargs, stopping_criteria=StoppingCriteriaList([HeaderStop()])
+                )
         except Exception as exc:
             raise _failed(exc) from None
         yield tokenizer.decode(run.count(ids), skip_special_tokens=True)
@@ -237,7 +261,10 @@ class HFBackend:
             try:
                 with torch.inference_mode():
                     outcome["ids"] = self.model.generate(
-                        **run.gen_kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]))
+                        **run.gen_kwargs,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                    )
             except BaseException as exc:  # surfaced in the consumer thread
                 outcome["error"] = exc
                 streamer.end()
@@ -320,7 +347,9 @@ def _from_pretrained(spec: ModelSpec, weights: _Weights, placement: _Placement):
 
             model = PeftModel.from_pretrained(model, adapter, local_files_only=local_only)
     except ImportError as exc:
-        raise ModelLoadError(f"a library needed to load {spec.name} is missing ({exc})", "pip install 'korani[all]'") from None
+        raise ModelLoadError(
+            f"a library needed to load {spec.name} is missing ({exc})", "pip install 'korani[all]'"
+        ) from None
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ModelLoadError(f"cannot load '{spec.name}' ({first})", OFFLINE_FIX) from None
@@ -338,11 +367,13 @@ class _Run:
     usage: Usage
 
     def count(self, ids) -> list:
-        return _count(ids[0, self.n_prompt:].tolist(), self.eos, self.max_new, self.usage)
+        return _count(ids[0, self.n_prompt :].tolist(), self.eos, self.max_new, self.usage)
 
 
 def _failed(exc: BaseException) -> GenerationError:
-    return GenerationError(f"generation failed ({exc.__class__.__name__}: {exc})", "retry with --debug for details")
+    return GenerationError(
+        f"generation failed ({exc.__class__.__name__}: {exc})", "retry with --debug for details"
+    )
 
 
 def _count(new: list, eos: int | None, max_new: int, usage) -> list:

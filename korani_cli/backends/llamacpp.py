@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from korani_cli.template import Message, flatten_sources, render
 from korani_cli.backends import Generation, GenerationParams, ModelInfo, ModelSpec, Notify, Usage, apply_stops
 from korani_cli.config import Settings
 from korani_cli.errors import GenerationError, ModelLoadError, UsageError
+from korani_cli.template import Message, flatten_sources, render
 
 
 @contextlib.contextmanager
@@ -139,7 +139,9 @@ class LlamaCppBackend:
                     usage.finish_reason = "length"
                     break
         except RuntimeError as exc:  # llama_decode failures surface as RuntimeError
-            raise GenerationError(f"llama.cpp failed while generating ({exc})", "retry; if it persists, lower n_ctx") from None
+            raise GenerationError(
+                f"llama.cpp failed while generating ({exc})", "retry; if it persists, lower n_ctx"
+            ) from None
         tail = decoder.decode(b"", final=True)
         if tail:
             yield tail
@@ -165,4 +167,6 @@ class LlamaCppBackend:
                 if choice.get("finish_reason"):
                     usage.finish_reason = "length" if choice["finish_reason"] == "length" else "eos"
         except (RuntimeError, ValueError) as exc:
-            raise GenerationError(f"llama.cpp failed while generating ({exc})", "retry with --template korani") from None
+            raise GenerationError(
+                f"llama.cpp failed while generating ({exc})", "retry with --template korani"
+            ) from None

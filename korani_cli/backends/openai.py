@@ -23,10 +23,10 @@ import json
 from typing import Iterator, Sequence
 from urllib.parse import urlsplit
 
-from korani_cli.template import CHARS_PER_TOKEN, DEFAULT_EOS, HEADER_STOP, Message, flatten_sources, render
 from korani_cli.backends import Generation, GenerationParams, ModelInfo, ModelSpec, Notify, Usage, apply_stops
 from korani_cli.config import Settings
 from korani_cli.errors import GenerationError, ModelLoadError
+from korani_cli.template import CHARS_PER_TOKEN, DEFAULT_EOS, HEADER_STOP, Message, flatten_sources, render
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0  # between two streamed events, not for the whole answer
@@ -49,7 +49,15 @@ def normalise_base_url(url: str) -> str:
 
 
 class OpenAIBackend:
-    def __init__(self, client, model: str, info: ModelInfo, eos_text: str, deadline=None, generation_deadline: float = 600.0):
+    def __init__(
+        self,
+        client,
+        model: str,
+        info: ModelInfo,
+        eos_text: str,
+        deadline=None,
+        generation_deadline: float = 600.0,
+    ):
         self.client = client
         self.model = model
         self.info = info
@@ -67,7 +75,9 @@ class OpenAIBackend:
         base_url = normalise_base_url(spec.base_url or "")
         headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
         client, deadline = net.deadline_client(
-            httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT), base_url=base_url, headers=headers,
+            httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+            base_url=base_url,
+            headers=headers,
         )
         unreachable = "start the server, or fix the URL in --model openai:MODEL@URL / KORANI_OPENAI_BASE_URL"
         try:
@@ -82,11 +92,14 @@ class OpenAIBackend:
         except httpx.HTTPError as exc:
             client.close()
             raise ModelLoadError(
-                f"cannot reach the OpenAI-compatible server at {base_url} ({exc.__class__.__name__}: {exc})", unreachable,
+                f"cannot reach the OpenAI-compatible server at {base_url} ({exc.__class__.__name__}: {exc})",
+                unreachable,
             ) from None
         except (net.TooLarge, net.UndecodableBody) as exc:
             client.close()
-            raise ModelLoadError(f"{base_url} sent an unusable model list ({exc})", "check the server") from None
+            raise ModelLoadError(
+                f"{base_url} sent an unusable model list ({exc})", "check the server"
+            ) from None
         if response.status_code in (401, 403):
             raise ModelLoadError(
                 f"{base_url} refused the API key (HTTP {response.status_code})",
@@ -120,8 +133,14 @@ class OpenAIBackend:
         )
         # We cannot know the served tokenizer's EOS text; earlier Bot turns are
         # closed with the one KoRani models use (polyglot-ko's).
-        return cls(client, model, info, eos_text=DEFAULT_EOS, deadline=deadline,
-                   generation_deadline=GENERATION_FACTOR * request_timeout)
+        return cls(
+            client,
+            model,
+            info,
+            eos_text=DEFAULT_EOS,
+            deadline=deadline,
+            generation_deadline=GENERATION_FACTOR * request_timeout,
+        )
 
     def count_tokens(self, text: str) -> int:
         # The server's tokenizer is remote: polyglot-ko's usual ratio stands in.
@@ -204,7 +223,9 @@ class OpenAIBackend:
         except httpx.TimeoutException:
             raise self._late() from None
         except httpx.HTTPError as exc:
-            raise GenerationError(f"the request to {self.client.base_url} failed ({exc})", "check that the server is up") from None
+            raise GenerationError(
+                f"the request to {self.client.base_url} failed ({exc})", "check that the server is up"
+            ) from None
         except (net.TooLarge, net.UndecodableBody) as exc:
             raise GenerationError(f"the server sent an unusable answer ({exc})", "check the server") from None
         if not response.is_success:
@@ -217,7 +238,9 @@ class OpenAIBackend:
             self._finish(choice, usage)
             text = self._text(choice)
         except (ValueError, AttributeError, TypeError, IndexError, RecursionError):
-            raise GenerationError(f"the server sent a malformed answer: {raw[:80]!r}", "check the server") from None
+            raise GenerationError(
+                f"the server sent a malformed answer: {raw[:80]!r}", "check the server"
+            ) from None
         yield text
 
     def _events(self, path: str, body: dict, usage: Usage) -> Iterator[str]:
@@ -230,7 +253,9 @@ class OpenAIBackend:
         try:
             with self._within_deadline(), self.client.stream("POST", path, json=body) as response:
                 if not response.is_success:
-                    raise self._fail(response.status_code, net.read_capped(response, ANSWER_CAP, truncate=True))
+                    raise self._fail(
+                        response.status_code, net.read_capped(response, ANSWER_CAP, truncate=True)
+                    )
                 for line in net.iter_lines_capped(response, ANSWER_CAP):
                     if not line.startswith("data:"):
                         continue  # comments, event names, keep-alives
@@ -240,11 +265,17 @@ class OpenAIBackend:
                     try:
                         data = json.loads(payload)
                     except (ValueError, RecursionError):
-                        raise GenerationError(f"the server sent a malformed event: {payload[:80]!r}", "check the server") from None
+                        raise GenerationError(
+                            f"the server sent a malformed event: {payload[:80]!r}", "check the server"
+                        ) from None
                     if not isinstance(data, dict):
-                        raise GenerationError(f"the server sent a malformed event: {payload[:80]!r}", "check the server")
+                        raise GenerationError(
+                            f"the server sent a malformed event: {payload[:80]!r}", "check the server"
+                        )
                     if "error" in data:
-                        raise GenerationError(f"the server reported an error: {data['error']}", "check the server's log")
+                        raise GenerationError(
+                            f"the server reported an error: {data['error']}", "check the server's log"
+                        )
                     self._usage(data, usage)
                     for choice in data.get("choices") or []:
                         text = self._text(choice)
@@ -255,7 +286,9 @@ class OpenAIBackend:
         except httpx.TimeoutException:
             raise self._late() from None
         except httpx.HTTPError as exc:
-            raise GenerationError(f"the stream from {self.client.base_url} broke off ({exc})", "check that the server is up") from None
+            raise GenerationError(
+                f"the stream from {self.client.base_url} broke off ({exc})", "check that the server is up"
+            ) from None
         except (net.TooLarge, net.UndecodableBody) as exc:
             raise GenerationError(f"the server sent an unusable stream ({exc})", "check the server") from None
         if usage.completion_tokens is None:

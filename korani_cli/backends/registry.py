@@ -79,13 +79,16 @@ def loader(name: str) -> Loader:
     """The loader of backend `name`, importing its module now if it is given as "module:Class"."""
     target = _registered.get(name)
     if target is None:
-        raise ModelLoadError(f"no backend named {name!r} (known: {', '.join(_registered)})",
-                             "use one of those, or register the backend before loading")
+        raise ModelLoadError(
+            f"no backend named {name!r} (known: {', '.join(_registered)})",
+            "use one of those, or register the backend before loading",
+        )
     if not isinstance(target, str):
         return target
     module, _, attr = target.partition(":")
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"cannot import the {name} backend ({target}: {exc})",
-                             "reinstall korani, or fix the registration") from None
+        raise ModelLoadError(
+            f"cannot import the {name} backend ({target}: {exc})", "reinstall korani, or fix the registration"
+        ) from None

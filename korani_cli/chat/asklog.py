@@ -21,9 +21,19 @@ def enabled(no_log: bool) -> bool:
     return not no_log and env_switch("KORANI_LOG")
 
 
-def save(history: History | None, session_id: str | None, question: str, answer: str, *, model: str,
-         system: str | None, template: str | None, timings: dict | None, citations: list | None,
-         notify: Callable[[str], None]) -> str | None:
+def save(
+    history: History | None,
+    session_id: str | None,
+    question: str,
+    answer: str,
+    *,
+    model: str,
+    system: str | None,
+    template: str | None,
+    timings: dict | None,
+    citations: list | None,
+    notify: Callable[[str], None],
+) -> str | None:
     """Store one exchange; the session id it went to, or None (and one notice) when it could not be stored.
     `history` None: open the default database now (only a logged answer needs it)."""
     opened = None
@@ -37,7 +47,9 @@ def save(history: History | None, session_id: str | None, question: str, answer:
             history.add(session_id, "assistant", answer, model, timings, citations)
         return session_id
     except ConfigError as exc:  # HistoryError, or a KORANI_HOME korani cannot write to
-        notify(f"this answer was not saved to the history: {exc.what} (--no-log or KORANI_LOG=0 skips saving)")
+        notify(
+            f"this answer was not saved to the history: {exc.what} (--no-log or KORANI_LOG=0 skips saving)"
+        )
         return None
     finally:
         if opened is not None:

@@ -103,15 +103,19 @@ def _problem(path: Path | str, exc: Exception, without: str = WITHOUT_CHAT) -> H
             f"finish the other korani chat or history command and retry, {without}",
         )
     if Path(path).is_dir():
-        return HistoryError(f"the chat history {path} is a directory, not a database file",
-                            f"move it away (mv {path} {path}.bak), {without}")
+        return HistoryError(
+            f"the chat history {path} is a directory, not a database file",
+            f"move it away (mv {path} {path}.bak), {without}",
+        )
     if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or isinstance(exc, UnicodeDecodeError):
         return HistoryError(
             f"the chat history {path} is damaged ({exc})",
             f"move it aside to start a new history (mv {path} {path}.broken; `sqlite3 FILE .recover` may save old sessions), {without}",
         )
     detail = getattr(exc, "strerror", None) or str(exc)
-    return HistoryError(f"cannot use the chat history {path} ({detail})", f"check the file and its directory, {without}")
+    return HistoryError(
+        f"cannot use the chat history {path} ({detail})", f"check the file and its directory, {without}"
+    )
 
 
 class History:
@@ -125,8 +129,10 @@ class History:
             paths.ensure_dir(self.path.parent)
             if self.path.exists() and not self.path.is_file() and not self.path.is_dir():
                 # SQLite would read (and write) a device or FIFO as if it were the database.
-                raise HistoryError(f"the chat history {self.path} is not a regular file",
-                                   f"remove it to start a new history, {without}")
+                raise HistoryError(
+                    f"the chat history {self.path} is not a regular file",
+                    f"remove it to start a new history, {without}",
+                )
         with self._guard():
             self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
             self.db.execute("PRAGMA foreign_keys = ON")
@@ -166,44 +172,70 @@ class History:
         if result and result[0] != "ok":
             raise _problem(self.path, _Corrupt(result[0]), self.without)
 
-    def new_session(self, model: str, system: str | None, template: str | None = None, kind: str = "chat") -> str:
+    def new_session(
+        self, model: str, system: str | None, template: str | None = None, kind: str = "chat"
+    ) -> str:
         """A session row; callers create it with its first message (ChatSession._store)."""
         sid = uuid.uuid4().hex[:12]
         with self._guard(), self.db:
-            self.db.execute("INSERT INTO sessions (id, created, model, system, template, kind) VALUES (?, ?, ?, ?, ?, ?)",
-                            (sid, time.time(), model, system, template, kind))
+            self.db.execute(
+                "INSERT INTO sessions (id, created, model, system, template, kind) VALUES (?, ?, ?, ?, ?, ?)",
+                (sid, time.time(), model, system, template, kind),
+            )
         return sid
 
-    def add(self, session_id: str, role: str, content: str, model: str | None = None,
-            timings: dict | None = None, citations: list | None = None) -> None:
+    def add(
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        model: str | None = None,
+        timings: dict | None = None,
+        citations: list | None = None,
+    ) -> None:
         with self._guard(), self.db:
             self.db.execute(
                 "INSERT INTO messages (session_id, role, content, created, model, timings, citations) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (session_id, role, content, time.time(), model, json.dumps(timings) if timings else None,
-                 json.dumps(citations, ensure_ascii=False) if citations else None),
+                (
+                    session_id,
+                    role,
+                    content,
+                    time.time(),
+                    model,
+                    json.dumps(timings) if timings else None,
+                    json.dumps(citations, ensure_ascii=False) if citations else None,
+                ),
             )
 
     def set_model(self, session_id: str, model: str, template: str | None) -> None:
         """/모델 NAME: the session goes on with another model (and its template)."""
         with self._guard(), self.db:
-            self.db.execute("UPDATE sessions SET model = ?, template = ? WHERE id = ?", (model, template, session_id))
+            self.db.execute(
+                "UPDATE sessions SET model = ?, template = ? WHERE id = ?", (model, template, session_id)
+            )
 
     def replace_last_answer(self, session_id: str) -> None:
         """/다시: the last answer is kept, as role 'replaced', out of the conversation."""
         with self._guard(), self.db:
-            self.db.execute("UPDATE messages SET role = 'replaced' WHERE id = (SELECT id FROM messages "
-                            "WHERE session_id = ? AND role = 'assistant' ORDER BY id DESC LIMIT 1)", (session_id,))
+            self.db.execute(
+                "UPDATE messages SET role = 'replaced' WHERE id = (SELECT id FROM messages "
+                "WHERE session_id = ? AND role = 'assistant' ORDER BY id DESC LIMIT 1)",
+                (session_id,),
+            )
 
     def mark_reset(self, session_id: str) -> None:
         """/초기화: later `--continue` restores only what came after."""
         with self._guard(), self.db:
-            self.db.execute("INSERT INTO messages (session_id, role, content, created, reset_before) VALUES (?, 'reset', '', ?, 1)",
-                            (session_id, time.time()))
+            self.db.execute(
+                "INSERT INTO messages (session_id, role, content, created, reset_before) VALUES (?, 'reset', '', ?, 1)",
+                (session_id, time.time()),
+            )
 
     def messages(self, session_id: str, since_reset: bool = False) -> list[StoredMessage]:
         with self._guard():
             rows = self.db.execute(
-                "SELECT role, content, created, model, timings, citations FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
+                "SELECT role, content, created, model, timings, citations FROM messages WHERE session_id = ? ORDER BY id",
+                (session_id,),
             ).fetchall()
         out = []
         for role, content, created, model, timings, citations in rows:
@@ -214,16 +246,27 @@ class History:
             if role == "replaced":  # an answer /다시 replaced: kept in the file, not in the conversation
                 continue
             try:
-                out.append(StoredMessage(role, content, created, model, json.loads(timings) if timings else None,
-                                         json.loads(citations) if citations else None))
+                out.append(
+                    StoredMessage(
+                        role,
+                        content,
+                        created,
+                        model,
+                        json.loads(timings) if timings else None,
+                        json.loads(citations) if citations else None,
+                    )
+                )
             except (ValueError, TypeError) as exc:
-                raise _problem(self.path, _Corrupt(f"a stored message is unreadable: {exc}"), self.without) from None
+                raise _problem(
+                    self.path, _Corrupt(f"a stored message is unreadable: {exc}"), self.without
+                ) from None
         return out
 
     def session(self, session_id: str) -> StoredSession | None:
         with self._guard():
-            row = self.db.execute("SELECT id, created, model, system, template, kind FROM sessions WHERE id = ?",
-                                  (session_id,)).fetchone()
+            row = self.db.execute(
+                "SELECT id, created, model, system, template, kind FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
         if row is None:
             self.check()
             return None
@@ -234,12 +277,19 @@ class History:
         NoSuchSession (exit 2) when none does, or when several do (they are listed)."""
         prefix = prefix.strip()
         if not prefix:
-            raise NoSuchSession("the session id is empty", "pass an id (or its first characters) from `korani history list`")
+            raise NoSuchSession(
+                "the session id is empty", "pass an id (or its first characters) from `korani history list`"
+            )
         # A range over the primary key's index, not LIKE: % and _ in the prefix stay literal,
         # and a damaged index shows as "not found" here, which check() then reports as damage.
         with self._guard():
-            ids = [row[0] for row in self.db.execute(
-                "SELECT id FROM sessions WHERE id >= ? AND id < ? ORDER BY id LIMIT 11", (prefix, prefix + "\U0010ffff"))]
+            ids = [
+                row[0]
+                for row in self.db.execute(
+                    "SELECT id FROM sessions WHERE id >= ? AND id < ? ORDER BY id LIMIT 11",
+                    (prefix, prefix + "\U0010ffff"),
+                )
+            ]
         if len(ids) == 1:
             return ids[0]
         shown = clean_line(prefix)[:40]
@@ -247,21 +297,25 @@ class History:
             self.check()
             raise NoSuchSession(f"no saved session {shown}", "see `korani history list`")
         more = ", …" if len(ids) > 10 else ""
-        raise NoSuchSession(f"session id {shown} is ambiguous: {', '.join(ids[:10])}{more}",
-                            "give more of its characters")
+        raise NoSuchSession(
+            f"session id {shown} is ambiguous: {', '.join(ids[:10])}{more}", "give more of its characters"
+        )
 
     def last_session(self) -> str | None:
         """The session with the most recent message (empty sessions of older korani versions are skipped)."""
         with self._guard():
             row = self.db.execute(
-                "SELECT session_id FROM messages WHERE role IN ('user', 'assistant') ORDER BY id DESC LIMIT 1").fetchone()
+                "SELECT session_id FROM messages WHERE role IN ('user', 'assistant') ORDER BY id DESC LIMIT 1"
+            ).fetchone()
         return row[0] if row else None
 
     def count(self, session_id: str) -> int:
         """User and assistant messages stored in the session (what `history list` shows)."""
         with self._guard():
-            return self.db.execute("SELECT COUNT(*) FROM messages WHERE session_id = ? AND role IN ('user', 'assistant')",
-                                   (session_id,)).fetchone()[0]
+            return self.db.execute(
+                "SELECT COUNT(*) FROM messages WHERE session_id = ? AND role IN ('user', 'assistant')",
+                (session_id,),
+            ).fetchone()[0]
 
     def sessions(self, limit: int = 50) -> list[SessionSummary]:
         with self._guard():
@@ -269,7 +323,8 @@ class History:
                 "SELECT s.id, s.created, s.model, COUNT(m.id), "
                 "(SELECT content FROM messages WHERE session_id = s.id AND role = 'user' ORDER BY id LIMIT 1), s.kind "
                 "FROM sessions s LEFT JOIN messages m ON m.session_id = s.id AND m.role IN ('user', 'assistant') "
-                "GROUP BY s.id ORDER BY s.created DESC LIMIT ?", (limit,)
+                "GROUP BY s.id ORDER BY s.created DESC LIMIT ?",
+                (limit,),
             ).fetchall()
         return [SessionSummary(*row[:5], kind=row[5] or "chat") for row in rows]
 
@@ -309,5 +364,9 @@ def to_markdown(messages: list[StoredMessage], title: str = "korani chat") -> st
         who = "**나**" if m.role == "user" else "**코라니**" if m.role == "assistant" else f"**{m.role}**"
         lines += [who, "", m.content or "", ""]
         if m.citations:
-            lines += [f"[{c.get('n', '?')}] {c.get('title', '')} — {c.get('url', '')}" for c in m.citations if isinstance(c, dict)] + [""]
+            lines += [
+                f"[{c.get('n', '?')}] {c.get('title', '')} — {c.get('url', '')}"
+                for c in m.citations
+                if isinstance(c, dict)
+            ] + [""]
     return clean("\n".join(lines).rstrip() + "\n")

@@ -16,7 +16,17 @@ from typing import Iterator, TextIO
 from rich.console import Console
 from rich.markup import escape
 
-from korani_cli.chat.session import AnswerText, Answered, ChatSession, ErrorLine, Event, Exit, Notice, Output, Stage
+from korani_cli.chat.session import (
+    Answered,
+    AnswerText,
+    ChatSession,
+    ErrorLine,
+    Event,
+    Exit,
+    Notice,
+    Output,
+    Stage,
+)
 from korani_cli.untrusted import clean, clean_line
 
 
@@ -105,12 +115,17 @@ def _terminal_lines(prompt: str) -> Iterator[str]:
         yield line
 
 
-def run(session: ChatSession, stdin: TextIO | None = None, out: Console | None = None, err: Console | None = None) -> None:
+def run(
+    session: ChatSession, stdin: TextIO | None = None, out: Console | None = None, err: Console | None = None
+) -> None:
     stdin = stdin or sys.stdin
     if stdin is None:
         from korani_cli.errors import UsageError
 
-        raise UsageError("stdin is closed, so there is nothing to chat with", "run korani chat in a terminal, or pipe the messages to it")
+        raise UsageError(
+            "stdin is closed, so there is nothing to chat with",
+            "run korani chat in a terminal, or pipe the messages to it",
+        )
     if hasattr(stdin, "reconfigure"):
         # Bytes that are not UTF-8 arrive as lone surrogates, which the session
         # refuses with one line, instead of a UnicodeDecodeError ending the chat.
@@ -122,7 +137,9 @@ def run(session: ChatSession, stdin: TextIO | None = None, out: Console | None =
     err = err or err_console()
     lines = _terminal_lines("나> ") if interactive else iter(stdin.readline, "")
     if interactive:
-        err.print(f"[bold]korani chat[/bold] · {escape(clean_line(session.model_name))} · /도움말 로 명령어 보기, Ctrl-D 로 끝내기")
+        err.print(
+            f"[bold]korani chat[/bold] · {escape(clean_line(session.model_name))} · /도움말 로 명령어 보기, Ctrl-D 로 끝내기"
+        )
     for text in read_inputs(lines):
         if not text.strip():
             continue
@@ -225,7 +242,9 @@ def _show(event: Event, out: Console, err: Console) -> None:
     if isinstance(event, Notice):
         err.print(f"[dim]알림:[/dim] {escape(clean_line(event.text))}", soft_wrap=True)
     elif isinstance(event, ErrorLine):
-        err.print(f"[bold red]{escape(clean_line(event.text))}[/bold red]", soft_wrap=True)  # one line, always
+        err.print(
+            f"[bold red]{escape(clean_line(event.text))}[/bold red]", soft_wrap=True
+        )  # one line, always
     elif isinstance(event, Output):
         out.print(_indented(clean(event.text)))
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from korani_cli.template import Message
 from korani_cli.chat.history import History
 from korani_cli.errors import UsageError
+from korani_cli.template import Message
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,18 @@ class Resumed:
 
 def _short(text: str, width: int = 40) -> str:
     text = " ".join(text.split())
-    return repr(text if len(text) <= width else text[:width - 1] + "…")
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
 
 
-def resume(history: History, session_id: str | None, *, model: str | None, template: str | None,
-           system: str | None, start_hint: str) -> Resumed:
+def resume(
+    history: History,
+    session_id: str | None,
+    *,
+    model: str | None,
+    template: str | None,
+    system: str | None,
+    start_hint: str,
+) -> Resumed:
     """The session `session_id` (any unique prefix), or the last one when it is None.
     `start_hint` is the fix named when there is nothing to continue."""
     sid = history.resolve(session_id) if session_id is not None else history.last_session()
@@ -41,11 +48,18 @@ def resume(history: History, session_id: str | None, *, model: str | None, templ
     kept = [m for m in history.messages(sid, since_reset=True) if m.role in ("user", "assistant")]
     total = history.count(sid)
     # Sessions written before /초기화 began a new session keep a reset mark inside.
-    counted = f"{total} messages" + (f"; the {len(kept)} after its /초기화 are remembered" if len(kept) != total else "")
-    replaced = [f"{flag} {_short(value)} replaces the session's {_short(was)}"
-                for flag, value, was in (("--model", model, stored.model), ("--template", template, stored.template),
-                                         ("--system", system, stored.system))
-                if value is not None and was is not None and value != was]
+    counted = f"{total} messages" + (
+        f"; the {len(kept)} after its /초기화 are remembered" if len(kept) != total else ""
+    )
+    replaced = [
+        f"{flag} {_short(value)} replaces the session's {_short(was)}"
+        for flag, value, was in (
+            ("--model", model, stored.model),
+            ("--template", template, stored.template),
+            ("--system", system, stored.system),
+        )
+        if value is not None and was is not None and value != was
+    ]
     return Resumed(
         id=sid,
         model=model if model is not None else stored.model,

@@ -78,7 +78,10 @@ def update(db: sqlite3.Connection, kind: str = DEFAULT_KIND) -> int:
         else:
             values = [(mid, c or "") for mid, c in rows]
         with db:
-            db.executemany(f"INSERT INTO {name} (rowid, {'terms' if kind == 'kiwi' else 'content'}) VALUES (?, ?)", values)
+            db.executemany(
+                f"INSERT INTO {name} (rowid, {'terms' if kind == 'kiwi' else 'content'}) VALUES (?, ?)",
+                values,
+            )
         last = rows[-1][0]
         added += len(rows)
 
@@ -96,8 +99,10 @@ def match_expression(words: str, kind: str = DEFAULT_KIND) -> str | None:
     # A Kiwi term of two or more characters also matches as a prefix: Kiwi keeps compounds
     # whole (`서울특별시`, `분석기`), and `서울`, `분석` should find them; a one-syllable
     # term stays exact, or `비` (rain) would find every `비밀`.
-    return " AND ".join('"' + p.replace('"', '""') + '"' + ("*" if kind == "kiwi" and len(p) >= 2 else "")
-                        for p in dict.fromkeys(parts))
+    return " AND ".join(
+        '"' + p.replace('"', '""') + '"' + ("*" if kind == "kiwi" and len(p) >= 2 else "")
+        for p in dict.fromkeys(parts)
+    )
 
 
 def search(db: sqlite3.Connection, words: str, kind: str = DEFAULT_KIND, limit: int = 20) -> list[Hit]:
@@ -116,4 +121,6 @@ def search(db: sqlite3.Connection, words: str, kind: str = DEFAULT_KIND, limit: 
 def forget(db: sqlite3.Connection, session_id: str) -> None:
     """Remove a session's messages from every index (inside the caller's transaction)."""
     for name in existing(db):
-        db.execute(f"DELETE FROM {name} WHERE rowid IN (SELECT id FROM messages WHERE session_id = ?)", (session_id,))
+        db.execute(
+            f"DELETE FROM {name} WHERE rowid IN (SELECT id FROM messages WHERE session_id = ?)", (session_id,)
+        )

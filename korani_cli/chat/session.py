@@ -13,22 +13,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from korani_cli import memory
-from korani_cli.template import Message, user
-from korani_cli import oneshot
+from korani_cli import memory, oneshot
 from korani_cli.backends import Backend, GenerationParams, Usage
 from korani_cli.chat.history import History, HistoryError, to_markdown
 from korani_cli.errors import KoraniError
 from korani_cli.search.query import is_follow_up, rewrite_query, standalone
 from korani_cli.search.types import Citation
+from korani_cli.template import Message, user
 from korani_cli.untrusted import clean, clean_line
 
 ANSWER_ROOM = 256  # tokens kept free for the answer when trimming
 COMMANDS = {
-    "/검색": "search", "/search": "search", "/출처": "sources", "/sources": "sources",
-    "/초기화": "reset", "/reset": "reset", "/저장": "save", "/save": "save", "/기록": "history", "/history": "history",
-    "/모델": "model", "/model": "model", "/다시": "retry", "/retry": "retry", "/도움말": "help", "/help": "help",
-    "/종료": "exit", "/exit": "exit", "/quit": "exit",
+    "/검색": "search",
+    "/search": "search",
+    "/출처": "sources",
+    "/sources": "sources",
+    "/초기화": "reset",
+    "/reset": "reset",
+    "/저장": "save",
+    "/save": "save",
+    "/기록": "history",
+    "/history": "history",
+    "/모델": "model",
+    "/model": "model",
+    "/다시": "retry",
+    "/retry": "retry",
+    "/도움말": "help",
+    "/help": "help",
+    "/종료": "exit",
+    "/exit": "exit",
+    "/quit": "exit",
 }
 HELP = """명령어
   /검색 <질문>  (/search)   웹을 검색해 출처와 함께 답합니다
@@ -61,6 +75,7 @@ class Asked:
 
 
 # -- events: what handle() yields; the REPL decides how each looks --------------------------
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -142,8 +157,17 @@ def _retrieve_with_events(query, options) -> Iterator:
 
     def work():
         try:
-            inbox.put(("result", retrieve(query, options, lambda m: inbox.put(("notice", m)),
-                                          on_stage=lambda s: inbox.put(("stage", s)))))
+            inbox.put(
+                (
+                    "result",
+                    retrieve(
+                        query,
+                        options,
+                        lambda m: inbox.put(("notice", m)),
+                        on_stage=lambda s: inbox.put(("stage", s)),
+                    ),
+                )
+            )
         except BaseException as exc:  # handed to the chat thread, which raises it there
             inbox.put(("error", exc))
 
@@ -166,10 +190,21 @@ def _round(seconds: float | None) -> float | None:
 
 
 class ChatSession:
-    def __init__(self, load_backend: Callable[[], Backend], history: History, session_id: str | None = None, *,
-                 model_name: str, system: str | None = None, template: str | None = None,
-                 params: GenerationParams | None = None, search_options=None, restored: list[Message] | None = None,
-                 context_tokens: int | None = None, choose_model: Callable[[str], ModelChoice] | None = None):
+    def __init__(
+        self,
+        load_backend: Callable[[], Backend],
+        history: History,
+        session_id: str | None = None,
+        *,
+        model_name: str,
+        system: str | None = None,
+        template: str | None = None,
+        params: GenerationParams | None = None,
+        search_options=None,
+        restored: list[Message] | None = None,
+        context_tokens: int | None = None,
+        choose_model: Callable[[str], ModelChoice] | None = None,
+    ):
         """`session_id` None: a new chat, whose session row is written with its first message
         (a chat that fails to start, or says nothing, leaves no empty session behind)."""
         self._load = load_backend
@@ -181,7 +216,9 @@ class ChatSession:
         self.template = template
         self.params = params or GenerationParams()
         self.search_options = search_options
-        self.context_tokens = context_tokens  # the sources' share of a /검색 prompt; None: the model's default
+        self.context_tokens = (
+            context_tokens  # the sources' share of a /검색 prompt; None: the model's default
+        )
         self.turns: list[Message] = list(restored or [])
         self.last_sources: list = []
         self.last_query: str | None = None
@@ -200,8 +237,12 @@ class ChatSession:
                 self.session_id = self.history.new_session(self.model_name, self.system, self.template)
             self.history.add(self.session_id, role, content, *extra)
         except HistoryError as exc:
-            self._pending += [ErrorLine(exc.one_line()),
-                              Notice("이 대화는 이제부터 저장되지 않고 메모리에만 남습니다 (/저장 으로 파일에 저장할 수 있습니다)")]
+            self._pending += [
+                ErrorLine(exc.one_line()),
+                Notice(
+                    "이 대화는 이제부터 저장되지 않고 메모리에만 남습니다 (/저장 으로 파일에 저장할 수 있습니다)"
+                ),
+            ]
             self.history = History.in_memory()
             self.session_id = self.history.new_session(self.model_name, self.system, self.template)
             for turn in self.turns:
@@ -226,14 +267,18 @@ class ChatSession:
             return messages, 0
         return memory.fit(messages, self.backend, ANSWER_ROOM)
 
-    def _generate(self, user_message: Message, stored_text: str, store_question: bool = True) -> Iterator[Event]:
+    def _generate(
+        self, user_message: Message, stored_text: str, store_question: bool = True
+    ) -> Iterator[Event]:
         """Generate, remember, store and show one plain answer as it streams."""
         if store_question:
             self._store("user", stored_text)  # before generation: never lost
         messages, dropped = self.prompt_messages(user_message)
         if dropped and not self.trim_reported:
             self.trim_reported = True
-            yield Notice(f"대화가 길어져 오래된 대화 {dropped}개를 기억에서 뺐습니다 (컨텍스트 {self.backend.info.context_length} 토큰)")
+            yield Notice(
+                f"대화가 길어져 오래된 대화 {dropped}개를 기억에서 뺐습니다 (컨텍스트 {self.backend.info.context_length} 토큰)"
+            )
         yield Stage("답변 생성 중")
         run = oneshot.Run(self.backend, messages, self.params)  # the same generation loop as `korani ask`
         try:
@@ -243,8 +288,12 @@ class ChatSession:
             result = run.result()  # stops generating; what came until then is the answer (Ctrl-C keeps it)
             timings = AnswerTimings(_round(result.timings.first_token_s), round(result.timings.generate_s, 4))
             if result.answer:
-                self._store("assistant", result.answer, self.model_name,
-                            {"first_token_s": timings.first_token_s, "total_s": timings.total_s})
+                self._store(
+                    "assistant",
+                    result.answer,
+                    self.model_name,
+                    {"first_token_s": timings.first_token_s, "total_s": timings.total_s},
+                )
                 self.turns += [Message("user", stored_text), Message("assistant", result.answer)]
         yield Answered(result.answer, timings, run.generation.usage)
 
@@ -323,14 +372,23 @@ class ChatSession:
         start = time.perf_counter()
         shown: list[str] = []
         done = None
-        events = stream(self.backend, question, ranked, self.params, system=self.system, history=self.turns,
-                            context_tokens=self.context_tokens)
+        events = stream(
+            self.backend,
+            question,
+            ranked,
+            self.params,
+            system=self.system,
+            history=self.turns,
+            context_tokens=self.context_tokens,
+        )
         try:
             for event in events:
                 if isinstance(event, Trimmed):
                     if not self.trim_reported:
                         self.trim_reported = True
-                        yield Notice(f"대화가 길어져 오래된 대화 {event.dropped}개를 기억에서 뺐습니다 (컨텍스트 {event.context_length} 토큰)")
+                        yield Notice(
+                            f"대화가 길어져 오래된 대화 {event.dropped}개를 기억에서 뺐습니다 (컨텍스트 {event.context_length} 토큰)"
+                        )
                 elif isinstance(event, Text):
                     shown.append(event.text)
                     yield AnswerText(event.text)
@@ -341,12 +399,20 @@ class ChatSession:
             events.close()
             answer = done.answer.text if done else "".join(shown)
             citations = tuple(done.answer.citations) if done else ()
-            timings = AnswerTimings(_round(done.timings.first_token_s) if done else None, round(time.perf_counter() - start, 4),
-                                    _round(done.timings.first_sentence_s) if done else None)
+            timings = AnswerTimings(
+                _round(done.timings.first_token_s) if done else None,
+                round(time.perf_counter() - start, 4),
+                _round(done.timings.first_sentence_s) if done else None,
+            )
             if answer:
-                stored = {"first_token_s": timings.first_token_s, "first_sentence_s": timings.first_sentence_s,
-                          "total_s": timings.total_s}
-                self._store("assistant", answer, self.model_name, stored, [c.__dict__ for c in citations] or None)
+                stored = {
+                    "first_token_s": timings.first_token_s,
+                    "first_sentence_s": timings.first_sentence_s,
+                    "total_s": timings.total_s,
+                }
+                self._store(
+                    "assistant", answer, self.model_name, stored, [c.__dict__ for c in citations] or None
+                )
                 self.turns += [Message("user", question), Message("assistant", answer)]
         yield Answered(answer, timings, done.usage, citations, done.answer.footnotes())
 
@@ -357,8 +423,11 @@ class ChatSession:
         lines = []
         for i, r in enumerate(self.last_sources, 1):
             # Indented lines keep their indent when the REPL wraps them.
-            lines += [f"[{i}] {r.score:.4f}  {clean_line(r.passage.title)}", f"    {clean_line(r.passage.url)}",
-                      f"    {cut_at_word(clean_line(r.passage.text), SOURCE_CHARS)}"]
+            lines += [
+                f"[{i}] {r.score:.4f}  {clean_line(r.passage.title)}",
+                f"    {clean_line(r.passage.url)}",
+                f"    {cut_at_word(clean_line(r.passage.text), SOURCE_CHARS)}",
+            ]
         yield Output("\n".join(lines))
 
     def cmd_reset(self, _arg: str) -> Iterator[Event]:
@@ -389,11 +458,16 @@ class ChatSession:
 
     def cmd_history(self, _arg: str) -> Iterator[Event]:
         if not self.history.persistent:
-            yield Output("이 대화는 기록 없이 메모리에서만 진행 중입니다 — 저장된 대화 목록은 korani history list")
+            yield Output(
+                "이 대화는 기록 없이 메모리에서만 진행 중입니다 — 저장된 대화 목록은 korani history list"
+            )
             return
         rows = self.history.sessions(20)
-        lines = [f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created or 0))}  {r.model}  메시지 {r.messages}개  "
-                 f"{(r.first or '')[:40]}" for r in rows]
+        lines = [
+            f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created or 0))}  {r.model}  메시지 {r.messages}개  "
+            f"{(r.first or '')[:40]}"
+            for r in rows
+        ]
         yield Output("\n".join(lines) or "저장된 대화가 없습니다")
 
     def cmd_model(self, arg: str) -> Iterator[Event]:
@@ -414,7 +488,9 @@ class ChatSession:
         """Load `name`; only once it has loaded does it replace the current model (a
         failure is one error line and the chat goes on with the model it had)."""
         if self.choose_model is None:
-            yield ErrorLine("이 대화에서는 모델을 바꿀 수 없습니다 — korani chat --model 이름 으로 시작하세요")
+            yield ErrorLine(
+                "이 대화에서는 모델을 바꿀 수 없습니다 — korani chat --model 이름 으로 시작하세요"
+            )
             return
         yield Stage("모델 불러오는 중")
         try:
@@ -441,7 +517,11 @@ class ChatSession:
         if asked is None:
             yield Output("다시 답할 질문이 없습니다 — 먼저 질문하거나 /검색 하세요")
             return
-        if len(self.turns) >= 2 and self.turns[-1].role == "assistant" and self.turns[-2].content == asked.question:
+        if (
+            len(self.turns) >= 2
+            and self.turns[-1].role == "assistant"
+            and self.turns[-2].content == asked.question
+        ):
             self.turns = self.turns[:-2]
             if self.session_id is not None:
                 try:

@@ -190,13 +190,19 @@ class AnswerView:
         self.text += chunk
         blocks, tail = split_blocks(self.text)
         with self.guard.writing():
-            for block in blocks[self.printed:]:
+            for block in blocks[self.printed :]:
                 self._print_block(block)  # printed above the live block
             if not tail.strip():
                 return
             if self.live is None:
-                self.live = Live(console=self.console, auto_refresh=False, transient=True,
-                                 vertical_overflow="visible", redirect_stdout=False, redirect_stderr=False)
+                self.live = Live(
+                    console=self.console,
+                    auto_refresh=False,
+                    transient=True,
+                    vertical_overflow="visible",
+                    redirect_stdout=False,
+                    redirect_stderr=False,
+                )
                 self.live.start()
             self.live.update(self._renderable(tail), refresh=True)
 
@@ -214,5 +220,5 @@ class AnswerView:
                 self.live.stop()  # transient: erased, then printed whole below
                 self.live = None
             blocks, tail = split_blocks(self.text)
-            for block in blocks[self.printed:] + ([tail] if tail.strip() else []):
+            for block in blocks[self.printed :] + ([tail] if tail.strip() else []):
                 self._print_block(block)

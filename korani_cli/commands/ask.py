@@ -11,15 +11,24 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from korani_cli.commands.search import (
-    AllowPrivateOpt, ContextTokensOpt, EmbedderOpt, FollowLinksOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
-)
 from korani_cli.commands.models import BackendOpt
+from korani_cli.commands.search import (
+    AllowPrivateOpt,
+    ContextTokensOpt,
+    EmbedderOpt,
+    FollowLinksOpt,
+    LocalDirOpt,
+    OfflineOpt,
+    ProviderOpt,
+    RerankerOpt,
+    SearxngOpt,
+    TopKOpt,
+    search_options,
+)
 from korani_cli.config import CONTEXT_TOKENS, SEED, TEMPLATES, check_flag, load_settings
 from korani_cli.console import err_console, korani_command, notice
 from korani_cli.errors import UsageError
 from korani_cli.untrusted import clean, clean_line
-
 
 STDIN_IS_QUESTION_FIX = "pipe a UTF-8 text question: echo 질문 | korani ask -"
 PIPED_TEXT_FIX = "pipe UTF-8 text, or run with </dev/null to ask without it"
@@ -33,9 +42,14 @@ def _question(text: str | None) -> str:
 
     if text is None or text == "-":
         if sys.stdin is None:
-            raise UsageError("no question given and stdin is closed", 'pass it as an argument: korani ask "질문"')
+            raise UsageError(
+                "no question given and stdin is closed", 'pass it as an argument: korani ask "질문"'
+            )
         if text is None and sys.stdin.isatty():
-            raise UsageError("no question given", 'pass it as an argument (korani ask "질문") or pipe it: echo 질문 | korani ask -')
+            raise UsageError(
+                "no question given",
+                'pass it as an argument (korani ask "질문") or pipe it: echo 질문 | korani ask -',
+            )
         text = piped.read(notice, waiting=WAITING, fix=STDIN_IS_QUESTION_FIX)
     else:
         if any("\udc80" <= ch <= "\udcff" for ch in text):  # argv bytes that were not UTF-8
@@ -47,7 +61,9 @@ def _question(text: str | None) -> str:
         if before and text.strip():
             text = f"{before}\n\n{text.strip()}"
     if "\x00" in text:
-        raise UsageError("the question holds NUL bytes (binary data?)", 'pass a text question: korani ask "질문"')
+        raise UsageError(
+            "the question holds NUL bytes (binary data?)", 'pass a text question: korani ask "질문"'
+        )
     text = text.strip()
     if not text:
         raise UsageError("the question is empty", 'pass a question: korani ask "질문"')
@@ -55,8 +71,10 @@ def _question(text: str | None) -> str:
 
 
 def _trimmed_note(dropped: int, context_length: int) -> str:
-    return (f"the conversation is longer than the model's context window ({context_length} tokens): "
-            f"its {dropped} oldest exchanges were left out of the prompt")
+    return (
+        f"the conversation is longer than the model's context window ({context_length} tokens): "
+        f"its {dropped} oldest exchanges were left out of the prompt"
+    )
 
 
 def _sourced(events, write=None):
@@ -80,27 +98,79 @@ def _as_answer(done, backend, load_s: float):
 
     t = done.timings
     return oneshot.Answer(
-        answer=done.answer.text, model=backend.info.name, backend=backend.info.backend,
-        prompt_tokens=done.usage.prompt_tokens, completion_tokens=done.usage.completion_tokens,
+        answer=done.answer.text,
+        model=backend.info.name,
+        backend=backend.info.backend,
+        prompt_tokens=done.usage.prompt_tokens,
+        completion_tokens=done.usage.completion_tokens,
         finish_reason=done.usage.finish_reason,
-        timings=oneshot.Timings(load_s=load_s, first_token_s=t.first_token_s, generate_s=t.generate_s,
-                                total_s=load_s + t.prepare_s + t.generate_s, first_sentence_s=t.first_sentence_s),
+        timings=oneshot.Timings(
+            load_s=load_s,
+            first_token_s=t.first_token_s,
+            generate_s=t.generate_s,
+            total_s=load_s + t.prepare_s + t.generate_s,
+            first_sentence_s=t.first_sentence_s,
+        ),
     )
 
 
 @korani_command
 def ask(
-    question: Annotated[Optional[str], typer.Argument(help="The question; '-' (or nothing, when piped) reads it from stdin. Text piped with a question goes before it: cat notes.txt | korani ask \"요약해 줘\".", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Alias (korani-5.8b, demo, demo-chat), .gguf path, model directory, hub id or openai:MODEL@URL. [default: KORANI_MODEL, else the config file's model, else korani-5.8b]")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System text placed before the conversation. [default: none]")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens to generate. [default: 256]")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]")] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass, 0 to 1. [default: 0.9]")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0 to 4294967295), for repeatable sampling. [default: random]")] = None,
+    question: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="The question; '-' (or nothing, when piped) reads it from stdin. Text piped with a question goes before it: cat notes.txt | korani ask \"요약해 줘\".",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Alias (korani-5.8b, demo, demo-chat), .gguf path, model directory, hub id or openai:MODEL@URL. [default: KORANI_MODEL, else the config file's model, else korani-5.8b]",
+        ),
+    ] = None,
+    system: Annotated[
+        Optional[str],
+        typer.Option("--system", "-s", help="System text placed before the conversation. [default: none]"),
+    ] = None,
+    max_new_tokens: Annotated[
+        Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens to generate. [default: 256]")
+    ] = None,
+    temperature: Annotated[
+        Optional[float],
+        typer.Option(
+            "--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]"
+        ),
+    ] = None,
+    top_p: Annotated[
+        Optional[float], typer.Option("--top-p", help="Nucleus sampling mass, 0 to 1. [default: 0.9]")
+    ] = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(
+            "--seed", help="Random seed (0 to 4294967295), for repeatable sampling. [default: random]"
+        ),
+    ] = None,
     backend: BackendOpt = None,
-    template: Annotated[Optional[str], typer.Option("--template", help=f"Prompt format: {' or '.join(TEMPLATES)} (the model's own chat template). [default: korani; model for an alias with its own chat template, e.g. demo-chat]")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, model, backend, token counts, finish_reason, timings, session (the history id it was saved to, or null).")] = False,
-    web: Annotated[bool, typer.Option("--search", help="Search the web first and answer from the pages, with footnotes.")] = False,
+    template: Annotated[
+        Optional[str],
+        typer.Option(
+            "--template",
+            help=f"Prompt format: {' or '.join(TEMPLATES)} (the model's own chat template). [default: korani; model for an alias with its own chat template, e.g. demo-chat]",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON object: answer, model, backend, token counts, finish_reason, timings, session (the history id it was saved to, or null).",
+        ),
+    ] = False,
+    web: Annotated[
+        bool, typer.Option("--search", help="Search the web first and answer from the pages, with footnotes.")
+    ] = False,
     provider: ProviderOpt = None,
     searxng_url: SearxngOpt = None,
     local_dir: LocalDirOpt = None,
@@ -111,10 +181,35 @@ def ask(
     reranker: RerankerOpt = None,
     follow_links: FollowLinksOpt = False,
     context_tokens: ContextTokensOpt = None,
-    allow_no_sources: Annotated[bool, typer.Option("--allow-no-sources", help="With --search: answer without sources (and say so) when nothing could be found or read.")] = False,
-    resume_last: Annotated[bool, typer.Option("--continue", "-c", help="Continue the last conversation (chat or ask): its messages go into the prompt, with its model, template and system text unless given here.")] = False,
-    session_id: Annotated[Optional[str], typer.Option("--session", help="Continue this session; any unique prefix of its id works (see `korani history list`). [default: a new session]")] = None,
-    no_log: Annotated[bool, typer.Option("--no-log", help="Do not save this exchange to the history (KORANI_LOG=0 turns saving off for every ask).")] = False,
+    allow_no_sources: Annotated[
+        bool,
+        typer.Option(
+            "--allow-no-sources",
+            help="With --search: answer without sources (and say so) when nothing could be found or read.",
+        ),
+    ] = False,
+    resume_last: Annotated[
+        bool,
+        typer.Option(
+            "--continue",
+            "-c",
+            help="Continue the last conversation (chat or ask): its messages go into the prompt, with its model, template and system text unless given here.",
+        ),
+    ] = False,
+    session_id: Annotated[
+        Optional[str],
+        typer.Option(
+            "--session",
+            help="Continue this session; any unique prefix of its id works (see `korani history list`). [default: a new session]",
+        ),
+    ] = None,
+    no_log: Annotated[
+        bool,
+        typer.Option(
+            "--no-log",
+            help="Do not save this exchange to the history (KORANI_LOG=0 turns saving off for every ask).",
+        ),
+    ] = False,
 ) -> None:
     """Answer one question and exit: the answer alone on stdout, for shell scripts.
 
@@ -146,8 +241,14 @@ def ask(
     if resumed is not None:
         model, template, system = resumed.model, resumed.template, resumed.system
     settings = load_settings(
-        {"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "template": template,
-         "backend": backend}
+        {
+            "model": model,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "template": template,
+            "backend": backend,
+        }
     )
     check_flag("--seed", seed, SEED)
     check_flag("--context-tokens", context_tokens, CONTEXT_TOKENS)
@@ -156,19 +257,38 @@ def ask(
         notice(resumed.note)
     earlier = resumed.messages if resumed is not None else []
     streaming = sys.stdout.isatty() and not as_json
-    params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                              top_p=settings.top_p, seed=seed, stream=streaming)
+    params = GenerationParams(
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=seed,
+        stream=streaming,
+    )
     retrieval = None
     if web or local_dir:
-        opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links)
+        opts = search_options(
+            provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links
+        )
         retrieval = _retrieve(text, opts, allow_no_sources)
     loaded, load_s = _load(settings)
     result, sourced = _generate(loaded, text, system, earlier, retrieval, params, context_tokens, load_s)
     payload = _payload(result, retrieval, sourced)
-    payload["session"] = asklog.save(
-        None, resumed.id if resumed is not None else None, text, result.answer, model=settings.model, system=system,
-        template=settings.template, timings={k: v for k, v in payload["timings"].items() if v is not None},
-        citations=payload.get("citations") or None, notify=notice) if log else None
+    payload["session"] = (
+        asklog.save(
+            None,
+            resumed.id if resumed is not None else None,
+            text,
+            result.answer,
+            model=settings.model,
+            system=system,
+            template=settings.template,
+            timings={k: v for k, v in payload["timings"].items() if v is not None},
+            citations=payload.get("citations") or None,
+            notify=notice,
+        )
+        if log
+        else None
+    )
     if as_json:
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
     else:
@@ -188,8 +308,14 @@ def _resumed(session_id, model, template, system):
 
     history = History(without="or ask without continuing (drop -c/--session)")
     try:
-        return resume(history, session_id, model=model, template=template, system=system,
-                      start_hint='ask a first question without -c: korani ask "질문"')
+        return resume(
+            history,
+            session_id,
+            model=model,
+            template=template,
+            system=system,
+            start_hint='ask a first question without -c: korani ask "질문"',
+        )
     finally:
         history.close()  # the exchange is stored through a connection of its own, after the answer
 
@@ -204,7 +330,9 @@ def _retrieve(text: str, opts, allow_no_sources: bool):
     except NoSources as exc:
         if not allow_no_sources:
             # Only ask can answer without sources, so only ask's hint names the option.
-            raise NoSources(exc.what, f"{exc.fix}, or pass --allow-no-sources" if exc.fix else "pass --allow-no-sources") from None
+            raise NoSources(
+                exc.what, f"{exc.fix}, or pass --allow-no-sources" if exc.fix else "pass --allow-no-sources"
+            ) from None
         notice(f"{exc.what}; answering without sources (--allow-no-sources)")
         return None
 
@@ -214,7 +342,9 @@ def _load(settings):
     from korani_cli.models import load_backend, resolve
 
     start = time.perf_counter()
-    with err_console().status(f"모델 불러오는 중… [bold]{escape(clean_line(settings.model))}[/bold]", spinner="dots"):
+    with err_console().status(
+        f"모델 불러오는 중… [bold]{escape(clean_line(settings.model))}[/bold]", spinner="dots"
+    ):
         loaded = load_backend(resolve(settings.model, settings), settings, notice)
     return loaded, time.perf_counter() - start
 
@@ -231,13 +361,22 @@ def _generate(backend, text, system, earlier, retrieval, params, context_tokens,
         sys.stdout.flush()
 
     on_text = write if params.stream else None
-    waiting = contextlib.nullcontext() if params.stream else err_console().status("답변 생성 중…", spinner="dots")
+    waiting = (
+        contextlib.nullcontext() if params.stream else err_console().status("답변 생성 중…", spinner="dots")
+    )
     try:
         with waiting:
             if retrieval is not None:
                 # Sentences are shown once their markers are checked (search/answer.py).
-                events = stream(backend, text, retrieval.ranked, params, system=system, history=earlier,
-                                           context_tokens=context_tokens)
+                events = stream(
+                    backend,
+                    text,
+                    retrieval.ranked,
+                    params,
+                    system=system,
+                    history=earlier,
+                    context_tokens=context_tokens,
+                )
                 done = _sourced(events, on_text)
                 return _as_answer(done, backend, load_s), done.answer
             messages = conversation(text, system, earlier)
@@ -260,8 +399,11 @@ def _payload(result, retrieval, sourced) -> dict:
         payload.update(
             citations=[c.__dict__ for c in sourced.citations],
             sources=sourced.sources,
-            search={"provider": retrieval.provider, "timings": retrieval.timings.stages,
-                    "skipped": [skipped.to_json() for skipped in retrieval.failures]},
+            search={
+                "provider": retrieval.provider,
+                "timings": retrieval.timings.stages,
+                "skipped": [skipped.to_json() for skipped in retrieval.failures],
+            },
         )
         if not sourced.citations:
             notice("no sentence of the answer is supported by the sources; no footnotes")
@@ -275,7 +417,10 @@ def _cut_note(result, params, searched: bool) -> None:
     made = result.completion_tokens
     if made is not None and made < params.max_new_tokens:
         # The backend gave the answer only the room the context window had left.
-        notice(f"the answer was cut at {made} tokens: the prompt ({result.prompt_tokens} tokens) filled the rest of the "
-               "model's context window; shorten the question" + (" or lower --context-tokens" if searched else ""))
+        notice(
+            f"the answer was cut at {made} tokens: the prompt ({result.prompt_tokens} tokens) filled the rest of the "
+            "model's context window; shorten the question"
+            + (" or lower --context-tokens" if searched else "")
+        )
     else:
         notice(f"the answer was cut at {params.max_new_tokens} tokens; raise --max-new-tokens for more")

@@ -9,25 +9,78 @@ from typing import Annotated, Optional
 
 import typer
 
-from korani_cli.commands.search import (
-    AllowPrivateOpt, ContextTokensOpt, EmbedderOpt, FollowLinksOpt, LocalDirOpt, OfflineOpt, ProviderOpt, RerankerOpt, SearxngOpt, TopKOpt, search_options,
-)
 from korani_cli.commands.models import BackendOpt
+from korani_cli.commands.search import (
+    AllowPrivateOpt,
+    ContextTokensOpt,
+    EmbedderOpt,
+    FollowLinksOpt,
+    LocalDirOpt,
+    OfflineOpt,
+    ProviderOpt,
+    RerankerOpt,
+    SearxngOpt,
+    TopKOpt,
+    search_options,
+)
 from korani_cli.console import korani_command, notice
 
-history_app = typer.Typer(help="Saved chat and ask sessions: list, show, search, export, rm.", no_args_is_help=True)
+history_app = typer.Typer(
+    help="Saved chat and ask sessions: list, show, search, export, rm.", no_args_is_help=True
+)
 
 
 @korani_command
 def chat(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="As for `korani ask`; when resuming, replaces the session's model. [default: the session's model, else config / KORANI_MODEL / korani-5.8b]")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System text for the whole chat. [default: the session's, else none]")] = None,
-    resume_last: Annotated[bool, typer.Option("--continue", "-c", help="Resume the last conversation: its model, template, system text and messages.")] = False,
-    session_id: Annotated[Optional[str], typer.Option("--session", help="Resume this session; any unique prefix of its id works (see `korani history list`). [default: a new session]")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens per answer. [default: 256]")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling, for repeatable answers. [default: random]")] = None,
-    template: Annotated[Optional[str], typer.Option("--template", help="Prompt format: korani (### User / ### Bot) or model (the model's own chat template). [default: the session's, else model for demo-chat (it ships one), else korani]")] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="As for `korani ask`; when resuming, replaces the session's model. [default: the session's model, else config / KORANI_MODEL / korani-5.8b]",
+        ),
+    ] = None,
+    system: Annotated[
+        Optional[str],
+        typer.Option(
+            "--system", "-s", help="System text for the whole chat. [default: the session's, else none]"
+        ),
+    ] = None,
+    resume_last: Annotated[
+        bool,
+        typer.Option(
+            "--continue",
+            "-c",
+            help="Resume the last conversation: its model, template, system text and messages.",
+        ),
+    ] = False,
+    session_id: Annotated[
+        Optional[str],
+        typer.Option(
+            "--session",
+            help="Resume this session; any unique prefix of its id works (see `korani history list`). [default: a new session]",
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens per answer. [default: 256]")
+    ] = None,
+    temperature: Annotated[
+        Optional[float],
+        typer.Option(
+            "--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]"
+        ),
+    ] = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option("--seed", help="Random seed for sampling, for repeatable answers. [default: random]"),
+    ] = None,
+    template: Annotated[
+        Optional[str],
+        typer.Option(
+            "--template",
+            help="Prompt format: korani (### User / ### Bot) or model (the model's own chat template). [default: the session's, else model for demo-chat (it ships one), else korani]",
+        ),
+    ] = None,
     backend: BackendOpt = None,
     provider: ProviderOpt = None,
     searxng_url: SearxngOpt = None,
@@ -39,7 +92,13 @@ def chat(
     reranker: RerankerOpt = None,
     follow_links: FollowLinksOpt = False,
     context_tokens: ContextTokensOpt = None,
-    no_history: Annotated[bool, typer.Option("--no-history", help="Keep this chat in memory only: nothing is read from or saved to the history database.")] = False,
+    no_history: Annotated[
+        bool,
+        typer.Option(
+            "--no-history",
+            help="Keep this chat in memory only: nothing is read from or saved to the history database.",
+        ),
+    ] = False,
 ) -> None:
     """Chat in the terminal; `/검색 질문` answers from the web with footnotes, `/도움말` lists commands.
 
@@ -54,8 +113,8 @@ def chat(
     """
     from korani_cli.backends import GenerationParams
     from korani_cli.chat.history import History
-    from korani_cli.chat.resume import resume
     from korani_cli.chat.repl import run
+    from korani_cli.chat.resume import resume
     from korani_cli.chat.session import ChatSession, ModelChoice
     from korani_cli.config import CONTEXT_TOKENS, SEED, check_flag, load_settings
     from korani_cli.console import err_console
@@ -68,36 +127,77 @@ def chat(
     if session_id is not None and not session_id.strip():
         raise UsageError("--session is empty", "pass a session id from `korani history list`")
     if no_history and (resume_last or session_id):
-        raise UsageError("--no-history cannot resume a saved session", "drop --continue/--session, or drop --no-history")
+        raise UsageError(
+            "--no-history cannot resume a saved session", "drop --continue/--session, or drop --no-history"
+        )
     history = History.in_memory() if no_history else History()
     try:
         restored: list = []
         sid = None
         resumed_note = ""
         if resume_last or session_id:
-            resumed = resume(history, session_id, model=model, template=template, system=system,
-                             start_hint="start one with korani chat (without --continue)")
+            resumed = resume(
+                history,
+                session_id,
+                model=model,
+                template=template,
+                system=system,
+                start_hint="start one with korani chat (without --continue)",
+            )
             sid, restored, resumed_note = resumed.id, resumed.messages, resumed.note
             model, template, system = resumed.model, resumed.template, resumed.system
-        settings = load_settings({"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature, "template": template,
-                                  "backend": backend})
-        opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links)
+        settings = load_settings(
+            {
+                "model": model,
+                "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+                "template": template,
+                "backend": backend,
+            }
+        )
+        opts = search_options(
+            provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links
+        )
         if no_history:
             notice("--no-history: this chat is kept in memory only and will not be saved")
         if resumed_note:
             notice(resumed_note)
-        params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p, seed=seed)
+        params = GenerationParams(
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seed=seed,
+        )
 
         def choose_model(name: str) -> ModelChoice:
             # /모델 NAME: the new model's own default template, unless --template was given here.
-            chosen = load_settings({"model": name, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                                    "template": given_template, "backend": backend})
-            return ModelChoice(chosen.model, chosen.template, lambda: load_backend(resolve(chosen.model, chosen), chosen, notice))
+            chosen = load_settings(
+                {
+                    "model": name,
+                    "max_new_tokens": max_new_tokens,
+                    "temperature": temperature,
+                    "template": given_template,
+                    "backend": backend,
+                }
+            )
+            return ModelChoice(
+                chosen.model,
+                chosen.template,
+                lambda: load_backend(resolve(chosen.model, chosen), chosen, notice),
+            )
 
         session = ChatSession(
-            lambda: load_backend(resolve(settings.model, settings), settings, notice), history, sid,
-            model_name=settings.model, system=system, template=settings.template, params=params, search_options=opts,
-            restored=restored, context_tokens=context_tokens, choose_model=choose_model,
+            lambda: load_backend(resolve(settings.model, settings), settings, notice),
+            history,
+            sid,
+            model_name=settings.model,
+            system=system,
+            template=settings.template,
+            params=params,
+            search_options=opts,
+            restored=restored,
+            context_tokens=context_tokens,
+            choose_model=choose_model,
         )
         # Load before the first prompt: a model that cannot load at all ends the command
         # with exit 3 (piped or not), instead of failing each message and exiting 0.
@@ -152,16 +252,34 @@ def history_list(
     history = History()
     rows = history.sessions(limit)
     if as_json:
-        _print_json([{"id": r.id, "created": _iso(r.created), "kind": r.kind, "model": r.model, "messages": r.messages,
-                      "first": clean(r.first) if r.first is not None else None} for r in rows])
+        _print_json(
+            [
+                {
+                    "id": r.id,
+                    "created": _iso(r.created),
+                    "kind": r.kind,
+                    "model": r.model,
+                    "messages": r.messages,
+                    "first": clean(r.first) if r.first is not None else None,
+                }
+                for r in rows
+            ]
+        )
         return
     for r in rows:
         first_line = clean_line((r.first or "").split("\n", 1)[0])[:50]
-        typer.echo(f"{clean_line(str(r.id))}  {_when(r.created)}  {clean_line(r.kind):<4}  {clean_line(str(r.model))}  "
-                   f"{r.messages} messages  {first_line}")
+        typer.echo(
+            f"{clean_line(str(r.id))}  {_when(r.created)}  {clean_line(r.kind):<4}  {clean_line(str(r.model))}  "
+            f"{r.messages} messages  {first_line}"
+        )
 
 
-SessionArg = Annotated[str, typer.Argument(help="Session id, or any unique prefix of it (see `korani history list`).", show_default=False)]
+SessionArg = Annotated[
+    str,
+    typer.Argument(
+        help="Session id, or any unique prefix of it (see `korani history list`).", show_default=False
+    ),
+]
 
 
 @history_app.command("show")
@@ -182,11 +300,27 @@ def history_show(session_id: SessionArg, as_json: JsonOpt = False) -> None:
     messages = history.messages(sid)
     stored = history.session(sid)
     if as_json:
-        _print_json({
-            "id": sid, "created": _iso(stored.created), "kind": stored.kind, "model": stored.model, "system": stored.system, "template": stored.template,
-            "messages": [{"role": m.role, "content": clean(m.content or ""), "created": _iso(m.created), "model": m.model,
-                          "timings": m.timings, "citations": m.citations} for m in messages],
-        })
+        _print_json(
+            {
+                "id": sid,
+                "created": _iso(stored.created),
+                "kind": stored.kind,
+                "model": stored.model,
+                "system": stored.system,
+                "template": stored.template,
+                "messages": [
+                    {
+                        "role": m.role,
+                        "content": clean(m.content or ""),
+                        "created": _iso(m.created),
+                        "model": m.model,
+                        "timings": m.timings,
+                        "citations": m.citations,
+                    }
+                    for m in messages
+                ],
+            }
+        )
         return
     typer.echo(to_markdown(messages, f"korani {clean_line(stored.kind)} {sid}"), nl=False)
 
@@ -195,7 +329,9 @@ def history_show(session_id: SessionArg, as_json: JsonOpt = False) -> None:
 @korani_command
 def history_export(
     session_id: SessionArg,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Markdown file to write. [default: stdout]")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Markdown file to write. [default: stdout]")
+    ] = None,
 ) -> None:
     """A session as a Markdown transcript with footnotes.
 
@@ -234,7 +370,12 @@ def history_rm(session_id: SessionArg) -> None:
 @history_app.command("search")
 @korani_command
 def history_search(
-    words: Annotated[list[str], typer.Argument(help="Words to find; a message must hold every one (예: 서울 인구).", show_default=False)],
+    words: Annotated[
+        list[str],
+        typer.Argument(
+            help="Words to find; a message must hold every one (예: 서울 인구).", show_default=False
+        ),
+    ],
     limit: Annotated[int, typer.Option("--limit", help="Most messages to show (1 to 1000).")] = 20,
     as_json: JsonOpt = False,
 ) -> None:
@@ -257,8 +398,17 @@ def history_search(
     with _status_if_terminal("검색 중…"):
         hits = history.search(query, limit)
     if as_json:
-        _print_json([{"session": h.session_id, "role": h.role, "created": _iso(h.created), "content": clean(h.content or "")}
-                     for h in hits])
+        _print_json(
+            [
+                {
+                    "session": h.session_id,
+                    "role": h.role,
+                    "created": _iso(h.created),
+                    "content": clean(h.content or ""),
+                }
+                for h in hits
+            ]
+        )
         return
     if not hits:
         notice(f"no saved message matches {clean_line(query)!r}")
@@ -282,4 +432,4 @@ def _excerpt(content: str, query: str, width: int = 70) -> str:
     line = clean_line(content)
     at = min((i for i in (line.find(w) for w in query.split()) if i >= 0), default=0)
     start = max(0, at - width // 3)
-    return ("…" if start else "") + line[start:start + width] + ("…" if start + width < len(line) else "")
+    return ("…" if start else "") + line[start : start + width] + ("…" if start + width < len(line) else "")

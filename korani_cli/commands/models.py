@@ -14,13 +14,19 @@ from rich.table import Table
 
 from korani_cli.console import err_console, korani_command, out_console
 
-app = typer.Typer(help="List model aliases and pulled models, pull korani-5.8b as a GGUF for CPUs, show what a --model spec resolves to.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="List model aliases and pulled models, pull korani-5.8b as a GGUF for CPUs, show what a --model spec resolves to.",
+    no_args_is_help=True,
+)
 
-BackendOpt = Annotated[Optional[str], typer.Option(
-    "--backend",
-    help="For korani-5.8b: auto (the GGUF from `korani models pull` when there is no CUDA GPU, else transformers), "
-         "hf (always transformers) or llamacpp (always the pulled GGUF); other models have one form. [default: the config file's backend, else auto]")]
+BackendOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--backend",
+        help="For korani-5.8b: auto (the GGUF from `korani models pull` when there is no CUDA GPU, else transformers), "
+        "hf (always transformers) or llamacpp (always the pulled GGUF); other models have one form. [default: the config file's backend, else auto]",
+    ),
+]
 
 
 @app.command("list")
@@ -29,7 +35,6 @@ def list_models() -> None:
     """The aliases --model accepts, and the current default."""
     from korani_cli.config import load_settings
     from korani_cli.models import ALIASES
-
     from korani_cli.pull import pulled
 
     default = load_settings().model
@@ -41,11 +46,15 @@ def list_models() -> None:
         out_console().print(f"default: {escape(default)}")
     found = pulled()
     if not found:
-        out_console().print("pulled: none (korani models pull korani-5.8b makes a 4-bit GGUF for CPUs)", highlight=False)
+        out_console().print(
+            "pulled: none (korani models pull korani-5.8b makes a 4-bit GGUF for CPUs)", highlight=False
+        )
         return
     table = Table("pulled", "quant", "size", "sha256", "file", box=None)
     for item in found:
-        table.add_row(item.alias, item.quant, _size(item.size), item.provenance.sha256[:12], escape(str(item.path)))
+        table.add_row(
+            item.alias, item.quant, _size(item.size), item.provenance.sha256[:12], escape(str(item.path))
+        )
     out_console().print(table)
 
 
@@ -53,9 +62,19 @@ def list_models() -> None:
 @korani_command
 def pull_model(
     alias: Annotated[str, typer.Argument(help="The model to pull: korani-5.8b.")],
-    quant: Annotated[str, typer.Option("--quant", help="q4_k_m (about 4 GB for 5.8B), q5_k_m, q8_0 or f16.")] = "q4_k_m",
-    source: Annotated[Optional[Path], typer.Option("--from", help="Take the adapter and base from this directory (DIR/ChaeMs/KoRani-5.8b, DIR/EleutherAI/polyglot-ko-5.8b) instead of the Hub. [default: the Hub]")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Make it again even when this quant is already pulled.")] = False,
+    quant: Annotated[
+        str, typer.Option("--quant", help="q4_k_m (about 4 GB for 5.8B), q5_k_m, q8_0 or f16.")
+    ] = "q4_k_m",
+    source: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--from",
+            help="Take the adapter and base from this directory (DIR/ChaeMs/KoRani-5.8b, DIR/EleutherAI/polyglot-ko-5.8b) instead of the Hub. [default: the Hub]",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Make it again even when this quant is already pulled.")
+    ] = False,
 ) -> None:
     """Download korani-5.8b (adapter and base), merge in float16, convert and quantise with llama.cpp,
     verify, and keep it in korani's cache; then `--model korani-5.8b` uses it on machines without CUDA.
@@ -65,6 +84,7 @@ def pull_model(
 
     console = err_console()
     with console.status("준비 중…", spinner="dots") as status:
+
         def step(message: str) -> None:
             console.print(f"[dim]•[/dim] {escape(message)}", highlight=False)
             status.update(escape(message) + "…")
@@ -72,18 +92,29 @@ def pull_model(
         made, new = pull(alias, quant, source_dir=source, force=force, on_step=step)
     record = made.provenance
     if not new:
-        console.print(f"{alias} {made.quant} is already pulled: {made.path} ({_size(made.size)}); --force makes it again", highlight=False)
+        console.print(
+            f"{alias} {made.quant} is already pulled: {made.path} ({_size(made.size)}); --force makes it again",
+            highlight=False,
+        )
         return
     ratio = f", {made.size / record.f16_size:.2f}× f16" if record.f16_size else ""
-    console.print(f"pulled {alias} {made.quant} → {made.path} ({_size(made.size)}{ratio}), sha256 {record.sha256}", highlight=False)
-    console.print(f"verified: {record.tokenizer_probes} Korean probes tokenised as the HF tokenizer does; "
-                  f"greedy answer to {record.verify_question!r}: {record.verify_answer.strip()[:80]!r}", highlight=False)
+    console.print(
+        f"pulled {alias} {made.quant} → {made.path} ({_size(made.size)}{ratio}), sha256 {record.sha256}",
+        highlight=False,
+    )
+    console.print(
+        f"verified: {record.tokenizer_probes} Korean probes tokenised as the HF tokenizer does; "
+        f"greedy answer to {record.verify_question!r}: {record.verify_answer.strip()[:80]!r}",
+        highlight=False,
+    )
 
 
 @app.command("resolve")
 @korani_command
 def resolve_model(
-    spec: Annotated[Optional[str], typer.Argument(help="A --model value; default: the configured model.")] = None,
+    spec: Annotated[
+        Optional[str], typer.Argument(help="A --model value; default: the configured model.")
+    ] = None,
     backend: BackendOpt = None,
 ) -> None:
     """Show which backend and files a --model value means, without loading it."""

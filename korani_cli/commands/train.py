@@ -52,11 +52,24 @@ class RichReporter:
     """rich progress on stderr: step, loss, eval loss."""
 
     def __init__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[losses]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console(), transient=False,
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[losses]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console(),
+            transient=False,
         )
         self.task = None
         self.losses = {}
@@ -88,22 +101,66 @@ class RichReporter:
 @app.command("run")
 @korani_command
 def run_command(
-    config: Annotated[Path, typer.Argument(help="A recipe YAML file, or the name of a shipped preset (korani-5.8b).", metavar="RECIPE")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides of recipe keys (see `korani train keys`).", show_default=False)] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data directory (overrides `data`). [default: the recipe's `data`]")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (overrides `output`). [default: the recipe's `output`]")] = None,
-    deepspeed: Annotated[Optional[str], typer.Option("--deepspeed", help="zero2, zero3, zero2_offload, zero3_offload or a JSON path. [default: the recipe's `deepspeed`, else none]")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue from the last checkpoint in the output directory, or from CKPT. [default: start fresh]", metavar="[CKPT]")] = None,
-    smoke: Annotated[bool, typer.Option("--smoke", help="A tiny random model of the same family, ~20 CPU steps: catch data/config mistakes in a minute.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an output directory that holds an earlier korani train run (never other files).")] = False,
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="A recipe YAML file, or the name of a shipped preset (korani-5.8b).", metavar="RECIPE"
+        ),
+    ],
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="key=value overrides of recipe keys (see `korani train keys`).", show_default=False
+        ),
+    ] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data", help="Prepared data directory (overrides `data`). [default: the recipe's `data`]"
+        ),
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output", "-o", help="Output directory (overrides `output`). [default: the recipe's `output`]"
+        ),
+    ] = None,
+    deepspeed: Annotated[
+        Optional[str],
+        typer.Option(
+            "--deepspeed",
+            help="zero2, zero3, zero2_offload, zero3_offload or a JSON path. [default: the recipe's `deepspeed`, else none]",
+        ),
+    ] = None,
+    resume: Annotated[
+        Optional[str],
+        typer.Option(
+            "--resume",
+            help="Continue from the last checkpoint in the output directory, or from CKPT. [default: start fresh]",
+            metavar="[CKPT]",
+        ),
+    ] = None,
+    smoke: Annotated[
+        bool,
+        typer.Option(
+            "--smoke",
+            help="A tiny random model of the same family, ~20 CPU steps: catch data/config mistakes in a minute.",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Start over in an output directory that holds an earlier korani train run (never other files).",
+        ),
+    ] = False,
 ) -> None:
     """Train a LoRA adapter (`korani train RECIPE` is short for `korani train run RECIPE`): korani train RECIPE [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CKPT]] [--smoke] [key=value ...]"""
-    from korani_cli.train.config import load_config, parse_overrides
-    from korani_cli.train.run import run
-
     from korani_cli.errors import KoraniError
+    from korani_cli.train.config import load_config, parse_overrides
     from korani_cli.train.dist import Ranks
     from korani_cli.train.health import EOS_WARNING
+    from korani_cli.train.run import run
 
     try:
         values = parse_overrides(overrides or [])
@@ -122,33 +179,52 @@ def run_command(
     console = err_console()
     out = recipe.output
     first, last = metadata.train_loss_first, metadata.train_loss_last
-    console.print(f"trained {metadata.steps} steps in {metadata.train_seconds} s; train loss {first:.4f} → {last:.4f}"
-                  if first is not None and last is not None else f"trained {metadata.steps} steps")
+    console.print(
+        f"trained {metadata.steps} steps in {metadata.train_seconds} s; train loss {first:.4f} → {last:.4f}"
+        if first is not None and last is not None
+        else f"trained {metadata.steps} steps"
+    )
     if metadata.eval_losses:
-        console.print(f"eval loss {metadata.eval_losses[-1].eval_loss:.4f} (step {metadata.eval_losses[-1].step})")
+        console.print(
+            f"eval loss {metadata.eval_losses[-1].eval_loss:.4f} (step {metadata.eval_losses[-1].step})"
+        )
     elif metadata.eval_skipped:
         console.print(f"eval loss: skipped — {escape(metadata.eval_skipped)}", highlight=False)
     health = metadata.health
     if health:
         style = "bold red" if health.stops_too_rarely else "green"
-        console.print(f"health: [{style}]{health.eos_share:.0%}[/{style}] of {health.prompts} held-out answers "
-                      f"({health.split or 'held-out'} split) ended with EOS; repetition {health.repetition:.3f}")
+        console.print(
+            f"health: [{style}]{health.eos_share:.0%}[/{style}] of {health.prompts} held-out answers "
+            f"({health.split or 'held-out'} split) ended with EOS; repetition {health.repetition:.3f}"
+        )
         if health.stops_too_rarely:
             console.print(
                 f"[bold red]WARNING: {EOS_WARNING} of answers end with EOS — the model may not have learned to stop"
-                + (f" (expected for a {metadata.steps}-step --smoke run)" if smoke else "; train longer or check the data") + "[/bold red]"
+                + (
+                    f" (expected for a {metadata.steps}-step --smoke run)"
+                    if smoke
+                    else "; train longer or check the data"
+                )
+                + "[/bold red]"
             )
     elif metadata.health_skipped:
         console.print(f"health check: skipped — {escape(metadata.health_skipped)}", highlight=False)
-    console.print(f"adapter, tokenizer, README.md (model card), korani_train.yaml and korani_metadata.json in {out}")
-    console.print(f"try it: korani ask --model {out} \"질문\"")
+    console.print(
+        f"adapter, tokenizer, README.md (model card), korani_train.yaml and korani_metadata.json in {out}"
+    )
+    console.print(f'try it: korani ask --model {out} "질문"')
 
 
 @app.command("init")
 @korani_command
 def init_command(
-    name: Annotated[str, typer.Argument(help="The shipped preset to write out.", show_default=True)] = "korani-5.8b",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The recipe file to write (default: NAME.yaml here).")] = None,
+    name: Annotated[
+        str, typer.Argument(help="The shipped preset to write out.", show_default=True)
+    ] = "korani-5.8b",
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="The recipe file to write (default: NAME.yaml here)."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
 ) -> None:
     """Write a shipped recipe preset to a YAML file for editing; train with korani train FILE."""
@@ -181,8 +257,16 @@ def keys_command() -> None:
 def merge_command(
     adapter: Annotated[Path, typer.Argument(help="A trained adapter directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the merged model.")],
-    dtype: Annotated[str, typer.Option("--dtype", help="Weights dtype of the merged model: float16, bfloat16 or float32.")] = "float16",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a directory an earlier `korani train merge` wrote (never other files).")] = False,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Weights dtype of the merged model: float16, bfloat16 or float32.")
+    ] = "float16",
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace a directory an earlier `korani train merge` wrote (never other files).",
+        ),
+    ] = False,
 ) -> None:
     """Fold the LoRA weights into a full-precision copy of the base; loads with `korani ask --model DIR`."""
     from korani_cli.train.merge import merge
@@ -195,15 +279,28 @@ def merge_command(
 @app.command("export-gguf")
 @korani_command
 def export_gguf_command(
-    model: Annotated[Path, typer.Argument(help="A merged model directory (korani train merge) or an adapter directory.")],
+    model: Annotated[
+        Path, typer.Argument(help="A merged model directory (korani train merge) or an adapter directory.")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .gguf file to write.")],
-    outtype: Annotated[str, typer.Option("--outtype", help="f16, bf16, f32 (the converter), or q8_0, q5_k_m, q4_k_m (llama.cpp's quantiser on the f16 file; q4_k_m runs a 5.8B model in ~4 GB).")] = "f16",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing GGUF file (never a file of another kind).")] = False,
+    outtype: Annotated[
+        str,
+        typer.Option(
+            "--outtype",
+            help="f16, bf16, f32 (the converter), or q8_0, q5_k_m, q4_k_m (llama.cpp's quantiser on the f16 file; q4_k_m runs a 5.8B model in ~4 GB).",
+        ),
+    ] = "f16",
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace an existing GGUF file (never a file of another kind)."),
+    ] = False,
 ) -> None:
     """Convert a merged model to GGUF for llama.cpp (`korani ask --model FILE.gguf`), optionally quantised."""
     from korani_cli.train.export import export_gguf
 
-    with err_console().status("GGUF 변환 중…" if outtype.lower() in ("f16", "bf16", "f32") else "GGUF 변환·양자화 중…"):
+    with err_console().status(
+        "GGUF 변환 중…" if outtype.lower() in ("f16", "bf16", "f32") else "GGUF 변환·양자화 중…"
+    ):
         result = export_gguf(model, output, outtype=outtype, overwrite=overwrite)
     console = err_console()
     line = f"wrote {output}: {result.outtype}, {_size(result.size)}"
@@ -211,12 +308,19 @@ def export_gguf_command(
         line += f" ({result.size / result.f16_size:.2f}× the converter's f16 file, {_size(result.f16_size)})"
     console.print(line, highlight=False)
     if result.tensor_types:
-        console.print("tensors: " + ", ".join(f"{kind} {n}" for kind, n in result.tensor_types.items()), highlight=False)
+        console.print(
+            "tensors: " + ", ".join(f"{kind} {n}" for kind, n in result.tensor_types.items()), highlight=False
+        )
     if result.fallbacks:
         moved = sum(f.count for f in result.fallbacks)
-        detail = "; ".join(f"{f.count} with rows of {f.row_length} values → {f.stored_as}" for f in result.fallbacks)
-        console.print(f"llama.cpp's k-quant fallback: {moved} of {result.matrices} matrices have rows that are not a "
-                      f"multiple of 256 and were stored in a legacy type ({detail})", highlight=False)
+        detail = "; ".join(
+            f"{f.count} with rows of {f.row_length} values → {f.stored_as}" for f in result.fallbacks
+        )
+        console.print(
+            f"llama.cpp's k-quant fallback: {moved} of {result.matrices} matrices have rows that are not a "
+            f"multiple of 256 and were stored in a legacy type ({detail})",
+            highlight=False,
+        )
 
 
 def _size(n: int) -> str:

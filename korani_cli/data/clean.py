@@ -33,8 +33,12 @@ TURN_RULES = (
 RULES = TEXT_RULES + TURN_RULES
 
 ROLE_MAP = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant", "assistant": "assistant",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "assistant": "assistant",
     "system": "system",
 }
 FOLLOWUP = re.compile(r"\n\s*덧붙이는 답변:\s*")
@@ -67,7 +71,7 @@ class Cleaner:
             match = _DEEPL.match(stripped)
             if match and _HANGUL.search(stripped[:80]):
                 self.counts["deepl_prefix"] += 1
-                value = stripped[match.end():]
+                value = stripped[match.end() :]
         if self.on("trim"):
             trimmed = value.strip()
             if trimmed != value:
@@ -92,7 +96,7 @@ class Cleaner:
         # System text belongs first; a system turn later on is dropped (switched off, it stays
         # where it is, as context the template prints in place).
         system = [turns[0]] if turns and turns[0].role == "system" else []
-        rest = turns[len(system):]
+        rest = turns[len(system) :]
         midway = [t for t in rest if t.role == "system"]
         if midway and self.on("drop_midway_system"):
             self.counts["drop_midway_system"] += len(midway)
@@ -105,8 +109,13 @@ class Cleaner:
             for i in range(len(rest) - 1):
                 user, answer = rest[i], rest[i + 1]
                 tail = answer.content.strip()
-                if (user.role == "user" and answer.role == "assistant" and len(tail) >= UNGLUE_MIN
-                        and user.content.endswith(tail) and user.content[: -len(tail)].strip()):
+                if (
+                    user.role == "user"
+                    and answer.role == "assistant"
+                    and len(tail) >= UNGLUE_MIN
+                    and user.content.endswith(tail)
+                    and user.content[: -len(tail)].strip()
+                ):
                     rest[i] = Turn("user", user.content[: -len(tail)].rstrip())
                     self.counts["unglue_answer"] += 1
         if self.on("drop_trailing_user"):
@@ -119,15 +128,43 @@ class Cleaner:
 def _koalpaca_turns(record: RawRecord, cleaner: Cleaner) -> list[Turn] | Reject:
     p = record.payload
     if not isinstance(p, dict):
-        return Reject(record.source, record.file, record.position, "wrong_field_type", f"a record must be an object, got {type(p).__name__}", kind="input")
+        return Reject(
+            record.source,
+            record.file,
+            record.position,
+            "wrong_field_type",
+            f"a record must be an object, got {type(p).__name__}",
+            kind="input",
+        )
     instruction, output = p.get("instruction"), p.get("output")
     for name, value in (("instruction", instruction), ("output", output)):
         if name not in p:
-            return Reject(record.source, record.file, record.position, "missing_field", f"no '{name}' field", kind="input")
+            return Reject(
+                record.source,
+                record.file,
+                record.position,
+                "missing_field",
+                f"no '{name}' field",
+                kind="input",
+            )
         if value is None:
-            return Reject(record.source, record.file, record.position, "null_field", f"'{name}' is null (expected a string)", kind="input")
+            return Reject(
+                record.source,
+                record.file,
+                record.position,
+                "null_field",
+                f"'{name}' is null (expected a string)",
+                kind="input",
+            )
         if not isinstance(value, str):
-            return Reject(record.source, record.file, record.position, "wrong_field_type", f"'{name}' must be a string, got {type(value).__name__}", kind="input")
+            return Reject(
+                record.source,
+                record.file,
+                record.position,
+                "wrong_field_type",
+                f"'{name}' must be a string, got {type(value).__name__}",
+                kind="input",
+            )
     extra = p.get("input")
     if isinstance(extra, str) and extra.strip():
         instruction = f"{instruction}\n\n{extra}"
@@ -148,18 +185,42 @@ def _sharegpt_turns(record: RawRecord) -> list[Turn] | Reject:
     p = record.payload
     where = (record.source, record.file, record.position)
     if not isinstance(p, dict):
-        return Reject(*where, "wrong_field_type", f"a record must be an object, got {type(p).__name__}", kind="input")
+        return Reject(
+            *where, "wrong_field_type", f"a record must be an object, got {type(p).__name__}", kind="input"
+        )
     conversations = p.get("conversations")
     if "conversations" not in p:
         return Reject(*where, "missing_field", "no 'conversations' field", _short(p), kind="input")
     if conversations is None:
-        return Reject(*where, "null_field", "'conversations' is null (expected a list of turns)", _short(p), kind="input")
+        return Reject(
+            *where,
+            "null_field",
+            "'conversations' is null (expected a list of turns)",
+            _short(p),
+            kind="input",
+        )
     if not isinstance(conversations, list):
-        return Reject(*where, "wrong_field_type", f"'conversations' must be a list, got {type(conversations).__name__}", _short(p), kind="input")
+        return Reject(
+            *where,
+            "wrong_field_type",
+            f"'conversations' must be a list, got {type(conversations).__name__}",
+            _short(p),
+            kind="input",
+        )
     turns = []
     for i, item in enumerate(conversations):
-        if not isinstance(item, dict) or not isinstance(item.get("value", ""), str) or not isinstance(item.get("from"), str):
-            return Reject(*where, "wrong_field_type", f"turn {i} must be {{from: str, value: str}}", _short(p), kind="input")
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("value", ""), str)
+            or not isinstance(item.get("from"), str)
+        ):
+            return Reject(
+                *where,
+                "wrong_field_type",
+                f"turn {i} must be {{from: str, value: str}}",
+                _short(p),
+                kind="input",
+            )
         role = ROLE_MAP.get(item["from"].strip().lower())
         if role is None:
             return Reject(*where, "unknown_role", f"turn {i} has role '{item['from']}'", _short(p))
@@ -199,16 +260,37 @@ def to_conversation(record: RawRecord, cleaner: Cleaner) -> Conversation | Rejec
         return turns
     where = _unpaired(turns, rid)
     if where is not None:
-        return Reject(record.source, record.file, record.position, "lone_surrogate",
-                      f"{where} holds an unpaired surrogate escape (like \\ud800), which is not text", _short(record.payload), kind="input")
+        return Reject(
+            record.source,
+            record.file,
+            record.position,
+            "lone_surrogate",
+            f"{where} holds an unpaired surrogate escape (like \\ud800), which is not text",
+            _short(record.payload),
+            kind="input",
+        )
     turns = [Turn(t.role, cleaner.text(t.content)) for t in turns]
     turns = cleaner.turns(turns)
     body = [t for t in turns if t.role != "system"]
     if not any(a.role == "user" and b.role == "assistant" for a, b in zip(body, body[1:])):
-        return Reject(record.source, record.file, record.position, "no_exchange", "no user → assistant exchange left after cleaning", _short(record.payload))
+        return Reject(
+            record.source,
+            record.file,
+            record.position,
+            "no_exchange",
+            "no user → assistant exchange left after cleaning",
+            _short(record.payload),
+        )
     if any(a.role == b.role for a, b in zip(body, body[1:])):
         # Only reachable with merge_same_role switched off.
-        return Reject(record.source, record.file, record.position, "roles_not_alternating", "consecutive turns of the same role", _short(record.payload))
+        return Reject(
+            record.source,
+            record.file,
+            record.position,
+            "roles_not_alternating",
+            "consecutive turns of the same role",
+            _short(record.payload),
+        )
     if rid is None or not isinstance(rid, (str, int)):
         # printable(): a file name may hold bytes that are not UTF-8.
         rid = printable(f"{record.source}:{_basename(record.file)}:{record.position.replace(' ', '')}")

@@ -47,7 +47,7 @@ def shingle_hashes(text: str):
         n = 1
     h = np.zeros(n, dtype=np.uint64)
     for k in range(SHINGLE):
-        h = (h * np.uint64(1_000_003) + points[k:k + n]) & np.uint64(0xFFFFFFFF)
+        h = (h * np.uint64(1_000_003) + points[k : k + n]) & np.uint64(0xFFFFFFFF)
     return np.unique(h)
 
 
@@ -105,7 +105,9 @@ class Deduplicator:
         except ImportError:
             from korani_cli.errors import UsageError
 
-            raise UsageError("near-duplicate removal needs datasketch", "pip install 'korani[data]', or pass --no-near-dup") from None
+            raise UsageError(
+                "near-duplicate removal needs datasketch", "pip install 'korani[data]', or pass --no-near-dup"
+            ) from None
 
         if self._lsh is None:
             self._lsh = MinHashLSH(threshold=self.threshold, num_perm=NUM_PERM)

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import NamedTuple, Protocol, Sequence, TextIO
 
 from korani_cli import __version__
-from korani_cli.template import CHARS_PER_TOKEN, DEFAULT_EOS, turn_text
 from korani_cli.data.clean import RULES, Cleaner, to_conversation
 from korani_cli.data.dedup import DEFAULT_THRESHOLD, Deduplicator, normalised
 from korani_cli.data.readers import SourceReadError, read_file
@@ -35,6 +34,7 @@ from korani_cli.data.records import SOURCES, Conversation, RawRecord, Reject
 from korani_cli.data.sources import DataInputError, resolve_source
 from korani_cli.errors import UsageError
 from korani_cli.outputs import guard_output_dir, reap_stale, replace_dir, temp_dir, write_marker
+from korani_cli.template import CHARS_PER_TOKEN, DEFAULT_EOS, turn_text
 
 SPLITS = ("train", "valid", "test")
 RECORD_KEYS = {"koalpaca": ("instruction", "output"), "sharegpt": ("conversations", "id")}
@@ -85,7 +85,9 @@ def parse_mix(text: str | None) -> dict[str, float]:
         name, sep, value = part.partition("=")
         name = name.strip()
         if not sep or name not in SOURCES:
-            raise UsageError(f"--mix: cannot read {part!r}", f"write it as {','.join(f'{s}=1.0' for s in SOURCES)}")
+            raise UsageError(
+                f"--mix: cannot read {part!r}", f"write it as {','.join(f'{s}=1.0' for s in SOURCES)}"
+            )
         try:
             weight = float(value)
         except ValueError:
@@ -94,7 +96,10 @@ def parse_mix(text: str | None) -> dict[str, float]:
             raise UsageError(f"--mix: the weight of {name} must be ≥ 0", "use weights like sharegpt=0.5")
         if weight > MAX_WEIGHT:
             # Each train conversation is written `weight` times: 1e9 would fill the disk.
-            raise UsageError(f"--mix: the weight of {name} is {value.strip()}, more than {MAX_WEIGHT:g}", f"use a weight between 0 and {MAX_WEIGHT:g}")
+            raise UsageError(
+                f"--mix: the weight of {name} is {value.strip()}, more than {MAX_WEIGHT:g}",
+                f"use a weight between 0 and {MAX_WEIGHT:g}",
+            )
         mix[name] = weight
     return mix
 
@@ -109,7 +114,9 @@ def validate(config: PrepareConfig) -> None:
         raise UsageError("--valid + --test leave nothing for training", "lower them (e.g. 0.1 each)")
     unknown = set(config.disabled_rules) - set(RULES)
     if unknown:
-        raise UsageError(f"unknown cleaning rule(s): {', '.join(sorted(unknown))}", f"rules are: {', '.join(RULES)}")
+        raise UsageError(
+            f"unknown cleaning rule(s): {', '.join(sorted(unknown))}", f"rules are: {', '.join(RULES)}"
+        )
     if config.max_tokens < 8:
         raise UsageError("--max-tokens is too small", "use at least a few hundred tokens")
     if not 0 < config.near_dup_threshold <= 1:
@@ -150,8 +157,10 @@ class _Lengths:
 
                 self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
             except Exception as exc:  # transformers raises many unrelated types for a bad tokenizer
-                raise UsageError(f"cannot load the tokenizer '{tokenizer}' ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})",
-                                 "pass a local tokenizer directory, or leave --tokenizer out to count characters") from None
+                raise UsageError(
+                    f"cannot load the tokenizer '{tokenizer}' ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})",
+                    "pass a local tokenizer directory, or leave --tokenizer out to count characters",
+                ) from None
             self.eos = self.tokenizer.eos_token or DEFAULT_EOS
         self.measure = f"tokenizer:{tokenizer}" if tokenizer else f"chars/{CHARS_PER_TOKEN}"
 
@@ -163,7 +172,7 @@ class _Lengths:
         ids = self.tokenizer(flat, add_special_tokens=False)["input_ids"]
         out, i = [], 0
         for ps in pieces:
-            out.append([len(x) for x in ids[i:i + len(ps)]])
+            out.append([len(x) for x in ids[i : i + len(ps)]])
             i += len(ps)
         return out
 
@@ -180,7 +189,11 @@ def _fit(conv: Conversation, lengths: list[int], limit: int) -> tuple[Conversati
     if best == 0:
         return None, sum(lengths), False
     truncated = best < len(conv.turns)
-    return (Conversation(conv.id, conv.source, conv.turns[:best]) if truncated else conv), best_total, truncated
+    return (
+        (Conversation(conv.id, conv.source, conv.turns[:best]) if truncated else conv),
+        best_total,
+        truncated,
+    )
 
 
 def _percentiles(values: list[int]) -> dict:
@@ -191,7 +204,15 @@ def _percentiles(values: list[int]) -> dict:
     def pct(p):
         return s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))]
 
-    return {"count": len(s), "mean": round(sum(s) / len(s), 1), "p50": pct(50), "p90": pct(90), "p99": pct(99), "max": s[-1], "total": sum(s)}
+    return {
+        "count": len(s),
+        "mean": round(sum(s) / len(s), 1),
+        "p50": pct(50),
+        "p90": pct(90),
+        "p99": pct(99),
+        "max": s[-1],
+        "total": sum(s),
+    }
 
 
 def prepare(config: PrepareConfig, progress: Progress | None = None) -> dict:
@@ -205,7 +226,9 @@ def prepare(config: PrepareConfig, progress: Progress | None = None) -> dict:
         # set aside by a run killed mid-rename is put back.
         reap_stale(out)  # temporary directories of runs killed with SIGKILL
     except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of symlinks
-        raise UsageError(f"cannot use -o {config.out_dir} ({getattr(exc, 'strerror', None) or exc})", hint) from None
+        raise UsageError(
+            f"cannot use -o {config.out_dir} ({getattr(exc, 'strerror', None) or exc})", hint
+        ) from None
     # Before any work (a Hub download, a tokenizer): is OUT_DIR ours to write?
     _guard_output(config, _local_sources(config))
     sources = [(name, spec) for name in SOURCES for spec in getattr(config, name)]
@@ -219,17 +242,30 @@ def prepare(config: PrepareConfig, progress: Progress | None = None) -> dict:
     except OSError as exc:
         blocker = next((a for a in out.parents if a.exists() or a.is_symlink()), None)
         if blocker is not None and not blocker.is_dir():
-            raise UsageError(f"cannot create -o {config.out_dir}: {blocker} is not a directory", hint) from None
+            raise UsageError(
+                f"cannot create -o {config.out_dir}: {blocker} is not a directory", hint
+            ) from None
         raise UsageError(f"cannot create -o {config.out_dir} ({exc.strerror})", hint) from None
     try:
         stats = _run(config, files, lengths, tmp, progress)
-        write_marker(tmp, "data prepare", koalpaca=list(config.koalpaca), sharegpt=list(config.sharegpt),
-                     seed=config.seed, fingerprint=stats["fingerprint"])
+        write_marker(
+            tmp,
+            "data prepare",
+            koalpaca=list(config.koalpaca),
+            sharegpt=list(config.sharegpt),
+            seed=config.seed,
+            fingerprint=stats["fingerprint"],
+        )
         replace_dir(tmp, out)
     except SourceReadError as exc:
-        raise DataInputError(f"cannot read {exc.path} ({exc.strerror})", "check the file (is it on a failing disk, or being rewritten?)") from None
+        raise DataInputError(
+            f"cannot read {exc.path} ({exc.strerror})",
+            "check the file (is it on a failing disk, or being rewritten?)",
+        ) from None
     except OSError as exc:
-        raise UsageError(f"cannot write -o {config.out_dir} ({exc.strerror})", f"free some space or {hint}") from None
+        raise UsageError(
+            f"cannot write -o {config.out_dir} ({exc.strerror})", f"free some space or {hint}"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return stats
@@ -283,15 +319,19 @@ class _Spooler:
     """Step 1's sinks: rejects go to rejects.jsonl, kept conversations — fitted to
     --max-tokens in batches, one tokenizer call per batch — to the spool file."""
 
-    def __init__(self, config: PrepareConfig, lengths: _Lengths, spooled: _Spooled, rejects: TextIO, spool: TextIO):
+    def __init__(
+        self, config: PrepareConfig, lengths: _Lengths, spooled: _Spooled, rejects: TextIO, spool: TextIO
+    ):
         self.config, self.lengths, self.spooled = config, lengths, spooled
         self.rejects, self.spool = rejects, spool
         self.batch: list[tuple[Conversation, RawRecord]] = []
 
     def reject(self, r: Reject) -> None:
         if self.config.strict and r.kind == "input":
-            raise DataInputError(f"{r.file}, {r.position}: {r.reason.replace('_', ' ')} ({r.detail})",
-                                 "fix the record, or drop --strict to skip and count bad records")
+            raise DataInputError(
+                f"{r.file}, {r.position}: {r.reason.replace('_', ' ')} ({r.detail})",
+                "fix the record, or drop --strict to skip and count bad records",
+            )
         self.spooled.rejects[r.reason] += 1
         self.spooled.rejects_by_source[r.source][r.reason] += 1
         self.rejects.write(_json_line(r.to_json()) + "\n")
@@ -303,11 +343,20 @@ class _Spooler:
 
     def flush(self) -> None:
         limit = self.config.max_tokens
-        for (conv, raw), turn_lengths in zip(self.batch, self.lengths.turn_lengths([c for c, _ in self.batch])):
+        for (conv, raw), turn_lengths in zip(
+            self.batch, self.lengths.turn_lengths([c for c, _ in self.batch])
+        ):
             fitted, tokens, was_cut = _fit(conv, turn_lengths, limit)
             if fitted is None:
-                self.reject(Reject(raw.source, raw.file, raw.position, "too_long",
-                                   f"the first exchange alone is {tokens} tokens (> --max-tokens {limit})"))
+                self.reject(
+                    Reject(
+                        raw.source,
+                        raw.file,
+                        raw.position,
+                        "too_long",
+                        f"the first exchange alone is {tokens} tokens (> --max-tokens {limit})",
+                    )
+                )
                 continue
             self.spooled.truncated[conv.source] += was_cut
             self.spool.write(json.dumps(fitted.to_json(), ensure_ascii=False) + "\n")
@@ -331,7 +380,10 @@ def _spool(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress:
     dedup = Deduplicator(config.near_dup_threshold, near=config.near_dup)
     mix_rng = random.Random(f"mix:{config.seed}")
     spooled = _Spooled(tmp / "spool.jsonl", "")
-    with (tmp / "rejects.jsonl").open("w", encoding="utf-8") as rej_fh, spooled.path.open("w", encoding="utf-8") as spool:
+    with (
+        (tmp / "rejects.jsonl").open("w", encoding="utf-8") as rej_fh,
+        spooled.path.open("w", encoding="utf-8") as spool,
+    ):
         sink = _Spooler(config, lengths, spooled, rej_fh, spool)
         for name, path in files:
             for item in read_file(name, path, on_bytes, RECORD_KEYS[name]):
@@ -354,19 +406,35 @@ def _spool(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress:
                 progress.advance("dedup")
                 first = dedup.exact_of(conv, text)
                 if first is not None:
-                    sink.reject(Reject(item.source, item.file, item.position, "exact_duplicate", f"same text as {first}"))
+                    sink.reject(
+                        Reject(
+                            item.source, item.file, item.position, "exact_duplicate", f"same text as {first}"
+                        )
+                    )
                     continue
                 first = dedup.near_of(conv, text)
                 if first is not None:
-                    sink.reject(Reject(item.source, item.file, item.position, "near_duplicate", f"near-duplicate of {first}"))
+                    sink.reject(
+                        Reject(
+                            item.source,
+                            item.file,
+                            item.position,
+                            "near_duplicate",
+                            f"near-duplicate of {first}",
+                        )
+                    )
                     continue
                 sink.keep(conv, item)
         sink.flush()
     spooled.fingerprint = fingerprint.hexdigest()
     spooled.cleaning = {rule: cleaner.counts[rule] for rule in RULES if rule not in config.disabled_rules}
     if not spooled.kept:
-        reasons = ", ".join(f"{k} {v}" for k, v in spooled.rejects.most_common(5)) or "the sources hold no records"
-        raise DataInputError(f"no conversation survived reading and cleaning ({reasons})", "check the sources and their format")
+        reasons = (
+            ", ".join(f"{k} {v}" for k, v in spooled.rejects.most_common(5)) or "the sources hold no records"
+        )
+        raise DataInputError(
+            f"no conversation survived reading and cleaning ({reasons})", "check the sources and their format"
+        )
     return spooled
 
 
@@ -390,8 +458,9 @@ class _SplitStats:
     tokens: list[int] = field(default_factory=list)
 
 
-def _write_splits(config: PrepareConfig, spooled: _Spooled, split_of: list[str], tmp: Path,
-                  progress: Progress) -> dict[str, _SplitStats]:
+def _write_splits(
+    config: PrepareConfig, spooled: _Spooled, split_of: list[str], tmp: Path, progress: Progress
+) -> dict[str, _SplitStats]:
     """Step 3: the spool, line by line, into train/valid/test.jsonl (--mix weights above 1 repeat in train)."""
     up_rng = random.Random(f"upsample:{config.seed}")
     splits = {s: _SplitStats() for s in SPLITS}
@@ -423,15 +492,25 @@ def _write_splits(config: PrepareConfig, spooled: _Spooled, split_of: list[str],
     return splits
 
 
-def _stats(config: PrepareConfig, files, lengths: _Lengths, spooled: _Spooled, splits: dict[str, _SplitStats]) -> dict:
+def _stats(
+    config: PrepareConfig, files, lengths: _Lengths, spooled: _Spooled, splits: dict[str, _SplitStats]
+) -> dict:
     """Step 4: stats.json — the parameters, what each source gave and lost, and each split."""
     return {
         "korani_version": __version__,
         "params": {
-            "koalpaca": list(config.koalpaca), "sharegpt": list(config.sharegpt), "tokenizer": config.tokenizer,
-            "max_tokens": config.max_tokens, "valid": config.valid, "test": config.test, "seed": config.seed,
-            "mix": config.mix, "strict": config.strict, "disabled_rules": sorted(config.disabled_rules),
-            "near_dup": config.near_dup, "near_dup_threshold": config.near_dup_threshold,
+            "koalpaca": list(config.koalpaca),
+            "sharegpt": list(config.sharegpt),
+            "tokenizer": config.tokenizer,
+            "max_tokens": config.max_tokens,
+            "valid": config.valid,
+            "test": config.test,
+            "seed": config.seed,
+            "mix": config.mix,
+            "strict": config.strict,
+            "disabled_rules": sorted(config.disabled_rules),
+            "near_dup": config.near_dup,
+            "near_dup_threshold": config.near_dup_threshold,
         },
         "length_measure": lengths.measure,
         "eos_token": lengths.eos,
@@ -445,7 +524,8 @@ def _stats(config: PrepareConfig, files, lengths: _Lengths, spooled: _Spooled, s
                 "truncated": spooled.truncated[s],
                 "rejects": dict(sorted(spooled.rejects_by_source[s].items())),
             }
-            for s in SOURCES if any(name == s for name, _ in files)
+            for s in SOURCES
+            if any(name == s for name, _ in files)
         },
         "rejects": dict(sorted(spooled.rejects.items())),
         "cleaning": spooled.cleaning,

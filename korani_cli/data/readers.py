@@ -90,10 +90,14 @@ def decode_problem(exc: Exception) -> tuple[str, str]:
 
 
 def _bad(source: str, path: Path, where: str, reason: str, detail: str, record=None) -> Reject:
-    return Reject(source, str(path), where, reason, detail, None if record is None else _clip(record), kind="input")
+    return Reject(
+        source, str(path), where, reason, detail, None if record is None else _clip(record), kind="input"
+    )
 
 
-def read_file(source: str, path: Path, on_bytes: OnBytes, record_keys: tuple[str, ...]) -> Iterator[RawRecord | Reject]:
+def read_file(
+    source: str, path: Path, on_bytes: OnBytes, record_keys: tuple[str, ...]
+) -> Iterator[RawRecord | Reject]:
     """The records of one file, in order; raises SourceReadError if the file cannot be read."""
     try:
         yield from _read_any(source, path, on_bytes, record_keys)
@@ -101,7 +105,9 @@ def read_file(source: str, path: Path, on_bytes: OnBytes, record_keys: tuple[str
         raise SourceReadError(path, exc) from None
 
 
-def _read_any(source: str, path: Path, on_bytes: OnBytes, record_keys: tuple[str, ...]) -> Iterator[RawRecord | Reject]:
+def _read_any(
+    source: str, path: Path, on_bytes: OnBytes, record_keys: tuple[str, ...]
+) -> Iterator[RawRecord | Reject]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         yield from _read_jsonl(source, path, on_bytes)
@@ -110,7 +116,13 @@ def _read_any(source: str, path: Path, on_bytes: OnBytes, record_keys: tuple[str
     elif suffix == ".json":
         yield from _read_json(source, path, on_bytes, record_keys)
     else:
-        yield _bad(source, path, "file", "unsupported_file", f"unsupported file type '{path.suffix}' (use .json, .jsonl or .parquet)")
+        yield _bad(
+            source,
+            path,
+            "file",
+            "unsupported_file",
+            f"unsupported file type '{path.suffix}' (use .json, .jsonl or .parquet)",
+        )
 
 
 def _read_jsonl(source: str, path: Path, on_bytes: OnBytes) -> Iterator[RawRecord | Reject]:
@@ -121,14 +133,28 @@ def _read_jsonl(source: str, path: Path, on_bytes: OnBytes) -> Iterator[RawRecor
             try:
                 text = line.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                yield _bad(source, path, where, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}", line.decode("utf-8", "replace"))
+                yield _bad(
+                    source,
+                    path,
+                    where,
+                    "invalid_utf8",
+                    f"invalid UTF-8 at byte {exc.start}",
+                    line.decode("utf-8", "replace"),
+                )
                 continue
             if not text.strip():
                 continue
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield _bad(source, path, where, "malformed_json", f"{exc.msg} at column {exc.colno}", text.rstrip("\n"))
+                yield _bad(
+                    source,
+                    path,
+                    where,
+                    "malformed_json",
+                    f"{exc.msg} at column {exc.colno}",
+                    text.rstrip("\n"),
+                )
                 continue
             except (RecursionError, ValueError) as exc:
                 yield _bad(source, path, where, *decode_problem(exc), text.rstrip("\n"))
@@ -140,7 +166,9 @@ def _read_parquet(source: str, path: Path, on_bytes: OnBytes) -> Iterator[RawRec
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        yield _bad(source, path, "file", "unreadable_file", "reading .parquet needs pyarrow (pip install pyarrow)")
+        yield _bad(
+            source, path, "file", "unreadable_file", "reading .parquet needs pyarrow (pip install pyarrow)"
+        )
         return
     try:
         parquet = pq.ParquetFile(path)
@@ -158,7 +186,13 @@ def _read_parquet(source: str, path: Path, on_bytes: OnBytes) -> Iterator[RawRec
             except Exception as exc:  # a corrupt page, invalid UTF-8 in a string column
                 if isinstance(exc, OSError) and exc.errno is not None:
                     raise  # the disk, not the format (pyarrow's own OSErrors carry no errno)
-                yield _bad(source, path, f"row group {group}", "unreadable_file", f"unreadable parquet row group ({exc})")
+                yield _bad(
+                    source,
+                    path,
+                    f"row group {group}",
+                    "unreadable_file",
+                    f"unreadable parquet row group ({exc})",
+                )
                 continue
             for item in items:
                 row += 1
@@ -227,14 +261,16 @@ class _Buffer:
     def compact(self) -> None:
         if self.pos > CHUNK:
             self.lines_before += self.text.count("\n", 0, self.pos)
-            self.text = self.text[self.pos:]
+            self.text = self.text[self.pos :]
             self.pos = 0
 
     def line(self, pos: int | None = None) -> int:
         return self.lines_before + self.text.count("\n", 0, self.pos if pos is None else pos) + 1
 
 
-def _read_json(source: str, path: Path, on_bytes: OnBytes, record_keys: tuple[str, ...]) -> Iterator[RawRecord | Reject]:
+def _read_json(
+    source: str, path: Path, on_bytes: OnBytes, record_keys: tuple[str, ...]
+) -> Iterator[RawRecord | Reject]:
     with path.open("rb") as fh:
         buf = _Buffer(fh, on_bytes)
         buf.ensure(1)
@@ -246,9 +282,23 @@ def _read_json(source: str, path: Path, on_bytes: OnBytes, record_keys: tuple[st
             return
         if first != "[":
             if buf.raw_byte_at(buf.pos, buf.pos + 1) is not None:
-                yield _bad(source, path, "line 1", "invalid_utf8", "the file does not start with UTF-8 text", buf.text[buf.pos:buf.pos + 200])
+                yield _bad(
+                    source,
+                    path,
+                    "line 1",
+                    "invalid_utf8",
+                    "the file does not start with UTF-8 text",
+                    buf.text[buf.pos : buf.pos + 200],
+                )
             else:
-                yield _bad(source, path, "line 1", "malformed_json", "not a JSON array or object (expected '[' or '{')", buf.text[buf.pos:buf.pos + 200])
+                yield _bad(
+                    source,
+                    path,
+                    "line 1",
+                    "malformed_json",
+                    "not a JSON array or object (expected '[' or '{')",
+                    buf.text[buf.pos : buf.pos + 200],
+                )
             return
         buf.pos += 1
         yield from _read_array(source, path, buf, record_keys)
@@ -257,12 +307,18 @@ def _read_json(source: str, path: Path, on_bytes: OnBytes, record_keys: tuple[st
 def _read_object_file(source, path: Path, buf: _Buffer, record_keys) -> Iterator[RawRecord | Reject]:
     """A JSON object holding the records in one list value (e.g. {"records": [...]})."""
     if path.stat().st_size > SMALL_OBJECT_FILE:
-        yield _bad(source, path, "line 1", "unreadable_file", "a JSON object this large cannot be streamed; convert it to a JSON array or JSONL")
+        yield _bad(
+            source,
+            path,
+            "line 1",
+            "unreadable_file",
+            "a JSON object this large cannot be streamed; convert it to a JSON array or JSONL",
+        )
         return
     while buf.fill():
         pass
     try:
-        obj = json.loads(buf.text[buf.pos:])
+        obj = json.loads(buf.text[buf.pos :])
     except json.JSONDecodeError as exc:
         yield _bad(source, path, f"line {exc.lineno}", "malformed_json", exc.msg)
         return
@@ -287,7 +343,9 @@ def _checked(source: str, path: Path, where: str, value, dirty: bool) -> RawReco
         except (RecursionError, ValueError) as exc:
             return _bad(source, path, where, *decode_problem(exc))
         if _RAW_BYTE.search(text):
-            return _bad(source, path, where, "invalid_utf8", "the record holds bytes that are not UTF-8", text)
+            return _bad(
+                source, path, where, "invalid_utf8", "the record holds bytes that are not UTF-8", text
+            )
     return RawRecord(source, str(path), where, value)
 
 
@@ -306,7 +364,7 @@ def _read_array(source, path: Path, buf: _Buffer, record_keys) -> Iterator[RawRe
                 buf.fill()
                 continue
             where = f"element {index} (line {buf.line(start)})"
-            yield _bad(source, path, where, "malformed_json", exc.msg, buf.text[start:start + 300])
+            yield _bad(source, path, where, "malformed_json", exc.msg, buf.text[start : start + 300])
             index += 1
             if not _resync(buf, decoder, record_keys):
                 return
@@ -314,7 +372,7 @@ def _read_array(source, path: Path, buf: _Buffer, record_keys) -> Iterator[RawRe
         except (RecursionError, ValueError) as exc:
             # Too deep or a too-long integer: more text would not help.
             where = f"element {index} (line {buf.line(start)})"
-            yield _bad(source, path, where, *decode_problem(exc), buf.text[start:start + 300])
+            yield _bad(source, path, where, *decode_problem(exc), buf.text[start : start + 300])
             index += 1
             if not _resync(buf, decoder, record_keys):
                 return
@@ -322,7 +380,14 @@ def _read_array(source, path: Path, buf: _Buffer, record_keys) -> Iterator[RawRe
         bad = buf.raw_byte_at(start, end)
         if bad is not None:
             where = f"element {index} (line {buf.line(bad)})"
-            yield _bad(source, path, where, "invalid_utf8", "bytes that are not UTF-8 inside the element", buf.text[start:end])
+            yield _bad(
+                source,
+                path,
+                where,
+                "invalid_utf8",
+                "bytes that are not UTF-8 inside the element",
+                buf.text[start:end],
+            )
         else:
             yield RawRecord(source, str(path), f"element {index}", value)
         index += 1
@@ -335,10 +400,22 @@ def _read_array(source, path: Path, buf: _Buffer, record_keys) -> Iterator[RawRe
         elif nxt == "]":
             return
         elif nxt == "":
-            yield _bad(source, path, f"after element {index - 1}", "truncated_file", "the file ends inside the array (an interrupted download?)")
+            yield _bad(
+                source,
+                path,
+                f"after element {index - 1}",
+                "truncated_file",
+                "the file ends inside the array (an interrupted download?)",
+            )
             return
         else:
-            yield _bad(source, path, f"after element {index - 1} (line {buf.line()})", "malformed_json", f"expected ',' or ']' but found {nxt!r}")
+            yield _bad(
+                source,
+                path,
+                f"after element {index - 1} (line {buf.line()})",
+                "malformed_json",
+                f"expected ',' or ']' but found {nxt!r}",
+            )
             if not _resync(buf, decoder, record_keys):
                 return
 

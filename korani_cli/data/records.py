@@ -49,4 +49,12 @@ class Reject:
     kind: str = "filter"  # "input": unreadable/malformed (what --strict stops on); "filter": a cleaning rule
 
     def to_json(self) -> dict:
-        return {"source": self.source, "file": self.file, "position": self.position, "reason": self.reason, "detail": self.detail, "kind": self.kind, "record": self.record}
+        return {
+            "source": self.source,
+            "file": self.file,
+            "position": self.position,
+            "reason": self.reason,
+            "detail": self.detail,
+            "kind": self.kind,
+            "record": self.record,
+        }

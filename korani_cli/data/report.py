@@ -29,8 +29,14 @@ def summary(stats: dict) -> Group:
     for col in ("source", "records in", "records out", "rejected", "truncated", "mix dropped"):
         inputs.add_column(col, justify="left" if col == "source" else "right")
     for name, info in stats["inputs"].items():
-        inputs.add_row(_text(name), f"{info['records_in']:,}", f"{info['records_out']:,}", f"{sum(info['rejects'].values()):,}",
-                       f"{info['truncated']:,}", f"{info['mix_dropped']:,}")
+        inputs.add_row(
+            _text(name),
+            f"{info['records_in']:,}",
+            f"{info['records_out']:,}",
+            f"{sum(info['rejects'].values()):,}",
+            f"{info['truncated']:,}",
+            f"{info['mix_dropped']:,}",
+        )
     parts.append(inputs)
 
     if stats["rejects"]:
@@ -48,15 +54,24 @@ def summary(stats: dict) -> Group:
         cleaning.add_row(_text(rule), f"{count:,}")
     parts.append(cleaning)
 
-    splits = Table(title=f"splits (lengths by {_text(stats['length_measure'])})", title_justify="left", box=None, pad_edge=False)
+    splits = Table(
+        title=f"splits (lengths by {_text(stats['length_measure'])})",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+    )
     for col in ("split", "conversations", "exchanges 1/2/3+", "p50", "p90", "p99", "max", "tokens"):
         splits.add_column(col, justify="left" if col == "split" else "right")
     for name, info in stats["splits"].items():
         ex = info["exchanges"]
         three = sum(v for k, v in ex.items() if int(k) >= 3)
         t = info["tokens"]
-        splits.add_row(_text(name), f"{info['conversations']:,}", f"{ex.get('1', 0)}/{ex.get('2', 0)}/{three}",
-                       *(f"{t.get(k, 0):,}" for k in ("p50", "p90", "p99", "max", "total")))
+        splits.add_row(
+            _text(name),
+            f"{info['conversations']:,}",
+            f"{ex.get('1', 0)}/{ex.get('2', 0)}/{three}",
+            *(f"{t.get(k, 0):,}" for k in ("p50", "p90", "p99", "max", "total")),
+        )
     parts.append(splits)
     return Group(*parts)
 
@@ -104,7 +119,9 @@ def check_stats(stats) -> dict:
         if not all(k.isdigit() for k in exchanges):
             raise StatsFormatError(f"'splits.{name}.exchanges' must be keyed by numbers")
         tokens = info.get("tokens")
-        if not isinstance(tokens, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in tokens.values()):
+        if not isinstance(tokens, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in tokens.values()
+        ):
             raise StatsFormatError(f"'splits.{name}.tokens' must map names to numbers")
     return stats
 
@@ -118,11 +135,15 @@ def load_stats(path: Path) -> dict:
     try:
         stats = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        raise DataInputError(f"{path} not found", "run `korani data prepare -o DIR` first, or check the directory") from None
+        raise DataInputError(
+            f"{path} not found", "run `korani data prepare -o DIR` first, or check the directory"
+        ) from None
     except IsADirectoryError:
         raise DataInputError(f"{path} is a directory, not korani's stats file", again) from None
     except NotADirectoryError:
-        raise DataInputError(f"{path.parent} is not a directory", "give the directory `korani data prepare -o` wrote") from None
+        raise DataInputError(
+            f"{path.parent} is not a directory", "give the directory `korani data prepare -o` wrote"
+        ) from None
     except OSError as exc:
         raise DataInputError(f"cannot read {path} ({exc.strerror})", "check the file") from None
     except UnicodeDecodeError as exc:
@@ -151,9 +172,13 @@ def empty_split_warnings(stats: dict) -> list[str]:
         fraction = params.get(name) or 0
         if fraction > 0 and splits.get(name, {}).get("conversations", 1) == 0:
             need = -(-100 // total) / 100  # 1/total, rounded up to a hundredth: one conversation at least
-            notes.append(f"the {name} split is empty: {total} conversations × {fraction:g} rounds to 0 — "
-                         f"pass --{name} {need:g} (one conversation) or more, or give more data")
+            notes.append(
+                f"the {name} split is empty: {total} conversations × {fraction:g} rounds to 0 — "
+                f"pass --{name} {need:g} (one conversation) or more, or give more data"
+            )
     if splits.get("train", {}).get("conversations", 1) == 0:
-        notes.append(f"the train split is empty: --valid and --test took all {total} conversations — "
-                     "pass smaller --valid/--test fractions, or give more data")
+        notes.append(
+            f"the train split is empty: --valid and --test took all {total} conversations — "
+            "pass smaller --valid/--test fractions, or give more data"
+        )
     return notes

@@ -15,8 +15,8 @@ from pathlib import Path
 from rich.console import Group
 from rich.text import Text
 
-from korani_cli.template import Message, ROLES, render_with_mask
 from korani_cli.data.sources import DataInputError
+from korani_cli.template import ROLES, Message, render_with_mask
 from korani_cli.untrusted import clean
 
 AGAIN = "re-run `korani data prepare -o DIR --overwrite`"
@@ -48,7 +48,9 @@ def parse_example(line: bytes, index: int, split: str) -> dict:
     except RecursionError:
         raise DataInputError(f"{where} is nested too deeply to be a conversation", AGAIN) from None
     except ValueError as exc:  # malformed or truncated JSON, an integer too long to convert
-        raise DataInputError(f"{where} is not valid JSON ({str(exc).splitlines()[0]}; a truncated file?)", AGAIN) from None
+        raise DataInputError(
+            f"{where} is not valid JSON ({str(exc).splitlines()[0]}; a truncated file?)", AGAIN
+        ) from None
     problem = _record_problem(record)
     if problem:
         raise DataInputError(f"{where} is not a conversation korani wrote ({problem})", AGAIN)
@@ -69,7 +71,9 @@ def _record_problem(record) -> str | None:
     return None
 
 
-def pick(lines: list[bytes], index: int | None, random_k: int | None, seed: int, split: str = "train") -> list[tuple[int, dict]]:
+def pick(
+    lines: list[bytes], index: int | None, random_k: int | None, seed: int, split: str = "train"
+) -> list[tuple[int, dict]]:
     if not lines:
         return []
     if random_k:
@@ -77,7 +81,10 @@ def pick(lines: list[bytes], index: int | None, random_k: int | None, seed: int,
     else:
         i = index or 0
         if not 0 <= i < len(lines):
-            raise DataInputError(f"--index {i} is out of range", f"this split has {len(lines)} conversations (0–{len(lines) - 1})")
+            raise DataInputError(
+                f"--index {i} is out of range",
+                f"this split has {len(lines)} conversations (0–{len(lines) - 1})",
+            )
         chosen = [i]
     return [(i, parse_example(lines[i], i, split)) for i in chosen]
 
@@ -94,7 +101,9 @@ def render_example(record: dict, eos: str, index: int, split: str) -> Group:
     body.append(text[cursor:], style=CONTEXT_STYLE)
     learned = sum(e - s for s, e in spans)
     header = Text.assemble(
-        (f"{split}[{index}] ", "bold"), (f"{clean(record['id'])} ", "cyan"), (f"({clean(record['source'])}) ", ""),
+        (f"{split}[{index}] ", "bold"),
+        (f"{clean(record['id'])} ", "cyan"),
+        (f"({clean(record['source'])}) ", ""),
         (f"{learned:,} of {len(text):,} characters carry loss", "green"),
     )
     return Group(header, body, Text(""))

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from korani_cli.data.readers import SUFFIXES, list_files
-from korani_cli.errors import KoraniError, EXIT_DATA
+from korani_cli.errors import EXIT_DATA, KoraniError
 
 HUB_FILES = {
     # The DeepL-Korean files only; the repo's other files are not the translation.
@@ -31,20 +31,29 @@ def resolve_source(spec: str) -> list[Path]:
     try:
         exists = path.exists()
     except OSError as exc:  # a name too long, a loop of links
-        raise DataInputError(f"cannot read the data source {spec} ({exc.strerror})", "check the path") from None
+        raise DataInputError(
+            f"cannot read the data source {spec} ({exc.strerror})", "check the path"
+        ) from None
     if exists:
         try:
             files = list_files(path)
         except OSError as exc:
-            raise DataInputError(f"cannot read {path} ({exc.strerror})", "check the path and its permissions") from None
+            raise DataInputError(
+                f"cannot read {path} ({exc.strerror})", "check the path and its permissions"
+            ) from None
         if not files:
-            raise DataInputError(f"{path} holds no .json, .jsonl or .parquet files", "point at the data files or their directory")
+            raise DataInputError(
+                f"{path} holds no .json, .jsonl or .parquet files",
+                "point at the data files or their directory",
+            )
         for f in files:
             if not f.is_file():
                 raise DataInputError(f"{f} is not a file", "point at the data files or their directory")
         return files
     if looks_like_path(spec) or not _HUB_ID.match(spec):
-        raise DataInputError(_missing(spec), "check the path (or give a Hugging Face dataset id such as beomi/KoAlpaca-v1.1a)")
+        raise DataInputError(
+            _missing(spec), "check the path (or give a Hugging Face dataset id such as beomi/KoAlpaca-v1.1a)"
+        )
     return _from_hub(spec)
 
 
@@ -83,5 +92,7 @@ def _from_hub(repo_id: str) -> list[Path]:
         ) from None
     files = [f for f in list_files(Path(local)) if not f.name.startswith(".")]
     if not files:
-        raise DataInputError(f"the dataset '{repo_id}' has no .json, .jsonl or .parquet files", "pass a local path")
+        raise DataInputError(
+            f"the dataset '{repo_id}' has no .json, .jsonl or .parquet files", "pass a local path"
+        )
     return files

@@ -48,7 +48,10 @@ def answer_one(backend: Backend, config: ChatConfig, item: tuple[int, Instructio
     result = oneshot.answer(backend, conversation(prompt.prompt(), config.system), config.params())
     text = result.answer
     return {
-        "id": prompt.id, "position": position, "instruction": prompt.instruction, "input": prompt.input,
+        "id": prompt.id,
+        "position": position,
+        "instruction": prompt.instruction,
+        "input": prompt.input,
         "answer": text,
         "metrics": {
             "stopped": result.finish_reason in ("eos", "stop"),
@@ -57,10 +60,16 @@ def answer_one(backend: Backend, config: ChatConfig, item: tuple[int, Instructio
             "header_leak": m.header_leak(text),
             "chars": len(text),
         },
-        "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                  "finish_reason": result.finish_reason},
-        "timings": {"first_token_s": result.timings.first_token_s, "generate_s": result.timings.generate_s,
-                    "total_s": time.perf_counter() - start},
+        "usage": {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "finish_reason": result.finish_reason,
+        },
+        "timings": {
+            "first_token_s": result.timings.first_token_s,
+            "generate_s": result.timings.generate_s,
+            "total_s": time.perf_counter() - start,
+        },
     }
 
 
@@ -71,28 +80,61 @@ def summarise(records: list[dict]) -> dict:
     hangul = [r["metrics"]["hangul_share"] for r in records if r["metrics"]["hangul_share"] is not None]
     metrics = {
         "stop_rate": ratio(sum(r["metrics"]["stopped"] for r in records), n),
-        "repetition": {"value": m.mean([r["metrics"]["repetition"] for r in records]), "count": None, "of": n},
+        "repetition": {
+            "value": m.mean([r["metrics"]["repetition"] for r in records]),
+            "count": None,
+            "of": n,
+        },
         "hangul_share": {"value": m.mean(hangul), "count": None, "of": len(hangul)},
         "header_leak": ratio(sum(r["metrics"]["header_leak"] for r in records), n),
         "length_chars": {"value": m.mean(chars), "count": None, "of": n, "p95": m.percentile(chars, 95)},
-        "length_tokens": {"value": m.mean(tokens), "count": None, "of": len(tokens), "p95": m.percentile(tokens, 95)},
+        "length_tokens": {
+            "value": m.mean(tokens),
+            "count": None,
+            "of": len(tokens),
+            "p95": m.percentile(tokens, 95),
+        },
     }
-    return {"kind": "chat", "items": n, "metrics": metrics, "usage": usage(records),
-            "timings": timings(records, ("first_token_s", "total_s"))}
+    return {
+        "kind": "chat",
+        "items": n,
+        "metrics": metrics,
+        "usage": usage(records),
+        "timings": timings(records, ("first_token_s", "total_s")),
+    }
 
 
-def run_chat(prompts: PromptSet, backend: Backend, config: ChatConfig, run: RunDir, *,
-             on_start: Callable[[int, int], None] = lambda total, done: None,
-             on_item: Callable[[dict], None] = lambda record: None) -> dict:
+def run_chat(
+    prompts: PromptSet,
+    backend: Backend,
+    config: ChatConfig,
+    run: RunDir,
+    *,
+    on_start: Callable[[int, int], None] = lambda total, done: None,
+    on_item: Callable[[dict], None] = lambda record: None,
+) -> dict:
     planned = plan(prompts, config)
     todo = [p for p in planned if p[1].id not in run.done]
     on_start(len(planned), len(planned) - len(todo))
     start, before, complete = time.perf_counter(), len(run.done), False
     try:
-        evaluate(todo, lambda item: answer_one(backend, config, item), run, concurrency=config.concurrency, on_item=on_item)
+        evaluate(
+            todo,
+            lambda item: answer_one(backend, config, item),
+            run,
+            concurrency=config.concurrency,
+            on_item=on_item,
+        )
         complete = True
     finally:
         records = [run.done[p.id] for _, p in planned if p.id in run.done]
-        summary = finish(summarise(records), run, backend, config.settings(), complete, time.perf_counter() - start, len(run.done) - before)
+        summary = finish(
+            summarise(records),
+            run,
+            backend,
+            config.settings(),
+            complete,
+            time.perf_counter() - start,
+            len(run.done) - before,
+        )
     return summary
-

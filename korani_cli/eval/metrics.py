@@ -82,12 +82,15 @@ def answer_in_context(passages: Sequence[str], golds: Sequence[str]) -> bool:
     return any(g in normalize_answer(text) for text in passages for g in found)
 
 
-ABSTAIN_PATTERNS = [re.compile(p) for p in (
-    r"(자료|출처|문서|정보|내용|본문|지문)[^.!?\n]{0,20}(없습니다|없어요|없다|없음|않습니다|않아요|않다|않음|찾을 수 없|확인할 수 없)",
-    r"답(을|이|변을)?\s*(할 수 없|찾을 수 없|드릴 수 없|알 수 없|없습니다|없어요|없다)",
-    r"(알 수 없|모르겠|확인되지 않|확인할 수 없)",
-    r"(?i)(not (mentioned|provided|contain|found|available|stated)|no information|cannot (answer|find|be determined)|do(es)? not (say|mention|contain|provide))",
-)]
+ABSTAIN_PATTERNS = [
+    re.compile(p)
+    for p in (
+        r"(자료|출처|문서|정보|내용|본문|지문)[^.!?\n]{0,20}(없습니다|없어요|없다|없음|않습니다|않아요|않다|않음|찾을 수 없|확인할 수 없)",
+        r"답(을|이|변을)?\s*(할 수 없|찾을 수 없|드릴 수 없|알 수 없|없습니다|없어요|없다)",
+        r"(알 수 없|모르겠|확인되지 않|확인할 수 없)",
+        r"(?i)(not (mentioned|provided|contain|found|available|stated)|no information|cannot (answer|find|be determined)|do(es)? not (say|mention|contain|provide))",
+    )
+]
 
 
 def abstains(answer: str) -> bool:
@@ -106,7 +109,9 @@ class Footnotes:
     supported: int  # of those, with at least one right footnote
 
 
-def footnotes(claims: Sequence[tuple[str, Sequence[int]]], cited_text: dict, golds: Sequence[str]) -> Footnotes:
+def footnotes(
+    claims: Sequence[tuple[str, Sequence[int]]], cited_text: dict, golds: Sequence[str]
+) -> Footnotes:
     """`claims`: (sentence, footnote numbers) as printed; `cited_text`: footnote
     number → the passage text it points at (a number with no passage is wrong)."""
     on_stating = right = stating = supported = 0
@@ -128,8 +133,11 @@ def footnotes(claims: Sequence[tuple[str, Sequence[int]]], cited_text: dict, gol
 
 # -- chat behaviour -------------------------------------------------------------------------
 
-_HEADER = re.compile(r"###|<\|im_(start|end)\|>|<(start|end)_of_turn>|<\|(user|assistant|system)\|>"
-                     r"|(^|\n)\s*(User|Assistant|Bot|Human|System|사용자|어시스턴트|질문|답변)\s*:", re.I)
+_HEADER = re.compile(
+    r"###|<\|im_(start|end)\|>|<(start|end)_of_turn>|<\|(user|assistant|system)\|>"
+    r"|(^|\n)\s*(User|Assistant|Bot|Human|System|사용자|어시스턴트|질문|답변)\s*:",
+    re.I,
+)
 
 
 def header_leak(text: str) -> bool:
@@ -139,7 +147,7 @@ def header_leak(text: str) -> bool:
 def repetition(text: str, n: int = 4) -> float:
     """Share of the answer's word n-grams that repeat an earlier one (0 for fewer than n words)."""
     words = text.split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
 
 

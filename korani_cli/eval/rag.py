@@ -61,8 +61,12 @@ def build_pool(qaset: QASet, config: RagConfig):
     from korani_cli.search.types import Page
 
     pages = [Page(p.url, p.url, p.title, p.text, "text/plain", "utf-8") for p in qaset.paragraphs]
-    return Pool.build(pages, SearchOptions(k=config.k, per_page=config.per_page, embedder=config.embedder,
-                                           reranker=config.reranker))
+    return Pool.build(
+        pages,
+        SearchOptions(
+            k=config.k, per_page=config.per_page, embedder=config.embedder, reranker=config.reranker
+        ),
+    )
 
 
 class Asker:
@@ -81,11 +85,19 @@ class Asker:
         gold_url = self.page_url[q.page_id]
         start = time.perf_counter()
         with self.cpu:
-            ranked = self.pool.rank(q.question, exclude=frozenset({gold_url}) if item.unanswerable else frozenset())
+            ranked = self.pool.rank(
+                q.question, exclude=frozenset({gold_url}) if item.unanswerable else frozenset()
+            )
         retrieve_s = time.perf_counter() - start
         done = None
-        for event in stream(self.backend, q.question, ranked, self.config.params(), system=self.config.system,
-                                context_tokens=self.config.context_tokens):
+        for event in stream(
+            self.backend,
+            q.question,
+            ranked,
+            self.config.params(),
+            system=self.config.system,
+            context_tokens=self.config.context_tokens,
+        ):
             if isinstance(event, Done):
                 done = event
         sourced, offered_passages = done.answer, done.passages
@@ -95,28 +107,55 @@ class Asker:
         body = m.strip_markers(sourced.text)
         hit = any(r.passage.url == gold_url for r in ranked)
         return {
-            "id": q.id, "position": item.position, "question": q.question, "gold": list(q.answers),
-            "gold_page": q.page_id, "unanswerable": item.unanswerable,
-            "passages": [{"n": n, "page_id": self.page_id.get(r.passage.url), "url": r.passage.url, "title": r.passage.title,
-                          "score": round(r.score, 6), "text": r.passage.text} for n, r in enumerate(offered_passages, 1)],
-            "raw_answer": done.raw, "answer": sourced.text,
-            "citations": [{"n": c.n, "page_id": self.page_id.get(c.url), "url": c.url, "support": c.score} for c in sourced.citations],
+            "id": q.id,
+            "position": item.position,
+            "question": q.question,
+            "gold": list(q.answers),
+            "gold_page": q.page_id,
+            "unanswerable": item.unanswerable,
+            "passages": [
+                {
+                    "n": n,
+                    "page_id": self.page_id.get(r.passage.url),
+                    "url": r.passage.url,
+                    "title": r.passage.title,
+                    "score": round(r.score, 6),
+                    "text": r.passage.text,
+                }
+                for n, r in enumerate(offered_passages, 1)
+            ],
+            "raw_answer": done.raw,
+            "answer": sourced.text,
+            "citations": [
+                {"n": c.n, "page_id": self.page_id.get(c.url), "url": c.url, "support": c.score}
+                for c in sourced.citations
+            ],
             "metrics": {
                 "retrieval_hit": hit,
                 # The budget can keep the gold passage but cut its answer sentence: retrieval_hit cannot see that.
-                "answer_in_context": m.answer_in_context([r.passage.text for r in offered_passages], q.answers),
+                "answer_in_context": m.answer_in_context(
+                    [r.passage.text for r in offered_passages], q.answers
+                ),
                 "answer_correct": m.answer_correct(body, q.answers),
                 "f1": m.f1(body, q.answers),
                 "abstained": m.abstains(body),
                 "footnotes": asdict(m.footnotes(sourced.claims, printed, q.answers)),
                 "raw_footnotes": asdict(m.footnotes(raw_claims, offered, q.answers)),
             },
-            "usage": {"prompt_tokens": done.usage.prompt_tokens, "completion_tokens": done.usage.completion_tokens,
-                      "finish_reason": done.usage.finish_reason},
-            "timings": {"retrieve_s": retrieve_s, "prepare_s": done.timings.prepare_s,
-                        "first_token_s": done.timings.first_token_s, "first_sentence_s": done.timings.first_sentence_s,
-                        "generate_s": done.timings.generate_s, "verify_s": done.timings.verify_s,
-                        "total_s": time.perf_counter() - start},
+            "usage": {
+                "prompt_tokens": done.usage.prompt_tokens,
+                "completion_tokens": done.usage.completion_tokens,
+                "finish_reason": done.usage.finish_reason,
+            },
+            "timings": {
+                "retrieve_s": retrieve_s,
+                "prepare_s": done.timings.prepare_s,
+                "first_token_s": done.timings.first_token_s,
+                "first_sentence_s": done.timings.first_sentence_s,
+                "generate_s": done.timings.generate_s,
+                "verify_s": done.timings.verify_s,
+                "total_s": time.perf_counter() - start,
+            },
         }
 
 
@@ -140,7 +179,9 @@ def summarise(records: list[dict]) -> dict:
     f1s = [r["metrics"]["f1"] for r in answerable]
     metrics = {
         "retrieval_hit": ratio(count(answerable, "retrieval_hit"), len(answerable)),
-        "answer_in_context": ratio(sum(bool(r["metrics"].get("answer_in_context")) for r in answerable), len(answerable)),
+        "answer_in_context": ratio(
+            sum(bool(r["metrics"].get("answer_in_context")) for r in answerable), len(answerable)
+        ),
         "answer_correct": ratio(count(answerable, "answer_correct"), len(answerable)),
         "f1": {"value": m.mean(f1s), "count": None, "of": len(f1s)},
         "citation_precision": precision,
@@ -150,8 +191,15 @@ def summarise(records: list[dict]) -> dict:
         "abstain_correct": ratio(count(unanswerable, "abstained"), len(unanswerable)),
         "false_abstain": ratio(count(answerable, "abstained"), len(answerable)),
     }
-    return {"kind": "rag", "items": len(records), "answerable": len(answerable), "unanswerable": len(unanswerable),
-            "metrics": metrics, "usage": usage(records), "timings": timings(records, ("retrieve_s", "first_token_s", "first_sentence_s", "total_s"))}
+    return {
+        "kind": "rag",
+        "items": len(records),
+        "answerable": len(answerable),
+        "unanswerable": len(unanswerable),
+        "metrics": metrics,
+        "usage": usage(records),
+        "timings": timings(records, ("retrieve_s", "first_token_s", "first_sentence_s", "total_s")),
+    }
 
 
 def usage(records: list[dict]) -> dict:
@@ -167,12 +215,21 @@ def usage(records: list[dict]) -> dict:
 
 
 def timings(records: list[dict], names) -> dict:
-    return {name: spread([r["timings"].get(name) for r in records]) for name in names}  # older records may lack one
+    return {
+        name: spread([r["timings"].get(name) for r in records]) for name in names
+    }  # older records may lack one
 
 
-def run_rag(qaset: QASet, backend: Backend, config: RagConfig, run: RunDir, *, pool=None,
-            on_start: Callable[[int, int], None] = lambda total, done: None,
-            on_item: Callable[[dict], None] = lambda record: None) -> dict:
+def run_rag(
+    qaset: QASet,
+    backend: Backend,
+    config: RagConfig,
+    run: RunDir,
+    *,
+    pool=None,
+    on_start: Callable[[int, int], None] = lambda total, done: None,
+    on_item: Callable[[dict], None] = lambda record: None,
+) -> dict:
     """Ask every planned question not yet in `run`; write and return the summary (also when interrupted)."""
     planned = plan(qaset, config)
     todo = [p for p in planned if p.question.id not in run.done]
@@ -184,21 +241,43 @@ def run_rag(qaset: QASet, backend: Backend, config: RagConfig, run: RunDir, *, p
     try:
         if todo:
             pool = pool or build_pool(qaset, config)
-            evaluate(todo, Asker(qaset, pool, backend, config), run, concurrency=config.concurrency, on_item=on_item)
+            evaluate(
+                todo,
+                Asker(qaset, pool, backend, config),
+                run,
+                concurrency=config.concurrency,
+                on_item=on_item,
+            )
         complete = True
     finally:
         records = [run.done[i] for i in wanted if i in run.done]
-        summary = finish(summarise(records), run, backend, config.settings(), complete, time.perf_counter() - start, len(run.done) - before)
+        summary = finish(
+            summarise(records),
+            run,
+            backend,
+            config.settings(),
+            complete,
+            time.perf_counter() - start,
+            len(run.done) - before,
+        )
     return summary
 
 
-def finish(summary: dict, run: RunDir, backend: Backend, settings: dict, complete: bool, wall_s: float, new: int) -> dict:
+def finish(
+    summary: dict, run: RunDir, backend: Backend, settings: dict, complete: bool, wall_s: float, new: int
+) -> dict:
     """Add what a reader needs besides the measures (model, settings, provenance) and write summary.json."""
     info = backend.info
     summary.update(
-        complete=complete, run_dir=str(run.path), settings=settings,
-        model={"name": info.name, "backend": info.backend, "template": info.template,
-               "details": {k: str(v) for k, v in info.details.items()}},
+        complete=complete,
+        run_dir=str(run.path),
+        settings=settings,
+        model={
+            "name": info.name,
+            "backend": info.backend,
+            "template": info.template,
+            "details": {k: str(v) for k, v in info.details.items()},
+        },
         session={"wall_s": wall_s, "items": new, "items_per_s": new / wall_s if wall_s > 0 else None},
         **provenance(),
     )

@@ -20,8 +20,22 @@ from korani_cli.eval import EvalDataError
 from korani_cli.eval.run import SUMMARY, is_run_dir, read_marker
 
 # Shown as percentages; the rest are plain numbers.
-RATIOS = {"retrieval_hit", "answer_in_context", "answer_correct", "f1", "citation_precision", "citation_recall", "raw_citation_precision",
-          "raw_citation_recall", "abstain_correct", "false_abstain", "stop_rate", "repetition", "hangul_share", "header_leak"}
+RATIOS = {
+    "retrieval_hit",
+    "answer_in_context",
+    "answer_correct",
+    "f1",
+    "citation_precision",
+    "citation_recall",
+    "raw_citation_precision",
+    "raw_citation_recall",
+    "abstain_correct",
+    "false_abstain",
+    "stop_rate",
+    "repetition",
+    "hangul_share",
+    "header_leak",
+}
 
 
 @dataclass(frozen=True)
@@ -44,7 +58,9 @@ class Summary:
     first_token_p50: float | None
     total_p50: float | None
     raw: dict
-    first_sentence_p50: float | None = None  # rag: when the first checked sentence was shown  # the whole summary.json, for --json
+    first_sentence_p50: float | None = (
+        None  # rag: when the first checked sentence was shown  # the whole summary.json, for --json
+    )
 
 
 def load(path: Path) -> Summary:
@@ -52,33 +68,58 @@ def load(path: Path) -> Summary:
     if not path.is_dir():
         raise UsageError(f"{path} is not a directory", "pass the -o directory of a `korani eval` run")
     if not is_run_dir(path):
-        raise UsageError(f"{path} is not a run directory korani wrote", "pass the -o directory of a `korani eval` run")
+        raise UsageError(
+            f"{path} is not a run directory korani wrote", "pass the -o directory of a `korani eval` run"
+        )
     command = read_marker(path).get("command", "")
     if not str(command).startswith("eval "):
-        raise UsageError(f"{path} holds the output of `korani {command}`, not of an evaluation", "pass the -o directory of a `korani eval` run")
+        raise UsageError(
+            f"{path} holds the output of `korani {command}`, not of an evaluation",
+            "pass the -o directory of a `korani eval` run",
+        )
     try:
         raw = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise EvalDataError(f"{path} has no {SUMMARY} yet", "let the run finish, or rerun it with the same -o to resume") from None
+        raise EvalDataError(
+            f"{path} has no {SUMMARY} yet", "let the run finish, or rerun it with the same -o to resume"
+        ) from None
     except OSError as exc:
-        raise EvalDataError(f"cannot read {path / SUMMARY} ({exc.strerror})", "check its permissions") from None
+        raise EvalDataError(
+            f"cannot read {path / SUMMARY} ({exc.strerror})", "check its permissions"
+        ) from None
     except ValueError:
-        raise EvalDataError(f"{path / SUMMARY} is not JSON", "rerun the evaluation with the same -o to write it again") from None
+        raise EvalDataError(
+            f"{path / SUMMARY} is not JSON", "rerun the evaluation with the same -o to write it again"
+        ) from None
     return parse(path, raw)
 
 
 def parse(path: Path, raw: dict) -> Summary:
     """A summary object (as written to summary.json) → a Summary value."""
     try:
-        metrics = {name: Measure(v.get("value"), v.get("count"), int(v.get("of") or 0), v.get("p95"))
-                   for name, v in raw["metrics"].items()}
+        metrics = {
+            name: Measure(v.get("value"), v.get("count"), int(v.get("of") or 0), v.get("p95"))
+            for name, v in raw["metrics"].items()
+        }
         usage, timings = raw.get("usage") or {}, raw.get("timings") or {}
-        return Summary(path, str(raw["kind"]), str((raw.get("model") or {}).get("name", "?")), int(raw["items"]),
-                       bool(raw.get("complete")), metrics, dict(usage.get("finish_reason") or {}),
-                       (timings.get("first_token_s") or {}).get("p50"), (timings.get("total_s") or {}).get("p50"), raw,
-                       (timings.get("first_sentence_s") or {}).get("p50"))
+        return Summary(
+            path,
+            str(raw["kind"]),
+            str((raw.get("model") or {}).get("name", "?")),
+            int(raw["items"]),
+            bool(raw.get("complete")),
+            metrics,
+            dict(usage.get("finish_reason") or {}),
+            (timings.get("first_token_s") or {}).get("p50"),
+            (timings.get("total_s") or {}).get("p50"),
+            raw,
+            (timings.get("first_sentence_s") or {}).get("p50"),
+        )
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise EvalDataError(f"{path / SUMMARY} is not a summary korani wrote", "rerun the evaluation with the same -o to write it again") from None
+        raise EvalDataError(
+            f"{path / SUMMARY} is not a summary korani wrote",
+            "rerun the evaluation with the same -o to write it again",
+        ) from None
 
 
 def _value(name: str, measure: Measure | None) -> str:
@@ -102,7 +143,9 @@ def _seconds(value: float | None) -> str:
 
 def table(summary: Summary) -> Table:
     state = "" if summary.complete else " (incomplete)"
-    out = Table(title=escape(f"eval {summary.kind}: {summary.model} — {summary.items} items{state}"), box=None)
+    out = Table(
+        title=escape(f"eval {summary.kind}: {summary.model} — {summary.items} items{state}"), box=None
+    )
     out.add_column("measure")
     out.add_column("value", justify="right")
     out.add_column("counts", justify="right")
@@ -120,7 +163,10 @@ def comparison(summaries: list[Summary]) -> Table:
     """Runs side by side; every run after the first also shows its delta to the first."""
     kinds = {s.kind for s in summaries}
     if len(kinds) > 1:
-        raise UsageError(f"cannot compare runs of different kinds ({', '.join(sorted(kinds))})", "compare rag runs with rag runs, chat with chat")
+        raise UsageError(
+            f"cannot compare runs of different kinds ({', '.join(sorted(kinds))})",
+            "compare rag runs with rag runs, chat with chat",
+        )
     base = summaries[0]
     out = Table(title=f"eval {base.kind}: {len(summaries)} runs", box=None)
     out.add_column("measure")

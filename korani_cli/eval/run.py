@@ -50,17 +50,26 @@ class RunConfig:
     def params(self):
         from korani_cli.backends import GenerationParams
 
-        return GenerationParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                                seed=self.seed, stream=True)
+        return GenerationParams(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stream=True,
+        )
 
 
 def read_marker(path: Path) -> dict:
     try:
         marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise EvalDataError(f"cannot read {path / MARKER} ({exc.strerror})", "check the run directory's permissions") from None
+        raise EvalDataError(
+            f"cannot read {path / MARKER} ({exc.strerror})", "check the run directory's permissions"
+        ) from None
     except ValueError:
-        raise EvalDataError(f"{path / MARKER} is not JSON", "choose another -o; korani cannot tell what wrote this directory") from None
+        raise EvalDataError(
+            f"{path / MARKER} is not JSON", "choose another -o; korani cannot tell what wrote this directory"
+        ) from None
     if not isinstance(marker, dict):
         raise EvalDataError(f"{path / MARKER} is not korani's marker", "choose another -o")
     return marker
@@ -84,8 +93,10 @@ class RunDir:
         if not fresh:
             marker = read_marker(path)
             if marker.get("command") != command:
-                raise UsageError(f"{path} holds the output of `korani {marker.get('command')}`, not of `korani {command}`",
-                                 "choose another -o")
+                raise UsageError(
+                    f"{path} holds the output of `korani {marker.get('command')}`, not of `korani {command}`",
+                    "choose another -o",
+                )
             if overwrite:
                 for name in (ITEMS, SUMMARY):
                     (path / name).unlink(missing_ok=True)
@@ -122,8 +133,10 @@ class RunDir:
                 record = json.loads(line)
                 done[str(record["id"])] = record
             except (ValueError, KeyError, TypeError):
-                raise EvalDataError(f"{items} line {number} is not an item korani wrote",
-                                    "move the directory away and start again, or pass --overwrite") from None
+                raise EvalDataError(
+                    f"{items} line {number} is not an item korani wrote",
+                    "move the directory away and start again, or pass --overwrite",
+                ) from None
         return done
 
     def append(self, record: dict) -> None:
@@ -139,15 +152,27 @@ class RunDir:
 
 
 def _check_same(path: Path, before: dict, now: dict) -> None:
-    changed = [k for k in sorted(set(before) | set(now)) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)]
+    changed = [
+        k
+        for k in sorted(set(before) | set(now))
+        if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)
+    ]
     if changed:
         shown = ", ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in changed[:3])
-        raise UsageError(f"{path} is a run with other settings ({shown})",
-                         "rerun with the same settings to resume, pass --overwrite to start it again, or choose another -o")
+        raise UsageError(
+            f"{path} is a run with other settings ({shown})",
+            "rerun with the same settings to resume, pass --overwrite to start it again, or choose another -o",
+        )
 
 
-def evaluate(todo: Sequence, work: Callable, run: RunDir, *, concurrency: int = 1,
-             on_item: Callable[[dict], None] = lambda record: None) -> None:
+def evaluate(
+    todo: Sequence,
+    work: Callable,
+    run: RunDir,
+    *,
+    concurrency: int = 1,
+    on_item: Callable[[dict], None] = lambda record: None,
+) -> None:
     """work(item) → record, for every item of `todo`; each record is appended to the run as it arrives."""
     if concurrency <= 1 or len(todo) <= 1:
         for item in todo:
@@ -174,7 +199,10 @@ def evaluate(todo: Sequence, work: Callable, run: RunDir, *, concurrency: int = 
                 return
 
     # Daemon threads: Ctrl-C must not wait for requests still in flight.
-    threads = [threading.Thread(target=worker, name=f"korani-eval-{i}", daemon=True) for i in range(min(concurrency, len(todo)))]
+    threads = [
+        threading.Thread(target=worker, name=f"korani-eval-{i}", daemon=True)
+        for i in range(min(concurrency, len(todo)))
+    ]
     for thread in threads:
         thread.start()
     try:
@@ -201,7 +229,9 @@ def provenance() -> dict:
     repo = Path(__file__).resolve().parents[2]
     if (repo / ".git").exists():
         try:
-            out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+            out = subprocess.run(
+                ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            )
             commit = out.stdout.strip() or None if out.returncode == 0 else None
         except (OSError, subprocess.SubprocessError):
             commit = None
@@ -217,7 +247,12 @@ def spread(values: Sequence[float]) -> dict:
     from korani_cli.eval.metrics import mean, percentile
 
     values = [v for v in values if v is not None]
-    return {"mean": mean(values), "p50": percentile(values, 50), "p95": percentile(values, 95), "n": len(values)}
+    return {
+        "mean": mean(values),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "n": len(values),
+    }
 
 
 def is_run_dir(path: Path) -> bool:

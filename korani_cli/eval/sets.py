@@ -77,7 +77,10 @@ def shared_dirs() -> list[Path]:
     """Where `../shared` may be: beside the project checkout, or beside the working directory."""
     import korani_cli
 
-    return [Path(korani_cli.__file__).resolve().parents[1].parent / "shared", Path.cwd().resolve().parent / "shared"]
+    return [
+        Path(korani_cli.__file__).resolve().parents[1].parent / "shared",
+        Path.cwd().resolve().parent / "shared",
+    ]
 
 
 def resolve_set(spec: str, flag: str) -> Path:
@@ -86,11 +89,15 @@ def resolve_set(spec: str, flag: str) -> Path:
         for base in shared_dirs():
             if (base / NAMED[spec]).is_file():
                 return base / NAMED[spec]
-        raise EvalDataError(f"{flag} {spec}: {NAMED[spec]} is not in ../shared beside korani",
-                            f"pass {flag} PATH to a copy of the file")
+        raise EvalDataError(
+            f"{flag} {spec}: {NAMED[spec]} is not in ../shared beside korani",
+            f"pass {flag} PATH to a copy of the file",
+        )
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise EvalDataError(f"{flag} {spec}: no such file", f"pass {flag} {' or '.join(NAMED)} or a path to a file")
+        raise EvalDataError(
+            f"{flag} {spec}: no such file", f"pass {flag} {' or '.join(NAMED)} or a path to a file"
+        )
     return path
 
 
@@ -104,8 +111,10 @@ def _read(path: Path, flag: str) -> bytes:
 def _expect(value, kind: type, where: str, path: Path):
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         name = {dict: "an object", list: "a list", str: "a string", int: "an integer"}[kind]
-        raise EvalDataError(f"{path} is not in KorQuAD 1.0 format: {where} should be {name}",
-                            "pass a file shaped like KorQuAD_v1.0_dev.json: {data: [{title, paragraphs: [{context, qas: [{id, question, answers: [{text}]}]}]}]}")
+        raise EvalDataError(
+            f"{path} is not in KorQuAD 1.0 format: {where} should be {name}",
+            "pass a file shaped like KorQuAD_v1.0_dev.json: {data: [{title, paragraphs: [{context, qas: [{id, question, answers: [{text}]}]}]}]}",
+        )
     return value
 
 
@@ -114,7 +123,9 @@ def load_korquad(path: Path) -> QASet:
     try:
         root = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise EvalDataError(f"{path} is not JSON ({str(exc).splitlines()[0]})", "pass a KorQuAD-1.0-format JSON file") from None
+        raise EvalDataError(
+            f"{path} is not JSON ({str(exc).splitlines()[0]})", "pass a KorQuAD-1.0-format JSON file"
+        ) from None
     articles = _expect(_expect(root, dict, "the top level", path).get("data"), list, "data", path)
     paragraphs: list[Paragraph] = []
     questions: list[Question] = []
@@ -135,17 +146,33 @@ def load_korquad(path: Path) -> QASet:
                 qid = str(qa.get("id", f"{page_id}.{q}"))
                 question = clean_line(_expect(qa.get("question"), str, f"{qwhere}.question", path))
                 answers = _expect(qa.get("answers"), list, f"{qwhere}.answers", path)
-                golds = tuple(clean_line(_expect(_expect(ans, dict, f"{qwhere}.answers[{i}]", path).get("text"), str,
-                                                 f"{qwhere}.answers[{i}].text", path)) for i, ans in enumerate(answers))
+                golds = tuple(
+                    clean_line(
+                        _expect(
+                            _expect(ans, dict, f"{qwhere}.answers[{i}]", path).get("text"),
+                            str,
+                            f"{qwhere}.answers[{i}].text",
+                            path,
+                        )
+                    )
+                    for i, ans in enumerate(answers)
+                )
                 if not golds or not question or not any(golds):
-                    raise EvalDataError(f"{path}: {qwhere} has no question text or no gold answer",
-                                        "every question needs its text and at least one answer")
+                    raise EvalDataError(
+                        f"{path}: {qwhere} has no question text or no gold answer",
+                        "every question needs its text and at least one answer",
+                    )
                 if qid in seen:
-                    raise EvalDataError(f"{path}: question id {qid!r} appears twice ({qwhere})", "give every question its own id")
+                    raise EvalDataError(
+                        f"{path}: question id {qid!r} appears twice ({qwhere})",
+                        "give every question its own id",
+                    )
                 seen.add(qid)
                 questions.append(Question(qid, question, golds, page_id))
     if not questions:
-        raise EvalDataError(f"{path} holds no questions", "pass a KorQuAD-1.0-format file with at least one question")
+        raise EvalDataError(
+            f"{path} holds no questions", "pass a KorQuAD-1.0-format file with at least one question"
+        )
     return QASet(path, hashlib.sha256(data).hexdigest(), tuple(paragraphs), tuple(questions))
 
 
@@ -164,14 +191,29 @@ def load_prompts(path: Path) -> PromptSet:
             row = json.loads(line)
         except ValueError:
             raise EvalDataError(f"{path} line {number} is not JSON", fix) from None
-        if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not row["instruction"].strip():
-            raise EvalDataError(f"{path} line {number} has no \"instruction\" text", fix)
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("instruction"), str)
+            or not row["instruction"].strip()
+        ):
+            raise EvalDataError(f'{path} line {number} has no "instruction" text', fix)
         extra = row.get("input")
-        if extra is None and isinstance(row.get("instances"), list) and row["instances"] and isinstance(row["instances"][0], dict):
+        if (
+            extra is None
+            and isinstance(row.get("instances"), list)
+            and row["instances"]
+            and isinstance(row["instances"][0], dict)
+        ):
             extra = row["instances"][0].get("input")
         if extra is not None and not isinstance(extra, str):
-            raise EvalDataError(f"{path} line {number}: \"input\" is not text", fix)
-        prompts.append(Instruction(str(row.get("id", f"line{number}")), clean(row["instruction"]).strip(), clean(extra or "").strip()))
+            raise EvalDataError(f'{path} line {number}: "input" is not text', fix)
+        prompts.append(
+            Instruction(
+                str(row.get("id", f"line{number}")),
+                clean(row["instruction"]).strip(),
+                clean(extra or "").strip(),
+            )
+        )
     if not prompts:
         raise EvalDataError(f"{path} holds no instructions", fix)
     ids = [p.id for p in prompts]

@@ -34,12 +34,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from korani_cli.template import Message, RAG_INSTRUCTION, RAG_QUESTION_PREFIX, Source, user
 from korani_cli.backends import Backend, GenerationParams, Usage
 from korani_cli.search import support as sup
 from korani_cli.search.segment import Piece, Segmenter
 from korani_cli.search.segment import split as split_pieces
 from korani_cli.search.types import Citation, Ranked
+from korani_cli.template import RAG_INSTRUCTION, RAG_QUESTION_PREFIX, Message, Source, user
 from korani_cli.untrusted import clean_line
 
 MARKER = re.compile(r"[ \t]*\[(\d{1,2})\]")
@@ -62,6 +62,7 @@ class SourcedAnswer:
 
 
 # -- events -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Trimmed:
@@ -108,6 +109,7 @@ Event = Trimmed | Text | Sentence | Footnotes | Done
 
 # -- prompt -------------------------------------------------------------------------------
 
+
 def messages(question: str, ranked: Sequence[Ranked], system: str | None = None, history=()) -> list[Message]:
     sources = [Source(r.passage.title or r.passage.url, r.passage.url, r.passage.text) for r in ranked]
     head = [Message("system", system)] if system else []
@@ -125,6 +127,7 @@ def echo_prefixes(ranked: Sequence[Ranked]) -> list[str]:
 
 # -- the check ------------------------------------------------------------------------------
 
+
 def _markers(text: str) -> list[re.Match]:
     """[n] markers outside `code spans` (a[1] in code is an index, not a footnote)."""
     spans = [m.span() for m in _CODE_SPAN.finditer(text)]
@@ -138,7 +141,7 @@ def _unmarked(text: str) -> tuple[str, int | None, list[int]]:
         return text, None, []
     body, last, at = [], 0, None
     for m in found:
-        body.append(text[last:m.start()])
+        body.append(text[last : m.start()])
         if at is None:
             at = sum(map(len, body))
         last = m.end()
@@ -211,8 +214,10 @@ class Checker:
         return out
 
     def answer(self, text: str) -> SourcedAnswer:
-        sources = [{"n": i, "url": r.passage.url, "title": r.passage.title, "score": round(r.score, 4)}
-                   for i, r in enumerate(self.ranked, 1)]
+        sources = [
+            {"n": i, "url": r.passage.url, "title": r.passage.title, "score": round(r.score, 4)}
+            for i, r in enumerate(self.ranked, 1)
+        ]
         return SourcedAnswer(text, self.citations(), sources, list(self.claims))
 
 
@@ -236,9 +241,18 @@ def written_claims(raw: str) -> list[tuple[str, list[int]]]:
 
 # -- the core -----------------------------------------------------------------------------
 
-def stream(backend: Backend, question: str, ranked: Sequence[Ranked], params: GenerationParams, *,
-           system: str | None = None, history: Sequence[Message] = (), context_tokens: int | None = None,
-           threshold: float = SUPPORT_THRESHOLD) -> Iterator[Event]:
+
+def stream(
+    backend: Backend,
+    question: str,
+    ranked: Sequence[Ranked],
+    params: GenerationParams,
+    *,
+    system: str | None = None,
+    history: Sequence[Message] = (),
+    context_tokens: int | None = None,
+    threshold: float = SUPPORT_THRESHOLD,
+) -> Iterator[Event]:
     """Answer `question` from `ranked`, yielding events as the answer is generated and checked.
 
     `context_tokens` caps the sources' share of the prompt (None: the model's default).
@@ -248,7 +262,9 @@ def stream(backend: Backend, question: str, ranked: Sequence[Ranked], params: Ge
 
     prepare = time.perf_counter()
     limit = backend.info.context_length
-    tokens = context_tokens if context_tokens is not None else budget.default_tokens(limit, params.max_new_tokens)
+    tokens = (
+        context_tokens if context_tokens is not None else budget.default_tokens(limit, params.max_new_tokens)
+    )
     # Passages cut to their sentences most relevant to the question; footnotes are
     # checked against, and quote, exactly what the model was given.
     ranked = budget.fit(question, list(ranked), tokens, backend.count_tokens)
@@ -294,5 +310,10 @@ def stream(backend: Backend, question: str, ranked: Sequence[Ranked], params: Ge
     answer = checker.answer("".join(shown))
     if answer.citations:
         yield Footnotes(tuple(answer.citations))
-    yield Done(answer, "".join(raw), usage,
-               Timings(prepare_s, first_token, first_sentence, generate_s, checker.seconds), tuple(ranked))
+    yield Done(
+        answer,
+        "".join(raw),
+        usage,
+        Timings(prepare_s, first_token, first_sentence, generate_s, checker.seconds),
+        tuple(ranked),
+    )

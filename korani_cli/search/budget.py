@@ -166,7 +166,7 @@ class _Passage:
 
     def sentence(self, i: int) -> str:
         s = self.sentences[i]
-        return self.text[s.start:s.end]
+        return self.text[s.start : s.end]
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,9 @@ class _Cut:
     cost: int
 
     def text(self, p: _Passage) -> str:
-        return (ELLIPSIS if self.head else "") + p.text[self.start:self.end] + (ELLIPSIS if self.tail else "")
+        return (
+            (ELLIPSIS if self.head else "") + p.text[self.start : self.end] + (ELLIPSIS if self.tail else "")
+        )
 
 
 @dataclass
@@ -212,7 +214,7 @@ def _analyse(question: str, ranked: list[Ranked], cost: _Counter) -> "_Analysis"
     passages = []
     for r, text, low in zip(ranked, texts, lowered):
         sents = [_Sentence(m.start(), m.end()) for m in _SENTENCE.finditer(text)]
-        scores = [sum(w for f, w in weights.items() if _holds(f, low[s.start:s.end])) for s in sents]
+        scores = [sum(w for f, w in weights.items() if _holds(f, low[s.start : s.end])) for s in sents]
         header = cost(sources_text([Source(r.passage.title or r.passage.url, r.passage.url, "")]))
         passages.append(_Passage(r, text, sents, scores, header, _wanted(scores)))
     return _Analysis(passages, weights, cost)
@@ -282,7 +284,11 @@ class _Analysis:
         # the same page (their overlap) does not already offer.
         bests: list[int | None] = []
         for k, p in enumerate(passages):
-            taken = {passages[j].sentence(b) for j, b in enumerate(bests) if b is not None and passages[j].ranked.passage.url == p.ranked.passage.url}
+            taken = {
+                passages[j].sentence(b)
+                for j, b in enumerate(bests)
+                if b is not None and passages[j].ranked.passage.url == p.ranked.passage.url
+            }
             fresh = [i for i in p.wanted if p.sentence(i) not in taken]
             bests.append((fresh or p.wanted or [None])[0])
         wants = [self.cost(p.sentence(b)) if b is not None else 0 for p, b in zip(passages, bests)]
@@ -333,7 +339,12 @@ class _Analysis:
                 return 0
             choice.cut, choice.kept = None, {index}
             spent = whole - paid
-        offered = {c.passage.sentence(i) for c in choices if c.passage.ranked.passage.url == p.ranked.passage.url for i in c.kept}
+        offered = {
+            c.passage.sentence(i)
+            for c in choices
+            if c.passage.ranked.passage.url == p.ranked.passage.url
+            for i in c.kept
+        }
         for i in p.wanted:
             if i in choice.kept or p.sentence(i) in offered:
                 continue
@@ -350,7 +361,7 @@ class _Analysis:
         room (passages.py breaks runs at 64 characters, a hand-made passage may not)
         keeps as many of its first characters as fit."""
         s = p.sentences[index]
-        words = [(s.start + m.start(), s.start + m.end()) for m in _WORD.finditer(p.text[s.start:s.end])]
+        words = [(s.start + m.start(), s.start + m.end()) for m in _WORD.finditer(p.text[s.start : s.end])]
         forms = [{f for f in self.weights if _holds(f, p.text[a:b].lower())} for a, b in words]
         # Priced by the sentence's tokens per character (one count, not one a word);
         # the exact count of the window chosen is checked below.
@@ -409,7 +420,7 @@ class _Analysis:
                 else:
                     runs.append([i])
             # A run of neighbouring sentences as written; runs apart joined by a space.
-            text = " ".join(p.text[p.sentences[run[0]].start:p.sentences[run[-1]].end] for run in runs)
+            text = " ".join(p.text[p.sentences[run[0]].start : p.sentences[run[-1]].end] for run in runs)
         # The passage's morphemes were those of the whole text: the citation check
         # analyses the kept text afresh (after generation, off the first-token path).
         return replace(p.ranked, passage=replace(p.ranked.passage, text=text, terms=None))

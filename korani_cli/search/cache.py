@@ -57,7 +57,9 @@ class PageCache:
                 "CREATE TABLE IF NOT EXISTS pages (url TEXT PRIMARY KEY, final_url TEXT, title TEXT, text TEXT,"
                 " content_type TEXT, encoding TEXT, fetched_at REAL, hops TEXT NOT NULL)"
             )
-            db.execute("CREATE TABLE IF NOT EXISTS searches (query TEXT PRIMARY KEY, hits TEXT, fetched_at REAL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS searches (query TEXT PRIMARY KEY, hits TEXT, fetched_at REAL)"
+            )
             if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.commit()
@@ -91,7 +93,10 @@ class PageCache:
             return
         rows = [[h.url, h.title, h.snippet, h.provider] for h in hits]
         try:
-            self.db.execute("INSERT OR REPLACE INTO searches VALUES (?, ?, ?)", (query, json.dumps(rows, ensure_ascii=False), time.time()))
+            self.db.execute(
+                "INSERT OR REPLACE INTO searches VALUES (?, ?, ?)",
+                (query, json.dumps(rows, ensure_ascii=False), time.time()),
+            )
             self.db.commit()
         except sqlite3.Error as exc:
             self._failed(exc)
@@ -115,7 +120,8 @@ class PageCache:
             return None
         try:
             row = self.db.execute(
-                "SELECT final_url, title, text, content_type, encoding, fetched_at, hops FROM pages WHERE url = ?", (url,)
+                "SELECT final_url, title, text, content_type, encoding, fetched_at, hops FROM pages WHERE url = ?",
+                (url,),
             ).fetchone()
         except sqlite3.Error as exc:
             self._failed(exc)
@@ -135,7 +141,16 @@ class PageCache:
         try:
             self.db.execute(
                 "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (page.url, page.final_url, page.title, page.text, page.content_type, page.encoding, time.time(), chain),
+                (
+                    page.url,
+                    page.final_url,
+                    page.title,
+                    page.text,
+                    page.content_type,
+                    page.encoding,
+                    time.time(),
+                    chain,
+                ),
             )
             self.db.commit()
         except sqlite3.Error as exc:

@@ -48,7 +48,10 @@ def readability_text(html: str) -> tuple[str, str]:
 def trafilatura_body(html: str, url: str | None = None) -> str:
     import trafilatura
 
-    return (trafilatura.extract(html, url=url, include_comments=False, include_tables=True, favor_recall=True) or "").strip()
+    return (
+        trafilatura.extract(html, url=url, include_comments=False, include_tables=True, favor_recall=True)
+        or ""
+    ).strip()
 
 
 def trafilatura_text(html: str, url: str | None = None) -> tuple[str, str]:

@@ -21,10 +21,20 @@ from korani_cli.search import workers
 from korani_cli.search.cache import PageCache
 from korani_cli.search.decode import decode_html
 from korani_cli.search.extract import extract
-from korani_cli.search.safety import GuardedBackend, Hop, UnsafeURL, check_chain, check_scheme, literal_address, refuse
+from korani_cli.search.safety import (
+    GuardedBackend,
+    Hop,
+    UnsafeURL,
+    check_chain,
+    check_scheme,
+    literal_address,
+    refuse,
+)
 from korani_cli.search.types import Hit, Page, Skipped
 
-USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36 korani"
+USER_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36 korani"
+)
 HTML_TYPES = ("text/html", "application/xhtml+xml", "text/plain")
 
 
@@ -173,8 +183,15 @@ def _client(opts: FetchOptions):
     transport = httpx.AsyncHTTPTransport(limits=limits)
     net.use_backend(transport, backend, limits=limits)
     client = httpx.AsyncClient(
-        transport=transport, trust_env=False, timeout=httpx.Timeout(opts.timeout), follow_redirects=False,
-        headers={"User-Agent": USER_AGENT, "Accept-Language": "ko,en;q=0.8", "Accept-Encoding": net.ACCEPT_ENCODING},
+        transport=transport,
+        trust_env=False,
+        timeout=httpx.Timeout(opts.timeout),
+        follow_redirects=False,
+        headers={
+            "User-Agent": USER_AGENT,
+            "Accept-Language": "ko,en;q=0.8",
+            "Accept-Encoding": net.ACCEPT_ENCODING,
+        },
     )
     return client, backend
 
@@ -192,7 +209,9 @@ async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None
     return report
 
 
-def _without_network(hits: list[Hit], opts: FetchOptions, cache: PageCache | None, report: FetchReport) -> list[str]:
+def _without_network(
+    hits: list[Hit], opts: FetchOptions, cache: PageCache | None, report: FetchReport
+) -> list[str]:
     """Into `report`: local files, and pages the cache holds (if their redirect chain
     passes today's guard). Returned: the URLs that must be downloaded."""
     todo: list[str] = []
@@ -223,13 +242,17 @@ def _without_network(hits: list[Hit], opts: FetchOptions, cache: PageCache | Non
     return todo
 
 
-async def _download(urls: list[str], opts: FetchOptions, cache: PageCache | None, report: FetchReport) -> None:
+async def _download(
+    urls: list[str], opts: FetchOptions, cache: PageCache | None, report: FetchReport
+) -> None:
     """Fetch `urls` at once, each under its timeout and all under the deadline; pages
     (cached with their hops) and reasons into `report`."""
     client, backend = _client(opts)
     async with client:
-        tasks = {asyncio.ensure_future(asyncio.wait_for(_fetch_one(client, backend, url, opts), opts.timeout)): url
-                 for url in urls}
+        tasks = {
+            asyncio.ensure_future(asyncio.wait_for(_fetch_one(client, backend, url, opts), opts.timeout)): url
+            for url in urls
+        }
         done, pending = await asyncio.wait(tasks, timeout=opts.deadline)
         for task in pending:
             task.cancel()
@@ -240,7 +263,9 @@ async def _download(urls: list[str], opts: FetchOptions, cache: PageCache | None
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-def _collect(task: asyncio.Future, url: str, opts: FetchOptions, cache: PageCache | None, report: FetchReport) -> None:
+def _collect(
+    task: asyncio.Future, url: str, opts: FetchOptions, cache: PageCache | None, report: FetchReport
+) -> None:
     """One finished download: its page, or why there is none."""
     import httpx
 

@@ -67,8 +67,10 @@ class Sentence:
             return Sentence(self.text[:at], None), Sentence(self.text[at:], None)
         head = [(t, s) for t, s in zip(self.terms, self.starts) if s < at]
         tail = [(t, s - at) for t, s in zip(self.terms, self.starts) if s >= at]
-        return (Sentence(self.text[:at], tuple(t for t, _ in head), tuple(s for _, s in head)),
-                Sentence(self.text[at:], tuple(t for t, _ in tail), tuple(s for _, s in tail)))
+        return (
+            Sentence(self.text[:at], tuple(t for t, _ in head), tuple(s for _, s in head)),
+            Sentence(self.text[at:], tuple(t for t, _ in tail), tuple(s for _, s in tail)),
+        )
 
 
 def _sentence(s) -> Sentence:
@@ -76,7 +78,9 @@ def _sentence(s) -> Sentence:
     text = s.text.strip()
     base = s.start + (len(s.text) - len(s.text.lstrip()))
     tokens = [t for t in (s.tokens or ()) if t.tag.startswith(CONTENT_TAGS)]
-    return Sentence(text, tuple(t.form.lower() for t in tokens), tuple(max(0, t.start - base) for t in tokens))
+    return Sentence(
+        text, tuple(t.form.lower() for t in tokens), tuple(max(0, t.start - base) for t in tokens)
+    )
 
 
 PAGE_CHARS = 100_000  # of one page's text; a long encyclopedia article fits
@@ -87,7 +91,7 @@ _LONG_RUN = re.compile(r"\S{%d,}" % (RUN_CHARS + 1))
 
 def _break_run(match: re.Match) -> str:
     run = match.group(0)
-    return " ".join(run[i:i + RUN_CHARS] for i in range(0, len(run), RUN_CHARS))
+    return " ".join(run[i : i + RUN_CHARS] for i in range(0, len(run), RUN_CHARS))
 
 
 def bounded(text: str, limit: int = PAGE_CHARS) -> str:

@@ -26,12 +26,11 @@ from typing import Callable
 
 from korani_cli import paths
 from korani_cli.errors import EXIT_NO_SOURCES, ConfigError, KoraniError, UsageError
-from korani_cli.search.providers import DEFAULT_CHAIN, NoProvider, build, search_chain
 from korani_cli.search import workers
 from korani_cli.search.cache import PageCache
 from korani_cli.search.fetch import FetchOptions, fetch
-from korani_cli.search.passages import kiwi
-from korani_cli.search.passages import passages_within
+from korani_cli.search.passages import kiwi, passages_within
+from korani_cli.search.providers import DEFAULT_CHAIN, NoProvider, build, search_chain
 from korani_cli.search.rank import make_embedder, make_reranker, rank
 from korani_cli.search.types import Skipped, Timings
 from korani_cli.untrusted import clean_line
@@ -74,8 +73,10 @@ def search_deadline(options: SearchOptions) -> float:
         except ValueError:
             value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{where} is not a positive number of seconds",
-                          f"set it to e.g. {DEFAULT_DEADLINE:g}, or unset it for the default")
+        raise ConfigError(
+            f"{where} is not a positive number of seconds",
+            f"set it to e.g. {DEFAULT_DEADLINE:g}, or unset it for the default",
+        )
     return float(value)
 
 
@@ -83,12 +84,20 @@ def check_local_dir(directory: Path | None) -> None:
     """A --local-dir that is not a directory is the user's typo, not a network fault."""
     if directory is not None and not directory.is_dir():
         what = "does not exist" if not directory.exists() else "is not a directory"
-        raise UsageError(f"--local-dir {clean_line(str(directory))} {what}", "pass a directory of .html/.md/.txt/.pdf files")
+        raise UsageError(
+            f"--local-dir {clean_line(str(directory))} {what}",
+            "pass a directory of .html/.md/.txt/.pdf files",
+        )
 
 
 def _provider(name: str, options: SearchOptions):
-    return build(name, searxng_url=options.searxng_url, local_dir=options.local_dir, endpoints=options.endpoints,
-                      follow_links=options.follow_links)
+    return build(
+        name,
+        searxng_url=options.searxng_url,
+        local_dir=options.local_dir,
+        endpoints=options.endpoints,
+        follow_links=options.follow_links,
+    )
 
 
 @dataclass
@@ -102,8 +111,12 @@ class Retrieval:
     timings: Timings
 
 
-def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] = lambda m: None,
-             on_stage: Callable[[str], None] = lambda s: None) -> Retrieval:
+def retrieve(
+    query: str,
+    options: SearchOptions,
+    notify: Callable[[str], None] = lambda m: None,
+    on_stage: Callable[[str], None] = lambda s: None,
+) -> Retrieval:
     timings = Timings()
     start = time.perf_counter()
     deadline_s = search_deadline(options)
@@ -119,7 +132,11 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
         workers.warm()
     preload = _Preload(options.embedder, options.reranker)
     preload.start()
-    cache = PageCache(paths.cache_dir() / "search.sqlite", notify=say) if options.use_cache or options.fetch.offline else None
+    cache = (
+        PageCache(paths.cache_dir() / "search.sqlite", notify=say)
+        if options.use_cache or options.fetch.offline
+        else None
+    )
     try:
         hits, used = _search(query, options, chain, cache, say)
         timings.add("search", time.perf_counter() - start)
@@ -143,7 +160,9 @@ def retrieve(query: str, options: SearchOptions, notify: Callable[[str], None] =
     t = time.perf_counter()
     embedder, reranker = preload.get("embedder"), preload.get("reranker")
     timings.add("load models", time.perf_counter() - t)
-    ranked = rank(query, chunks, embedder, k=options.k, per_page=options.per_page, reranker=reranker, timings=timings)
+    ranked = rank(
+        query, chunks, embedder, k=options.k, per_page=options.per_page, reranker=reranker, timings=timings
+    )
     timings.add("total", time.perf_counter() - start)
     return Retrieval(query, used, hits, pages, failures, ranked, timings)
 
@@ -158,7 +177,9 @@ def _chain(options: SearchOptions) -> list:
         raise UsageError(str(exc), "e.g. --provider duckduckgo --provider google") from None
 
 
-def _search(query: str, options: SearchOptions, chain: list, cache: PageCache | None, say: Callable[[str], None]):
+def _search(
+    query: str, options: SearchOptions, chain: list, cache: PageCache | None, say: Callable[[str], None]
+):
     """(hits, the provider that gave them): the chain asked in order, or under --offline
     the cache or local files; NoSources when there are none."""
     if options.fetch.offline:
@@ -169,14 +190,18 @@ def _search(query: str, options: SearchOptions, chain: list, cache: PageCache | 
             cache.put_hits(query, hits)
     if not hits:
         local_only = set(options.providers) == {"local"}
-        raise NoSources(f"no search results for {query!r} from {', '.join(options.providers)}",
-                        "--local-dir holds no .html, .md, .txt or .pdf file (links out of it count only with --follow-links)"
-                        if local_only else
-                        "try another --provider, or check the network")
+        raise NoSources(
+            f"no search results for {query!r} from {', '.join(options.providers)}",
+            "--local-dir holds no .html, .md, .txt or .pdf file (links out of it count only with --follow-links)"
+            if local_only
+            else "try another --provider, or check the network",
+        )
     return hits, used
 
 
-def _passages(pages: list, deadline: float, deadline_s: float, failures: list[Skipped], say: Callable[[str], None]):
+def _passages(
+    pages: list, deadline: float, deadline_s: float, failures: list[Skipped], say: Callable[[str], None]
+):
     """(passages, the pages they came from): pages whose analysis has not begun by the
     deadline are left out, each added to `failures` and said."""
     chunks, late = passages_within(pages, deadline)

@@ -36,13 +36,29 @@ class Pool:
         from korani_cli.search.passages import passages as split_pages
 
         chunks: list[Passage] = split_pages(list(pages))
-        return cls(options, chunks, bm25_index(chunks), make_embedder(options.embedder), make_reranker(options.reranker))
+        return cls(
+            options,
+            chunks,
+            bm25_index(chunks),
+            make_embedder(options.embedder),
+            make_reranker(options.reranker),
+        )
 
-    def rank(self, query: str, exclude: frozenset = frozenset(), timings: Timings | None = None) -> list[Ranked]:
+    def rank(
+        self, query: str, exclude: frozenset = frozenset(), timings: Timings | None = None
+    ) -> list[Ranked]:
         """The top `options.k` passages for `query`; pages whose URL is in `exclude` are not in the pool."""
         passages, index = self.passages, self.index
         if exclude:
             passages = [p for p in self.passages if p.url not in exclude]
             index = bm25_index(passages, vectors=self.index.vectors)
-        return rank(query, passages, self.embedder, k=self.options.k, per_page=self.options.per_page,
-                    reranker=self.reranker, timings=timings, index=index)
+        return rank(
+            query,
+            passages,
+            self.embedder,
+            k=self.options.k,
+            per_page=self.options.per_page,
+            reranker=self.reranker,
+            timings=timings,
+            index=index,
+        )

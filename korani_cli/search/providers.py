@@ -40,7 +40,9 @@ TIMEOUT = 8.0  # per connect / read; the whole request also has a deadline
 MAX_BYTES = 5_000_000  # a result page or JSON answer is ~100 KB
 MAX_REDIRECTS = 5
 LYNX_UA = "Lynx/2.9.0dev.10 libwww-FM/2.14 SSL-MM/1.4.1 OpenSSL/1.1.1w"
-BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
+BROWSER_UA = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
+)
 
 
 class ProviderError(Exception):
@@ -81,7 +83,9 @@ class Reply:
             raise ProviderError(provider, "the answer was not JSON") from None
 
 
-def _get(provider: str, url: str, deadline: float, params: dict | None = None, headers: dict | None = None) -> Reply:
+def _get(
+    provider: str, url: str, deadline: float, params: dict | None = None, headers: dict | None = None
+) -> Reply:
     """GET with redirects followed by hand (a redirect's body is never read), all within `deadline` seconds."""
     import httpx
 
@@ -101,7 +105,10 @@ def _get(provider: str, url: str, deadline: float, params: dict | None = None, h
                     return Reply(response.status_code, str(response.url), body, response.charset_encoding)
             raise ProviderError(provider, f"more than {MAX_REDIRECTS} redirects")
     except httpx.TimeoutException:
-        raise ProviderError(provider, f"timed out after {time.monotonic() - start:.1f} s (deadline {deadline:g} s: request_timeout)") from None
+        raise ProviderError(
+            provider,
+            f"timed out after {time.monotonic() - start:.1f} s (deadline {deadline:g} s: request_timeout)",
+        ) from None
     except httpx.HTTPError as exc:
         raise ProviderError(provider, f"unreachable ({exc.__class__.__name__})") from None
     except httpx.InvalidURL as exc:  # a redirect to a Location httpx cannot parse
@@ -134,6 +141,7 @@ def _text(node) -> str:
 
 # -- google ------------------------------------------------------------------
 
+
 def parse_google(page: str) -> list[Hit]:
     root = _root(page)
     if root is None:
@@ -142,19 +150,46 @@ def parse_google(page: str) -> list[Hit]:
     seen = set()
     # Organic results: div.Gx5Zad.fP1Qef in the no-JS layout (other Gx5Zad blocks are image
     # strips and related searches), div.ezO2md in the one googlesearch-python parses.
-    organic = '//div[contains(@class,"Gx5Zad") and contains(@class,"fP1Qef")] | //div[contains(@class,"ezO2md")]'
+    organic = (
+        '//div[contains(@class,"Gx5Zad") and contains(@class,"fP1Qef")] | //div[contains(@class,"ezO2md")]'
+    )
     for block in root.xpath(organic):
         # Organic results link through /url?q=TARGET; image strips and widgets link directly.
-        link = next(iter(block.xpath('.//a[starts-with(@href,"/url?") or starts-with(@href,"https://www.google.com/url?")]')), None)
+        link = next(
+            iter(
+                block.xpath(
+                    './/a[starts-with(@href,"/url?") or starts-with(@href,"https://www.google.com/url?")]'
+                )
+            ),
+            None,
+        )
         if link is None:
             continue
         href = parse_qs(urlsplit(link.get("href", "")).query).get("q", [""])[0]
         if not href.startswith("http") or urlsplit(href).netloc.endswith("google.com") and "/search" in href:
             continue
-        title = _text(next(iter(block.xpath('.//h3//div[contains(@class,"BNeawe")] | .//span[contains(@class,"CVA68e")] | .//h3')), None))
+        title = _text(
+            next(
+                iter(
+                    block.xpath(
+                        './/h3//div[contains(@class,"BNeawe")] | .//span[contains(@class,"CVA68e")] | .//h3'
+                    )
+                ),
+                None,
+            )
+        )
         # The innermost snippet div: outer ones also hold the sitelinks row.
-        snippet = _text(next(iter(block.xpath('.//div[contains(@class,"s3v9rd") and not(.//div[contains(@class,"s3v9rd")]) and not(.//a)]'
-                                              ' | .//span[contains(@class,"FrIlee")]')), None))
+        snippet = _text(
+            next(
+                iter(
+                    block.xpath(
+                        './/div[contains(@class,"s3v9rd") and not(.//div[contains(@class,"s3v9rd")]) and not(.//a)]'
+                        ' | .//span[contains(@class,"FrIlee")]'
+                    )
+                ),
+                None,
+            )
+        )
         if title and href not in seen:
             seen.add(href)
             hits.append(Hit(href, title, snippet, "google"))
@@ -169,21 +204,31 @@ class GoogleProvider:
     deadline: float = 20.0  # seconds for the whole request
 
     def search(self, query: str, n: int) -> list[Hit]:
-        response = _get(self.name, f"{self.endpoint}/search", self.deadline, params={"q": query, "num": n + 2, "hl": self.lang},
-                        headers={"User-Agent": LYNX_UA, "Accept": "*/*"})
+        response = _get(
+            self.name,
+            f"{self.endpoint}/search",
+            self.deadline,
+            params={"q": query, "num": n + 2, "hl": self.lang},
+            headers={"User-Agent": LYNX_UA, "Accept": "*/*"},
+        )
         if response.status_code == 429:
             raise ProviderError(self.name, "HTTP 429: Google is rate-limiting this address")
         body = response.text
         if "/sorry/" in response.url or "unusual traffic" in body:
             raise ProviderError(self.name, "Google answered with a CAPTCHA (/sorry/) page")
-        if "browser isn't supported" in body or "browser is no longer supported" in body or "Update your browser" in body:
-            raise ProviderError(self.name, "Google refused the client (\"browser isn't supported\")")
+        if (
+            "browser isn't supported" in body
+            or "browser is no longer supported" in body
+            or "Update your browser" in body
+        ):
+            raise ProviderError(self.name, 'Google refused the client ("browser isn\'t supported")')
         if response.status_code >= 400:
             raise ProviderError(self.name, f"HTTP {response.status_code}")
         return parse_google(body)[:n]
 
 
 # -- duckduckgo --------------------------------------------------------------
+
 
 def parse_duckduckgo(page: str) -> list[Hit]:
     root = _root(page)
@@ -217,15 +262,24 @@ class DuckDuckGoProvider:
     deadline: float = 20.0
 
     def search(self, query: str, n: int) -> list[Hit]:
-        response = _get(self.name, self.endpoint, self.deadline, params={"q": query, "kl": "kr-kr"}, headers={"User-Agent": BROWSER_UA})
+        response = _get(
+            self.name,
+            self.endpoint,
+            self.deadline,
+            params={"q": query, "kl": "kr-kr"},
+            headers={"User-Agent": BROWSER_UA},
+        )
         if response.status_code in (202, 403, 429):
-            raise ProviderError(self.name, f"HTTP {response.status_code}: DuckDuckGo is rate-limiting this address")
+            raise ProviderError(
+                self.name, f"HTTP {response.status_code}: DuckDuckGo is rate-limiting this address"
+            )
         if response.status_code >= 400:
             raise ProviderError(self.name, f"HTTP {response.status_code}")
         return parse_duckduckgo(response.text)[:n]
 
 
 # -- searxng -----------------------------------------------------------------
+
 
 def _string(value) -> str | None:
     return value if isinstance(value, str) else None
@@ -242,7 +296,11 @@ def parse_searxng(data) -> list[Hit]:
         if not isinstance(item, dict):
             continue
         url, title, content = item.get("url"), item.get("title"), item.get("content")
-        if not isinstance(url, str) or not url.startswith("http") or not all(v is None or isinstance(v, str) for v in (title, content)):
+        if (
+            not isinstance(url, str)
+            or not url.startswith("http")
+            or not all(v is None or isinstance(v, str) for v in (title, content))
+        ):
             continue
         hits.append(Hit(url, (title or url).strip(), (content or "").strip(), "searxng"))
     return hits
@@ -274,9 +332,16 @@ class SearxngProvider:
         base = self.base_url or os.environ.get("KORANI_SEARXNG_URL")
         if not base:
             raise ProviderError(self.name, "no instance configured (--searxng-url or KORANI_SEARXNG_URL)")
-        response = _get(self.name, base.rstrip("/") + "/search", self.deadline, params={"q": query, "format": "json", "language": "ko"})
+        response = _get(
+            self.name,
+            base.rstrip("/") + "/search",
+            self.deadline,
+            params={"q": query, "format": "json", "language": "ko"},
+        )
         if response.status_code == 403:
-            raise ProviderError(self.name, "HTTP 403: enable the json format in the instance's settings.yml (search.formats)")
+            raise ProviderError(
+                self.name, "HTTP 403: enable the json format in the instance's settings.yml (search.formats)"
+            )
         if response.status_code >= 400:
             raise ProviderError(self.name, f"HTTP {response.status_code}")
         return parse_searxng(response.json(self.name))[:n]
@@ -301,7 +366,14 @@ def parse_naver(data) -> list[Hit]:
             continue
         url = _string(item.get("originallink")) or _string(item.get("link"))
         if url and url.startswith("http"):
-            hits.append(Hit(url, strip_markup(_string(item.get("title")) or ""), strip_markup(_string(item.get("description")) or ""), "naver"))
+            hits.append(
+                Hit(
+                    url,
+                    strip_markup(_string(item.get("title")) or ""),
+                    strip_markup(_string(item.get("description")) or ""),
+                    "naver",
+                )
+            )
     return hits
 
 
@@ -315,13 +387,23 @@ class NaverProvider:
     def search(self, query: str, n: int) -> list[Hit]:
         cid, secret = os.environ.get("NAVER_CLIENT_ID"), os.environ.get("NAVER_CLIENT_SECRET")
         if not cid or not secret:
-            raise ProviderError(self.name, "set NAVER_CLIENT_ID and NAVER_CLIENT_SECRET (developers.naver.com)")
+            raise ProviderError(
+                self.name, "set NAVER_CLIENT_ID and NAVER_CLIENT_SECRET (developers.naver.com)"
+            )
         hits: list[Hit] = []
         headers = {"X-Naver-Client-Id": cid, "X-Naver-Client-Secret": secret}
         for kind in self.kinds:
-            response = _get(self.name, f"{self.endpoint}/{kind}.json", self.deadline, params={"query": query, "display": n}, headers=headers)
+            response = _get(
+                self.name,
+                f"{self.endpoint}/{kind}.json",
+                self.deadline,
+                params={"query": query, "display": n},
+                headers=headers,
+            )
             if response.status_code in (401, 403):
-                raise ProviderError(self.name, f"HTTP {response.status_code}: the client id/secret were refused")
+                raise ProviderError(
+                    self.name, f"HTTP {response.status_code}: the client id/secret were refused"
+                )
             if response.status_code >= 400:
                 continue
             hits.extend(parse_naver(response.json(self.name)))
@@ -402,8 +484,15 @@ class NoProvider(Exception):
     pass
 
 
-def build(name: str, *, searxng_url: str | None = None, local_dir: Path | None = None, endpoints: dict | None = None,
-          deadline: float | None = None, follow_links: bool = False) -> Provider:
+def build(
+    name: str,
+    *,
+    searxng_url: str | None = None,
+    local_dir: Path | None = None,
+    endpoints: dict | None = None,
+    deadline: float | None = None,
+    follow_links: bool = False,
+) -> Provider:
     """A provider by name. `deadline`: seconds for each request (default: the
     request_timeout setting). A malformed SearXNG URL is a UsageError from the
     flag and a ConfigError from KORANI_SEARXNG_URL."""
@@ -423,10 +512,14 @@ def build(name: str, *, searxng_url: str | None = None, local_dir: Path | None =
     if name == "google":
         return GoogleProvider(endpoint=endpoints.get("google", "https://www.google.com"), deadline=deadline)
     if name == "duckduckgo":
-        return DuckDuckGoProvider(endpoint=endpoints.get("duckduckgo", "https://html.duckduckgo.com/html/"), deadline=deadline)
+        return DuckDuckGoProvider(
+            endpoint=endpoints.get("duckduckgo", "https://html.duckduckgo.com/html/"), deadline=deadline
+        )
     if name == "searxng":
         return SearxngProvider(base_url=searxng_url, deadline=deadline)
-    return NaverProvider(endpoint=endpoints.get("naver", "https://openapi.naver.com/v1/search"), deadline=deadline)
+    return NaverProvider(
+        endpoint=endpoints.get("naver", "https://openapi.naver.com/v1/search"), deadline=deadline
+    )
 
 
 def _searxng_base(flag: str | None) -> str | None:
@@ -441,11 +534,19 @@ def _searxng_base(flag: str | None) -> str | None:
         return url
     shown = " ".join(url.split())[:80]
     if flag is not None:
-        raise UsageError(f"--searxng-url {shown!r} is not a usable URL: {why}", "write it as http://HOST:PORT (your SearXNG instance)")
-    raise ConfigError(f"KORANI_SEARXNG_URL {shown!r} is not a usable URL: {why}", "set it to http://HOST:PORT (your SearXNG instance), or unset it")
+        raise UsageError(
+            f"--searxng-url {shown!r} is not a usable URL: {why}",
+            "write it as http://HOST:PORT (your SearXNG instance)",
+        )
+    raise ConfigError(
+        f"KORANI_SEARXNG_URL {shown!r} is not a usable URL: {why}",
+        "set it to http://HOST:PORT (your SearXNG instance), or unset it",
+    )
 
 
-def search_chain(providers: list[Provider], query: str, n: int, notify: Callable[[str], None]) -> tuple[list[Hit], str | None]:
+def search_chain(
+    providers: list[Provider], query: str, n: int, notify: Callable[[str], None]
+) -> tuple[list[Hit], str | None]:
     """The first provider that returns hits wins; each failure is one notice."""
     for provider in providers:
         try:

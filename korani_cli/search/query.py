@@ -26,7 +26,9 @@ from korani_cli.backends import Backend, GenerationParams
 from korani_cli.errors import KoraniError
 
 # A question that opens with one of these leans on what was asked before.
-FOLLOW_UP = re.compile(r"^(그럼|그러면|그리고|또|그건|그게|그 |그녀|그분|거기|저기|이건|저건|그것|이것|걔|그 사람)")
+FOLLOW_UP = re.compile(
+    r"^(그럼|그러면|그리고|또|그건|그게|그 |그녀|그분|거기|저기|이건|저건|그것|이것|걔|그 사람)"
+)
 SHORT = 12  # characters: a question shorter than this rarely names its own subject
 REWRITE_PROMPT = (
     "이전 검색어: {previous}\n새 질문: {question}\n"
@@ -57,11 +59,18 @@ def model_rewrite(backend: Backend, question: str, previous: str) -> str | None:
 
     params = GenerationParams(max_new_tokens=REWRITE_TOKENS, temperature=0.0)
     try:
-        text = backend.stream([template.user(REWRITE_PROMPT.format(previous=previous, question=question))], params).text()
+        text = backend.stream(
+            [template.user(REWRITE_PROMPT.format(previous=previous, question=question))], params
+        ).text()
     except KoraniError:
         return None
     text = text.strip().splitlines()[0].strip().strip('"“”') if text.strip() else ""
-    if not 2 <= len(text) <= MAX_QUERY_CHARS or "###" in text or "[" in text or any(label in text for label in PROMPT_LABELS):
+    if (
+        not 2 <= len(text) <= MAX_QUERY_CHARS
+        or "###" in text
+        or "[" in text
+        or any(label in text for label in PROMPT_LABELS)
+    ):
         return None
     # A usable rewrite carries the previous query's subject and is mostly made of known words.
     words, before, asked = (set(m) for m in morphemes([text, previous, question]))

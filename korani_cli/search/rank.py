@@ -124,8 +124,10 @@ def _load_st(kind: str, flag: str, model: str, device: str | None):
     try:
         return _st_cached(kind, model, device)
     except (OSError, ValueError) as exc:  # not a model directory, not on the hub, offline
-        raise ModelLoadError(f"cannot load {flag} {model!r}: {str(exc).splitlines()[0]}",
-                             f"pass a {kind} directory or hub id, or leave {flag} out") from None
+        raise ModelLoadError(
+            f"cannot load {flag} {model!r}: {str(exc).splitlines()[0]}",
+            f"pass a {kind} directory or hub id, or leave {flag} out",
+        ) from None
 
 
 @lru_cache(maxsize=6)
@@ -259,9 +261,16 @@ def rank(
         order, rerank_scores = _rerank(query, passages, order, reranker, rerank_depth or 3 * k)
         if timings is not None:
             timings.add("rerank", time.perf_counter() - clock)
-    return [Ranked(passages[i], float(fused[i]), float(bm25_scores[i]),
-                   None if dense_scores is None else float(dense_scores[i]), rerank_scores.get(i))
-            for i in _per_page(passages, order, k, per_page)]
+    return [
+        Ranked(
+            passages[i],
+            float(fused[i]),
+            float(bm25_scores[i]),
+            None if dense_scores is None else float(dense_scores[i]),
+            rerank_scores.get(i),
+        )
+        for i in _per_page(passages, order, k, per_page)
+    ]
 
 
 def _bm25_scores(query: str, passages: Sequence[Passage], mode: str, candidates: int, index: Index | None):
@@ -277,8 +286,15 @@ def _bm25_scores(query: str, passages: Sequence[Passage], mode: str, candidates:
     return scores
 
 
-def _dense_scores(query: str, passages: Sequence[Passage], embedder: Embedder | None, bm25_scores, mode: str,
-                  candidates: int, index: Index | None):
+def _dense_scores(
+    query: str,
+    passages: Sequence[Passage],
+    embedder: Embedder | None,
+    bm25_scores,
+    mode: str,
+    candidates: int,
+    index: Index | None,
+):
     """Cosine of the query and each passage head the embedder reads (the BM25 head unless
     every passage is read); -1 for the others. None without an embedder or in bm25 mode."""
     import numpy as np
@@ -286,7 +302,9 @@ def _dense_scores(query: str, passages: Sequence[Passage], embedder: Embedder | 
     if mode not in ("hybrid", "dense") or embedder is None:
         return None
     n = len(passages)
-    pool = list(range(n)) if mode == "dense" or candidates >= n else list(np.argsort(-bm25_scores)[:candidates])
+    pool = (
+        list(range(n)) if mode == "dense" or candidates >= n else list(np.argsort(-bm25_scores)[:candidates])
+    )
     q = embedder.queries([query])[0]
     # The head of a passage carries its topic; embedding cost grows with length.
     vectors = _embed_heads(embedder, [passages[i].text[:EMBED_CHARS] for i in pool], index)
@@ -307,13 +325,16 @@ def _fuse(bm25_scores, dense_scores, mode: str):
     return np.array([1 / (RRF_K + br[i] + 1) + DENSE_WEIGHT / (RRF_K + dr[i] + 1) for i in range(len(br))])
 
 
-def _rerank(query: str, passages: Sequence[Passage], order: list[int], reranker: Reranker,
-            depth: int) -> tuple[list[int], dict[int, float]]:
+def _rerank(
+    query: str, passages: Sequence[Passage], order: list[int], reranker: Reranker, depth: int
+) -> tuple[list[int], dict[int, float]]:
     """(the order with its head reordered by the cross-encoder, the head's scores)."""
     head = order[:depth]
-    scores = dict(zip(head, reranker.scores(query, [f"{passages[i].title}\n{passages[i].text}" for i in head])))
+    scores = dict(
+        zip(head, reranker.scores(query, [f"{passages[i].title}\n{passages[i].text}" for i in head]))
+    )
     # The reranked head keeps its place above the rest of the fused order.
-    return sorted(head, key=lambda i: -scores[i]) + order[len(head):], scores
+    return sorted(head, key=lambda i: -scores[i]) + order[len(head) :], scores
 
 
 def _per_page(passages: Sequence[Passage], order: list[int], k: int, per_page: int) -> list[int]:

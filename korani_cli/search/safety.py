@@ -237,8 +237,14 @@ class GuardedBackend:
         # (host, port) as httpcore names the origin → every address used for it.
         self.seen: dict[tuple[str, int], list[str]] = {}
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                          socket_options=None):
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options=None,
+    ):
         import httpcore
 
         addresses = await addresses_for(host, port, self.allow_private)
@@ -247,8 +253,9 @@ class GuardedBackend:
         error: Exception | None = None
         for ip in addresses:
             try:
-                return await self.dial.connect_tcp(str(ip), port, timeout=timeout, local_address=local_address,
-                                                   socket_options=socket_options)
+                return await self.dial.connect_tcp(
+                    str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout, OSError) as exc:
                 error = exc
         assert error is not None

@@ -102,7 +102,7 @@ class Segmenter:
         if self.in_code or _FENCE.match(line):
             if _FENCE.match(line):
                 self.in_code = not self.in_code
-            pieces.append(Piece(line[self.done:]))
+            pieces.append(Piece(line[self.done :]))
         elif self.done == 0 and self._is_echo(line):
             pass  # the prompt repeated back: never shown
         else:
@@ -134,31 +134,33 @@ class Segmenter:
             self.done = end
             self.heading = "#" in line[:end]
             self.row = rest.startswith("|")
-        if self.heading and (len(line) - self.done > HEADING_CHARS
-                             or any(m.group(2) and m.end() < len(line) for m in _END.finditer(line, self.done))):
+        if self.heading and (
+            len(line) - self.done > HEADING_CHARS
+            or any(m.group(2) and m.end() < len(line) for m in _END.finditer(line, self.done))
+        ):
             # A long "#" line, or one holding two sentences, is a paragraph behind a stray mark (a
             # base model copying a Markdown source writes "# 한라산 한라산은 …"): checked as prose.
             self.heading = False
         if self.heading or self.row:
             # A heading or table row is one unit: its end is the end of its line.
             if complete:
-                pieces += self._sentence(line[self.done:])
+                pieces += self._sentence(line[self.done :])
                 self.done = len(line)
             return pieces
         for m in _END.finditer(line, self.done):
-            after = line[m.end():]
+            after = line[m.end() :]
             if not complete and _MAYBE_MARKERS.fullmatch(after):
                 break  # "…이다. " may still get its "[1]"
-            pieces += self._sentence(line[self.done:m.start(2)])
+            pieces += self._sentence(line[self.done : m.start(2)])
             if m.group(2):
                 pieces.append(Piece(m.group(2)))
             self.done = m.end()
         if complete and self.done < len(line):
-            tail = line[self.done:]
+            tail = line[self.done :]
             stripped = tail.rstrip()
             pieces += self._sentence(stripped)
             if len(stripped) < len(tail):
-                pieces.append(Piece(tail[len(stripped):]))
+                pieces.append(Piece(tail[len(stripped) :]))
             self.done = len(line)
         return pieces
 

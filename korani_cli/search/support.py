@@ -104,7 +104,10 @@ def evidence(passages: Sequence[Passage]) -> list[Evidence]:
     from korani_cli.search.rank import passage_terms
 
     terms = passage_terms(passages) if passages else []
-    return [Evidence(_fold(p.text.lower()), frozenset(_fold(w) for w in t), numbers(p.text)) for p, t in zip(passages, terms)]
+    return [
+        Evidence(_fold(p.text.lower()), frozenset(_fold(w) for w in t), numbers(p.text))
+        for p, t in zip(passages, terms)
+    ]
 
 
 def claims(sentences: Sequence[str]) -> list[Claim]:
@@ -133,7 +136,13 @@ def claims(sentences: Sequence[str]) -> list[Claim]:
         if run:
             units.append((_fold(text[start:end].lower()), tuple(run)))
         # Numbers from the sentence as written: `bounded` breaks over-long runs, passages' numbers are unbroken.
-        out.append(Claim(tuple(units), numbers(sentence), tuple(_fold(m.group()) for m in _NUMBER_RUN.finditer(sentence))))
+        out.append(
+            Claim(
+                tuple(units),
+                numbers(sentence),
+                tuple(_fold(m.group()) for m in _NUMBER_RUN.finditer(sentence)),
+            )
+        )
     return out
 
 
@@ -161,8 +170,10 @@ def scores(claim: Claim, passages: Sequence[Evidence]) -> list[float]:
         verbatim = [p.verbatim(surface) for p in passages]
         for part, tag in parts:
             whole = len(parts) == 1 and part == surface  # a plain word: its term is the word
-            credit = [1.0 if v else (1.0 if whole else _SPLIT_CREDIT) if part in p.terms else 0.0
-                      for v, p in zip(verbatim, passages)]
+            credit = [
+                1.0 if v else (1.0 if whole else _SPLIT_CREDIT) if part in p.terms else 0.0
+                for v, p in zip(verbatim, passages)
+            ]
             # A word no passage holds weighs as one that a single passage holds:
             # rarer than that says nothing more about which passage supports the sentence.
             df = max(0.5, sum(1 for c in credit if c))
@@ -172,5 +183,9 @@ def scores(claim: Claim, passages: Sequence[Evidence]) -> list[float]:
                 held[i] += weight * c
     if total <= 0:
         return [0.0] * n
-    return [h / total if numbers_held(claim.numbers, p.numbers) and all(r in p.text for r in claim.number_runs)
-            else 0.0 for h, p in zip(held, passages)]
+    return [
+        h / total
+        if numbers_held(claim.numbers, p.numbers) and all(r in p.text for r in claim.number_runs)
+        else 0.0
+        for h, p in zip(held, passages)
+    ]

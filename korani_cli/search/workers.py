@@ -46,9 +46,10 @@ def _init() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import korani_cli.search.extract  # noqa: F401 - the point: pay the imports now
     import readability  # noqa: F401
     import trafilatura  # noqa: F401
+
+    import korani_cli.search.extract  # noqa: F401 - the point: pay the imports now
 
 
 def _ready() -> bool:
@@ -77,8 +78,10 @@ def _size() -> int:
         from korani_cli.errors import ConfigError
         from korani_cli.untrusted import clean_line
 
-        raise ConfigError(f"KORANI_EXTRACT_WORKERS={clean_line(raw)[:40]!r} is not a whole number from 0 to {MAX_WORKERS}",
-                          "unset it (default: up to 4, one per core) or set 0 for no worker processes")
+        raise ConfigError(
+            f"KORANI_EXTRACT_WORKERS={clean_line(raw)[:40]!r} is not a whole number from 0 to {MAX_WORKERS}",
+            "unset it (default: up to 4, one per core) or set 0 for no worker processes",
+        )
     return value
 
 
@@ -97,7 +100,9 @@ def pool():
 
             method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
             try:
-                _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_init)
+                _pool = ProcessPoolExecutor(
+                    workers, mp_context=multiprocessing.get_context(method), initializer=_init
+                )
             except (OSError, ValueError, NotImplementedError):  # no /dev/shm, no semaphores, …
                 _broken = True
                 return None
@@ -128,7 +133,9 @@ def warm() -> None:
     try:
         for _ in range(_size()):
             executor.submit(_ready)
-    except Exception:  # a broken pool is noticed by the fetch that uses it (fetch._page_text), which discards it
+    except (
+        Exception
+    ):  # a broken pool is noticed by the fetch that uses it (fetch._page_text), which discards it
         pass
 
 
@@ -175,7 +182,6 @@ def page_text(data: bytes, charset: str | None, plain: bool, url: str) -> tuple[
     """bytes → (title, text, encoding): what one worker does for one page."""
     from korani_cli.search.decode import decode_html
     from korani_cli.search.extract import extract
-
     from korani_cli.untrusted import clean
 
     html, encoding = decode_html(data, charset)

@@ -51,8 +51,17 @@ def render(run: Run) -> str:
     c, m = run.config, run.metadata
     smoke = m.smoke
     counts = m.data.conversations
-    front = ["---", "library_name: peft", "pipeline_tag: text-generation", "language:", "- ko", "tags:",
-             "- korani", "- lora", "- sft"]
+    front = [
+        "---",
+        "library_name: peft",
+        "pipeline_tag: text-generation",
+        "language:",
+        "- ko",
+        "tags:",
+        "- korani",
+        "- lora",
+        "- sft",
+    ]
     if c.load_in_4bit:
         front.append("- qlora")
     if not smoke and not _is_local(run.recipe_base_model):
@@ -61,20 +70,30 @@ def render(run: Run) -> str:
     front.append("---")
 
     if smoke:
-        base = (f"a tiny random GPT-NeoX built by `--smoke` (`{c.base_model}`), standing in for the recipe's "
-                f"`{run.recipe_base_model}`. **This is a smoke run: it checks the data and the recipe, "
-                "not a model anyone should use.**")
+        base = (
+            f"a tiny random GPT-NeoX built by `--smoke` (`{c.base_model}`), standing in for the recipe's "
+            f"`{run.recipe_base_model}`. **This is a smoke run: it checks the data and the recipe, "
+            "not a model anyone should use.**"
+        )
     else:
         base = f"`{c.base_model}`"
-    lines = [*front, "", f"# {run.name}", "",
-             f"A LoRA adapter trained with korani {m.korani_version} "
-             "on Korean instruction data in the KoRani format (`### User` / `### Bot`, answers closed by EOS).", "",
-             f"- **Base model:** {base}"]
+    lines = [
+        *front,
+        "",
+        f"# {run.name}",
+        "",
+        f"A LoRA adapter trained with korani {m.korani_version} "
+        "on Korean instruction data in the KoRani format (`### User` / `### Bot`, answers closed by EOS).",
+        "",
+        f"- **Base model:** {base}",
+    ]
 
     quant = f"4-bit {c.bnb_4bit_quant_type} (QLoRA)" if c.load_in_4bit else "full precision"
     batch = c.per_device_train_batch_size * c.gradient_accumulation_steps
     lines += [
-        "", "## Recipe", "",
+        "",
+        "## Recipe",
+        "",
         f"- LoRA r={c.lora_r}, alpha={c.lora_alpha}, dropout={c.lora_dropout} on {', '.join(c.lora_target_modules)}; base loaded in {quant}",
         f"- learning rate {c.learning_rate:g} ({c.lr_scheduler_type}, warm-up {c.warmup_ratio:g}), "
         f"batch {c.per_device_train_batch_size} × {c.gradient_accumulation_steps} accumulation = {batch} rows, "
@@ -83,33 +102,48 @@ def render(run: Run) -> str:
         "- the whole recipe: `korani_train.yaml`; every figure below: `korani_metadata.json`",
     ]
 
-    lines += ["", "## Data", "",
-              f"- `{m.data.dir}`: {counts.get('train', 0)} train, {counts.get('valid', 0)} valid, "
-              f"{counts.get('test', 0)} test conversations"]
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"- `{m.data.dir}`: {counts.get('train', 0)} train, {counts.get('valid', 0)} valid, "
+        f"{counts.get('test', 0)} test conversations",
+    ]
     if m.data.fingerprint:
         lines.append(f"- fingerprint `{m.data.fingerprint[:16]}…` (`stats.json` of `korani data prepare`)")
 
-    lines += ["", "## Training", "",
-              f"- {m.steps} steps of {m.max_steps} in {m.train_seconds} s"
-              + (f", resumed from `{m.resumed_from}`" if m.resumed_from else ""),
-              f"- train loss {_number(m.train_loss_first)} → {_number(m.train_loss_last)}"]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"- {m.steps} steps of {m.max_steps} in {m.train_seconds} s"
+        + (f", resumed from `{m.resumed_from}`" if m.resumed_from else ""),
+        f"- train loss {_number(m.train_loss_first)} → {_number(m.train_loss_last)}",
+    ]
     if m.eval_losses:
         last = m.eval_losses[-1]
         lines.append(f"- eval loss {_number(last.eval_loss)} at step {last.step} (valid split)")
     else:
         lines.append(f"- eval loss: skipped — {m.eval_skipped or 'no evaluation ran'}")
     device = m.device
-    lines.append(f"- {'CUDA GPU' if device.cuda else 'CPU'}, {'bf16' if device.bf16 else 'float32'}, "
-                 f"optimizer {device.optim}")
+    lines.append(
+        f"- {'CUDA GPU' if device.cuda else 'CPU'}, {'bf16' if device.bf16 else 'float32'}, "
+        f"optimizer {device.optim}"
+    )
 
     health = m.health
     lines += ["", "## Health check", ""]
     if health:
         lines += [
             f"Greedy answers to {health.prompts} held-out prompts (the {health.split or 'held-out'} split, "
-            f"never train), at most {c.health_max_new_tokens} new tokens each:", "",
+            f"never train), at most {c.health_max_new_tokens} new tokens each:",
+            "",
             f"- ended with EOS: {health.eos_share:.0%}"
-            + (f" — **{EOS_WARNING}: the model may not have learned to stop**" if health.stops_too_rarely else ""),
+            + (
+                f" — **{EOS_WARNING}: the model may not have learned to stop**"
+                if health.stops_too_rarely
+                else ""
+            ),
             f"- repeated 3-grams: {health.repetition:.3f} (0 = none)",
             f"- mean answer length: {health.mean_new_tokens} tokens",
         ]
@@ -122,15 +156,19 @@ def render(run: Run) -> str:
 
     out, merged, gguf = (shlex.quote(p) for p in (run.output, f"{run.output}-merged", f"{run.name}.gguf"))
     lines += [
-        "", "## Run it", "",
+        "",
+        "## Run it",
+        "",
         "```sh",
-        f"korani ask --model {out} \"한국의 수도는 어디인가요?\"",
+        f'korani ask --model {out} "한국의 수도는 어디인가요?"',
         f"korani chat --model {out}",
         f"korani train merge {out} -o {merged}        # fold the adapter into the base",
         f"korani train export-gguf {merged} -o {gguf}   # for llama.cpp",
-        "```", "",
+        "```",
+        "",
         "The tokenizer saved here carries the KoRani chat template, so "
         "`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` builds the prompt the adapter was trained on "
-        "(PEFT: `AutoPeftModelForCausalLM.from_pretrained(...)`).", "",
+        "(PEFT: `AutoPeftModelForCausalLM.from_pretrained(...)`).",
+        "",
     ]
     return "\n".join(lines)

@@ -58,17 +58,27 @@ class TrainConfig:
     adam_beta1: float = _f(0.9, "Adam beta1.")
     adam_beta2: float = _f(0.99, "Adam beta2.")
     weight_decay: float = _f(0.0, "Weight decay.")
-    optim: str = _f("paged_adamw_8bit", "Optimizer (transformers name); adamw_torch on CPU, where paged 8-bit needs CUDA.")
+    optim: str = _f(
+        "paged_adamw_8bit", "Optimizer (transformers name); adamw_torch on CPU, where paged 8-bit needs CUDA."
+    )
     bf16: bool = _f(True, "bf16 mixed precision on GPU (always fp32 on CPU).")
     gradient_checkpointing: bool = _f(True, "Trade compute for memory.")
-    packing: bool = _f(True, "Pack conversations into full rows; samples never attend to each other (varlen flash attention, else a block-diagonal mask). false: length-grouped batches.")
+    packing: bool = _f(
+        True,
+        "Pack conversations into full rows; samples never attend to each other (varlen flash attention, else a block-diagonal mask). false: length-grouped batches.",
+    )
     eval_steps: int = _f(200, "Evaluate on the valid split every N steps.")
     save_steps: int = _f(200, "Checkpoint every N steps.")
     save_total_limit: int = _f(3, "Keep the last K checkpoints.")
     logging_steps: int = _f(10, "Log every N steps (JSONL + TensorBoard).")
     seed: int = _f(42, "Seed for data order and initialisation.")
-    deepspeed: str | None = _f(None, "DeepSpeed config: zero2, zero3, zero2_offload, zero3_offload, or a JSON path.")
-    dist_timeout: int = _f(1800, "Seconds a process of a multi-process run (torchrun, accelerate launch, deepspeed) waits for the others at a collective before it fails; a dead process ends the job at once, this bounds a hung one.")
+    deepspeed: str | None = _f(
+        None, "DeepSpeed config: zero2, zero3, zero2_offload, zero3_offload, or a JSON path."
+    )
+    dist_timeout: int = _f(
+        1800,
+        "Seconds a process of a multi-process run (torchrun, accelerate launch, deepspeed) waits for the others at a collective before it fails; a dead process ends the job at once, this bounds a hung one.",
+    )
     health_prompts: int = _f(16, "Held-out prompts for the after-training EOS/repetition check (0 to skip).")
     health_max_new_tokens: int = _f(128, "Token limit for each health-check generation.")
 
@@ -84,7 +94,11 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     hint = _hints()[key]
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = args[0] if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args else hint
+    base = (
+        args[0]
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args
+        else hint
+    )
     if value is None:
         if type(None) in typing.get_args(hint):
             return None
@@ -126,7 +140,9 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"cannot read the override {item!r}", "write overrides as key=value, e.g. max_length=512")
+            raise UsageError(
+                f"cannot read the override {item!r}", "write overrides as key=value, e.g. max_length=512"
+            )
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
@@ -150,7 +166,9 @@ def _read_recipe(path: Path) -> dict:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not a text file (invalid UTF-8 at byte {exc.start})", hint) from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {path} ({exc.strerror})", "check the path and its permissions") from None
+        raise ConfigError(
+            f"cannot read {path} ({exc.strerror})", "check the path and its permissions"
+        ) from None
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -160,7 +178,10 @@ def _read_recipe(path: Path) -> dict:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path} must hold a mapping of key: value, not a {type(loaded).__name__}", "see the shipped preset: korani train init")
+        raise ConfigError(
+            f"{path} must hold a mapping of key: value, not a {type(loaded).__name__}",
+            "see the shipped preset: korani train init",
+        )
     return loaded
 
 
@@ -188,18 +209,60 @@ def load_config(path: Path | None, overrides: dict | None = None) -> TrainConfig
 # refused before torch is even imported; tests/test_hostile_train.py checks
 # these tuples against the installed transformers, so they cannot drift.
 OPTIMIZERS = (
-    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused",
-    "adafactor", "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad",
-    "adamw_bnb_8bit", "adamw_8bit", "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit",
-    "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
-    "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit",
-    "galore_adafactor", "galore_adamw_layerwise", "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise",
-    "lomo", "adalomo", "grokadamw", "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd",
-    "apollo_adamw", "apollo_adamw_layerwise", "stable_adamw",
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_torch_xla",
+    "adamw_torch_npu_fused",
+    "adafactor",
+    "adamw_anyprecision",
+    "adamw_torch_4bit",
+    "adamw_torch_8bit",
+    "ademamix",
+    "sgd",
+    "adagrad",
+    "adamw_bnb_8bit",
+    "adamw_8bit",
+    "ademamix_8bit",
+    "lion_8bit",
+    "lion_32bit",
+    "paged_adamw_32bit",
+    "paged_adamw_8bit",
+    "paged_ademamix_32bit",
+    "paged_ademamix_8bit",
+    "paged_lion_32bit",
+    "paged_lion_8bit",
+    "rmsprop",
+    "rmsprop_bnb",
+    "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit",
+    "galore_adamw",
+    "galore_adamw_8bit",
+    "galore_adafactor",
+    "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise",
+    "galore_adafactor_layerwise",
+    "lomo",
+    "adalomo",
+    "grokadamw",
+    "schedule_free_radam",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
+    "apollo_adamw",
+    "apollo_adamw_layerwise",
+    "stable_adamw",
 )
 SCHEDULERS = (
-    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
     "greedy",
 )
 QUANT_TYPES = ("nf4", "fp4")
@@ -233,7 +296,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a non-empty list of module names, e.g. [query_key_value]",
     ),
     "num_train_epochs": _POSITIVE_FLOAT,
-    "max_steps": ((lambda v: v == -1 or 1 <= v <= _BIG), f"-1 (use num_train_epochs) or a whole number from 1 to {_BIG}"),
+    "max_steps": (
+        (lambda v: v == -1 or 1 <= v <= _BIG),
+        f"-1 (use num_train_epochs) or a whole number from 1 to {_BIG}",
+    ),
     "per_device_train_batch_size": _int_at_least(1),
     "per_device_eval_batch_size": _int_at_least(1),
     "gradient_accumulation_steps": _int_at_least(1),
@@ -250,7 +316,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "save_total_limit": _int_at_least(1),
     "logging_steps": _int_at_least(1),
     "seed": ((lambda v: 0 <= v < 2**32), "a whole number from 0 to 4294967295"),
-    "deepspeed": ((lambda v: v is None or bool(v.strip())), "zero2, zero3, zero2_offload, zero3_offload or a JSON path"),
+    "deepspeed": (
+        (lambda v: v is None or bool(v.strip())),
+        "zero2, zero3, zero2_offload, zero3_offload or a JSON path",
+    ),
     "dist_timeout": _int_at_least(10),
     "health_prompts": _int_at_least(0),
     "health_max_new_tokens": _int_at_least(1),

@@ -46,7 +46,9 @@ def parse_line(line: str) -> list[dict]:
         if not isinstance(message, dict):
             raise ValueError(f"message {i} is not an object")
         if message.get("role") not in ROLES:
-            raise ValueError(f"message {i} has role {message.get('role')!r}; expected one of {', '.join(ROLES)}")
+            raise ValueError(
+                f"message {i} has role {message.get('role')!r}; expected one of {', '.join(ROLES)}"
+            )
         content = message.get("content")
         if not isinstance(content, str):
             raise ValueError(f"message {i} has no text 'content'")
@@ -65,7 +67,9 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     try:
         fh = path.open("rb")
     except OSError as exc:
-        raise TrainDataError(f"cannot read {path} ({exc.strerror})", "check the path and its permissions") from None
+        raise TrainDataError(
+            f"cannot read {path} ({exc.strerror})", "check the path and its permissions"
+        ) from None
     with fh:
         for number, raw in enumerate(fh, 1):
             try:
@@ -84,7 +88,10 @@ def conversations(path: Path) -> Iterator[list[dict]]:
         try:
             yield parse_line(text)
         except ValueError as exc:
-            raise TrainDataError(f"{path} line {number}: {exc}", f"regenerate it with `korani data prepare -o DIR`; {FORMAT_HINT}") from None
+            raise TrainDataError(
+                f"{path} line {number}: {exc}",
+                f"regenerate it with `korani data prepare -o DIR`; {FORMAT_HINT}",
+            ) from None
 
 
 def check_data(data_dir: Path) -> dict[str, int]:
@@ -92,7 +99,12 @@ def check_data(data_dir: Path) -> dict[str, int]:
     train = data_dir / "train.jsonl"
     hint = "run `korani data prepare -o DIR` and pass --data DIR"
     if not data_dir.is_dir():
-        raise TrainDataError(f"the data directory {data_dir} does not exist" if not data_dir.exists() else f"{data_dir} is not a directory", hint)
+        raise TrainDataError(
+            f"the data directory {data_dir} does not exist"
+            if not data_dir.exists()
+            else f"{data_dir} is not a directory",
+            hint,
+        )
     if not train.is_file():
         raise TrainDataError(f"no training data at {train}", hint)
     counts = {}

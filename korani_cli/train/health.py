@@ -69,17 +69,23 @@ def held_out_prompts(data_dir: Path, n: int) -> Prompts:
                 break
         if prompts:
             return Prompts(split, prompts)
-    return Prompts(None, [], f"{data_dir} has no held-out conversations (test.jsonl and valid.jsonl are empty or missing), "
-                             "and prompts the model was trained on would prove nothing; "
-                             "prepare the data with a --test or --valid fraction (korani data prepare --test 0.1)")
+    return Prompts(
+        None,
+        [],
+        f"{data_dir} has no held-out conversations (test.jsonl and valid.jsonl are empty or missing), "
+        "and prompts the model was trained on would prove nothing; "
+        "prepare the data with a --test or --valid fraction (korani data prepare --test 0.1)",
+    )
 
 
 def repetition(ids: list[int], n: int = 3) -> float:
-    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
     return 0.0 if not grams else 1.0 - len(set(grams)) / len(grams)
 
 
-def check(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_tokens: int = 512, split: str = "") -> Health:
+def check(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_tokens: int = 512, split: str = ""
+) -> Health:
     import torch
 
     eos = tokenizer.eos_token_id
@@ -95,12 +101,17 @@ def check(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_
             enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             with torch.inference_mode():
                 out = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad,
-                    output_logits=True, return_dict_in_generate=True,
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=eos,
+                    pad_token_id=pad,
+                    output_logits=True,
+                    return_dict_in_generate=True,
                 )
             finite = all(bool(torch.isfinite(step).all()) for step in out.logits)
             nonfinite += not finite
-            new = out.sequences[0, enc["input_ids"].shape[1]:].tolist()
+            new = out.sequences[0, enc["input_ids"].shape[1] :].tolist()
             stopped = finite and eos in new
             if stopped:
                 new = new[: new.index(eos)]
@@ -108,9 +119,19 @@ def check(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_
             reps.append(repetition(new))
             lengths.append(len(new))
             if len(samples) < 3:
-                answer = tokenizer.decode(new, skip_special_tokens=True)[:400] if finite else "(NaN/inf logits)"
+                answer = (
+                    tokenizer.decode(new, skip_special_tokens=True)[:400] if finite else "(NaN/inf logits)"
+                )
                 samples.append({"prompt": prompt[:200], "answer": answer, "ended_with_eos": stopped})
     finally:
         model.train(was_training)
     n = max(len(prompts), 1)
-    return Health(len(prompts), round(ended / n, 4), round(sum(reps) / n, 4), round(sum(lengths) / n, 1), samples, nonfinite, split)
+    return Health(
+        len(prompts),
+        round(ended / n, 4),
+        round(sum(reps) / n, 4),
+        round(sum(lengths) / n, 1),
+        samples,
+        nonfinite,
+        split,
+    )

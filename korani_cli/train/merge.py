@@ -53,14 +53,19 @@ def load_merged(adapter: Path, dtype: str = "float16", base: str | None = None):
 
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
-        has_tokenizer = any((adapter / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        has_tokenizer = any(
+            (adapter / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")
+        )
         tokenizer = AutoTokenizer.from_pretrained(adapter if has_tokenizer else base)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     except (OSError, ValueError) as exc:  # a missing, foreign or broken base; an adapter of another shape
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise ModelLoadError(f"cannot load {adapter} onto its base '{base}' ({first})", "make the base model available locally or online") from None
+        raise ModelLoadError(
+            f"cannot load {adapter} onto its base '{base}' ({first})",
+            "make the base model available locally or online",
+        ) from None
     return model, tokenizer, base
 
 

@@ -99,9 +99,13 @@ class TrainMetadata:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise MetadataError(f"{path} does not exist (the run did not finish, or is not a korani train run)", fix) from None
+            raise MetadataError(
+                f"{path} does not exist (the run did not finish, or is not a korani train run)", fix
+            ) from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise MetadataError(f"cannot read {path} ({getattr(exc, 'strerror', None) or exc})", fix) from None
+            raise MetadataError(
+                f"cannot read {path} ({getattr(exc, 'strerror', None) or exc})", fix
+            ) from None
         try:
             value = json.loads(text)
         except ValueError as exc:
@@ -118,8 +122,10 @@ def _build(cls: type, value: object, where: str, path: str):
     for name, f in known.items():
         if name not in value:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise MetadataError(f"{where}: '{_join(path, name)}' is missing; korani did not write this file",
-                                    "pass the --output directory of a finished `korani train` run")
+                raise MetadataError(
+                    f"{where}: '{_join(path, name)}' is missing; korani did not write this file",
+                    "pass the --output directory of a finished `korani train` run",
+                )
             continue
         values[name] = _convert(value[name], hints[name], where, _join(path, name))
     return cls(**values)
@@ -137,7 +143,11 @@ def _convert(value: object, hint: Any, where: str, path: str):
     if hint is list or origin is list:
         if not isinstance(value, list):
             raise _wrong(where, path, "a list", value)
-        return [_convert(v, args[0], where, f"{path}[{i}]") for i, v in enumerate(value)] if args else list(value)
+        return (
+            [_convert(v, args[0], where, f"{path}[{i}]") for i, v in enumerate(value)]
+            if args
+            else list(value)
+        )
     if origin is dict:
         if not isinstance(value, dict):
             raise _wrong(where, path, "an object", value)
@@ -168,7 +178,15 @@ def _join(path: str, name: str) -> str:
 
 
 def _wrong(where: str, path: str, expected: str, value: object) -> MetadataError:
-    shown = json.dumps(value, ensure_ascii=False) if not isinstance(value, (dict, list)) else type(value).__name__
-    what = f"'{path}' should be {expected}, not {shown[:60]}" if path else f"it holds {shown[:60]}, not {expected}"
-    return MetadataError(f"{where}: {what}; korani did not write this file (or it was edited)",
-                         "pass the --output directory of a finished `korani train` run")
+    shown = (
+        json.dumps(value, ensure_ascii=False) if not isinstance(value, (dict, list)) else type(value).__name__
+    )
+    what = (
+        f"'{path}' should be {expected}, not {shown[:60]}"
+        if path
+        else f"it holds {shown[:60]}, not {expected}"
+    )
+    return MetadataError(
+        f"{where}: {what}; korani did not write this file (or it was edited)",
+        "pass the --output directory of a finished `korani train` run",
+    )

@@ -34,7 +34,9 @@ def plan_device(config: TrainConfig, cuda: bool) -> DevicePlan:
     if cuda:
         return DevicePlan(True, config.bf16, config.bnb_4bit_compute_dtype, config.optim, notices)
     if config.bf16 or config.bnb_4bit_compute_dtype != "float32":
-        notices.append("no CUDA GPU: training in float32 on CPU (bf16 is unusably slow on CPUs without AMX/AVX-512)")
+        notices.append(
+            "no CUDA GPU: training in float32 on CPU (bf16 is unusably slow on CPUs without AMX/AVX-512)"
+        )
     optim = config.optim
     if "paged" in optim or "8bit" in optim:
         notices.append(f"no CUDA GPU: optimizer {optim} needs CUDA; using adamw_torch")
@@ -48,14 +50,18 @@ def resolve_deepspeed(name_or_path: str | None) -> Path | None:
     path = Path(name_or_path)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
-            raise UsageError(f"DeepSpeed config not found: {path}", f"pass one of {', '.join(DS_NAMES)} or a JSON file")
+            raise UsageError(
+                f"DeepSpeed config not found: {path}", f"pass one of {', '.join(DS_NAMES)} or a JSON file"
+            )
         return path.resolve()
     # A name is always the shipped file (inside the package when installed), never
     # whatever a `configs/` directory in the current directory happens to hold.
     shipped = presets.deepspeed_path(name_or_path)
     if shipped is not None:
         return shipped.resolve()
-    raise UsageError(f"unknown DeepSpeed config '{name_or_path}'", f"use one of {', '.join(DS_NAMES)} or a JSON path")
+    raise UsageError(
+        f"unknown DeepSpeed config '{name_or_path}'", f"use one of {', '.join(DS_NAMES)} or a JSON path"
+    )
 
 
 def check_combination(config: TrainConfig, ds_path: Path | None) -> None:
@@ -65,11 +71,15 @@ def check_combination(config: TrainConfig, ds_path: Path | None) -> None:
     try:
         ds = json.loads(ds_path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:
-        raise UsageError(f"{ds_path} is not valid JSON ({exc.__class__.__name__}: {exc})", "fix the DeepSpeed config") from None
+        raise UsageError(
+            f"{ds_path} is not valid JSON ({exc.__class__.__name__}: {exc})", "fix the DeepSpeed config"
+        ) from None
     zero = ds.get("zero_optimization", {}) if isinstance(ds, dict) else None
     if not isinstance(zero, dict):
-        raise UsageError(f"{ds_path} is not a DeepSpeed config (expected an object with 'zero_optimization')",
-                         "start from configs/ds_zero2.json")
+        raise UsageError(
+            f"{ds_path} is not a DeepSpeed config (expected an object with 'zero_optimization')",
+            "start from configs/ds_zero2.json",
+        )
     stage = zero.get("stage", 0)
     if config.load_in_4bit and stage == 3:
         raise UsageError(
@@ -127,7 +137,9 @@ def load_model(config: TrainConfig, plan: DevicePlan, base: str, vocab: int | No
     if vocab is not None and vocab > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(vocab)
     if quant is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.gradient_checkpointing
+        )
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()

@@ -32,24 +32,34 @@ def _holds_files(path: Path) -> bool:
     try:
         return path.is_dir() and any(path.iterdir())
     except OSError as exc:
-        raise UsageError(f"cannot read {path} ({exc.strerror})", "check its permissions or choose another --output") from None
+        raise UsageError(
+            f"cannot read {path} ({exc.strerror})", "check its permissions or choose another --output"
+        ) from None
 
 
 def judge(output: Path, *, sources: list[Path], resume: bool, overwrite: bool) -> None:
     """Refuse, with one line, an `output` this run must not use. Writes nothing."""
     if resume:
         if overwrite:
-            raise UsageError("--resume and --overwrite contradict each other",
-                             "--resume continues the run in --output; --overwrite starts it over")
+            raise UsageError(
+                "--resume and --overwrite contradict each other",
+                "--resume continues the run in --output; --overwrite starts it over",
+            )
         if (output.exists() or output.is_symlink()) and not output.is_dir():
-            raise UsageError(f"--output {output} is not a directory", "pass the --output of an earlier korani train run")
+            raise UsageError(
+                f"--output {output} is not a directory", "pass the --output of an earlier korani train run"
+            )
         if _holds_files(output) and not is_ours(output, LEGACY):
-            raise UsageError(f"{output} holds files korani did not write; refusing to resume there",
-                             "pass the --output of an earlier korani train run")
+            raise UsageError(
+                f"{output} holds files korani did not write; refusing to resume there",
+                "pass the --output of an earlier korani train run",
+            )
         return
     if not overwrite and _holds_files(output) and is_ours(output, LEGACY):
-        raise UsageError(f"{output} already holds a run",
-                         "pass --resume to continue it, --overwrite to start over, or another --output")
+        raise UsageError(
+            f"{output} already holds a run",
+            "pass --resume to continue it, --overwrite to start over, or another --output",
+        )
     guard_output_dir(output, overwrite=overwrite, sources=sources, legacy=LEGACY, flag="--output")
 
 
@@ -75,7 +85,9 @@ def take(output: Path, *, resume: bool) -> Taken:
     except OSError as exc:
         if old is not None:
             put_back(old, output)
-        raise UsageError(f"cannot create --output {output} ({exc.strerror})", "choose another --output") from None
+        raise UsageError(
+            f"cannot create --output {output} ({exc.strerror})", "choose another --output"
+        ) from None
     return Taken(output, old, fresh=not resume, existed=existed)
 
 
@@ -111,24 +123,34 @@ def find_checkpoint(output: Path, resume: str) -> Path:
     """The checkpoint `--resume` names: the latest complete one in `output` for
     "last", else the given directory, which must be a checkpoint."""
     if resume == "last":
-        found = sorted((p for p in output.glob("checkpoint-*") if _step(p) >= 0 and p.is_dir()), key=_step, reverse=True)
+        found = sorted(
+            (p for p in output.glob("checkpoint-*") if _step(p) >= 0 and p.is_dir()), key=_step, reverse=True
+        )
         for path in found:
             if (path / CHECKPOINT_STATE).is_file():  # one killed mid-save lacks it
                 return path
-        raise UsageError(f"no checkpoint to resume from in {output}",
-                         "train without --resume first (a checkpoint is saved every save_steps)")
+        raise UsageError(
+            f"no checkpoint to resume from in {output}",
+            "train without --resume first (a checkpoint is saved every save_steps)",
+        )
     path = Path(resume)
     if not path.is_dir():
         what = "is not a directory" if path.exists() else "does not exist"
-        raise UsageError(f"--resume {resume} {what}; it must be a checkpoint directory",
-                         "pass a checkpoint-N directory of an earlier run, or --resume alone for the latest one")
+        raise UsageError(
+            f"--resume {resume} {what}; it must be a checkpoint directory",
+            "pass a checkpoint-N directory of an earlier run, or --resume alone for the latest one",
+        )
     if not (path / CHECKPOINT_STATE).is_file():
-        raise UsageError(f"--resume {resume} is not a training checkpoint (no {CHECKPOINT_STATE})",
-                         "pass a checkpoint-N directory of an earlier run, or --resume alone for the latest one")
+        raise UsageError(
+            f"--resume {resume} is not a training checkpoint (no {CHECKPOINT_STATE})",
+            "pass a checkpoint-N directory of an earlier run, or --resume alone for the latest one",
+        )
     return path
 
 
-def check_matches(checkpoint: Path, *, lora_r: int, lora_target_modules: list[str], base_model: str | None) -> None:
+def check_matches(
+    checkpoint: Path, *, lora_r: int, lora_target_modules: list[str], base_model: str | None
+) -> None:
     """A checkpoint holds LoRA weights of one shape: resuming it with another
     rank, other target modules or another base fails deep inside loading with
     a page of size mismatches. Say which recipe key differs instead.
@@ -146,7 +168,9 @@ def check_matches(checkpoint: Path, *, lora_r: int, lora_target_modules: list[st
     if saved.get("r") not in (None, lora_r):
         differences.append(f"lora_r {saved['r']} (now {lora_r})")
     targets = saved.get("target_modules")
-    if isinstance(targets, (list, str)) and sorted([targets] if isinstance(targets, str) else targets) != sorted(lora_target_modules):
+    if isinstance(targets, (list, str)) and sorted(
+        [targets] if isinstance(targets, str) else targets
+    ) != sorted(lora_target_modules):
         differences.append(f"lora_target_modules {targets} (now {list(lora_target_modules)})")
     if base_model is not None and saved.get("base_model_name_or_path") not in (None, base_model):
         differences.append(f"base_model {saved['base_model_name_or_path']} (now {base_model})")

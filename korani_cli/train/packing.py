@@ -40,4 +40,9 @@ class BlockDiagonalCollator:
             # Padding attends to itself only: no fully masked rows (NaN in softmax).
             idx = torch.arange(n, width)
             allowed[b, 0, idx, idx] = True
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "attention_mask": allowed}
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": position_ids,
+            "attention_mask": allowed,
+        }

@@ -50,10 +50,14 @@ def preset_path(name: str) -> Path | None:
 def presets_hint() -> str:
     names = recipe_names()
     if not names:
-        return "this korani has no shipped presets (its configs/ directory is missing); pass a YAML recipe file"
+        return (
+            "this korani has no shipped presets (its configs/ directory is missing); pass a YAML recipe file"
+        )
     listed = ", ".join(names)
-    return (f"shipped presets: {listed}; run one by name (korani train {names[0]}) "
-            f"or write it out to edit (korani train init {names[0]} -o my-recipe.yaml)")
+    return (
+        f"shipped presets: {listed}; run one by name (korani train {names[0]}) "
+        f"or write it out to edit (korani train init {names[0]} -o my-recipe.yaml)"
+    )
 
 
 def resolve_recipe(arg: str | Path) -> Path:
@@ -70,7 +74,10 @@ def resolve_recipe(arg: str | Path) -> Path:
     what = f"no recipe file {arg}"
     if stem in recipe_names() and str(arg) != stem:
         # `configs/korani-5.8b.yaml` typed outside the checkout: the preset is the likely intent.
-        raise ConfigError(f"{what} here", f"the shipped preset of that name runs with: korani train {stem} (or korani train init {stem} -o {path.name} to edit a copy)")
+        raise ConfigError(
+            f"{what} here",
+            f"the shipped preset of that name runs with: korani train {stem} (or korani train init {stem} -o {path.name} to edit a copy)",
+        )
     raise ConfigError(f"{what} and no shipped preset of that name", presets_hint())
 
 
@@ -79,7 +86,7 @@ def deepspeed_names() -> list[str]:
     folder = configs_dir()
     if not folder.is_dir():
         return []
-    return sorted(p.stem[len(DS_PREFIX):] for p in folder.glob(f"{DS_PREFIX}*.json") if p.is_file())
+    return sorted(p.stem[len(DS_PREFIX) :] for p in folder.glob(f"{DS_PREFIX}*.json") if p.is_file())
 
 
 def deepspeed_path(name: str) -> Path | None:

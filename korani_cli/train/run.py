@@ -91,8 +91,15 @@ def run(
     return _save(trainer, tokenizer, plan, setup, result, smoke=smoke, seconds=time.time() - started)
 
 
-def _set_up(config: TrainConfig, ranks: dist.Ranks, *, smoke: bool, resume: str | None, overwrite: bool,
-            reporter: Reporter) -> Setup:
+def _set_up(
+    config: TrainConfig,
+    ranks: dist.Ranks,
+    *,
+    smoke: bool,
+    resume: str | None,
+    overwrite: bool,
+    reporter: Reporter,
+) -> Setup:
     """Check the recipe and the data, take the output directory, swap in the --smoke model.
 
     The first process does it while the others wait: they would repeat its errors, and
@@ -105,7 +112,9 @@ def _set_up(config: TrainConfig, ranks: dist.Ranks, *, smoke: bool, resume: str 
     counts, taken, checkpoint = None, None, None
     with dist.main_first(ranks):
         if ranks.main:
-            counts, checkpoint = _check(config, data_dir, output, smoke=smoke, resume=resume, overwrite=overwrite)
+            counts, checkpoint = _check(
+                config, data_dir, output, smoke=smoke, resume=resume, overwrite=overwrite
+            )
             taken = outdir.take(output, resume=bool(resume))
             try:
                 outdir.mark(output, data=str(data_dir.resolve()), base_model=config.base_model, smoke=smoke)
@@ -125,8 +134,9 @@ def _set_up(config: TrainConfig, ranks: dist.Ranks, *, smoke: bool, resume: str 
     return Setup(config, recipe_base_model, data_dir, output, checkpoint, counts, taken)
 
 
-def _check(config: TrainConfig, data_dir: Path, output: Path, *, smoke: bool, resume: str | None,
-           overwrite: bool) -> tuple[dict[str, int], Path | None]:
+def _check(
+    config: TrainConfig, data_dir: Path, output: Path, *, smoke: bool, resume: str | None, overwrite: bool
+) -> tuple[dict[str, int], Path | None]:
     """Everything that can be wrong before a model loads; returns the split counts and the checkpoint."""
     # Every recipe value is checked before --smoke replaces any of them: a
     # recipe that cannot train must not get a smoke run that looks like a pass.
@@ -135,19 +145,30 @@ def _check(config: TrainConfig, data_dir: Path, output: Path, *, smoke: bool, re
     train_model.check_combination(config, ds_path)
     if ds_path is not None and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
         # accelerate's CPU mode turns DeepSpeed off inside transformers: the run would be plain DDP.
-        raise UsageError("accelerate launch --cpu turns DeepSpeed off, so --deepspeed would be ignored",
-                         "use torchrun --nproc_per_node N -m korani_cli train ..., or accelerate launch"
-                         " --use_deepspeed --deepspeed_config_file FILE --num_processes N without --cpu")
+        raise UsageError(
+            "accelerate launch --cpu turns DeepSpeed off, so --deepspeed would be ignored",
+            "use torchrun --nproc_per_node N -m korani_cli train ..., or accelerate launch"
+            " --use_deepspeed --deepspeed_config_file FILE --num_processes N without --cpu",
+        )
     base = Path(config.base_model).expanduser()
-    if not smoke and config.base_model.startswith(("/", ".", "~")) and not base.exists():  # --smoke never loads it
-        raise ModelLoadError(f"base_model {config.base_model} does not exist", "set base_model to a model directory or a hub id")
+    if (
+        not smoke and config.base_model.startswith(("/", ".", "~")) and not base.exists()
+    ):  # --smoke never loads it
+        raise ModelLoadError(
+            f"base_model {config.base_model} does not exist",
+            "set base_model to a model directory or a hub id",
+        )
     counts = train_data.check_data(data_dir)
     sources = [data_dir] + ([base] if base.exists() else [])
     outdir.judge(output, sources=sources, resume=bool(resume), overwrite=overwrite)
     checkpoint = outdir.find_checkpoint(output, resume) if resume else None
     if checkpoint is not None:
-        outdir.check_matches(checkpoint, lora_r=config.lora_r, lora_target_modules=config.lora_target_modules,
-                             base_model=None if smoke else config.base_model)
+        outdir.check_matches(
+            checkpoint,
+            lora_r=config.lora_r,
+            lora_target_modules=config.lora_target_modules,
+            base_model=None if smoke else config.base_model,
+        )
     return counts, checkpoint
 
 
@@ -156,9 +177,14 @@ def _load(setup: Setup, state: RunState, ranks: dist.Ranks, reporter: Reporter, 
     an earlier run it replaces goes only once the new model has loaded."""
     loaded = False
     try:
-        built = build_trainer(setup.config, setup.output, setup.data_dir, reporter,
-                              callbacks(setup.output, reporter, state, ranks),
-                              eval_limit=SMOKE_EVAL_LIMIT if smoke else None)
+        built = build_trainer(
+            setup.config,
+            setup.output,
+            setup.data_dir,
+            reporter,
+            callbacks(setup.output, reporter, state, ranks),
+            eval_limit=SMOKE_EVAL_LIMIT if smoke else None,
+        )
         loaded = True
         return built
     finally:
@@ -174,7 +200,9 @@ def _train(trainer, setup: Setup, state: RunState, ranks: dist.Ranks, reporter: 
         if state.interrupted:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         state.interrupted = True
-        reporter.notice("Ctrl-C: saving a checkpoint at the end of this step, then stopping (press again to abort)")
+        reporter.notice(
+            "Ctrl-C: saving a checkpoint at the end of this step, then stopping (press again to abort)"
+        )
 
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     try:
@@ -204,7 +232,9 @@ def _stop_if_stopped(setup: Setup, state: RunState, ranks: dist.Ranks, step: int
     config, output = setup.config, setup.output
     if not ranks.main and (state.diverged or state.interrupted):
         # Every process saw the same NaN loss (it is gathered) or the same Ctrl-C; the first one says so.
-        raise dist.ReportedByMainRank(TrainingDiverged.exit_code if state.diverged else TrainingInterrupted.exit_code)
+        raise dist.ReportedByMainRank(
+            TrainingDiverged.exit_code if state.diverged else TrainingInterrupted.exit_code
+        )
     if state.diverged:
         d = state.diverged
         raise TrainingDiverged(
@@ -219,8 +249,9 @@ def _stop_if_stopped(setup: Setup, state: RunState, ranks: dist.Ranks, step: int
         )
 
 
-def _save(trainer, tokenizer, plan: train_model.DevicePlan, setup: Setup, result, *, smoke: bool,
-          seconds: float) -> TrainMetadata:
+def _save(
+    trainer, tokenizer, plan: train_model.DevicePlan, setup: Setup, result, *, smoke: bool, seconds: float
+) -> TrainMetadata:
     """The tokenizer, the health check, korani_metadata.json and the model card (the adapter is saved)."""
     config, output, data_dir = setup.config, setup.output, setup.data_dir
     tokenizer.save_pretrained(str(output))
@@ -240,7 +271,9 @@ def _save(trainer, tokenizer, plan: train_model.DevicePlan, setup: Setup, result
         train_loss_last=train_losses[-1] if train_losses else None,
         train_loss_mean=getattr(result, "training_loss", None),
         eval_losses=eval_losses,
-        eval_skipped=None if eval_losses else _why_no_eval(config, data_dir, counts, trainer.state.global_step),
+        eval_skipped=None
+        if eval_losses
+        else _why_no_eval(config, data_dir, counts, trainer.state.global_step),
         health=report,
         health_skipped=health_skipped,
         device=DeviceInfo(plan.cuda, plan.bf16, plan.optim, list(plan.notices)),
@@ -255,9 +288,18 @@ def _save(trainer, tokenizer, plan: train_model.DevicePlan, setup: Setup, result
     from korani_cli.train import card
 
     # Replaces PEFT's blank template (save_model wrote it just now) with korani's card.
-    atomic_write_text(output / "README.md", card.render(card.Run(
-        name=output.resolve().name, output=str(output), config=config, recipe_base_model=setup.recipe_base_model,
-        metadata=metadata)))
+    atomic_write_text(
+        output / "README.md",
+        card.render(
+            card.Run(
+                name=output.resolve().name,
+                output=str(output),
+                config=config,
+                recipe_base_model=setup.recipe_base_model,
+                metadata=metadata,
+            )
+        ),
+    )
     if report is not None and report.nonfinite:
         raise TrainingDiverged(
             f"the trained model's outputs are NaN or infinite on {report.nonfinite} of {report.prompts} held-out prompts"
@@ -276,20 +318,28 @@ def _health(model, tokenizer, config: TrainConfig, data_dir: Path):
     held_out = health.held_out_prompts(data_dir, config.health_prompts)
     if not held_out.prompts:
         return None, held_out.why_none
-    return health.check(model, tokenizer, held_out.prompts, config.health_max_new_tokens, split=held_out.split), None
+    return health.check(
+        model, tokenizer, held_out.prompts, config.health_max_new_tokens, split=held_out.split
+    ), None
 
 
 def _fingerprint(data_dir: Path) -> str | None:
     """`korani data prepare`'s fingerprint of the sources, from its stats.json."""
     stats_path = data_dir / "stats.json"
-    return json.loads(stats_path.read_text(encoding="utf-8")).get("fingerprint") if stats_path.is_file() else None
+    return (
+        json.loads(stats_path.read_text(encoding="utf-8")).get("fingerprint")
+        if stats_path.is_file()
+        else None
+    )
 
 
 def _why_no_eval(config: TrainConfig, data_dir: Path, counts: dict[str, int], steps: int) -> str:
     """Why a finished run logged no eval loss, and what to change."""
     if not counts.get("valid"):
-        return (f"{data_dir / 'valid.jsonl'} holds no conversations; prepare the data with a --valid fraction "
-                "(korani data prepare --valid 0.1)")
+        return (
+            f"{data_dir / 'valid.jsonl'} holds no conversations; prepare the data with a --valid fraction "
+            "(korani data prepare --valid 0.1)"
+        )
     # transformers evaluates every eval_steps and at the last step, so this is rare (a run stopped early).
     return f"the trainer logged no eval loss in {steps} steps (eval_steps {config.eval_steps})"
 

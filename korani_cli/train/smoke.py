@@ -88,9 +88,13 @@ def smoke_adjust(config: TrainConfig, output: Path, data_dir: Path, reporter: Re
     The base is built once in OUTPUT/smoke-base and reused by a resumed run."""
     base_dir = output / "smoke-base"
     if not (base_dir / "config.json").is_file():
-        reporter.notice(f"--smoke: building a tiny GPT-NeoX and a tokenizer trained on {data_dir / 'train.jsonl'}")
+        reporter.notice(
+            f"--smoke: building a tiny GPT-NeoX and a tokenizer trained on {data_dir / 'train.jsonl'}"
+        )
         tokenizer = train_tokenizer(texts(data_dir / "train.jsonl"), base_dir, vocab_size=2000)
-        build_model(tokenizer, base_dir, hidden_size=64, layers=2, heads=4, context=max(config.max_length, 256))
+        build_model(
+            tokenizer, base_dir, hidden_size=64, layers=2, heads=4, context=max(config.max_length, 256)
+        )
     return replace(
         config,
         base_model=str(base_dir.resolve()),

@@ -119,8 +119,15 @@ SFT_FIXED: dict[str, Any] = {
 }
 
 
-def sft_kwargs(config: TrainConfig, plan: train_model.DevicePlan, output: Path, *, deepspeed: Path | None,
-               evaluate: bool, eos_token: str) -> dict[str, Any]:
+def sft_kwargs(
+    config: TrainConfig,
+    plan: train_model.DevicePlan,
+    output: Path,
+    *,
+    deepspeed: Path | None,
+    evaluate: bool,
+    eos_token: str,
+) -> dict[str, Any]:
     """The keyword arguments of `SFTConfig` for this run (no TRL import: a pure function)."""
     kwargs = {field: getattr(config, key) for key, field in RECIPE_TO_SFT}
     kwargs.update(SFT_FIXED)
@@ -148,7 +155,9 @@ def prepare_tokenizer(base: str):
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.chat_template = CHAT_TEMPLATE
     if tokenizer.eos_token is None:
-        raise UsageError(f"the tokenizer of {base} has no EOS token", "use a base model whose tokenizer defines eos_token")
+        raise UsageError(
+            f"the tokenizer of {base} has no EOS token", "use a base model whose tokenizer defines eos_token"
+        )
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     tokenizer.padding_side = "right"
@@ -162,7 +171,9 @@ def ensure_dist_env() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
 
 
 def trainer_class():
@@ -185,13 +196,21 @@ def trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            return Trainer.compute_loss(
+                self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
 
     return KoraniSFTTrainer
 
 
-def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: Reporter | None = None, callbacks=(),
-                  eval_limit: int | None = None):
+def build_trainer(
+    config: TrainConfig,
+    output: Path,
+    data_dir: Path,
+    reporter: Reporter | None = None,
+    callbacks=(),
+    eval_limit: int | None = None,
+):
     """Everything up to `trainer.train()`: returns (trainer, tokenizer, plan)."""
     import torch
     from trl import SFTConfig
@@ -215,7 +234,10 @@ def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: R
         tokenizer = prepare_tokenizer(config.base_model)
         model = train_model.load_model(config, plan, config.base_model, vocab=len(tokenizer))
     except ImportError as exc:
-        raise ModelLoadError(f"a library needed to train on {config.base_model} is missing ({exc})", "pip install 'korani[train]'") from None
+        raise ModelLoadError(
+            f"a library needed to train on {config.base_model} is missing ({exc})",
+            "pip install 'korani[train]'",
+        ) from None
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ModelLoadError(
@@ -224,12 +246,20 @@ def build_trainer(config: TrainConfig, output: Path, data_dir: Path, reporter: R
         ) from None
     train = train_data.load_split(data_dir, "train")
     valid = train_data.load_split(data_dir, "valid")
-    args = SFTConfig(**sft_kwargs(config, plan, output, deepspeed=ds_path, evaluate=valid is not None,
-                                  eos_token=tokenizer.eos_token))
+    args = SFTConfig(
+        **sft_kwargs(
+            config, plan, output, deepspeed=ds_path, evaluate=valid is not None, eos_token=tokenizer.eos_token
+        )
+    )
     if valid is not None and eval_limit is not None and len(valid) > eval_limit:
         valid = valid.select(range(eval_limit))
     trainer = trainer_class()(
-        model=model, args=args, train_dataset=train, eval_dataset=valid, processing_class=tokenizer, callbacks=list(callbacks)
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=valid,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
     )
     # Packed rows keep samples apart: through flash attention's varlen kernel
     # where the model has it, through a block-diagonal 4-D mask elsewhere.
@@ -261,7 +291,10 @@ def callbacks(output: Path, reporter: Reporter, state: RunState, ranks: dist.Ran
         def on_log(self, args, trainer_state, control, logs=None, **kw):
             if trainer_state.is_world_process_zero and logs:
                 with (output / "logs.jsonl").open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"step": trainer_state.global_step, "time": round(time.time(), 3), **logs}) + "\n")
+                    fh.write(
+                        json.dumps({"step": trainer_state.global_step, "time": round(time.time(), 3), **logs})
+                        + "\n"
+                    )
                 reporter.step(trainer_state.global_step, logs)
 
         def on_step_end(self, args, trainer_state, control, **kw):
