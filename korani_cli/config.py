@@ -48,7 +48,8 @@ class Settings:
     request_timeout: float = (
         20.0  # seconds: the overall deadline of one network request (see korani_cli/net.py)
     )
-    backend: str = "auto"  # korani-5.8b: auto (a pulled GGUF when there is no CUDA GPU), hf or llamacpp; see models.resolve.
+    # korani-5.8b: auto (a pulled GGUF when there is no CUDA GPU), hf or llamacpp; see models.resolve.
+    backend: str = "auto"
     # No environment variable: an exported KORANI_BACKEND=hf would make every other --model a usage error.
 
 

@@ -143,7 +143,8 @@ def cuda_available() -> bool:
 
 
 def _reference(spec: str, backend: str) -> ModelSpec:
-    """korani-5.8b: the pulled GGUF on a machine without CUDA (or with --backend llamacpp), else the adapter."""
+    """korani-5.8b: the pulled GGUF on a machine without CUDA (or with --backend llamacpp), else the
+    adapter."""
     hf = ModelSpec(spec, "hf", REFERENCE_ADAPTER, base=REFERENCE_BASE)
     if backend == "hf":
         return hf
@@ -168,7 +169,8 @@ def _reference(spec: str, backend: str) -> ModelSpec:
         spec,
         "llamacpp",
         str(pulled.path),
-        notice=f"no CUDA GPU: using the pulled {pulled.quant} GGUF of {spec} ({pulled.path}); --backend hf for transformers",
+        notice=f"no CUDA GPU: using the pulled {pulled.quant} GGUF of {spec} ({pulled.path}); --backend hf "
+        "for transformers",
     )
 
 
@@ -221,7 +223,8 @@ def _nearby(path: Path) -> str:
 
 
 def load_backend(spec: ModelSpec, settings: Settings, notify: Notify = lambda _msg: None) -> Backend:
-    """Load the model behind `spec` with its registered backend; raises ModelLoadError with the way forward."""
+    """Load the model behind `spec` with its registered backend; raises ModelLoadError with the way
+    forward."""
     loader = registry.loader(spec.backend)  # before the notice: an unknown backend has nothing to announce
     if spec.notice:
         notify(spec.notice)

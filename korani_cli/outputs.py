@@ -124,7 +124,8 @@ def guard_output_file(path: Path, *, overwrite: bool, magic: bytes | None = None
                 head = fh.read(len(magic))
             if head != magic:
                 raise UsageError(
-                    f"{path} is not a file korani wrote (it does not start with {magic!r}); refusing to replace it",
+                    f"{path} is not a file korani wrote (it does not start with {magic!r}); refusing to "
+                    "replace it",
                     "choose another -o, or move the file away yourself",
                 )
     return target
@@ -206,7 +207,8 @@ def guard_output_dir(
         return
     if not is_ours(out, legacy):
         raise UsageError(
-            f"{out} holds files korani did not write; refusing to {'replace' if overwrite else 'write into'} it",
+            f"{out} holds files korani did not write; refusing to "
+            f"{'replace' if overwrite else 'write into'} it",
             f"choose a new or empty directory for {flag}",
         )
     if not overwrite:

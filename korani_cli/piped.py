@@ -69,7 +69,8 @@ def read(notify: Callable[[str], None], *, waiting: str, what: str = "stdin", fi
         text = data[: exc.start].decode("utf-8-sig")  # the cut fell inside a character
     if cut:
         notify(
-            f"{what} holds more than {LIMIT // (1 << 20)} MiB; only its first {LIMIT // (1 << 20)} MiB is used "
+            f"{what} holds more than {LIMIT // (1 << 20)} MiB; "
+            f"only its first {LIMIT // (1 << 20)} MiB is used "
             "(pipe less, e.g. head -c 100000 FILE | korani ask …)"
         )
     return text

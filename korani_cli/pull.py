@@ -91,7 +91,8 @@ class Needs:
             return "unknown" if value is None else _gb(value)
 
         text = (
-            f"needs about {_gb(self.ram)} of free RAM (free: {have(self.ram_free)}) and {_gb(self.disk)} of disk "
+            f"needs about {_gb(self.ram)} of free RAM (free: {have(self.ram_free)}) "
+            f"and {_gb(self.disk)} of disk "
             f"under {self.where} (free: {have(self.disk_free)})"
         )
         return text + (f", {_gb(self.download)} of it to download" if self.download else "")

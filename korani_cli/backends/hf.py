@@ -46,7 +46,8 @@ def _adapter_base(source: str, local_only: bool) -> str | None:
     except LocalEntryNotFoundError:
         # Offline and not cached (a subclass of EntryNotFoundError, so first).
         raise ModelLoadError(
-            f"cannot load '{source}': it is not a local path, the Hugging Face Hub is unreachable and it is not in the local cache",
+            f"cannot load '{source}': it is not a local path, the Hugging Face Hub is unreachable and it is "
+            "not in the local cache",
             OFFLINE_FIX,
         ) from None
     except EntryNotFoundError:
@@ -57,7 +58,8 @@ def _adapter_base(source: str, local_only: bool) -> str | None:
         ) from None
     except Exception as exc:  # offline, DNS, timeouts, gated repos: all mean "cannot get it now"
         raise ModelLoadError(
-            f"cannot load '{source}': it is not a local path, the Hugging Face Hub is unreachable and it is not cached ({exc.__class__.__name__})",
+            f"cannot load '{source}': it is not a local path, the Hugging Face Hub is unreachable and it is "
+            f"not cached ({exc.__class__.__name__})",
             OFFLINE_FIX,
         ) from None
     return json.loads(Path(path).read_text(encoding="utf-8")).get("base_model_name_or_path")
@@ -333,7 +335,8 @@ def _placement() -> _Placement:
 
 
 def _from_pretrained(spec: ModelSpec, weights: _Weights, placement: _Placement):
-    """(model, tokenizer): the adapter's own tokenizer wins over the base's; load failures are ModelLoadErrors."""
+    """(model, tokenizer): the adapter's own tokenizer wins over the base's; load failures are
+    ModelLoadErrors."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter, base, local_only = weights.adapter, weights.base, weights.local_only

@@ -86,7 +86,8 @@ class OpenAIBackend:
         except httpx.TimeoutException:
             client.close()
             raise ModelLoadError(
-                f"the OpenAI-compatible server at {base_url} did not list its models within {request_timeout:g} s",
+                f"the OpenAI-compatible server at {base_url} did not list its models within "
+                f"{request_timeout:g} s",
                 unreachable + "; or raise request_timeout (KORANI_REQUEST_TIMEOUT) for a slow server",
             ) from None
         except httpx.HTTPError as exc:

@@ -46,14 +46,17 @@ class NoSuchSession(UsageError):
     """No session, or more than one, has the id or prefix the user gave; exit 2."""
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, created REAL, model TEXT, system TEXT, template TEXT, kind TEXT);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT REFERENCES sessions(id) ON DELETE CASCADE,
-    role TEXT, content TEXT, created REAL, model TEXT, timings TEXT, citations TEXT, reset_before INTEGER DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS messages_session ON messages(session_id, id);
-"""
+SCHEMA = (
+    "\n"
+    "CREATE TABLE IF NOT EXISTS sessions "
+    "(id TEXT PRIMARY KEY, created REAL, model TEXT, system TEXT, template TEXT, kind TEXT);\n"
+    "CREATE TABLE IF NOT EXISTS messages (\n"
+    "    id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT REFERENCES sessions(id) ON DELETE CASCADE,\n"
+    "    role TEXT, content TEXT, created REAL, model TEXT, timings TEXT, citations TEXT, "
+    "reset_before INTEGER DEFAULT 0\n"
+    ");\n"
+    "CREATE INDEX IF NOT EXISTS messages_session ON messages(session_id, id);\n"
+)
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,8 @@ def _problem(path: Path | str, exc: Exception, without: str = WITHOUT_CHAT) -> H
     if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or isinstance(exc, UnicodeDecodeError):
         return HistoryError(
             f"the chat history {path} is damaged ({exc})",
-            f"move it aside to start a new history (mv {path} {path}.broken; `sqlite3 FILE .recover` may save old sessions), {without}",
+            f"move it aside to start a new history (mv {path} {path}.broken; `sqlite3 FILE .recover` may "
+            f"save old sessions), {without}",
         )
     detail = getattr(exc, "strerror", None) or str(exc)
     return HistoryError(
@@ -195,7 +199,8 @@ class History:
     ) -> None:
         with self._guard(), self.db:
             self.db.execute(
-                "INSERT INTO messages (session_id, role, content, created, model, timings, citations) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (session_id, role, content, created, model, timings, citations) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     session_id,
                     role,
@@ -227,14 +232,16 @@ class History:
         """/초기화: later `--continue` restores only what came after."""
         with self._guard(), self.db:
             self.db.execute(
-                "INSERT INTO messages (session_id, role, content, created, reset_before) VALUES (?, 'reset', '', ?, 1)",
+                "INSERT INTO messages (session_id, role, content, created, reset_before) "
+                "VALUES (?, 'reset', '', ?, 1)",
                 (session_id, time.time()),
             )
 
     def messages(self, session_id: str, since_reset: bool = False) -> list[StoredMessage]:
         with self._guard():
             rows = self.db.execute(
-                "SELECT role, content, created, model, timings, citations FROM messages WHERE session_id = ? ORDER BY id",
+                "SELECT role, content, created, model, timings, citations FROM messages "
+                "WHERE session_id = ? ORDER BY id",
                 (session_id,),
             ).fetchall()
         out = []
@@ -321,8 +328,10 @@ class History:
         with self._guard():
             rows = self.db.execute(
                 "SELECT s.id, s.created, s.model, COUNT(m.id), "
-                "(SELECT content FROM messages WHERE session_id = s.id AND role = 'user' ORDER BY id LIMIT 1), s.kind "
-                "FROM sessions s LEFT JOIN messages m ON m.session_id = s.id AND m.role IN ('user', 'assistant') "
+                "(SELECT content FROM messages WHERE session_id = s.id AND role = 'user' "
+                "ORDER BY id LIMIT 1), s.kind "
+                "FROM sessions s LEFT JOIN messages m "
+                "ON m.session_id = s.id AND m.role IN ('user', 'assistant') "
                 "GROUP BY s.id ORDER BY s.created DESC LIMIT ?",
                 (limit,),
             ).fetchall()

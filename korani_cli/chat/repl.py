@@ -138,7 +138,8 @@ def run(
     lines = _terminal_lines("나> ") if interactive else iter(stdin.readline, "")
     if interactive:
         err.print(
-            f"[bold]korani chat[/bold] · {escape(clean_line(session.model_name))} · /도움말 로 명령어 보기, Ctrl-D 로 끝내기"
+            f"[bold]korani chat[/bold] · {escape(clean_line(session.model_name))} · "
+            "/도움말 로 명령어 보기, Ctrl-D 로 끝내기"
         )
     for text in read_inputs(lines):
         if not text.strip():

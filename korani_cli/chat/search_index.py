@@ -28,7 +28,9 @@ DEFAULT_KIND = "kiwi"
 _TABLE = {"kiwi": "messages_fts_kiwi", "trigram": "messages_fts_trigram"}
 _CREATE = {
     "kiwi": "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts_kiwi USING fts5(terms, tokenize='unicode61')",
-    "trigram": "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts_trigram USING fts5(content, tokenize='trigram')",
+    "trigram": (
+        "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts_trigram USING fts5(content, tokenize='trigram')"
+    ),
 }
 BATCH = 256  # messages analysed per Kiwi call while catching up
 
@@ -68,7 +70,8 @@ def update(db: sqlite3.Connection, kind: str = DEFAULT_KIND) -> int:
     added = 0
     while True:
         rows = db.execute(
-            "SELECT id, content FROM messages WHERE id > ? AND role IN ('user', 'assistant') ORDER BY id LIMIT ?",
+            "SELECT id, content FROM messages "
+            "WHERE id > ? AND role IN ('user', 'assistant') ORDER BY id LIMIT ?",
             (last, BATCH),
         ).fetchall()
         if not rows:
@@ -111,7 +114,8 @@ def search(db: sqlite3.Connection, words: str, kind: str = DEFAULT_KIND, limit: 
         return []
     name = table(kind)
     rows = db.execute(
-        f"SELECT m.session_id, m.id, m.role, m.created, m.content FROM {name} f JOIN messages m ON m.id = f.rowid "
+        "SELECT m.session_id, m.id, m.role, m.created, m.content "
+        f"FROM {name} f JOIN messages m ON m.id = f.rowid "
         f"WHERE {name} MATCH ? ORDER BY f.rank, m.id DESC LIMIT ?",
         (expression, limit),
     ).fetchall()

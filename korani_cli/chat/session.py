@@ -240,7 +240,8 @@ class ChatSession:
             self._pending += [
                 ErrorLine(exc.one_line()),
                 Notice(
-                    "이 대화는 이제부터 저장되지 않고 메모리에만 남습니다 (/저장 으로 파일에 저장할 수 있습니다)"
+                    "이 대화는 이제부터 저장되지 않고 메모리에만 남습니다 "
+                    "(/저장 으로 파일에 저장할 수 있습니다)"
                 ),
             ]
             self.history = History.in_memory()
@@ -277,7 +278,8 @@ class ChatSession:
         if dropped and not self.trim_reported:
             self.trim_reported = True
             yield Notice(
-                f"대화가 길어져 오래된 대화 {dropped}개를 기억에서 뺐습니다 (컨텍스트 {self.backend.info.context_length} 토큰)"
+                f"대화가 길어져 오래된 대화 {dropped}개를 기억에서 뺐습니다 "
+                f"(컨텍스트 {self.backend.info.context_length} 토큰)"
             )
         yield Stage("답변 생성 중")
         run = oneshot.Run(self.backend, messages, self.params)  # the same generation loop as `korani ask`
@@ -387,7 +389,8 @@ class ChatSession:
                     if not self.trim_reported:
                         self.trim_reported = True
                         yield Notice(
-                            f"대화가 길어져 오래된 대화 {event.dropped}개를 기억에서 뺐습니다 (컨텍스트 {event.context_length} 토큰)"
+                            f"대화가 길어져 오래된 대화 {event.dropped}개를 기억에서 뺐습니다 "
+                            f"(컨텍스트 {event.context_length} 토큰)"
                         )
                 elif isinstance(event, Text):
                     shown.append(event.text)
@@ -464,7 +467,8 @@ class ChatSession:
             return
         rows = self.history.sessions(20)
         lines = [
-            f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created or 0))}  {r.model}  메시지 {r.messages}개  "
+            f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created or 0))}  "
+            f"{r.model}  메시지 {r.messages}개  "
             f"{(r.first or '')[:40]}"
             for r in rows
         ]

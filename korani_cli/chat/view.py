@@ -207,7 +207,8 @@ class AnswerView:
             self.live.update(self._renderable(tail), refresh=True)
 
     def pause(self) -> None:
-        """Take the live block off the screen (before something else is printed); it comes back with the next chunk."""
+        """Take the live block off the screen (before something else is printed); it comes back with
+        the next chunk."""
         if self.live is not None:
             with self.guard.writing():
                 self.live.stop()

@@ -32,7 +32,10 @@ from korani_cli.untrusted import clean, clean_line
 
 STDIN_IS_QUESTION_FIX = "pipe a UTF-8 text question: echo 질문 | korani ask -"
 PIPED_TEXT_FIX = "pipe UTF-8 text, or run with </dev/null to ask without it"
-WAITING = "waiting for text on stdin (piped text goes before the question); end it with Ctrl-D, or run with </dev/null"
+WAITING = (
+    "waiting for text on stdin (piped text goes before the question); end it with Ctrl-D, or run "
+    "with </dev/null"
+)
 
 
 def _question(text: str | None) -> str:
@@ -119,7 +122,8 @@ def ask(
     question: Annotated[
         Optional[str],
         typer.Argument(
-            help="The question; '-' (or nothing, when piped) reads it from stdin. Text piped with a question goes before it: cat notes.txt | korani ask \"요약해 줘\".",
+            help="The question; '-' (or nothing, when piped) reads it from stdin. Text piped with a "
+            'question goes before it: cat notes.txt | korani ask "요약해 줘".',
             show_default=False,
         ),
     ] = None,
@@ -128,7 +132,8 @@ def ask(
         typer.Option(
             "--model",
             "-m",
-            help="Alias (korani-5.8b, demo, demo-chat), .gguf path, model directory, hub id or openai:MODEL@URL. [default: KORANI_MODEL, else the config file's model, else korani-5.8b]",
+            help="Alias (korani-5.8b, demo, demo-chat), .gguf path, model directory, hub id or "
+            "openai:MODEL@URL. [default: KORANI_MODEL, else the config file's model, else korani-5.8b]",
         ),
     ] = None,
     system: Annotated[
@@ -158,14 +163,16 @@ def ask(
         Optional[str],
         typer.Option(
             "--template",
-            help=f"Prompt format: {' or '.join(TEMPLATES)} (the model's own chat template). [default: korani; model for an alias with its own chat template, e.g. demo-chat]",
+            help=f"Prompt format: {' or '.join(TEMPLATES)} (the model's own chat template). [default: "
+            "korani; model for an alias with its own chat template, e.g. demo-chat]",
         ),
     ] = None,
     as_json: Annotated[
         bool,
         typer.Option(
             "--json",
-            help="Print one JSON object: answer, model, backend, token counts, finish_reason, timings, session (the history id it was saved to, or null).",
+            help="Print one JSON object: answer, model, backend, token counts, finish_reason, timings, "
+            "session (the history id it was saved to, or null).",
         ),
     ] = False,
     web: Annotated[
@@ -193,14 +200,16 @@ def ask(
         typer.Option(
             "--continue",
             "-c",
-            help="Continue the last conversation (chat or ask): its messages go into the prompt, with its model, template and system text unless given here.",
+            help="Continue the last conversation (chat or ask): its messages go into the prompt, with its "
+            "model, template and system text unless given here.",
         ),
     ] = False,
     session_id: Annotated[
         Optional[str],
         typer.Option(
             "--session",
-            help="Continue this session; any unique prefix of its id works (see `korani history list`). [default: a new session]",
+            help="Continue this session; any unique prefix of its id works (see `korani history list`). "
+            "[default: a new session]",
         ),
     ] = None,
     no_log: Annotated[
@@ -418,8 +427,8 @@ def _cut_note(result, params, searched: bool) -> None:
     if made is not None and made < params.max_new_tokens:
         # The backend gave the answer only the room the context window had left.
         notice(
-            f"the answer was cut at {made} tokens: the prompt ({result.prompt_tokens} tokens) filled the rest of the "
-            "model's context window; shorten the question"
+            f"the answer was cut at {made} tokens: the prompt ({result.prompt_tokens} tokens) "
+            "filled the rest of the model's context window; shorten the question"
             + (" or lower --context-tokens" if searched else "")
         )
     else:

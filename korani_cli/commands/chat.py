@@ -37,7 +37,8 @@ def chat(
         typer.Option(
             "--model",
             "-m",
-            help="As for `korani ask`; when resuming, replaces the session's model. [default: the session's model, else config / KORANI_MODEL / korani-5.8b]",
+            help="As for `korani ask`; when resuming, replaces the session's model. [default: the session's "
+            "model, else config / KORANI_MODEL / korani-5.8b]",
         ),
     ] = None,
     system: Annotated[
@@ -58,7 +59,8 @@ def chat(
         Optional[str],
         typer.Option(
             "--session",
-            help="Resume this session; any unique prefix of its id works (see `korani history list`). [default: a new session]",
+            help="Resume this session; any unique prefix of its id works (see `korani history list`). "
+            "[default: a new session]",
         ),
     ] = None,
     max_new_tokens: Annotated[
@@ -78,7 +80,8 @@ def chat(
         Optional[str],
         typer.Option(
             "--template",
-            help="Prompt format: korani (### User / ### Bot) or model (the model's own chat template). [default: the session's, else model for demo-chat (it ships one), else korani]",
+            help="Prompt format: korani (### User / ### Bot) or model (the model's own chat template). "
+            "[default: the session's, else model for demo-chat (it ships one), else korani]",
         ),
     ] = None,
     backend: BackendOpt = None,
@@ -269,7 +272,8 @@ def history_list(
     for r in rows:
         first_line = clean_line((r.first or "").split("\n", 1)[0])[:50]
         typer.echo(
-            f"{clean_line(str(r.id))}  {_when(r.created)}  {clean_line(r.kind):<4}  {clean_line(str(r.model))}  "
+            f"{clean_line(str(r.id))}  {_when(r.created)}  {clean_line(r.kind):<4}  "
+            f"{clean_line(str(r.model))}  "
             f"{r.messages} messages  {first_line}"
         )
 

@@ -76,14 +76,16 @@ def prepare_command(
         Optional[list[str]],
         typer.Option(
             "--koalpaca",
-            help="KoAlpaca v1.1a: a .json/.jsonl/.parquet file, a directory, or a hub id (beomi/KoAlpaca-v1.1a). Repeatable. [default: none]",
+            help="KoAlpaca v1.1a: a .json/.jsonl/.parquet file, a directory, or a hub id "
+            "(beomi/KoAlpaca-v1.1a). Repeatable. [default: none]",
         ),
     ] = None,
     sharegpt: Annotated[
         Optional[list[str]],
         typer.Option(
             "--sharegpt",
-            help="DeepL-Korean ShareGPT: a file, directory or hub id (junelee/sharegpt_deepl_ko). Repeatable. [default: none]",
+            help="DeepL-Korean ShareGPT: a file, directory or hub id (junelee/sharegpt_deepl_ko). "
+            "Repeatable. [default: none]",
         ),
     ] = None,
     tokenizer: Annotated[
@@ -105,7 +107,8 @@ def prepare_command(
         Optional[str],
         typer.Option(
             "--mix",
-            help="Source weights, e.g. koalpaca=1.0,sharegpt=0.5 (<1 subsamples; >1 repeats in train only; at most 100). [default: 1.0 for every source]",
+            help="Source weights, e.g. koalpaca=1.0,sharegpt=0.5 (<1 subsamples; >1 repeats in train only; "
+            "at most 100). [default: 1.0 for every source]",
         ),
     ] = None,
     near_dup_threshold: Annotated[
@@ -120,21 +123,25 @@ def prepare_command(
         Optional[list[str]],
         typer.Option(
             "--no-clean",
-            help="Switch a cleaning rule off (repeatable): nfc, crlf, deepl_prefix, trim, koalpaca_followups, drop_empty_turns, merge_same_role, drop_midway_system, drop_leading_assistant, unglue_answer, drop_trailing_user. [default: every rule on]",
+            help="Switch a cleaning rule off (repeatable): nfc, crlf, deepl_prefix, trim, "
+            "koalpaca_followups, drop_empty_turns, merge_same_role, drop_midway_system, "
+            "drop_leading_assistant, unglue_answer, drop_trailing_user. [default: every rule on]",
         ),
     ] = None,
     overwrite: Annotated[
         bool,
         typer.Option(
             "--overwrite",
-            help="Replace an earlier output of `korani data prepare` (a directory korani did not write is never replaced).",
+            help="Replace an earlier output of `korani data prepare` (a directory korani did not write is "
+            "never replaced).",
         ),
     ] = False,
     strict: Annotated[
         bool,
         typer.Option(
             "--strict",
-            help="Stop at the first malformed or unreadable record (exit 6) instead of skipping and counting it.",
+            help="Stop at the first malformed or unreadable record (exit 6) instead of skipping and "
+            "counting it.",
         ),
     ] = False,
 ) -> None:

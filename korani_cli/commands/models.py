@@ -15,7 +15,8 @@ from rich.table import Table
 from korani_cli.console import err_console, korani_command, out_console
 
 app = typer.Typer(
-    help="List model aliases and pulled models, pull korani-5.8b as a GGUF for CPUs, show what a --model spec resolves to.",
+    help="List model aliases and pulled models, pull korani-5.8b as a GGUF for CPUs, show what a --model "
+    "spec resolves to.",
     no_args_is_help=True,
 )
 
@@ -23,8 +24,10 @@ BackendOpt = Annotated[
     Optional[str],
     typer.Option(
         "--backend",
-        help="For korani-5.8b: auto (the GGUF from `korani models pull` when there is no CUDA GPU, else transformers), "
-        "hf (always transformers) or llamacpp (always the pulled GGUF); other models have one form. [default: the config file's backend, else auto]",
+        help="For korani-5.8b: auto (the GGUF from `korani models pull` when there is no CUDA GPU, "
+        "else transformers), hf (always transformers) or llamacpp (always the pulled GGUF); "
+        "other models have one form. "
+        "[default: the config file's backend, else auto]",
     ),
 ]
 
@@ -69,7 +72,8 @@ def pull_model(
         Optional[Path],
         typer.Option(
             "--from",
-            help="Take the adapter and base from this directory (DIR/ChaeMs/KoRani-5.8b, DIR/EleutherAI/polyglot-ko-5.8b) instead of the Hub. [default: the Hub]",
+            help="Take the adapter and base from this directory (DIR/ChaeMs/KoRani-5.8b, "
+            "DIR/EleutherAI/polyglot-ko-5.8b) instead of the Hub. [default: the Hub]",
         ),
     ] = None,
     force: Annotated[
@@ -79,7 +83,8 @@ def pull_model(
     """Download korani-5.8b (adapter and base), merge in float16, convert and quantise with llama.cpp,
     verify, and keep it in korani's cache; then `--model korani-5.8b` uses it on machines without CUDA.
 
-    An interrupted pull leaves nothing that is used; run it again and the files already downloaded are kept."""
+    An interrupted pull leaves nothing that is used; run it again and the files already downloaded \
+are kept."""
     from korani_cli.pull import pull
 
     console = err_console()
@@ -93,7 +98,8 @@ def pull_model(
     record = made.provenance
     if not new:
         console.print(
-            f"{alias} {made.quant} is already pulled: {made.path} ({_size(made.size)}); --force makes it again",
+            f"{alias} {made.quant} is already pulled: {made.path} ({_size(made.size)}); --force makes it "
+            "again",
             highlight=False,
         )
         return

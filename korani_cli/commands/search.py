@@ -16,7 +16,8 @@ ProviderOpt = Annotated[
     typer.Option(
         "--provider",
         "-p",
-        help="Provider, repeatable = fallback order: google, duckduckgo, searxng, naver, local. [default: duckduckgo, google]",
+        help="Provider, repeatable = fallback order: google, duckduckgo, searxng, naver, local. [default: "
+        "duckduckgo, google]",
     ),
 ]
 SearxngOpt = Annotated[
@@ -56,7 +57,8 @@ ContextTokensOpt = Annotated[
     Optional[int],
     typer.Option(
         "--context-tokens",
-        help="Most tokens the sources may take in the prompt; passages are cut to their sentences most relevant to the question. [default: sized for the model's context window]",
+        help="Most tokens the sources may take in the prompt; passages are cut to their sentences most "
+        "relevant to the question. [default: sized for the model's context window]",
     ),
 ]
 RerankerOpt = Annotated[
@@ -64,7 +66,8 @@ RerankerOpt = Annotated[
     typer.Option(
         "--reranker",
         envvar="KORANI_RERANKER",
-        help="Cross-encoder (sentence-transformers id/path, e.g. BAAI/bge-reranker-v2-m3) that reorders the top passages. [default: none]",
+        help="Cross-encoder (sentence-transformers id/path, e.g. BAAI/bge-reranker-v2-m3) that reorders the "
+        "top passages. [default: none]",
     ),
 ]
 

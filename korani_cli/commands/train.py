@@ -43,7 +43,10 @@ def _names_checkpoint(arg: str) -> bool:
 
 app = typer.Typer(
     cls=TrainGroup,
-    help="QLoRA + DeepSpeed instruction tuning on the KoRani format.\n\nTrain: korani train RECIPE \\[--data DIR] \\[--output DIR] \\[--deepspeed NAME] \\[--resume \\[CKPT]] \\[--smoke] \\[key=value ...] (options: korani train run --help). RECIPE is a YAML file or a shipped preset name (korani-5.8b); korani train init writes a preset out for editing.",
+    help="QLoRA + DeepSpeed instruction tuning on the KoRani format.\n\nTrain: korani train RECIPE "
+    "\\[--data DIR] \\[--output DIR] \\[--deepspeed NAME] \\[--resume \\[CKPT]] \\[--smoke] "
+    "\\[key=value ...] (options: korani train run --help). RECIPE is a YAML file or a shipped preset "
+    "name (korani-5.8b); korani train init writes a preset out for editing.",
     no_args_is_help=True,
 )
 
@@ -129,14 +132,16 @@ def run_command(
         Optional[str],
         typer.Option(
             "--deepspeed",
-            help="zero2, zero3, zero2_offload, zero3_offload or a JSON path. [default: the recipe's `deepspeed`, else none]",
+            help="zero2, zero3, zero2_offload, zero3_offload or a JSON path. [default: the recipe's "
+            "`deepspeed`, else none]",
         ),
     ] = None,
     resume: Annotated[
         Optional[str],
         typer.Option(
             "--resume",
-            help="Continue from the last checkpoint in the output directory, or from CKPT. [default: start fresh]",
+            help="Continue from the last checkpoint in the output directory, or from CKPT. [default: start "
+            "fresh]",
             metavar="[CKPT]",
         ),
     ] = None,
@@ -144,18 +149,22 @@ def run_command(
         bool,
         typer.Option(
             "--smoke",
-            help="A tiny random model of the same family, ~20 CPU steps: catch data/config mistakes in a minute.",
+            help="A tiny random model of the same family, ~20 CPU steps: catch data/config mistakes in a "
+            "minute.",
         ),
     ] = False,
     overwrite: Annotated[
         bool,
         typer.Option(
             "--overwrite",
-            help="Start over in an output directory that holds an earlier korani train run (never other files).",
+            help="Start over in an output directory that holds an earlier korani train run (never other "
+            "files).",
         ),
     ] = False,
 ) -> None:
-    """Train a LoRA adapter (`korani train RECIPE` is short for `korani train run RECIPE`): korani train RECIPE [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CKPT]] [--smoke] [key=value ...]"""
+    """Train a LoRA adapter (`korani train RECIPE` is short for `korani train run RECIPE`): \
+korani train RECIPE [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CKPT]] [--smoke] \
+[key=value ...]"""
     from korani_cli.errors import KoraniError
     from korani_cli.train.config import load_config, parse_overrides
     from korani_cli.train.dist import Ranks
@@ -199,7 +208,8 @@ def run_command(
         )
         if health.stops_too_rarely:
             console.print(
-                f"[bold red]WARNING: {EOS_WARNING} of answers end with EOS — the model may not have learned to stop"
+                f"[bold red]WARNING: {EOS_WARNING} of answers end with EOS "
+                "— the model may not have learned to stop"
                 + (
                     f" (expected for a {metadata.steps}-step --smoke run)"
                     if smoke
@@ -287,7 +297,8 @@ def export_gguf_command(
         str,
         typer.Option(
             "--outtype",
-            help="f16, bf16, f32 (the converter), or q8_0, q5_k_m, q4_k_m (llama.cpp's quantiser on the f16 file; q4_k_m runs a 5.8B model in ~4 GB).",
+            help="f16, bf16, f32 (the converter), or q8_0, q5_k_m, q4_k_m (llama.cpp's quantiser on the f16 "
+            "file; q4_k_m runs a 5.8B model in ~4 GB).",
         ),
     ] = "f16",
     overwrite: Annotated[
