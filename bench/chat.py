@@ -121,7 +121,8 @@ def timed_turn(session, line: str, wrapped: FirstToken) -> dict:
         if event.kind == "done":
             marks["done"] = round(now, 4)
     marks["first_token"] = round(wrapped.first - start, 4) if wrapped.first else None
-    # An answer that arrives only with `done` (a sourced answer before the answer core streamed) becomes visible then.
+    # An answer that arrives only with `done` (a sourced answer before the answer core streamed) becomes
+    # visible then.
     marks.setdefault("first_visible", marks.get("done"))
     return marks
 
@@ -216,13 +217,15 @@ def main() -> None:
     print(f"{'plain turn':<28} {plain_ft:>19.3f}s")
     print(f"{'/검색 turn (8 pages, 300 ms)':<28} {search_ft:>19.3f}s")
     print(
-        f"/검색 Enter → first visible sentence {search_visible:.3f}s vs whole answer checked (old: shown at once) {search_done:.3f}s"
+        f"/검색 Enter → first visible sentence {search_visible:.3f}s vs whole answer checked (old: shown at "
+        f"once) {search_done:.3f}s"
     )
     print("/검색 stage marks (s since Enter): " + ", ".join(f"{k} {v}" for k, v in stages.items()))
     print(f"model load (once per chat): {load_s:.2f}s")
     paced_visible, paced_done = med(paced, "first_visible"), med(paced, "done")
     print(
-        f"paced loopback model, /검색: Enter → first visible {paced_visible:.3f}s, whole answer checked {paced_done:.3f}s "
+        f"paced loopback model, /검색: Enter → first visible {paced_visible:.3f}s, whole answer checked "
+        f"{paced_done:.3f}s "
         f"(first token {med(paced, 'first_token'):.3f}s)"
     )
     print(

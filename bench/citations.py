@@ -44,7 +44,8 @@ def old_support(words: set, context: set) -> float:
 
 
 _QUESTION_TAIL = re.compile(
-    r"\s*(무엇|누구|언제|어디|어느 것|몇\s*\S*|얼마)(인가|일까|이었나|였나|이었는가|였는가|인지|이다|을까|가|는)?\s*\??\s*$"
+    r"\s*(무엇|누구|언제|어디|어느 "
+    r"것|몇\s*\S*|얼마)(인가|일까|이었나|였나|이었는가|였는가|인지|이다|을까|가|는)?\s*\??\s*$"
 )
 
 
@@ -152,7 +153,8 @@ def main() -> int:
             results["new"].append((kind, label, new[para] >= sup.THRESHOLD))
             if args.show and (new[para] >= sup.THRESHOLD) != label:
                 print(
-                    f"  {'FP' if not label else 'FN'} {kind} {new[para]:.2f} {sentence} | {paragraphs[para][:150]!r}"
+                    f"  {'FP' if not label else 'FN'} {kind} {new[para]:.2f} {sentence} | "
+                    f"{paragraphs[para][:150]!r}"
                 )
     check_s = time.perf_counter() - t0
 
@@ -181,7 +183,8 @@ def main() -> int:
     for name in table:
         for subset, m in table[name].items():
             print(
-                f"{name:8} {subset:11} {m['precision']:9.4f} {m['recall']:7.4f} {m['tp']:5} {m['fp']:4} {m['fn']:4}"
+                f"{name:8} {subset:11} {m['precision']:9.4f} {m['recall']:7.4f} {m['tp']:5} {m['fp']:4} "
+                f"{m['fn']:4}"
             )
     for t in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7):
         m = measure([("", y, s >= t) for y, s in sweep])

@@ -153,7 +153,8 @@ def main() -> None:
     }
     print(f"{len(items)} answerable KorQuAD dev questions, k={config.k}, demo gemma tokenizer")
     print(
-        f"{'budget':>8} {'prompt':>8} {'fewer':>7} {'sources':>8} {'max src':>8} {'in ctx':>7} {'hit':>6} {'passages':>8} {'fit ms':>7} {'p95 ms':>7}"
+        f"{'budget':>8} {'prompt':>8} {'fewer':>7} {'sources':>8} {'max src':>8} {'in ctx':>7} {'hit':>6} "
+        f"{'passages':>8} {'fit ms':>7} {'p95 ms':>7}"
     )
     for name, row in rows.items():
         mean = statistics.mean(row["prompt"])
@@ -171,8 +172,10 @@ def main() -> None:
         }
         result["budgets"][name] = entry
         print(
-            f"{name:>8} {entry['prompt_tokens']:>8} {entry['fewer']:>7.1%} {entry['sources_tokens']:>8} {entry['sources_max']:>8} "
-            f"{entry['answer_in_context']:>7.3f} {entry['retrieval_hit']:>6.3f} {entry['passages']:>8} {entry['fit_ms']:>7} {entry['fit_ms_p95']:>7}"
+            f"{name:>8} {entry['prompt_tokens']:>8} {entry['fewer']:>7.1%} {entry['sources_tokens']:>8} "
+            f"{entry['sources_max']:>8} "
+            f"{entry['answer_in_context']:>7.3f} {entry['retrieval_hit']:>6.3f} {entry['passages']:>8} "
+            f"{entry['fit_ms']:>7} {entry['fit_ms_p95']:>7}"
         )
     print("RESULT " + json.dumps(result, ensure_ascii=False))
 

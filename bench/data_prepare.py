@@ -176,7 +176,8 @@ def main() -> None:
     big_mb = big.stat().st_size / 1e6
     stream_code = (
         "import sys\nfrom pathlib import Path\nfrom korani_cli.data.readers import read_file\n"
-        "n = sum(1 for _ in read_file('sharegpt', Path(sys.argv[1]), lambda b: None, ('conversations',)))\nprint('N', n)\n"
+        "n = sum(1 for _ in read_file('sharegpt', Path(sys.argv[1]), lambda b: None, "
+        "('conversations',)))\nprint('N', n)\n"
     )
     stream_s, stream_mb, _ = in_child(stream_code, str(big))
     naive_code = "import json, sys\nn = len(json.load(open(sys.argv[1], encoding='utf-8')))\nprint('N', n)\n"

@@ -86,7 +86,10 @@ def main() -> None:
         "--demo-limit",
         type=int,
         default=None,
-        help="ask the demo model only the first N of the same questions (the demo decodes slowly on CPU) [default: --limit]",
+        help=(
+            "ask the demo model only the first N of the same questions (the demo decodes slowly on CPU) "
+            "[default: --limit]"
+        ),
     )
     ap.add_argument("--chat-limit", type=int, default=50, help="KULLM instructions")
     ap.add_argument("--k", type=int, default=5)
@@ -134,7 +137,8 @@ def main() -> None:
     pool = rag.build_pool(qaset, config)
     result["timings"]["pool_s"] = round(time.perf_counter() - t, 1)
     print(
-        f"pool: {len(qaset.paragraphs)} paragraphs → {len(pool.passages)} passages in {result['timings']['pool_s']} s",
+        f"pool: {len(qaset.paragraphs)} paragraphs → {len(pool.passages)} passages in "
+        f"{result['timings']['pool_s']} s",
         flush=True,
     )
 

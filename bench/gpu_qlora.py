@@ -21,7 +21,8 @@ Then `korani ask --model ADAPTER --json` loads the QLoRA adapter on its base
 The losses of a random model say only that training moves; memory and speed are
 what the comparison is for.
 
-Run (on a CUDA machine): python bench/gpu_qlora.py --data DIR [--hidden 4096 --layers 28 --heads 16] [--steps 20]
+Run (on a CUDA machine):
+  python bench/gpu_qlora.py --data DIR [--hidden 4096 --layers 28 --heads 16] [--steps 20]
 DIR is a prepared data directory (`korani data prepare`). Ends with one line: RESULT {json}.
 """
 

@@ -121,8 +121,8 @@ def main() -> None:
     try:
         model, params, build_s = build(work, args.hidden, args.layers, args.heads, args.vocab)
         print(
-            f"built a random GPT-NeoX: {params / 1e9:.2f} B parameters (hidden {args.hidden}, {args.layers} layers) "
-            f"in {build_s:.0f} s",
+            f"built a random GPT-NeoX: {params / 1e9:.2f} B parameters (hidden {args.hidden}, {args.layers} "
+            f"layers) in {build_s:.0f} s",
             file=sys.stderr,
         )
         files = {t: work / f"model-{t}.gguf" for t in TYPES}
@@ -159,17 +159,22 @@ def main() -> None:
         }
     base = rows["f16"]
     print(
-        f"\n{'type':8} {'size':>10} {'× f16':>6} {'bits/w':>7} {'decode tok/s':>13} {'× f16':>6} {'load s':>7}  tensors"
+        f"\n{'type':8} {'size':>10} {'× f16':>6} {'bits/w':>7} {'decode tok/s':>13} {'× f16':>6} "
+        f"{'load s':>7}  tensors"
     )
     for t, row in rows.items():
         speed = row["decode_tok_s"]
         ratio = f"{speed / base['decode_tok_s']:.2f}" if speed and base["decode_tok_s"] else "-"
         print(
-            f"{t:8} {row['bytes'] / 1e9:>8.2f}GB {row['bytes'] / base['bytes']:>6.2f} {row['bits_per_weight']:>7.2f} "
+            f"{t:8} {row['bytes'] / 1e9:>8.2f}GB {row['bytes'] / base['bytes']:>6.2f} "
+            f"{row['bits_per_weight']:>7.2f} "
             f"{speed if speed else '-':>13} {ratio:>6} {row['load_s']:>7}  {row['tensors']}"
         )
     result = {
-        "model": f"random GPT-NeoX, hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab {args.vocab}",
+        "model": (
+            f"random GPT-NeoX, hidden {args.hidden}, {args.layers} layers, {args.heads} heads, "
+            f"vocab {args.vocab}"
+        ),
         "parameters": params,
         "build_s": round(build_s, 1),
         "tokens": args.tokens,

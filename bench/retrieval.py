@@ -158,7 +158,8 @@ def main() -> None:
     print(f"{'method':<20} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'MRR@10':>7}")
     for name, m in results.items():
         print(
-            f"{name:<20} {m['recall@1']:>7.4f} {m['recall@5']:>7.4f} {m['recall@10']:>7.4f} {m['mrr@10']:>7.4f}"
+            f"{name:<20} {m['recall@1']:>7.4f} {m['recall@5']:>7.4f} {m['recall@10']:>7.4f} "
+            f"{m['mrr@10']:>7.4f}"
         )
     print(
         "RESULT "

@@ -204,14 +204,17 @@ def main() -> None:
 
     k_tps, s_tps = korani_tokens / korani_s, seed_tokens / seed_s
     print(
-        f"{'recipe':<8} {'steps':>5} {'real tokens':>11} {'seconds':>8} {'tokens/s':>9} {'assistant eval loss':>20}"
+        f"{'recipe':<8} {'steps':>5} {'real tokens':>11} {'seconds':>8} {'tokens/s':>9} "
+        f"{'assistant eval loss':>20}"
     )
     print(
-        f"{'korani':<8} {args.steps:>5} {korani_tokens:>11,} {korani_s:>8.1f} {k_tps:>9.0f} {korani_loss:>20.4f}"
+        f"{'korani':<8} {args.steps:>5} {korani_tokens:>11,} {korani_s:>8.1f} {k_tps:>9.0f} "
+        f"{korani_loss:>20.4f}"
     )
     print(f"{'seed':<8} {args.steps:>5} {seed_tokens:>11,} {seed_s:>8.1f} {s_tps:>9.0f} {seed_loss:>20.4f}")
     print(
-        f"speed-up {k_tps / s_tps:.2f}x (goal ≥ 1.5x); eval loss {'no worse' if korani_loss <= seed_loss else 'WORSE'}"
+        f"speed-up {k_tps / s_tps:.2f}x (goal ≥ 1.5x); eval loss "
+        f"{'no worse' if korani_loss <= seed_loss else 'WORSE'}"
     )
     print(
         "RESULT "

@@ -202,7 +202,11 @@ def web():
         "/ok.html": (
             200,
             {"Content-Type": html},
-            "<html><head><title>서울 소개</title></head><body><article><p>서울은 대한민국의 수도이며 가장 큰 도시이다. 한강이 도시를 가로지른다. 인구는 약 940만 명이다.</p></article></body></html>".encode(),
+            (
+                "<html><head><title>서울 소개</title></head><body><article><p>서울은 대한민국의 수도이며 "
+                "가장 큰 도시이다. 한강이 도시를 가로지른다. 인구는 약 940만 "
+                "명이다.</p></article></body></html>"
+            ).encode(),
             0,
         ),
         "/slow.html": (200, {"Content-Type": html}, b"<p>late</p>", 3.0),

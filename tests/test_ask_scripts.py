@@ -330,7 +330,8 @@ CONTINUE_ERROR_ROWS = [
         ["-c", "뭐?"],
         None,
         2,
-        'error: there is no saved conversation to continue — ask a first question without -c: korani ask "질문"',
+        "error: there is no saved conversation to continue — "
+        'ask a first question without -c: korani ask "질문"',
     ),
     (["--session", "zz", "뭐?"], None, 2, "error: no saved session zz — see `korani history list`"),
     (["--session", " ", "뭐?"], None, 2, "error: --session is empty"),
@@ -378,10 +379,12 @@ def test_an_old_database_without_kind_lists_its_sessions_as_chats(home):
     with sqlite3.connect(path) as db:
         db.executescript(
             "CREATE TABLE sessions (id TEXT PRIMARY KEY, created REAL, model TEXT, system TEXT);"
-            "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT, role TEXT, content TEXT, created REAL,"
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT, role TEXT, "
+            "content TEXT, created REAL,"
             " model TEXT, timings TEXT, citations TEXT, reset_before INTEGER DEFAULT 0);"
             "INSERT INTO sessions VALUES ('abc123', 1.0, 'demo', NULL);"
-            "INSERT INTO messages (session_id, role, content, created) VALUES ('abc123', 'user', '옛 질문', 1.0);"
+            "INSERT INTO messages (session_id, role, content, created) "
+            "VALUES ('abc123', 'user', '옛 질문', 1.0);"
         )
     listed = sessions(home)
     assert [(s["id"], s["kind"], s["messages"]) for s in listed] == [("abc123", "chat", 1)]

@@ -58,7 +58,10 @@ AFTER = "그 뒤로 돌다리는 세 번 고쳐 지어졌다."
 QUESTION = "마을 북쪽 돌다리를 처음 놓은 승려는 누구인가?"
 # The answer sentence far from the start, between its neighbours, amid filler.
 FAR = " ".join(FILLER[:5] + [BEFORE, ANSWER, AFTER] + FILLER[5:])
-OTHER = "강 건너 이웃 마을에는 큰 시장이 선다. 시장에는 사람들이 많이 모인다. 장날이면 멀리서도 상인들이 찾아온다."
+OTHER = (
+    "강 건너 이웃 마을에는 큰 시장이 선다. 시장에는 사람들이 많이 모인다. 장날이면 멀리서도 상인들이 "
+    "찾아온다."
+)
 
 
 def sentences_of(text: str) -> list[str]:
@@ -145,7 +148,10 @@ def test_too_small_a_budget_keeps_the_top_passage_best_sentence():
     assert [r.passage.text for r in out] == [ANSWER]
     # A longer best sentence is cut to MIN_TOKENS of text: the one case where the
     # result is over the budget (a prompt without any source would be worse).
-    long = "마을 북쪽의 오래된 돌다리는 임진왜란이 일어난 1592년 봄에 이 고장 출신의 젊은 승려 혜안이 마을 사람들과 함께 처음 놓았다고 전한다."
+    long = (
+        "마을 북쪽의 오래된 돌다리는 임진왜란이 일어난 1592년 봄에 이 고장 출신의 젊은 승려 혜안이 마을 "
+        "사람들과 함께 처음 놓았다고 전한다."
+    )
     out = fit(QUESTION, ranked(FAR.replace(ANSWER, long), OTHER), 1, count)
     assert len(out) == 1 and out[0].passage.url == "https://ko.example/0"
     assert ELLIPSIS in out[0].passage.text and "돌다리는" in out[0].passage.text
@@ -244,7 +250,8 @@ def test_budget_holds_with_the_demo_models_tokenizer():
         out = fit(QUESTION, items, tokens, gemma)
         assert sources_tokens(out, gemma) <= tokens
         assert "돌다리" in out[0].passage.text
-        # Five [n] lines take about 75 of these tokens; from 200 on the top passage's share holds the answer whole.
+        # Five [n] lines take about 75 of these tokens; from 200 on the top passage's share holds the answer
+        # whole.
         assert ANSWER in out[0].passage.text or tokens < 200
 
 

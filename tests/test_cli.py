@@ -226,8 +226,9 @@ def test_train_help_lists_its_run_form():
 
 
 def test_help_format_survives_a_typer_without_the_hooks_it_wraps():
-    """A Typer whose option class lacks display_type_rich (typer>=0.15 allows such) must not stop korani starting;
-    found on a GPU machine whose Typer differed: `korani` died at import with AttributeError."""
+    """A Typer whose option class lacks display_type_rich (typer>=0.15 allows such) must not stop
+    korani starting; found on a GPU machine whose Typer differed: `korani` died at import with
+    AttributeError."""
     from korani_cli import helpfmt
 
     class BareOption:  # an option class as an older Typer builds it: no display_type_rich

@@ -463,7 +463,8 @@ def test_streaming_a_large_array_keeps_memory_flat(tmp_path):
             "import resource, sys\nfrom pathlib import Path\n"
             "from korani_cli.data.prepare import PrepareConfig, prepare\n"
             "from korani_cli.data.readers import read_file\n"
-            "n = sum(1 for _ in read_file('sharegpt', Path(sys.argv[1]), lambda b: None, ('conversations',)))\n"
+            "n = sum(1 for _ in read_file('sharegpt', Path(sys.argv[1]), lambda b: None, "
+            "('conversations',)))\n"
             "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
         )
         out = subprocess.run(
@@ -551,8 +552,10 @@ def test_every_counted_cleaning_rule_is_accepted_by_no_clean(tmp_path):
         (
             [],
             [
-                "the valid split is empty: 4 conversations × 0.1 rounds to 0 — pass --valid 0.25 (one conversation) or more, or give more data",
-                "the test split is empty: 4 conversations × 0.1 rounds to 0 — pass --test 0.25 (one conversation) or more, or give more data",
+                "the valid split is empty: 4 conversations × 0.1 rounds to 0 — pass --valid 0.25 (one "
+                "conversation) or more, or give more data",
+                "the test split is empty: 4 conversations × 0.1 rounds to 0 — pass --test 0.25 (one "
+                "conversation) or more, or give more data",
             ],
         ),
         (["--valid", "0.25", "--test", "0.25"], []),

@@ -304,7 +304,8 @@ OLD_SCHEMA = """
 CREATE TABLE sessions (id TEXT PRIMARY KEY, created REAL, model TEXT, system TEXT);
 CREATE TABLE messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT REFERENCES sessions(id) ON DELETE CASCADE,
-    role TEXT, content TEXT, created REAL, model TEXT, timings TEXT, citations TEXT, reset_before INTEGER DEFAULT 0
+    role TEXT, content TEXT, created REAL, model TEXT, timings TEXT, citations TEXT,
+    reset_before INTEGER DEFAULT 0
 );
 CREATE INDEX messages_session ON messages(session_id, id);
 """
@@ -325,7 +326,8 @@ def test_an_old_history_file_migrates_without_losing_anything(scripted, home):
             "INSERT INTO sessions VALUES ('3mpty5e5510n', 1700000100.0, 'korani-5.8b', NULL)"
         )  # a failed start
         db.executemany(
-            "INSERT INTO messages (session_id, role, content, created, model, timings, citations) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (session_id, role, content, created, model, timings, citations) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 ("0ld5e5510n01", "user", "한라산의 높이는?", 1700000001.0, None, None, None),
                 (

@@ -237,7 +237,8 @@ def test_a_read_only_korani_home_is_exit_5(home, tmp_path, monkeypatch):
     ro.chmod(0o555)
     if os.access(ro, os.W_OK):
         pytest.skip(
-            "running as root: permission bits do not stop root (the /sys row covers a home korani cannot write)"
+            "running as root: permission bits do not stop root (the /sys row covers a home korani cannot "
+            "write)"
         )
     monkeypatch.setenv("KORANI_HOME", str(ro))
     result = runner.invoke(app, ["history", "list"])
@@ -275,7 +276,8 @@ def test_a_question_argument_that_is_not_utf8_is_exit_2(tmp_path):
     assert "not UTF-8 text" in one_line(proc.stderr.decode())
 
 
-# -- 18: a missing local path is a missing path, not a Hub failure; a broken model directory says what is wrong --
+# -- 18: a missing local path is a missing path, not a Hub failure; a broken model directory says what is
+# wrong --
 
 
 def _model_files(tmp: Path) -> None:

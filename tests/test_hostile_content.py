@@ -31,7 +31,10 @@ CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 EVIL = "\x1b]0;PWNED\x07\x1b[2J"  # retitles the window, clears the screen
 C1_CSI = "\x9b31m"  # an 8-bit CSI: red text on terminals that obey C1
 OVERWRITE = "\rFAKE"  # a bare CR lets what follows overwrite the line
-HOSTILE_TEXT = f"서울은 대한민국의 수도{EVIL}이며 가장 큰 도시이다.{OVERWRITE} 한강이 도시를 가로지른다{C1_CSI}. 인구는 약 940만 명이다."
+HOSTILE_TEXT = (
+    f"서울은 대한민국의 수도{EVIL}이며 가장 큰 도시이다.{OVERWRITE} "
+    f"한강이 도시를 가로지른다{C1_CSI}. 인구는 약 940만 명이다."
+)
 HOSTILE_TITLE = f"서울 {EVIL}소개{C1_CSI}{OVERWRITE}"
 # The same controls written as HTML character references: lxml decodes them
 # after any cleaning of the raw HTML could have run.
@@ -66,7 +69,8 @@ def assert_no_controls(*texts: str) -> None:
     for text in texts:
         found = CONTROLS.search(text)
         assert found is None, (
-            f"control {found.group()!r} reached the terminal: {text[max(0, found.start() - 40) : found.end() + 40]!r}"
+            f"control {found.group()!r} reached the terminal: "
+            f"{text[max(0, found.start() - 40) : found.end() + 40]!r}"
         )
 
 
@@ -86,19 +90,24 @@ def _searx(base: str, *paths: str) -> tuple[dict, bytes]:
 
 @pytest.fixture(scope="module")
 def hostile_web():
-    """Pages and SearXNG answers full of control characters, long runs and a gzip bomb; yields the base URL."""
+    """Pages and SearXNG answers full of control characters, long runs and a gzip bomb; yields
+    the base URL."""
     site = Site({})
     html = {"Content-Type": "text/html; charset=utf-8"}
     one_run = b"A" * 2_000_000
     routes = {
         "/evil.html": (
             html,
-            f"<html><head><title>{HOSTILE_TITLE}</title></head><body><article><p>{HOSTILE_TEXT} {ENTITIES}</p>"
+            f"<html><head><title>{HOSTILE_TITLE}</title></head><body><article><p>{HOSTILE_TEXT} "
+            f"{ENTITIES}</p>"
             f"<p>{HOSTILE_TEXT}</p></article></body></html>".encode(),
         ),
         "/ok.html": (
             html,
-            "<html><head><title>부산</title></head><body><p>부산은 대한민국의 항구 도시이다. 해운대가 유명하다.</p></body></html>".encode(),
+            (
+                "<html><head><title>부산</title></head><body><p>부산은 대한민국의 항구 도시이다. 해운대가 "
+                "유명하다.</p></body></html>"
+            ).encode(),
         ),
         # About 2 MB of one run without whitespace, plain and as a gzip bomb
         # (a few kB on the wire that inflate to the fetcher's byte cap).
@@ -160,7 +169,8 @@ def hostile_dir(tmp_path) -> Path:
     (d / "seoul.txt").write_text(f"{HOSTILE_TITLE}\n\n{HOSTILE_TEXT}", encoding="utf-8")
     (d / "seoul.md").write_text(f"# {HOSTILE_TITLE}\n\n{HOSTILE_TEXT}", encoding="utf-8")
     (d / "seoul.html").write_text(
-        f"<html><head><title>{HOSTILE_TITLE}</title></head><body><p>{HOSTILE_TEXT} {ENTITIES}</p></body></html>",
+        f"<html><head><title>{HOSTILE_TITLE}</title></head><body><p>{HOSTILE_TEXT} "
+        f"{ENTITIES}</p></body></html>",
         encoding="utf-8",
     )
     (d / f"name{EVIL}.txt").write_text(
@@ -270,7 +280,8 @@ def test_a_title_is_one_bounded_line_and_never_a_crash():
     [
         f"<html><head><title>{HOSTILE_TITLE}</title></head><body><p>{HOSTILE_TEXT}</p></body></html>",
         f"<html><head><title>{ENTITIES}</title></head><body><p>{ENTITIES} {HOSTILE_TEXT}</p></body></html>",
-        f'<html><head><meta property="og:title" content="{ENTITIES}"></head><body><p>{HOSTILE_TEXT}</p></body></html>',
+        '<html><head><meta property="og:title" '
+        f'content="{ENTITIES}"></head><body><p>{HOSTILE_TEXT}</p></body></html>',
         "\x00" * 1000 + f"<html><body><p>{HOSTILE_TEXT}</p>\x00</body></html>",
     ],
     ids=["raw", "entities", "og-title", "nul"],

@@ -342,9 +342,18 @@ def sg_bytes(value: dict) -> bytes:
 
 
 GOOD_SG_B = sg_bytes(GOOD_SG)
-BAD_UTF8_SG = b'{"id": "bad", "conversations": [{"from": "human", "value": "\xed\x95\x9c\xff\xfe"}, {"from": "gpt", "value": "\xc3("}]}'
-SURROGATE_SG = b'{"id": "sur", "conversations": [{"from": "human", "value": "\\ud800 broken"}, {"from": "gpt", "value": "ok"}]}'
-SURROGATE_ID_SG = b'{"id": "\\udfff", "conversations": [{"from": "human", "value": "question"}, {"from": "gpt", "value": "answer"}]}'
+BAD_UTF8_SG = (
+    b'{"id": "bad", "conversations": [{"from": "human", "value": "\xed\x95\x9c\xff\xfe"}, {"from": "gpt", '
+    b'"value": "\xc3("}]}'
+)
+SURROGATE_SG = (
+    b'{"id": "sur", "conversations": [{"from": "human", "value": "\\ud800 broken"}, {"from": "gpt", "value": '
+    b'"ok"}]}'
+)
+SURROGATE_ID_SG = (
+    b'{"id": "\\udfff", "conversations": [{"from": "human", "value": "question"}, {"from": "gpt", "value": '
+    b'"answer"}]}'
+)
 DEEP_SG = b'{"id": "deep", "conversations": ' + DEEP + b"}"
 HUGE_SG = b'{"id": 1' + HUGE + b', "conversations": []}'
 NULL_SG = b'{"id": "null", "conversations": null}'
@@ -355,7 +364,8 @@ DEEP_KO = b'{"instruction": "q", "output": "a", "extra": ' + DEEP + b"}\n"
 HUGE_KO = b'{"instruction": "q", "output": "a", "n": ' + HUGE + b"}\n"
 NULL_KO = b'{"instruction": null, "output": "a"}\n'
 
-# (row id, source flag, file name, file bytes, reason, position of the bad record, fragment of the reject's detail)
+# (row id, source flag, file name, file bytes, reason, position of the bad record, fragment of the reject's
+# detail)
 BAD_RECORDS = [
     (
         "json-array-invalid-utf8",

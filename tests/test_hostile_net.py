@@ -112,8 +112,14 @@ def net(monkeypatch):
 
 
 HTML = {"Content-Type": "text/html; charset=utf-8"}
-OK_PAGE = "<html><head><title>공개 페이지</title></head><body><article><p>부산은 대한민국 제2의 도시이자 최대의 항구 도시이다. 해운대 해수욕장이 유명하다.</p></article></body></html>".encode()
-SECRET = "<html><head><title>내부</title></head><body><article><p>이것은 내부망에만 있는 비밀 문서이며 밖으로 나가면 안 된다. 관리자 암호 목록이다.</p></article></body></html>".encode()
+OK_PAGE = (
+    "<html><head><title>공개 페이지</title></head><body><article><p>부산은 대한민국 제2의 도시이자 최대의 "
+    "항구 도시이다. 해운대 해수욕장이 유명하다.</p></article></body></html>"
+).encode()
+SECRET = (
+    "<html><head><title>내부</title></head><body><article><p>이것은 내부망에만 있는 비밀 문서이며 밖으로 "
+    "나가면 안 된다. 관리자 암호 목록이다.</p></article></body></html>"
+).encode()
 
 
 @pytest.fixture
@@ -379,11 +385,13 @@ def test_an_old_cache_file_loses_its_pages_of_unknown_origin(tmp_path):
     path = tmp_path / "search.sqlite"
     db = sqlite3.connect(path)
     db.execute(
-        "CREATE TABLE pages (url TEXT PRIMARY KEY, final_url TEXT, title TEXT, text TEXT, content_type TEXT, encoding TEXT, fetched_at REAL)"
+        "CREATE TABLE pages (url TEXT PRIMARY KEY, final_url TEXT, title TEXT, text TEXT, content_type TEXT, "
+        "encoding TEXT, fetched_at REAL)"
     )
     db.execute("CREATE TABLE searches (query TEXT PRIMARY KEY, hits TEXT, fetched_at REAL)")
     db.execute(
-        "INSERT INTO pages VALUES ('http://public.example/', 'http://[::1]/', 't', '비밀', 'text/html', 'utf-8', ?)",
+        "INSERT INTO pages VALUES ('http://public.example/', 'http://[::1]/', 't', '비밀', 'text/html', "
+        "'utf-8', ?)",
         (time.time(),),
     )
     db.execute(
@@ -849,7 +857,9 @@ def heavy_site():
 
 CHILD = r"""
 import resource, sys, json
-from korani_cli.search.providers import DuckDuckGoProvider, GoogleProvider, NaverProvider, ProviderError, SearxngProvider, search_chain
+from korani_cli.search.providers import (
+    DuckDuckGoProvider, GoogleProvider, NaverProvider, ProviderError, SearxngProvider, search_chain,
+)
 from korani_cli.search.fetch import FetchOptions, fetch
 from korani_cli.search.types import Hit
 kind, url = sys.argv[1], sys.argv[2]
@@ -861,7 +871,10 @@ if kind == "provider":
     except ProviderError as exc:
         outcome = exc.why
 else:
-    report = fetch([Hit(url, "t", "", "t")], FetchOptions(allow_private=True, timeout=30, deadline=40, max_bytes=1_000_000))
+    report = fetch(
+        [Hit(url, "t", "", "t")],
+        FetchOptions(allow_private=True, timeout=30, deadline=40, max_bytes=1_000_000),
+    )
     outcome = f"{len(report.pages[0].text)} chars" if report.pages else report.failures[0].reason
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"outcome": outcome, "grew_mb": (after - before) / 1024}))

@@ -594,7 +594,8 @@ def _broken_base(work: Path) -> str:
 
 
 LOAD_CASES = [
-    # (id, setup(work) -> extra args, command, fragment) — exit 3 once the libraries are up; nothing left behind
+    # (id, setup(work) -> extra args, command, fragment) — exit 3 once the libraries are up; nothing left
+    # behind
     ("train: broken base", _broken_base, "train", "cannot load the base model 'broken'"),
     (
         "train: hub id not cached",
@@ -702,7 +703,8 @@ def test_marked_and_legacy_runs_resume_and_a_failed_overwrite_gives_the_run_back
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_nan_loss_stops_training_with_one_line(work):
-    """A finite but absurd learning rate passes validation and blows the weights up: the run stops, saves no adapter."""
+    """A finite but absurd learning rate passes validation and blows the weights up: the run
+    stops, saves no adapter."""
     proc = korani(
         "train",
         str(RECIPE),

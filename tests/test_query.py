@@ -23,7 +23,8 @@ GLUED = f"{PREV} {Q}"  # the deterministic rewrite
 
 
 class Says:
-    """A stand-in for the chat's model: answers a rewrite request with fixed text (or fails), records the prompts."""
+    """A stand-in for the chat's model: answers a rewrite request with fixed text (or fails),
+    records the prompts."""
 
     def __init__(self, *answers: str | Exception):
         self.answers = list(answers)

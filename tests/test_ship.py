@@ -201,7 +201,8 @@ def test_wheel_carries_the_configs(tmp_path):
         setuptools_major = 0
     if setuptools_major < 77:
         pytest.skip(
-            "building the wheel offline needs setuptools ≥ 77 in this environment (pyproject's build requirement)"
+            "building the wheel offline needs setuptools ≥ 77 in this environment (pyproject's build "
+            "requirement)"
         )
     # Built from a copy: setuptools builds in the source tree and would leave build/ in the checkout.
     src = tmp_path / "src"

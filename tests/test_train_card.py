@@ -207,8 +207,8 @@ def test_only_bitsandbytes_optional_kernel_warning_is_silenced():
         "from korani_cli.runtime import quiet_libraries\n"
         "quiet_libraries()\n"
         "log = logging.getLogger('bitsandbytes.backends.cpu.ops')\n"
-        "log.warning('Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
-        "`pip install kernels`', 'x')\n"
+        "log.warning('Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure "
+        "you already `pip install kernels`', 'x')\n"
         "log.warning('bitsandbytes: another warning that matters')\n"
         "import bitsandbytes\n"
     )

@@ -191,7 +191,8 @@ def main() -> int:
         if area(e.source) != area(e.target):
             areas.setdefault(area(e.source), set()).add(area(e.target))
     print(
-        f"{len(known)} modules, {len(found)} imports of korani modules ({sum(e.lazy for e in found)} inside functions)"
+        f"{len(known)} modules, {len(found)} imports of korani modules "
+        f"({sum(e.lazy for e in found)} inside functions)"
     )
     print("areas (→ what each imports):")
     for name in sorted(areas):

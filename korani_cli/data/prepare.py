@@ -158,7 +158,8 @@ class _Lengths:
                 self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
             except Exception as exc:  # transformers raises many unrelated types for a bad tokenizer
                 raise UsageError(
-                    f"cannot load the tokenizer '{tokenizer}' ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})",
+                    f"cannot load the tokenizer '{tokenizer}' "
+                    f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})",
                     "pass a local tokenizer directory, or leave --tokenizer out to count characters",
                 ) from None
             self.eos = self.tokenizer.eos_token or DEFAULT_EOS
@@ -461,7 +462,8 @@ class _SplitStats:
 def _write_splits(
     config: PrepareConfig, spooled: _Spooled, split_of: list[str], tmp: Path, progress: Progress
 ) -> dict[str, _SplitStats]:
-    """Step 3: the spool, line by line, into train/valid/test.jsonl (--mix weights above 1 repeat in train)."""
+    """Step 3: the spool, line by line, into train/valid/test.jsonl (--mix weights above 1 repeat
+    in train)."""
     up_rng = random.Random(f"upsample:{config.seed}")
     splits = {s: _SplitStats() for s in SPLITS}
     progress.start("write", len(split_of))

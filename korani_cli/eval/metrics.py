@@ -85,10 +85,12 @@ def answer_in_context(passages: Sequence[str], golds: Sequence[str]) -> bool:
 ABSTAIN_PATTERNS = [
     re.compile(p)
     for p in (
-        r"(자료|출처|문서|정보|내용|본문|지문)[^.!?\n]{0,20}(없습니다|없어요|없다|없음|않습니다|않아요|않다|않음|찾을 수 없|확인할 수 없)",
+        r"(자료|출처|문서|정보|내용|본문|지문)[^.!?\n]{0,20}(없습니다|없어요|없다|없음|않습니다|않아요|않다|"
+        r"않음|찾을 수 없|확인할 수 없)",
         r"답(을|이|변을)?\s*(할 수 없|찾을 수 없|드릴 수 없|알 수 없|없습니다|없어요|없다)",
         r"(알 수 없|모르겠|확인되지 않|확인할 수 없)",
-        r"(?i)(not (mentioned|provided|contain|found|available|stated)|no information|cannot (answer|find|be determined)|do(es)? not (say|mention|contain|provide))",
+        r"(?i)(not (mentioned|provided|contain|found|available|stated)|no information|cannot (answer|find|be "
+        r"determined)|do(es)? not (say|mention|contain|provide))",
     )
 ]
 

@@ -132,7 +132,8 @@ class Asker:
             ],
             "metrics": {
                 "retrieval_hit": hit,
-                # The budget can keep the gold passage but cut its answer sentence: retrieval_hit cannot see that.
+                # The budget can keep the gold passage but cut its answer sentence: retrieval_hit cannot see
+                # that.
                 "answer_in_context": m.answer_in_context(
                     [r.passage.text for r in offered_passages], q.answers
                 ),

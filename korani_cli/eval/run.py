@@ -161,7 +161,8 @@ def _check_same(path: Path, before: dict, now: dict) -> None:
         shown = ", ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in changed[:3])
         raise UsageError(
             f"{path} is a run with other settings ({shown})",
-            "rerun with the same settings to resume, pass --overwrite to start it again, or choose another -o",
+            "rerun with the same settings to resume, pass --overwrite to start it again, "
+            "or choose another -o",
         )
 
 

@@ -113,7 +113,8 @@ def _expect(value, kind: type, where: str, path: Path):
         name = {dict: "an object", list: "a list", str: "a string", int: "an integer"}[kind]
         raise EvalDataError(
             f"{path} is not in KorQuAD 1.0 format: {where} should be {name}",
-            "pass a file shaped like KorQuAD_v1.0_dev.json: {data: [{title, paragraphs: [{context, qas: [{id, question, answers: [{text}]}]}]}]}",
+            "pass a file shaped like KorQuAD_v1.0_dev.json: {data: [{title, paragraphs: [{context, qas: "
+            "[{id, question, answers: [{text}]}]}]}]}",
         )
     return value
 

@@ -54,8 +54,8 @@ class PageCache:
             if version < SCHEMA_VERSION:
                 db.execute("DROP TABLE IF EXISTS pages")
             db.execute(
-                "CREATE TABLE IF NOT EXISTS pages (url TEXT PRIMARY KEY, final_url TEXT, title TEXT, text TEXT,"
-                " content_type TEXT, encoding TEXT, fetched_at REAL, hops TEXT NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS pages (url TEXT PRIMARY KEY, final_url TEXT, title TEXT,"
+                " text TEXT, content_type TEXT, encoding TEXT, fetched_at REAL, hops TEXT NOT NULL)"
             )
             db.execute(
                 "CREATE TABLE IF NOT EXISTS searches (query TEXT PRIMARY KEY, hits TEXT, fetched_at REAL)"
@@ -120,7 +120,8 @@ class PageCache:
             return None
         try:
             row = self.db.execute(
-                "SELECT final_url, title, text, content_type, encoding, fetched_at, hops FROM pages WHERE url = ?",
+                "SELECT final_url, title, text, content_type, encoding, fetched_at, hops "
+                "FROM pages WHERE url = ?",
                 (url,),
             ).fetchone()
         except sqlite3.Error as exc:

@@ -168,7 +168,8 @@ def retrieve(
 
 
 def _chain(options: SearchOptions) -> list:
-    """The providers to ask, in order. Options are checked before anything starts, so that a typo costs nothing."""
+    """The providers to ask, in order. Options are checked before anything starts, so that a typo
+    costs nothing."""
     if "local" in options.providers:
         check_local_dir(options.local_dir)
     try:
@@ -192,7 +193,8 @@ def _search(
         local_only = set(options.providers) == {"local"}
         raise NoSources(
             f"no search results for {query!r} from {', '.join(options.providers)}",
-            "--local-dir holds no .html, .md, .txt or .pdf file (links out of it count only with --follow-links)"
+            "--local-dir holds no .html, .md, .txt or .pdf file (links out of it count only with "
+            "--follow-links)"
             if local_only
             else "try another --provider, or check the network",
         )

@@ -86,7 +86,8 @@ class Reply:
 def _get(
     provider: str, url: str, deadline: float, params: dict | None = None, headers: dict | None = None
 ) -> Reply:
-    """GET with redirects followed by hand (a redirect's body is never read), all within `deadline` seconds."""
+    """GET with redirects followed by hand (a redirect's body is never read), all within
+    `deadline` seconds."""
     import httpx
 
     from korani_cli import net
@@ -183,7 +184,8 @@ def parse_google(page: str) -> list[Hit]:
             next(
                 iter(
                     block.xpath(
-                        './/div[contains(@class,"s3v9rd") and not(.//div[contains(@class,"s3v9rd")]) and not(.//a)]'
+                        './/div[contains(@class,"s3v9rd") and not(.//div[contains(@class,"s3v9rd")]) and '
+                        "not(.//a)]"
                         ' | .//span[contains(@class,"FrIlee")]'
                     )
                 ),

@@ -43,7 +43,8 @@ MAX_NEW_WORDS = 0.5  # share of the rewrite's words found in neither the previou
 
 
 def is_follow_up(question: str, previous: str | None) -> bool:
-    """Does `question` lean on the previous query (there is one, and the question opens like a follow-up or is short)?"""
+    """Does `question` lean on the previous query (there is one, and the question opens like a
+    follow-up or is short)?"""
     return bool(previous) and (bool(FOLLOW_UP.match(question)) or len(question) < SHORT)
 
 

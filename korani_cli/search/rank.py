@@ -274,7 +274,8 @@ def rank(
 
 
 def _bm25_scores(query: str, passages: Sequence[Passage], mode: str, candidates: int, index: Index | None):
-    """BM25 over morphemes, for ranking (hybrid, bm25) or to pick the embedder's candidates; zeros otherwise."""
+    """BM25 over morphemes, for ranking (hybrid, bm25) or to pick the embedder's candidates;
+    zeros otherwise."""
     import numpy as np
 
     scores = np.zeros(len(passages))

@@ -9,9 +9,10 @@ one a single passage holds. A word counts as held when the passage has it
 among its own terms, or when the written word it belongs to (its run of
 content morphemes with noun affixes: 훈민+정음, 1443+년, 창의+성) appears
 verbatim in the passage text — so a name Kiwi cuts differently in a short
-sentence than in a long passage ("현정은입니다" → 현정) still matches. The copula and endings (입니다, 이다) are not content
-words and weigh nothing. Every number the sentence states must appear in the
-passage (1,947 = 1947; 1443년 ~ 1443), or the passage does not support it.
+sentence than in a long passage ("현정은입니다" → 현정) still matches. The copula and
+endings (입니다, 이다) are not content words and weigh nothing. Every number the
+sentence states must appear in the passage (1,947 = 1947; 1443년 ~ 1443), or the
+passage does not support it.
 
 bench/citations.py measures this check against the old unweighted share on a
 labelled set built from KorQuAD dev.
@@ -36,7 +37,8 @@ THRESHOLD = 0.6
 _COMMON = frozenset(
     "하 되 있 없 같 보 주 받 나 들 오 가 알 말 것 수 등 중 후 전 때 년 월 일 명 개 번 곳 점 바 데 적 "
     "이름 사람 경우 때문 자신 다음 처음 가장 또한 매우 모두 많 크 작 이후 이전 당시 현재 관련 대하 위하 "
-    "통하 따르 의하 가지 사용 이용 지 시 뒤 앞 안 밖 위 아래 더 잘 다시 함께 또 그리고 결과 부분 이상 이하".split()
+    "통하 따르 의하 가지 사용 이용 지 시 뒤 앞 안 밖 위 아래 더 잘 다시 함께 또 그리고 "
+    "결과 부분 이상 이하".split()
 )
 _COMMON_WEIGHT = 0.15
 _AFFIX_TAGS = ("XSN", "XPN")
@@ -135,7 +137,8 @@ def claims(sentences: Sequence[str]) -> list[Claim]:
             end = t.start + t.len
         if run:
             units.append((_fold(text[start:end].lower()), tuple(run)))
-        # Numbers from the sentence as written: `bounded` breaks over-long runs, passages' numbers are unbroken.
+        # Numbers from the sentence as written: `bounded` breaks over-long runs, passages' numbers are
+        # unbroken.
         out.append(
             Claim(
                 tuple(units),

@@ -94,9 +94,11 @@ def render(run: Run) -> str:
         "",
         "## Recipe",
         "",
-        f"- LoRA r={c.lora_r}, alpha={c.lora_alpha}, dropout={c.lora_dropout} on {', '.join(c.lora_target_modules)}; base loaded in {quant}",
+        f"- LoRA r={c.lora_r}, alpha={c.lora_alpha}, dropout={c.lora_dropout} on "
+        f"{', '.join(c.lora_target_modules)}; base loaded in {quant}",
         f"- learning rate {c.learning_rate:g} ({c.lr_scheduler_type}, warm-up {c.warmup_ratio:g}), "
-        f"batch {c.per_device_train_batch_size} × {c.gradient_accumulation_steps} accumulation = {batch} rows, "
+        f"batch {c.per_device_train_batch_size} × {c.gradient_accumulation_steps} accumulation = "
+        f"{batch} rows, "
         f"max_length {c.max_length}, packing {'on' if c.packing else 'off'}, seed {c.seed}",
         f"- loss on assistant turns and their EOS only; DeepSpeed {c.deepspeed or 'off'}",
         "- the whole recipe: `korani_train.yaml`; every figure below: `korani_metadata.json`",
@@ -167,7 +169,8 @@ def render(run: Run) -> str:
         "```",
         "",
         "The tokenizer saved here carries the KoRani chat template, so "
-        "`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` builds the prompt the adapter was trained on "
+        "`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` builds the prompt "
+        "the adapter was trained on "
         "(PEFT: `AutoPeftModelForCausalLM.from_pretrained(...)`).",
         "",
     ]

@@ -65,7 +65,8 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(True, "Trade compute for memory.")
     packing: bool = _f(
         True,
-        "Pack conversations into full rows; samples never attend to each other (varlen flash attention, else a block-diagonal mask). false: length-grouped batches.",
+        "Pack conversations into full rows; samples never attend to each other (varlen flash attention, else "
+        "a block-diagonal mask). false: length-grouped batches.",
     )
     eval_steps: int = _f(200, "Evaluate on the valid split every N steps.")
     save_steps: int = _f(200, "Checkpoint every N steps.")
@@ -77,7 +78,9 @@ class TrainConfig:
     )
     dist_timeout: int = _f(
         1800,
-        "Seconds a process of a multi-process run (torchrun, accelerate launch, deepspeed) waits for the others at a collective before it fails; a dead process ends the job at once, this bounds a hung one.",
+        "Seconds a process of a multi-process run (torchrun, accelerate launch, deepspeed) waits for the "
+        "others at a collective before it fails; a dead process ends the job at once, this bounds a hung "
+        "one.",
     )
     health_prompts: int = _f(16, "Held-out prompts for the after-training EOS/repetition check (0 to skip).")
     health_max_new_tokens: int = _f(128, "Token limit for each health-check generation.")

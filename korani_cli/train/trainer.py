@@ -191,7 +191,8 @@ def trainer_class():
     class KoraniSFTTrainer(SFTTrainer):
         def create_model_card(self, *args, **kwargs):
             # TRL drafts a card into the output directory at every checkpoint ("a fine-tuned
-            # version of [None]" for a local base); korani writes its own when the run is done (train/card.py).
+            # version of [None]" for a local base); korani writes its own when the run is done
+            # (train/card.py).
             return None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
