@@ -205,6 +205,15 @@ def test_chat_session_prefix_resumes_and_rm_prefix_deletes(scripted, home):
     assert rows(home, "SELECT COUNT(*) FROM messages WHERE session_id = '1a2b3c4d5e6f'") == [(0,)]
 
 
+def test_an_empty_history_lists_nothing_on_stdout_and_says_so_on_stderr(home):
+    listed = runner.invoke(app, ["history", "list"])
+    assert listed.exit_code == 0 and listed.stdout == ""
+    expected = 'note: no saved sessions yet: start one with korani chat, or korani ask "질문"'
+    assert listed.stderr.strip() == expected
+    as_json = runner.invoke(app, ["history", "list", "--json"])
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout) == [] and as_json.stderr == ""
+
+
 # -- --json ---------------------------------------------------------------------
 
 

@@ -269,6 +269,9 @@ def history_list(
             ]
         )
         return
+    if not rows:
+        # stdout stays empty for scripts; a person is told why, and how to start.
+        notice('no saved sessions yet: start one with korani chat, or korani ask "질문"')
     for r in rows:
         first_line = clean_line((r.first or "").split("\n", 1)[0])[:50]
         typer.echo(
