@@ -79,52 +79,12 @@ class OpenAIBackend:
             base_url=base_url,
             headers=headers,
         )
-        unreachable = "start the server, or fix the URL in --model openai:MODEL@URL / KORANI_OPENAI_BASE_URL"
+        served = _served_models(client, deadline, base_url, request_timeout)
         try:
-            with deadline.within(request_timeout), client.stream("GET", "/models") as response:
-                listing = net.read_capped(response, LIST_CAP)
-        except httpx.TimeoutException:
+            model = _pick_model(spec.source, served, base_url)
+        except ModelLoadError:
             client.close()
-            raise ModelLoadError(
-                f"the OpenAI-compatible server at {base_url} did not list its models within "
-                f"{request_timeout:g} s",
-                unreachable + "; or raise request_timeout (KORANI_REQUEST_TIMEOUT) for a slow server",
-            ) from None
-        except httpx.HTTPError as exc:
-            client.close()
-            raise ModelLoadError(
-                f"cannot reach the OpenAI-compatible server at {base_url} ({exc.__class__.__name__}: {exc})",
-                unreachable,
-            ) from None
-        except (net.TooLarge, net.UndecodableBody) as exc:
-            client.close()
-            raise ModelLoadError(
-                f"{base_url} sent an unusable model list ({exc})", "check the server"
-            ) from None
-        if response.status_code in (401, 403):
-            raise ModelLoadError(
-                f"{base_url} refused the API key (HTTP {response.status_code})",
-                "set KORANI_OPENAI_API_KEY (or OPENAI_API_KEY) to a valid key",
-            )
-        served = []
-        if response.is_success:
-            try:
-                served = [str(m["id"]) for m in json.loads(listing).get("data", [])]
-            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-                served = []
-        model = spec.source
-        if not model:
-            if not served:
-                raise ModelLoadError(
-                    f"{base_url} lists no models, so none can be picked",
-                    "name one: --model openai:MODEL@URL",
-                )
-            model = served[0]
-        elif served and model not in served:
-            raise ModelLoadError(
-                f"{base_url} does not serve '{model}' (it serves: {', '.join(served)})",
-                "pick one of those names in --model openai:MODEL@URL",
-            )
+            raise
         info = ModelInfo(
             name=spec.name,
             backend="openai",
@@ -295,3 +255,62 @@ class OpenAIBackend:
         if usage.completion_tokens is None:
             # Servers that ignore include_usage send one token per event.
             usage.completion_tokens = chunks
+
+
+def _served_models(client, deadline, base_url: str, request_timeout: float) -> list[str]:
+    """GET /models within the deadline: the names the server lists ([] when its list is unreadable).
+    A server that cannot be reached, is too slow or refuses the key is a ModelLoadError, the client
+    closed."""
+    import httpx
+
+    from korani_cli import net
+
+    unreachable = "start the server, or fix the URL in --model openai:MODEL@URL / KORANI_OPENAI_BASE_URL"
+    try:
+        with deadline.within(request_timeout), client.stream("GET", "/models") as response:
+            listing = net.read_capped(response, LIST_CAP)
+    except httpx.TimeoutException:
+        client.close()
+        raise ModelLoadError(
+            f"the OpenAI-compatible server at {base_url} did not list its models within "
+            f"{request_timeout:g} s",
+            unreachable + "; or raise request_timeout (KORANI_REQUEST_TIMEOUT) for a slow server",
+        ) from None
+    except httpx.HTTPError as exc:
+        client.close()
+        raise ModelLoadError(
+            f"cannot reach the OpenAI-compatible server at {base_url} ({exc.__class__.__name__}: {exc})",
+            unreachable,
+        ) from None
+    except (net.TooLarge, net.UndecodableBody) as exc:
+        client.close()
+        raise ModelLoadError(f"{base_url} sent an unusable model list ({exc})", "check the server") from None
+    if response.status_code in (401, 403):
+        client.close()
+        raise ModelLoadError(
+            f"{base_url} refused the API key (HTTP {response.status_code})",
+            "set KORANI_OPENAI_API_KEY (or OPENAI_API_KEY) to a valid key",
+        )
+    if not response.is_success:
+        return []
+    try:
+        return [str(m["id"]) for m in json.loads(listing).get("data", [])]
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return []
+
+
+def _pick_model(asked: str, served: list[str], base_url: str) -> str:
+    """The model asked for, checked against what the server lists; none asked → the first listed."""
+    if not asked:
+        if not served:
+            raise ModelLoadError(
+                f"{base_url} lists no models, so none can be picked",
+                "name one: --model openai:MODEL@URL",
+            )
+        return served[0]
+    if served and asked not in served:
+        raise ModelLoadError(
+            f"{base_url} does not serve '{asked}' (it serves: {', '.join(served)})",
+            "pick one of those names in --model openai:MODEL@URL",
+        )
+    return asked

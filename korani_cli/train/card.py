@@ -48,9 +48,13 @@ def _number(value, digits: int = 4) -> str:
 
 
 def render(run: Run) -> str:
-    c, m = run.config, run.metadata
-    smoke = m.smoke
-    counts = m.data.conversations
+    """The run's README.md: Hub front matter, then one section per step of the run, then how to use it."""
+    sections = (_front_matter, _intro, _recipe, _data, _training, _health, _run_it)
+    return "\n".join(line for section in sections for line in section(run))
+
+
+def _front_matter(run: Run) -> list[str]:
+    c = run.config
     front = [
         "---",
         "library_name: peft",
@@ -64,12 +68,16 @@ def render(run: Run) -> str:
     ]
     if c.load_in_4bit:
         front.append("- qlora")
-    if not smoke and not _is_local(run.recipe_base_model):
+    if not run.metadata.smoke and not _is_local(run.recipe_base_model):
         # The Hub links `base_model` to that model's page; a local path there would be a dead link.
         front.append(f"base_model: {_yaml_text(run.recipe_base_model)}")
     front.append("---")
+    return front
 
-    if smoke:
+
+def _intro(run: Run) -> list[str]:
+    c, m = run.config, run.metadata
+    if m.smoke:
         base = (
             f"a tiny random GPT-NeoX built by `--smoke` (`{c.base_model}`), standing in for the recipe's "
             f"`{run.recipe_base_model}`. **This is a smoke run: it checks the data and the recipe, "
@@ -77,8 +85,7 @@ def render(run: Run) -> str:
         )
     else:
         base = f"`{c.base_model}`"
-    lines = [
-        *front,
+    return [
         "",
         f"# {run.name}",
         "",
@@ -88,9 +95,12 @@ def render(run: Run) -> str:
         f"- **Base model:** {base}",
     ]
 
+
+def _recipe(run: Run) -> list[str]:
+    c = run.config
     quant = f"4-bit {c.bnb_4bit_quant_type} (QLoRA)" if c.load_in_4bit else "full precision"
     batch = c.per_device_train_batch_size * c.gradient_accumulation_steps
-    lines += [
+    return [
         "",
         "## Recipe",
         "",
@@ -104,7 +114,11 @@ def render(run: Run) -> str:
         "- the whole recipe: `korani_train.yaml`; every figure below: `korani_metadata.json`",
     ]
 
-    lines += [
+
+def _data(run: Run) -> list[str]:
+    m = run.metadata
+    counts = m.data.conversations
+    lines = [
         "",
         "## Data",
         "",
@@ -113,8 +127,12 @@ def render(run: Run) -> str:
     ]
     if m.data.fingerprint:
         lines.append(f"- fingerprint `{m.data.fingerprint[:16]}…` (`stats.json` of `korani data prepare`)")
+    return lines
 
-    lines += [
+
+def _training(run: Run) -> list[str]:
+    m = run.metadata
+    lines = [
         "",
         "## Training",
         "",
@@ -132,32 +150,35 @@ def render(run: Run) -> str:
         f"- {'CUDA GPU' if device.cuda else 'CPU'}, {'bf16' if device.bf16 else 'float32'}, "
         f"optimizer {device.optim}"
     )
+    return lines
 
-    health = m.health
-    lines += ["", "## Health check", ""]
-    if health:
-        lines += [
-            f"Greedy answers to {health.prompts} held-out prompts (the {health.split or 'held-out'} split, "
-            f"never train), at most {c.health_max_new_tokens} new tokens each:",
-            "",
-            f"- ended with EOS: {health.eos_share:.0%}"
-            + (
-                f" — **{EOS_WARNING}: the model may not have learned to stop**"
-                if health.stops_too_rarely
-                else ""
-            ),
-            f"- repeated 3-grams: {health.repetition:.3f} (0 = none)",
-            f"- mean answer length: {health.mean_new_tokens} tokens",
-        ]
-        if health.nonfinite:
-            lines.append(f"- **NaN/inf logits on {health.nonfinite} prompts**")
-    else:
-        lines.append(f"Skipped — {m.health_skipped or 'not run'}.")
 
+def _health(run: Run) -> list[str]:
+    m, health = run.metadata, run.metadata.health
+    lines = ["", "## Health check", ""]
+    if not health:
+        return [*lines, f"Skipped — {m.health_skipped or 'not run'}."]
+    lines += [
+        f"Greedy answers to {health.prompts} held-out prompts (the {health.split or 'held-out'} split, "
+        f"never train), at most {run.config.health_max_new_tokens} new tokens each:",
+        "",
+        f"- ended with EOS: {health.eos_share:.0%}"
+        + (
+            f" — **{EOS_WARNING}: the model may not have learned to stop**" if health.stops_too_rarely else ""
+        ),
+        f"- repeated 3-grams: {health.repetition:.3f} (0 = none)",
+        f"- mean answer length: {health.mean_new_tokens} tokens",
+    ]
+    if health.nonfinite:
+        lines.append(f"- **NaN/inf logits on {health.nonfinite} prompts**")
+    return lines
+
+
+def _run_it(run: Run) -> list[str]:
     import shlex
 
     out, merged, gguf = (shlex.quote(p) for p in (run.output, f"{run.output}-merged", f"{run.name}.gguf"))
-    lines += [
+    return [
         "",
         "## Run it",
         "",
@@ -174,4 +195,3 @@ def render(run: Run) -> str:
         "(PEFT: `AutoPeftModelForCausalLM.from_pretrained(...)`).",
         "",
     ]
-    return "\n".join(lines)
