@@ -149,15 +149,22 @@ def chat(
             )
             sid, restored, resumed_note = resumed.id, resumed.messages, resumed.note
             model, template, system = resumed.model, resumed.template, resumed.system
-        settings = load_settings(
-            {
-                "model": model,
-                "max_new_tokens": max_new_tokens,
-                "temperature": temperature,
-                "template": template,
-                "backend": backend,
-            }
-        )
+
+        def settings_for(name: str | None, chosen_template: str | None):
+            return load_settings(
+                {
+                    "model": name,
+                    "max_new_tokens": max_new_tokens,
+                    "temperature": temperature,
+                    "template": chosen_template,
+                    "backend": backend,
+                }
+            )
+
+        def loader(chosen):
+            return lambda: load_backend(resolve(chosen.model, chosen), chosen, notice)
+
+        settings = settings_for(model, template)
         opts = search_options(
             provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links
         )
@@ -174,23 +181,11 @@ def chat(
 
         def choose_model(name: str) -> ModelChoice:
             # /모델 NAME: the new model's own default template, unless --template was given here.
-            chosen = load_settings(
-                {
-                    "model": name,
-                    "max_new_tokens": max_new_tokens,
-                    "temperature": temperature,
-                    "template": given_template,
-                    "backend": backend,
-                }
-            )
-            return ModelChoice(
-                chosen.model,
-                chosen.template,
-                lambda: load_backend(resolve(chosen.model, chosen), chosen, notice),
-            )
+            chosen = settings_for(name, given_template)
+            return ModelChoice(chosen.model, chosen.template, loader(chosen))
 
         session = ChatSession(
-            lambda: load_backend(resolve(settings.model, settings), settings, notice),
+            loader(settings),
             history,
             sid,
             model_name=settings.model,
