@@ -79,7 +79,7 @@ class Asker:
         self.cpu = threading.Lock()
 
     def __call__(self, item: Planned) -> dict:
-        from korani_cli.search.answer import Done, stream, written_claims
+        from korani_cli.search.answer import Done, stream
 
         q = item.question
         gold_url = self.page_url[q.page_id]
@@ -101,11 +101,6 @@ class Asker:
             if isinstance(event, Done):
                 done = event
         sourced, offered_passages = done.answer, done.passages
-        offered = {n: r.passage.text for n, r in enumerate(offered_passages, 1)}
-        raw_claims = written_claims(done.raw)
-        printed = {c.n: c.passage for c in sourced.citations}
-        body = m.strip_markers(sourced.text)
-        hit = any(r.passage.url == gold_url for r in ranked)
         return {
             "id": q.id,
             "position": item.position,
@@ -130,19 +125,7 @@ class Asker:
                 {"n": c.n, "page_id": self.page_id.get(c.url), "url": c.url, "support": c.score}
                 for c in sourced.citations
             ],
-            "metrics": {
-                "retrieval_hit": hit,
-                # The budget can keep the gold passage but cut its answer sentence: retrieval_hit cannot see
-                # that.
-                "answer_in_context": m.answer_in_context(
-                    [r.passage.text for r in offered_passages], q.answers
-                ),
-                "answer_correct": m.answer_correct(body, q.answers),
-                "f1": m.f1(body, q.answers),
-                "abstained": m.abstains(body),
-                "footnotes": asdict(m.footnotes(sourced.claims, printed, q.answers)),
-                "raw_footnotes": asdict(m.footnotes(raw_claims, offered, q.answers)),
-            },
+            "metrics": _metrics(q, gold_url, ranked, done),
             "usage": {
                 "prompt_tokens": done.usage.prompt_tokens,
                 "completion_tokens": done.usage.completion_tokens,
@@ -158,6 +141,27 @@ class Asker:
                 "total_s": time.perf_counter() - start,
             },
         }
+
+
+def _metrics(q, gold_url: str, ranked, done) -> dict:
+    """One answer's measures: retrieval, the answer against the gold spans, and its footnotes
+    as printed (checked) and as the model wrote them (raw)."""
+    from korani_cli.search.answer import written_claims
+
+    sourced, offered_passages = done.answer, done.passages
+    offered = {n: r.passage.text for n, r in enumerate(offered_passages, 1)}
+    printed = {c.n: c.passage for c in sourced.citations}
+    body = m.strip_markers(sourced.text)
+    return {
+        "retrieval_hit": any(r.passage.url == gold_url for r in ranked),
+        # The budget can keep the gold passage but cut its answer sentence: retrieval_hit cannot see that.
+        "answer_in_context": m.answer_in_context([r.passage.text for r in offered_passages], q.answers),
+        "answer_correct": m.answer_correct(body, q.answers),
+        "f1": m.f1(body, q.answers),
+        "abstained": m.abstains(body),
+        "footnotes": asdict(m.footnotes(sourced.claims, printed, q.answers)),
+        "raw_footnotes": asdict(m.footnotes(written_claims(done.raw), offered, q.answers)),
+    }
 
 
 def summarise(records: list[dict]) -> dict:
