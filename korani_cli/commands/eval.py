@@ -88,6 +88,22 @@ OverwriteOpt = Annotated[
 ]
 
 
+def _run_fields(settings, limit, seed, temperature, system, concurrency) -> dict:
+    """The fields every eval run's config records (RunConfig's): the sample, the model and how it
+    generates — one place for `eval rag` and `eval chat`."""
+    return {
+        "limit": limit,
+        "seed": seed,
+        "max_new_tokens": settings.max_new_tokens,
+        "temperature": temperature,
+        "top_p": settings.top_p,
+        "system": system,
+        "model": settings.model,
+        "template": settings.template,
+        "concurrency": concurrency,
+    }
+
+
 def _check(limit, concurrency, temperature, max_new_tokens) -> None:
     if limit is not None and limit < 1:
         raise UsageError(
@@ -275,18 +291,10 @@ prompt, check footnotes.
         set_sha256=qaset.sha256,
         k=k,
         unanswerable=unanswerable,
-        limit=limit,
-        seed=seed,
         embedder=embedder,
         reranker=reranker,
-        max_new_tokens=settings.max_new_tokens,
-        temperature=temperature,
-        top_p=settings.top_p,
-        system=system,
-        model=settings.model,
-        template=settings.template,
-        concurrency=concurrency,
         context_tokens=context_tokens,
+        **_run_fields(settings, limit, seed, temperature, system, concurrency),
     )
     run = RunDir.open(_out(output, "rag", settings.model), "eval rag", config.settings(), overwrite=overwrite)
     backend, workers = _backend(settings, concurrency)
@@ -347,15 +355,7 @@ def chat(
     config = chat_eval.ChatConfig(
         prompts_path=str(path.resolve()),
         prompts_sha256=prompt_set.sha256,
-        limit=limit,
-        seed=seed,
-        max_new_tokens=settings.max_new_tokens,
-        temperature=temperature,
-        top_p=settings.top_p,
-        system=system,
-        model=settings.model,
-        template=settings.template,
-        concurrency=concurrency,
+        **_run_fields(settings, limit, seed, temperature, system, concurrency),
     )
     run = RunDir.open(
         _out(output, "chat", settings.model), "eval chat", config.settings(), overwrite=overwrite
