@@ -21,7 +21,7 @@ from korani_cli.commands import models as models_command
 from korani_cli.commands import search as search_command
 from korani_cli.commands import train as train_command
 from korani_cli.helpfmt import install as _install_help_format
-from korani_cli.runtime import set_debug
+from korani_cli.runtime import no_unasked_requests, set_debug
 
 _install_help_format()
 
@@ -79,6 +79,8 @@ def _terminated(_signum, _frame) -> None:
 def main() -> None:
     import signal
 
+    # Before any library is imported: they read these settings once, at import.
+    no_unasked_requests()
     signal.signal(signal.SIGTERM, _terminated)
     # Only a program whose main module is import-safe may start worker
     # processes (they import it again); korani's own entry points are.

@@ -24,6 +24,46 @@ def debug_enabled() -> bool:
     return _debug or os.environ.get("KORANI_DEBUG", "") not in ("", "0", "false", "no")
 
 
+# What korani asks of the libraries so that loading one never talks to the Hub unless a model or
+# data set id is being fetched. Each is the library's own documented setting; a value the user set
+# in the environment wins.
+#  - HF_HUB_DISABLE_TELEMETRY: huggingface_hub's telemetry (TRL sends a HEAD /api/telemetry/trl/… at
+#    every training run) and the "agent harnesses" registry huggingface_hub fetches once a day to
+#    label its user agent (GET /api/agent-harnesses, alongside any download).
+#  - HF_HUB_DISABLE_UPDATE_CHECK: huggingface_hub's own version and skill checks.
+#  - LOCAL_KERNELS: on CPUs with AVX512-BF16, importing bitsandbytes (peft and sentence-transformers
+#    import it) asks the kernel hub for an optional CPU 4-bit kernel; with kernels ≥ 0.19 that first
+#    checks its publisher (GET /api/organizations/kernels-community/overview) or, offline, prints
+#    "Skipping publisher trust check …". Pointing that one repository at a local path that holds no
+#    kernel makes kernels fail at once, and bitsandbytes uses its own CPU code (korani trains in
+#    float32 on CPU; 4-bit is a CUDA path).
+NO_HUB_KERNEL = "kernels-community/quantization-bitsandbytes"
+QUIET_ENVIRONMENT = {
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+}
+
+
+def no_unasked_requests() -> None:
+    """Set the libraries' own switches so that importing or loading them sends no request to the
+    Hub (see QUIET_ENVIRONMENT). Called first thing by `korani` (and by the code that loads a
+    heavy library, for in-process use); child processes (launchers, workers) inherit it.
+    Fetching a model or data set id the user named still reaches the Hub."""
+    import sys
+
+    for key, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    local = os.environ.get("LOCAL_KERNELS", "")
+    if not any(entry.split("=", 1)[0] == NO_HUB_KERNEL for entry in local.split(":") if entry):
+        # os.devnull is not a directory, so kernels finds no build there and raises; bitsandbytes
+        # catches that and keeps its own kernel.
+        os.environ["LOCAL_KERNELS"] = ":".join(filter(None, [local, f"{NO_HUB_KERNEL}={os.devnull}"]))
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None and os.environ["HF_HUB_DISABLE_TELEMETRY"] not in ("", "0"):
+        # Imported already (in-process use): it read its settings at import.
+        constants.HF_HUB_DISABLE_TELEMETRY = True
+
+
 class _OptionalKernelFilter:
     """Drops bitsandbytes' "Failed to load CPU gemm_4bit_forward" record (see quiet_libraries)."""
 
@@ -37,6 +77,7 @@ def quiet_libraries() -> None:
     import logging
     import warnings
 
+    no_unasked_requests()  # a network policy, not chatter: --debug keeps it
     if debug_enabled():
         return
     for category in (FutureWarning, UserWarning, DeprecationWarning):

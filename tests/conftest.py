@@ -24,6 +24,11 @@ import pytest
 from support import KOREAN_CORPUS, SHARED, ScriptedBackend, Site, free_port
 
 from korani_cli.backends import registry
+from korani_cli.runtime import no_unasked_requests
+
+# The test process loads transformers, peft and sentence-transformers too: the same switches as
+# `korani` (no kernel-hub lookups, no telemetry), before any of them is imported.
+no_unasked_requests()
 
 
 @pytest.fixture(scope="session", autouse=True)
