@@ -205,7 +205,8 @@ def _report_lines(prepared: Path) -> set[str]:
     from korani_cli.data import report
 
     out = StringIO()
-    Console(file=out, width=200, color_system=None).print(report.summary(report.load_stats(prepared / "stats.json")))
+    stats = report.load_stats(prepared / "stats.json")
+    Console(file=out, width=200, color_system=None).print(report.summary(stats))
     return {line.strip() for line in out.getvalue().splitlines() if line.strip()}
 
 
@@ -232,7 +233,9 @@ def test_loading_libraries_sends_no_request_and_prints_only_korani_lines(mode, l
         for label, args in _commands(local_models, tmp_path):
             proc = run_korani(*args, env=env, timeout=600)
             assert proc.returncode == 0, f"{label}: {proc.stderr[-2000:]}"
-            own = _report_lines(Path(args[args.index("-o") + 1])) if args[:2] == ["data", "prepare"] else set()
+            own = set()
+            if args[:2] == ["data", "prepare"]:
+                own = _report_lines(Path(args[args.index("-o") + 1]))
             seen.append((label, _foreign_lines(proc.stderr, own), list(hub.requests)))
             hub.requests.clear()
     finally:

@@ -121,7 +121,7 @@ def check() -> int:
             problems.append(f"{name}: {have[name]} installed, lock: {version}")
     problems += [f"{name}: {have[name]} installed, not in the lock" for name in extras()]
     if problems:
-        print("the environment differs from requirements/ (run ./install.sh, or tools/lock.sh to move the lock):")
+        print("the environment differs from requirements/ (./install.sh restores it):")
         print("\n".join(f"  {p}" for p in problems))
         return 1
     print(f"environment equals the lock: {len(want)} packages")
