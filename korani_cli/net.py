@@ -166,16 +166,17 @@ class DeadlineBackend:
     thread does with the client; every connect, TLS handshake, read and write
     waits at most until then, whatever the server trickles."""
 
-    def __init__(self):
+    def __init__(self, inner=None, clock=time.monotonic):
         import httpcore
 
-        self._inner = httpcore.SyncBackend()
+        self._inner = inner or httpcore.SyncBackend()
         self._local = threading.local()
+        self._clock = clock  # a test's fake clock proves the mechanism without waiting on a busy machine
 
     @contextmanager
     def within(self, seconds: float):
         previous = getattr(self._local, "until", None)
-        self._local.until = time.monotonic() + seconds
+        self._local.until = self._clock() + seconds
         try:
             yield
         finally:
@@ -187,7 +188,7 @@ class DeadlineBackend:
         until = getattr(self._local, "until", None)
         if until is None:
             return timeout
-        left = until - time.monotonic()
+        left = until - self._clock()
         if left <= 0:
             error = httpcore.ConnectTimeout if what == "connect" else httpcore.ReadTimeout
             raise error("past the request's overall deadline")

@@ -698,7 +698,88 @@ def test_every_provider_ends_by_its_deadline(name, slow_server, serps, monkeypat
     elapsed = time.monotonic() - start
     assert used == "searxng" and hits
     assert len(notes) == 1 and f"{name}: timed out" in notes[0], notes
-    assert elapsed < 1.5 + 1.5, elapsed
+    # Whether the deadline cuts the slow server off at all, on a machine of any load: without it the
+    # trickle (2 bytes a second of a 100 kB body) or the trickled headers would run for minutes,
+    # past this test's timeout. How exactly it cuts — never a wait past the deadline — is proved
+    # on a fake clock below; a wall-clock bound this tight (1.5 s + 1.5 s) failed here once under load.
+    assert elapsed < 1.5 + 15, elapsed
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TricklingNetwork:
+    """httpcore's network backend interface, with no network: a connect takes `connect_s`, and each
+    read returns one byte after `every` seconds of the fake clock — or, when the read's timeout is
+    shorter, waits out the timeout and raises ReadTimeout, as a socket would. `every=None` never sends."""
+
+    def __init__(self, clock: FakeClock, every: float | None, connect_s: float = 0.1):
+        self.clock, self.every, self.connect_s = clock, every, connect_s
+        self.timeouts: list[tuple[str, float | None]] = []
+        self.dialled: list[tuple[str, int]] = []
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        import httpcore
+
+        self.timeouts.append(("connect", timeout))
+        self.dialled.append((host, port))
+        if timeout is not None and timeout < self.connect_s:
+            self.clock.now += timeout
+            raise httpcore.ConnectTimeout("fake connect timed out")
+        self.clock.now += self.connect_s
+        return self
+
+    def read(self, max_bytes, timeout=None):
+        import httpcore
+
+        self.timeouts.append(("read", timeout))
+        if self.every is None or (timeout is not None and timeout < self.every):
+            self.clock.now += timeout
+            raise httpcore.ReadTimeout("fake read timed out")
+        self.clock.now += self.every
+        return b" "
+
+    def write(self, buffer, timeout=None):
+        self.timeouts.append(("write", timeout))
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("every", [0.5, 0.05, None], ids=["trickle", "fast-trickle", "silent"])
+def test_no_read_waits_past_the_request_deadline_on_a_fake_clock(every):
+    """The mechanism behind every provider's deadline, on a fake clock so a busy machine cannot
+    fail it: each connect and read is handed only the time left until the request's deadline
+    (never the per-read timeout of 20 s), and the first one with no time left raises."""
+    import httpcore
+
+    from korani_cli.net import DeadlineBackend
+
+    clock = FakeClock()
+    network = TricklingNetwork(clock, every)
+    backend = DeadlineBackend(inner=network, clock=clock)
+    with backend.within(1.5):
+        stream = backend.connect_tcp("127.0.0.1", 9, timeout=20)
+        stream.write(b"GET / HTTP/1.1\r\n\r\n", timeout=20)
+        received = b""
+        with pytest.raises((httpcore.ReadTimeout, httpcore.ConnectTimeout)):
+            while True:
+                received += stream.read(1, timeout=20)
+    assert clock.now == pytest.approx(1.5)  # ended at the deadline: not before, not after
+    assert network.dialled == [("127.0.0.1", 9)]
+    waits = [t for _, t in network.timeouts]
+    assert waits[0] == pytest.approx(1.5) and all(t is not None and t <= 1.5 for t in waits)
+    assert all(later <= earlier for earlier, later in zip(waits, waits[1:]))  # only ever less time left
+    if every:
+        # what arrived before the deadline was read (±1 for the fake clock's float sums)
+        assert abs(len(received) - round((1.5 - 0.1) / every)) <= 1
+    # Outside `within`, korani's per-read timeout passes through unchanged.
+    assert backend.clamp(20, "read") == 20
 
 
 @pytest.mark.slow
