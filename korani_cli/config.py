@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
-
-import tomllib
 
 from korani_cli import paths
 from korani_cli.errors import ConfigError, UsageError

@@ -96,8 +96,24 @@ def installed() -> dict[str, str]:
     return {normalise(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
 
 
+def torch_closure(have: dict[str, str]) -> set[str]:
+    """What the installed torch needs (recursively) that is installed: a CUDA build brings
+    nvidia-* libraries and triton that the CPU lock does not list, and they must stay."""
+    seen, todo = set(), ["torch"]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in have:
+            continue
+        seen.add(name)
+        for requirement in metadata.requires(name) or []:
+            if "extra ==" not in requirement:
+                todo.append(normalise(re.split(r"[ =<>!~;\[(]", requirement, maxsplit=1)[0]))
+    return seen
+
+
 def extras() -> list[str]:
-    return sorted(set(installed()) - set(pins()) - {SELF})
+    have = installed()
+    return sorted(set(have) - set(pins()) - {SELF} - torch_closure(have))
 
 
 def only(name: str) -> str:
