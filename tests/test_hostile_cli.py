@@ -415,7 +415,7 @@ def _kind(path: Path) -> str:
 
 
 @pytest.mark.timeout(60)  # writing into a FIFO with nobody reading would block forever
-@pytest.mark.parametrize("how", ["history export -o", "/저장"])
+@pytest.mark.parametrize("how", ["history export -o --overwrite", "/저장!"])
 @pytest.mark.parametrize(
     "make, written, fragment, kind_after", SAVE_ROWS, ids=[r[0].__name__.strip("_") for r in SAVE_ROWS]
 )
@@ -425,12 +425,13 @@ def test_saving_a_transcript_never_replaces_a_special_file(
     sid = _seed_session(home)
     given, target = make(tmp_path)
     was_link = given.is_symlink()
-    if how == "/저장":
-        result = runner.invoke(app, ["chat", "--model", "demo", "--session", sid], input=f"/저장 {given}\n")
+    # Asked to replace (/저장!, --overwrite): a special file is still never replaced.
+    if how == "/저장!":
+        result = runner.invoke(app, ["chat", "--model", "demo", "--session", sid], input=f"/저장! {given}\n")
         assert result.exit_code == 0, result.output  # the chat goes on; the error is one line
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     else:
-        result = runner.invoke(app, ["history", "export", sid, "-o", str(given)])
+        result = runner.invoke(app, ["history", "export", sid, "-o", str(given), "--overwrite"])
         assert result.exit_code == (0 if written else EXIT_USAGE), result.output
         errors = [one_line(result.stderr)] if not written else []
     assert _kind(target) == kind_after
@@ -443,6 +444,156 @@ def test_saving_a_transcript_never_replaces_a_special_file(
     assert not [
         p for p in tmp_path.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")
     ]  # no temp left
+
+
+# -- 20: nothing lost — an existing file only when asked, korani's own files never -----------------------
+
+SAVE_HOW = ["history export -o", "history export -o --overwrite", "/저장", "/저장!"]
+
+
+def _save(how: str, sid: str, target: Path):
+    """Write session `sid` to `target` the way `how` says; (exit code, its error lines, stdout)."""
+    if how.startswith("/"):
+        result = runner.invoke(
+            app, ["chat", "--model", "scripted:s", "--session", sid], input=f"{how} {target}\n"
+        )
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) <= 1 and "Traceback" not in result.output, result.output
+    else:
+        extra = ["--overwrite"] if how.endswith("--overwrite") else []
+        result = runner.invoke(app, ["history", "export", sid, "-o", str(target), *extra])
+        errors = [one_line(result.stderr)] if result.exit_code else []
+    return result.exit_code, errors, result.stdout
+
+
+def _own_history(home: Path, tmp: Path) -> Path:
+    return home / "data" / "history.sqlite"
+
+
+def _own_history_dotdot(home: Path, tmp: Path) -> Path:
+    return home / "data" / ".." / "data" / "history.sqlite"
+
+
+def _own_history_symlink(home: Path, tmp: Path) -> Path:
+    (tmp / "notes.md").symlink_to(home / "data" / "history.sqlite")
+    return tmp / "notes.md"
+
+
+def _own_history_linked_dir(home: Path, tmp: Path) -> Path:
+    (tmp / "elsewhere").symlink_to(home / "data")
+    return tmp / "elsewhere" / "history.sqlite"
+
+
+def _own_history_hard_link(home: Path, tmp: Path) -> Path:
+    os.link(home / "data" / "history.sqlite", tmp / "backup.sqlite")
+    return tmp / "backup.sqlite"
+
+
+def _own_config(home: Path, tmp: Path) -> Path:
+    (home / "config.toml").write_text("max_new_tokens = 64\n")
+    return home / "config.toml"
+
+
+def _own_search_cache(home: Path, tmp: Path) -> Path:
+    (home / "cache").mkdir()
+    (home / "cache" / "search.sqlite").write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
+    return home / "cache" / "search.sqlite"
+
+
+def _new_file_in_the_cache(home: Path, tmp: Path) -> Path:
+    (home / "cache" / "models").mkdir(parents=True)
+    return home / "cache" / "models" / "chat.md"
+
+
+def _new_file_in_a_run(home: Path, tmp: Path) -> Path:
+    from korani_cli.outputs import MARKER
+
+    (tmp / "run").mkdir()
+    (tmp / "run" / MARKER).write_text('{"tool": "korani", "command": "eval rag"}\n')
+    return tmp / "run" / "chat.md"
+
+
+OWN_ROWS = [
+    # (the path as the user spells it, fragment of the one error line)
+    (_own_history, "is korani's history database"),
+    (_own_history_dotdot, "is korani's history database"),
+    (_own_history_symlink, "is korani's history database"),
+    (_own_history_linked_dir, "is korani's history database"),
+    (_own_history_hard_link, "is a hard link to korani's history database"),
+    (_own_config, "is korani's config file"),
+    (_own_search_cache, "is korani's search cache"),
+    (_new_file_in_the_cache, "is inside korani's cache"),
+    (_new_file_in_a_run, "is inside an output directory korani wrote"),
+]
+
+
+def _files(*roots: Path) -> dict[str, bytes]:
+    return {
+        str(p): p.read_bytes()
+        for root in roots
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+@pytest.mark.parametrize("how", SAVE_HOW)
+@pytest.mark.parametrize("spell, fragment", OWN_ROWS, ids=[r[0].__name__.strip("_") for r in OWN_ROWS])
+def test_korani_own_files_are_never_a_save_target(home, tmp_path, scripted, how, spell, fragment):
+    """Before: `history export ID -o $KORANI_HOME/data/history.sqlite` exited 0 and replaced the whole
+    history with Markdown (`history list` → exit 5), and `/저장` there answered 저장했습니다."""
+    sid = _seed_session(home)
+    target = spell(home, tmp_path)
+    before = _files(home, tmp_path)
+    code, errors, _ = _save(how, sid, target)
+    assert code == (0 if how.startswith("/") else EXIT_USAGE)
+    assert len(errors) == 1 and fragment in errors[0], errors
+    assert "korani never writes over its own files" in errors[0]
+    assert _files(home, tmp_path) == before  # not a byte changed, nothing added
+    listed = runner.invoke(app, ["history", "list"])
+    assert listed.exit_code == 0 and sid in listed.stdout
+
+
+MY_NOTES = "# 내 메모\n" + "지우면 안 되는 내용입니다.\n" * 60  # 1.5 KB of the user's own
+
+
+@pytest.mark.parametrize("how", SAVE_HOW)
+def test_an_existing_file_is_replaced_only_when_asked(home, tmp_path, scripted, how):
+    """Before: /저장 notes.md and history export -o notes.md replaced notes.md without asking."""
+    sid = _seed_session(home)
+    notes = tmp_path / "notes.md"
+    notes.write_text(MY_NOTES, encoding="utf-8")
+    code, errors, _ = _save(how, sid, notes)
+    if how in ("/저장!", "history export -o --overwrite"):
+        assert code == 0 and errors == []
+        assert "저장할 질문" in notes.read_text(encoding="utf-8")
+        return
+    assert code == (0 if how == "/저장" else EXIT_USAGE)
+    assert len(errors) == 1 and f"{notes} already exists" in errors[0], errors
+    assert ("/저장! " if how == "/저장" else "pass --overwrite") in errors[0]
+    assert notes.read_text(encoding="utf-8") == MY_NOTES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "notes.md"]  # no temp file left
+
+
+@pytest.mark.parametrize("command", ["/저장", "/저장!", "/save"])
+@pytest.mark.parametrize("existing", [True, False], ids=["over an existing file", "a new file"])
+def test_save_with_nothing_said_says_so_and_writes_nothing(home, tmp_path, scripted, command, existing):
+    """Before: a fresh `korani chat --no-history`, then `/저장 notes.md` over a 1.5 KB transcript,
+    left 14 bytes (`# korani chat`)."""
+    notes = tmp_path / "notes.md"
+    if existing:
+        notes.write_text(MY_NOTES, encoding="utf-8")
+    typed = f"{command} {notes}\n/초기화\n{command}\n"
+    result = runner.invoke(app, ["chat", "--no-history", "--model", "scripted:s"], input=typed)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("저장할 대화가 아직 없습니다") == 2, result.stdout
+    assert "저장했습니다" not in result.stdout and "error:" not in result.stderr
+    assert (notes.read_text(encoding="utf-8") == MY_NOTES) if existing else not notes.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"] + (["notes.md"] if existing else [])
+
+
+def test_help_shows_how_to_replace_a_file(home, scripted):
+    result = runner.invoke(app, ["chat", "--no-history", "--model", "scripted:s"], input="/도움말\n")
+    assert "/저장! 파일" in result.stdout and "덮어" in result.stdout
 
 
 # -- 14, 18: a damaged, misplaced or locked history database ---------------------------------------
