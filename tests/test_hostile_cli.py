@@ -596,6 +596,150 @@ def test_help_shows_how_to_replace_a_file(home, scripted):
     assert "/저장! 파일" in result.stdout and "덮어" in result.stdout
 
 
+# -- 20: an API key is a secret: checked when read, never shown, never written ----------------------------
+
+KEY = "sk-korani-TEST-4f9c2e7d1b"  # what must appear nowhere korani writes
+
+KEY_ROWS = [
+    # (where the key comes from, its value, fragment of the one error line)
+    ("KORANI_OPENAI_API_KEY", KEY + "\r", "KORANI_OPENAI_API_KEY must be printable ASCII with no spaces"),
+    ("OPENAI_API_KEY", KEY + "\r", "OPENAI_API_KEY must be printable ASCII with no spaces"),
+    ("KORANI_OPENAI_API_KEY", "sk-키" + KEY, "KORANI_OPENAI_API_KEY must be printable ASCII"),
+    ("KORANI_OPENAI_API_KEY", KEY[:6] + " " + KEY[6:] + " " + KEY, "KORANI_OPENAI_API_KEY must be printable"),
+    ("config.toml", KEY + "\r", "config.toml: 'openai_api_key' must be printable ASCII with no spaces"),
+    ("config.toml", "sk-키" + KEY, "config.toml: 'openai_api_key' must be printable ASCII"),
+]
+
+
+def _with_key(where: str, value: str, home: Path) -> dict:
+    """The environment of a run whose API key is `value`, set in `where`."""
+    if where == "config.toml":
+        (home / "config.toml").write_text(f"openai_api_key = {json.dumps(value)}\n", encoding="utf-8")
+        return {"KORANI_HOME": str(home)}
+    return {"KORANI_HOME": str(home), where: value}
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "--debug"])
+@pytest.mark.parametrize(
+    "where, value, fragment", KEY_ROWS, ids=[f"{r[0]}-{i}" for i, r in enumerate(KEY_ROWS)]
+)
+def test_an_unusable_key_is_exit_5_and_never_shown(tmp_path, where, value, fragment, debug):
+    """Before: `KORANI_OPENAI_API_KEY=$'sk-SECRET\r'` was exit 3 with `Illegal header value b'Bearer
+    sk-SECRET\r'` (the key in full on stderr); `sk-키` a UnicodeEncodeError, exit 1. Port 9 on
+    127.0.0.1 is never dialled: the key is refused when the settings are read."""
+    env = _with_key(where, value, tmp_path)
+    code, out, err = korani(
+        *(["--debug"] if debug else []), "ask", "--model", "openai:x@http://127.0.0.1:9/v1", "안녕?", env=env
+    )
+    assert KEY not in out + err and KEY[:12] not in out + err
+    if not debug:
+        assert code == EXIT_CONFIG, err
+        line = one_line(err)
+        assert fragment in line and "its value is not shown" in line
+    else:  # --debug shows the traceback (exit 1), which ends in the same message
+        assert code != 0 and "ConfigError" in err and "its value is not shown" in " ".join(err.split())
+
+
+class KeyServer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that wants KEY, and whose error messages quote the request's
+    Authorization header back (some gateways do): korani must not pass that quote on."""
+
+    def log_message(self, *args):
+        pass
+
+    def _json(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _auth(self) -> bool:
+        given = self.headers.get("Authorization", "")
+        self.server.seen.append(given)
+        if given != f"Bearer {KEY}":
+            self._json(401, {"error": {"message": f"invalid credentials: {given}"}})
+            return False
+        return True
+
+    def do_GET(self):
+        if self._auth():
+            self._json(200, {"object": "list", "data": [{"id": "keyed", "object": "model"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if not self._auth():
+            return
+        prompt = body.get("prompt") or json.dumps(body.get("messages"), ensure_ascii=False)
+        if "고장" in prompt:
+            auth = self.headers["Authorization"]
+            self._json(500, {"error": {"message": f"upstream failed for {auth}"}})
+            return
+        if not body.get("stream"):
+            self._json(200, {"choices": [{"text": "서울입니다.", "finish_reason": "stop"}]})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(
+            b'data: {"choices": [{"text": "\xec\x84\x9c\xec\x9a\xb8.", "finish_reason": "stop"}]}\n\n'
+        )
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_key_appears_nowhere_korani_writes(tmp_path):
+    """Every run a user could make with a known key — answers, a chat with its history and /저장, an
+    eval run, failures with and without --debug, refused keys — and then every byte korani wrote
+    (stdout, stderr, every file under KORANI_HOME, the eval run, the saved transcript) is searched
+    for the key."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeyServer)
+    server.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    model = f"openai:keyed@http://127.0.0.1:{server.server_address[1]}/v1"
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    (work / "prompts.jsonl").write_text(
+        "".join(json.dumps({"instruction": q}, ensure_ascii=False) + "\n" for q in ("수도는?", "인사해 줘")),
+        encoding="utf-8",
+    )
+    good = {"KORANI_HOME": str(home), "KORANI_OPENAI_API_KEY": KEY}
+    runs = [
+        (good, ["ask", "--model", model, "수도는?"], None),
+        (good, ["ask", "--model", model, "--json", "수도는?"], None),
+        (good, ["chat", "--model", model], "수도는?\n/저장 saved.md\n"),
+        (good, ["eval", "chat", "--model", model, "--prompts", "prompts.jsonl", "-o", "evalrun"], None),
+        (good, ["ask", "--model", model, "고장 났나요?"], None),
+        (good, ["--debug", "ask", "--model", model, "고장 났나요?"], None),
+        (good, ["--debug", "chat", "--model", model], "고장 났나요?\n"),
+        ({**good, "KORANI_OPENAI_API_KEY": KEY + "-revoked"}, ["ask", "--model", model, "수도는?"], None),
+        (
+            {**good, "KORANI_OPENAI_API_KEY": KEY + "\r"},
+            ["--debug", "ask", "--model", model, "수도는?"],
+            None,
+        ),
+        ({**good, "OPENAI_API_KEY": "sk-키" + KEY}, ["ask", "--model", model, "수도는?"], None),
+    ]
+    try:
+        shown = []
+        for env, args, typed in runs:
+            code, out, err = korani(*args, input=typed, env=env, cwd=work)
+            shown.append((args, code, out + err))
+    finally:
+        server.shutdown()
+    assert f"Bearer {KEY}" in server.seen  # the key was really used
+    assert [code for _, code, _ in shown][:4] == [0, 0, 0, 0], shown
+    assert "서울" in shown[0][2] and (work / "saved.md").exists() and (work / "evalrun").is_dir()
+    for args, _code, text in shown:
+        assert KEY not in text, (args, text)
+    for root in (home, work):
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert KEY.encode() not in path.read_bytes(), path
+
+
 # -- 14, 18: a damaged, misplaced or locked history database ---------------------------------------
 
 

@@ -38,7 +38,7 @@ class ModelSpec:
     source: str  # .gguf path, hub id or directory, or the served model's name
     base: str | None = None  # hf: base model when `source` is a LoRA adapter
     base_url: str | None = None  # openai
-    api_key: str | None = None  # openai
+    api_key: str | None = field(default=None, repr=False)  # openai; a secret, never in a repr
     notice: str | None = None  # said once when the model loads (which form of an alias was chosen, and why)
 
 
