@@ -27,7 +27,10 @@ from korani_cli.cli import app
 from korani_cli.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_USAGE
 
 runner = CliRunner()
-CONTROL = [chr(c) for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))]
+CONTROL = [chr(c) for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))] + [
+    # issue 20: bidi controls and zero-width characters (ZWNJ/ZWJ join visible text and stay)
+    *"\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff"
+]
 
 
 def one_line(stderr: str) -> str:
@@ -882,9 +885,9 @@ def test_a_history_locked_by_another_process_is_one_line(home, args):
 
 # -- 4: model text is data: no control sequence reaches the terminal or the history ---------------------
 
-EVIL = "\x1b]0;PWNED\x07\x1b[2J서울은 수도입니다.\r\n\x9b31m끝\x00"
+EVIL = "\x1b]0;PWNED\x07\x1b[2J서울은 수도입니다.\r\n\x9b31m\u202e끝\u200b\x00"
 # Streamed in pieces that split an escape sequence and a CRLF across events.
-EVIL_PIECES = ["\x1b", "]0;PWNED\x07", "\x1b[2J서울은 ", "수도입니다.\r", "\n\x9b31m끝", "\x00"]
+EVIL_PIECES = ["\x1b", "]0;PWNED\x07", "\x1b[2J서울은 ", "수도입니다.\r", "\n\x9b31m\u202e끝\u200b", "\x00"]
 
 
 class EvilServer(BaseHTTPRequestHandler):
