@@ -39,7 +39,9 @@ class ModelSpec:
     base: str | None = None  # hf: base model when `source` is a LoRA adapter
     base_url: str | None = None  # openai
     api_key: str | None = field(default=None, repr=False)  # openai; a secret, never in a repr
-    notice: str | None = None  # said once when the model loads (which form of an alias was chosen, and why)
+    # Said once, before the model loads: which form of an alias was chosen and why, or which other machine
+    # an openai: model connects to.
+    notice: str | None = None
 
 
 @dataclass(frozen=True)
