@@ -743,6 +743,75 @@ def test_a_key_appears_nowhere_korani_writes(tmp_path):
                 assert KEY.encode() not in path.read_bytes(), path
 
 
+# -- 20: the chat's line editor: bytes that are not UTF-8 ---------------------------------------------------
+
+FILTER_ROWS = [
+    # (bytes as typed, what readline is given, how many broken sequences were replaced)
+    (b"a\xe3\r", "a\ufffd\r", 1),  # a lead byte, then Enter: Enter must survive
+    (b"a\xe3\x81b\r", "a\ufffdb\r", 1),  # a 3-byte character cut short by a letter
+    (b"\xe3\xe3\x81\x82", "\ufffd\u3042", 1),  # the byte that breaks a sequence may start the next
+    (b"\xff\xfeok", "\ufffd\ufffdok", 2),  # bytes that never occur in UTF-8
+    (b"\x80x", "\ufffdx", 1),  # a stray continuation byte
+    (b"\xc0\xaf", "\ufffd\ufffd", 2),  # an overlong '/'
+    (b"\xed\xa0\x80", "\ufffd\ufffd\ufffd", 3),  # a surrogate written as UTF-8 (the break byte counts too)
+    ("한국어 😀 ぁ\r".encode(), "한국어 😀 ぁ\r", 0),  # valid text passes untouched
+    (b"a\xe3", "a\ufffd", 1),  # the rest never comes: not waited for
+]
+
+
+@pytest.mark.parametrize("typed, given, replaced", FILTER_ROWS, ids=[ascii(r[0])[2:-1] for r in FILTER_ROWS])
+def test_the_line_editor_is_given_valid_utf8_only(typed, given, replaced):
+    from korani_cli.chat.utf8input import Filter
+
+    queue, pushed = list(typed), []
+    keys = Filter(read=lambda: queue.pop(0) if queue else -1, ready=lambda: bool(queue), push=pushed.append)
+    out = []
+    while queue:
+        out.append(keys.next_key())
+        out += pushed
+        pushed.clear()
+    assert bytes(out).decode("utf-8") == given
+    assert keys.take() == replaced and keys.take() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "keys",
+    [[b"a", b"\xe3", b"\r"], [b"a\xe3\r"], [b"a", b"\xe3\x81", b"b", b"\r"]],
+    ids=["typed key by key", "in one write", "cut short by a letter"],
+)
+def test_a_line_that_is_not_utf8_is_one_notice_and_the_next_line_is_intact(tmp_path, keys):
+    """Before: `a`, the byte 0xE3, Enter at the chat prompt was answered as `a` (the byte vanished
+    without a word; line editors differ, and some also ate the next line's first character).
+    Driven on a real pty against a loopback model that records what it is asked."""
+    pytest.importorskip("pyte", reason="pyte (in korani[dev]) draws the terminal's screen")
+    from support import ScriptServer, Terminal
+
+    server = ScriptServer("답입니다.")
+    term = Terminal(["chat", "--model", f"openai:scripted@{server.url}", "-t", "0"], tmp_path / "home")
+    try:
+        assert term.pump(Terminal.at_prompt), term.text()
+        for chunk in keys:
+            os.write(term.fd, chunk)
+            term.settle(0.2)
+        assert term.pump(lambda t: t.at_prompt(2)), term.text()
+        term.settle()
+        assert server.prompts == []  # nothing was answered
+        notices = [line for line in term.lines() if "UTF-8" in line]
+        assert notices == ["입력이 UTF-8 텍스트가 아닙니다 — UTF-8로 입력하세요"], term.lines()
+        term.type("hello\r")
+        assert term.pump(lambda t: t.at_prompt(3)), term.text()
+        term.type("한국어\x7f\r")  # multibyte editing still works: backspace takes one whole character
+        assert term.pump(lambda t: t.at_prompt(4)), term.text()
+        assert [p.split("### User\n")[-1].split("\n")[0] for p in server.prompts] == ["hello", "한국"]
+        term.type("\x04")
+        assert term.wait_exit() == 0
+    finally:
+        term.close()
+        server.shutdown()
+
+
 # -- 14, 18: a damaged, misplaced or locked history database ---------------------------------------
 
 
