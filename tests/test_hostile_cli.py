@@ -913,11 +913,14 @@ def test_chat_without_history_works_beside_a_damaged_database(home, tmp_path):
     db = home / "data" / "history.sqlite"
     _history_with_sessions(db, 2)
     _garbage(db, None)
+    # Something said first: /저장 of a chat with nothing in it writes nothing (issue 20).
     result = runner.invoke(
-        app, ["chat", "--model", "demo", "--no-history"], input=f"/기록\n/저장 {tmp_path / 't.md'}\n"
+        app,
+        ["chat", "--model", "demo", "--no-history", "--max-new-tokens", "4"],
+        input=f"안녕\n/기록\n/저장 {tmp_path / 't.md'}\n",
     )
     assert result.exit_code == 0, result.output
-    assert "기록 없이 메모리에서만" in result.stdout and (tmp_path / "t.md").is_file()
+    assert "기록 없이 메모리에서만" in result.stdout and "안녕" in (tmp_path / "t.md").read_text()
     assert "--no-history" in result.stderr and "error" not in result.stderr
     resumed = runner.invoke(app, ["chat", "--model", "demo", "--no-history", "--continue"], input="")
     assert resumed.exit_code == EXIT_USAGE
