@@ -13,6 +13,11 @@ environment or a flag, passes the same `RULES` (type, range, finite; a bool
 is not a number): a bad flag is a usage error (exit 2), a bad file or
 environment value a config error (exit 5). Environment variables are read
 when `load_settings` is called, never at import time.
+
+An API key is a secret: its rule (`Rule.secret`) wants printable ASCII with no
+whitespace — what an HTTP header can carry; a stray `\r` from a Windows file
+or a non-ASCII letter is refused when the key is read, naming the variable or
+file and never the value, and no message or repr ever shows it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,7 +46,7 @@ class Settings:
     temperature: float = 0.7
     top_p: float = 0.9
     openai_base_url: str | None = None
-    openai_api_key: str | None = None
+    openai_api_key: str | None = field(default=None, repr=False)  # a secret: never in a repr
     n_ctx: int = 2048  # context window asked of the llama.cpp backend
     threads: int | None = None  # CPU threads for llama.cpp; None = all cores
     request_timeout: float = (
@@ -85,6 +90,7 @@ class Rule:
     high: float | Callable[[], float] | None = None
     choices: tuple[str, ...] = ()
     url: bool = False  # an http(s) URL with a host
+    secret: bool = False  # an API key: printable ASCII, no whitespace; its value is never shown
 
     def upper(self) -> float | None:
         return self.high() if callable(self.high) else self.high
@@ -94,6 +100,8 @@ class Rule:
             return f"one of {', '.join(self.choices)}"
         if self.url:
             return "an http:// or https:// URL with a host"
+        if self.secret:
+            return "printable ASCII with no spaces or line breaks"
         if self.kind is str:
             return "non-empty text" if self.low else "text"
         noun = "a whole number" if self.kind is int else "a finite number"
@@ -118,7 +126,7 @@ RULES: dict[str, Rule] = {
     "temperature": Rule(float, 0.0, 100.0),
     "top_p": Rule(float, 0.0, 1.0),
     "openai_base_url": Rule(str, url=True),
-    "openai_api_key": Rule(str),
+    "openai_api_key": Rule(str, secret=True),
     "n_ctx": Rule(int, 16, N_CTX_CAP),
     "threads": Rule(int, 1, thread_cap),
     "request_timeout": Rule(float, 0.1, 3600.0),  # seconds; see korani_cli/net.py
@@ -152,6 +160,10 @@ def check_value(rule: Rule, value: Any, *, text: bool = False) -> Any:
         if rule.low is not None and len(value.strip()) < rule.low:
             raise Invalid(rule.describe())
         if rule.choices and value not in rule.choices:
+            raise Invalid(rule.describe())
+        if rule.secret and not all("!" <= ch <= "~" for ch in value):
+            # An HTTP header carries printable ASCII only: anything else would be refused (or
+            # quoted back whole) by the HTTP library at the first request.
             raise Invalid(rule.describe())
         if rule.url:
             from urllib.parse import urlsplit
@@ -188,6 +200,11 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _got(rule: Rule, value: Any) -> str:
+    """How an error quotes the value it refused: never a secret's."""
+    return "; its value is not shown" if rule.secret else f", got {_shown(value)}"
+
+
 def check_flag(option: str, value: Any, rule: Rule) -> Any:
     """A command-line value against its rule: a bad one is a usage error (exit 2)."""
     if value is None:
@@ -196,7 +213,7 @@ def check_flag(option: str, value: Any, rule: Rule) -> Any:
         return check_value(rule, value)
     except Invalid as exc:
         raise UsageError(
-            f"{option} must be {exc}, got {_shown(value)}", f"pass {option} {rule.describe()}"
+            f"{option} must be {exc}{_got(rule, value)}", f"pass {option} {rule.describe()}"
         ) from None
 
 
@@ -215,7 +232,7 @@ def _validate_file(values: dict[str, Any], where: str) -> dict[str, Any]:
             out[key] = check_value(_rule(key), value)
         except Invalid as exc:
             raise ConfigError(
-                f"{where}: '{key}' must be {exc}, got {_shown(value)}", f"fix '{key}' in {where}"
+                f"{where}: '{key}' must be {exc}{_got(_rule(key), value)}", f"fix '{key}' in {where}"
             ) from None
     return out
 
@@ -254,7 +271,7 @@ def read_environment(environ: dict[str, str] | None = None) -> dict[str, Any]:
                     out[key] = check_value(_rule(key), environ[name], text=True)
                 except Invalid as exc:
                     raise ConfigError(
-                        f"{name} must be {exc}, got {_shown(environ[name])}",
+                        f"{name} must be {exc}{_got(_rule(key), environ[name])}",
                         f"set {name} to {_rule(key).describe()}, or unset it",
                     ) from None
                 break

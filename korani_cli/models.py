@@ -116,11 +116,42 @@ def _resolve_other(spec: str, settings: Settings) -> ModelSpec:
                 f"the server URL of {spec!r} must be {exc}, got {base_url!r}",
                 "write --model openai:MODEL@http://HOST:PORT/v1",
             ) from None
-        return ModelSpec(spec, "openai", model, base_url=base_url, api_key=settings.openai_api_key)
+        return ModelSpec(
+            spec,
+            "openai",
+            model,
+            base_url=base_url,
+            api_key=settings.openai_api_key,
+            notice=remote_notice(base_url),
+        )
     name, sep, source = spec.partition(":")
     if sep and registry.is_added(name):
         return ModelSpec(spec, name, source)
     return _resolve_path(spec, settings)
+
+
+def remote_notice(base_url: str) -> str | None:
+    """The line said before korani connects to an OpenAI-compatible server that is not on this
+    machine (a private address the user typed is their choice, but it should not be a surprise);
+    None for loopback. Only scheme, host and port are shown: a URL's user:password stays out."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url.strip())
+    host = (parts.hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        address = None  # a name: where it leads is the resolver's business, and not known to be here
+    if address is not None:
+        mapped = getattr(address, "ipv4_mapped", None)
+        if address.is_loopback or (mapped is not None and mapped.is_loopback):
+            return None
+    shown = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    return f"connecting to {parts.scheme}://{shown}{port} (not this machine): your messages go to that server"
 
 
 def cuda_available() -> bool:

@@ -1,6 +1,6 @@
 """How korani writes what it produces without ever losing a user's files.
 
-Three rules, used by every command that writes:
+Four rules, used by every command that writes:
 - A file is written to a temporary name beside its target and renamed into
   place (`atomic_write_text`/`atomic_write_bytes`). A symlink is written
   through to its target; a device, FIFO or socket is refused, never replaced.
@@ -11,6 +11,13 @@ Three rules, used by every command that writes:
   its parents — `--overwrite` means "replace my earlier output", not "rm -rf".
 - Temporary siblings (`.NAME.tmp-PID`, `.NAME.old-PID`) left by a killed run
   are removed by the next run once their process is gone (`reap_stale`).
+- A file the user names (`/저장 FILE`, `history export -o`, `train init -o`,
+  `export-gguf -o`) never replaces an existing file unless asked
+  (`guard_output_file`, `save_user_file`), and is never one of korani's own
+  files, however the path is spelled (`korani_own`): its config file, the
+  history database and everything else in its data directory and cache, or a
+  file inside a directory korani marked as its output (`--overwrite` would
+  later delete it with the run).
 
 This module decides what may be written and writes it; what goes into the
 files is the callers' business.
@@ -18,15 +25,18 @@ files is the callers' business.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import stat
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from korani_cli import paths
 from korani_cli.errors import UsageError
 
 MARKER = ".korani-output.json"
@@ -67,9 +77,11 @@ def writable_target(path: Path) -> Path:
     return target
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
+def atomic_write_bytes(path: Path, data: bytes, *, replace: bool = True) -> Path:
     """Write `data` to `path` atomically (temporary file + rename, fsynced).
-    Returns the file actually written (a symlink's target)."""
+    Returns the file actually written (a symlink's target). With `replace=False`
+    a file that appeared at the target meanwhile is left alone (a UsageError):
+    the finished file is linked into place, which fails rather than replaces."""
     target = writable_target(path)
     if not target.parent.is_dir():
         raise UsageError(
@@ -95,7 +107,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        if replace:
+            os.replace(tmp, target)
+        else:
+            _place_new(Path(tmp), target, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise UsageError(
@@ -107,18 +122,149 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return target
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def _place_new(tmp: Path, target: Path, shown: Path) -> None:
+    """Move the finished `tmp` to `target` only if nothing is there: a link fails on an
+    existing name where a rename would replace it. File systems without hard links
+    fall back to a check and a rename."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise FileExists(shown) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+        if target.exists() or target.is_symlink():
+            raise FileExists(shown) from None
+        os.replace(tmp, target)
+        return
+    tmp.unlink()
 
 
-def guard_output_file(path: Path, *, overwrite: bool, magic: bytes | None = None) -> Path:
-    """Check that `path` may receive a new file. An existing file needs
-    `overwrite`; with `magic`, it must also start with those bytes (so
-    `--overwrite` never replaces a file of another kind)."""
+def atomic_write_text(path: Path, text: str, *, replace: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
+
+
+class FileExists(UsageError):
+    """A file the user named is there already, and replacing it was not asked for."""
+
+    def __init__(self, path: Path, fix: str | None = None):
+        super().__init__(
+            f"{path} already exists", fix or "pass --overwrite to replace it, or choose another -o"
+        )
+        self.path = path
+
+
+# -- korani's own files: never a place to write what a user names -------------------------------
+
+
+def _places() -> list[tuple[Path, str]]:
+    """korani's own directories, with how to name what lies in them."""
+    return [(paths.data_dir(), "korani's data directory"), (paths.cache_dir(), "korani's cache")]
+
+
+_KNOWN = {  # files korani keeps in those places, by name, for a message that says what is at stake
+    "history.sqlite": "korani's history database",
+    "history.sqlite-wal": "korani's history database (its write-ahead log)",
+    "history.sqlite-shm": "korani's history database (its shared memory)",
+    "history.sqlite-journal": "korani's history database (its journal)",
+    "chat_input_history": "korani chat's input history",
+    "search.sqlite": "korani's search cache",
+}
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+@dataclass(frozen=True)
+class Own:
+    """One of korani's own files: what it is, and the place a user's file must stay out of."""
+
+    what: str
+    place: Path
+
+
+def _linked_own_file(st: os.stat_result, files: list[tuple[Path, str]]) -> Own | None:
+    """What a file with more than one name is, when another of its names is one of korani's files."""
+    wanted = (st.st_dev, st.st_ino)
+    for file, what in files:
+        if _identity(file) == wanted:
+            return Own(f"a hard link to {what} ({file})", file)
+    for root, what in _places():
+        for folder, _dirs, names in os.walk(root):
+            for name in names:
+                if _identity(Path(folder) / name) == wanted:
+                    known = _KNOWN.get(name, f"a file in {what}")
+                    return Own(f"a hard link to {known} ({Path(folder) / name})", root)
+    return None
+
+
+def korani_own(path: Path, also: Iterable[tuple[Path, str]] = ()) -> Own | None:
+    """Which of korani's own files `path` is, or None when it is none of them.
+
+    korani's own: its config file; everything in its data directory (the history
+    database, eval runs) and its cache (models, the search cache); anything inside
+    a directory that holds korani's output marker (a run that `--overwrite` may
+    delete whole); and `also` — (file, description) pairs a caller adds, such as a
+    chat's history file kept elsewhere. The spelling of `path` does not matter:
+    symlinks and `..` are resolved, directories are compared by device and inode
+    (a bind mount, a case-insensitive name), and a hard link is found by its inode."""
+    files = [(paths.config_file(), "korani's config file"), *((Path(f), what) for f, what in also)]
+    real = Path(os.path.realpath(Path(path).expanduser()))
+    mine = _identity(real)
+    for file, what in files:
+        if real == Path(os.path.realpath(file)):
+            return Own(what, file)
+    places = {_identity(root): (root, what) for root, what in _places()}
+    places.pop(None, None)
+    for folder in real.parents:
+        ident = _identity(folder)
+        if ident is None:
+            continue
+        if ident in places:
+            root, what = places[ident]
+            if folder == real.parent and real.name in _KNOWN:
+                return Own(_KNOWN[real.name], root)
+            return Own(f"inside {what}", root)
+        if (folder / MARKER).is_file():
+            return Own("inside an output directory korani wrote (its --overwrite deletes it whole)", folder)
+    if mine is not None:
+        try:
+            st = os.stat(real)
+        except OSError:
+            return None
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            return _linked_own_file(st, files)
+    return None
+
+
+def guard_output_file(
+    path: Path,
+    *,
+    overwrite: bool,
+    magic: bytes | None = None,
+    replace_fix: str | None = None,
+    also: Iterable[tuple[Path, str]] = (),
+) -> Path:
+    """Check that `path`, a file the user named, may receive a new file; returns the
+    file to write (a symlink's target). Never one of korani's own files (`korani_own`);
+    an existing file needs `overwrite` (`replace_fix` says how to ask for it); with
+    `magic`, it must also start with those bytes (so `--overwrite` never replaces a
+    file of another kind)."""
     target = writable_target(path)
+    own = korani_own(path, also)
+    if own:
+        raise UsageError(
+            f"{path} is {own.what}; korani never writes over its own files",
+            f"choose a path outside {own.place}" if own.place.is_dir() else "choose another path",
+        )
     if target.exists():
         if not overwrite:
-            raise UsageError(f"{path} already exists", "pass --overwrite to replace it, or choose another -o")
+            raise FileExists(path, replace_fix)
         if magic is not None:
             with open(target, "rb") as fh:
                 head = fh.read(len(magic))
@@ -129,6 +275,23 @@ def guard_output_file(path: Path, *, overwrite: bool, magic: bytes | None = None
                     "choose another -o, or move the file away yourself",
                 )
     return target
+
+
+def save_user_file(
+    path: Path,
+    text: str,
+    *,
+    overwrite: bool,
+    replace_fix: str | None = None,
+    also: Iterable[tuple[Path, str]] = (),
+) -> Path:
+    """`guard_output_file`, then the text written atomically; without `overwrite` a file
+    that appears in between is not replaced either. Returns the file written."""
+    guard_output_file(path, overwrite=overwrite, replace_fix=replace_fix, also=also)
+    try:
+        return atomic_write_text(path, text, replace=overwrite)
+    except FileExists:
+        raise FileExists(path, replace_fix) from None
 
 
 # -- output directories ---------------------------------------------------------------------

@@ -180,6 +180,8 @@ def home(tmp_path, monkeypatch) -> Path:
         "KORANI_LOG",
         "KORANI_OPENAI_BASE_URL",
         "OPENAI_BASE_URL",
+        "KORANI_OPENAI_API_KEY",
+        "OPENAI_API_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
     return home

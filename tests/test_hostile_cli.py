@@ -27,7 +27,10 @@ from korani_cli.cli import app
 from korani_cli.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_USAGE
 
 runner = CliRunner()
-CONTROL = [chr(c) for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))]
+CONTROL = [chr(c) for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))] + [
+    # issue 20: bidi controls and zero-width characters (ZWNJ/ZWJ join visible text and stay)
+    *"\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff"
+]
 
 
 def one_line(stderr: str) -> str:
@@ -415,7 +418,7 @@ def _kind(path: Path) -> str:
 
 
 @pytest.mark.timeout(60)  # writing into a FIFO with nobody reading would block forever
-@pytest.mark.parametrize("how", ["history export -o", "/저장"])
+@pytest.mark.parametrize("how", ["history export -o --overwrite", "/저장!"])
 @pytest.mark.parametrize(
     "make, written, fragment, kind_after", SAVE_ROWS, ids=[r[0].__name__.strip("_") for r in SAVE_ROWS]
 )
@@ -425,12 +428,13 @@ def test_saving_a_transcript_never_replaces_a_special_file(
     sid = _seed_session(home)
     given, target = make(tmp_path)
     was_link = given.is_symlink()
-    if how == "/저장":
-        result = runner.invoke(app, ["chat", "--model", "demo", "--session", sid], input=f"/저장 {given}\n")
+    # Asked to replace (/저장!, --overwrite): a special file is still never replaced.
+    if how == "/저장!":
+        result = runner.invoke(app, ["chat", "--model", "demo", "--session", sid], input=f"/저장! {given}\n")
         assert result.exit_code == 0, result.output  # the chat goes on; the error is one line
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     else:
-        result = runner.invoke(app, ["history", "export", sid, "-o", str(given)])
+        result = runner.invoke(app, ["history", "export", sid, "-o", str(given), "--overwrite"])
         assert result.exit_code == (0 if written else EXIT_USAGE), result.output
         errors = [one_line(result.stderr)] if not written else []
     assert _kind(target) == kind_after
@@ -443,6 +447,369 @@ def test_saving_a_transcript_never_replaces_a_special_file(
     assert not [
         p for p in tmp_path.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")
     ]  # no temp left
+
+
+# -- 20: nothing lost — an existing file only when asked, korani's own files never -----------------------
+
+SAVE_HOW = ["history export -o", "history export -o --overwrite", "/저장", "/저장!"]
+
+
+def _save(how: str, sid: str, target: Path):
+    """Write session `sid` to `target` the way `how` says; (exit code, its error lines, stdout)."""
+    if how.startswith("/"):
+        result = runner.invoke(
+            app, ["chat", "--model", "scripted:s", "--session", sid], input=f"{how} {target}\n"
+        )
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) <= 1 and "Traceback" not in result.output, result.output
+    else:
+        extra = ["--overwrite"] if how.endswith("--overwrite") else []
+        result = runner.invoke(app, ["history", "export", sid, "-o", str(target), *extra])
+        errors = [one_line(result.stderr)] if result.exit_code else []
+    return result.exit_code, errors, result.stdout
+
+
+def _own_history(home: Path, tmp: Path) -> Path:
+    return home / "data" / "history.sqlite"
+
+
+def _own_history_dotdot(home: Path, tmp: Path) -> Path:
+    return home / "data" / ".." / "data" / "history.sqlite"
+
+
+def _own_history_symlink(home: Path, tmp: Path) -> Path:
+    (tmp / "notes.md").symlink_to(home / "data" / "history.sqlite")
+    return tmp / "notes.md"
+
+
+def _own_history_linked_dir(home: Path, tmp: Path) -> Path:
+    (tmp / "elsewhere").symlink_to(home / "data")
+    return tmp / "elsewhere" / "history.sqlite"
+
+
+def _own_history_hard_link(home: Path, tmp: Path) -> Path:
+    os.link(home / "data" / "history.sqlite", tmp / "backup.sqlite")
+    return tmp / "backup.sqlite"
+
+
+def _own_config(home: Path, tmp: Path) -> Path:
+    (home / "config.toml").write_text("max_new_tokens = 64\n")
+    return home / "config.toml"
+
+
+def _own_search_cache(home: Path, tmp: Path) -> Path:
+    (home / "cache").mkdir()
+    (home / "cache" / "search.sqlite").write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
+    return home / "cache" / "search.sqlite"
+
+
+def _new_file_in_the_cache(home: Path, tmp: Path) -> Path:
+    (home / "cache" / "models").mkdir(parents=True)
+    return home / "cache" / "models" / "chat.md"
+
+
+def _new_file_in_a_run(home: Path, tmp: Path) -> Path:
+    from korani_cli.outputs import MARKER
+
+    (tmp / "run").mkdir()
+    (tmp / "run" / MARKER).write_text('{"tool": "korani", "command": "eval rag"}\n')
+    return tmp / "run" / "chat.md"
+
+
+OWN_ROWS = [
+    # (the path as the user spells it, fragment of the one error line)
+    (_own_history, "is korani's history database"),
+    (_own_history_dotdot, "is korani's history database"),
+    (_own_history_symlink, "is korani's history database"),
+    (_own_history_linked_dir, "is korani's history database"),
+    (_own_history_hard_link, "is a hard link to korani's history database"),
+    (_own_config, "is korani's config file"),
+    (_own_search_cache, "is korani's search cache"),
+    (_new_file_in_the_cache, "is inside korani's cache"),
+    (_new_file_in_a_run, "is inside an output directory korani wrote"),
+]
+
+
+def _files(*roots: Path) -> dict[str, bytes]:
+    return {
+        str(p): p.read_bytes()
+        for root in roots
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+@pytest.mark.parametrize("how", SAVE_HOW)
+@pytest.mark.parametrize("spell, fragment", OWN_ROWS, ids=[r[0].__name__.strip("_") for r in OWN_ROWS])
+def test_korani_own_files_are_never_a_save_target(home, tmp_path, scripted, how, spell, fragment):
+    """Before: `history export ID -o $KORANI_HOME/data/history.sqlite` exited 0 and replaced the whole
+    history with Markdown (`history list` → exit 5), and `/저장` there answered 저장했습니다."""
+    sid = _seed_session(home)
+    target = spell(home, tmp_path)
+    before = _files(home, tmp_path)
+    code, errors, _ = _save(how, sid, target)
+    assert code == (0 if how.startswith("/") else EXIT_USAGE)
+    assert len(errors) == 1 and fragment in errors[0], errors
+    assert "korani never writes over its own files" in errors[0]
+    assert _files(home, tmp_path) == before  # not a byte changed, nothing added
+    listed = runner.invoke(app, ["history", "list"])
+    assert listed.exit_code == 0 and sid in listed.stdout
+
+
+MY_NOTES = "# 내 메모\n" + "지우면 안 되는 내용입니다.\n" * 60  # 1.5 KB of the user's own
+
+
+@pytest.mark.parametrize("how", SAVE_HOW)
+def test_an_existing_file_is_replaced_only_when_asked(home, tmp_path, scripted, how):
+    """Before: /저장 notes.md and history export -o notes.md replaced notes.md without asking."""
+    sid = _seed_session(home)
+    notes = tmp_path / "notes.md"
+    notes.write_text(MY_NOTES, encoding="utf-8")
+    code, errors, _ = _save(how, sid, notes)
+    if how in ("/저장!", "history export -o --overwrite"):
+        assert code == 0 and errors == []
+        assert "저장할 질문" in notes.read_text(encoding="utf-8")
+        return
+    assert code == (0 if how == "/저장" else EXIT_USAGE)
+    assert len(errors) == 1 and f"{notes} already exists" in errors[0], errors
+    assert ("/저장! " if how == "/저장" else "pass --overwrite") in errors[0]
+    assert notes.read_text(encoding="utf-8") == MY_NOTES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "notes.md"]  # no temp file left
+
+
+@pytest.mark.parametrize("command", ["/저장", "/저장!", "/save"])
+@pytest.mark.parametrize("existing", [True, False], ids=["over an existing file", "a new file"])
+def test_save_with_nothing_said_says_so_and_writes_nothing(home, tmp_path, scripted, command, existing):
+    """Before: a fresh `korani chat --no-history`, then `/저장 notes.md` over a 1.5 KB transcript,
+    left 14 bytes (`# korani chat`)."""
+    notes = tmp_path / "notes.md"
+    if existing:
+        notes.write_text(MY_NOTES, encoding="utf-8")
+    typed = f"{command} {notes}\n/초기화\n{command}\n"
+    result = runner.invoke(app, ["chat", "--no-history", "--model", "scripted:s"], input=typed)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("저장할 대화가 아직 없습니다") == 2, result.stdout
+    assert "저장했습니다" not in result.stdout and "error:" not in result.stderr
+    assert (notes.read_text(encoding="utf-8") == MY_NOTES) if existing else not notes.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"] + (["notes.md"] if existing else [])
+
+
+def test_help_shows_how_to_replace_a_file(home, scripted):
+    result = runner.invoke(app, ["chat", "--no-history", "--model", "scripted:s"], input="/도움말\n")
+    assert "/저장! 파일" in result.stdout and "덮어" in result.stdout
+
+
+# -- 20: an API key is a secret: checked when read, never shown, never written ----------------------------
+
+KEY = "sk-korani-TEST-4f9c2e7d1b"  # what must appear nowhere korani writes
+
+KEY_ROWS = [
+    # (where the key comes from, its value, fragment of the one error line)
+    ("KORANI_OPENAI_API_KEY", KEY + "\r", "KORANI_OPENAI_API_KEY must be printable ASCII with no spaces"),
+    ("OPENAI_API_KEY", KEY + "\r", "OPENAI_API_KEY must be printable ASCII with no spaces"),
+    ("KORANI_OPENAI_API_KEY", "sk-키" + KEY, "KORANI_OPENAI_API_KEY must be printable ASCII"),
+    ("KORANI_OPENAI_API_KEY", KEY[:6] + " " + KEY[6:] + " " + KEY, "KORANI_OPENAI_API_KEY must be printable"),
+    ("config.toml", KEY + "\r", "config.toml: 'openai_api_key' must be printable ASCII with no spaces"),
+    ("config.toml", "sk-키" + KEY, "config.toml: 'openai_api_key' must be printable ASCII"),
+]
+
+
+def _with_key(where: str, value: str, home: Path) -> dict:
+    """The environment of a run whose API key is `value`, set in `where`."""
+    if where == "config.toml":
+        (home / "config.toml").write_text(f"openai_api_key = {json.dumps(value)}\n", encoding="utf-8")
+        return {"KORANI_HOME": str(home)}
+    return {"KORANI_HOME": str(home), where: value}
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "--debug"])
+@pytest.mark.parametrize(
+    "where, value, fragment", KEY_ROWS, ids=[f"{r[0]}-{i}" for i, r in enumerate(KEY_ROWS)]
+)
+def test_an_unusable_key_is_exit_5_and_never_shown(tmp_path, where, value, fragment, debug):
+    """Before: `KORANI_OPENAI_API_KEY=$'sk-SECRET\r'` was exit 3 with `Illegal header value b'Bearer
+    sk-SECRET\r'` (the key in full on stderr); `sk-키` a UnicodeEncodeError, exit 1. Port 9 on
+    127.0.0.1 is never dialled: the key is refused when the settings are read."""
+    env = _with_key(where, value, tmp_path)
+    code, out, err = korani(
+        *(["--debug"] if debug else []), "ask", "--model", "openai:x@http://127.0.0.1:9/v1", "안녕?", env=env
+    )
+    assert KEY not in out + err and KEY[:12] not in out + err
+    if not debug:
+        assert code == EXIT_CONFIG, err
+        line = one_line(err)
+        assert fragment in line and "its value is not shown" in line
+    else:  # --debug shows the traceback (exit 1), which ends in the same message
+        assert code != 0 and "ConfigError" in err and "its value is not shown" in " ".join(err.split())
+
+
+class KeyServer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that wants KEY, and whose error messages quote the request's
+    Authorization header back (some gateways do): korani must not pass that quote on."""
+
+    def log_message(self, *args):
+        pass
+
+    def _json(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _auth(self) -> bool:
+        given = self.headers.get("Authorization", "")
+        self.server.seen.append(given)
+        if given != f"Bearer {KEY}":
+            self._json(401, {"error": {"message": f"invalid credentials: {given}"}})
+            return False
+        return True
+
+    def do_GET(self):
+        if self._auth():
+            self._json(200, {"object": "list", "data": [{"id": "keyed", "object": "model"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if not self._auth():
+            return
+        prompt = body.get("prompt") or json.dumps(body.get("messages"), ensure_ascii=False)
+        if "고장" in prompt:
+            auth = self.headers["Authorization"]
+            self._json(500, {"error": {"message": f"upstream failed for {auth}"}})
+            return
+        if not body.get("stream"):
+            self._json(200, {"choices": [{"text": "서울입니다.", "finish_reason": "stop"}]})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(
+            b'data: {"choices": [{"text": "\xec\x84\x9c\xec\x9a\xb8.", "finish_reason": "stop"}]}\n\n'
+        )
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_key_appears_nowhere_korani_writes(tmp_path):
+    """Every run a user could make with a known key — answers, a chat with its history and /저장, an
+    eval run, failures with and without --debug, refused keys — and then every byte korani wrote
+    (stdout, stderr, every file under KORANI_HOME, the eval run, the saved transcript) is searched
+    for the key."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeyServer)
+    server.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    model = f"openai:keyed@http://127.0.0.1:{server.server_address[1]}/v1"
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    (work / "prompts.jsonl").write_text(
+        "".join(json.dumps({"instruction": q}, ensure_ascii=False) + "\n" for q in ("수도는?", "인사해 줘")),
+        encoding="utf-8",
+    )
+    good = {"KORANI_HOME": str(home), "KORANI_OPENAI_API_KEY": KEY}
+    runs = [
+        (good, ["ask", "--model", model, "수도는?"], None),
+        (good, ["ask", "--model", model, "--json", "수도는?"], None),
+        (good, ["chat", "--model", model], "수도는?\n/저장 saved.md\n"),
+        (good, ["eval", "chat", "--model", model, "--prompts", "prompts.jsonl", "-o", "evalrun"], None),
+        (good, ["ask", "--model", model, "고장 났나요?"], None),
+        (good, ["--debug", "ask", "--model", model, "고장 났나요?"], None),
+        (good, ["--debug", "chat", "--model", model], "고장 났나요?\n"),
+        ({**good, "KORANI_OPENAI_API_KEY": KEY + "-revoked"}, ["ask", "--model", model, "수도는?"], None),
+        (
+            {**good, "KORANI_OPENAI_API_KEY": KEY + "\r"},
+            ["--debug", "ask", "--model", model, "수도는?"],
+            None,
+        ),
+        ({**good, "OPENAI_API_KEY": "sk-키" + KEY}, ["ask", "--model", model, "수도는?"], None),
+    ]
+    try:
+        shown = []
+        for env, args, typed in runs:
+            code, out, err = korani(*args, input=typed, env=env, cwd=work)
+            shown.append((args, code, out + err))
+    finally:
+        server.shutdown()
+    assert f"Bearer {KEY}" in server.seen  # the key was really used
+    assert [code for _, code, _ in shown][:4] == [0, 0, 0, 0], shown
+    assert "서울" in shown[0][2] and (work / "saved.md").exists() and (work / "evalrun").is_dir()
+    for args, _code, text in shown:
+        assert KEY not in text, (args, text)
+    for root in (home, work):
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert KEY.encode() not in path.read_bytes(), path
+
+
+# -- 20: the chat's line editor: bytes that are not UTF-8 ---------------------------------------------------
+
+FILTER_ROWS = [
+    # (bytes as typed, what readline is given, how many broken sequences were replaced)
+    (b"a\xe3\r", "a\ufffd\r", 1),  # a lead byte, then Enter: Enter must survive
+    (b"a\xe3\x81b\r", "a\ufffdb\r", 1),  # a 3-byte character cut short by a letter
+    (b"\xe3\xe3\x81\x82", "\ufffd\u3042", 1),  # the byte that breaks a sequence may start the next
+    (b"\xff\xfeok", "\ufffd\ufffdok", 2),  # bytes that never occur in UTF-8
+    (b"\x80x", "\ufffdx", 1),  # a stray continuation byte
+    (b"\xc0\xaf", "\ufffd\ufffd", 2),  # an overlong '/'
+    (b"\xed\xa0\x80", "\ufffd\ufffd\ufffd", 3),  # a surrogate written as UTF-8 (the break byte counts too)
+    ("한국어 😀 ぁ\r".encode(), "한국어 😀 ぁ\r", 0),  # valid text passes untouched
+    (b"a\xe3", "a\ufffd", 1),  # the rest never comes: not waited for
+]
+
+
+@pytest.mark.parametrize("typed, given, replaced", FILTER_ROWS, ids=[ascii(r[0])[2:-1] for r in FILTER_ROWS])
+def test_the_line_editor_is_given_valid_utf8_only(typed, given, replaced):
+    from korani_cli.chat.utf8input import Filter
+
+    queue, pushed = list(typed), []
+    keys = Filter(read=lambda: queue.pop(0) if queue else -1, ready=lambda: bool(queue), push=pushed.append)
+    out = []
+    while queue:
+        out.append(keys.next_key())
+        out += pushed
+        pushed.clear()
+    assert bytes(out).decode("utf-8") == given
+    assert keys.take() == replaced and keys.take() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "keys",
+    [[b"a", b"\xe3", b"\r"], [b"a\xe3\r"], [b"a", b"\xe3\x81", b"b", b"\r"]],
+    ids=["typed key by key", "in one write", "cut short by a letter"],
+)
+def test_a_line_that_is_not_utf8_is_one_notice_and_the_next_line_is_intact(tmp_path, keys):
+    """Before: `a`, the byte 0xE3, Enter at the chat prompt was answered as `a` (the byte vanished
+    without a word; line editors differ, and some also ate the next line's first character).
+    Driven on a real pty against a loopback model that records what it is asked."""
+    pytest.importorskip("pyte", reason="pyte (in korani[dev]) draws the terminal's screen")
+    from support import ScriptServer, Terminal
+
+    server = ScriptServer("답입니다.")
+    term = Terminal(["chat", "--model", f"openai:scripted@{server.url}", "-t", "0"], tmp_path / "home")
+    try:
+        assert term.pump(Terminal.at_prompt), term.text()
+        for chunk in keys:
+            os.write(term.fd, chunk)
+            term.settle(0.2)
+        assert term.pump(lambda t: t.at_prompt(2)), term.text()
+        term.settle()
+        assert server.prompts == []  # nothing was answered
+        notices = [line for line in term.lines() if "UTF-8" in line]
+        assert notices == ["입력이 UTF-8 텍스트가 아닙니다 — UTF-8로 입력하세요"], term.lines()
+        term.type("hello\r")
+        assert term.pump(lambda t: t.at_prompt(3)), term.text()
+        term.type("한국어\x7f\r")  # multibyte editing still works: backspace takes one whole character
+        assert term.pump(lambda t: t.at_prompt(4)), term.text()
+        assert [p.split("### User\n")[-1].split("\n")[0] for p in server.prompts] == ["hello", "한국"]
+        term.type("\x04")
+        assert term.wait_exit() == 0
+    finally:
+        term.close()
+        server.shutdown()
 
 
 # -- 14, 18: a damaged, misplaced or locked history database ---------------------------------------
@@ -546,11 +913,14 @@ def test_chat_without_history_works_beside_a_damaged_database(home, tmp_path):
     db = home / "data" / "history.sqlite"
     _history_with_sessions(db, 2)
     _garbage(db, None)
+    # Something said first: /저장 of a chat with nothing in it writes nothing (issue 20).
     result = runner.invoke(
-        app, ["chat", "--model", "demo", "--no-history"], input=f"/기록\n/저장 {tmp_path / 't.md'}\n"
+        app,
+        ["chat", "--model", "demo", "--no-history", "--max-new-tokens", "4"],
+        input=f"안녕\n/기록\n/저장 {tmp_path / 't.md'}\n",
     )
     assert result.exit_code == 0, result.output
-    assert "기록 없이 메모리에서만" in result.stdout and (tmp_path / "t.md").is_file()
+    assert "기록 없이 메모리에서만" in result.stdout and "안녕" in (tmp_path / "t.md").read_text()
     assert "--no-history" in result.stderr and "error" not in result.stderr
     resumed = runner.invoke(app, ["chat", "--model", "demo", "--no-history", "--continue"], input="")
     assert resumed.exit_code == EXIT_USAGE
@@ -587,9 +957,9 @@ def test_a_history_locked_by_another_process_is_one_line(home, args):
 
 # -- 4: model text is data: no control sequence reaches the terminal or the history ---------------------
 
-EVIL = "\x1b]0;PWNED\x07\x1b[2J서울은 수도입니다.\r\n\x9b31m끝\x00"
+EVIL = "\x1b]0;PWNED\x07\x1b[2J서울은 수도입니다.\r\n\x9b31m\u202e끝\u200b\x00"
 # Streamed in pieces that split an escape sequence and a CRLF across events.
-EVIL_PIECES = ["\x1b", "]0;PWNED\x07", "\x1b[2J서울은 ", "수도입니다.\r", "\n\x9b31m끝", "\x00"]
+EVIL_PIECES = ["\x1b", "]0;PWNED\x07", "\x1b[2J서울은 ", "수도입니다.\r", "\n\x9b31m\u202e끝\u200b", "\x00"]
 
 
 class EvilServer(BaseHTTPRequestHandler):

@@ -26,16 +26,21 @@ from urllib.parse import unquote
 import pytest
 from support import REPO, Site
 
-# What must never reach a terminal: C0 controls but tab and newline, DEL, C1.
-CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# What must never reach a terminal: C0 controls but tab and newline, DEL, C1; bidi controls and
+# zero-width characters but ZWNJ/ZWJ (issue 20: they reorder or hide what the terminal draws).
+CONTROLS = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]"
+)
 EVIL = "\x1b]0;PWNED\x07\x1b[2J"  # retitles the window, clears the screen
 C1_CSI = "\x9b31m"  # an 8-bit CSI: red text on terminals that obey C1
 OVERWRITE = "\rFAKE"  # a bare CR lets what follows overwrite the line
+RLO = "\u202e"  # right-to-left override: what follows is drawn backwards
+HIDDEN = "\u200b\u2060\ufeff"  # zero-width: invisible, but two equal-looking strings differ
 HOSTILE_TEXT = (
     f"서울은 대한민국의 수도{EVIL}이며 가장 큰 도시이다.{OVERWRITE} "
-    f"한강이 도시를 가로지른다{C1_CSI}. 인구는 약 940만 명이다."
+    f"{RLO}한강이 도시를 가로지른다{C1_CSI}\u202c. 인구는{HIDDEN} 약 940만 명이다.\u2067\u200f"
 )
-HOSTILE_TITLE = f"서울 {EVIL}소개{C1_CSI}{OVERWRITE}"
+HOSTILE_TITLE = f"서울 {EVIL}소개{C1_CSI}{OVERWRITE}{RLO}gnp.exe\u2069{HIDDEN}"
 # The same controls written as HTML character references: lxml decodes them
 # after any cleaning of the raw HTML could have run.
 ENTITIES = "&#x1b;]0;ENTITY&#x7; &#27;[2J"
@@ -251,6 +256,13 @@ TEXT_ROWS = [
     ("x\x00y\x7fz\x08", "xyz", "xyz"),
     ("줄\r\n바꿈\t탭", "줄 바꿈 탭", "줄\n바꿈\t탭"),
     ("a\udcffb", "a\ufffdb", "a\ufffdb"),  # a lone surrogate: a file name that is not UTF-8
+    # issue 20: bidi controls and zero-width characters are stripped like C0/C1 ...
+    ("\u202etxt.exe\u202c", "txt.exe", "txt.exe"),
+    ("서\u200b울\u2060시\ufeff", "서울시", "서울시"),
+    ("a\u2066b\u2069c\u200ed\u200fe\u061cf\u202ag\u202bh\u202di\u2067j\u2068k", "abcdefghijk", "abcdefghijk"),
+    # ... but ZWJ (emoji sequences) and ZWNJ (Persian, Indic scripts) join visible characters: kept
+    ("👨\u200d👩\u200d👧", "👨\u200d👩\u200d👧", "👨\u200d👩\u200d👧"),
+    ("می\u200cخواهم", "می\u200cخواهم", "می\u200cخواهم"),
     ("", "", ""),
 ]
 

@@ -1007,3 +1007,117 @@ def test_a_gzip_bomb_decodes_in_bounded_steps():
     plain = BodyDecoder("deflate", cap=100)
     plain.feed(raw_deflate.compress(b"raw deflate") + raw_deflate.flush())
     assert bytes(plain.body) == b"raw deflate"
+
+
+# -- issue 20: an openai: model on another machine is announced before it is dialled ----------------------
+
+
+class SyncDialer:
+    """httpcore's sync dialer (what the openai backend's httpx client uses), stubbed: each dial is
+    recorded with what stderr held at that moment; 10.0.0.1 and gpu-box.test are played by the
+    loopback server on the same port, loopback is dialled for real, anything else is refused
+    without a packet being sent."""
+
+    PLAYED = {"10.0.0.1", "gpu-box.test"}
+
+    def __init__(self, monkeypatch):
+        import httpcore
+
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        self.dials: list[tuple[str, int, str]] = []  # (host, port, stderr so far)
+        real = httpcore.SyncBackend.connect_tcp
+        dialer = self
+
+        def connect_tcp(self_, host, port, timeout=None, local_address=None, socket_options=None):
+            sys.stderr.flush()
+            buffer = getattr(sys.stderr, "buffer", None)
+            said = buffer.getvalue().decode("utf-8", "replace") if hasattr(buffer, "getvalue") else ""
+            dialer.dials.append((host, port, said))
+            if host in dialer.PLAYED:
+                host = "127.0.0.1"
+            elif host not in ("127.0.0.1", "localhost"):
+                raise httpcore.ConnectError(f"test network: {host} is not reachable (no packet sent)")
+            return real(
+                self_, host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+            )
+
+        monkeypatch.setattr(httpcore.SyncBackend, "connect_tcp", connect_tcp)
+
+
+@pytest.fixture
+def dialer(monkeypatch, tmp_path):
+    monkeypatch.setenv("KORANI_HOME", str(tmp_path / "home"))
+    for name in ("KORANI_OPENAI_BASE_URL", "OPENAI_BASE_URL", "KORANI_OPENAI_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    return SyncDialer(monkeypatch)
+
+
+@pytest.fixture
+def served():
+    from support import ScriptServer
+
+    server = ScriptServer("서울입니다.")
+    yield server.server_address[1]
+    server.shutdown()
+
+
+REMOTE_ROWS = [
+    # (host as typed, the notice names it as)
+    ("10.0.0.1", "http://10.0.0.1"),
+    ("gpu-box.test", "http://gpu-box.test"),
+]
+
+
+@pytest.mark.parametrize("how", ["ask --model", "chat --model", "/모델"])
+@pytest.mark.parametrize("host, shown", REMOTE_ROWS, ids=[r[0] for r in REMOTE_ROWS])
+def test_a_model_on_another_machine_is_announced_before_the_dial(dialer, served, scripted, how, host, shown):
+    """Before: `/모델 openai:x@http://10.0.0.1/v1` connected to the private address the user typed
+    without a word. Now one line names where it connects, printed before the first dial."""
+    from typer.testing import CliRunner
+
+    from korani_cli.cli import app
+
+    runner = CliRunner()
+    model = f"openai:scripted@http://{host}:{served}/v1"
+    if how == "ask --model":
+        result = runner.invoke(app, ["ask", "--model", model, "-t", "0", "수도는?"])
+    elif how == "chat --model":
+        result = runner.invoke(app, ["chat", "--model", model, "-t", "0"], input="수도는?\n")
+    else:
+        result = runner.invoke(
+            app, ["chat", "--model", "scripted:s", "-t", "0"], input=f"/모델 {model}\n수도는?\n"
+        )
+        assert "모델을 바꿨습니다" in result.stdout, result.output
+    assert result.exit_code == 0, result.output
+    assert "서울입니다." in result.stdout  # the loopback server, playing that host, answered
+    notices = [line for line in result.stderr.splitlines() if "not this machine" in line]
+    assert notices == [
+        f"note: connecting to {shown}:{served} (not this machine): your messages go to that server"
+    ]
+    assert dialer.dials and all(dial[0] == host for dial in dialer.dials)
+    assert notices[0] in dialer.dials[0][2]  # said before the first connection was made
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_model_on_this_machine_needs_no_notice(dialer, served, host):
+    from typer.testing import CliRunner
+
+    from korani_cli.cli import app
+
+    result = CliRunner().invoke(
+        app, ["ask", "--model", f"openai:scripted@http://{host}:{served}/v1", "수도는?"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "서울입니다." in result.stdout and result.stderr == ""
+    assert dialer.dials and dialer.dials[0][0] == host
+
+
+def test_the_notice_never_shows_a_password_in_the_url():
+    from korani_cli.models import remote_notice
+
+    line = remote_notice("https://me:hunter2@10.0.0.1:8443/v1")
+    assert line == "connecting to https://10.0.0.1:8443 (not this machine): your messages go to that server"
+    assert remote_notice("http://[::ffff:127.0.0.1]:8000/v1") is None
+    assert remote_notice("http://[::1]:8000") is None and remote_notice("http://api.localhost/v1") is None
+    assert "http://[fd00::1]" in remote_notice("http://[fd00::1]/v1")

@@ -26,11 +26,14 @@ RECIPE = REPO / "configs" / "korani-5.8b.yaml"
 pytestmark = pytest.mark.timeout(300)
 
 
-def korani(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The CLI as a user's shell runs it, from `cwd`."""
+def korani(
+    *args: str, cwd: Path, timeout: float = 120, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """The CLI as a user's shell runs it, from `cwd` (with `env` added to the environment)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        **(env or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "korani_cli", *args],
@@ -553,7 +556,38 @@ EXPORT_CASES = [
     ("onto a directory", None, "data", ["--overwrite"], "is a directory"),
     ("under a file", None, "notes.txt/model.gguf", [], "cannot write"),
     ("bad outtype", None, "x.gguf", ["--outtype", "q2"], "unknown --outtype"),
+    # Issue 20: korani's own files are never a target, GGUF or not, --overwrite or not.
+    (
+        "onto a pulled model in korani's cache",
+        lambda w: _pulled_model(w / "home"),
+        "home/cache/models/korani-5.8b/q4_k_m/model.gguf",
+        ["--overwrite"],
+        "is inside korani's cache",
+    ),
+    (
+        "a pulled model through a symlink",
+        lambda w: (_pulled_model(w / "home"), (w / "mine.gguf").symlink_to(_pulled_model(w / "home"))),
+        "mine.gguf",
+        ["--overwrite"],
+        "is inside korani's cache",
+    ),
+    (
+        "into a korani run directory",
+        lambda w: _marked_run(w / "m"),
+        "m/model.gguf",
+        [],
+        "is inside an output directory korani wrote",
+    ),
 ]
+
+
+def _pulled_model(home: Path) -> Path:
+    """A GGUF where `korani models pull` keeps one (it starts with GGUF, so the magic check passes)."""
+    gguf = home / "cache" / "models" / "korani-5.8b" / "q4_k_m" / "model.gguf"
+    if not gguf.exists():
+        gguf.parent.mkdir(parents=True)
+        gguf.write_bytes(b"GGUF\x03\x00" + b"\x00" * 64)
+    return gguf
 
 
 @pytest.mark.parametrize(
@@ -567,7 +601,8 @@ def test_export_gguf_output_rule(work, fake_adapter, setup, output, extra, fragm
     if setup:
         setup(work)
     before = snapshot(work)
-    proc = korani("train", "export-gguf", "adapter", "-o", output, *extra, cwd=work)
+    home = {"KORANI_HOME": str(work / "home")}
+    proc = korani("train", "export-gguf", "adapter", "-o", output, *extra, cwd=work, env=home)
     line = one_line_error(proc)
     assert proc.returncode == EXIT_USAGE, line
     assert fragment in line

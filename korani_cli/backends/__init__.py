@@ -38,8 +38,10 @@ class ModelSpec:
     source: str  # .gguf path, hub id or directory, or the served model's name
     base: str | None = None  # hf: base model when `source` is a LoRA adapter
     base_url: str | None = None  # openai
-    api_key: str | None = None  # openai
-    notice: str | None = None  # said once when the model loads (which form of an alias was chosen, and why)
+    api_key: str | None = field(default=None, repr=False)  # openai; a secret, never in a repr
+    # Said once, before the model loads: which form of an alias was chosen and why, or which other machine
+    # an openai: model connects to.
+    notice: str | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ never answers or trickles bytes cannot hold korani: listing the models at
 load ends within `request_timeout` (KORANI_REQUEST_TIMEOUT, 20 s by default;
 exit 3), a generation within GENERATION_FACTOR × request_timeout (exit 4).
 Answers are read with a byte cap.
+
+The API key goes in the Authorization header and nowhere else: a server (or a
+gateway before it) that quotes the header back in an error message has the key
+cut out of what korani shows (`_hide_key`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from urllib.parse import urlsplit
 
 from korani_cli.backends import Generation, GenerationParams, ModelInfo, ModelSpec, Notify, Usage, apply_stops
 from korani_cli.config import Settings
-from korani_cli.errors import GenerationError, ModelLoadError
+from korani_cli.errors import GenerationError, KoraniError, ModelLoadError
 from korani_cli.template import CHARS_PER_TOKEN, DEFAULT_EOS, HEADER_STOP, Message, flatten_sources, render
 
 CONNECT_TIMEOUT = 10.0
@@ -37,6 +41,15 @@ LIST_CAP = 5_000_000  # bytes of a /models answer
 ANSWER_CAP = 16_000_000  # bytes of a whole (non-streamed) answer, or of one event
 # What the server should stop at besides EOS: the next turn's header.
 SERVER_STOPS = [HEADER_STOP]
+
+
+def _hide_key(exc: KoraniError, key: str | None) -> KoraniError:
+    """`exc` with every copy of the API key in its message replaced: servers quote what they were sent."""
+    if key:
+        exc.what = exc.what.replace(key, "[API key]")
+        exc.fix = exc.fix.replace(key, "[API key]") if exc.fix else exc.fix
+        exc.args = (exc.what,)
+    return exc
 
 
 def normalise_base_url(url: str) -> str:
@@ -57,8 +70,10 @@ class OpenAIBackend:
         eos_text: str,
         deadline=None,
         generation_deadline: float = 600.0,
+        api_key: str | None = None,
     ):
         self.client = client
+        self._api_key = api_key  # only to cut it out of server messages (_hide_key)
         self.model = model
         self.info = info
         self.eos_text = eos_text
@@ -79,12 +94,15 @@ class OpenAIBackend:
             base_url=base_url,
             headers=headers,
         )
-        served = _served_models(client, deadline, base_url, request_timeout)
+        try:
+            served = _served_models(client, deadline, base_url, request_timeout)
+        except KoraniError as exc:
+            raise _hide_key(exc, spec.api_key) from None
         try:
             model = _pick_model(spec.source, served, base_url)
-        except ModelLoadError:
+        except ModelLoadError as exc:
             client.close()
-            raise
+            raise _hide_key(exc, spec.api_key) from None
         info = ModelInfo(
             name=spec.name,
             backend="openai",
@@ -101,6 +119,7 @@ class OpenAIBackend:
             eos_text=DEFAULT_EOS,
             deadline=deadline,
             generation_deadline=GENERATION_FACTOR * request_timeout,
+            api_key=spec.api_key,
         )
 
     def count_tokens(self, text: str) -> int:
@@ -124,7 +143,13 @@ class OpenAIBackend:
             body["prompt"] = render(messages, self.eos_text)
             body["stop"] = SERVER_STOPS
         run = self._events if params.stream else self._whole
-        return Generation(lambda usage: apply_stops(run(path, body, usage), usage))
+        return Generation(lambda usage: apply_stops(self._keyless(run(path, body, usage)), usage))
+
+    def _keyless(self, chunks: Iterator[str]) -> Iterator[str]:
+        try:
+            yield from chunks
+        except KoraniError as exc:
+            raise _hide_key(exc, self._api_key) from None
 
     @staticmethod
     def _text(choice: dict) -> str:

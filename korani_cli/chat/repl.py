@@ -1,7 +1,8 @@
 """The read–eval–print loop: input in, events rendered out.
 
 On a terminal: readline line editing and history, Tab completion of slash
-commands, multi-line input, the answer drawn as Markdown while it streams
+commands, bytes that are not UTF-8 shown as � and refused with one line
+(chat/utf8input.py), multi-line input, the answer drawn as Markdown while it streams
 (chat/view.py: finished blocks printed once; model and web text never read as
 rich markup), a transient status line for the stage, Ctrl-C stops an answer,
 Ctrl-C at an empty prompt or Ctrl-D exits. With piped stdin: no line editor,
@@ -95,10 +96,18 @@ def _terminal_lines(prompt: str) -> Iterator[str]:
             readline.parse_and_bind("bind ^I rl_complete")
         else:
             readline.parse_and_bind("tab: complete")
+    from korani_cli.chat import utf8input
+
+    not_utf8 = utf8input.install(readline, sys.stdin.fileno()) if readline is not None else None
     in_block = pending = False
     while True:
         try:
             line = input("... " if in_block or pending else prompt)
+            if not_utf8 is not None and not_utf8.take() and "\ufffd" in line:
+                # Bytes that were not UTF-8, shown as � while editing and still there at Enter: the
+                # session refuses the line as it refuses such bytes piped in (as lone surrogates),
+                # instead of answering what was left of it.
+                line = line.replace("\ufffd", "\udcff")
         except EOFError:
             print()  # Ctrl-D: the shell's prompt starts on a line of its own
             return

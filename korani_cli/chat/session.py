@@ -32,6 +32,8 @@ COMMANDS = {
     "/reset": "reset",
     "/저장": "save",
     "/save": "save",
+    "/저장!": "save_over",
+    "/save!": "save_over",
     "/기록": "history",
     "/history": "history",
     "/모델": "model",
@@ -48,7 +50,8 @@ HELP = """명령어
   /검색 <질문>  (/search)   웹을 검색해 출처와 함께 답합니다
   /출처         (/sources)  마지막 답변의 근거 문단, 점수, URL
   /초기화       (/reset)    대화 기억을 지우고 새 대화를 시작합니다
-  /저장 [파일]  (/save)     대화를 Markdown으로 저장합니다
+  /저장 [파일]  (/save)     대화를 Markdown으로 저장합니다 (있는 파일은 덮어쓰지 않습니다)
+  /저장! 파일   (/save!)    있는 파일을 덮어써서 저장합니다
   /기록         (/history)  저장된 대화 목록
   /모델 [이름]  (/model)    모델 정보; 이름을 주면 그 모델로 바꿉니다 (예: /모델 demo-chat)
   /다시         (/retry)    마지막 답변을 다시 만듭니다 (/검색 답변은 같은 출처로)
@@ -446,17 +449,34 @@ class ChatSession:
         yield Output("대화 기억을 지웠습니다 (지난 대화는 기록에 남아 있습니다)")
 
     def cmd_save(self, arg: str) -> Iterator[Event]:
-        """Write the transcript atomically; a symlink is written through, a device or FIFO refused."""
-        from korani_cli.outputs import atomic_write_text
+        """/저장 [FILE]: the transcript as Markdown, in a new file only."""
+        yield from self._save(arg, overwrite=False)
 
-        if self.session_id is None and not arg:
-            # No session yet (nothing said, or just after /초기화): no file to name after it.
-            yield Output("아직 저장할 대화가 없습니다 — /저장 파일이름 으로 빈 기록을 저장할 수 있습니다")
+    def cmd_save_over(self, arg: str) -> Iterator[Event]:
+        """/저장! [FILE]: the same, and an existing file is replaced (never one of korani's own)."""
+        yield from self._save(arg, overwrite=True)
+
+    def _save(self, arg: str, *, overwrite: bool) -> Iterator[Event]:
+        """Write the transcript atomically (outputs.save_user_file): an existing file only with
+        /저장!, korani's own files never; a symlink is written through, a device or FIFO refused."""
+        from korani_cli.outputs import save_user_file
+
+        stored = self.history.messages(self.session_id, since_reset=False) if self.session_id else []
+        if not stored:
+            # Nothing said yet (or just after /초기화): an empty transcript is worth no file,
+            # and certainly not the file the user named.
+            yield Output("저장할 대화가 아직 없습니다 — 먼저 질문한 뒤 /저장 하세요")
             return
         path = Path(arg).expanduser() if arg else Path(f"korani-chat-{self.session_id}.md")
-        stored = self.history.messages(self.session_id, since_reset=False) if self.session_id else []
-        text = to_markdown(stored, f"korani chat {self.session_id or ''}".strip())
-        written = atomic_write_text(path, text)  # a KoraniError becomes one error line in handle()
+        text = to_markdown(stored, f"korani chat {self.session_id}")
+        own = [(self.history.path, "korani's history database")] if self.history.persistent else []
+        written = save_user_file(  # a KoraniError becomes one error line in handle()
+            path,
+            text,
+            overwrite=overwrite,
+            replace_fix=f"/저장! {path} replaces it; or give another file name",
+            also=own,
+        )
         yield Output(f"저장했습니다: {path}" + (f" (→ {written})" if written != path else ""))
 
     def cmd_history(self, _arg: str) -> Iterator[Event]:

@@ -334,24 +334,29 @@ def history_export(
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Markdown file to write. [default: stdout]")
     ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing -o file.")] = False,
 ) -> None:
     """A session as a Markdown transcript with footnotes.
 
-    -o writes atomically; a symlink is written through to its target, and a
-    device, FIFO or socket is refused. Exit codes: 0 written, 2 no such session,
-    an ambiguous prefix or a bad -o, 5 the history database is unusable.
+    -o writes atomically and never replaces an existing file without --overwrite,
+    nor any of korani's own files (the history database, its config, cache and
+    data); a symlink is written through to its target, and a device, FIFO or
+    socket is refused. Exit codes: 0 written, 2 no such session, an ambiguous
+    prefix or a bad -o, 5 the history database is unusable.
     """
     from korani_cli.chat.history import History, to_markdown
-    from korani_cli.outputs import atomic_write_text
+    from korani_cli.outputs import guard_output_file, save_user_file
     from korani_cli.untrusted import clean_line
 
+    if output is not None:  # before reading the history: a refused -o costs nothing
+        guard_output_file(output, overwrite=overwrite)
     history = History()
     sid = history.resolve(session_id)
     text = to_markdown(history.messages(sid), f"korani {clean_line(history.session(sid).kind)} {sid}")
     if output is None:
         sys.stdout.write(text)
         return
-    atomic_write_text(output, text)
+    save_user_file(output, text, overwrite=overwrite)
 
 
 @history_app.command("rm")

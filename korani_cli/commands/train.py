@@ -239,16 +239,15 @@ def init_command(
 ) -> None:
     """Write a shipped recipe preset to a YAML file for editing; train with korani train FILE."""
     from korani_cli.errors import ConfigError
-    from korani_cli.outputs import atomic_write_text, guard_output_file
+    from korani_cli.outputs import save_user_file
     from korani_cli.train.presets import preset_path, presets_hint
 
     source = preset_path(name)
     if source is None:
         raise ConfigError(f"no shipped preset '{name}'", presets_hint())
     target = output if output is not None else Path(source.name)
-    guard_output_file(target, overwrite=overwrite)
     # The file itself, comments included: they explain the reference run's choices.
-    written = atomic_write_text(target, source.read_text(encoding="utf-8"))
+    written = save_user_file(target, source.read_text(encoding="utf-8"), overwrite=overwrite)
     err_console().print(f"wrote {target}" + (f" (→ {written})" if written != target else ""))
     err_console().print(f"edit it, then: korani train {target}")
 
