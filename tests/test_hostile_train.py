@@ -834,6 +834,61 @@ def test_a_nan_loss_stops_training_with_one_line(work):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigterm_saves_a_checkpoint_that_resume_continues(work):
+    """Issue 20: a job scheduler stops a job with SIGTERM; it used to stop training with no
+    checkpoint (only Ctrl-C saved one), so --resume found none. SIGTERM is Ctrl-C for training."""
+    import signal
+    import time
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    args = [
+        "train",
+        str(RECIPE),
+        "--data",
+        "data",
+        "--output",
+        "out",
+        "--smoke",
+        "save_steps=1000",
+        "eval_steps=1000",
+        "health_prompts=0",
+        "load_in_4bit=false",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "korani_cli", *args, "max_steps=400"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=work,
+        env=env,
+    )
+    logs = work / "out" / "logs.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if logs.exists() and len(logs.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    line = final_error(subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr))
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "checkpoint saved in out" in line and "--resume" in line
+    checkpoints = list((work / "out").glob("checkpoint-*"))
+    assert len(checkpoints) == 1, stderr[-2000:]
+    step = int(checkpoints[0].name.split("-")[1])
+    assert 3 <= step < 400
+    assert json.loads((checkpoints[0] / "trainer_state.json").read_text())["global_step"] == step
+    resumed = korani(*args, f"max_steps={step + 2}", "--resume", cwd=work, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    meta = json.loads((work / "out" / "korani_metadata.json").read_text())
+    assert meta["steps"] == step + 2 and meta["resumed_from"].endswith(f"checkpoint-{step}")
+
+
+@pytest.mark.slow
 def test_health_check_fails_on_a_model_that_produces_nan(tiny_neox_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
