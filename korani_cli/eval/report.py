@@ -87,9 +87,11 @@ def load(path: Path) -> Summary:
         raise EvalDataError(
             f"cannot read {path / SUMMARY} ({exc.strerror})", "check its permissions"
         ) from None
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: [[[[… thousands deep, which no summary korani writes is.
         raise EvalDataError(
-            f"{path / SUMMARY} is not JSON", "rerun the evaluation with the same -o to write it again"
+            f"{path / SUMMARY} is not JSON korani wrote",
+            "rerun the evaluation with the same -o to write it again",
         ) from None
     return parse(path, raw)
 
