@@ -508,3 +508,32 @@ def test_a_second_run_on_the_same_directory_is_refused_and_a_killed_one_blocks_n
     assert third.returncode == 0, third.stderr[-2000:]
     ids = item_ids(out)
     assert sorted(ids) == [f"q{i:02d}" for i in range(len(TOPICS))] and len(ids) == len(set(ids))
+
+
+# -- comparing runs on other questions ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_compare_refuses_runs_on_different_sets_and_says_when_it_uses_common_items(tmp_path, servers):
+    server = servers()
+    full, one = write_set(tmp_path / "set.json"), write_set(tmp_path / "one.json", TOPICS[:1])
+    for out, set_file, extra in (("a", full, []), ("b", one, []), ("c", full, ["--limit", "3"])):
+        proc = korani(*rag(server, set_file, tmp_path / out, *extra), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    other = korani("eval", "compare", tmp_path / "a", tmp_path / "b", cwd=tmp_path)
+    line = error_line(other)
+    assert other.returncode == EXIT_USAGE, line
+    assert "cannot compare runs on different sets" in line and "set.json" in line and "one.json" in line
+    assert "12 items" in line and "1 item)" in line
+
+    common = korani("eval", "compare", tmp_path / "a", tmp_path / "c", "--json", cwd=tmp_path)
+    assert common.returncode == 0, common.stderr
+    assert "compared on the 3 items all runs share (a: 12, c: 3)" in common.stderr
+    a, c = json.loads(common.stdout)
+    assert a["items"] == c["items"] == 3
+    assert a["metrics"] == c["metrics"]  # the same server on the same questions: no Δ to invent
+    full_summary = json.loads((tmp_path / "a" / "summary.json").read_text(encoding="utf-8"))
+    assert full_summary["metrics"]["answer_correct"] != c["metrics"]["answer_correct"]
+    table = korani("eval", "compare", tmp_path / "a", tmp_path / "c", cwd=tmp_path)
+    assert table.returncode == 0 and "+0.0pt" in table.stdout and "compared on the 3 items" in table.stderr

@@ -1,7 +1,8 @@
 """`korani eval`: rag, chat, show, compare — thin commands over korani_cli.eval.
 
 Exit codes: 0 done, 2 usage (bad option, a run directory korani did not write,
-made with other settings or in use by another run), 3 model could not be loaded, 4 generation failed (items that failed
+made with other settings or in use by another run; runs on different sets to
+compare), 3 model could not be loaded, 4 generation failed (items that failed
 every try; finished items are kept), 6 data (a set file missing, unreadable, of
 the wrong shape or empty; an unreadable summary), 130 interrupted (finished
 items are kept; rerun with the same -o to resume).
@@ -421,7 +422,8 @@ def compare(
     ],
     as_json: JsonOpt = False,
 ) -> None:
-    """Runs side by side, with each run's delta to the first."""
+    """Runs side by side, with each run's delta to the first: only runs on the same set (exit 2 otherwise),
+    and over the items they all share."""
     from rich.console import Console
 
     from korani_cli.eval import report
@@ -430,12 +432,17 @@ def compare(
         raise UsageError(
             "compare needs at least two run directories", "korani eval compare RUN_A RUN_B [...]"
         )
-    summaries = [report.load(p) for p in run_dirs]
+    summaries, note = report.common_ground([report.load(p) for p in run_dirs])
+    if note:
+        notice(note)
     table = report.comparison(summaries)
     if as_json:
         sys.stdout.write(
             json.dumps(
-                [{"run_dir": str(s.path), "model": s.model, "metrics": s.raw["metrics"]} for s in summaries],
+                [
+                    {"run_dir": str(s.path), "model": s.model, "items": s.items, "metrics": s.raw["metrics"]}
+                    for s in summaries
+                ],
                 ensure_ascii=False,
             )
             + "\n"
