@@ -457,13 +457,15 @@ def test_items_failing_in_a_row_stop_the_run(tmp_path):
 
     def work(item):
         calls.append(item)
-        if item < 2:
+        if item == 1:
             return {"id": str(item)}
         raise GenerationError("the request failed (connection refused)", "check that the server is up")
 
+    # 0 fails, 1 answers, then 2, 3 and 4 fail: three in a row (of four failed in all) stop the run.
     run, clock, error = _evaluate(tmp_path, list(range(20)), work, attempts=2, give_up=3)
-    assert "stopped after 3 items in a row failed" in error.what and "kept 2 finished items" in error.fix
-    assert calls == [0, 1, 2, 2, 3, 3, 4, 4] and sorted(run.done) == ["0", "1"]
+    assert "stopped after 3 items in a row failed, each after 2 tries" in error.what
+    assert "check that the server is up" in error.fix and "kept 1 finished item in" in error.fix
+    assert calls == [0, 0, 1, 2, 2, 3, 3, 4, 4] and sorted(run.done) == ["1"]
 
 
 # -- two runs in one directory -----------------------------------------------------------------------

@@ -324,19 +324,29 @@ def evaluate(
             in_a_row += 1
             if in_a_row >= retry.give_up:
                 stop.set()
-                raise _failure(run, failed, len(todo), early=True)
+                raise _GiveUp(in_a_row)
             return
         in_a_row = 0
         run.append(result)
         on_item(result)
 
-    if concurrency <= 1 or len(todo) <= 1:
-        for item in todo:
-            take(attempt(item))
-    else:
-        _in_threads(todo, attempt, take, concurrency, stop)
+    try:
+        if concurrency <= 1 or len(todo) <= 1:
+            for item in todo:
+                take(attempt(item))
+        else:
+            _in_threads(todo, attempt, take, concurrency, stop)
+    except _GiveUp as give_up:
+        # Said once the records still arriving are written, so that "kept N" is what is on disk.
+        raise _failure(run, failed, len(todo), in_a_row=give_up.in_a_row) from None
     if failed:
-        raise _failure(run, failed, len(todo), early=False)
+        raise _failure(run, failed, len(todo))
+
+
+class _GiveUp(Exception):
+    def __init__(self, in_a_row: int):
+        super().__init__(in_a_row)
+        self.in_a_row = in_a_row
 
 
 def _in_threads(todo: Sequence, attempt: Callable, take: Callable, concurrency: int, stop) -> None:
@@ -391,13 +401,14 @@ def _in_threads(todo: Sequence, attempt: Callable, take: Callable, concurrency: 
                     break
 
 
-def _failure(run: RunDir, failed: list, planned: int, *, early: bool) -> ItemsFailed:
+def _failure(run: RunDir, failed: list, planned: int, *, in_a_row: int = 0) -> ItemsFailed:
+    """The one line of a run that lost items: how many, the last error, what was kept, what next."""
     error, tries = failed[-1].error, failed[-1].tries
     cause = error.what if len(error.what) <= 160 else error.what[:159] + "…"
     kept = f"kept {len(run.done)} finished item{'' if len(run.done) == 1 else 's'} in {run.path}"
-    if early:
+    if in_a_row:
         return ItemsFailed(
-            f"stopped after {len(failed)} items in a row failed, each after {tries} "
+            f"stopped after {in_a_row} items in a row failed, each after {tries} "
             f"tr{'y' if tries == 1 else 'ies'} (last: {cause})",
             f"{error.fix + '; ' if error.fix else ''}{kept}; rerun with the same -o to go on",
         )
