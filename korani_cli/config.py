@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from korani_cli import paths
-from korani_cli.errors import ConfigError, UsageError
+from korani_cli.errors import ConfigError, UsageError, excerpt
 
 DEFAULT_MODEL = "korani-5.8b"
 # Aliases of chat models that ship their own chat template, which they answer best in;
@@ -196,8 +197,8 @@ def check_value(rule: Rule, value: Any, *, text: bool = False) -> Any:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    # Bounded without building the whole repr: a config value can be a 10,000-item array.
+    return excerpt(value, 60)
 
 
 def _got(rule: Rule, value: Any) -> str:
@@ -258,6 +259,20 @@ def read_config_file(path: Path) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path} ({exc.strerror})", "check its permissions") from None
+    except RecursionError:
+        # tomllib reads arrays recursively: [[[[… thousands deep is no setting korani has.
+        raise ConfigError(
+            f"{path} is nested too deeply to be korani's config (every setting is one value)",
+            "fix or delete the file",
+        ) from None
+    except ValueError as exc:
+        # tomllib converts digits with int(): over 4,300 digits Python refuses.
+        if "integer string conversion" not in str(exc):
+            raise
+        raise ConfigError(
+            f"{path} holds an integer of more than {sys.get_int_max_str_digits():,} digits",
+            "fix or delete the file",
+        ) from None
     return _validate_file(raw, str(path))
 
 

@@ -51,6 +51,22 @@ class KoraniError(Exception):
         return " ".join(text.split())
 
 
+def excerpt(value, limit: int = 80) -> str:
+    """`value` as an error message may quote it: its repr, at most `limit` characters.
+
+    Never builds the whole repr first: a YAML alias bomb is a nine-item list that
+    expands to hundreds of millions of strings, and a recursive alias is a list
+    that holds itself. reprlib stops at a few items per level and a few levels."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel = 3
+    short.maxdict = short.maxlist = short.maxtuple = short.maxset = short.maxfrozenset = 4
+    short.maxstring = short.maxother = short.maxlong = max(limit, 8)
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class UsageError(KoraniError):
     exit_code = EXIT_USAGE
 

@@ -136,8 +136,9 @@ def rag_run(tmp_path, backend, **config):
         set_sha256=qaset.sha256,
         **{"k": 3, "embedder": "none", "unanswerable": 0.0, **config},
     )
-    run = RunDir.open(tmp_path / "run", "eval rag", cfg.settings())
-    return rag.run_rag(qaset, backend, cfg, run), run
+    # Closed when done, as the command closes it: the next run on the directory may open it.
+    with RunDir.open(tmp_path / "run", "eval rag", cfg.settings()) as run:
+        return rag.run_rag(qaset, backend, cfg, run), run
 
 
 def F(value) -> float:

@@ -90,6 +90,11 @@ CONFIG_FILE_ROWS = [
     (b'model = "demo"\n\xff\xfe = 1\n', "is not UTF-8 text (byte 0xff at offset 15)"),
     (b"model = \n", "is not valid TOML"),
     (b'modle = "demo"\n', "unknown setting 'modle'"),
+    # Issue 20: tomllib reads arrays recursively (RecursionError, exit 1 before) and digits with int().
+    (b"model = " + b"[" * 10_000 + b"]" * 10_000 + b"\n", "is nested too deeply to be korani's config"),
+    (b"temperature = " + b"9" * 5000 + b"\n", "holds an integer of more than 4,300 digits"),
+    # A value is quoted in a bounded excerpt, never whole.
+    (b"model = [" + b"1, " * 10_000 + b"1]\n", "got [1, 1, 1, 1, ...]"),
 ]
 
 
@@ -105,6 +110,7 @@ def test_a_bad_config_file_value_is_exit_5(home, content, fragment, command):
     assert result.exit_code == EXIT_CONFIG, result.output
     line = one_line(result.stderr)
     assert fragment in line and str(home / "config.toml") in line
+    assert len(line) < 400 + len(str(home)) * 2  # a value is quoted in an excerpt, never whole
 
 
 @pytest.mark.timeout(60)  # reading a FIFO nobody writes to would block forever

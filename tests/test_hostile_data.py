@@ -533,7 +533,22 @@ def _garbage_tokenizer(t: Path) -> None:
 BAD_OPTIONS = [
     pytest.param(None, ["--mix", "koalpaca=1e300"], EXIT_USAGE, "more than 100", id="mix-weight-1e300"),
     pytest.param(None, ["--mix", "koalpaca=101"], EXIT_USAGE, "more than 100", id="mix-weight-101"),
-    pytest.param(None, ["--mix", "koalpaca=nan"], EXIT_USAGE, "must be ≥ 0", id="mix-weight-nan"),
+    # Issue 20: nan is not "below 0" (it was said to be); inf is not "more than 100" either.
+    pytest.param(
+        None,
+        ["--mix", "koalpaca=nan"],
+        EXIT_USAGE,
+        "koalpaca is nan, not a number from 0 to 100",
+        id="mix-weight-nan",
+    ),
+    pytest.param(
+        None,
+        ["--mix", "koalpaca=inf"],
+        EXIT_USAGE,
+        "koalpaca is inf, not a number from 0 to 100",
+        id="mix-weight-inf",
+    ),
+    pytest.param(None, ["--mix", "koalpaca=-1"], EXIT_USAGE, "must be ≥ 0", id="mix-weight-negative"),
     pytest.param(None, ["--valid", "nan"], EXIT_USAGE, "--valid must be a fraction", id="valid-nan"),
     pytest.param(
         None, ["--near-dup-threshold", "nan"], EXIT_USAGE, "--near-dup-threshold", id="threshold-nan"

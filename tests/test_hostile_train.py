@@ -160,6 +160,52 @@ RECIPE_CASES = [
     ("recipe a scalar", "just some words\n", [], EXIT_CONFIG, "not a str"),
     ("recipe deeply nested", DEEP, [], EXIT_CONFIG, "nested too deeply"),
     ("recipe not YAML", "lora_r: [8\n", [], EXIT_CONFIG, "is not valid YAML"),
+    # Issue 20: what YAML allows beyond key: value, and values quoted whole.
+    (
+        "key twice",
+        "lora_r: 8\nlearning_rate: 1.0e-4\nlora_r: 16\n",
+        [],
+        EXIT_CONFIG,
+        "the key 'lora_r' is set twice (lines 1 and 3)",
+    ),
+    ("recipe empty", "", [], EXIT_CONFIG, "is empty: it sets no recipe key"),
+    ("recipe ~", "~\n", [], EXIT_CONFIG, "is empty: it sets no recipe key"),
+    ("recipe only comments", "# lora_r: 8\n", [], EXIT_CONFIG, "is empty: it sets no recipe key"),
+    (
+        "a 100-item list for a name",
+        "bnb_4bit_quant_type: [" + ", ".join(["nf4"] * 100) + "]\n",
+        [],
+        EXIT_CONFIG,
+        "must be str, got ['nf4', 'nf4', 'nf4', 'nf4', ...] —",
+    ),
+    (
+        "a 100-item list override",
+        None,
+        ["bnb_4bit_quant_type=[" + ",".join(["nf4"] * 100) + "]"],
+        EXIT_CONFIG,
+        "must be str, got ['nf4', 'nf4', 'nf4', 'nf4', ...] —",
+    ),
+    ("an alias that holds itself", "lora_target_modules: &a [*a]\n", [], EXIT_CONFIG, "nested more than 8"),
+    (
+        "aliases in an override",
+        None,
+        [
+            "lora_target_modules=[&a [x,x,x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], "
+            "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]]"
+        ],
+        EXIT_CONFIG,
+        "command line: the value of 'lora_target_modules' expands to more than 10,000 items",
+    ),
+    ("integer of 5,000 digits", "lora_r: " + "9" * 5000 + "\n", [], EXIT_CONFIG, "more than 4,300 digits"),
+    (
+        "integer of 5,000 digits override",
+        None,
+        ["lora_r=" + "9" * 5000],
+        EXIT_CONFIG,
+        "more than 4,300 digits",
+    ),
+    ("a 13th month", "seed: 2001-13-45\n", [], EXIT_CONFIG, "month must be in 1..12"),
+    ("override deeply nested", None, ["lora_target_modules=" + DEEP], EXIT_CONFIG, "nested too deeply"),
 ]
 
 
@@ -184,6 +230,60 @@ def test_bad_recipe_is_refused_before_any_work(work, recipe, overrides, code, fr
     assert proc.returncode == code, line
     assert fragment in line
     assert snapshot(work) == before  # no output directory, nothing touched
+
+
+def _alias_bomb() -> str:
+    """Nine lines' worth of YAML whose list expands to 9**9 (387 million) strings."""
+    names = "abcdefghi"
+    parts = ["&a [" + ", ".join(['"x"'] * 9) + "]"]
+    parts += [f"&{name} [" + ", ".join([f"*{before}"] * 9) + "]" for before, name in zip(names, names[1:])]
+    return "lora_target_modules: [" + ", ".join(parts) + "]\n"
+
+
+def _limit_memory() -> None:
+    import resource
+
+    # 3 GiB of address space: ample for korani's imports, a fraction of what the expansion takes.
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+
+@pytest.mark.timeout(120)
+def test_an_alias_bomb_in_a_recipe_is_refused_at_once(work):
+    """Issue 20: the bomb grew ~100 MB/s until the kernel killed it (the error message built the
+    value's whole repr). In a subprocess with a memory limit and a timeout, so that a regression
+    fails in seconds instead of eating the machine."""
+    (work / "bomb.yaml").write_text(_alias_bomb(), encoding="utf-8")
+    before = snapshot(work)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "korani_cli", "train", "bomb.yaml", "--data", "data", "--output", "out"],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env=env,
+        timeout=60,
+        preexec_fn=_limit_memory,
+    )
+    line = one_line_error(proc)
+    assert proc.returncode == EXIT_CONFIG, line
+    assert "bomb.yaml: the value of 'lora_target_modules' expands to more than 10,000 items" in line
+    assert snapshot(work) == before
+
+
+def test_a_value_is_quoted_in_a_bounded_excerpt():
+    from korani_cli.errors import excerpt
+
+    bomb = ["x"] * 9
+    for _ in range(8):
+        bomb = [bomb] * 9
+    itself: list = []
+    itself.append(itself)
+    for value in (bomb, itself, "x" * 1_000_000, list(range(100_000)), {"k": ["v"] * 10_000}):
+        assert len(excerpt(value)) <= 80
+    assert excerpt(["nf4"] * 100) == "['nf4', 'nf4', 'nf4', 'nf4', ...]" and excerpt("nf4") == "'nf4'"
 
 
 @pytest.mark.slow  # importing transformers' training arguments takes seconds
@@ -766,6 +866,61 @@ def test_a_nan_loss_stops_training_with_one_line(work):
         json.loads(x)["step"] for x in (work / "out" / "logs.jsonl").read_text().splitlines() if '"loss"' in x
     ]
     assert max(steps) < 8  # stopped early
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigterm_saves_a_checkpoint_that_resume_continues(work):
+    """Issue 20: a job scheduler stops a job with SIGTERM; it used to stop training with no
+    checkpoint (only Ctrl-C saved one), so --resume found none. SIGTERM is Ctrl-C for training."""
+    import signal
+    import time
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    args = [
+        "train",
+        str(RECIPE),
+        "--data",
+        "data",
+        "--output",
+        "out",
+        "--smoke",
+        "save_steps=1000",
+        "eval_steps=1000",
+        "health_prompts=0",
+        "load_in_4bit=false",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "korani_cli", *args, "max_steps=400"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=work,
+        env=env,
+    )
+    logs = work / "out" / "logs.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if logs.exists() and len(logs.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    line = final_error(subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr))
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "checkpoint saved in out" in line and "--resume" in line
+    checkpoints = list((work / "out").glob("checkpoint-*"))
+    assert len(checkpoints) == 1, stderr[-2000:]
+    step = int(checkpoints[0].name.split("-")[1])
+    assert 3 <= step < 400
+    assert json.loads((checkpoints[0] / "trainer_state.json").read_text())["global_step"] == step
+    resumed = korani(*args, f"max_steps={step + 2}", "--resume", cwd=work, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    meta = json.loads((work / "out" / "korani_metadata.json").read_text())
+    assert meta["steps"] == step + 2 and meta["resumed_from"].endswith(f"checkpoint-{step}")
 
 
 @pytest.mark.slow

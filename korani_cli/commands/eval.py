@@ -1,8 +1,9 @@
 """`korani eval`: rag, chat, show, compare — thin commands over korani_cli.eval.
 
-Exit codes: 0 done, 2 usage (bad option, a run directory korani did not write
-or made with other settings), 3 model could not be loaded, 4 generation
-failed (finished items are kept), 6 data (a set file missing, unreadable, of
+Exit codes: 0 done, 2 usage (bad option, a run directory korani did not write,
+made with other settings or in use by another run; runs on different sets to
+compare), 3 model could not be loaded, 4 generation failed (items that failed
+every try; finished items are kept), 6 data (a set file missing, unreadable, of
 the wrong shape or empty; an unreadable summary), 130 interrupted (finished
 items are kept; rerun with the same -o to resume).
 """
@@ -198,13 +199,26 @@ def _items(n: int) -> str:
     return f"{n} finished item" + ("" if n == 1 else "s")
 
 
+def _retry(backend):
+    """An OpenAI-compatible server fails now and then (a restart, an overloaded worker): its items
+    are tried again. A local model that failed on a prompt would fail the same way again."""
+    from korani_cli.eval.run import ONCE, Retry
+
+    return Retry() if backend.info.backend == "openai" else ONCE
+
+
 def _run(kind: str, execute, run, as_json: bool) -> None:
+    from korani_cli.eval import ItemsFailed
+
     progress = _Progress(f"eval {kind}")
     try:
         summary = execute(progress.on_start, progress.on_item)
     except KeyboardInterrupt:
         progress.stop()
         notice(f"kept {_items(len(run.done))} in {run.path}; rerun with the same -o to resume")
+        raise
+    except ItemsFailed:
+        progress.stop()  # its one line says what was kept
         raise
     except BaseException:
         progress.stop()
@@ -296,24 +310,33 @@ prompt, check footnotes.
         context_tokens=context_tokens,
         **_run_fields(settings, limit, seed, temperature, system, concurrency),
     )
-    run = RunDir.open(_out(output, "rag", settings.model), "eval rag", config.settings(), overwrite=overwrite)
-    backend, workers = _backend(settings, concurrency)
-    config = rag_eval.RagConfig(**{**config.settings(), "concurrency": workers})
-    todo = [p for p in rag_eval.plan(qaset, config) if p.question.id not in run.done]
-    pool = None
-    if todo:
-        with err_console().status(
-            f"문단 {len(qaset.paragraphs)}개 분석 중 (passages, BM25)…", spinner="dots"
-        ):
-            pool = rag_eval.build_pool(qaset, config)
-    _run(
-        "rag",
-        lambda on_start, on_item: rag_eval.run_rag(
-            qaset, backend, config, run, pool=pool, on_start=on_start, on_item=on_item
-        ),
-        run,
-        as_json,
-    )
+    with RunDir.open(
+        _out(output, "rag", settings.model), "eval rag", config.settings(), overwrite=overwrite
+    ) as run:
+        backend, workers = _backend(settings, concurrency)
+        config = rag_eval.RagConfig(**{**config.settings(), "concurrency": workers})
+        todo = [p for p in rag_eval.plan(qaset, config) if p.question.id not in run.done]
+        pool = None
+        if todo:
+            with err_console().status(
+                f"문단 {len(qaset.paragraphs)}개 분석 중 (passages, BM25)…", spinner="dots"
+            ):
+                pool = rag_eval.build_pool(qaset, config)
+        _run(
+            "rag",
+            lambda on_start, on_item: rag_eval.run_rag(
+                qaset,
+                backend,
+                config,
+                run,
+                pool=pool,
+                on_start=on_start,
+                on_item=on_item,
+                retry=_retry(backend),
+            ),
+            run,
+            as_json,
+        )
 
 
 @app.command("chat")
@@ -357,19 +380,19 @@ def chat(
         prompts_sha256=prompt_set.sha256,
         **_run_fields(settings, limit, seed, temperature, system, concurrency),
     )
-    run = RunDir.open(
+    with RunDir.open(
         _out(output, "chat", settings.model), "eval chat", config.settings(), overwrite=overwrite
-    )
-    backend, workers = _backend(settings, concurrency)
-    config = chat_eval.ChatConfig(**{**config.settings(), "concurrency": workers})
-    _run(
-        "chat",
-        lambda on_start, on_item: chat_eval.run_chat(
-            prompt_set, backend, config, run, on_start=on_start, on_item=on_item
-        ),
-        run,
-        as_json,
-    )
+    ) as run:
+        backend, workers = _backend(settings, concurrency)
+        config = chat_eval.ChatConfig(**{**config.settings(), "concurrency": workers})
+        _run(
+            "chat",
+            lambda on_start, on_item: chat_eval.run_chat(
+                prompt_set, backend, config, run, on_start=on_start, on_item=on_item, retry=_retry(backend)
+            ),
+            run,
+            as_json,
+        )
 
 
 @app.command("show")
@@ -399,7 +422,8 @@ def compare(
     ],
     as_json: JsonOpt = False,
 ) -> None:
-    """Runs side by side, with each run's delta to the first."""
+    """Runs side by side, with each run's delta to the first: only runs on the same set (exit 2 otherwise),
+    and over the items they all share."""
     from rich.console import Console
 
     from korani_cli.eval import report
@@ -408,12 +432,17 @@ def compare(
         raise UsageError(
             "compare needs at least two run directories", "korani eval compare RUN_A RUN_B [...]"
         )
-    summaries = [report.load(p) for p in run_dirs]
+    summaries, note = report.common_ground([report.load(p) for p in run_dirs])
+    if note:
+        notice(note)
     table = report.comparison(summaries)
     if as_json:
         sys.stdout.write(
             json.dumps(
-                [{"run_dir": str(s.path), "model": s.model, "metrics": s.raw["metrics"]} for s in summaries],
+                [
+                    {"run_dir": str(s.path), "model": s.model, "items": s.items, "metrics": s.raw["metrics"]}
+                    for s in summaries
+                ],
                 ensure_ascii=False,
             )
             + "\n"

@@ -32,7 +32,7 @@ from korani_cli.data.dedup import DEFAULT_THRESHOLD, Deduplicator, normalised
 from korani_cli.data.readers import SourceReadError, read_file
 from korani_cli.data.records import SOURCES, Conversation, RawRecord, Reject
 from korani_cli.data.sources import DataInputError, resolve_source
-from korani_cli.errors import UsageError
+from korani_cli.errors import UsageError, excerpt
 from korani_cli.outputs import guard_output_dir, reap_stale, replace_dir, temp_dir, write_marker
 from korani_cli.template import CHARS_PER_TOKEN, DEFAULT_EOS, turn_text
 
@@ -86,13 +86,21 @@ def parse_mix(text: str | None) -> dict[str, float]:
         name = name.strip()
         if not sep or name not in SOURCES:
             raise UsageError(
-                f"--mix: cannot read {part!r}", f"write it as {','.join(f'{s}=1.0' for s in SOURCES)}"
+                f"--mix: cannot read {excerpt(part)}", f"write it as {','.join(f'{s}=1.0' for s in SOURCES)}"
             )
         try:
             weight = float(value)
         except ValueError:
-            raise UsageError(f"--mix: {value!r} is not a number", "use weights like sharegpt=0.5") from None
-        if weight < 0 or not math.isfinite(weight):
+            raise UsageError(
+                f"--mix: {excerpt(value)} is not a number", "use weights like sharegpt=0.5"
+            ) from None
+        if not math.isfinite(weight):
+            # nan is not "below 0", and inf is not "more than 100": say what was written.
+            raise UsageError(
+                f"--mix: the weight of {name} is {value.strip()}, not a number from 0 to {MAX_WEIGHT:g}",
+                "use weights like sharegpt=0.5",
+            )
+        if weight < 0:
             raise UsageError(f"--mix: the weight of {name} must be ≥ 0", "use weights like sharegpt=0.5")
         if weight > MAX_WEIGHT:
             # Each train conversation is written `weight` times: 1e9 would fill the disk.

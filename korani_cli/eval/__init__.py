@@ -11,10 +11,14 @@ Retrieval, prompt and footnote checks are the search package's own
 (`search.pool`, `search.answer`); nothing here ranks or verifies by itself.
 """
 
-from korani_cli.errors import EXIT_DATA, KoraniError
+from korani_cli.errors import EXIT_DATA, GenerationError, KoraniError
 
 
 class EvalDataError(KoraniError):
     """An evaluation set or run directory that cannot be read (exit 6)."""
 
     exit_code = EXIT_DATA
+
+
+class ItemsFailed(GenerationError):
+    """Items whose every try failed (exit 4); the message already says what was kept and how to go on."""

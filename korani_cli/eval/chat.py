@@ -15,7 +15,7 @@ from typing import Callable
 from korani_cli.backends import Backend
 from korani_cli.eval import metrics as m
 from korani_cli.eval.rag import finish, timings, usage
-from korani_cli.eval.run import RunConfig, RunDir, evaluate, ratio
+from korani_cli.eval.run import Retry, RunConfig, RunDir, evaluate, ratio
 from korani_cli.eval.sets import Instruction, PromptSet, order
 
 
@@ -112,6 +112,7 @@ def run_chat(
     *,
     on_start: Callable[[int, int], None] = lambda total, done: None,
     on_item: Callable[[dict], None] = lambda record: None,
+    retry: Retry = Retry(),
 ) -> dict:
     planned = plan(prompts, config)
     todo = [p for p in planned if p[1].id not in run.done]
@@ -124,6 +125,7 @@ def run_chat(
             run,
             concurrency=config.concurrency,
             on_item=on_item,
+            retry=retry,
         )
         complete = True
     finally:

@@ -17,7 +17,7 @@ from typing import Callable
 
 from korani_cli.backends import Backend
 from korani_cli.eval import metrics as m
-from korani_cli.eval.run import RunConfig, RunDir, evaluate, provenance, ratio, spread
+from korani_cli.eval.run import Retry, RunConfig, RunDir, evaluate, provenance, ratio, spread
 from korani_cli.eval.sets import QASet, Question, order, unanswerable_at
 
 
@@ -234,6 +234,7 @@ def run_rag(
     pool=None,
     on_start: Callable[[int, int], None] = lambda total, done: None,
     on_item: Callable[[dict], None] = lambda record: None,
+    retry: Retry = Retry(),
 ) -> dict:
     """Ask every planned question not yet in `run`; write and return the summary (also when interrupted)."""
     planned = plan(qaset, config)
@@ -252,6 +253,7 @@ def run_rag(
                 run,
                 concurrency=config.concurrency,
                 on_item=on_item,
+                retry=retry,
             )
         complete = True
     finally:

@@ -4,6 +4,11 @@
 korani did not write and files it cannot read); `table` and `comparison` build
 rich Tables — pure functions, the command prints them. Model text never
 appears here, only names and numbers (escaped all the same).
+
+Runs are compared only on the same questions: `common_ground` refuses runs on
+different sets (another set_sha256 / prompts_sha256), and when runs on one set
+hold different items (another --limit or --seed, a run not finished) it
+recomputes each run's measures over the items they all share and says so.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from korani_cli.errors import UsageError
+from korani_cli.errors import UsageError, excerpt
 from korani_cli.eval import EvalDataError
-from korani_cli.eval.run import SUMMARY, is_run_dir, read_marker
+from korani_cli.eval.run import SUMMARY, is_run_dir, read_items, read_marker
 
 # Shown as percentages; the rest are plain numbers.
 RATIOS = {
@@ -87,9 +92,11 @@ def load(path: Path) -> Summary:
         raise EvalDataError(
             f"cannot read {path / SUMMARY} ({exc.strerror})", "check its permissions"
         ) from None
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: [[[[… thousands deep, which no summary korani writes is.
         raise EvalDataError(
-            f"{path / SUMMARY} is not JSON", "rerun the evaluation with the same -o to write it again"
+            f"{path / SUMMARY} is not JSON korani wrote",
+            "rerun the evaluation with the same -o to write it again",
         ) from None
     return parse(path, raw)
 
@@ -160,13 +167,8 @@ def table(summary: Summary) -> Table:
 
 
 def comparison(summaries: list[Summary]) -> Table:
-    """Runs side by side; every run after the first also shows its delta to the first."""
-    kinds = {s.kind for s in summaries}
-    if len(kinds) > 1:
-        raise UsageError(
-            f"cannot compare runs of different kinds ({', '.join(sorted(kinds))})",
-            "compare rag runs with rag runs, chat with chat",
-        )
+    """Runs side by side; every run after the first also shows its delta to the first
+    (`common_ground` decides what may stand side by side)."""
     base = summaries[0]
     out = Table(title=f"eval {base.kind}: {len(summaries)} runs", box=None)
     out.add_column("measure")
@@ -197,3 +199,77 @@ def _delta(name: str, base: Measure | None, other: Measure | None) -> str:
         return "—"
     diff = other.value - base.value
     return f"{100 * diff:+.1f}pt" if name in RATIOS else f"{diff:+.1f}"
+
+
+# kind → (the settings key of the set's sha256, of its path, the flag that chose it)
+SET_KEYS = {
+    "rag": ("set_sha256", "set_path", "--set"),
+    "chat": ("prompts_sha256", "prompts_path", "--prompts"),
+}
+
+
+def _settings(summary: Summary) -> dict:
+    settings = summary.raw.get("settings")
+    return settings if isinstance(settings, dict) else {}
+
+
+def common_ground(summaries: list[Summary]) -> tuple[list[Summary], str | None]:
+    """The summaries to compare, and a note when they are not the ones on disk.
+
+    Runs on different sets are refused (their measures are over other questions). Runs on one
+    set that hold different items are each measured again over the items all of them share
+    (same id; for rag, equally answerable) — a Δ between 13 questions and 1 says nothing."""
+    kinds = {s.kind for s in summaries}
+    if len(kinds) > 1:
+        raise UsageError(
+            f"cannot compare runs of different kinds ({', '.join(sorted(kinds))})",
+            "compare rag runs with rag runs, chat with chat",
+        )
+    sha_key, path_key, flag = SET_KEYS.get(summaries[0].kind, ("", "", "--set"))
+    shas = {_settings(s).get(sha_key) for s in summaries} - {None}
+    if len(shas) > 1:
+        shown = "; ".join(
+            f"{s.path.name}: {Path(str(_settings(s).get(path_key, '?'))).name} "
+            f"(sha256 {str(_settings(s).get(sha_key, '?'))[:12]}…, {_count(s.items)})"
+            for s in summaries
+        )
+        raise UsageError(
+            f"cannot compare runs on different sets ({excerpt(shown, 400)})",
+            f"compare runs made with the same {flag}: these measured other questions",
+        )
+    records = [read_items(s.path) for s in summaries]
+    keys = [{(i, r.get("unanswerable")) for i, r in recs.items()} for recs in records]
+    if all(k == keys[0] for k in keys) and all(s.items == len(r) for s, r in zip(summaries, records)):
+        return summaries, None
+    common = set.intersection(*keys)
+    counts = ", ".join(f"{s.path.name}: {len(r)}" for s, r in zip(summaries, records))
+    if not common:
+        raise UsageError(
+            f"the runs share no item ({counts} items)",
+            "compare runs of the same set and seed; a longer --limit extends a shorter one",
+        )
+    ids = {i for i, _ in common}
+    again = [_over(s, [r for i, r in recs.items() if i in ids]) for s, recs in zip(summaries, records)]
+    return again, (
+        f"compared on the {_count(len(ids))} all runs share ({counts}); "
+        "each run's measures are recomputed over those"
+    )
+
+
+def _count(n: int) -> str:
+    return f"{n} item{'' if n == 1 else 's'}"
+
+
+def _over(summary: Summary, records: list[dict]) -> Summary:
+    """`summary` with its measures recomputed over `records` (a subset of its items)."""
+    from korani_cli.eval import chat, rag
+
+    measure = {"rag": rag.summarise, "chat": chat.summarise}[summary.kind]
+    try:
+        again = measure(records)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise EvalDataError(
+            f"{summary.path / 'items.jsonl'} holds an item korani did not write",
+            "rerun the evaluation with --overwrite",
+        ) from None
+    return parse(summary.path, {**summary.raw, **again})

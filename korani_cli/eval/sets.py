@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from korani_cli.errors import excerpt
 from korani_cli.eval import EvalDataError
 from korani_cli.untrusted import clean, clean_line
 
@@ -123,9 +124,16 @@ def load_korquad(path: Path) -> QASet:
     data = _read(path, "--set")
     try:
         root = json.loads(data.decode("utf-8-sig"))
+    except RecursionError:
+        # As `data prepare` reads it (readers.decode_problem, too_deep): [[[[… 100,000 deep.
+        raise EvalDataError(
+            f"{path} is nested too deeply to be a KorQuAD file (over about 1,000 levels)",
+            "pass a KorQuAD-1.0-format JSON file",
+        ) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise EvalDataError(
-            f"{path} is not JSON ({str(exc).splitlines()[0]})", "pass a KorQuAD-1.0-format JSON file"
+            f"{path} is not JSON ({excerpt(str(exc).splitlines()[0], 100)})",
+            "pass a KorQuAD-1.0-format JSON file",
         ) from None
     articles = _expect(_expect(root, dict, "the top level", path).get("data"), list, "data", path)
     paragraphs: list[Paragraph] = []
@@ -174,6 +182,11 @@ def load_korquad(path: Path) -> QASet:
         raise EvalDataError(
             f"{path} holds no questions", "pass a KorQuAD-1.0-format file with at least one question"
         )
+    if not any(p.text.strip() for p in paragraphs):
+        raise EvalDataError(
+            f"{path}: every paragraph's context is empty, so there is nothing to retrieve",
+            'give the paragraphs their text in "context"',
+        )
     return QASet(path, hashlib.sha256(data).hexdigest(), tuple(paragraphs), tuple(questions))
 
 
@@ -190,6 +203,10 @@ def load_prompts(path: Path) -> PromptSet:
             continue
         try:
             row = json.loads(line)
+        except RecursionError:
+            raise EvalDataError(
+                f"{path} line {number} is nested too deeply (over about 1,000 levels)", fix
+            ) from None
         except ValueError:
             raise EvalDataError(f"{path} line {number} is not JSON", fix) from None
         if (

@@ -27,7 +27,7 @@ from korani_cli.search.types import Page, Passage, Ranked, Timings
 class Pool:
     options: SearchOptions
     passages: list  # Passage, every page's, in page order
-    index: Index
+    index: Index | None  # None when there are no passages
     embedder: Embedder | None
     reranker: Reranker | None
 
@@ -39,7 +39,7 @@ class Pool:
         return cls(
             options,
             chunks,
-            bm25_index(chunks),
+            bm25_index(chunks) if chunks else None,
             make_embedder(options.embedder),
             make_reranker(options.reranker),
         )
@@ -51,7 +51,12 @@ class Pool:
         passages, index = self.passages, self.index
         if exclude:
             passages = [p for p in self.passages if p.url not in exclude]
-            index = bm25_index(passages, vectors=self.index.vectors)
+            if passages:
+                index = bm25_index(passages, vectors=self.index.vectors)
+        if not passages:
+            # Every page left out (a one-paragraph set whose question is made unanswerable), or none
+            # had text: nothing to rank, and bm25s cannot index an empty corpus.
+            return []
         return rank(
             query,
             passages,

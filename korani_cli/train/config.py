@@ -12,6 +12,12 @@ value is a recipe value, in the file or after `key=value`. Only a malformed
 `validate` is the one check of a recipe; `load_config` runs it, and so does
 the training run itself before `--smoke` replaces anything, so a recipe that
 cannot train never gets a smoke run that looks like a pass.
+
+What YAML allows beyond key: value is bounded before anything looks at a
+value: a key written twice, an empty recipe, a value that expands (through
+aliases, `&a`/`*a`) to more than `MAX_VALUES` items or nests deeper than
+`MAX_DEPTH` are configuration errors, and every error quotes a value through
+`errors.excerpt`, never whole.
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from korani_cli.errors import ConfigError, UsageError
+from korani_cli.errors import ConfigError, UsageError, excerpt
 
 
 def _f(default, help: str, **kw):
@@ -119,7 +126,7 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     elif base in (list, typing.List) and isinstance(value, (list, str)):
         return [value] if isinstance(value, str) else list(value)
     name = getattr(base, "__name__", str(base))
-    raise ConfigError(f"{where}: '{key}' must be {name}, got {value!r}", f"fix the value of '{key}'")
+    raise ConfigError(f"{where}: '{key}' must be {name}, got {excerpt(value)}", f"fix the value of '{key}'")
 
 
 def _float_text(text: str) -> float | None:
@@ -133,7 +140,90 @@ def _check_keys(values: dict, where: str) -> None:
     valid = [f.name for f in fields(TrainConfig)]
     for key in values:
         if key not in valid:
-            raise ConfigError(f"{where}: unknown key '{key}'", f"valid keys are: {', '.join(valid)}")
+            raise ConfigError(f"{where}: unknown key {excerpt(key)}", f"valid keys are: {', '.join(valid)}")
+
+
+# A real recipe has ~45 keys and one short list; these bound what YAML's aliases and
+# nesting can make of a small file (nine lines of `&a [*z, *z, …]` expand to 9**9 items).
+MAX_VALUES = 10_000  # items under one key, each use of an alias counted again
+MAX_DEPTH = 8  # levels of lists and mappings under one key
+
+
+class _KeyTwice(Exception):
+    def __init__(self, key, first: int, again: int):
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _yaml_loader():
+    """PyYAML's SafeLoader, refusing a mapping key written twice (it keeps the last silently).
+    Keys merged in with `<<: *base` may be overridden: that is what a merge is for."""
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                        continue
+                    key = self.construct_object(key_node)
+                    line = key_node.start_mark.line + 1
+                    if key in seen:
+                        raise _KeyTwice(key, seen[key], line)
+                    seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    return RecipeLoader
+
+
+def _load_yaml(text: str):
+    """`text` as YAML, with the recipe loader; RecursionError (thousands of `[`) is the caller's."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+
+
+def _check_size(key: str, value, where: str) -> None:
+    """Refuse a value that expands beyond MAX_VALUES items or nests beyond MAX_DEPTH, before
+    anything (a check, an error message, asdict) walks it. Visits at most MAX_VALUES + 1 items,
+    so the check itself is cheap even for a value that holds itself."""
+    budget = MAX_VALUES
+
+    def walk(item, depth: int) -> None:
+        nonlocal budget
+        budget -= 1
+        if budget < 0:
+            raise _TooBig(f"expands to more than {MAX_VALUES:,} items")
+        if depth > MAX_DEPTH:
+            raise _TooBig(f"is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(item, dict):
+            for k, v in item.items():
+                walk(k, depth + 1)
+                walk(v, depth + 1)
+        elif isinstance(item, (list, tuple, set)):
+            for v in item:
+                walk(v, depth + 1)
+
+    try:
+        walk(value, 0)
+    except _TooBig as exc:
+        raise ConfigError(
+            f"{where}: the value of {excerpt(key)} {exc}",
+            f"write {excerpt(key)} out plainly, without aliases (*name repeats all that &name holds): "
+            "a recipe value is a number, a name or a short list of names",
+        ) from None
+
+
+def _unreadable(exc: ValueError) -> str:
+    """What PyYAML's own conversions (int(), date()) refused, in a few words."""
+    if "integer string conversion" in str(exc):
+        return f"an integer of more than {sys.get_int_max_str_digits():,} digits"
+    return f"a value YAML cannot convert ({excerpt(str(exc), 60)})"
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -144,12 +234,28 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(
-                f"cannot read the override {item!r}", "write overrides as key=value, e.g. max_length=512"
+                f"cannot read the override {excerpt(item)}",
+                "write overrides as key=value, e.g. max_length=512",
             )
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            out[key.strip()] = _load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             out[key.strip()] = raw
+        except _KeyTwice as twice:
+            raise ConfigError(
+                f"command line: {key.strip()}= names the key {excerpt(twice.key)} twice",
+                "write each key once",
+            ) from None
+        except RecursionError:
+            raise ConfigError(
+                f"command line: the value of {excerpt(key.strip())} is nested too deeply for a recipe",
+                f"fix the value of {excerpt(key.strip())}",
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(
+                f"command line: the value of {excerpt(key.strip())} is {_unreadable(exc)}",
+                f"fix the value of {excerpt(key.strip())}",
+            ) from None
     return out
 
 
@@ -173,13 +279,28 @@ def _read_recipe(path: Path) -> dict:
             f"cannot read {path} ({exc.strerror})", "check the path and its permissions"
         ) from None
     try:
-        loaded = yaml.safe_load(text)
+        loaded = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})", "fix the file") from None
     except RecursionError:
         raise ConfigError(f"{path} is nested too deeply to be a recipe", hint) from None
+    except _KeyTwice as twice:
+        raise ConfigError(
+            f"{path}: the key {excerpt(twice.key)} is set twice (lines {twice.first} and {twice.again}); "
+            "YAML would silently keep the last",
+            "delete the one you do not mean",
+        ) from None
+    except ValueError as exc:
+        # PyYAML converts with int() and date(): over 4,300 digits, or a 13th month, they refuse.
+        raise ConfigError(f"{path} holds {_unreadable(exc)}", "fix the file") from None
     if loaded is None:
-        return {}
+        # An empty file (or `~`) would train a 5.8B model for hours on the defaults: more likely a
+        # truncated or wrong file than a wish.
+        raise ConfigError(
+            f"{path} is empty: it sets no recipe key",
+            "write the recipe's key: value lines (korani train init writes the korani-5.8b preset out), "
+            "or pass the preset name korani-5.8b",
+        )
     if not isinstance(loaded, dict):
         raise ConfigError(
             f"{path} must hold a mapping of key: value, not a {type(loaded).__name__}",
@@ -193,10 +314,14 @@ def load_config(path: Path | None, overrides: dict | None = None) -> TrainConfig
     origin: dict[str, str] = {}
     if path is not None:
         loaded = _read_recipe(path)
+        for key, value in loaded.items():
+            _check_size(key, value, str(path))
         _check_keys(loaded, str(path))
         values.update({k: _coerce(k, v, str(path)) for k, v in loaded.items()})
         origin.update(dict.fromkeys(loaded, str(path)))
     overrides = overrides or {}
+    for key, value in overrides.items():
+        _check_size(key, value, "command line")
     _check_keys(overrides, "command line")
     values.update({k: _coerce(k, v, "command line") for k, v in overrides.items()})
     origin.update(dict.fromkeys(overrides, "command line"))
@@ -342,12 +467,12 @@ def validate(config: TrainConfig, origin: dict[str, str] | None = None) -> None:
         if not check(value):
             where = origin.get(f.name, "recipe")
             fix = f"fix the value of '{f.name}'"
-            if isinstance(value, str):
+            if isinstance(value, str) and len(value) <= 100:  # a near-miss of a name is short
                 import difflib
 
                 close = difflib.get_close_matches(value, requirement.replace(",", " ").split(), n=1)
                 fix += f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"{where}: '{f.name}' is {value!r}; it must be {requirement}", fix)
+            raise ConfigError(f"{where}: '{f.name}' is {excerpt(value)}; it must be {requirement}", fix)
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

@@ -193,18 +193,25 @@ def _load(setup: Setup, state: RunState, ranks: dist.Ranks, reporter: Reporter, 
 
 
 def _train(trainer, setup: Setup, state: RunState, ranks: dist.Ranks, reporter: Reporter):
-    """`trainer.train()` with Ctrl-C asking for a checkpoint, and a lost process named."""
+    """`trainer.train()` with Ctrl-C (and, for one process, SIGTERM) asking for a checkpoint,
+    and a lost process named."""
     output, checkpoint = setup.output, setup.checkpoint
 
-    def on_sigint(signum, frame):
+    def on_stop(signum, frame):
         if state.interrupted:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt  # a second Ctrl-C (or SIGTERM): stop now
         state.interrupted = True
+        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         reporter.notice(
-            "Ctrl-C: saving a checkpoint at the end of this step, then stopping (press again to abort)"
+            f"{what}: saving a checkpoint at the end of this step, then stopping (press Ctrl-C to abort)"
         )
 
-    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    # A job scheduler (slurm, a Kubernetes eviction, systemd) stops a job with SIGTERM, then
+    # SIGKILL a while later: the step and its checkpoint fit in between, and --resume finds it.
+    # Under a launcher SIGTERM means the launcher is ending the job because another process
+    # died: no checkpoint can be gathered then, so it stays an interruption (below).
+    stops = (signal.SIGINT,) if ranks.launched else (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, on_stop) for sig in stops} if _main_thread() else {}
     try:
         return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except KeyboardInterrupt:
@@ -222,8 +229,9 @@ def _train(trainer, setup: Setup, state: RunState, ranks: dist.Ranks, reporter: 
         what, fix = dist.lost_peer_message(ranks, trainer.state.global_step, output, _last_checkpoint(output))
         raise dist.PeerLost(f"{what} ({dist.first_line(exc)})", fix) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            if handler is not None:  # None: installed outside Python, nothing to put back
+                signal.signal(sig, handler)
         reporter.finish()
 
 
