@@ -192,6 +192,44 @@ def test_a_bad_flag_value_is_one_line_and_exit_2(home, args, fragment):
     assert fragment in one_line(result.stderr)
 
 
+# -- issue 20: what Typer itself refuses (before any korani code runs) is one line and exit 2 too -----------
+
+PARSE_ROWS = [
+    # (arguments, fragment of what was wrong, the command whose --help is the fix)
+    (["ask", "-n", "abc", "q"], "invalid value for '--max-new-tokens'", "korani ask"),
+    (["ask", "--temperature", "hot", "q"], "invalid value for '--temperature'", "korani ask"),
+    (["ask", "--bogus", "q"], "no such option: --bogus", "korani ask"),
+    (["history", "show"], "missing argument", "korani history show"),
+    (["history", "list", "--limit", "x"], "invalid value for '--limit'", "korani history list"),
+    (["data", "show", "d", "--random", "0"], "invalid value for '--random'", "korani data show"),
+    (["bogus"], "no such command 'bogus'", "korani"),
+    (["--bogus"], "no such option: --bogus", "korani"),
+    (["train", "recipe.yaml", "--bogus"], "no such option: --bogus", "korani train run"),
+    (["eval", "rag", "--limit", "many"], "invalid value for '--limit'", "korani eval rag"),
+]
+
+
+@pytest.mark.parametrize("args, fragment, command", PARSE_ROWS, ids=[" ".join(r[0]) for r in PARSE_ROWS])
+def test_a_parse_error_is_one_line_and_exit_2(home, args, fragment, command):
+    """Before: Typer's 5-6 line box (usage, "Try …", a bordered panel)."""
+    result = runner.invoke(app, args, input="")
+    assert result.exit_code == EXIT_USAGE, result.output
+    line = one_line(result.stderr)
+    assert fragment in line and line.endswith(f"see `{command} --help`"), line
+    assert result.stdout == "" and "╭" not in result.stderr
+
+
+def test_a_parse_error_in_a_real_shell_names_the_command_as_run(tmp_path):
+    code, out, err = korani("ask", "--max-new-tokens", "abc", "q", env={"KORANI_HOME": str(tmp_path)})
+    assert code == EXIT_USAGE and out == ""
+    assert one_line(err).endswith("-m korani_cli ask --help`"), err
+
+
+def test_korani_alone_still_shows_its_help():
+    result = runner.invoke(app, [])
+    assert result.exit_code == EXIT_USAGE and "Commands" in result.output and "error:" not in result.output
+
+
 # -- 14: KORANI_HOME that cannot hold korani's files ---------------------------------------------
 
 
@@ -776,3 +814,71 @@ def test_closed_streams_are_not_internal_errors(tmp_path, args, how, code, fragm
         assert fragment in one_line(err)
     else:  # quiet, like any tool whose reader went away: no error line, no traceback
         assert "error" not in err and "Traceback" not in err
+
+
+# -- issue 20: every command that writes to stdout honours a reader that went away: 141, nothing said ----
+
+
+def _prepared_data(root: Path) -> Path:
+    """A real `korani data prepare` output with 30 conversations (24 in train)."""
+    source = root / "k.jsonl"
+    rows = [
+        {"instruction": f"질문 {i}: 한국의 산 {i}은?", "output": f"답변 {i}: 높은 산입니다 {i * 7}."}
+        for i in range(30)
+    ]
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    result = runner.invoke(app, ["data", "prepare", "--koalpaca", str(source), "-o", str(root / "data")])
+    assert result.exit_code == 0, result.output
+    return root / "data"
+
+
+READER_GONE_ROWS = [
+    # arguments (DATA = a prepared data set, SID = a saved session). Before, --help, --version and the
+    # data tables exited 1 (click's and rich's own answer to a closed pipe); the two history rows
+    # already gave 141 and stay as controls, since every exit now passes through the root's last flush.
+    ["--help"],
+    ["ask", "--help"],
+    ["history", "--help"],
+    ["--version"],
+    ["data", "show", "DATA", "--random", "20"],
+    ["data", "stats", "DATA"],
+    ["history", "export", "SID"],
+    ["history", "show", "SID", "--json"],
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("args", READER_GONE_ROWS, ids=[" ".join(r) for r in READER_GONE_ROWS])
+def test_a_reader_that_went_away_is_exit_141_and_silence(tmp_path, args):
+    home = tmp_path / "home"
+    sid = _seed_session(home)
+    data = _prepared_data(tmp_path) if "DATA" in args else None
+    cmd = [
+        sys.executable,
+        "-m",
+        "korani_cli",
+        *[sid if a == "SID" else str(data) if a == "DATA" else a for a in args],
+    ]
+    # The reader closes its end before korani writes a byte (`korani … | head -c 0`, deterministically).
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "KORANI_HOME": str(home)},
+        cwd=REPO,
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=100)
+    assert proc.returncode == 141, err
+    assert err == ""  # no error line, no traceback, no "Exception ignored" from the interpreter
+
+
+def test_a_reader_that_stays_sees_everything(tmp_path):
+    """The control: the same commands with a reader exit 0 and print in full."""
+    data = _prepared_data(tmp_path)
+    code, out, err = korani("data", "show", str(data), "--random", "20", env={"KORANI_HOME": str(tmp_path)})
+    assert code == 0 and out.count("### User") >= 20, err
+    code, out, _ = korani("--help")
+    assert code == 0 and "Commands" in out
