@@ -182,6 +182,9 @@ FLAG_ROWS = [
     (["chat", "--seed", "-1"], "--seed must be a whole number from 0"),
     (["history", "list", "--limit", "0"], "--limit must be a whole number from 1"),
     (["history", "list", "--limit", str(10**30)], "--limit must be a whole number from 1"),
+    # issue 20: nothing to look for is a mistake, not "no saved message matches ''" and exit 0
+    (["history", "search", ""], "history search was given no words"),
+    (["history", "search", " ", "\t"], "history search was given no words"),
 ]
 
 
