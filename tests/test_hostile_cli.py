@@ -233,6 +233,38 @@ def test_korani_alone_still_shows_its_help():
     assert result.exit_code == EXIT_USAGE and "Commands" in result.output and "error:" not in result.output
 
 
+# -- issue 20: the hints of `korani eval` offer only what that command accepts --------------------------
+
+EVAL_HINT_ROWS = [
+    # (arguments, exit code, fragment, what the hint must not offer)
+    (["eval", "rag", "--set", "nope.json"], 6, "pass --set korquad-dev or a path to a KorQuAD", "kullm"),
+    (
+        ["eval", "chat", "--prompts", "nope.jsonl"],
+        6,
+        "pass --prompts kullm or a path to a JSONL",
+        "korquad-dev",
+    ),
+    (["eval", "rag", "--set", "kullm"], EXIT_USAGE, "kullm is the set of `korani eval chat --prompts`", None),
+    (
+        ["eval", "chat", "--prompts", "korquad-dev"],
+        EXIT_USAGE,
+        "korquad-dev is the set of `korani eval rag --set`",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "args, code, fragment, absent", EVAL_HINT_ROWS, ids=[" ".join(r[0]) for r in EVAL_HINT_ROWS]
+)
+def test_an_eval_hint_offers_what_its_command_accepts(home, args, code, fragment, absent):
+    """Before: the --set hint offered kullm (then "not JSON"), the --prompts hint korquad-dev."""
+    result = runner.invoke(app, [*args, "--model", "demo"])
+    assert result.exit_code == code, result.output
+    line = one_line(result.stderr)
+    assert fragment in line and (absent is None or absent not in line), line
+
+
 # -- 14: KORANI_HOME that cannot hold korani's files ---------------------------------------------
 
 
