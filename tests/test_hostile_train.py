@@ -331,12 +331,19 @@ def _foreign(path: Path) -> None:
     (path / "thesis.tex").write_text("three years of work\n")
 
 
+def _prepared_set(path: Path) -> None:
+    """What `korani data prepare -o path` leaves: the splits and its marker."""
+    write_data(path)
+    (path / MARKER).write_text('{"tool": "korani", "command": "data prepare"}\n')
+
+
 def _half_saved_checkpoint(path: Path) -> None:
     _marked_run(path)
     (path / "checkpoint-5").mkdir()
     (path / "checkpoint-5" / "adapter_model.safetensors").write_bytes(b"partial")
 
 
+DATA_SET = "is a data set written by `korani data prepare`, not a training run — pick another --output"
 OUTPUT_CASES = [
     # (id, setup(work), --output, extra args, fragment) — all exit 2, nothing touched
     ("working directory", None, ".", ["--overwrite"], "is the working directory"),
@@ -356,6 +363,13 @@ OUTPUT_CASES = [
     ("earlier run, no flag", lambda w: _marked_run(w / "out"), "out", [], "already holds a run"),
     ("legacy run, no flag", lambda w: _legacy_run(w / "out"), "out", [], "already holds a run"),
     ("resume foreign", lambda w: _foreign(w / "out"), "out", ["--resume"], "refusing to resume there"),
+    # issue 20: a data set is not a run (before: "already holds a run — pass --resume/--overwrite", and
+    # --overwrite then replaced the data set with a run, or was refused as "the source")
+    ("a data set", lambda w: _prepared_set(w / "ds"), "ds", [], DATA_SET),
+    ("a data set, overwrite", lambda w: _prepared_set(w / "ds"), "ds", ["--overwrite"], DATA_SET),
+    ("a data set, resume", lambda w: _prepared_set(w / "ds"), "ds", ["--resume"], DATA_SET),
+    ("the --data set itself", lambda w: _prepared_set(w / "data"), "data", [], DATA_SET),
+    ("the --data set, overwrite", lambda w: _prepared_set(w / "data"), "data", ["--overwrite"], DATA_SET),
     (
         "resume and overwrite",
         lambda w: _marked_run(w / "out"),

@@ -22,7 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from korani_cli.errors import UsageError
-from korani_cli.outputs import guard_output_dir, is_ours, put_back, reap_stale, set_aside, write_marker
+from korani_cli.outputs import (
+    guard_output_dir,
+    is_ours,
+    marker_command,
+    put_back,
+    reap_stale,
+    set_aside,
+    write_marker,
+)
+from korani_cli.untrusted import clean_line
 
 LEGACY = ("korani_train.yaml",)  # every korani train output has had it since the first version
 CHECKPOINT_STATE = "trainer_state.json"  # written last when transformers saves a checkpoint
@@ -37,8 +46,27 @@ def _holds_files(path: Path) -> bool:
         ) from None
 
 
+def _not_a_run(output: Path) -> None:
+    """Another korani command's output (a `data prepare` data set) is not a run:
+    neither to resume nor to replace with --overwrite."""
+    command = marker_command(output) if output.is_dir() else None
+    if command in (None, "train"):
+        return
+    shown = clean_line(command)[:40]
+    what = (
+        "a data set written by `korani data prepare`"
+        if command == "data prepare"
+        else f"korani {shown}'s output"
+    )
+    raise UsageError(
+        f"--output {output} is {what}, not a training run",
+        "pick another --output: a new or empty directory, or an earlier korani train run's",
+    )
+
+
 def judge(output: Path, *, sources: list[Path], resume: bool, overwrite: bool) -> None:
     """Refuse, with one line, an `output` this run must not use. Writes nothing."""
+    _not_a_run(output)
     if resume:
         if overwrite:
             raise UsageError(
