@@ -318,6 +318,42 @@ def test_allow_private_still_reads_loopback_end_to_end(site):
         serp.close()
 
 
+# -- issue 20: with --allow-private, the URL check and the guard read a host alike ---------------
+
+# Dotted quads with a leading zero: httpx alone calls these invalid (2130706433, 0x7f.1 and 127.1 it took).
+LEGACY_LOOPBACK = ["0177.0.0.1", "127.0.0.01", "0177.0000.0000.0001"]
+
+
+@pytest.mark.parametrize("host", LEGACY_LOOPBACK)
+def test_allow_private_fetches_a_legacy_spelling_at_the_address_the_guard_read(net, site, host):
+    """Before: the guard read 0177.0.0.1 as 127.0.0.1, and httpx then refused the URL ("invalid URL")."""
+    report = one(f"http://{host}:{site.port}/ok.html", allow_private=True)
+    assert [p.title for p in report.pages] == ["공개 페이지"], report.failures
+    assert net.dials == [("127.0.0.1", site.port)] and net.lookups == []  # the judged address, no DNS
+    assert report.pages[0].url == f"http://{host}:{site.port}/ok.html"  # the hit keeps its own URL
+
+
+@pytest.mark.slow
+def test_allow_private_reads_a_legacy_loopback_spelling_end_to_end(site):
+    serp = Site({})
+    url = f"http://0177.0.0.1:{site.port}/ok.html"
+    serp.routes["/search"] = (
+        200,
+        {"Content-Type": "application/json"},
+        json.dumps({"results": [{"url": url, "title": "ok", "content": ""}]}).encode(),
+    )
+    try:
+        args = ("search", "부산", "-p", "searxng", "--searxng-url", serp.base, "--embedder", "none")
+        proc = run_korani(*args, "--allow-private", "--json", timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        # The page is cited where it was read, as a browser writes that URL.
+        assert json.loads(proc.stdout)["passages"][0]["url"] == f"http://127.0.0.1:{site.port}/ok.html"
+        refused = run_korani(*args, timeout=120)
+        assert refused.returncode == 7 and "loopback address" in refused.stderr  # the guard still stands
+    finally:
+        serp.close()
+
+
 def test_the_pool_replacement_httpx_relies_on_is_pinned():
     """net.use_backend swaps httpx's private `_pool`: fail loudly if httpx changes shape."""
     import httpcore
