@@ -364,6 +364,14 @@ def _model_files(tmp: Path) -> None:
     (tmp / "binary-adapter").mkdir()
     (tmp / "binary-adapter" / "adapter_config.json").write_bytes(b"\xff\xfe{")
     (tmp / "garbage.gguf").write_bytes(os.urandom(4096))
+    (tmp / "long-base").mkdir()
+    (tmp / "long-base" / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "x" * 5000})
+    )
+    (tmp / "long-part-base").mkdir()
+    (tmp / "long-part-base" / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "org/" + "y" * 300})
+    )
 
 
 MODEL_SPEC_ROWS = [
@@ -379,6 +387,9 @@ MODEL_SPEC_ROWS = [
     ("binary-adapter", EXIT_MODEL_LOAD, "cannot read"),
     ("garbage.gguf", EXIT_MODEL_LOAD, "llama.cpp could not load garbage.gguf"),
     ("nothing.gguf", EXIT_MODEL_LOAD, "GGUF file not found"),
+    # issue 20: a base no path or hub id can be (before: the Hub's validation quoting all 5,000 characters)
+    ("long-base", EXIT_MODEL_LOAD, "which cannot be a path or a Hub id (it is 5000 characters long"),
+    ("long-part-base", EXIT_MODEL_LOAD, "a part of it is 300 bytes long"),
 ]
 
 
@@ -388,7 +399,34 @@ def test_a_missing_or_broken_model_path_says_what_is_wrong(home, tmp_path, spec,
     result = runner.invoke(app, ["ask", "--model", spec, "q"])
     assert result.exit_code == code, result.output
     line = one_line(result.stderr)
-    assert fragment in line and "Hub" not in line
+    assert fragment in line and ("Hub" not in line or "cannot be a path or a Hub id" in line)
+    assert len(line) < 400  # a name from a file is quoted by its start only
+
+
+@pytest.mark.slow  # the hf backend imports torch before it reads the adapter
+def test_a_hub_adapter_naming_a_base_no_path_can_be_is_one_short_line(tmp_path):
+    """The same check for an adapter found in the Hugging Face cache (before: the Hub's validation
+    error quoted all 5,000 characters of the name)."""
+    snapshot = tmp_path / "hub" / "models--org--adapter" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "x" * 5000}))
+    (tmp_path / "hub" / "models--org--adapter" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--adapter" / "refs" / "main").write_text("a" * 40)
+    code, out, err = korani(
+        "ask",
+        "--model",
+        "org/adapter",
+        "q",
+        env={
+            "KORANI_HOME": str(tmp_path / "home"),
+            "HF_HUB_CACHE": str(tmp_path / "hub"),
+            "HF_HUB_OFFLINE": "1",
+        },
+        timeout=300,
+    )
+    assert code == EXIT_MODEL_LOAD, err
+    line = one_line(err)
+    assert "the adapter 'org/adapter' names the base model 'xxxx" in line and len(line) < 400, line
 
 
 def test_an_empty_session_id_is_a_usage_error(home):

@@ -95,6 +95,7 @@ def work(tmp_path) -> Path:
 # -- recipes: validated whole, before --smoke overrides anything -----------------------------
 
 DEEP = "[" * 100_000
+LONG_BASE = "yyyy…'; it must be a hub id or a local directory"  # quoted by its first 60 characters only
 RECIPE_CASES = [
     # (id, recipe file content (str/bytes) or "DIR"/"MISSING", overrides, exit code, fragment)
     ("lora_r 0", "lora_r: 0\n", [], EXIT_CONFIG, "'lora_r' is 0"),
@@ -157,6 +158,9 @@ RECIPE_CASES = [
     ("recipe a scalar", "just some words\n", [], EXIT_CONFIG, "not a str"),
     ("recipe deeply nested", DEEP, [], EXIT_CONFIG, "nested too deeply"),
     ("recipe not YAML", "lora_r: [8\n", [], EXIT_CONFIG, "is not valid YAML"),
+    # issue 20: a name no path or hub id can be (before: OSError "File name too long", an internal error)
+    ("base_model 5000 characters", f"base_model: /{'y' * 5000}\n", [], EXIT_CONFIG, LONG_BASE),
+    ("base_model override 5000", None, [f"base_model={'y' * 5000}"], EXIT_CONFIG, LONG_BASE),
 ]
 
 
@@ -528,6 +532,16 @@ MERGE_CASES = [
         [],
         EXIT_MODEL_LOAD,
         "names no base model",
+    ),
+    (
+        "adapter names a 5000-character base",
+        lambda w: (w / "adapter" / "adapter_config.json").write_text(
+            json.dumps({"base_model_name_or_path": "x" * 5000})
+        ),
+        "m",
+        [],
+        EXIT_MODEL_LOAD,
+        "which cannot be a path or a Hub id (it is 5000 characters long",
     ),
     (
         "not an adapter",

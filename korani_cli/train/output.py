@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from korani_cli import modelref
 from korani_cli.errors import UsageError
 from korani_cli.outputs import (
     guard_output_dir,
@@ -201,7 +202,8 @@ def check_matches(
     ) != sorted(lora_target_modules):
         differences.append(f"lora_target_modules {targets} (now {list(lora_target_modules)})")
     if base_model is not None and saved.get("base_model_name_or_path") not in (None, base_model):
-        differences.append(f"base_model {saved['base_model_name_or_path']} (now {base_model})")
+        saved_base = modelref.shorten(str(saved["base_model_name_or_path"]))
+        differences.append(f"base_model {saved_base} (now {base_model})")
     if differences:
         from korani_cli.errors import ConfigError
 
