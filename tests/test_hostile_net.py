@@ -737,6 +737,71 @@ def test_every_provider_ends_by_its_deadline(name, slow_server, serps, monkeypat
     assert elapsed < 1.5 + 1.5, elapsed
 
 
+# -- issue 20: an embedder or reranker that cannot be had is refused at once ------------------------------
+#
+# Before, `--embedder /nonexistent` waited for the providers and the pages, then spent ~20 s importing
+# torch and sentence-transformers to find out, which printed lines of their own. What is asserted is
+# the mechanism, not a time: neither library was imported and no provider was asked.
+
+_REPORT_IMPORTS = (
+    "import sys\nfrom korani_cli.cli import app\n"
+    "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+    "heavy = [m for m in ('torch', 'sentence_transformers') if m in sys.modules]\n"
+    "sys.stderr.write('IMPORTED:' + ','.join(heavy))\n"
+    "sys.exit(code)\n"
+)
+
+UNLOADABLE_ROWS = [
+    # (flag, value ({t} = a scratch directory holding a.md), fragment of the one line)
+    ("--embedder", "/nonexistent", "cannot load --embedder '/nonexistent': no such directory"),
+    ("--embedder", "{t}/a.md", "it is not a directory"),
+    ("--embedder", "org/not-cached", "the Hugging Face Hub is unreachable and it is not in the local cache"),
+    ("--reranker", "org/not-cached", "the Hugging Face Hub is unreachable and it is not in the local cache"),
+    ("--reranker", "{t}/missing", "cannot load --reranker"),
+    ("--reranker", "not a name!", "it is neither a local directory nor a Hub id"),
+    ("--embedder", "e" * 5000, "more than any path or Hub id can be"),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "flag, value, fragment", UNLOADABLE_ROWS, ids=[f"{r[0]} {r[1][:20]}" for r in UNLOADABLE_ROWS]
+)
+def test_an_embedder_or_reranker_that_cannot_load_is_refused_before_anything_loads(
+    tmp_path, flag, value, fragment
+):
+    (tmp_path / "a.md").write_text("서울은 대한민국의 수도이다.", encoding="utf-8")
+    serp = Site({"/search": (200, {"Content-Type": "application/json"}, b'{"results": []}')})
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _REPORT_IMPORTS,
+                "search",
+                "서울",
+                "-p",
+                "searxng",
+                "--searxng-url",
+                serp.base,
+            ]
+            + [flag, value.format(t=tmp_path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "KORANI_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"},
+            cwd=REPO,
+            timeout=100,
+        )
+    finally:
+        serp.close()
+    err, imported = proc.stderr.rsplit("IMPORTED:", 1)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 3 and len(lines) == 1, proc.stderr[-2000:]
+    assert fragment in lines[0] and f"or leave {flag} out" in lines[0] and len(lines[0]) < 400, lines[0]
+    assert imported.strip() == ""  # decided before sentence-transformers (or torch) was imported
+    assert serp.seen == []  # ... and before any provider was asked
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_korani_search_against_a_trickling_searxng_ends_with_exit_7(tmp_path):
