@@ -11,6 +11,7 @@ import os
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from korani_cli import __version__
 from korani_cli.commands import ask as ask_command
@@ -20,13 +21,43 @@ from korani_cli.commands import eval as eval_command
 from korani_cli.commands import models as models_command
 from korani_cli.commands import search as search_command
 from korani_cli.commands import train as train_command
+from korani_cli.console import StdoutReader, one_line_parse_errors, settle_stdout
 from korani_cli.helpfmt import install as _install_help_format
 from korani_cli.runtime import no_unasked_requests, set_debug
 
 _install_help_format()
 
+
+class KoraniGroup(TyperGroup):
+    """The root command keeps the contract outside any one command's body too.
+
+    A parse error (a bad integer, an unknown option, a missing argument) is
+    one `error: … — see `… --help`` line and exit 2, not Typer's box; and
+    whatever wrote to stdout — help, a table, click or rich — a reader that
+    went away (`korani --help | head -c1`) is exit 141 with nothing more said,
+    not the libraries' exit 1 or Python's complaint at exit."""
+
+    def main(self, *args, **kwargs):
+        reader = StdoutReader()
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as exc:
+            raise SystemExit(settle_stdout(exc.code, reader)) from None
+        finally:
+            reader.close()
+
+    def make_context(self, *args, **kwargs):
+        with one_line_parse_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with one_line_parse_errors():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
     name="korani",
+    cls=KoraniGroup,
     help="Korean instruction-tuned chat models: data, training, web-search chat and one-shot answers.",
     no_args_is_help=True,
     add_completion=False,

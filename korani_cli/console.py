@@ -10,6 +10,7 @@ quiet libraries) is korani_cli/runtime.py's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -31,9 +32,10 @@ class _Console(Console):
         raise BrokenPipeError
 
 
-def out_console() -> Console:
-    """The console for what a user reads on stdout (chat answers, tables)."""
-    return _Console(highlight=False)
+def out_console(highlight: bool = False) -> Console:
+    """The console for what a user reads on stdout (chat answers, tables). A reader
+    that went away raises BrokenPipeError, which `korani_command` turns into 141."""
+    return _Console(highlight=highlight)
 
 
 def err_console() -> Console:
@@ -93,3 +95,89 @@ def korani_command(func):
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper
+
+
+# -- outside any command's body: parse errors and the reader of stdout ----------------------
+
+
+def usage_error_line(exc) -> str:
+    """A click/Typer parse error (bad integer, unknown option, missing argument) as korani's
+    one line: click's own words for what was wrong, and the command's --help as the fix."""
+    what = " ".join(exc.format_message().split()).rstrip(".")
+    if what[:1].isupper() and what[1:2].islower():
+        what = what[0].lower() + what[1:]
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None else "korani"
+    return KoraniError(what, f"see `{path} --help`").one_line()
+
+
+def _click_errors() -> tuple:
+    """(ClickException, NoArgsIsHelpError) of the click this Typer parses with: its own
+    copy (`typer._click`, newer Typers) or click itself; () where the second is missing."""
+    import typer.core
+
+    click = getattr(typer.core, "_click", None) or getattr(typer.core, "click")
+    return click.exceptions.ClickException, getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+@contextlib.contextmanager
+def one_line_parse_errors():
+    """Where click would draw its error box (a parse error) or exit 1 on a closed stdout."""
+    click_exception, no_args_is_help = _click_errors()
+    try:
+        yield
+    except no_args_is_help:
+        raise  # `korani data` alone: the help is the answer, as Typer prints it
+    except click_exception as exc:
+        print_error(usage_error_line(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
+
+
+class StdoutReader:
+    """Whether the reader of stdout went away, asked of the pipe itself.
+
+    Libraries each report a closed pipe their own way: click exits 1, rich's
+    consoles (Typer's help among them) point stdout at /dev/null and exit 1,
+    and Python complains at exit when its last flush fails. A duplicate of
+    stdout's descriptor, taken before anything is written, still names the
+    pipe afterwards, and on Linux a pipe nobody reads polls as POLLERR."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd: int | None = os.dup(sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # no real descriptor (a test's capture)
+            self.fd = None
+
+    def gone(self) -> bool:
+        import select
+
+        if self.fd is None or not hasattr(select, "poll"):
+            return False
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def settle_stdout(code, reader: StdoutReader):
+    """The exit code once what is left of stdout is flushed: 141 when its reader went
+    away before korani finished writing (a library's exit 1, or a failed last flush),
+    with stdout pointed at /dev/null so the interpreter's own flush stays quiet."""
+    broken = False
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        broken = True
+    except (OSError, ValueError, AttributeError):
+        pass
+    if broken or (code == EXIT_INTERNAL and reader.gone()):
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE if code in (None, 0, EXIT_INTERNAL) else code
+    return code

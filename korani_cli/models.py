@@ -28,6 +28,7 @@ import re
 import sys
 from pathlib import Path
 
+from korani_cli import modelref
 from korani_cli.backends import OFFLINE_FIX, Backend, ModelSpec, Notify, registry
 from korani_cli.config import RULES, Invalid, Settings, check_value
 from korani_cli.errors import ModelLoadError, UsageError
@@ -58,6 +59,7 @@ def _read_adapter_base(directory: Path) -> str | None:
             f"{config} does not name its base model (base_model_name_or_path)",
             "add it, or pass the merged model directory instead",
         )
+    modelref.check_base(base, str(config))
     return base
 
 

@@ -321,6 +321,17 @@ def is_ours(directory: Path, legacy: Iterable[str] = ()) -> bool:
     return bool(legacy) and all((directory / name).exists() for name in legacy)
 
 
+def marker_command(directory: Path) -> str | None:
+    """The command named by the marker in `directory` ("data prepare", "train", …);
+    None when there is no marker korani can read."""
+    try:
+        record = json.loads((Path(directory) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    command = record.get("command") if isinstance(record, dict) else None
+    return command if isinstance(command, str) else None
+
+
 def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 

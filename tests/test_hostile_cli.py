@@ -191,6 +191,9 @@ FLAG_ROWS = [
     (["chat", "--seed", "-1"], "--seed must be a whole number from 0"),
     (["history", "list", "--limit", "0"], "--limit must be a whole number from 1"),
     (["history", "list", "--limit", str(10**30)], "--limit must be a whole number from 1"),
+    # issue 20: nothing to look for is a mistake, not "no saved message matches ''" and exit 0
+    (["history", "search", ""], "history search was given no words"),
+    (["history", "search", " ", "\t"], "history search was given no words"),
 ]
 
 
@@ -199,6 +202,76 @@ def test_a_bad_flag_value_is_one_line_and_exit_2(home, args, fragment):
     result = runner.invoke(app, args, input="")
     assert result.exit_code == EXIT_USAGE, result.output
     assert fragment in one_line(result.stderr)
+
+
+# -- issue 20: what Typer itself refuses (before any korani code runs) is one line and exit 2 too -----------
+
+PARSE_ROWS = [
+    # (arguments, fragment of what was wrong, the command whose --help is the fix)
+    (["ask", "-n", "abc", "q"], "invalid value for '--max-new-tokens'", "korani ask"),
+    (["ask", "--temperature", "hot", "q"], "invalid value for '--temperature'", "korani ask"),
+    (["ask", "--bogus", "q"], "no such option: --bogus", "korani ask"),
+    (["history", "show"], "missing argument", "korani history show"),
+    (["history", "list", "--limit", "x"], "invalid value for '--limit'", "korani history list"),
+    (["data", "show", "d", "--random", "0"], "invalid value for '--random'", "korani data show"),
+    (["bogus"], "no such command 'bogus'", "korani"),
+    (["--bogus"], "no such option: --bogus", "korani"),
+    (["train", "recipe.yaml", "--bogus"], "no such option: --bogus", "korani train run"),
+    (["eval", "rag", "--limit", "many"], "invalid value for '--limit'", "korani eval rag"),
+]
+
+
+@pytest.mark.parametrize("args, fragment, command", PARSE_ROWS, ids=[" ".join(r[0]) for r in PARSE_ROWS])
+def test_a_parse_error_is_one_line_and_exit_2(home, args, fragment, command):
+    """Before: Typer's 5-6 line box (usage, "Try …", a bordered panel)."""
+    result = runner.invoke(app, args, input="")
+    assert result.exit_code == EXIT_USAGE, result.output
+    line = one_line(result.stderr)
+    assert fragment in line and line.endswith(f"see `{command} --help`"), line
+    assert result.stdout == "" and "╭" not in result.stderr
+
+
+def test_a_parse_error_in_a_real_shell_names_the_command_as_run(tmp_path):
+    code, out, err = korani("ask", "--max-new-tokens", "abc", "q", env={"KORANI_HOME": str(tmp_path)})
+    assert code == EXIT_USAGE and out == ""
+    assert one_line(err).endswith("-m korani_cli ask --help`"), err
+
+
+def test_korani_alone_still_shows_its_help():
+    result = runner.invoke(app, [])
+    assert result.exit_code == EXIT_USAGE and "Commands" in result.output and "error:" not in result.output
+
+
+# -- issue 20: the hints of `korani eval` offer only what that command accepts --------------------------
+
+EVAL_HINT_ROWS = [
+    # (arguments, exit code, fragment, what the hint must not offer)
+    (["eval", "rag", "--set", "nope.json"], 6, "pass --set korquad-dev or a path to a KorQuAD", "kullm"),
+    (
+        ["eval", "chat", "--prompts", "nope.jsonl"],
+        6,
+        "pass --prompts kullm or a path to a JSONL",
+        "korquad-dev",
+    ),
+    (["eval", "rag", "--set", "kullm"], EXIT_USAGE, "kullm is the set of `korani eval chat --prompts`", None),
+    (
+        ["eval", "chat", "--prompts", "korquad-dev"],
+        EXIT_USAGE,
+        "korquad-dev is the set of `korani eval rag --set`",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "args, code, fragment, absent", EVAL_HINT_ROWS, ids=[" ".join(r[0]) for r in EVAL_HINT_ROWS]
+)
+def test_an_eval_hint_offers_what_its_command_accepts(home, args, code, fragment, absent):
+    """Before: the --set hint offered kullm (then "not JSON"), the --prompts hint korquad-dev."""
+    result = runner.invoke(app, [*args, "--model", "demo"])
+    assert result.exit_code == code, result.output
+    line = one_line(result.stderr)
+    assert fragment in line and (absent is None or absent not in line), line
 
 
 # -- 14: KORANI_HOME that cannot hold korani's files ---------------------------------------------
@@ -300,6 +373,14 @@ def _model_files(tmp: Path) -> None:
     (tmp / "binary-adapter").mkdir()
     (tmp / "binary-adapter" / "adapter_config.json").write_bytes(b"\xff\xfe{")
     (tmp / "garbage.gguf").write_bytes(os.urandom(4096))
+    (tmp / "long-base").mkdir()
+    (tmp / "long-base" / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "x" * 5000})
+    )
+    (tmp / "long-part-base").mkdir()
+    (tmp / "long-part-base" / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "org/" + "y" * 300})
+    )
 
 
 MODEL_SPEC_ROWS = [
@@ -315,6 +396,9 @@ MODEL_SPEC_ROWS = [
     ("binary-adapter", EXIT_MODEL_LOAD, "cannot read"),
     ("garbage.gguf", EXIT_MODEL_LOAD, "llama.cpp could not load garbage.gguf"),
     ("nothing.gguf", EXIT_MODEL_LOAD, "GGUF file not found"),
+    # issue 20: a base no path or hub id can be (before: the Hub's validation quoting all 5,000 characters)
+    ("long-base", EXIT_MODEL_LOAD, "which cannot be a path or a Hub id (it is 5000 characters long"),
+    ("long-part-base", EXIT_MODEL_LOAD, "a part of it is 300 bytes long"),
 ]
 
 
@@ -324,7 +408,34 @@ def test_a_missing_or_broken_model_path_says_what_is_wrong(home, tmp_path, spec,
     result = runner.invoke(app, ["ask", "--model", spec, "q"])
     assert result.exit_code == code, result.output
     line = one_line(result.stderr)
-    assert fragment in line and "Hub" not in line
+    assert fragment in line and ("Hub" not in line or "cannot be a path or a Hub id" in line)
+    assert len(line) < 400  # a name from a file is quoted by its start only
+
+
+@pytest.mark.slow  # the hf backend imports torch before it reads the adapter
+def test_a_hub_adapter_naming_a_base_no_path_can_be_is_one_short_line(tmp_path):
+    """The same check for an adapter found in the Hugging Face cache (before: the Hub's validation
+    error quoted all 5,000 characters of the name)."""
+    snapshot = tmp_path / "hub" / "models--org--adapter" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "x" * 5000}))
+    (tmp_path / "hub" / "models--org--adapter" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--adapter" / "refs" / "main").write_text("a" * 40)
+    code, out, err = korani(
+        "ask",
+        "--model",
+        "org/adapter",
+        "q",
+        env={
+            "KORANI_HOME": str(tmp_path / "home"),
+            "HF_HUB_CACHE": str(tmp_path / "hub"),
+            "HF_HUB_OFFLINE": "1",
+        },
+        timeout=300,
+    )
+    assert code == EXIT_MODEL_LOAD, err
+    line = one_line(err)
+    assert "the adapter 'org/adapter' names the base model 'xxxx" in line and len(line) < 400, line
 
 
 def test_an_empty_session_id_is_a_usage_error(home):
@@ -1152,3 +1263,71 @@ def test_closed_streams_are_not_internal_errors(tmp_path, args, how, code, fragm
         assert fragment in one_line(err)
     else:  # quiet, like any tool whose reader went away: no error line, no traceback
         assert "error" not in err and "Traceback" not in err
+
+
+# -- issue 20: every command that writes to stdout honours a reader that went away: 141, nothing said ----
+
+
+def _prepared_data(root: Path) -> Path:
+    """A real `korani data prepare` output with 30 conversations (24 in train)."""
+    source = root / "k.jsonl"
+    rows = [
+        {"instruction": f"질문 {i}: 한국의 산 {i}은?", "output": f"답변 {i}: 높은 산입니다 {i * 7}."}
+        for i in range(30)
+    ]
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    result = runner.invoke(app, ["data", "prepare", "--koalpaca", str(source), "-o", str(root / "data")])
+    assert result.exit_code == 0, result.output
+    return root / "data"
+
+
+READER_GONE_ROWS = [
+    # arguments (DATA = a prepared data set, SID = a saved session). Before, --help, --version and the
+    # data tables exited 1 (click's and rich's own answer to a closed pipe); the two history rows
+    # already gave 141 and stay as controls, since every exit now passes through the root's last flush.
+    ["--help"],
+    ["ask", "--help"],
+    ["history", "--help"],
+    ["--version"],
+    ["data", "show", "DATA", "--random", "20"],
+    ["data", "stats", "DATA"],
+    ["history", "export", "SID"],
+    ["history", "show", "SID", "--json"],
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("args", READER_GONE_ROWS, ids=[" ".join(r) for r in READER_GONE_ROWS])
+def test_a_reader_that_went_away_is_exit_141_and_silence(tmp_path, args):
+    home = tmp_path / "home"
+    sid = _seed_session(home)
+    data = _prepared_data(tmp_path) if "DATA" in args else None
+    cmd = [
+        sys.executable,
+        "-m",
+        "korani_cli",
+        *[sid if a == "SID" else str(data) if a == "DATA" else a for a in args],
+    ]
+    # The reader closes its end before korani writes a byte (`korani … | head -c 0`, deterministically).
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "KORANI_HOME": str(home)},
+        cwd=REPO,
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=100)
+    assert proc.returncode == 141, err
+    assert err == ""  # no error line, no traceback, no "Exception ignored" from the interpreter
+
+
+def test_a_reader_that_stays_sees_everything(tmp_path):
+    """The control: the same commands with a reader exit 0 and print in full."""
+    data = _prepared_data(tmp_path)
+    code, out, err = korani("data", "show", str(data), "--random", "20", env={"KORANI_HOME": str(tmp_path)})
+    assert code == 0 and out.count("### User") >= 20, err
+    code, out, _ = korani("--help")
+    assert code == 0 and "Commands" in out

@@ -318,6 +318,42 @@ def test_allow_private_still_reads_loopback_end_to_end(site):
         serp.close()
 
 
+# -- issue 20: with --allow-private, the URL check and the guard read a host alike ---------------
+
+# Dotted quads with a leading zero: httpx alone calls these invalid (2130706433, 0x7f.1 and 127.1 it took).
+LEGACY_LOOPBACK = ["0177.0.0.1", "127.0.0.01", "0177.0000.0000.0001"]
+
+
+@pytest.mark.parametrize("host", LEGACY_LOOPBACK)
+def test_allow_private_fetches_a_legacy_spelling_at_the_address_the_guard_read(net, site, host):
+    """Before: the guard read 0177.0.0.1 as 127.0.0.1, and httpx then refused the URL ("invalid URL")."""
+    report = one(f"http://{host}:{site.port}/ok.html", allow_private=True)
+    assert [p.title for p in report.pages] == ["공개 페이지"], report.failures
+    assert net.dials == [("127.0.0.1", site.port)] and net.lookups == []  # the judged address, no DNS
+    assert report.pages[0].url == f"http://{host}:{site.port}/ok.html"  # the hit keeps its own URL
+
+
+@pytest.mark.slow
+def test_allow_private_reads_a_legacy_loopback_spelling_end_to_end(site):
+    serp = Site({})
+    url = f"http://0177.0.0.1:{site.port}/ok.html"
+    serp.routes["/search"] = (
+        200,
+        {"Content-Type": "application/json"},
+        json.dumps({"results": [{"url": url, "title": "ok", "content": ""}]}).encode(),
+    )
+    try:
+        args = ("search", "부산", "-p", "searxng", "--searxng-url", serp.base, "--embedder", "none")
+        proc = run_korani(*args, "--allow-private", "--json", timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        # The page is cited where it was read, as a browser writes that URL.
+        assert json.loads(proc.stdout)["passages"][0]["url"] == f"http://127.0.0.1:{site.port}/ok.html"
+        refused = run_korani(*args, timeout=120)
+        assert refused.returncode == 7 and "loopback address" in refused.stderr  # the guard still stands
+    finally:
+        serp.close()
+
+
 def test_the_pool_replacement_httpx_relies_on_is_pinned():
     """net.use_backend swaps httpx's private `_pool`: fail loudly if httpx changes shape."""
     import httpcore
@@ -780,6 +816,71 @@ def test_no_read_waits_past_the_request_deadline_on_a_fake_clock(every):
         assert abs(len(received) - round((1.5 - 0.1) / every)) <= 1
     # Outside `within`, korani's per-read timeout passes through unchanged.
     assert backend.clamp(20, "read") == 20
+
+
+# -- issue 20: an embedder or reranker that cannot be had is refused at once ------------------------------
+#
+# Before, `--embedder /nonexistent` waited for the providers and the pages, then spent ~20 s importing
+# torch and sentence-transformers to find out, which printed lines of their own. What is asserted is
+# the mechanism, not a time: neither library was imported and no provider was asked.
+
+_REPORT_IMPORTS = (
+    "import sys\nfrom korani_cli.cli import app\n"
+    "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+    "heavy = [m for m in ('torch', 'sentence_transformers') if m in sys.modules]\n"
+    "sys.stderr.write('IMPORTED:' + ','.join(heavy))\n"
+    "sys.exit(code)\n"
+)
+
+UNLOADABLE_ROWS = [
+    # (flag, value ({t} = a scratch directory holding a.md), fragment of the one line)
+    ("--embedder", "/nonexistent", "cannot load --embedder '/nonexistent': no such directory"),
+    ("--embedder", "{t}/a.md", "it is not a directory"),
+    ("--embedder", "org/not-cached", "the Hugging Face Hub is unreachable and it is not in the local cache"),
+    ("--reranker", "org/not-cached", "the Hugging Face Hub is unreachable and it is not in the local cache"),
+    ("--reranker", "{t}/missing", "cannot load --reranker"),
+    ("--reranker", "not a name!", "it is neither a local directory nor a Hub id"),
+    ("--embedder", "e" * 5000, "more than any path or Hub id can be"),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "flag, value, fragment", UNLOADABLE_ROWS, ids=[f"{r[0]} {r[1][:20]}" for r in UNLOADABLE_ROWS]
+)
+def test_an_embedder_or_reranker_that_cannot_load_is_refused_before_anything_loads(
+    tmp_path, flag, value, fragment
+):
+    (tmp_path / "a.md").write_text("서울은 대한민국의 수도이다.", encoding="utf-8")
+    serp = Site({"/search": (200, {"Content-Type": "application/json"}, b'{"results": []}')})
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _REPORT_IMPORTS,
+                "search",
+                "서울",
+                "-p",
+                "searxng",
+                "--searxng-url",
+                serp.base,
+            ]
+            + [flag, value.format(t=tmp_path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "KORANI_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"},
+            cwd=REPO,
+            timeout=100,
+        )
+    finally:
+        serp.close()
+    err, imported = proc.stderr.rsplit("IMPORTED:", 1)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 3 and len(lines) == 1, proc.stderr[-2000:]
+    assert fragment in lines[0] and f"or leave {flag} out" in lines[0] and len(lines[0]) < 400, lines[0]
+    assert imported.strip() == ""  # decided before sentence-transformers (or torch) was imported
+    assert serp.seen == []  # ... and before any provider was asked
 
 
 @pytest.mark.slow

@@ -98,6 +98,7 @@ def work(tmp_path) -> Path:
 # -- recipes: validated whole, before --smoke overrides anything -----------------------------
 
 DEEP = "[" * 100_000
+LONG_BASE = "yyyy…'; it must be a hub id or a local directory"  # quoted by its first 60 characters only
 RECIPE_CASES = [
     # (id, recipe file content (str/bytes) or "DIR"/"MISSING", overrides, exit code, fragment)
     ("lora_r 0", "lora_r: 0\n", [], EXIT_CONFIG, "'lora_r' is 0"),
@@ -206,6 +207,9 @@ RECIPE_CASES = [
     ),
     ("a 13th month", "seed: 2001-13-45\n", [], EXIT_CONFIG, "month must be in 1..12"),
     ("override deeply nested", None, ["lora_target_modules=" + DEEP], EXIT_CONFIG, "nested too deeply"),
+    # issue 20: a name no path or hub id can be (before: OSError "File name too long", an internal error)
+    ("base_model 5000 characters", f"base_model: /{'y' * 5000}\n", [], EXIT_CONFIG, LONG_BASE),
+    ("base_model override 5000", None, [f"base_model={'y' * 5000}"], EXIT_CONFIG, LONG_BASE),
 ]
 
 
@@ -434,12 +438,19 @@ def _foreign(path: Path) -> None:
     (path / "thesis.tex").write_text("three years of work\n")
 
 
+def _prepared_set(path: Path) -> None:
+    """What `korani data prepare -o path` leaves: the splits and its marker."""
+    write_data(path)
+    (path / MARKER).write_text('{"tool": "korani", "command": "data prepare"}\n')
+
+
 def _half_saved_checkpoint(path: Path) -> None:
     _marked_run(path)
     (path / "checkpoint-5").mkdir()
     (path / "checkpoint-5" / "adapter_model.safetensors").write_bytes(b"partial")
 
 
+DATA_SET = "is a data set written by `korani data prepare`, not a training run — pick another --output"
 OUTPUT_CASES = [
     # (id, setup(work), --output, extra args, fragment) — all exit 2, nothing touched
     ("working directory", None, ".", ["--overwrite"], "is the working directory"),
@@ -459,6 +470,13 @@ OUTPUT_CASES = [
     ("earlier run, no flag", lambda w: _marked_run(w / "out"), "out", [], "already holds a run"),
     ("legacy run, no flag", lambda w: _legacy_run(w / "out"), "out", [], "already holds a run"),
     ("resume foreign", lambda w: _foreign(w / "out"), "out", ["--resume"], "refusing to resume there"),
+    # issue 20: a data set is not a run (before: "already holds a run — pass --resume/--overwrite", and
+    # --overwrite then replaced the data set with a run, or was refused as "the source")
+    ("a data set", lambda w: _prepared_set(w / "ds"), "ds", [], DATA_SET),
+    ("a data set, overwrite", lambda w: _prepared_set(w / "ds"), "ds", ["--overwrite"], DATA_SET),
+    ("a data set, resume", lambda w: _prepared_set(w / "ds"), "ds", ["--resume"], DATA_SET),
+    ("the --data set itself", lambda w: _prepared_set(w / "data"), "data", [], DATA_SET),
+    ("the --data set, overwrite", lambda w: _prepared_set(w / "data"), "data", ["--overwrite"], DATA_SET),
     (
         "resume and overwrite",
         lambda w: _marked_run(w / "out"),
@@ -617,6 +635,16 @@ MERGE_CASES = [
         [],
         EXIT_MODEL_LOAD,
         "names no base model",
+    ),
+    (
+        "adapter names a 5000-character base",
+        lambda w: (w / "adapter" / "adapter_config.json").write_text(
+            json.dumps({"base_model_name_or_path": "x" * 5000})
+        ),
+        "m",
+        [],
+        EXIT_MODEL_LOAD,
+        "which cannot be a path or a Hub id (it is 5000 characters long",
     ),
     (
         "not an adapter",

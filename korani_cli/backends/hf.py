@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from korani_cli import modelref
 from korani_cli.backends import (
     OFFLINE_FIX,
     Generation,
@@ -62,7 +63,10 @@ def _adapter_base(source: str, local_only: bool) -> str | None:
             f"not cached ({exc.__class__.__name__})",
             OFFLINE_FIX,
         ) from None
-    return json.loads(Path(path).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    base = json.loads(Path(path).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if isinstance(base, str):
+        modelref.check_base(base, f"the adapter '{source}'", OFFLINE_FIX)
+    return base
 
 
 def _has_tokenizer(source: str) -> bool:

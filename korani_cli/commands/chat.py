@@ -397,10 +397,13 @@ def history_search(
     """
     from korani_cli.chat.history import History
     from korani_cli.config import Rule, check_flag
+    from korani_cli.errors import UsageError
     from korani_cli.untrusted import clean, clean_line
 
     check_flag("--limit", limit, Rule(int, 1, 1000))
-    query = " ".join(words)
+    query = " ".join(" ".join(words).split())
+    if not query:  # `history search ""`: nothing to look for is a mistake, not "no match"
+        raise UsageError("history search was given no words", "pass the words to find, e.g. 서울 인구")
     history = History()
     with _status_if_terminal("검색 중…"):
         hits = history.search(query, limit)

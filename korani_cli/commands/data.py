@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from korani_cli.console import err_console, korani_command, notice
+from korani_cli.console import err_console, korani_command, notice, out_console
 
 app = typer.Typer(
     help="Build one clean, deduplicated, split training set from KoAlpaca and Korean ShareGPT.",
@@ -188,11 +188,9 @@ def stats_command(
     out_dir: Annotated[Path, typer.Argument(help="A directory written by `korani data prepare`.")],
 ) -> None:
     """Print the summary of a prepared data set again."""
-    from rich.console import Console
-
     from korani_cli.data.report import load_stats, summary
 
-    Console().print(summary(load_stats(out_dir / "stats.json")))
+    out_console(highlight=True).print(summary(load_stats(out_dir / "stats.json")))
 
 
 @app.command("show")
@@ -213,8 +211,6 @@ def show_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed for --random.")] = 0,
 ) -> None:
     """Show examples exactly as training renders them; green text carries loss (assistant turns + EOS)."""
-    from rich.console import Console
-
     from korani_cli.data.report import load_stats
     from korani_cli.data.show import load_example_lines, pick, render_example
     from korani_cli.data.sources import DataInputError
@@ -235,7 +231,7 @@ def show_command(
                 "re-run `korani data prepare -o DIR --overwrite`",
             )
     lines = load_example_lines(out_dir, split)
-    console = Console()
+    console = out_console(highlight=True)
     chosen = pick(lines, index, random_k, seed, split)
     if not chosen:
         console.print(f"{split} is empty")

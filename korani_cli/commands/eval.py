@@ -20,7 +20,7 @@ import typer
 
 from korani_cli.commands.search import ContextTokensOpt
 from korani_cli.config import CONTEXT_TOKENS, check_flag
-from korani_cli.console import err_console, korani_command, notice
+from korani_cli.console import err_console, korani_command, notice, out_console
 from korani_cli.errors import UsageError
 
 app = typer.Typer(
@@ -184,14 +184,12 @@ class _Progress:
 
 
 def _print(summary: dict, as_json: bool, run_dir: Path) -> None:
-    from rich.console import Console
-
     from korani_cli.eval import report
 
     if as_json:
         sys.stdout.write(json.dumps(summary, ensure_ascii=False) + "\n")
     else:
-        Console().print(report.table(report.parse(run_dir, summary)))
+        out_console(highlight=True).print(report.table(report.parse(run_dir, summary)))
     notice(f"run directory: {run_dir}")
 
 
@@ -402,15 +400,13 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """The summary table of one run (exit 2: not a run directory; 6: its summary cannot be read)."""
-    from rich.console import Console
-
     from korani_cli.eval import report
 
     summary = report.load(run_dir)
     if as_json:
         sys.stdout.write(json.dumps(summary.raw, ensure_ascii=False) + "\n")
         return
-    Console().print(report.table(summary))
+    out_console(highlight=True).print(report.table(summary))
 
 
 @app.command("compare")
@@ -424,8 +420,6 @@ def compare(
 ) -> None:
     """Runs side by side, with each run's delta to the first: only runs on the same set (exit 2 otherwise),
     and over the items they all share."""
-    from rich.console import Console
-
     from korani_cli.eval import report
 
     if len(run_dirs) < 2:
@@ -448,4 +442,4 @@ def compare(
             + "\n"
         )
         return
-    Console().print(table)
+    out_console(highlight=True).print(table)

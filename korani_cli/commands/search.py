@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from korani_cli.console import err_console, korani_command, notice
+from korani_cli.console import err_console, korani_command, notice, out_console
 
 ProviderOpt = Annotated[
     Optional[list[str]],
@@ -121,7 +121,6 @@ def search(
     ] = False,
 ) -> None:
     """Search, read the pages and print the best passages (score, title, URL, text)."""
-    from rich.console import Console
     from rich.markup import escape
 
     from korani_cli.search.pipeline import retrieve
@@ -154,7 +153,7 @@ def search(
         }
         sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
         return
-    console = Console()
+    console = out_console(highlight=True)
     for i, r in enumerate(result.ranked, 1):
         shown = r.rerank if r.rerank is not None else r.score  # the score that ordered the list
         # Passages are cleaned where pages are built; cleaning again here keeps

@@ -24,13 +24,19 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from korani_cli.errors import excerpt
+from korani_cli.errors import UsageError, excerpt
 from korani_cli.eval import EvalDataError
 from korani_cli.untrusted import clean, clean_line
 
 KORQUAD_DEV = Path("eval") / "korquad" / "KorQuAD_v1.0_dev.json"
 KULLM_PROMPTS = Path("eval") / "chat" / "kullm_user_oriented_instructions_eval.jsonl"
-NAMED = {"korquad-dev": KORQUAD_DEV, "kullm": KULLM_PROMPTS}
+# Each flag's own named set, and what else it takes: a hint offers only what its flag accepts.
+NAMED = {"--set": {"korquad-dev": KORQUAD_DEV}, "--prompts": {"kullm": KULLM_PROMPTS}}
+ACCEPTS = {
+    "--set": "korquad-dev or a path to a KorQuAD-1.0-format JSON file",
+    "--prompts": "kullm or a path to a JSONL file of instructions",
+}
+COMMAND = {"--set": "korani eval rag", "--prompts": "korani eval chat"}
 
 
 @dataclass(frozen=True)
@@ -85,20 +91,26 @@ def shared_dirs() -> list[Path]:
 
 
 def resolve_set(spec: str, flag: str) -> Path:
-    """A named set (korquad-dev, kullm) or a path."""
-    if spec in NAMED:
+    """A named set (--set korquad-dev, --prompts kullm) or a path."""
+    named = NAMED[flag]
+    if spec in named:
         for base in shared_dirs():
-            if (base / NAMED[spec]).is_file():
-                return base / NAMED[spec]
+            if (base / named[spec]).is_file():
+                return base / named[spec]
         raise EvalDataError(
-            f"{flag} {spec}: {NAMED[spec]} is not in ../shared beside korani",
+            f"{flag} {spec}: {named[spec]} is not in ../shared beside korani",
             f"pass {flag} PATH to a copy of the file",
+        )
+    other = next((f for f, sets in NAMED.items() if f != flag and spec in sets), None)
+    if other is not None:  # `--set kullm`: the other command's set, which this one cannot read
+        raise UsageError(
+            f"{flag} {spec}: {spec} is the set of `{COMMAND[other]} {other}`, "
+            f"not one `{COMMAND[flag]}` reads",
+            f"pass {flag} {ACCEPTS[flag]}",
         )
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise EvalDataError(
-            f"{flag} {spec}: no such file", f"pass {flag} {' or '.join(NAMED)} or a path to a file"
-        )
+        raise EvalDataError(f"{flag} {spec}: no such file", f"pass {flag} {ACCEPTS[flag]}")
     return path
 
 

@@ -25,6 +25,7 @@ from korani_cli.search.safety import (
     GuardedBackend,
     Hop,
     UnsafeURL,
+    canonical_url,
     check_chain,
     check_scheme,
     literal_address,
@@ -70,6 +71,7 @@ async def _fetch_one(client, backend: GuardedBackend, url: str, opts: FetchOptio
             literal = literal_address(host)
             if literal is not None and not opts.allow_private:
                 refuse(host, [literal])  # spellings httpx would reject as a URL still get the guard's reason
+            current = canonical_url(current)  # and with --allow-private, httpx dials the address judged
             async with client.stream("GET", current) as response:
                 # The addresses the guarded backend resolved, checked and dialled for this hop.
                 hops.append(Hop(current, backend.addresses(response.request.url)))

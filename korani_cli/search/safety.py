@@ -7,7 +7,8 @@ global and it is not multicast, reserved or site-local, after unwrapping the
 IPv4 address inside IPv4-mapped (::ffff:), NAT64 (64:ff9b::/96),
 IPv4-compatible (::a.b.c.d), 6to4 (2002::/16) and Teredo (2001::/32) forms.
 Host spellings that C resolvers read as IPv4 (2130706433, 0x7f.1,
-017700000001, a trailing dot) are parsed here the same way.
+017700000001, a trailing dot) are parsed here the same way, and a URL so
+spelled is fetched at the dotted quad the guard judged (`canonical_url`).
 
 The check happens where the connection is made (`GuardedBackend`, an
 httpcore network backend): the name is resolved once, every address is
@@ -141,6 +142,22 @@ def literal_address(host: str) -> IPAddress | None:
     except ValueError:
         pass
     return _legacy_ipv4(host)
+
+
+def canonical_url(url: str) -> str:
+    """`url` with a host that spells an IPv4 address the legacy way (0177.0.0.1,
+    2130706433, 0x7f.1, 127.1, a trailing dot) written as that address's dotted
+    quad, as the WHATWG URL standard (and so a browser) reads it. httpx calls those
+    spellings invalid URLs, so without this `--allow-private` refused an address
+    the guard itself had read as 127.0.0.1."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    ip = literal_address(host) if host else None
+    if not isinstance(ip, ipaddress.IPv4Address) or host == str(ip):
+        return url
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    port = f":{parts.port}" if parts.port is not None else ""
+    return parts._replace(netloc=f"{userinfo}{at}{ip}{port}").geturl()
 
 
 async def resolve(host: str, port: int) -> list[IPAddress]:

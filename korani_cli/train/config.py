@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from korani_cli import modelref
 from korani_cli.errors import ConfigError, UsageError, excerpt
 
 
@@ -406,13 +407,18 @@ def _one_of(names: tuple[str, ...], what: str | None = None) -> tuple[Callable[[
     return (lambda v: v in names), (what or "one of") + " " + ", ".join(names)
 
 
+def _path_like(value: str) -> bool:
+    return bool(value.strip()) and modelref.problem(value) is None
+
+
 _POSITIVE_FLOAT = (lambda v: math.isfinite(v) and v > 0), "a finite number above 0"
 _UNIT_INTERVAL = (lambda v: math.isfinite(v) and 0 <= v < 1), "a number from 0 up to (not including) 1"
 
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "base_model": ((lambda v: bool(v.strip())), "a hub id or a local directory"),
-    "data": ((lambda v: bool(v.strip())), "a directory written by `korani data prepare`"),
-    "output": ((lambda v: bool(v.strip())), "a directory path"),
+    # A name no path or hub id can be (5,000 characters) is refused here, not by an OSError later.
+    "base_model": (_path_like, "a hub id or a local directory"),
+    "data": (_path_like, "a directory written by `korani data prepare`"),
+    "output": (_path_like, "a directory path"),
     "max_length": _int_at_least(1),
     "bnb_4bit_quant_type": _one_of(QUANT_TYPES),
     "bnb_4bit_compute_dtype": _one_of(DTYPES),
@@ -472,7 +478,8 @@ def validate(config: TrainConfig, origin: dict[str, str] | None = None) -> None:
 
                 close = difflib.get_close_matches(value, requirement.replace(",", " ").split(), n=1)
                 fix += f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"{where}: '{f.name}' is {excerpt(value)}; it must be {requirement}", fix)
+            shown = repr(modelref.shorten(value)) if isinstance(value, str) else excerpt(value)
+            raise ConfigError(f"{where}: '{f.name}' is {shown}; it must be {requirement}", fix)
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

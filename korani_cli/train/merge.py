@@ -15,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+from korani_cli import modelref
 from korani_cli.errors import ModelLoadError, UsageError
 from korani_cli.outputs import guard_output_dir, reap_stale, replace_dir, temp_dir, write_marker
 
@@ -34,6 +35,7 @@ def adapter_base(adapter: Path) -> str:
     base = adapter_config.get("base_model_name_or_path") if isinstance(adapter_config, dict) else None
     if not isinstance(base, str) or not base:
         raise ModelLoadError(f"{config_path} names no base model (base_model_name_or_path)", hint)
+    modelref.check_base(base, str(config_path))
     return base
 
 

@@ -21,8 +21,18 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from korani_cli import modelref
 from korani_cli.errors import UsageError
-from korani_cli.outputs import guard_output_dir, is_ours, put_back, reap_stale, set_aside, write_marker
+from korani_cli.outputs import (
+    guard_output_dir,
+    is_ours,
+    marker_command,
+    put_back,
+    reap_stale,
+    set_aside,
+    write_marker,
+)
+from korani_cli.untrusted import clean_line
 
 LEGACY = ("korani_train.yaml",)  # every korani train output has had it since the first version
 CHECKPOINT_STATE = "trainer_state.json"  # written last when transformers saves a checkpoint
@@ -37,8 +47,27 @@ def _holds_files(path: Path) -> bool:
         ) from None
 
 
+def _not_a_run(output: Path) -> None:
+    """Another korani command's output (a `data prepare` data set) is not a run:
+    neither to resume nor to replace with --overwrite."""
+    command = marker_command(output) if output.is_dir() else None
+    if command in (None, "train"):
+        return
+    shown = clean_line(command)[:40]
+    what = (
+        "a data set written by `korani data prepare`"
+        if command == "data prepare"
+        else f"korani {shown}'s output"
+    )
+    raise UsageError(
+        f"--output {output} is {what}, not a training run",
+        "pick another --output: a new or empty directory, or an earlier korani train run's",
+    )
+
+
 def judge(output: Path, *, sources: list[Path], resume: bool, overwrite: bool) -> None:
     """Refuse, with one line, an `output` this run must not use. Writes nothing."""
+    _not_a_run(output)
     if resume:
         if overwrite:
             raise UsageError(
@@ -173,7 +202,8 @@ def check_matches(
     ) != sorted(lora_target_modules):
         differences.append(f"lora_target_modules {targets} (now {list(lora_target_modules)})")
     if base_model is not None and saved.get("base_model_name_or_path") not in (None, base_model):
-        differences.append(f"base_model {saved['base_model_name_or_path']} (now {base_model})")
+        saved_base = modelref.shorten(str(saved["base_model_name_or_path"]))
+        differences.append(f"base_model {saved_base} (now {base_model})")
     if differences:
         from korani_cli.errors import ConfigError
 
