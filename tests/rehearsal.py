@@ -19,7 +19,7 @@ the tokenizer's `<|endoftext|>`, so a backend that stops on the config's id or o
 answers "안녕", one that misses the tokenizer's EOS runs to its token limit, and one that is
 right answers "안녕하세요" in five tokens and says `eos`.
 
-Used by tests/test_pull.py and bench/quantize.py (`--shape`); nothing here is committed model data.
+Used by tests/test_polyglot.py and bench/quantize.py (`--shape`); nothing here is committed model data.
 """
 
 from __future__ import annotations
