@@ -8,17 +8,24 @@ plus the first token, so the difference is decoding alone. (`ask --json`'s own
 `decode_tok_s` counts from the first *printable* text; a random model's output
 is full of partial UTF-8 pieces, which would make that figure meaningless here.)
 
-The model is a random GPT-NeoX (polyglot-ko's architecture) of polyglot-ko-1.3b's
-shape by default — hidden 2048, 24 layers, 16 heads — with a small Korean
-tokenizer trained here, so the whole thing builds offline in a few minutes. Its
-weights are random, so only size and speed mean anything here; whether a
+The model is polyglot-ko's as the Hub has it — its config.json keys and values
+(vocab 30080 padded over the tokenizer's 30,003 ids, rotary_pct, untied
+embeddings, parallel residual, bos/eos 0), the polyglot team's tokenizer, sharded
+float16 `.bin` weights — built by tests/rehearsal.py with random weights, at the
+shape `--shape` names: `polyglot-ko-5.8b` (the real one: hidden 4096, 28 layers,
+16 heads, 5.9 B parameters; about 12 GB of disk per copy and as much RAM to
+build), `polyglot-ko-1.3b` (hidden 2048, 24 layers, rotary_pct 0.5 — the
+default, built in minutes) or `rehearsal` (the tests' cut-down one);
+`--hidden`/`--layers` change the width and depth of any of them. Its weights are
+random, so only size and speed mean anything here; whether a
 quantised model still answers like the f16 one is tested on a trained tiny model
 in tests/test_ship.py. Decode speed on a CPU is bound by reading the weights
 once per token, so it follows file size; with other work on the machine the
 figures are noisy, which is why the runs of the three files are interleaved
 and the median is reported.
 
-Run: .venv/bin/python bench/quantize.py [--hidden 2048] [--layers 24] [--tokens 64] [--reps 3]
+Run: .venv/bin/python bench/quantize.py [--shape polyglot-ko-1.3b] [--hidden N] [--layers N]
+                                       [--tokens 64] [--reps 3]
 Ends with one line: RESULT {json}.
 """
 
@@ -37,7 +44,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SHARED = REPO.parent / "shared"
 PROMPT = "한국의 사계절과 각 계절의 특징, 그리고 계절마다 즐기는 음식과 놀이를 자세히 설명해 주세요."
 TYPES = ("f16", "q8_0", "q4_k_m")
 
@@ -49,40 +55,37 @@ def korani(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     )
 
 
-def build(work: Path, hidden: int, layers: int, heads: int, vocab: int) -> tuple[Path, int, float]:
-    """A random GPT-NeoX saved in float16; returns (dir, parameter count, seconds)."""
-    import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+# Width and depth over the Hub's polyglot-ko-5.8b config.json (tests/rehearsal.py has its keys).
+SHAPES = {
+    "polyglot-ko-5.8b": {},
+    "polyglot-ko-1.3b": {
+        "hidden_size": 2048,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 8192,
+        "rotary_pct": 0.5,
+    },
+    "rehearsal": None,  # rehearsal.SMALL
+}
 
-    from korani_cli.train import smoke
+
+def build(work: Path, shape: str, hidden: int | None, layers: int | None) -> tuple[Path, int, float, dict]:
+    """The Hub's polyglot-ko base at `shape`; returns (dir, parameter count, seconds, its config)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import rehearsal
 
     start = time.perf_counter()
-    texts = [PROMPT]
-    korquad = SHARED / "eval" / "korquad" / "KorQuAD_v1.0_dev.json"
-    if korquad.exists():
-        data = json.loads(korquad.read_text(encoding="utf-8"))["data"]
-        texts += [p["context"] for a in data[:60] for p in a["paragraphs"]]
-    out = work / "model"
-    tokenizer = smoke.train_tokenizer(texts, out, vocab_size=vocab)
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=hidden * 4,
-        max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    with torch.device("cpu"):
-        model = GPTNeoXForCausalLM(config).to(torch.float16)
-    params = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    del model
-    return out, params, time.perf_counter() - start
+    chosen = dict(rehearsal.SMALL if SHAPES[shape] is None else SHAPES[shape])
+    if hidden:
+        chosen["hidden_size"], chosen["intermediate_size"] = hidden, 4 * hidden
+    if layers:
+        chosen["num_hidden_layers"] = layers
+    out = rehearsal.build_base(work / "model", shape=chosen, rig=False)
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    h, n, ff, v = (config[k] for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"))
+    # embed_in + embed_out (untied), per layer qkv + dense + two MLP matrices with biases, and norms.
+    params = 2 * v * h + n * (4 * h * h + 2 * h * ff + 9 * h + ff) + 2 * h
+    return out, params, time.perf_counter() - start, config
 
 
 def export(model: Path, target: Path, outtype: str) -> dict:
@@ -107,10 +110,9 @@ def ask(gguf: Path, tokens: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=2048)
-    parser.add_argument("--layers", type=int, default=24)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="polyglot-ko-1.3b")
+    parser.add_argument("--hidden", type=int, help="Another width (intermediate 4×) for the shape.")
+    parser.add_argument("--layers", type=int, help="Another depth for the shape.")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="Keep the work directory (model and GGUF files).")
@@ -119,10 +121,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="korani-quant-bench-"))
     os.environ.setdefault("KORANI_HOME", str(work / "home"))
     try:
-        model, params, build_s = build(work, args.hidden, args.layers, args.heads, args.vocab)
+        model, params, build_s, config = build(work, args.shape, args.hidden, args.layers)
         print(
-            f"built a random GPT-NeoX: {params / 1e9:.2f} B parameters (hidden {args.hidden}, {args.layers} "
-            f"layers) in {build_s:.0f} s",
+            f"built a random {args.shape}: {params / 1e9:.2f} B parameters (hidden {config['hidden_size']}, "
+            f"{config['num_hidden_layers']} layers, vocab {config['vocab_size']}) in {build_s:.0f} s",
             file=sys.stderr,
         )
         files = {t: work / f"model-{t}.gguf" for t in TYPES}
@@ -172,8 +174,9 @@ def main() -> None:
         )
     result = {
         "model": (
-            f"random GPT-NeoX, hidden {args.hidden}, {args.layers} layers, {args.heads} heads, "
-            f"vocab {args.vocab}"
+            f"random {args.shape} (the Hub's config.json), hidden {config['hidden_size']}, "
+            f"{config['num_hidden_layers']} layers, {config['num_attention_heads']} heads, "
+            f"vocab {config['vocab_size']}"
         ),
         "parameters": params,
         "build_s": round(build_s, 1),

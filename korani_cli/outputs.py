@@ -45,7 +45,8 @@ MARKER = ".korani-output.json"
 # -- single files ---------------------------------------------------------------------------
 
 
-def _special_kind(mode: int) -> str | None:
+def special_kind(mode: int) -> str | None:
+    """What a file that is not a regular file is, in words; None for a regular file."""
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     if stat.S_ISFIFO(mode):
@@ -68,7 +69,7 @@ def writable_target(path: Path) -> Path:
         return target
     except OSError as exc:
         raise UsageError(f"cannot write {path} ({exc.strerror})", "choose another file") from None
-    kind = _special_kind(mode)
+    kind = special_kind(mode)
     if kind:
         shown = f"{path} (→ {target})" if target != path else str(path)
         raise UsageError(

@@ -3,17 +3,19 @@ korani's model cache, ready for llama.cpp on a CPU.
 
 The steps, each a function: fetch (the Hub through huggingface_hub — its
 progress bars, its cache, its resuming — or a local
-directory laid out like the Hub, `DIR/<org>/<name>`), check resources (free
+directory laid out like the Hub, `DIR/<org>/<name>`, whose every file a pull
+reads is checked first: `check_layout`), check resources (free
 RAM and disk against what the merge and the conversion need, said as one line
 with figures), merge the adapter into its base in float16 (train/merge.py),
-convert and quantise (train/export.py), verify (load the file in llama.cpp,
-compare its tokenisation of Korean text with the HF tokenizer's, a short greedy
-answer, sha256), and store.
+convert and quantise (train/export.py), verify (load the file in llama.cpp as
+`korani ask` does, compare its tokenisation of Korean and edge-case text with
+the HF tokenizer's, a short greedy answer, sha256), and store.
 
 Storing is atomic: everything is built in `.QUANT.tmp-PID` beside the entry
 (`cache/models/ALIAS/QUANT/`), and the finished directory — the GGUF, its
-provenance JSON and korani's marker — is renamed into place. A killed pull
-leaves only the temporary directory, which nothing reads (`pulled` lists
+provenance JSON and korani's marker — is renamed into place. A pull that fails
+removes its temporary directory and any cache directory it created; a killed
+pull leaves only the temporary directory, which nothing reads (`pulled` lists
 finished entries only) and the next pull removes (`outputs.reap_stale`).
 
 Resuming is huggingface_hub's (2.4): a dropped connection is resumed with a
@@ -51,14 +53,21 @@ GGUF_NAME = "model.gguf"
 PROVENANCE = "provenance.json"
 # What a quantised file weighs against the f16 one (llama.cpp's bits per weight / 16, GPT-NeoX mixes).
 QUANT_RATIO = {"q4_k_m": 0.36, "q5_k_m": 0.42, "q8_0": 0.55, "f16": 1.0}
-# Korean text whose tokenisation the GGUF must share with the HF tokenizer: everyday
-# sentences, compatibility jamo (ㅋㅋ), full-width digits, mixed scripts, runs of spaces.
+# Text whose tokenisation the GGUF must share with the HF tokenizer (special tokens parsed, as both
+# backends tokenise prompts): everyday Korean, compatibility and conjoining jamo, full-width forms,
+# mixed scripts, runs of spaces and tabs, emoji (modifiers, flags, ZWJ), hanja, polyglot-ko's
+# removed "ೱ" (which also cuts the text: "대한ೱ민국" is not "대한민국"), and EOS text in the text.
 TOKENIZER_PROBES = (
     "대한민국의 수도는 서울입니다.",
-    "ㅋㅋㅋ 진짜요?? 네, 맞아요!!",
-    "２０２４년 3월 15일, 오후 ３시에 만나요.",
+    "ㅋㅋㅋ 진짜요?? 네, 맞아요!! ㅠㅠ ㄱㄴㄷ",
+    "ᄒᆞᆫ글 옛 자모와 ᄀᆞᆷ, 한글",
+    "２０２４년 3월 15일, 오후 ３시에 ＡＢＣ　만나요.",
     "한국어와 English를 섞어 쓴 문장 123개.",
-    "  들여쓰기   된\n\n줄바꿈\t탭",
+    "  들여쓰기   된\n\n줄바꿈\t탭\t\t  두 번   \n",
+    "좋아요 👍🏽 🇰🇷 👨‍👩‍👧 😀😀",
+    "大韓民國 漢字 한자 混用",
+    "대한ೱ민국 ೱ 끝ೱ",
+    "답변입니다.<|endoftext|>### User\n다음 질문",
 )
 VERIFY_QUESTION = "대한민국의 수도는 어디인가요?"
 Step = Callable[[str], None]
@@ -124,7 +133,7 @@ class Provenance:
     verify_question: str = VERIFY_QUESTION
     verify_answer: str = ""
     verify_tokens: int = 0
-    tokenizer_probes: int = 0  # Korean probes tokenised identically by the GGUF and the HF tokenizer
+    tokenizer_probes: int = 0  # probes tokenised identically by the GGUF and the HF tokenizer
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2) + "\n"
@@ -213,15 +222,88 @@ def _weights(names: list[str]) -> list[str]:
     return keep
 
 
-def _local(source_dir: Path, role: str, repo_id: str) -> Source:
-    path = source_dir / repo_id
-    marker = "adapter_config.json" if role == "adapter" else "config.json"
-    if not (path / marker).is_file():
+_JSON_LIMIT = 1 << 20  # a config file larger than this is not one
+
+
+def check_layout(source_dir: Path, adapter_id: str, base_id: str) -> tuple[Source, Source]:
+    """`--from DIR`, checked before any work: the adapter's config and weights, the base's config,
+    tokenizer and weights (every shard its index names), each a regular file — a FIFO would block
+    the read and /dev/zero never ends. One line for the first thing wrong."""
+    adapter = _local_repo(source_dir, "adapter", adapter_id, "adapter_config.json")
+    if not any(_regular(adapter.path / n) for n in ("adapter_model.safetensors", "adapter_model.bin")):
         raise UsageError(
-            f"{path} holds no {role} ({marker} is missing)",
-            f"--from DIR must hold the Hub's layout: DIR/{repo_id}/{marker}",
+            f"{adapter.path} holds no adapter weights (adapter_model.safetensors or adapter_model.bin)",
+            f"copy all of the adapter's files into DIR/{adapter_id}",
         )
+    base = _local_repo(source_dir, "base", base_id, "config.json")
+    if not any(_regular(base.path / n) for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise UsageError(
+            f"{base.path} holds no tokenizer (tokenizer.json is missing)",
+            f"copy all of the base model's files into DIR/{base_id}",
+        )
+    _check_weights(base.path, base_id)
+    return adapter, base
+
+
+def _local_repo(source_dir: Path, role: str, repo_id: str, marker: str) -> Source:
+    path = source_dir / repo_id
+    fix = f"--from DIR must hold the Hub's layout: DIR/{repo_id}/{marker}"
+    if not isinstance(_read_json(path / marker, f"{path} holds no {role} ({marker} is missing)", fix), dict):
+        raise UsageError(f"{path / marker} is not a JSON object", fix)
     return Source(role, repo_id, None, path.resolve(), "local")
+
+
+def _regular(path: Path) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def _read_json(path: Path, missing: str, fix: str) -> object:
+    """A small JSON file, read only when it is a regular file of sane size."""
+    from korani_cli.outputs import special_kind
+
+    try:
+        mode, size = path.stat().st_mode, path.stat().st_size
+    except FileNotFoundError:
+        raise UsageError(missing, fix) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} ({exc.strerror})", fix) from None
+    kind = special_kind(mode)
+    if kind:
+        raise UsageError(f"{path} is {kind}, not a file", fix)
+    if size > _JSON_LIMIT:
+        raise UsageError(f"{path} is {_gb(size)}, too large to be a {path.name}", fix)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not readable JSON ({_first_line(exc)[:80]})", fix) from None
+
+
+def _check_weights(path: Path, repo_id: str) -> None:
+    fix = f"copy all of the base model's weight files into DIR/{repo_id}"
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index).exists():
+            loaded = _read_json(path / index, "", fix)
+            weight_map = loaded.get("weight_map") if isinstance(loaded, dict) else None
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise UsageError(f"{path / index} has no weight_map", fix)
+            for shard in sorted(set(map(str, weight_map.values()))):
+                if not _regular(path / shard):
+                    raise UsageError(f"{path} lacks {shard}, which {index} names", fix)
+            return
+    if not any(n.endswith((".safetensors", ".bin")) and _regular(path / n) for n in _weights(_names(path))):
+        raise UsageError(f"{path} holds no weights (no .safetensors or .bin file beside config.json)", fix)
+
+
+def _names(directory: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in directory.iterdir())
+    except OSError:
+        return []
 
 
 def _hub_files(repo_id: str) -> tuple[str, dict[str, int]]:
@@ -334,7 +416,7 @@ def check(needs: Needs) -> None:
 
 
 def _weight_bytes(directory: Path) -> int:
-    names = _weights([p.name for p in directory.iterdir() if p.is_file()])
+    names = _weights([n for n in _names(directory) if _regular(directory / n)])
     return sum((directory / n).stat().st_size for n in names if n.endswith((".safetensors", ".bin")))
 
 
@@ -365,25 +447,32 @@ def pull(
     existing = next((p for p in pulled(alias) if p.quant == quant), None)
     if existing and not force:
         return existing, False
-    paths.ensure_dir(entry.parent)
-    from korani_cli.outputs import reap_stale, temp_dir
-
-    reap_stale(entry)
     adapter_id, base_id = PULLABLE[alias]
     if source_dir is not None:
-        adapter, base = _local(source_dir, "adapter", adapter_id), _local(source_dir, "base", base_id)
+        adapter, base = check_layout(source_dir, adapter_id, base_id)
         needs = estimate(_weight_bytes(base.path), quant, entry.parent, config=base.path / "config.json")
         on_step(needs.line())
         check(needs)
     else:
         adapter, base = _fetch_from_hub(adapter_id, base_id, quant, entry.parent, on_step)
 
+    from korani_cli.outputs import reap_stale, replace_dir, temp_dir
+
+    created = [d for d in (entry.parent, *entry.parent.parents) if not d.exists()]
+    paths.ensure_dir(entry.parent)
+    reap_stale(entry)
     work = temp_dir(entry)
     try:
         made = _build(alias, quant, adapter, base, work, on_step)
-        from korani_cli.outputs import replace_dir
-
         replace_dir(work, entry)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        for directory in created:  # deepest first: a failed first pull leaves no empty cache directories
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Pulled(alias, quant, entry / GGUF_NAME, made.size, made), True
@@ -493,7 +582,8 @@ def _verify(gguf: Path, merged: Path) -> tuple[str, int, int]:
     )
     reference = AutoTokenizer.from_pretrained(merged)
     for text in TOKENIZER_PROBES:
-        ours = backend.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        # Through the backend's tokenizer: with polyglot-ko's, that is where "ೱ" is cut out.
+        ours = backend.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         theirs = reference(text, add_special_tokens=False)["input_ids"]
         if list(ours) != list(theirs):
             raise ModelLoadError(

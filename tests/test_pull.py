@@ -137,7 +137,9 @@ def test_pull_from_a_local_dir_stores_a_verified_q4_k_m_with_provenance(pulled_h
     ]
     assert record["sources"][1]["path"] == str((hub_dir / BASE_ID).resolve())
     assert record["korani_version"] and record["created"] and record["merge_dtype"] == "float16"
-    assert record["tokenizer_probes"] == 5 and record["verify_tokens"] > 0
+    from korani_cli.pull import TOKENIZER_PROBES
+
+    assert record["tokenizer_probes"] == len(TOKENIZER_PROBES) and record["verify_tokens"] > 0
     # A k-quant file about a third of the converter's f16 one.
     assert "Q4_K" in record["tensor_types"] and record["size"] / record["f16_size"] < 0.45
     # One line with the figures, before any work.
@@ -299,9 +301,118 @@ def test_pull_and_backend_errors_are_one_line(tmp_path, args, env, code, fragmen
     line = one_line_error(proc)
     assert proc.returncode == code, line
     assert fragment in line, line
-    assert not (home / "cache" / "models" / "korani-5.8b").exists() or not any(
-        (home / "cache" / "models" / "korani-5.8b").iterdir()
+    assert not (home / "cache" / "models" / "korani-5.8b").exists()  # not even an empty directory
+
+
+def _layout(root: Path, **leave_out: bool) -> Path:
+    """A --from DIR holding stand-ins for every file a pull reads (none is loaded: the layout is
+    judged before any work), less those named in `leave_out`."""
+    adapter, base = root / ADAPTER_ID, root / BASE_ID
+    files = {
+        adapter / "adapter_config.json": json.dumps(
+            {"peft_type": "LORA", "base_model_name_or_path": BASE_ID}
+        ),
+        adapter / "adapter_model.bin": "x" * 64,
+        base / "config.json": json.dumps(
+            {"model_type": "gpt_neox", "hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1}
+        ),
+        base / "tokenizer.json": "{}",
+        base / "pytorch_model.bin": "x" * 64,
+    }
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not leave_out.get(path.name):
+            path.write_text(text, encoding="utf-8")
+    return root
+
+
+def _two_shards_one_missing(root: Path) -> None:
+    base = _layout(root, **{"pytorch_model.bin": True}) / BASE_ID
+    (base / "pytorch_model-00001-of-00002.bin").write_text("x" * 64, encoding="utf-8")
+    index = {"weight_map": {"a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin"}}
+    (base / "pytorch_model.bin.index.json").write_text(json.dumps(index), encoding="utf-8")
+
+
+def _replaced(repo: str, name: str, how):
+    def setup(root: Path) -> None:
+        path = _layout(root, **{name: True}) / repo / name
+        how(path)
+
+    return setup
+
+
+LAYOUT_CASES = [
+    # (id, setup of DIR, fragment of the one error line). Issue 20: a base with a config.json and
+    # no weights merged for seconds and left an empty cache directory; a FIFO or /dev/zero as
+    # config.json was reported as missing.
+    ("a config.json but no weights", lambda r: _layout(r, **{"pytorch_model.bin": True}), "holds no weights"),
+    (
+        "config.json is a FIFO",
+        _replaced(BASE_ID, "config.json", os.mkfifo),
+        "config.json is a FIFO (named pipe), not a file",
+    ),
+    (
+        "config.json is /dev/zero",
+        _replaced(BASE_ID, "config.json", lambda p: p.symlink_to("/dev/zero")),
+        "config.json is a device, not a file",
+    ),
+    (
+        "config.json is a directory",
+        _replaced(BASE_ID, "config.json", Path.mkdir),
+        "is a directory, not a file",
+    ),
+    (
+        "config.json is not JSON",
+        _replaced(BASE_ID, "config.json", lambda p: p.write_bytes(b"\xff\xfe{")),
+        "config.json is not readable JSON",
+    ),
+    (
+        "adapter_config.json is a FIFO",
+        _replaced(ADAPTER_ID, "adapter_config.json", os.mkfifo),
+        "adapter_config.json is a FIFO (named pipe), not a file",
+    ),
+    (
+        "an adapter without weights",
+        lambda r: _layout(r, **{"adapter_model.bin": True}),
+        "holds no adapter weights",
+    ),
+    ("a base without a tokenizer", lambda r: _layout(r, **{"tokenizer.json": True}), "holds no tokenizer"),
+    (
+        "an index naming a missing shard",
+        _two_shards_one_missing,
+        "lacks pytorch_model-00002-of-00002.bin, which pytorch_model.bin.index.json names",
+    ),
+]
+
+
+@pytest.mark.parametrize("setup, fragment", [r[1:] for r in LAYOUT_CASES], ids=[r[0] for r in LAYOUT_CASES])
+def test_a_from_dir_is_judged_before_any_work(tmp_path, setup, fragment):
+    _tools_or_skip()
+    home, source = tmp_path / "home", tmp_path / "from"
+    home.mkdir()
+    setup(source)
+    proc = korani("models", "pull", "korani-5.8b", "--from", str(source), home=home, timeout=120)
+    line = one_line_error(proc)
+    assert proc.returncode == EXIT_USAGE and fragment in line, line
+    # One line and nothing else: no resource plan, no merge, no library chatter.
+    assert [text for text in proc.stderr.splitlines() if text.strip()] == [line]
+    assert not (home / "cache" / "models").exists()
+
+
+@pytest.mark.slow
+def test_weights_that_do_not_load_are_one_line_and_leave_nothing(tmp_path):
+    """The layout is right but the base's .bin is no checkpoint (a cut copy): the merge says so in
+    one line (exit 3, not an internal error), and the pull leaves no directory behind."""
+    _tools_or_skip()
+    home, source = tmp_path / "home", tmp_path / "from"
+    home.mkdir()
+    _layout(source)
+    proc = korani("models", "pull", "korani-5.8b", "--from", str(source), home=home, timeout=300)
+    line = one_line_error(proc)
+    assert proc.returncode == EXIT_MODEL_LOAD and "cannot load" in line and "weight files intact" in line, (
+        line
     )
+    assert not (home / "cache" / "models").exists()
 
 
 NEEDS_CASES = [
@@ -364,11 +475,19 @@ def byte_level_models(tiny_tokenizer_dir, tmp_path_factory) -> tuple[Path, Path]
     return plain, nfkc
 
 
+# Everyday Korean, compatibility jamo, full-width digits, mixed scripts, runs of spaces.
+FALLBACK_PROBES = (
+    "대한민국의 수도는 서울입니다.",
+    "ㅋㅋㅋ 진짜요?? 네, 맞아요!!",
+    "２０２４년 3월 15일, 오후 ３시에 만나요.",
+    "한국어와 English를 섞어 쓴 문장 123개.",
+    "  들여쓰기   된\n\n줄바꿈\t탭",
+)
+
+
 def _tokenisations(gguf: Path, model_dir: Path) -> list[tuple[list[int], list[int]]]:
     import llama_cpp
     from transformers import AutoTokenizer
-
-    from korani_cli.pull import TOKENIZER_PROBES
 
     llm = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
     hf = AutoTokenizer.from_pretrained(model_dir)
@@ -378,7 +497,7 @@ def _tokenisations(gguf: Path, model_dir: Path) -> list[tuple[list[int], list[in
                 list(llm.tokenize(t.encode("utf-8"), add_bos=False, special=False)),
                 hf(t, add_special_tokens=False)["input_ids"],
             )
-            for t in TOKENIZER_PROBES
+            for t in FALLBACK_PROBES
         ]
     finally:
         llm.close()

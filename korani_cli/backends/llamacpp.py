@@ -21,6 +21,9 @@ from korani_cli.config import Settings
 from korani_cli.errors import GenerationError, ModelLoadError, UsageError
 from korani_cli.template import Message, flatten_sources, render
 
+# A GGUF string: a JSON list of the literals the original pre-tokenizer splits the text on and removes.
+SPLIT_KEY = "korani.tokenizer.split_removed"
+
 
 @contextlib.contextmanager
 def _quiet_native_stderr():
@@ -44,6 +47,66 @@ def _quiet_native_stderr():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+class SplitTokenizer:
+    """llama-cpp-python's tokenizer behind the original pre-tokenizer's first steps.
+
+    transformers' `Split(literal, behavior=Removed)` does not just delete the
+    literal: it cuts the text there, and the byte-level step after it splits
+    each piece on its own ("가ೱ나" is tokenised as "가" then "나", never as
+    "가나"). So the text is cut at every literal, in the original's order, and
+    llama.cpp tokenises each piece. Special tokens need no care: the
+    originals parse them before any pre-tokenizer step, and none contains a
+    literal (export refuses a tokenizer where one does)."""
+
+    def __init__(self, inner, removed: Sequence[str], bos: int | None, eos: int | None):
+        self.inner = inner
+        self.removed = [literal.encode("utf-8") for literal in removed]
+        self.bos, self.eos = bos, eos  # added around the whole text, as llama_tokenize's add_special does
+
+    def pieces(self, text: bytes) -> list[bytes]:
+        pieces = [text]
+        for literal in self.removed:
+            pieces = [part for piece in pieces for part in piece.split(literal)]
+        return [piece for piece in pieces if piece]
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = True) -> list[int]:
+        ids = [self.bos] if add_bos and self.bos is not None else []
+        for piece in self.pieces(text):
+            ids += self.inner.tokenize(piece, False, special)
+        if add_bos and self.eos is not None:
+            ids.append(self.eos)
+        return ids
+
+    def detokenize(self, tokens, prev_tokens=None, special: bool = False) -> bytes:
+        return self.inner.detokenize(tokens, prev_tokens=prev_tokens, special=special)
+
+
+def apply_tokenizer_rules(llm, name: str) -> tuple[str, ...]:
+    """Put `SplitTokenizer` in front of `llm`'s tokenizer when its GGUF asks for it (a `Llama`,
+    vocab-only or not); returns the literals it removes."""
+    import json
+
+    import llama_cpp
+
+    raw = llm.metadata.get(SPLIT_KEY)
+    if raw is None:
+        return ()
+    try:
+        removed = json.loads(raw)
+    except ValueError:
+        removed = None
+    if not isinstance(removed, list) or not removed or not all(isinstance(s, str) and s for s in removed):
+        raise ModelLoadError(
+            f"{name} carries an unreadable {SPLIT_KEY} ({raw[:60]!r})",
+            "export the model again with `korani train export-gguf` or `korani models pull --force`",
+        )
+    vocab = llm._model.vocab
+    bos = llm.token_bos() if llama_cpp.llama_vocab_get_add_bos(vocab) else None
+    eos = llm.token_eos() if llama_cpp.llama_vocab_get_add_eos(vocab) else None
+    llm.tokenizer_ = SplitTokenizer(llm.tokenizer_, removed, bos, eos)
+    return tuple(removed)
 
 
 class LlamaCppBackend:
@@ -84,6 +147,7 @@ class LlamaCppBackend:
                 "check that the file is a complete GGUF model (re-download it) and that it fits in memory "
                 "(a smaller n_ctx in the config file needs less)",
             ) from None
+        removed = apply_tokenizer_rules(llm, path.name)
         if settings.template == "model" and not llm.metadata.get("tokenizer.chat_template"):
             raise UsageError(f"{path.name} ships no chat template", "use --template korani")
         info = ModelInfo(
@@ -91,7 +155,12 @@ class LlamaCppBackend:
             backend="llamacpp",
             context_length=llm.n_ctx(),
             template=settings.template,
-            details={"path": str(path), "threads": threads, "train_context": llm._model.n_ctx_train()},
+            details={
+                "path": str(path),
+                "threads": threads,
+                "train_context": llm._model.n_ctx_train(),
+                **({"split_removed": list(removed)} if removed else {}),
+            },
         )
         return cls(llm, info)
 

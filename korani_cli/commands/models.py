@@ -109,7 +109,8 @@ are kept."""
         highlight=False,
     )
     console.print(
-        f"verified: {record.tokenizer_probes} Korean probes tokenised as the HF tokenizer does; "
+        f"verified: {record.tokenizer_probes} probes (Korean, jamo, full-width, spaces, emoji, hanja, "
+        f"U+0CF1, EOS text) tokenised as the HF tokenizer does; "
         f"greedy answer to {record.verify_question!r}: {record.verify_answer.strip()[:80]!r}",
         highlight=False,
     )

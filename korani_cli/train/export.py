@@ -7,12 +7,17 @@ the converter's process only:
   the converter still reads `rotary_pct` / `rotary_emb_base`.
 - the converter recognises BPE pre-tokenizers by hashing their output on a
   test string; a plain byte-level BPE with GPT-2's regex, no prefix space and
-  no normalizer (what korani's tiny models use, and how polyglot-ko's is
-  built) is GPT-2's pre-tokenizer by construction, so it is named so — the
-  GGUF then tokenises Korean exactly as transformers does (tests/test_pull.py
-  compares them). A normalizer rules the fallback out: llama.cpp's gpt-2
-  pre-tokenizer applies none, so an NFKC tokenizer would see "ㅋ" or "２"
-  differently. Anything unrecognised is one line naming the converter's hash
+  no normalizer (what korani's tiny models use) is GPT-2's pre-tokenizer by
+  construction, so it is named so — the GGUF then tokenises Korean exactly as
+  transformers does (tests/test_pull.py compares them). polyglot-ko's runs
+  `Split("ೱ", Removed)` before that byte-level step; llama.cpp has no such
+  step, so the literals go into the GGUF under the llamacpp backend's
+  `SPLIT_KEY`, and korani's backend cuts the text there before llama.cpp
+  tokenises it (`read_pre_tokenizer` decides; other llama.cpp programs ignore
+  the key, and tokenise text holding such a literal differently). A
+  normalizer rules the fallback out: llama.cpp's gpt-2 pre-tokenizer applies
+  none, so an NFKC tokenizer would see "ㅋ" or "２" differently. Anything
+  else unrecognised is one line naming the converter's hash
   (`UnknownPreTokenizer`), never the converter's traceback.
 An adapter directory is merged first (through a temporary directory).
 
@@ -32,6 +37,8 @@ only a GGUF file (`outputs.guard_output_file`), never another kind.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -69,8 +76,7 @@ class GgufExport:
 
 
 _SHIM = r"""
-import json, sys
-from pathlib import Path
+import json, os, sys
 from conversion.base import ModelBase, TextModel
 
 _load = ModelBase.load_hparams
@@ -84,35 +90,20 @@ def load_hparams(dir_model, is_mistral_format):
     return h
 ModelBase.load_hparams = staticmethod(load_hparams)
 
+# What korani read in tokenizer.json (read_pre_tokenizer), handed over by the parent process.
+_plan = json.loads(os.environ.get("KORANI_PRE_TOKENIZER") or "{}")
 _pre = TextModel.get_vocab_base_pre
 def get_vocab_base_pre(self, tokenizer):
+    if _plan.get("removed") and not getattr(self, "_korani_split", False):
+        # Written whatever the hash says: cutting at a removed literal twice changes nothing.
+        self.gguf_writer.add_string(_plan["key"], json.dumps(_plan["removed"]))
+        self._korani_split = True
     try:
         return _pre(self, tokenizer)
     except NotImplementedError:
-        try:
-            spec = json.loads((Path(self.dir_model) / "tokenizer.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            spec = {}
-        pre = spec.get("pre_tokenizer") or {}
-        normalizer = spec.get("normalizer")
-        if (
-            pre.get("type") == "ByteLevel"
-            and pre.get("use_regex", True)
-            and not pre.get("add_prefix_space")
-            and not normalizer
-        ):
+        if _plan.get("gpt2"):
             return "gpt-2"
-        if pre.get("type") != "ByteLevel":
-            why = f"its pre-tokenizer is {pre.get('type') or 'missing'}, not GPT-2's byte-level one"
-        elif normalizer:
-            why = (
-                f"it normalises text ({normalizer.get('type')}) before splitting, "
-                "which llama.cpp's gpt-2 pre-tokenizer does not"
-            )
-        else:
-            why = "its byte-level pre-tokenizer " + (
-                "adds a prefix space" if pre.get("add_prefix_space") else "does not split on GPT-2's regex"
-            )
+        why = _plan.get("why") or "it is not GPT-2's"
         print("KORANI-PRE-TOKENIZER: " + why, file=sys.stderr, flush=True)
         raise
 TextModel.get_vocab_base_pre = get_vocab_base_pre
@@ -175,10 +166,12 @@ def _convert(model: Path, work: Path, outtype: str) -> Path:
         merged.save_pretrained(source)
         tokenizer.save_pretrained(source)
     tmp = work / "model.gguf"
+    plan = read_pre_tokenizer(source / "tokenizer.json")
     proc = subprocess.run(
         [sys.executable, "-c", _SHIM, str(source), "--outfile", str(tmp), "--outtype", outtype],
         capture_output=True,
         text=True,
+        env={**os.environ, "KORANI_PRE_TOKENIZER": json.dumps(plan.to_env())},
     )
     if proc.returncode != 0 or not tmp.is_file():
         unknown = _unknown_pre_tokenizer(proc.stderr)
@@ -190,6 +183,89 @@ def _convert(model: Path, work: Path, outtype: str) -> Path:
             "rerun with --debug; the converter supports the architectures llama.cpp does",
         )
     return tmp
+
+
+@dataclass(frozen=True)
+class PreTokenizer:
+    """What korani can promise for a tokenizer.json whose pre-tokenizer llama.cpp's converter does
+    not recognise: GPT-2's byte-level split (`gpt2`), after cutting out `removed` literals —
+    or, when it cannot, `why` not."""
+
+    gpt2: bool
+    removed: tuple[str, ...] = ()
+    why: str = ""
+
+    def to_env(self) -> dict:
+        from korani_cli.backends.llamacpp import SPLIT_KEY
+
+        return {"gpt2": self.gpt2, "removed": list(self.removed), "why": self.why, "key": SPLIT_KEY}
+
+
+def read_pre_tokenizer(path: Path) -> PreTokenizer:
+    """A byte-level BPE with GPT-2's regex, no prefix space and no normalizer is llama.cpp's gpt-2
+    pre-tokenizer; before it, only `Split` steps on a literal string with behavior `Removed` are
+    reproduced (by the llamacpp backend, `SplitTokenizer`). Anything else is refused with a reason."""
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return PreTokenizer(False, why=f"its {path.name} cannot be read")
+    if not isinstance(spec, dict):
+        return PreTokenizer(False, why=f"its {path.name} is not a tokenizer")
+    normalizer = spec.get("normalizer")
+    if normalizer:
+        return PreTokenizer(
+            False,
+            why=f"it normalises text ({normalizer.get('type')}) before splitting, "
+            "which llama.cpp's gpt-2 pre-tokenizer does not",
+        )
+    pre = spec.get("pre_tokenizer") or {}
+    steps = (pre.get("pretokenizers") or []) if pre.get("type") == "Sequence" else [pre]
+    last = steps[-1] if steps else {}
+    if last.get("type") != "ByteLevel":
+        return PreTokenizer(
+            False, why=f"its pre-tokenizer is {_describe_pre(pre)}, not GPT-2's byte-level one"
+        )
+    if last.get("add_prefix_space"):
+        return PreTokenizer(False, why="its byte-level pre-tokenizer adds a prefix space")
+    if not last.get("use_regex", True):
+        return PreTokenizer(False, why="its byte-level pre-tokenizer does not split on GPT-2's regex")
+    removed = []
+    for step in steps[:-1]:
+        literal = (step.get("pattern") or {}).get("String") if step.get("type") == "Split" else None
+        if not (
+            isinstance(literal, str)
+            and literal
+            and step.get("behavior") == "Removed"
+            and not step.get("invert")
+        ):
+            return PreTokenizer(
+                False,
+                why=f"its pre-tokenizer is {_describe_pre(pre)}; korani reproduces only Split steps that "
+                "remove a literal string before GPT-2's byte-level one",
+            )
+        removed.append(literal)
+    for token in spec.get("added_tokens") or []:
+        content = token.get("content") if isinstance(token, dict) else None
+        if isinstance(content, str) and any(literal in content for literal in removed):
+            return PreTokenizer(
+                False, why=f"its added token {content!r} contains a string its pre-tokenizer removes"
+            )
+    return PreTokenizer(True, tuple(removed))
+
+
+def _describe_pre(pre: dict) -> str:
+    """`Sequence[Split(String 'ೱ', Removed), ByteLevel]`, shortened for one line."""
+    if pre.get("type") != "Sequence":
+        return pre.get("type") or "missing"
+    parts = []
+    for step in pre.get("pretokenizers") or []:
+        if step.get("type") == "Split":
+            pattern = step.get("pattern") or {}
+            kind, value = next(iter(pattern.items()), ("?", ""))
+            parts.append(f"Split({kind} {str(value)[:20]!r}, {step.get('behavior')})")
+        else:
+            parts.append(str(step.get("type")))
+    return "Sequence[" + ", ".join(parts) + "]"
 
 
 class UnknownPreTokenizer(ModelLoadError):

@@ -49,9 +49,16 @@ def load_merged(adapter: Path, dtype: str = "float16", base: str | None = None):
     from korani_cli.runtime import quiet_libraries
 
     quiet_libraries()  # the spinner is the progress; shard-writing bars would break it
+    import pickle
+
     import torch
     from peft import PeftModel
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # A missing, foreign or broken base; an adapter of another shape; weights that are not what their
+    # names say (a cut download, a .bin that is no pickle, a .safetensors with a bad header).
+    unloadable = (OSError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError)
 
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
@@ -62,13 +69,34 @@ def load_merged(adapter: Path, dtype: str = "float16", base: str | None = None):
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    except (OSError, ValueError) as exc:  # a missing, foreign or broken base; an adapter of another shape
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        align_special_ids(model, tokenizer)
+    except unloadable as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
         raise ModelLoadError(
             f"cannot load {adapter} onto its base '{base}' ({first})",
-            "make the base model available locally or online",
+            "make the base model available locally or online, with all of its weight files intact",
         ) from None
     return model, tokenizer, base
+
+
+def align_special_ids(model, tokenizer) -> None:
+    """The merged model names its tokenizer's special ids. polyglot-ko's config.json says
+    bos/eos 0, which its tokenizer calls <|pad|>; a merged directory that kept them would make
+    whatever serves it (and llama.cpp's converter, for BOS) use the wrong ids. BOS, which the
+    tokenizer does not define, becomes EOS, as in GPT-NeoX's own configs."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        return
+    ids = {
+        "eos_token_id": eos,
+        "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    for config in (model.config, getattr(model, "generation_config", None)):
+        if config is not None:
+            for key, value in ids.items():
+                if value is not None:
+                    setattr(config, key, value)
 
 
 def merge(adapter: Path, output: Path, dtype: str = "float16", overwrite: bool = False) -> dict:
