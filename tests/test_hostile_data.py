@@ -1004,3 +1004,20 @@ def test_a_source_file_name_that_is_not_utf8(tmp_path):
     )
     files = json.loads((out / "stats.json").read_text(encoding="utf-8"))["inputs"]["koalpaca"]["files"]
     assert os.fsencode(files[0]["path"]).endswith(b"\xff\xfe-koalpaca.jsonl")
+
+
+@pytest.mark.parametrize("threshold", ["1.0", "0.99", "0.97"])
+def test_a_threshold_above_what_lsh_can_band_still_removes_what_it_should(tmp_path, threshold):
+    """datasketch cannot band 64 permutations above ~0.96 (`--near-dup-threshold 1.0` was an
+    internal error, exit 1): the index takes candidates at 0.95 and each is confirmed at the
+    user's threshold, so only copies that differ in spacing alone go at 1.0."""
+    spaced = dict(GOOD_KO[0], instruction=GOOD_KO[0]["instruction"].replace("한국의 ", "한국의"))
+    (tmp_path / "k.jsonl").write_bytes(jsonl(GOOD_KO + [spaced]))
+    result = korani(
+        "data", "prepare", "--koalpaca", tmp_path / "k.jsonl", "-o", tmp_path / "out",
+        "--near-dup-threshold", threshold, "--valid", "0", "--test", "0",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rejects = read_jsonl(tmp_path / "out" / "rejects.jsonl")
+    assert [r["reason"] for r in rejects] == ["near_duplicate"], rejects
+    assert len(read_jsonl(tmp_path / "out" / "train.jsonl")) == len(GOOD_KO)

@@ -26,6 +26,7 @@ from korani_cli.data.records import Conversation
 SHINGLE = 5
 SHINGLE_CHARS = 2000
 NUM_PERM = 64
+LSH_MAX_THRESHOLD = 0.95  # the highest datasketch can band with NUM_PERM
 DEFAULT_THRESHOLD = 0.8
 _WS = re.compile(r"\s+")
 
@@ -110,7 +111,10 @@ class Deduplicator:
             ) from None
 
         if self._lsh is None:
-            self._lsh = MinHashLSH(threshold=self.threshold, num_perm=NUM_PERM)
+            # datasketch cannot band 64 permutations for a threshold above ~0.96 (at 1.0 it
+            # raises "the number of bands are too small"). A lower LSH threshold only returns
+            # more candidates; each is still confirmed against the user's threshold below.
+            self._lsh = MinHashLSH(threshold=min(self.threshold, LSH_MAX_THRESHOLD), num_perm=NUM_PERM)
             self._perms = _permutations()
         # `text` is normalised: whitespace is already single spaces.
         compact = text.replace(" ", "")[:SHINGLE_CHARS]
