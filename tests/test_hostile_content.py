@@ -36,8 +36,6 @@ HOSTILE_TEXT = (
     f"한강이 도시를 가로지른다{C1_CSI}. 인구는 약 940만 명이다."
 )
 HOSTILE_TITLE = f"서울 {EVIL}소개{C1_CSI}{OVERWRITE}"
-# HOSTILE_TEXT's first sentence as it must reach a prompt: the controls gone, nothing else.
-HOSTILE_VISIBLE = "서울은 대한민국의 수도]0;PWNED[2J이며 가장 큰 도시이다."
 # The same controls written as HTML character references: lxml decodes them
 # after any cleaning of the raw HTML could have run.
 ENTITIES = "&#x1b;]0;ENTITY&#x7; &#27;[2J"
@@ -182,6 +180,9 @@ def hostile_dir(tmp_path) -> Path:
 
 
 # -- 4: no control character reaches the terminal, the prompt or the cache -------------
+
+# HOSTILE_TEXT's first sentence as it must reach a prompt: the controls gone, nothing else.
+HOSTILE_VISIBLE = "서울은 대한민국의 수도]0;PWNED[2J이며 가장 큰 도시이다."
 
 SEARCH_ROWS = [
     # id, arguments (WEB and DIR are filled in), where the hostile text is
