@@ -3,6 +3,11 @@
 1. llamacpp: `korani ask` (the backend, in process and as the CLI) against raw
    llama-cpp-python `create_completion(stream=True)` on the same GGUF, prompt,
    threads and context — time to first token and decode tokens/s (goal ≥ 0.95×).
+   Both sides' tokens are counted the same way: the answer text each produced,
+   tokenized by the GGUF's own tokenizer. (The backend's own count includes the
+   tokens of the `### ` header it stopped at, and the raw stream yields text
+   chunks, not tokens: 27 against 26 for one answer, ~4 % on a short one.) Each
+   side's own count is reported beside it.
 2. hf: korani's streaming hf backend against the seed project's way, a
    transformers `pipeline("text-generation")` call, on the same tiny GPT-NeoX
    and greedy settings.
@@ -34,6 +39,18 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def counted(llm, text: str) -> int:
+    """Tokens of an answer's text by the model's tokenizer (no BOS, specials as text), white
+    space at its ends left out: korani's stop filter drops the newline before a header that
+    the raw stream keeps (the same answer was 25 tokens against 26 with it)."""
+    return len(llm.tokenize(text.strip().encode("utf-8"), add_bos=False, special=False))
+
+
+def tok_s(counts: list[int], spans: list[float]) -> list[float]:
+    """Decode speed after the first token, as oneshot's decode_tok_s: (tokens - 1) / (first text → end)."""
+    return [(n - 1) / span for n, span in zip(counts, spans) if n > 1 and span > 0]
+
+
 def bench_llamacpp(reps: int, tokens: int, threads: int) -> dict:
     from llama_cpp import Llama
 
@@ -54,24 +71,25 @@ def bench_llamacpp(reps: int, tokens: int, threads: int) -> dict:
     # header, so speeds are compared per token, not per answer.
     params = GenerationParams(max_new_tokens=tokens, temperature=0.0, top_p=0.9)
 
-    korani_ttft, korani_tps, korani_tokens = [], [], []
+    # (answer text, seconds from its first text to the end) of each run, per side.
+    korani_runs, korani_ttft, korani_tokens = [], [], []
     for _ in range(reps):
         result = oneshot.answer(backend, messages, params)
-        tj = result.to_json()["timings"]
-        korani_ttft.append(tj["first_token_s"])
-        if tj["decode_tok_s"]:
-            korani_tps.append(tj["decode_tok_s"])
+        timing = result.timings
+        korani_ttft.append(timing.first_token_s)
+        korani_runs.append((result.answer, timing.generate_s - timing.first_token_s))
         korani_tokens.append(result.completion_tokens)
     del backend
 
     t = time.perf_counter()
     llm = Llama(model_path=spec.source, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
     raw_load = time.perf_counter() - t
-    raw_ttft, raw_tps, raw_tokens = [], [], []
+    raw_runs, raw_ttft, raw_chunks = [], [], []
     for _ in range(reps):
         start = time.perf_counter()
         first = None
         n = 0
+        text = []
         # Same sampler chain and the same header stop as the korani backend.
         for chunk in llm.create_completion(
             prompt,
@@ -86,13 +104,20 @@ def bench_llamacpp(reps: int, tokens: int, threads: int) -> dict:
         ):
             if chunk["choices"][0]["text"]:
                 n += 1
+                text.append(chunk["choices"][0]["text"])
                 if first is None:
                     first = time.perf_counter() - start
         end = time.perf_counter() - start
         raw_ttft.append(first)
-        if n > 1:
-            raw_tps.append((n - 1) / (end - first))
-        raw_tokens.append(n)
+        raw_runs.append(("".join(text), end - first))
+        raw_chunks.append(n)
+
+    # The one count both sides get: the answer's tokens by the GGUF's own tokenizer.
+    korani_counted = [counted(llm, text) for text, _ in korani_runs]
+    raw_counted = [counted(llm, text) for text, _ in raw_runs]
+    korani_tps = tok_s(korani_counted, [span for _, span in korani_runs])
+    raw_tps = tok_s(raw_counted, [span for _, span in raw_runs])
+    same_answer = [k.strip() == r.strip() for (k, _), (r, _) in zip(korani_runs, raw_runs)]
     del llm
 
     # The CLI end to end, as a script would call it.
@@ -129,8 +154,13 @@ def bench_llamacpp(reps: int, tokens: int, threads: int) -> dict:
         "korani_decode_tok_s": round(median(korani_tps), 2),
         "raw_decode_tok_s": round(median(raw_tps), 2),
         "decode_ratio": round(median(korani_tps) / median(raw_tps), 3),
-        "korani_tokens": korani_tokens,
-        "raw_tokens": raw_tokens,
+        # The counts the tok/s above divide by: the same tokenizer over each side's answer.
+        "korani_counted_tokens": korani_counted,
+        "raw_counted_tokens": raw_counted,
+        "same_answer": same_answer,
+        # What each side would have counted by itself (not used above).
+        "korani_backend_tokens": korani_tokens,
+        "raw_text_chunks": raw_chunks,
         "cli_wall_s": round(cli_wall, 3),
         "cli_timings": cli["timings"],
     }
@@ -243,6 +273,13 @@ def main() -> None:
             f"{lc['korani_decode_tok_s']}",
             f"{lc['raw_decode_tok_s']} (raw llama-cpp-python)",
             f"{lc['decode_ratio']}x",
+        ),
+        (
+            "llamacpp tokens counted",
+            f"{lc['korani_counted_tokens']}",
+            f"{lc['raw_counted_tokens']} (same tokenizer; own counts {lc['korani_backend_tokens']} "
+            f"/ {lc['raw_text_chunks']} chunks)",
+            "",
         ),
         ("llamacpp first token s", f"{lc['korani_ttft_s']}", f"{lc['raw_ttft_s']}", ""),
         ("llamacpp load s", f"{lc['korani_load_s']}", f"{lc['raw_load_s']}", ""),

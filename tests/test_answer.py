@@ -231,11 +231,14 @@ def test_the_first_sentence_is_shown_before_generation_ends():
         "세종은 1443년에 훈민정음을 창제하였다[1]. " + "그리고 더 많은 이야기가 이어진다. " * 20, chunk=4
     )
     total = -(-len(backend.answer) // 4)
-    for event in stream(backend, "세종?", _ranked(SEJONG), GenerationParams()):
-        if isinstance(event, Sentence):
-            assert event.text == "세종은 1443년에 훈민정음을 창제하였다." and event.marks == (1,)
-            assert backend.pulled < total / 4, "the sentence waited for the rest of the answer"
-            break
+    events = stream(backend, "세종?", _ranked(SEJONG), GenerationParams())
+    # The first Sentence event, and how many chunks had been pulled when it came;
+    # a stream that never yields one fails here rather than passing without a check.
+    first, pulled = next(((e, backend.pulled) for e in events if isinstance(e, Sentence)), (None, None))
+    events.close()
+    assert first is not None, "no Sentence event was emitted"
+    assert first.text == "세종은 1443년에 훈민정음을 창제하였다." and first.marks == (1,)
+    assert pulled < total / 4, "the sentence waited for the rest of the answer"
 
 
 def test_the_prompt_is_the_rag_form_with_the_history_and_a_long_history_is_trimmed():
@@ -311,7 +314,8 @@ def _pty_run(
     wait: float = 20,
     timeout: float = 120,
 ) -> tuple[str, str]:
-    """Run argv on a pty; return (the screen when the server held back the rest, the whole screen)."""
+    """Run argv on a pty; return (the screen when the server held back the rest, the whole screen).
+    Fails if the server never held: the first screen would then say nothing."""
     import pty
 
     from support import REPO
@@ -358,7 +362,11 @@ def _pty_run(
         except ProcessLookupError:
             pass
         os.waitpid(pid, 0)
-    return at_hold or "", raw.decode("utf-8", "replace")
+    whole = raw.decode("utf-8", "replace")
+    # Every check on the held screen means something only if the hold was reached:
+    # an answer that never streamed through the server's hold point fails here.
+    assert at_hold is not None, f"the server never reached its hold point {server.hold!r}: {whole[-500:]!r}"
+    return at_hold, whole
 
 
 def _plain(raw: bytes) -> str:

@@ -57,9 +57,10 @@ def test_length_limit(demo):
     gen = demo.stream(
         [user("한국의 역사를 자세히 설명해 주세요.")], GenerationParams(max_new_tokens=3, temperature=0.0)
     )
-    gen.text()
-    assert gen.usage.completion_tokens <= 3
-    assert gen.usage.finish_reason in ("length", "stop", "eos")
+    text = gen.text()
+    # Three tokens hold neither an EOS nor a "### " header: the limit ends it, and says so.
+    assert text and gen.usage.completion_tokens == 3
+    assert gen.usage.finish_reason == "length"
 
 
 def test_demo_chat_answers_and_stops_at_eos(demo_chat_gguf):
@@ -77,7 +78,9 @@ def test_demo_chat_with_its_own_template(demo_chat_gguf):
     backend = load_backend(resolve("demo-chat", settings), settings)
     gen = backend.stream([user("Say hello.")], GenerationParams(max_new_tokens=20, temperature=0.0))
     assert gen.text().strip()
-    assert gen.usage.finish_reason in ("eos", "length", "stop")
+    # Greedy, the model's greeting runs past 20 tokens (test_demo_chat_answers_and_stops_at_eos
+    # is the EOS case): the chat path reports the limit, not an EOS it never saw.
+    assert gen.usage.finish_reason == "length"
 
 
 def test_model_template_on_a_gguf_without_one_is_refused():

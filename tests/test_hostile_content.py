@@ -186,6 +186,9 @@ def hostile_dir(tmp_path) -> Path:
 
 # -- 4: no control character reaches the terminal, the prompt or the cache -------------
 
+# HOSTILE_TEXT's first sentence as it must reach a prompt: the controls gone, nothing else.
+HOSTILE_VISIBLE = "서울은 대한민국의 수도]0;PWNED[2J이며 가장 큰 도시이다."
+
 SEARCH_ROWS = [
     # id, arguments (WEB and DIR are filled in), where the hostile text is
     ("web-json", ["search", "서울", "-p", "searxng", "--allow-private", "--json"], "web"),
@@ -218,13 +221,16 @@ def test_page_and_file_text_reaches_no_terminal_raw(
     assert run.rc == 0, run.err
     assert_no_controls(run.out, run.err)
     # The visible text stays: only the control characters are gone.
-    assert "서울은 대한민국의 수도" in run.out or "서울은 대한민국의 수도" in "".join(FakeModel.prompts)
     if args[0] == "search":
+        assert "서울은 대한민국의 수도" in run.out
         assert "PWNED" in run.out and "FAKE" in run.out
     else:
         assert len(FakeModel.prompts) == 1
         prompt = FakeModel.prompts[0]
         assert_no_controls(prompt)
+        # Where `ask` puts the page is the prompt: its hostile sentence, controls gone and the
+        # rest as written (run.out cannot tell: the fake model's fixed answer says the same words).
+        assert HOSTILE_VISIBLE in prompt, prompt
         assert "PWNED" in prompt and "FAKE" in prompt and "한강이 도시를 가로지른다" in prompt
         assert "[1]" in run.out
         if source == "web":

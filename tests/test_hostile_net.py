@@ -1,15 +1,18 @@
 """Hostile network cases (issue 15: items 0-3, 11, 12, and search's part of 14).
 
 Only loopback servers are ever dialled. Names and "public" addresses are
-played by two stubs at the operating system's edge: `socket.getaddrinfo`
-(answers per name, counted) and httpcore's AnyIO dialer (records every
-address it is asked to connect to; a loopback address is really connected,
-an address listed in `public` is played by the loopback server on the same
-port, and anything else is refused without a packet being sent).
+played by stubs at the operating system's edge: `socket.getaddrinfo`
+(answers per name, counted) and httpcore's two dialers, async and sync (each
+records every address it is asked to connect to; a loopback address is really
+connected, an address listed in `public` is played by the loopback server on the
+same port, and anything else is refused without a packet being sent). Under
+them `socket.socket.connect` refuses every address that is not loopback and
+fails the test that reached it.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import ipaddress
 import json
@@ -45,6 +48,13 @@ IDN = "로컬호스트.example"
 
 
 class Net:
+    """The stub network. Both of httpcore's dialers go through it: the async one
+    (AnyIOBackend: page fetches) and the sync one (SyncBackend: providers, through
+    net.DeadlineBackend, and any plain httpx.Client), so a name resolved by the stub
+    is dialled where the stub says. Under them, `socket.socket.connect` refuses any
+    address that is not loopback and records it in `escapes`: a dial that reaches
+    a socket by any other path sends no packet, and the `net` fixture fails the test."""
+
     def __init__(self, monkeypatch):
         import httpcore
 
@@ -52,8 +62,12 @@ class Net:
         self.lookups: list[str] = []
         self.dials: list[tuple[str, int]] = []
         self.public: set[str] = set()  # addresses the loopback server plays
+        self.escapes: list = []  # non-loopback addresses a socket was asked to connect to
         real_gai = socket.getaddrinfo
         real_connect = httpcore.AnyIOBackend.connect_tcp
+        real_sync_connect = httpcore.SyncBackend.connect_tcp
+        real_socket_connect = socket.socket.connect
+        real_socket_connect_ex = socket.socket.connect_ex
         net = self
 
         def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
@@ -78,29 +92,64 @@ class Net:
                 for ip in ips
             ]
 
-        async def connect_tcp(self_, host, port, timeout=None, local_address=None, socket_options=None):
+        def target(host, port) -> str:
+            """Where a dial of (host, port) really goes: recorded, then loopback or refused."""
             try:
                 ip = str(ipaddress.ip_address(host))
             except ValueError:  # dialling by name: resolve as a real dialler would, through the stub
                 ip = getaddrinfo(host, port)[0][4][0]
             net.dials.append((ip, port))
             if ipaddress.ip_address(ip).is_loopback:
-                target = ip
-            elif ip in net.public:
-                target = "127.0.0.1"
-            else:
-                raise httpcore.ConnectError(f"test network: {ip} is not reachable (no packet sent)")
+                return ip
+            if ip in net.public:
+                return "127.0.0.1"
+            raise httpcore.ConnectError(f"test network: {ip} is not reachable (no packet sent)")
+
+        async def connect_tcp(self_, host, port, timeout=None, local_address=None, socket_options=None):
             return await real_connect(
                 self_,
-                target,
+                target(host, port),
                 port,
                 timeout=timeout,
                 local_address=local_address,
                 socket_options=socket_options,
             )
 
+        def sync_connect_tcp(self_, host, port, timeout=None, local_address=None, socket_options=None):
+            return real_sync_connect(
+                self_,
+                target(host, port),
+                port,
+                timeout=timeout,
+                local_address=local_address,
+                socket_options=socket_options,
+            )
+
+        def outside(sock, address) -> bool:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                return False  # a Unix socket path, a socketpair
+            try:
+                return not ipaddress.ip_address(str(address[0]).split("%")[0]).is_loopback
+            except ValueError:  # a name handed to connect() itself: not loopback as far as we know
+                return True
+
+        def socket_connect(sock, address):
+            if outside(sock, address):
+                net.escapes.append(address)
+                raise ConnectionRefusedError(f"test network: connect to {address} refused (no packet sent)")
+            return real_socket_connect(sock, address)
+
+        def socket_connect_ex(sock, address):
+            if outside(sock, address):
+                net.escapes.append(address)
+                return errno.ECONNREFUSED
+            return real_socket_connect_ex(sock, address)
+
         monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
         monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", connect_tcp)
+        monkeypatch.setattr(httpcore.SyncBackend, "connect_tcp", sync_connect_tcp)
+        monkeypatch.setattr(socket.socket, "connect", socket_connect)
+        monkeypatch.setattr(socket.socket, "connect_ex", socket_connect_ex)
 
     def name(self, name: str, *answers: list[str]) -> None:
         self.answers[name] = list(answers)
@@ -108,7 +157,40 @@ class Net:
 
 @pytest.fixture
 def net(monkeypatch):
-    return Net(monkeypatch)
+    stub = Net(monkeypatch)
+    yield stub
+    # A connect that got past both dialers was refused, but whatever made it may have
+    # swallowed the error: the test fails here instead of passing by accident.
+    assert not stub.escapes, f"a socket was asked to connect outside the stub network: {stub.escapes}"
+
+
+def test_the_sync_dialer_is_stubbed_too(net, site):
+    """Providers dial with httpx's sync client (net.DeadlineBackend over httpcore's
+    SyncBackend): a name the stub resolves to a public address is dialled there,
+    played by the loopback server, and no socket is ever pointed at that address."""
+    net.name("public.example", [PUBLIC])
+    net.public.add(PUBLIC)
+    site.routes["/search"] = (
+        200,
+        {"Content-Type": "application/json"},
+        json.dumps({"results": [{"url": "https://e.example/", "title": "부산", "content": "항구"}]}).encode(),
+    )
+    hits = SearxngProvider(base_url=f"http://public.example:{site.port}").search("부산", 3)
+    assert [h.title for h in hits] == ["부산"]
+    assert net.lookups == ["public.example"] and net.dials == [(PUBLIC, site.port)]
+    assert site.seen == [("/search", f"public.example:{site.port}")] and net.escapes == []
+
+
+def test_a_connect_past_both_dialers_is_refused_and_fails_the_test(net):
+    """The last line: a socket asked for a public address by any other path (here
+    socket.create_connection, as urllib would) is refused before a packet is sent."""
+    net.name("elsewhere.example", [OTHER])
+    with pytest.raises(ConnectionRefusedError, match="no packet sent"):
+        socket.create_connection(("elsewhere.example", 80), timeout=1)
+    with socket.socket() as raw:
+        assert raw.connect_ex((PUBLIC, 443)) == errno.ECONNREFUSED
+    assert net.escapes == [(OTHER, 80), (PUBLIC, 443)]
+    net.escapes.clear()  # seen and refused; the fixture would fail any test that left one behind
 
 
 HTML = {"Content-Type": "text/html; charset=utf-8"}
