@@ -306,7 +306,7 @@ def ask(
         footnotes = sourced.footnotes() if sourced is not None else ""
         if footnotes:
             sys.stdout.write("\n" + clean(footnotes) + "\n")
-    _cut_note(result, params, retrieval is not None)
+    _cut_note(result, params, retrieval is not None, loaded.info.context_length)
 
 
 def _resumed(session_id, model, template, system):
@@ -419,17 +419,29 @@ def _payload(result, retrieval, sourced) -> dict:
     return payload
 
 
-def _cut_note(result, params, searched: bool) -> None:
-    """Why an answer stopped at the length limit, and what to change."""
+def _cut_note(result, params, searched: bool, context_length: int | None) -> None:
+    """Why an answer stopped at the length limit, and what to change. The context window is
+    named only when the counts show it was full; the counts are the backend's, exact on every
+    local backend (and as the server reports them for openai:)."""
     if result.finish_reason != "length":
         return
-    made = result.completion_tokens
-    if made is not None and made < params.max_new_tokens:
-        # The backend gave the answer only the room the context window had left.
-        notice(
-            f"the answer was cut at {made} tokens: the prompt ({result.prompt_tokens} tokens) "
-            "filled the rest of the model's context window; shorten the question"
-            + (" or lower --context-tokens" if searched else "")
-        )
-    else:
+    made, prompt = result.completion_tokens, result.prompt_tokens
+    if made is None:  # a server that does not count: the limit korani set is the likely one
+        notice(f"the answer hit a length limit; raise --max-new-tokens ({params.max_new_tokens}) for more")
+        return
+    if made >= params.max_new_tokens:
         notice(f"the answer was cut at {params.max_new_tokens} tokens; raise --max-new-tokens for more")
+        return
+    shorten = "shorten the question" + (" or lower --context-tokens" if searched else "")
+    if prompt is None:
+        notice(
+            f"the answer was cut at {made} tokens, before --max-new-tokens ({params.max_new_tokens}): the "
+            f"server's context window is probably full; {shorten}"
+        )
+        return
+    window = f"{context_length}-token " if context_length else ""
+    # The backend gave the answer only the room the context window had left.
+    notice(
+        f"the answer was cut at {made} tokens: the prompt ({prompt} tokens) filled the rest of the "
+        f"model's {window}context window; {shorten}"
+    )
