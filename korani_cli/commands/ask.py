@@ -141,16 +141,23 @@ def ask(
         typer.Option("--system", "-s", help="System text placed before the conversation. [default: none]"),
     ] = None,
     max_new_tokens: Annotated[
-        Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens to generate. [default: 256]")
+        Optional[int],
+        typer.Option(
+            "--max-new-tokens", "-n", help="Most tokens to generate. [default: 256, or the alias's own]"
+        ),
     ] = None,
     temperature: Annotated[
         Optional[float],
         typer.Option(
-            "--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]"
+            "--temperature",
+            "-t",
+            help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7, or the alias's own: "
+            "demo-chat 0; korani models resolve shows it]",
         ),
     ] = None,
     top_p: Annotated[
-        Optional[float], typer.Option("--top-p", help="Nucleus sampling mass, 0 to 1. [default: 0.9]")
+        Optional[float],
+        typer.Option("--top-p", help="Nucleus sampling mass, 0 to 1. [default: 0.9, or the alias's own]"),
     ] = None,
     seed: Annotated[
         Optional[int],

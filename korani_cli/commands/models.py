@@ -123,17 +123,25 @@ def resolve_model(
     ] = None,
     backend: BackendOpt = None,
 ) -> None:
-    """Show which backend and files a --model value means, without loading it."""
-    from korani_cli.config import load_settings
+    """Show which backend and files a --model value means, without loading it, and the generation
+    settings it would run with (template, temperature, top_p, max_new_tokens) with where each comes
+    from: a flag, an environment variable, the config file, the alias's own default or korani's."""
+    from korani_cli.config import explain_settings
     from korani_cli.models import resolve
 
-    settings = load_settings({"model": spec, "backend": backend})
+    settings, origin = explain_settings({"model": spec, "backend": backend})
     resolved = resolve(settings.model, settings)
     console = out_console()
     for key in ("name", "backend", "source", "base", "base_url", "notice"):
         value = getattr(resolved, key)
         if value:
-            console.print(f"{key:8} {escape(str(value))}")
+            console.print(f"{key:14} {escape(str(value))}", highlight=False, soft_wrap=True)
+    for key in GENERATION_KEYS:
+        value = f"{getattr(settings, key):g}" if key == "temperature" else str(getattr(settings, key))
+        console.print(f"{key:14} {value:8} ({escape(origin[key])})", highlight=False, soft_wrap=True)
+
+
+GENERATION_KEYS = ("template", "temperature", "top_p", "max_new_tokens")
 
 
 def _size(n: int) -> str:
