@@ -32,6 +32,8 @@ from korani_cli.untrusted import clean, clean_line
 
 STDIN_IS_QUESTION_FIX = "pipe a UTF-8 text question: echo 질문 | korani ask -"
 PIPED_TEXT_FIX = "pipe UTF-8 text, or run with </dev/null to ask without it"
+# Stdin that is neither UTF-8 nor CP949 (which korani reads itself): the way to convert it.
+ICONV = "; other encodings convert with iconv -f ENCODING -t UTF-8 FILE | korani ask …"
 WAITING = (
     "waiting for text on stdin (piped text goes before the question); end it with Ctrl-D, or run "
     "with </dev/null"
@@ -53,12 +55,16 @@ def _question(text: str | None) -> str:
                 "no question given",
                 'pass it as an argument (korani ask "질문") or pipe it: echo 질문 | korani ask -',
             )
-        text = piped.read(notice, waiting=WAITING, fix=STDIN_IS_QUESTION_FIX)
+        text = piped.read(notice, waiting=WAITING, fix=STDIN_IS_QUESTION_FIX + ICONV)
     else:
         if any("\udc80" <= ch <= "\udcff" for ch in text):  # argv bytes that were not UTF-8
             raise UsageError("the question is not UTF-8 text", 'pass it in UTF-8: korani ask "질문"')
         # An empty pipe (/dev/null, CliRunner, subprocess.run without input) leaves the question alone.
-        before = piped.read(notice, waiting=WAITING, fix=PIPED_TEXT_FIX).strip() if piped.attached() else ""
+        before = (
+            piped.read(notice, waiting=WAITING, fix=PIPED_TEXT_FIX + ICONV).strip()
+            if piped.attached()
+            else ""
+        )
         if "\x00" in before:
             raise UsageError("stdin holds NUL bytes (binary data?)", PIPED_TEXT_FIX)
         if before and text.strip():
