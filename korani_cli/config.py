@@ -329,11 +329,6 @@ def explain_settings(
     return settings, origin
 
 
-def default_template(spec: str) -> str:
-    """The template a model is prompted in when none was chosen (flag, environment, config file)."""
-    return ALIAS_DEFAULTS.get(spec.strip(), BUILT_IN_GENERATION).template
-
-
 _ON = ("1", "true", "yes", "on")
 _OFF = ("0", "false", "no", "off")
 

@@ -64,7 +64,10 @@ def chat(
         ),
     ] = None,
     max_new_tokens: Annotated[
-        Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens per answer. [default: 256]")
+        Optional[int],
+        typer.Option(
+            "--max-new-tokens", "-n", help="Most tokens per answer. [default: 256, or the alias's own]"
+        ),
     ] = None,
     temperature: Annotated[
         Optional[float],
