@@ -303,3 +303,14 @@ def test_the_exit_3_line_says_how_to_make_the_demo_the_default(tmp_path):
     proc = run_korani("ask", "안녕?", env={"KORANI_HOME": str(tmp_path)})
     assert proc.returncode == 3, proc.stderr
     assert "korani models default demo" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_models_default_refuses_a_fifo_and_follows_a_dangling_link(home, tmp_path):
+    fifo = home / "config.toml"
+    os.mkfifo(fifo)
+    result = models("default", "demo")  # must not block on the FIFO
+    assert result.exit_code == 5 and "is not a regular file" in one_error(result)
+    fifo.unlink()
+    fifo.symlink_to(tmp_path / "elsewhere.toml")  # a link to a file not yet made
+    assert models("default", "demo").exit_code == 0
+    assert fifo.is_symlink() and (tmp_path / "elsewhere.toml").read_text() == 'model = "demo"\n'
