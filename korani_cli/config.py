@@ -18,6 +18,11 @@ An API key is a secret: its rule (`Rule.secret`) wants printable ASCII with no
 whitespace — what an HTTP header can carry; a stray `\r` from a Windows file
 or a non-ASCII letter is refused when the key is read, naming the variable or
 file and never the value, and no message or repr ever shows it.
+
+Each alias (`ALIAS_DEFAULTS`) brings the generation settings it answers best
+with — its template, temperature, top_p and answer length — which sit just
+above the built-in defaults: a value the user set anywhere (file, environment,
+flag) wins over the alias's. `explain_settings` says where each value came from.
 """
 
 from __future__ import annotations
@@ -34,18 +39,39 @@ from korani_cli import paths
 from korani_cli.errors import ConfigError, UsageError, excerpt
 
 DEFAULT_MODEL = "korani-5.8b"
-# Aliases of chat models that ship their own chat template, which they answer best in;
-# every other model is prompted in the KoRani format unless --template says otherwise.
-OWN_TEMPLATE = {"demo-chat": "model"}
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """How a model is prompted and sampled unless the user says otherwise: the built-in
+    values, and each alias's own (`ALIAS_DEFAULTS`; see the module's docstring)."""
+
+    template: str = "korani"  # "korani" or "model" (the model's own chat template)
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+
+
+BUILT_IN_GENERATION = GenerationDefaults()
+ALIAS_DEFAULTS = {
+    "korani-5.8b": GenerationDefaults(),
+    # A base model: fluent Korean needs some temperature (greedy loops: "경북대, 경북대, …").
+    "demo": GenerationDefaults(),
+    # A 135M chat model answers best in its own chat template, and only near-greedy: at 0.7 it
+    # answered "What is 12 times 10?" wrongly three times in three, at 0.2 right half the time,
+    # greedy always ("12 times 10 is 120.", README's quick start).
+    "demo-chat": GenerationDefaults(template="model", temperature=0.0),
+}
+BUILT_IN = "built-in default"
 
 
 @dataclass(frozen=True)
 class Settings:
     model: str = DEFAULT_MODEL
-    template: str = "korani"  # "korani" or "model" (the model's own chat template); see default_template
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.9
+    template: str = BUILT_IN_GENERATION.template  # an alias's own default may differ: see explain_settings
+    max_new_tokens: int = BUILT_IN_GENERATION.max_new_tokens
+    temperature: float = BUILT_IN_GENERATION.temperature
+    top_p: float = BUILT_IN_GENERATION.top_p
     openai_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)  # a secret: never in a repr
     n_ctx: int = 2048  # context window asked of the llama.cpp backend
@@ -277,13 +303,18 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def read_environment(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    return {key: value for key, (value, _name) in _environment(environ).items()}
+
+
+def _environment(environ: dict[str, str] | None = None) -> dict[str, tuple[Any, str]]:
+    """setting → (value, the variable it came from)."""
     environ = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
+    out: dict[str, tuple[Any, str]] = {}
     for key, names in _ENV.items():
         for name in names:
             if environ.get(name):
                 try:
-                    out[key] = check_value(_rule(key), environ[name], text=True)
+                    out[key] = (check_value(_rule(key), environ[name], text=True), name)
                 except Invalid as exc:
                     raise ConfigError(
                         f"{name} must be {exc}{_got(_rule(key), environ[name])}",
@@ -298,21 +329,36 @@ def load_settings(overrides: dict[str, Any] | None = None, *, config_path: Path 
 
     Every value passes the same `RULES` wherever it comes from: a bad flag is a
     usage error (exit 2), a bad file or environment value a config error (exit 5)."""
+    return explain_settings(overrides, config_path=config_path)[0]
+
+
+def explain_settings(
+    overrides: dict[str, Any] | None = None, *, config_path: Path | None = None
+) -> tuple[Settings, dict[str, str]]:
+    """`load_settings`, and where each value came from: the flag (`--temperature`), the
+    environment variable (`KORANI_MODEL`), `config file PATH`, `ALIAS's default` or BUILT_IN.
+
+    Precedence: built-in < the alias's defaults < config file < environment < flags."""
+    path = config_path or paths.config_file()
     merged: dict[str, Any] = {}
-    merged.update(read_config_file(config_path or paths.config_file()))
-    merged.update(read_environment())
+    origin: dict[str, str] = {}
+    for key, value in read_config_file(path).items():
+        merged[key], origin[key] = value, f"config file {path}"
+    for key, (value, name) in _environment().items():
+        merged[key], origin[key] = value, name
     for key, value in (overrides or {}).items():
         if value is not None:
-            merged[key] = check_flag("--" + key.replace("_", "-"), value, _rule(key))
-    if "template" not in merged:
-        # No template chosen anywhere: a model that ships its own chat template (demo-chat) uses it.
-        merged["template"] = default_template(merged.get("model", DEFAULT_MODEL))
-    return dataclasses.replace(Settings(), **merged)
-
-
-def default_template(spec: str) -> str:
-    """The template a model is prompted in when none was chosen (flag, environment, config file)."""
-    return OWN_TEMPLATE.get(spec.strip(), "korani")
+            flag = "--" + key.replace("_", "-")
+            merged[key], origin[key] = check_flag(flag, value, _rule(key)), flag
+    alias = str(merged.get("model", DEFAULT_MODEL)).strip()
+    if alias in ALIAS_DEFAULTS:
+        for key, value in dataclasses.asdict(ALIAS_DEFAULTS[alias]).items():
+            if key not in merged:  # nobody chose it: the alias's own (demo-chat: its chat template, greedy)
+                merged[key], origin[key] = value, f"{alias}'s default"
+    settings = dataclasses.replace(Settings(), **merged)
+    for f in fields(Settings):
+        origin.setdefault(f.name, BUILT_IN)
+    return settings, origin
 
 
 _ON = ("1", "true", "yes", "on")

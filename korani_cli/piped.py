@@ -4,7 +4,9 @@ Follows llm: when stdin is not a terminal and a question is given, the piped
 text comes first and the question after it (`cat notes.txt | korani ask "요약해 줘"`).
 An empty pipe — /dev/null in CI, pytest's CliRunner, `subprocess.run` with
 nothing to send — leaves the question as it was; a closed descriptor is no
-stdin at all. Binary input is refused (exit 2). More than `LIMIT` bytes is cut
+stdin at all. Text in CP949 (EUC-KR, what a Korean Windows saves) is read as
+`--local-dir` reads such a file, with a note; other encodings and binary
+input are refused (exit 2). More than `LIMIT` bytes is cut
 there, at a character boundary, and a notice says so: the prompt still has to
 fit the model's context window, which `ask` checks (exit 4), but a runaway
 pipe (`yes | korani ask …`) must not fill the memory first.
@@ -62,11 +64,14 @@ def read(notify: Callable[[str], None], *, waiting: str, what: str = "stdin", fi
     try:
         text = data.decode("utf-8-sig")  # a BOM from a Windows editor is not part of the text
     except UnicodeDecodeError as exc:
-        if not (cut and exc.start >= len(data) - 3 and exc.reason == "unexpected end of data"):
-            raise UsageError(
-                f"{what} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})", fix
-            ) from None
-        text = data[: exc.start].decode("utf-8-sig")  # the cut fell inside a character
+        if cut and exc.start >= len(data) - 3 and exc.reason == "unexpected end of data":
+            text = data[: exc.start].decode("utf-8-sig")  # the cut fell inside a character
+        else:
+            text = _legacy(data, cut, notify, what)
+            if text is None:
+                raise UsageError(
+                    f"{what} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})", fix
+                ) from None
     if cut:
         notify(
             f"{what} holds more than {LIMIT // (1 << 20)} MiB; "
@@ -74,3 +79,20 @@ def read(notify: Callable[[str], None], *, waiting: str, what: str = "stdin", fi
             "(pipe less, e.g. head -c 100000 FILE | korani ask …)"
         )
     return text
+
+
+def _legacy(data: bytes, cut: bool, notify: Callable[[str], None], what: str) -> str | None:
+    """Text that is not UTF-8 but Korean CP949 (EUC-KR), decoded as `--local-dir` decodes a file
+    (korani_cli.search.decode), with a note saying so; None when it is neither."""
+    from korani_cli.search.decode import decode_text
+
+    # A cut can fall inside a two-byte CP949 character too.
+    decoded = decode_text(data) or (decode_text(data[:-1]) if cut else None)
+    if decoded is None:
+        return None
+    text, encoding = decoded
+    notify(
+        f"{what} is not UTF-8; it was read as {encoding.upper()} (EUC-KR) — if that is wrong, convert it "
+        "first: iconv -f ENCODING -t UTF-8"
+    )
+    return text.removeprefix("\ufeff")

@@ -208,7 +208,7 @@ class Site:
 class ScriptServer(ThreadingHTTPServer):
     """An OpenAI-compatible server on 127.0.0.1 (started at once; `shutdown()` stops it) that answers
     every completion from `script`, with {title} replaced by the number the prompt gave that source
-    (the local provider titles a file by its name); streams it a few characters at a time and holds
+    (the local provider titles a file by its first heading); streams it a few characters at a time and holds
     everything after `hold` until `release` is set. `prompts` lists what it was sent."""
 
     daemon_threads = True

@@ -285,8 +285,8 @@ def test_written_claims_are_the_models_own_sentences_and_markers():
 # -- end to end: an OpenAI-compatible server on loopback, a real pty ----------------------------
 
 SCRIPT = (
-    "질문: 세종은 무엇을 했나요?\n## 세종\n\n- 세종은 1443년에 훈민정음을 창제하였다[{sejong}].\n"
-    "- 훈민정음은 1446년에 반포되었다 [{banpo}][9].\n- 파르티아는 고대 이란의 왕국이다[{sejong}].\n\n"
+    "질문: 세종은 무엇을 했나요?\n## 세종\n\n- 세종은 1443년에 훈민정음을 창제하였다[{세종}].\n"
+    "- 훈민정음은 1446년에 반포되었다 [{반포}][9].\n- 파르티아는 고대 이란의 왕국이다[{세종}].\n\n"
     "```\nprint(a[1])\n```\n"
 )
 SHOWN = (
@@ -404,7 +404,8 @@ def test_ask_search_streams_checked_sentences_on_a_terminal(pages, tmp_path):
     assert SHOWN in screen, screen
     assert "[9]" not in whole and "질문:" not in whole and "왕국이다[" not in whole
     footnotes = screen.split(SHOWN, 1)[1]
-    assert re.search(r"\[1\] sejong — \S*sejong\.md\n\[2\] banpo — \S*banpo\.md", footnotes), footnotes
+    # A local .md file is titled by its first heading, not by its file name.
+    assert re.search(r"\[1\] 세종 — \S*sejong\.md\n\[2\] 반포 — \S*banpo\.md", footnotes), footnotes
 
 
 @pytest.mark.slow
@@ -489,4 +490,4 @@ def test_chat_search_streams_checked_sentences_on_a_terminal(pages, tmp_path):
     assert "1443년에 훈민정음을 창제하였다[1]" in at_hold, at_hold[-500:]
     assert "[9]" not in whole and "질문:" not in whole and "왕국이다[" not in whole
     assert "print(a[1])" in whole
-    assert re.search(r"\[1\] sejong — \S*sejong\.md", _plain(whole.encode()))
+    assert re.search(r"\[1\] 세종 — \S*sejong\.md", _plain(whole.encode()))

@@ -119,7 +119,7 @@ def test_a_search_answer_carries_its_citations_and_footnotes(tmp_path, monkeypat
     assert isinstance(done, Answered) and "만들었다[1]" in done.text
     assert [type(c) for c in done.citations] == [Citation] and done.citations[0].url.endswith("sejong.md")
     assert (
-        done.footnotes == f"[1] sejong — {done.citations[0].url}"
+        done.footnotes == f"[1] 세종대왕 — {done.citations[0].url}"  # the file's heading, not its name
         and done.timings.first_sentence_s is not None
     )
     *_, (role, answer, timings, citations) = stored(tmp_path / "h.sqlite")

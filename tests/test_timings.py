@@ -122,3 +122,38 @@ def test_ask_says_when_the_context_window_cut_the_answer(tiny_neox_dir):
     assert data["finish_reason"] == "length" and data["completion_tokens"] < 400
     assert data["prompt_tokens"] + data["completion_tokens"] == 512
     assert "context window" in proc.stderr and "raise --max-new-tokens" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config, n, cause, not_cause",
+    [
+        ("", 12, "raise --max-new-tokens", "context window"),
+        ("n_ctx = 256\n", 400, "256-token context window", "raise --max-new-tokens"),
+    ],
+    ids=["max-new-tokens", "context-window"],
+)
+def test_the_models_own_template_is_counted_and_its_cut_named(tmp_path, config, n, cause, not_cause):
+    """demo-chat speaks through its own chat template: its prompt is counted like any other, its
+    answer's tokens are tokens (not streamed pieces), and the cut note names the limit that cut it."""
+    import json
+
+    from support import run_korani
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(config, encoding="utf-8")
+    proc = run_korani(
+        "ask", "--model", "demo-chat", "--template", "model", "-n", str(n), "-t", "0", "--json",
+        "Write a long story about a cat named Nabi.",
+        env={"KORANI_HOME": str(home)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert isinstance(data["prompt_tokens"], int) and data["prompt_tokens"] > 10
+    assert data["finish_reason"] == "length"
+    if n == 12:
+        assert data["completion_tokens"] == 12
+    else:
+        assert data["prompt_tokens"] + data["completion_tokens"] == 256
+    assert cause in proc.stderr and not_cause not in proc.stderr and "None" not in proc.stderr

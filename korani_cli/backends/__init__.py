@@ -26,7 +26,10 @@ from korani_cli.untrusted import clean
 
 FINISH_REASONS = ("eos", "stop", "length")
 # The way forward when a model cannot be had here (offline, not cached, no such path).
-OFFLINE_FIX = "use --model demo for the offline demo, or --model PATH for a local model (directory or .gguf)"
+OFFLINE_FIX = (
+    "use --model demo for the offline demo (`korani models default demo` makes it the default), or "
+    "--model PATH for a local model (directory or .gguf)"
+)
 
 
 @dataclass(frozen=True)

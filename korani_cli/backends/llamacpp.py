@@ -3,8 +3,10 @@
 We drive `Llama.generate` token by token instead of `create_completion`, which
 gives exact token counts, a true EOS signal (as opposed to "some stop
 happened") and incremental UTF-8 decoding of Korean text whose characters
-often span several tokens. `--template model` uses the GGUF's own chat
-template through `create_chat_completion`.
+often span several tokens. `--template model` renders the prompt with the
+GGUF's own chat template (the formatter `create_chat_completion` would use)
+and then takes the same path: the prompt is counted, the answer's room is
+what the context window leaves, and a cut says which limit made it.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ class LlamaCppBackend:
         # The EOS text the KoRani template writes after earlier Bot turns; the
         # prompt is tokenized with special=True so it becomes the EOS token.
         self.eos_text = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace")
+        self._formatter = None  # the GGUF's chat template, built on first use (--template model)
 
     @classmethod
     def load(cls, spec: ModelSpec, settings: Settings, notify: Notify) -> "LlamaCppBackend":
@@ -167,13 +170,30 @@ class LlamaCppBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
+    def prompt_text(self, messages: Sequence[Message]) -> str:
+        if self.info.template == "model":
+            return self._chat_formatter()(messages=[flatten_sources(m).to_dict() for m in messages]).prompt
+        return render(messages, self.eos_text)
+
     def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
-        prompt = render(messages, self.eos_text)
-        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        # The model's own template writes its special tokens itself (BOS among them, when it has one).
+        add_bos = self.info.template != "model"
+        return self.llm.tokenize(self.prompt_text(messages).encode("utf-8"), add_bos=add_bos, special=True)
+
+    def _chat_formatter(self):
+        """The GGUF's chat template as llama-cpp-python renders it for create_chat_completion."""
+        if self._formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            model, llm = self.llm._model, self.llm
+            self._formatter = Jinja2ChatFormatter(
+                template=llm.metadata["tokenizer.chat_template"],
+                eos_token=model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else "",
+                bos_token=model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else "",
+            )
+        return self._formatter
 
     def stream(self, messages: Sequence[Message], params: GenerationParams) -> Generation:
-        if self.info.template == "model":
-            return Generation(lambda usage: apply_stops(self._chat(messages, params, usage), usage))
         return Generation(lambda usage: apply_stops(self._complete(messages, params, usage), usage))
 
     def _budget(self, n_prompt: int, params: GenerationParams) -> int:
@@ -185,17 +205,36 @@ class LlamaCppBackend:
             )
         return min(params.max_new_tokens, room)
 
+    def _prompt(self, messages) -> list[int]:
+        try:
+            return self.prompt_tokens(messages)
+        except Exception as exc:  # the chat template's own raise_exception, or a Jinja error in it
+            if self.info.template != "model":
+                raise
+            raise GenerationError(
+                f"the model's chat template cannot render this conversation ({exc})",
+                "retry with --template korani",
+            ) from None
+
     def _complete(self, messages, params: GenerationParams, usage: Usage) -> Iterator[str]:
-        tokens = self.prompt_tokens(messages)
+        tokens = self._prompt(messages)
         usage.prompt_tokens = len(tokens)
         usage.completion_tokens = 0
         budget = self._budget(len(tokens), params)
         if params.seed is not None:
             self.llm.set_seed(params.seed)
+        # The model's own template is sampled as create_chat_completion samples it (no repeat
+        # penalty); the KoRani prompt keeps the penalty the base models need to not loop.
+        repeat_penalty = 1.0 if self.info.template == "model" else 1.1
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             for token in self.llm.generate(
-                tokens, temp=params.temperature, top_p=params.top_p, top_k=40, min_p=0.05, repeat_penalty=1.1
+                tokens,
+                temp=params.temperature,
+                top_p=params.top_p,
+                top_k=40,
+                min_p=0.05,
+                repeat_penalty=repeat_penalty,
             ):
                 if self._is_eog(token):
                     usage.finish_reason = "eos"
@@ -214,28 +253,3 @@ class LlamaCppBackend:
         tail = decoder.decode(b"", final=True)
         if tail:
             yield tail
-
-    def _chat(self, messages, params: GenerationParams, usage: Usage) -> Iterator[str]:
-        chat = [flatten_sources(m).to_dict() for m in messages]
-        try:
-            chunks = self.llm.create_chat_completion(
-                messages=chat,
-                max_tokens=params.max_new_tokens,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                seed=params.seed,
-                stream=True,
-            )
-            usage.completion_tokens = 0
-            for chunk in chunks:
-                choice = chunk["choices"][0]
-                text = choice.get("delta", {}).get("content")
-                if text:
-                    usage.completion_tokens += 1
-                    yield text
-                if choice.get("finish_reason"):
-                    usage.finish_reason = "length" if choice["finish_reason"] == "length" else "eos"
-        except (RuntimeError, ValueError) as exc:
-            raise GenerationError(
-                f"llama.cpp failed while generating ({exc})", "retry with --template korani"
-            ) from None

@@ -62,11 +62,13 @@ HELP = """명령어
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """What `/모델 NAME` switches to: the model's name, its template, and how to load it."""
+    """What `/모델 NAME` switches to: the model's name, its template, how to load it, and
+    how to sample it (None: as before)."""
 
     name: str
     template: str | None
     load: Callable[[], Backend]
+    params: GenerationParams | None = None
 
 
 @dataclass(frozen=True)
@@ -525,6 +527,7 @@ class ChatSession:
             yield Notice(f"모델은 그대로 {self.model_name} 입니다")
             return
         self.backend, self.model_name, self.template = backend, choice.name, choice.template
+        self.params = choice.params or self.params
         self.trim_reported = False
         if self.session_id is not None:
             try:  # later messages, and a later --continue, use the new model

@@ -32,6 +32,8 @@ from korani_cli.untrusted import clean, clean_line
 
 STDIN_IS_QUESTION_FIX = "pipe a UTF-8 text question: echo 질문 | korani ask -"
 PIPED_TEXT_FIX = "pipe UTF-8 text, or run with </dev/null to ask without it"
+# Stdin that is neither UTF-8 nor CP949 (which korani reads itself): the way to convert it.
+ICONV = "; other encodings convert with iconv -f ENCODING -t UTF-8 FILE | korani ask …"
 WAITING = (
     "waiting for text on stdin (piped text goes before the question); end it with Ctrl-D, or run "
     "with </dev/null"
@@ -53,12 +55,16 @@ def _question(text: str | None) -> str:
                 "no question given",
                 'pass it as an argument (korani ask "질문") or pipe it: echo 질문 | korani ask -',
             )
-        text = piped.read(notice, waiting=WAITING, fix=STDIN_IS_QUESTION_FIX)
+        text = piped.read(notice, waiting=WAITING, fix=STDIN_IS_QUESTION_FIX + ICONV)
     else:
         if any("\udc80" <= ch <= "\udcff" for ch in text):  # argv bytes that were not UTF-8
             raise UsageError("the question is not UTF-8 text", 'pass it in UTF-8: korani ask "질문"')
         # An empty pipe (/dev/null, CliRunner, subprocess.run without input) leaves the question alone.
-        before = piped.read(notice, waiting=WAITING, fix=PIPED_TEXT_FIX).strip() if piped.attached() else ""
+        before = (
+            piped.read(notice, waiting=WAITING, fix=PIPED_TEXT_FIX + ICONV).strip()
+            if piped.attached()
+            else ""
+        )
         if "\x00" in before:
             raise UsageError("stdin holds NUL bytes (binary data?)", PIPED_TEXT_FIX)
         if before and text.strip():
@@ -141,16 +147,23 @@ def ask(
         typer.Option("--system", "-s", help="System text placed before the conversation. [default: none]"),
     ] = None,
     max_new_tokens: Annotated[
-        Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens to generate. [default: 256]")
+        Optional[int],
+        typer.Option(
+            "--max-new-tokens", "-n", help="Most tokens to generate. [default: 256, or the alias's own]"
+        ),
     ] = None,
     temperature: Annotated[
         Optional[float],
         typer.Option(
-            "--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]"
+            "--temperature",
+            "-t",
+            help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7, or the alias's own: "
+            "demo-chat 0; korani models resolve shows it]",
         ),
     ] = None,
     top_p: Annotated[
-        Optional[float], typer.Option("--top-p", help="Nucleus sampling mass, 0 to 1. [default: 0.9]")
+        Optional[float],
+        typer.Option("--top-p", help="Nucleus sampling mass, 0 to 1. [default: 0.9, or the alias's own]"),
     ] = None,
     seed: Annotated[
         Optional[int],
@@ -306,7 +319,7 @@ def ask(
         footnotes = sourced.footnotes() if sourced is not None else ""
         if footnotes:
             sys.stdout.write("\n" + clean(footnotes) + "\n")
-    _cut_note(result, params, retrieval is not None)
+    _cut_note(result, params, retrieval is not None, loaded.info.context_length)
 
 
 def _resumed(session_id, model, template, system):
@@ -419,17 +432,29 @@ def _payload(result, retrieval, sourced) -> dict:
     return payload
 
 
-def _cut_note(result, params, searched: bool) -> None:
-    """Why an answer stopped at the length limit, and what to change."""
+def _cut_note(result, params, searched: bool, context_length: int | None) -> None:
+    """Why an answer stopped at the length limit, and what to change. The context window is
+    named only when the counts show it was full; the counts are the backend's, exact on every
+    local backend (and as the server reports them for openai:)."""
     if result.finish_reason != "length":
         return
-    made = result.completion_tokens
-    if made is not None and made < params.max_new_tokens:
-        # The backend gave the answer only the room the context window had left.
-        notice(
-            f"the answer was cut at {made} tokens: the prompt ({result.prompt_tokens} tokens) "
-            "filled the rest of the model's context window; shorten the question"
-            + (" or lower --context-tokens" if searched else "")
-        )
-    else:
+    made, prompt = result.completion_tokens, result.prompt_tokens
+    if made is None:  # a server that does not count: the limit korani set is the likely one
+        notice(f"the answer hit a length limit; raise --max-new-tokens ({params.max_new_tokens}) for more")
+        return
+    if made >= params.max_new_tokens:
         notice(f"the answer was cut at {params.max_new_tokens} tokens; raise --max-new-tokens for more")
+        return
+    shorten = "shorten the question" + (" or lower --context-tokens" if searched else "")
+    if prompt is None:
+        notice(
+            f"the answer was cut at {made} tokens, before --max-new-tokens ({params.max_new_tokens}): the "
+            f"server's context window is probably full; {shorten}"
+        )
+        return
+    window = f"{context_length}-token " if context_length else ""
+    # The backend gave the answer only the room the context window had left.
+    notice(
+        f"the answer was cut at {made} tokens: the prompt ({prompt} tokens) filled the rest of the "
+        f"model's {window}context window; {shorten}"
+    )

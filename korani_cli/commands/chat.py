@@ -64,12 +64,18 @@ def chat(
         ),
     ] = None,
     max_new_tokens: Annotated[
-        Optional[int], typer.Option("--max-new-tokens", "-n", help="Most tokens per answer. [default: 256]")
+        Optional[int],
+        typer.Option(
+            "--max-new-tokens", "-n", help="Most tokens per answer. [default: 256, or the alias's own]"
+        ),
     ] = None,
     temperature: Annotated[
         Optional[float],
         typer.Option(
-            "--temperature", "-t", help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7]"
+            "--temperature",
+            "-t",
+            help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7, or the alias's own: "
+            "korani models resolve]",
         ),
     ] = None,
     seed: Annotated[
@@ -172,17 +178,21 @@ def chat(
             notice("--no-history: this chat is kept in memory only and will not be saved")
         if resumed_note:
             notice(resumed_note)
-        params = GenerationParams(
-            max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            seed=seed,
-        )
+
+        def params_for(chosen) -> GenerationParams:
+            return GenerationParams(
+                max_new_tokens=chosen.max_new_tokens,
+                temperature=chosen.temperature,
+                top_p=chosen.top_p,
+                seed=seed,
+            )
+
+        params = params_for(settings)
 
         def choose_model(name: str) -> ModelChoice:
-            # /모델 NAME: the new model's own default template, unless --template was given here.
+            # /모델 NAME: the new model's own defaults (template, temperature, …), unless given here.
             chosen = settings_for(name, given_template)
-            return ModelChoice(chosen.model, chosen.template, loader(chosen))
+            return ModelChoice(chosen.model, chosen.template, loader(chosen), params_for(chosen))
 
         session = ChatSession(
             loader(settings),

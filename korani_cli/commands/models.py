@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,11 +13,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from korani_cli.console import err_console, korani_command, out_console
+from korani_cli.console import err_console, korani_command, notice, out_console
+from korani_cli.errors import UsageError
+from korani_cli.untrusted import clean_line
 
 app = typer.Typer(
-    help="List model aliases and pulled models, pull korani-5.8b as a GGUF for CPUs, show what a --model "
-    "spec resolves to.",
+    help="List model aliases and pulled models, set the default model, pull korani-5.8b as a GGUF for "
+    "CPUs, show what a --model spec resolves to.",
     no_args_is_help=True,
 )
 
@@ -35,18 +38,23 @@ BackendOpt = Annotated[
 @app.command("list")
 @korani_command
 def list_models() -> None:
-    """The aliases --model accepts, and the current default."""
-    from korani_cli.config import load_settings
+    """The aliases --model accepts, the current default model and where it is set, and the pulled GGUFs."""
+    from korani_cli.config import explain_settings
     from korani_cli.models import ALIASES
     from korani_cli.pull import pulled
 
-    default = load_settings().model
+    settings, origin = explain_settings()
+    default = settings.model
     table = Table("alias", "what it is", "default", box=None)
     for alias, what in ALIASES.items():
         table.add_row(alias, escape(what), "✓" if alias == default else "")
     out_console().print(table)
-    if default not in ALIASES:
-        out_console().print(f"default: {escape(default)}")
+    out_console().print(
+        f"default: {escape(clean_line(default))} ({escape(_origin(origin['model']))}; "
+        "korani models default NAME changes it)",
+        highlight=False,
+        soft_wrap=True,
+    )
     found = pulled()
     if not found:
         out_console().print(
@@ -59,6 +67,101 @@ def list_models() -> None:
             item.alias, item.quant, _size(item.size), item.provenance.sha256[:12], escape(str(item.path))
         )
     out_console().print(table)
+
+
+@app.command("default")
+@korani_command
+def default_model(
+    name: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="The model to use when --model is not given: an alias (korani-5.8b, demo, demo-chat), a "
+            ".gguf file, a model directory, a hub id or openai:MODEL@URL. Without it: show the default "
+            "and where it is set.",
+            show_default=False,
+        ),
+    ] = None,
+    unset: Annotated[
+        bool,
+        typer.Option("--unset", help="Remove the default from the config file: back to korani-5.8b."),
+    ] = False,
+) -> None:
+    """Show or set the default model, as `llm models default` does. It is kept as `model` in the
+    config file; the rest of the file (comments, other settings) is left exactly as it was.
+
+    KORANI_MODEL and --model still win over it. A NAME that does not resolve is refused (exit 2);
+    a config file that cannot be parsed, is read-only or is not a file is left alone (exit 5)."""
+    from korani_cli import paths
+    from korani_cli.config import DEFAULT_MODEL, explain_settings
+    from korani_cli.config_edit import set_setting
+
+    if name is not None and unset:
+        raise UsageError("pass a model or --unset, not both", "korani models default NAME, or --unset")
+    if name is None and not unset:
+        settings, origin = explain_settings()
+        out_console().print(
+            escape(clean_line(settings.model)), highlight=False, soft_wrap=True
+        )  # alone, for $(…)
+        notice(f"{_origin(origin['model'])}; korani models default NAME changes it")
+        return
+    stored = None if unset else _default_candidate(name or "")
+    edit = set_setting("model", stored)
+    path = paths.config_file()
+    console = err_console()
+    if stored is None:
+        said = f"removed model = {edit.before!r} from {path}" if edit.written else f"{path} sets none"
+        console.print(f"default model: {DEFAULT_MODEL} (built-in); {escape(said)}", highlight=False)
+    elif edit.written:
+        console.print(
+            f"default model: {escape(clean_line(stored))} (saved in {escape(str(path))})", highlight=False
+        )
+    else:
+        console.print(
+            f"default model: {escape(clean_line(stored))} (already so in {escape(str(path))})",
+            highlight=False,
+        )
+    from_env = os.environ.get("KORANI_MODEL", "").strip()
+    if from_env:
+        notice(f"KORANI_MODEL={from_env} is set, and wins over the config file; unset it to use the default")
+
+
+def _origin(origin: str) -> str:
+    """Where the default model is set, in words."""
+    if origin.startswith("config file "):
+        return f"set in {origin}"
+    if origin.startswith("KORANI_"):
+        return f"set by {origin}, which wins over the config file"
+    return "korani's built-in default"
+
+
+def _default_candidate(name: str) -> str:
+    """`name` as the config file should keep it, if it resolves to a model: an alias or id as
+    typed, a local file or directory as an absolute path (so it means the same from any directory)."""
+    import dataclasses
+
+    from korani_cli.config import load_settings
+    from korani_cli.errors import ModelLoadError
+    from korani_cli.models import ALIASES, resolve
+
+    name = name.strip()
+    fix = (
+        f"pass an alias ({', '.join(ALIASES)}), a .gguf file, a model directory, a hub id (org/name) or "
+        "openai:MODEL@URL"
+    )
+    if not name:
+        raise UsageError("the model name is empty", fix)
+    if name in ALIASES:
+        return name
+    # The configured --backend chooses between korani-5.8b's forms; it must not refuse another model here.
+    settings = dataclasses.replace(load_settings(), backend="auto")
+    try:
+        spec = resolve(name, settings)
+    except (ModelLoadError, UsageError) as exc:
+        raise UsageError(f"{name!r} cannot be the default model: {exc.what}", fix) from None
+    local = Path(name).expanduser()
+    if spec.backend in ("hf", "llamacpp") and local.exists():
+        return str(local.resolve())
+    return name
 
 
 @app.command("pull")
@@ -124,17 +227,25 @@ def resolve_model(
     ] = None,
     backend: BackendOpt = None,
 ) -> None:
-    """Show which backend and files a --model value means, without loading it."""
-    from korani_cli.config import load_settings
+    """Show which backend and files a --model value means, without loading it, and the generation
+    settings it would run with (template, temperature, top_p, max_new_tokens) with where each comes
+    from: a flag, an environment variable, the config file, the alias's own default or korani's."""
+    from korani_cli.config import explain_settings
     from korani_cli.models import resolve
 
-    settings = load_settings({"model": spec, "backend": backend})
+    settings, origin = explain_settings({"model": spec, "backend": backend})
     resolved = resolve(settings.model, settings)
     console = out_console()
     for key in ("name", "backend", "source", "base", "base_url", "notice"):
         value = getattr(resolved, key)
         if value:
-            console.print(f"{key:8} {escape(str(value))}")
+            console.print(f"{key:14} {escape(str(value))}", highlight=False, soft_wrap=True)
+    for key in GENERATION_KEYS:
+        value = f"{getattr(settings, key):g}" if key == "temperature" else str(getattr(settings, key))
+        console.print(f"{key:14} {value:8} ({escape(origin[key])})", highlight=False, soft_wrap=True)
+
+
+GENERATION_KEYS = ("template", "temperature", "top_p", "max_new_tokens")
 
 
 def _size(n: int) -> str:

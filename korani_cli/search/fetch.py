@@ -168,7 +168,11 @@ def read_local(url: str) -> Page:
     if suffix in (".html", ".htm"):
         title, body = extract(text, url)
         return Page(url, url, title or path.stem, body, "text/html", encoding)
-    return Page(url, url, path.stem, clean(text).strip(), "text/plain", encoding)
+    from korani_cli.search.plaintext import title_and_text
+
+    # Its first heading is its title (not the file name), and leaves the text with its `#` marks.
+    title, body = title_and_text(text, markdown=suffix == ".md")
+    return Page(url, url, clean(title) or path.stem, clean(body), "text/plain", encoding)
 
 
 def _client(opts: FetchOptions):
