@@ -132,9 +132,9 @@ HAND_WRITTEN = (
     "\n"
     "temperature   = 0.3      # cooler\n"
     "model = 'korani-5.8b'   # the big one\n"
-    'openai_api_key = """\n'
-    'model = "inside a string"\n'
-    '"""\n'
+    # a value that reads like the key (an API key is one line of printable ASCII, so a
+    # multi-line string can no longer stand in a valid config: config.RULES refuses it)
+    'openai_api_key = "model=inside-a-string"\n'
     "n_ctx=4096\n"
 )
 
@@ -165,12 +165,9 @@ def test_models_default_sets_the_model_and_keeps_everything_else_byte_for_byte(h
 
 def test_models_default_adds_the_line_when_the_file_has_none_in_its_own_line_ends(home):
     path = home / "config.toml"
-    path.write_bytes(b'openai_api_key = """\r\nmodel = "no"\r\n"""\r\ntop_p = 0.5')  # no final line end
+    path.write_bytes(b'openai_api_key = "model=no"\r\ntop_p = 0.5')  # no final line end
     assert models("default", "demo").exit_code == 0
-    assert (
-        path.read_bytes()
-        == b'openai_api_key = """\r\nmodel = "no"\r\n"""\r\ntop_p = 0.5\r\nmodel = "demo"\r\n'
-    )
+    assert path.read_bytes() == b'openai_api_key = "model=no"\r\ntop_p = 0.5\r\nmodel = "demo"\r\n'
 
 
 def test_models_default_creates_the_config_file_and_its_directory(tmp_path, monkeypatch):
