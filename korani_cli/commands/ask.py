@@ -114,6 +114,7 @@ def _as_answer(done, backend, load_s: float):
             total_s=load_s + t.prepare_s + t.generate_s,
             first_sentence_s=t.first_sentence_s,
         ),
+        limit_ignored=done.usage.limit_ignored,
     )
 
 
@@ -421,7 +422,12 @@ def _payload(result, retrieval, sourced) -> dict:
 
 def _cut_note(result, params, searched: bool) -> None:
     """Why an answer stopped at the length limit, and what to change."""
+    from korani_cli.backends import limit_ignored_note
+
     if result.finish_reason != "length":
+        return
+    if result.limit_ignored:
+        notice(limit_ignored_note(params.max_new_tokens))
         return
     made = result.completion_tokens
     if made is not None and made < params.max_new_tokens:
