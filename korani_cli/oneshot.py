@@ -36,9 +36,11 @@ class Answer:
     completion_tokens: int | None
     finish_reason: str | None  # eos | stop | length
     timings: Timings
+    limit_ignored: bool = False  # the server went past max_new_tokens; the backend cut it (Usage's)
 
     def to_json(self) -> dict:
         out = asdict(self)
+        del out["limit_ignored"]  # said in a note, not a field of --json
         first = self.timings.first_token_s
         gen = self.timings.generate_s - first if first is not None else 0.0
         # Decode speed after the first token, the figure comparable across backends
@@ -115,6 +117,7 @@ class Run:
                 generate_s=generate_s,
                 total_s=self.load_s + generate_s,
             ),
+            limit_ignored=usage.limit_ignored,
         )
 
 

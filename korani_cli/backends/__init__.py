@@ -77,6 +77,10 @@ class Usage:
     # `first_token_at` (a time.perf_counter() value) when it knows that moment.
     whole: bool = False
     first_token_at: float | None = None
+    # The backend cut the answer at max_new_tokens itself: the server it reads went past the
+    # limit it was sent (an OpenAI-compatible server that ignores max_tokens). Front ends say so
+    # after the answer (see `limit_ignored_note`); finish_reason is then "length".
+    limit_ignored: bool = False
 
     def first_token_s(self, start: float, seen: float | None) -> float | None:
         """Seconds from `start` to the first token: `seen` (when the consumer saw the first
@@ -84,6 +88,13 @@ class Usage:
         if not self.whole:
             return seen
         return self.first_token_at - start if self.first_token_at is not None else None
+
+
+def limit_ignored_note(max_new_tokens: int) -> str:
+    return (
+        f"the server ignored max_tokens ({max_new_tokens}) and went on generating; korani cut its answer "
+        f"at {max_new_tokens} tokens — check the server's settings"
+    )
 
 
 class Generation:

@@ -19,11 +19,26 @@ Answers are read with a byte cap.
 The API key goes in the Authorization header and nowhere else: a server (or a
 gateway before it) that quotes the header back in an error message has the key
 cut out of what korani shows (`_hide_key`).
+
+What korani does not take on trust:
+- **The length limit.** A server that ignores `max_tokens` is cut off at
+  korani's own `max_new_tokens` (see MAX_CHARS_PER_TOKEN); `usage.limit_ignored`
+  tells the front end to say so.
+- **The connection.** A request is resent once, at once, only when it never
+  reached the server: it went out on a kept-alive connection that the server
+  had closed, so sending it failed or the server's side reset it before any
+  answer. A request that may have been read (the server closed the connection
+  after taking it) is never resent: the failure is the user's to see.
+- **The usage.** Streams ask for `stream_options.include_usage` (the prompt's
+  token count); a server that rejects the field gets the request again without
+  it, and one that ignores it leaves prompt_tokens unknown (None), never guessed.
+- **The shape.** An answer without a choice is an error, not an empty answer.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from typing import Iterator, Sequence
 from urllib.parse import urlsplit
 
@@ -41,6 +56,18 @@ LIST_CAP = 5_000_000  # bytes of a /models answer
 ANSWER_CAP = 16_000_000  # bytes of a whole (non-streamed) answer, or of one event
 # What the server should stop at besides EOS: the next turn's header.
 SERVER_STOPS = [HEADER_STOP]
+# Counting a server's tokens: every streamed event that carries text holds at least one token
+# on the servers korani meets (llama.cpp, vLLM, TGI and Ollama send one per event), so more
+# text events than max_new_tokens + OVERSHOOT means the server ignored the limit. Where events cannot be
+# counted as tokens (an answer handed over whole without usage, an event packed with text)
+# the bound is this many characters a token: longer than the tokens of the vocabularies
+# korani meets, whitespace runs included, so a server that keeps the limit is never cut.
+MAX_CHARS_PER_TOKEN = 32
+# A server that keeps the limit may still go a few tokens past it: llama-cpp-python finishes a
+# UTF-8 character split across byte tokens (up to three more for a four-byte one), so Korean
+# answers of max_tokens=24 report 25. Only more than this is ignoring the limit; the text of
+# these few events is held back until the answer ends, so an answer that is cut is cut at the limit.
+OVERSHOOT = 3
 
 
 def _hide_key(exc: KoraniError, key: str | None) -> KoraniError:
@@ -79,6 +106,7 @@ class OpenAIBackend:
         self.eos_text = eos_text
         self.deadline = deadline  # net.DeadlineBackend of the client
         self.generation_deadline = generation_deadline
+        self.stream_usage = True  # ask streams for their usage until the server refuses the field
 
     @classmethod
     def load(cls, spec: ModelSpec, settings: Settings, notify: Notify) -> "OpenAIBackend":
@@ -154,7 +182,7 @@ class OpenAIBackend:
     @staticmethod
     def _text(choice: dict) -> str:
         if "delta" in choice:
-            return choice["delta"].get("content") or ""
+            return (choice["delta"] or {}).get("content") or ""
         if "message" in choice:
             return (choice["message"] or {}).get("content") or ""
         return choice.get("text") or ""
@@ -170,11 +198,13 @@ class OpenAIBackend:
 
     @staticmethod
     def _usage(data: dict, usage: Usage) -> None:
-        counts = data.get("usage") or {}
-        if counts.get("prompt_tokens") is not None:
-            usage.prompt_tokens = counts["prompt_tokens"]
-        if counts.get("completion_tokens") is not None:
-            usage.completion_tokens = counts["completion_tokens"]
+        counts = data.get("usage")
+        if not isinstance(counts, dict):
+            return
+        for name in ("prompt_tokens", "completion_tokens"):
+            value = counts.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                setattr(usage, name, value)
 
     def _fail(self, status: int, body: bytes) -> GenerationError:
         try:
@@ -185,6 +215,15 @@ class OpenAIBackend:
         return GenerationError(
             f"the server answered HTTP {status}: {detail}",
             "check the server's log; lower --max-new-tokens if the prompt is too long",
+        )
+
+    def _malformed(self, what: str, sample) -> GenerationError:
+        return GenerationError(f"the server sent {what}: {sample!r}", "check the server")
+
+    def _no_choices(self, sample) -> GenerationError:
+        return GenerationError(
+            f"{self.client.base_url} answered without a choice: {sample!r}",
+            "check that it is an OpenAI-compatible server, and its log",
         )
 
     def _within_deadline(self):
@@ -198,13 +237,35 @@ class OpenAIBackend:
             "check the server; raise request_timeout (KORANI_REQUEST_TIMEOUT) or lower --max-new-tokens",
         )
 
+    @staticmethod
+    def _ignored(usage: Usage, limit: int) -> None:
+        """The server went past max_tokens: the answer ends at korani's limit; front ends say why."""
+        usage.finish_reason = "length"
+        usage.completion_tokens = limit
+        usage.limit_ignored = True
+
+    def _send(self, path: str, body: dict):
+        """POST `body`, the response streamed (the caller closes it). Resent once, at once, when
+        the request never reached the server (see `_Trace`); never when it may have been read."""
+        import httpx
+
+        for attempt in (1, 2):
+            trace = _Trace()
+            request = self.client.build_request("POST", path, json=body, extensions={"trace": trace})
+            try:
+                return self.client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                if attempt == 2 or isinstance(exc, httpx.TimeoutException) or not trace.unsent(exc):
+                    raise
+        raise AssertionError("unreachable")
+
     def _whole(self, path: str, body: dict, usage: Usage) -> Iterator[str]:
         import httpx
 
         from korani_cli import net
 
         try:
-            with self._within_deadline(), self.client.stream("POST", path, json=body) as response:
+            with self._within_deadline(), closing(self._send(path, body)) as response:
                 raw = net.read_capped(response, ANSWER_CAP)
         except httpx.TimeoutException:
             raise self._late() from None
@@ -219,29 +280,65 @@ class OpenAIBackend:
         usage.whole = True  # when the server made its first token is not known
         try:
             data = json.loads(raw)
-            choice = (data.get("choices") or [{}])[0]
-            self._usage(data, usage)
-            self._finish(choice, usage)
-            text = self._text(choice)
-        except (ValueError, AttributeError, TypeError, IndexError, RecursionError):
-            raise GenerationError(
-                f"the server sent a malformed answer: {raw[:80]!r}", "check the server"
-            ) from None
+        except (ValueError, RecursionError):
+            raise self._malformed("a malformed answer", raw[:80]) from None
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+            raise self._malformed("a malformed answer", raw[:80])
+        if not choices:
+            raise self._no_choices(raw[:80])
+        try:
+            text = self._text(choices[0])
+        except AttributeError:
+            raise self._malformed("a malformed answer", raw[:80]) from None
+        if not isinstance(text, str):
+            raise self._malformed("a malformed answer", raw[:80])
+        self._usage(data, usage)
+        self._finish(choices[0], usage)
+        limit = body["max_tokens"]
+        made = usage.completion_tokens
+        if made is not None and made > limit + OVERSHOOT:
+            # The server's own count says how long its tokens were in this very answer.
+            self._ignored(usage, limit)
+            text = text[: round(len(text) * limit / made)]
+        elif made is None and len(text) > limit * MAX_CHARS_PER_TOKEN:
+            self._ignored(usage, limit)
+            usage.completion_tokens = None  # not counted: cut by characters
+            text = text[: limit * MAX_CHARS_PER_TOKEN]
         yield text
+
+    def _open_stream(self, path: str, body: dict):
+        """The streamed response to `body`; a server that refuses `stream_options` gets it again
+        without (and is not asked again)."""
+        from korani_cli import net
+
+        while True:
+            asked = self.stream_usage
+            sent = {**body, "stream": True}
+            if asked:
+                sent["stream_options"] = {"include_usage": True}
+            response = self._send(path, sent)
+            if response.is_success:
+                return response
+            with closing(response):
+                detail = net.read_capped(response, ANSWER_CAP, truncate=True)
+            if asked and response.status_code in (400, 422) and b"stream_options" in detail:
+                self.stream_usage = False  # the prompt's token count stays unknown for this server
+                continue
+            raise self._fail(response.status_code, detail)
 
     def _events(self, path: str, body: dict, usage: Usage) -> Iterator[str]:
         import httpx
 
         from korani_cli import net
 
-        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        chunks = 0
+        limit = body["max_tokens"]
+        room = limit * MAX_CHARS_PER_TOKEN
+        events = chars = 0
+        choices_seen = False
+        held: list[str] = []
         try:
-            with self._within_deadline(), self.client.stream("POST", path, json=body) as response:
-                if not response.is_success:
-                    raise self._fail(
-                        response.status_code, net.read_capped(response, ANSWER_CAP, truncate=True)
-                    )
+            with self._within_deadline(), closing(self._open_stream(path, body)) as response:
                 for line in net.iter_lines_capped(response, ANSWER_CAP):
                     if not line.startswith("data:"):
                         continue  # comments, event names, keep-alives
@@ -251,23 +348,38 @@ class OpenAIBackend:
                     try:
                         data = json.loads(payload)
                     except (ValueError, RecursionError):
-                        raise GenerationError(
-                            f"the server sent a malformed event: {payload[:80]!r}", "check the server"
-                        ) from None
+                        raise self._malformed("a malformed event", payload[:80]) from None
                     if not isinstance(data, dict):
-                        raise GenerationError(
-                            f"the server sent a malformed event: {payload[:80]!r}", "check the server"
-                        )
+                        raise self._malformed("a malformed event", payload[:80])
                     if "error" in data:
                         raise GenerationError(
                             f"the server reported an error: {data['error']}", "check the server's log"
                         )
+                    choices = data.get("choices") or []
+                    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+                        raise self._malformed("a malformed event", payload[:80])
                     self._usage(data, usage)
-                    for choice in data.get("choices") or []:
-                        text = self._text(choice)
-                        if text:
-                            chunks += 1
-                            yield text
+                    for choice in choices:
+                        choices_seen = True
+                        try:
+                            text = self._text(choice)
+                        except AttributeError:
+                            raise self._malformed("a malformed event", payload[:80]) from None
+                        if text and isinstance(text, str):
+                            events += 1
+                            if events > limit + OVERSHOOT or len(text) > room - chars:
+                                # Past korani's limit: the server ignored max_tokens. Stop reading
+                                # (closing the response tells the server to stop, too); what was
+                                # held past the limit is dropped.
+                                if events <= limit:
+                                    yield text[: room - chars]
+                                self._ignored(usage, limit)
+                                return
+                            chars += len(text)
+                            if events > limit:
+                                held.append(text)  # shown if the server ends within OVERSHOOT
+                            else:
+                                yield text
                         self._finish(choice, usage)
         except httpx.TimeoutException:
             raise self._late() from None
@@ -277,9 +389,47 @@ class OpenAIBackend:
             ) from None
         except (net.TooLarge, net.UndecodableBody) as exc:
             raise GenerationError(f"the server sent an unusable stream ({exc})", "check the server") from None
+        if not choices_seen:
+            raise self._no_choices("a stream with no choice")
+        if held:
+            yield "".join(held)
         if usage.completion_tokens is None:
             # Servers that ignore include_usage send one token per event.
-            usage.completion_tokens = chunks
+            usage.completion_tokens = events
+
+
+class _Trace:
+    """What httpcore says about one request (httpx's `trace` extension): was a connection dialled
+    for it, did sending it fail, did an answer begin. A request that went out on a kept-alive
+    connection and failed before any answer never reached the server when sending it failed,
+    or when the server's side reset the connection — a closed socket's answer to bytes nobody
+    read. A clean close after the request was sent may come from a server that read it: not so."""
+
+    def __init__(self):
+        self.dialled = self.send_failed = self.answered = False
+
+    def __call__(self, name: str, info: dict) -> None:
+        if name.startswith("connection.connect_"):
+            self.dialled = True
+        elif name.startswith("http11.send_request_") and name.endswith(".failed"):
+            self.send_failed = True
+        elif name == "http11.receive_response_headers.complete":
+            self.answered = True
+
+    def unsent(self, exc: BaseException) -> bool:
+        if self.dialled or self.answered:
+            return False
+        return self.send_failed or _was_reset(exc)
+
+
+def _was_reset(exc: BaseException | None) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _served_models(client, deadline, base_url: str, request_timeout: float) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from korani_cli import memory, oneshot
-from korani_cli.backends import Backend, GenerationParams, Usage
+from korani_cli.backends import Backend, GenerationParams, Usage, limit_ignored_note
 from korani_cli.chat.history import History, HistoryError, to_markdown
 from korani_cli.errors import KoraniError
 from korani_cli.search.query import is_follow_up, rewrite_query, standalone
@@ -303,6 +303,7 @@ class ChatSession:
                 )
                 self.turns += [Message("user", stored_text), Message("assistant", result.answer)]
         yield Answered(result.answer, timings, run.generation.usage)
+        yield from self._limit_note(run.generation.usage)
 
     # -- entry point ------------------------------------------------------------
 
@@ -423,6 +424,12 @@ class ChatSession:
                 )
                 self.turns += [Message("user", question), Message("assistant", answer)]
         yield Answered(answer, timings, done.usage, citations, done.answer.footnotes())
+        yield from self._limit_note(done.usage)
+
+    def _limit_note(self, usage: Usage) -> Iterator[Event]:
+        """After an answer the backend cut because its server ignored the limit: say so."""
+        if usage.limit_ignored:
+            yield Notice(limit_ignored_note(self.params.max_new_tokens))
 
     def cmd_sources(self, _arg: str) -> Iterator[Event]:
         if not self.last_sources:

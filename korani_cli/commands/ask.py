@@ -120,6 +120,7 @@ def _as_answer(done, backend, load_s: float):
             total_s=load_s + t.prepare_s + t.generate_s,
             first_sentence_s=t.first_sentence_s,
         ),
+        limit_ignored=done.usage.limit_ignored,
     )
 
 
@@ -436,7 +437,12 @@ def _cut_note(result, params, searched: bool, context_length: int | None) -> Non
     """Why an answer stopped at the length limit, and what to change. The context window is
     named only when the counts show it was full; the counts are the backend's, exact on every
     local backend (and as the server reports them for openai:)."""
+    from korani_cli.backends import limit_ignored_note
+
     if result.finish_reason != "length":
+        return
+    if result.limit_ignored:
+        notice(limit_ignored_note(params.max_new_tokens))
         return
     made, prompt = result.completion_tokens, result.prompt_tokens
     if made is None:  # a server that does not count: the limit korani set is the likely one

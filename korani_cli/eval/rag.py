@@ -134,13 +134,23 @@ class Asker:
             "timings": {
                 "retrieve_s": retrieve_s,
                 "prepare_s": done.timings.prepare_s,
-                "first_token_s": done.timings.first_token_s,
-                "first_sentence_s": done.timings.first_sentence_s,
+                **_moments(done.timings),
                 "generate_s": done.timings.generate_s,
                 "verify_s": done.timings.verify_s,
                 "total_s": time.perf_counter() - start,
             },
         }
+
+
+def _moments(t) -> dict:
+    """When the first token came and when the first sentence was shown, known for every answer
+    (the run streams every request): an answer with no text at all ended at its first token
+    (EOS, or a header cut), and one that shows no checked sentence (empty, or only lines echoing
+    the prompt) has its reader waiting until it ends."""
+    return {
+        "first_token_s": t.first_token_s if t.first_token_s is not None else t.generate_s,
+        "first_sentence_s": t.first_sentence_s if t.first_sentence_s is not None else t.generate_s,
+    }
 
 
 def _metrics(q, gold_url: str, ranked, done) -> dict:
@@ -220,9 +230,10 @@ def usage(records: list[dict]) -> dict:
 
 
 def timings(records: list[dict], names) -> dict:
-    return {
-        name: spread([r["timings"].get(name) for r in records]) for name in names
-    }  # older records may lack one
+    """Each timing's spread over the same items — those with every one of `names` known (older
+    records may lack one) — so that the first token's p50 can never exceed the total's."""
+    timed = [r for r in records if all(r["timings"].get(name) is not None for name in names)]
+    return {name: spread([r["timings"][name] for r in timed]) for name in names}
 
 
 def run_rag(

@@ -159,10 +159,13 @@ def table(summary: Summary) -> Table:
     for name, measure in summary.metrics.items():
         out.add_row(name, _value(name, measure), _counts(measure))
     out.add_row("finish_reason", "", escape(", ".join(f"{k} {v}" for k, v in summary.finish_reasons.items())))
-    out.add_row("first token p50", _seconds(summary.first_token_p50), "")
+    # The timings' p50s are over the same items (eval.rag.timings): say how many.
+    timed = ((summary.raw.get("timings") or {}).get("total_s") or {}).get("n")
+    counted = f"n={timed}" if isinstance(timed, int) else ""
+    out.add_row("first token p50", _seconds(summary.first_token_p50), counted)
     if summary.first_sentence_p50 is not None:
-        out.add_row("first sentence p50", _seconds(summary.first_sentence_p50), "")
-    out.add_row("total p50", _seconds(summary.total_p50), "")
+        out.add_row("first sentence p50", _seconds(summary.first_sentence_p50), counted)
+    out.add_row("total p50", _seconds(summary.total_p50), counted)
     return out
 
 
