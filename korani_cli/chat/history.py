@@ -11,8 +11,9 @@ stays in the file with role `replaced` and is left out of the conversation.
 Session ids may be shortened to any unique prefix, as git's may. A session's
 `kind` says which command began it: `chat`, or `ask` (one-shot answers are
 logged too, and `ask -c` continues either). Databases written before the
-`template` or `kind` column get it (NULL: the default template; a chat) when
-opened; nothing else is rewritten.
+`template`, `kind` or `search` column get it (NULL: the default template; a
+chat; the default search flags) when opened; nothing else is rewritten. A chat's
+search flags are kept so `--continue` searches where it searched before.
 
 A database korani cannot use — corrupt, not a database at all, a directory
 in its place, locked by another process past the busy timeout — is a
@@ -49,7 +50,7 @@ class NoSuchSession(UsageError):
 SCHEMA = (
     "\n"
     "CREATE TABLE IF NOT EXISTS sessions "
-    "(id TEXT PRIMARY KEY, created REAL, model TEXT, system TEXT, template TEXT, kind TEXT);\n"
+    "(id TEXT PRIMARY KEY, created REAL, model TEXT, system TEXT, template TEXT, kind TEXT, search TEXT);\n"
     "CREATE TABLE IF NOT EXISTS messages (\n"
     "    id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT REFERENCES sessions(id) ON DELETE CASCADE,\n"
     "    role TEXT, content TEXT, created REAL, model TEXT, timings TEXT, citations TEXT, "
@@ -67,6 +68,7 @@ class StoredSession:
     system: str | None
     template: str | None  # None: written before korani stored it (the default template)
     kind: str = "chat"  # which command began it: chat or ask
+    search: dict | None = None  # the chat's search flags (provider, local_dir, …); None: the defaults
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,8 @@ class History:
             self.db.execute("ALTER TABLE sessions ADD COLUMN template TEXT")
         if "kind" not in columns:
             self.db.execute("ALTER TABLE sessions ADD COLUMN kind TEXT")
+        if "search" not in columns:
+            self.db.execute("ALTER TABLE sessions ADD COLUMN search TEXT")
 
     @classmethod
     def in_memory(cls) -> "History":
@@ -177,14 +181,29 @@ class History:
             raise _problem(self.path, _Corrupt(result[0]), self.without)
 
     def new_session(
-        self, model: str, system: str | None, template: str | None = None, kind: str = "chat"
+        self,
+        model: str,
+        system: str | None,
+        template: str | None = None,
+        kind: str = "chat",
+        search: dict | None = None,
     ) -> str:
-        """A session row; callers create it with its first message (ChatSession._store)."""
+        """A session row; callers create it with its first message (ChatSession._store).
+        `search`: the search flags the chat was given, so `--continue` searches the same way."""
         sid = uuid.uuid4().hex[:12]
         with self._guard(), self.db:
             self.db.execute(
-                "INSERT INTO sessions (id, created, model, system, template, kind) VALUES (?, ?, ?, ?, ?, ?)",
-                (sid, time.time(), model, system, template, kind),
+                "INSERT INTO sessions (id, created, model, system, template, kind, search) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sid,
+                    time.time(),
+                    model,
+                    system,
+                    template,
+                    kind,
+                    json.dumps(search, ensure_ascii=False) if search else None,
+                ),
             )
         return sid
 
@@ -272,12 +291,19 @@ class History:
     def session(self, session_id: str) -> StoredSession | None:
         with self._guard():
             row = self.db.execute(
-                "SELECT id, created, model, system, template, kind FROM sessions WHERE id = ?", (session_id,)
+                "SELECT id, created, model, system, template, kind, search FROM sessions WHERE id = ?",
+                (session_id,),
             ).fetchone()
         if row is None:
             self.check()
             return None
-        return StoredSession(*row[:5], kind=row[5] or "chat")
+        try:
+            search = json.loads(row[6]) if row[6] else None
+        except ValueError:
+            search = None  # unreadable search flags: the chat searches with the defaults
+        return StoredSession(
+            *row[:5], kind=row[5] or "chat", search=search if isinstance(search, dict) else None
+        )
 
     def resolve(self, prefix: str) -> str:
         """The full id of the one session whose id starts with `prefix` (git's short ids).

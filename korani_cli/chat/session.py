@@ -209,6 +209,8 @@ class ChatSession:
         restored: list[Message] | None = None,
         context_tokens: int | None = None,
         choose_model: Callable[[str], ModelChoice] | None = None,
+        search_settings: dict | None = None,
+        restored_sources: list | None = None,
     ):
         """`session_id` None: a new chat, whose session row is written with its first message
         (a chat that fails to start, or says nothing, leaves no empty session behind)."""
@@ -225,7 +227,8 @@ class ChatSession:
             context_tokens  # the sources' share of a /검색 prompt; None: the model's default
         )
         self.turns: list[Message] = list(restored or [])
-        self.last_sources: list = []
+        self.search_settings = search_settings  # stored with the session, so --continue searches alike
+        self.last_sources: list = list(restored_sources or [])  # a resumed chat's last footnotes
         self.last_query: str | None = None
         self.trim_reported = False
         self.choose_model = choose_model  # None: /모델 NAME cannot switch (a test, or an embedding)
@@ -239,7 +242,9 @@ class ChatSession:
         keep the rest of the chat in memory, so the chat itself goes on."""
         try:
             if self.session_id is None:
-                self.session_id = self.history.new_session(self.model_name, self.system, self.template)
+                self.session_id = self.history.new_session(
+                    self.model_name, self.system, self.template, search=self.search_settings
+                )
             self.history.add(self.session_id, role, content, *extra)
         except HistoryError as exc:
             self._pending += [
@@ -250,7 +255,9 @@ class ChatSession:
                 ),
             ]
             self.history = History.in_memory()
-            self.session_id = self.history.new_session(self.model_name, self.system, self.template)
+            self.session_id = self.history.new_session(
+                self.model_name, self.system, self.template, search=self.search_settings
+            )
             for turn in self.turns:
                 self.history.add(self.session_id, turn.role, turn.content)
             self.history.add(self.session_id, role, content, *extra)

@@ -144,6 +144,15 @@ def chat(
         restored: list = []
         sid = None
         resumed_note = ""
+        resumed = None
+        # The search flags a session keeps (a relative --local-dir is kept absolute: a later
+        # --continue may run from another directory).
+        search = {
+            "provider": list(provider) if provider else None,
+            "searxng_url": searxng_url,
+            "local_dir": str(local_dir.expanduser().absolute()) if local_dir is not None else None,
+            "allow_private": allow_private,
+        }
         if resume_last or session_id:
             resumed = resume(
                 history,
@@ -152,9 +161,15 @@ def chat(
                 template=template,
                 system=system,
                 start_hint="start one with korani chat (without --continue)",
+                search=search,
             )
             sid, restored, resumed_note = resumed.id, resumed.messages, resumed.note
             model, template, system = resumed.model, resumed.template, resumed.system
+            search = resumed.search
+            provider = search.get("provider") or None
+            searxng_url = search.get("searxng_url") or None
+            local_dir = Path(search["local_dir"]) if search.get("local_dir") else None
+            allow_private = bool(search.get("allow_private"))
 
         def settings_for(name: str | None, chosen_template: str | None):
             return load_settings(
@@ -178,6 +193,8 @@ def chat(
             notice("--no-history: this chat is kept in memory only and will not be saved")
         if resumed_note:
             notice(resumed_note)
+        if resumed is not None and resumed.last:
+            _show_last_exchange(resumed.last)
 
         def params_for(chosen) -> GenerationParams:
             return GenerationParams(
@@ -206,6 +223,8 @@ def chat(
             restored=restored,
             context_tokens=context_tokens,
             choose_model=choose_model,
+            search_settings={k: v for k, v in search.items() if v not in (None, False)} or None,
+            restored_sources=resumed.sources if resumed is not None else None,
         )
         # Load before the first prompt: a model that cannot load at all ends the command
         # with exit 3 (piped or not), instead of failing each message and exiting 0.
@@ -218,6 +237,41 @@ def chat(
         run(session)
     finally:
         history.close()
+
+
+LAST_LINES = 12  # how much of the last answer a resumed chat shows
+
+
+def _show_last_exchange(last) -> None:
+    """On resume: the last question and (the end of) its answer, dimmed, so the chat picks up where it was."""
+    from rich.markup import escape
+
+    from korani_cli.console import err_console
+    from korani_cli.untrusted import clean
+
+    err = err_console()
+    err.print("[dim]── 지난 대화의 마지막 ──[/dim]")
+    for m in last:
+        lines = clean(m.content or "").strip().split("\n")
+        if len(lines) > LAST_LINES:
+            lines = [f"(… 앞의 {len(lines) - LAST_LINES}줄 생략)", *lines[-LAST_LINES:]]
+        who = "나> " if m.role == "user" else ""
+        err.print(escape(who + "\n".join(lines)), soft_wrap=True, highlight=False)
+        if m.role == "assistant" and m.citations:
+            err.print(
+                escape(
+                    clean(
+                        "\n".join(
+                            f"[{c.get('n', '?')}] {c.get('title', '')} — {c.get('url', '')}"
+                            for c in m.citations
+                            if isinstance(c, dict)
+                        )
+                    )
+                ),
+                soft_wrap=True,
+                highlight=False,
+            )
+    err.print("[dim]──[/dim]")
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text, for scripts.")]
