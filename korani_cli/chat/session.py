@@ -182,12 +182,36 @@ def _retrieve_with_events(query, options) -> Iterator:
         if kind == "stage":
             yield Stage(STAGE_NAMES.get(value, value))
         elif kind == "notice":
-            yield Notice(value)
+            yield Notice(getattr(value, "ko", value))  # the chat speaks Korean (search/types.Said)
         elif kind == "error":
             raise value
         else:
             yield value
             return
+
+
+def _chat_fixes() -> dict[str, str]:
+    """Fixes that name command-line flags, as said inside the chat, where a flag cannot be given."""
+    from korani_cli.backends import OFFLINE_FIX
+    from korani_cli.search.pipeline import NETWORK_FIX, NO_RESULTS_FIX
+
+    started = "the search providers are chosen when the chat starts: korani chat --provider …"
+    return {
+        OFFLINE_FIX: "switch with /모델 demo for the offline demo, or /모델 PATH for a local model "
+        "(directory or .gguf)",
+        NO_RESULTS_FIX: f"ask with other words (/검색 다른 질문), or check the network; {started}",
+        NETWORK_FIX: "check the connection; without one, restart with korani chat --local-dir DIR "
+        "(your files) or --offline (pages searched before)",
+    }
+
+
+def chat_line(exc: KoraniError) -> str:
+    """`exc` as one error line in the chat: a fix that names a command-line flag the chat cannot
+    take is said with the chat's own commands (/모델, /검색) instead."""
+    fix = _chat_fixes().get(exc.fix or "")
+    if fix is None:
+        return exc.one_line()
+    return KoraniError(exc.what, fix).one_line()
 
 
 def _round(seconds: float | None) -> float | None:
@@ -248,7 +272,7 @@ class ChatSession:
             self.history.add(self.session_id, role, content, *extra)
         except HistoryError as exc:
             self._pending += [
-                ErrorLine(exc.one_line()),
+                ErrorLine(chat_line(exc)),
                 Notice(
                     "이 대화는 이제부터 저장되지 않고 메모리에만 남습니다 "
                     "(/저장 으로 파일에 저장할 수 있습니다)"
@@ -325,7 +349,7 @@ class ChatSession:
         try:
             yield from self._dispatch(line)
         except KoraniError as exc:
-            yield ErrorLine(exc.one_line())
+            yield ErrorLine(chat_line(exc))
         pending, self._pending = self._pending, []
         yield from pending
 
@@ -366,7 +390,7 @@ class ChatSession:
                     result = event
             yield from self._ensure_backend()
         except KoraniError as exc:
-            yield ErrorLine(exc.one_line())
+            yield ErrorLine(chat_line(exc))
             return
         self.last_query = query
         self.last_sources = result.ranked
@@ -374,7 +398,7 @@ class ChatSession:
         try:
             yield from self._sourced(question, result.ranked)
         except KoraniError as exc:
-            yield ErrorLine(exc.one_line())
+            yield ErrorLine(chat_line(exc))
 
     def _sourced(self, question: str, ranked, store_question: bool = True) -> Iterator[Event]:
         """Answer from `ranked` through the RAG core (search/answer.py): each sentence is
@@ -537,7 +561,7 @@ class ChatSession:
             choice = self.choose_model(name)
             backend = choice.load()
         except KoraniError as exc:
-            yield ErrorLine(exc.one_line())
+            yield ErrorLine(chat_line(exc))
             yield Notice(f"모델은 그대로 {self.model_name} 입니다")
             return
         self.backend, self.model_name, self.template = backend, choice.name, choice.template
@@ -547,7 +571,7 @@ class ChatSession:
             try:  # later messages, and a later --continue, use the new model
                 self.history.set_model(self.session_id, choice.name, choice.template)
             except HistoryError as exc:
-                yield ErrorLine(exc.one_line())
+                yield ErrorLine(chat_line(exc))
         yield Output(f"모델을 바꿨습니다: {self._describe()}")
 
     def cmd_retry(self, _arg: str) -> Iterator[Event]:
@@ -568,7 +592,7 @@ class ChatSession:
                 try:
                     self.history.replace_last_answer(self.session_id)
                 except HistoryError as exc:
-                    yield ErrorLine(exc.one_line())
+                    yield ErrorLine(chat_line(exc))
         yield from self._ensure_backend()
         if asked.ranked is None:
             yield from self._generate(user(asked.question), asked.question, store_question=False)
@@ -577,7 +601,7 @@ class ChatSession:
         try:
             yield from self._sourced(asked.question, asked.ranked, store_question=False)
         except KoraniError as exc:
-            yield ErrorLine(exc.one_line())
+            yield ErrorLine(chat_line(exc))
 
     def cmd_help(self, _arg: str) -> Iterator[Event]:
         yield Output(HELP)

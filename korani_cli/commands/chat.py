@@ -331,21 +331,49 @@ def history_list(
     if not rows:
         # stdout stays empty for scripts; a person is told why, and how to start.
         notice('no saved sessions yet: start one with korani chat, or korani ask "질문"')
-    for r in rows:
+    # Columns: the model (cut at MODEL_WIDTH) and the count are padded to the widest row, so
+    # the first questions start in one column.
+    models = [_cut(clean_line(str(r.model)), MODEL_WIDTH) for r in rows]
+    model_width = max((len(m) for m in models), default=0)
+    count_width = max((len(str(r.messages)) for r in rows), default=0)
+    for r, shown_model in zip(rows, models):
         first_line = clean_line((r.first or "").split("\n", 1)[0])[:50]
         typer.echo(
             f"{clean_line(str(r.id))}  {_when(r.created)}  {clean_line(r.kind):<4}  "
-            f"{clean_line(str(r.model))}  "
-            f"{r.messages} messages  {first_line}"
+            f"{shown_model:<{model_width}}  "
+            f"{r.messages:>{count_width}} messages  {first_line}"
         )
+
+
+MODEL_WIDTH = 40  # a longer model name (a path, an openai:MODEL@URL) is cut with …
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 SessionArg = Annotated[
     str,
     typer.Argument(
-        help="Session id, or any unique prefix of it (see `korani history list`).", show_default=False
+        help="Session id, or any unique prefix of it (see `korani history list`); `last`: the "
+        "session with the latest message.",
+        show_default=False,
     ),
 ]
+
+
+def _resolve(history, session_id: str) -> str:
+    """The session's full id; `last` (never an id: ids are hex) is the most recent one."""
+    from korani_cli.errors import UsageError
+
+    if session_id.strip() == "last":
+        sid = history.last_session()
+        if sid is None:
+            raise UsageError(
+                "there is no saved session yet", 'start one with korani chat, or korani ask "질문"'
+            )
+        return sid
+    return history.resolve(session_id)
 
 
 @history_app.command("show")
@@ -362,7 +390,7 @@ def history_show(session_id: SessionArg, as_json: JsonOpt = False) -> None:
     from korani_cli.untrusted import clean, clean_line
 
     history = History()
-    sid = history.resolve(session_id)
+    sid = _resolve(history, session_id)
     messages = history.messages(sid)
     stored = history.session(sid)
     if as_json:
@@ -415,7 +443,7 @@ def history_export(
     if output is not None:  # before reading the history: a refused -o costs nothing
         guard_output_file(output, overwrite=overwrite)
     history = History()
-    sid = history.resolve(session_id)
+    sid = _resolve(history, session_id)
     text = to_markdown(history.messages(sid), f"korani {clean_line(history.session(sid).kind)} {sid}")
     if output is None:
         sys.stdout.write(text)
@@ -425,7 +453,16 @@ def history_export(
 
 @history_app.command("rm")
 @korani_command
-def history_rm(session_id: SessionArg) -> None:
+def history_rm(
+    session_id: Annotated[
+        str,
+        typer.Argument(
+            # No `last` here: a deletion names its session.
+            help="Session id, or any unique prefix of it (see `korani history list`).",
+            show_default=False,
+        ),
+    ],
+) -> None:
     """Delete a session.
 
     Exit codes: 0 deleted, 2 no such session or an ambiguous prefix, 5 the history database is unusable.

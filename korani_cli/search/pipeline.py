@@ -32,7 +32,7 @@ from korani_cli.search.fetch import FetchOptions, fetch
 from korani_cli.search.passages import kiwi, passages_within
 from korani_cli.search.providers import DEFAULT_CHAIN, NoProvider, build, search_chain
 from korani_cli.search.rank import check_models, make_embedder, make_reranker, rank
-from korani_cli.search.types import Skipped, Timings
+from korani_cli.search.types import Said, Skipped, Timings
 from korani_cli.untrusted import clean_line
 
 DEFAULT_DEADLINE = 45.0  # seconds for the whole search stage (KORANI_SEARCH_DEADLINE)
@@ -123,7 +123,8 @@ def retrieve(
     deadline = time.monotonic() + deadline_s
 
     def say(message: str) -> None:  # notices quote URLs and servers' words
-        notify(clean_line(message))
+        ko = getattr(message, "ko", None)
+        notify(Said(clean_line(message), clean_line(ko)) if ko is not None else clean_line(message))
 
     chain = _chain(options)
     check_models(options.embedder, options.reranker)  # before any provider is waited on
@@ -149,8 +150,7 @@ def retrieve(
             cache.close()
     timings.add("fetch+extract", time.perf_counter() - t)
     failures = list(report.failures)
-    for skipped in failures:
-        say(f"skipped {skipped.url}: {skipped.reason}")
+    _say_skipped(failures, say)
     if not report.pages:
         raise NoSources(f"none of the {len(hits)} result pages could be read", "check the notices above")
 
@@ -166,6 +166,31 @@ def retrieve(
     )
     timings.add("total", time.perf_counter() - start)
     return Retrieval(query, used, hits, pages, failures, ranked, timings)
+
+
+def _say_skipped(failures: list[Skipped], say: Callable[[str], None]) -> None:
+    """One notice per reason: eight result pages refused for the same loopback address are
+    one line with a count, not eight of the same line."""
+    by_reason: dict[str, list[str]] = {}
+    for skipped in failures:
+        by_reason.setdefault(skipped.reason, []).append(skipped.url)
+    for reason, urls in by_reason.items():
+        if len(urls) == 1:
+            say(Said(f"skipped {urls[0]}: {reason}", f"건너뜀 {urls[0]}: {reason}"))
+        else:
+            say(
+                Said(
+                    f"skipped {len(urls)} pages ({urls[0]}, …): {reason}",
+                    f"페이지 {len(urls)}개 건너뜀 ({urls[0]} 등): {reason}",
+                )
+            )
+
+
+NO_RESULTS_FIX = "try another --provider, or check the network"
+NETWORK_FIX = (
+    "check the connection; without one, --local-dir DIR answers from your files and --offline from "
+    "pages searched before"
+)
 
 
 def _chain(options: SearchOptions) -> list:
@@ -187,9 +212,17 @@ def _search(
     if options.fetch.offline:
         hits, used = _cached_hits(query, options, chain, cache, say)
     else:
-        hits, used = search_chain(chain, query, options.results, say)
+        failed: list = []
+        hits, used = search_chain(chain, query, options.results, say, failed)
         if hits and cache and used != "local":
             cache.put_hits(query, hits)
+        if not hits and len(failed) == len(chain) and all(f.unreachable for f in failed):
+            # Not "no results": no provider could be reached at all.
+            raise NoSources(
+                f"cannot search for {query!r}: the network is unreachable "
+                f"({', '.join(f.provider for f in failed)} could not be reached)",
+                NETWORK_FIX,
+            )
     if not hits:
         local_only = set(options.providers) == {"local"}
         raise NoSources(
@@ -197,7 +230,7 @@ def _search(
             "--local-dir holds no .html, .md, .txt or .pdf file (links out of it count only with "
             "--follow-links)"
             if local_only
-            else "try another --provider, or check the network",
+            else NO_RESULTS_FIX,
         )
     return hits, used
 
@@ -254,5 +287,10 @@ def _cached_hits(query, options, chain, cache, notify):
         return local[0].search(query, options.results), "local"
     hits = cache.get_hits(query) if cache else []
     if not hits:
-        notify("--offline: this query was never searched online, so nothing is cached for it")
+        notify(
+            Said(
+                "--offline: this query was never searched online, so nothing is cached for it",
+                "--offline: 이 질문은 온라인에서 검색한 적이 없어 캐시에 없습니다",
+            )
+        )
     return hits, "cache" if hits else None

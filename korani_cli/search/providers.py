@@ -46,10 +46,11 @@ BROWSER_UA = (
 
 
 class ProviderError(Exception):
-    def __init__(self, provider: str, why: str):
+    def __init__(self, provider: str, why: str, unreachable: bool = False):
         super().__init__(f"{provider}: {why}")
         self.provider = provider
         self.why = why
+        self.unreachable = unreachable  # the server could not be reached at all (no network, no DNS)
 
 
 class Provider(Protocol):
@@ -105,13 +106,20 @@ def _get(
                     body = net.read_capped(response, MAX_BYTES)
                     return Reply(response.status_code, str(response.url), body, response.charset_encoding)
             raise ProviderError(provider, f"more than {MAX_REDIRECTS} redirects")
-    except httpx.TimeoutException:
+    except httpx.TimeoutException as exc:
         raise ProviderError(
             provider,
             f"timed out after {time.monotonic() - start:.1f} s (deadline {deadline:g} s: request_timeout)",
+            unreachable=isinstance(exc, httpx.ConnectTimeout),
         ) from None
     except httpx.HTTPError as exc:
-        raise ProviderError(provider, f"unreachable ({exc.__class__.__name__})") from None
+        raise ProviderError(
+            provider,
+            f"unreachable ({exc.__class__.__name__})",
+            # No connection at all (a name that does not resolve, a network that is down), as opposed
+            # to a server that answered badly: when every provider fails so, the network is the problem.
+            unreachable=isinstance(exc, (httpx.ConnectError, httpx.NetworkError)),
+        ) from None
     except httpx.InvalidURL as exc:  # a redirect to a Location httpx cannot parse
         raise ProviderError(provider, f"invalid URL ({exc})") from None
     except (net.TooLarge, net.UndecodableBody) as exc:
@@ -547,16 +555,35 @@ def _searxng_base(flag: str | None) -> str | None:
 
 
 def search_chain(
-    providers: list[Provider], query: str, n: int, notify: Callable[[str], None]
+    providers: list[Provider],
+    query: str,
+    n: int,
+    notify: Callable[[str], None],
+    failures: list[ProviderError] | None = None,
 ) -> tuple[list[Hit], str | None]:
-    """The first provider that returns hits wins; each failure is one notice."""
+    """The first provider that returns hits wins; each failure is one notice (and, when
+    `failures` is given, appended to it)."""
+    from korani_cli.search.types import Said
+
     for provider in providers:
         try:
             hits = provider.search(query, n)
         except ProviderError as exc:
-            notify(f"{exc.provider}: {exc.why}; trying the next provider")
+            if failures is not None:
+                failures.append(exc)
+            ko = (
+                f"{exc.provider}에 연결할 수 없습니다 ({exc.why.removeprefix('unreachable ').strip('()')})"
+                if exc.unreachable
+                else f"{exc.provider} 검색 실패 ({exc.why})"
+            )
+            notify(Said(f"{exc.provider}: {exc.why}; trying the next provider", f"{ko} — 다음 검색 엔진으로"))
             continue
         if hits:
             return hits, provider.name
-        notify(f"{provider.name}: no results; trying the next provider")
+        notify(
+            Said(
+                f"{provider.name}: no results; trying the next provider",
+                f"{provider.name}: 검색 결과 없음 — 다음 검색 엔진으로",
+            )
+        )
     return [], None

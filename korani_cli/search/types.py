@@ -18,6 +18,18 @@ from korani_cli.untrusted import clean, clean_line
 TITLE_CHARS = 300
 
 
+class Said(str):
+    """A search notice as `korani search` and `ask` print it (English), that also carries its
+    Korean wording for the chat, whose every line is Korean."""
+
+    ko: str
+
+    def __new__(cls, en: str, ko: str) -> "Said":
+        said = super().__new__(cls, en)
+        said.ko = ko
+        return said
+
+
 def _text(value) -> str:
     # A provider's JSON may hold a number or null where a string belongs.
     return "" if value is None else value if isinstance(value, str) else str(value)
