@@ -216,6 +216,8 @@ ALLOWED = {
     "history",
     "model",
     "retry",
+    "file",  # /file and /system: the English aliases of /파일 and /시스템
+    "system",
     "help",
     "exit",
     "quit",

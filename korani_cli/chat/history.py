@@ -238,6 +238,11 @@ class History:
                 "UPDATE sessions SET model = ?, template = ? WHERE id = ?", (model, template, session_id)
             )
 
+    def set_system(self, session_id: str, system: str | None) -> None:
+        """/시스템 TEXT: the session goes on with another system text."""
+        with self._guard(), self.db:
+            self.db.execute("UPDATE sessions SET system = ? WHERE id = ?", (system, session_id))
+
     def replace_last_answer(self, session_id: str) -> None:
         """/다시: the last answer is kept, as role 'replaced', out of the conversation."""
         with self._guard(), self.db:

@@ -40,6 +40,10 @@ COMMANDS = {
     "/model": "model",
     "/다시": "retry",
     "/retry": "retry",
+    "/파일": "file",
+    "/file": "file",
+    "/시스템": "system",
+    "/system": "system",
     "/도움말": "help",
     "/help": "help",
     "/종료": "exit",
@@ -55,6 +59,8 @@ HELP = """명령어
   /기록         (/history)  저장된 대화 목록
   /모델 [이름]  (/model)    모델 정보; 이름을 주면 그 모델로 바꿉니다 (예: /모델 demo-chat)
   /다시         (/retry)    마지막 답변을 다시 만듭니다 (/검색 답변은 같은 출처로)
+  /파일 경로    (/file)     파일의 내용을 다음 질문 앞에 붙입니다 (여러 번 쓰면 여러 파일)
+  /시스템 [글]  (/system)   시스템 글을 보여 주거나 바꿉니다 (/시스템 - 는 지웁니다)
   /도움말       (/help)     이 도움말
   /종료         (/exit)     끝내기 (Ctrl-D)
 여러 줄 입력: \"\"\" 로 시작하고 \"\"\" 로 끝내거나, 줄 끝에 \\ 를 붙이세요. Tab 은 명령어를 완성합니다."""
@@ -257,6 +263,7 @@ class ChatSession:
         self.trim_reported = False
         self.choose_model = choose_model  # None: /모델 NAME cannot switch (a test, or an embedding)
         self.last_asked: Asked | None = None
+        self.attached: list = []  # /파일: attach.Attached files waiting for the next question
         self._pending: list[Event] = []  # said after the current input's events (e.g. history trouble)
 
     # -- plumbing -------------------------------------------------------------
@@ -363,6 +370,11 @@ class ChatSession:
             yield from getattr(self, f"cmd_{command}")(arg.strip())
             return
         yield from self._ensure_backend()
+        if self.attached:
+            # /파일: the files' text, then the question, as `cat FILE | korani ask "질문"` sends it;
+            # stored and remembered whole, so --continue and /다시 see what the model saw.
+            line = "\n\n".join([*(a.text.strip() for a in self.attached), line])
+            self.attached = []
         self.last_asked = Asked(line)
         yield from self._generate(user(line), line)
 
@@ -481,6 +493,7 @@ class ChatSession:
         self.last_sources = []
         self.last_query = None
         self.last_asked = None
+        self.attached = []
         self.trim_reported = False
         # What follows is a new conversation, so it is a new session (written with its first
         # message): the one before stays whole in the history, and `--continue` later resumes
@@ -602,6 +615,41 @@ class ChatSession:
             yield from self._sourced(asked.question, asked.ranked, store_question=False)
         except KoraniError as exc:
             yield ErrorLine(chat_line(exc))
+
+    def cmd_file(self, arg: str) -> Iterator[Event]:
+        """/파일 PATH: the file's text goes before the next plain question (/검색 leaves it waiting)."""
+        from korani_cli.chat.attach import AttachError, read_attachment
+
+        try:
+            attached = read_attachment(arg)
+        except AttachError as exc:
+            yield ErrorLine(f"{exc.what} — {exc.fix}")
+            return
+        self.attached.append(attached)
+        read_as = " CP949(EUC-KR)로 읽음;" if attached.encoding != "utf-8" else ""
+        yield Output(
+            f"파일을 붙였습니다: {attached.name} ({len(attached.text):,}자;{read_as} "
+            f"다음 질문에 함께 보냅니다)"
+        )
+
+    def cmd_system(self, arg: str) -> Iterator[Event]:
+        """/시스템 [TEXT]: show the system text, or set it for the rest of the chat (`-` clears it)."""
+        if not arg:
+            yield Output(
+                f"시스템 글: {self.system}"
+                if self.system
+                else "시스템 글이 없습니다 — /시스템 글 로 정하세요"
+            )
+            return
+        self.system = None if arg == "-" else arg
+        if self.session_id is not None:
+            try:  # a later --continue resumes with it
+                self.history.set_system(self.session_id, self.system)
+            except HistoryError as exc:
+                yield ErrorLine(exc.one_line())
+        yield Output(
+            "시스템 글을 지웠습니다" if self.system is None else f"시스템 글을 바꿨습니다: {self.system}"
+        )
 
     def cmd_help(self, _arg: str) -> Iterator[Event]:
         yield Output(HELP)
