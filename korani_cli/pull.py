@@ -541,7 +541,7 @@ def _build(alias: str, quant: str, adapter: Source, base: Source, work: Path, on
     gc.collect()
     on_step(f"converting and quantising to {quant} (llama.cpp)")
     gguf = work / GGUF_NAME
-    exported = export_gguf(merged, gguf, outtype=quant)
+    exported = export_gguf(merged, gguf, outtype=quant, into_cache=True)
     on_step("verifying: load, tokenizer, a short greedy answer, sha256")
     answer, tokens, probes = _verify(gguf, merged)
     shutil.rmtree(merged)

