@@ -167,7 +167,7 @@ korani train RECIPE [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CK
 [key=value ...]"""
     from korani_cli.errors import KoraniError
     from korani_cli.train.config import load_config, parse_overrides
-    from korani_cli.train.dist import Ranks
+    from korani_cli.train.dist import Ranks, recipe_failed_everywhere
     from korani_cli.train.health import EOS_WARNING
     from korani_cli.train.run import run
 
@@ -179,7 +179,10 @@ korani train RECIPE [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CK
         recipe = load_config(config, values)
     except KoraniError as exc:
         # Under a launcher every process reads the same recipe and fails the same way; the first one says so.
-        exc.quiet = not Ranks.from_env().main
+        ranks = Ranks.from_env()
+        exc.quiet = not ranks.main
+        if ranks.launched:
+            recipe_failed_everywhere(ranks, exc)
         raise
     reporter = RichReporter()
     metadata = run(recipe, smoke=smoke, resume=resume, overwrite=overwrite, reporter=reporter)

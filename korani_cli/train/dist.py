@@ -178,6 +178,26 @@ def _quiet_when_ended() -> Iterator[None]:
     signal.signal(signal.SIGTERM, previous)
 
 
+def recipe_failed_everywhere(ranks: Ranks, exc: KoraniError, wait_s: float = 30.0) -> None:
+    """Every process of the job read the same bad recipe, before any of them joined the job.
+    The first says why; the launcher ends the job when the first process exits, with a SIGTERM
+    to the others. So the first ignores that SIGTERM (it must not be cut short before its line:
+    under load it was, printing 'error: interrupted' instead of the recipe's error), and the
+    others wait for it — that SIGTERM, or `wait_s` at most — and then stop quietly."""
+    import signal
+    import threading
+
+    if ranks.main:
+        ignore_teardown()
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: done.set())
+    done.wait(wait_s)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # on its way out with the first process's code
+
+
 def ignore_teardown() -> None:
     """This process is on its way out with its reason about to be said: the launcher's
     SIGTERM to the rest of the job would only cut that short or add a second message."""
