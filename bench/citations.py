@@ -13,7 +13,7 @@ the checker (its IDF pool) are the gold paragraph and the sentence's BM25
 top 4 others, as in a real retrieval.
 
 Checkers: `old` is the unweighted share of Kiwi content words ≥ 0.3 (copied
-here as it was in search/answer.py); `new` is korani_cli.search.support.
+here as it was in rag/answer.py); `new` is korani_cli.rag.support.
 Its threshold (support.THRESHOLD = 0.6) was read off the sweep this bench
 prints with seed 11 and checked on seed 7: precision/recall 0.9724/0.9683
 and 0.9715/0.9650; at 0.5 many two-word short answers with one word in a
@@ -103,7 +103,7 @@ def main() -> int:
         print(f"KorQuAD dev not found at {KORQUAD}", file=sys.stderr)
         return 2
 
-    from korani_cli.search import support as sup
+    from korani_cli.rag import support as sup
     from korani_cli.search.rank import bm25_index, morphemes
     from korani_cli.search.types import Passage
 

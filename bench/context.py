@@ -5,7 +5,7 @@ The pool and the questions are `korani eval rag`'s (RagConfig defaults: k=5,
 permutation). For each answerable question the ranked passages go into the RAG
 prompt as they are (baseline) and after `budget.fit` at each budget, and we count:
 
-  prompt_tokens      the rendered prompt (search.answer.messages + generation
+  prompt_tokens      the rendered prompt (rag.answer.messages + generation
                      prompt) tokenised by the demo model's own tokenizer, the
                      way LlamaCppBackend counts it (gemma GGUF, vocab only)
   sources_tokens     the source blocks alone, what the budget bounds
@@ -87,8 +87,8 @@ def main() -> None:
     from korani_cli.eval import metrics as m
     from korani_cli.eval.rag import RagConfig, plan
     from korani_cli.eval.sets import load_korquad, resolve_set
-    from korani_cli.search.answer import messages
-    from korani_cli.search.budget import fit
+    from korani_cli.rag.answer import messages
+    from korani_cli.rag.budget import fit
     from korani_cli.template import Source, sources_text
 
     qaset = load_korquad(resolve_set("korquad-dev", "--set"))

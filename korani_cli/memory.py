@@ -3,7 +3,7 @@
 Oldest exchanges go first; the system text and the latest exchange always
 stay. The budget is the context length minus room for the answer.
 
-Chat, `ask -c` and the RAG answer core (search/answer.py) all trim the same
+Chat, `ask -c` and the RAG answer core (rag/answer.py) all trim the same
 way, so this module sits beside the template, below all three: it knows the
 conversation format and a backend's token counter, and nothing of chats,
 searches or what the caller shows when exchanges are dropped.

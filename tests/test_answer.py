@@ -1,4 +1,4 @@
-"""The RAG answer core (search/answer.py, search/segment.py): streamed sentence by
+"""The RAG answer core (rag/answer.py, search/segment.py): streamed sentence by
 sentence, never showing a marker before it is checked, with the model's Markdown kept.
 
 Unit rows run the core on a scripted backend; the end-to-end tests drive
@@ -76,7 +76,7 @@ ANSWERS = [
 
 @pytest.mark.parametrize("text", ANSWERS)
 def test_pieces_do_not_depend_on_how_the_answer_was_chunked(text):
-    from korani_cli.search.segment import Segmenter, split
+    from korani_cli.rag.segment import Segmenter, split
 
     echo = ["질문:", "다음 자료를 참고"]
     whole = split(text, echo)
@@ -94,7 +94,7 @@ def test_pieces_do_not_depend_on_how_the_answer_was_chunked(text):
 
 
 def test_pieces_know_code_headings_and_rows():
-    from korani_cli.search.segment import split
+    from korani_cli.rag.segment import split
 
     pieces = split(ANSWERS[1])
     kinds = {p.text: p.kind for p in pieces}
@@ -179,7 +179,7 @@ MARKDOWN = [
 
 @pytest.mark.parametrize("pages,answer,shown,urls", [c[1:] for c in MARKDOWN], ids=[c[0] for c in MARKDOWN])
 def test_markdown_survives_the_check(pages, answer, shown, urls):
-    from korani_cli.search.answer import verify
+    from korani_cli.rag.answer import verify
 
     out = verify(answer, _ranked(*pages))
     assert out.text == shown
@@ -190,14 +190,14 @@ def test_markdown_survives_the_check(pages, answer, shown, urls):
 
 
 def _run(backend, ranked, **kw):
-    from korani_cli.search.answer import stream
+    from korani_cli.rag.answer import stream
 
     return list(stream(backend, "세종은 무엇을 했나요?", ranked, GenerationParams(max_new_tokens=64), **kw))
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 7, 1000])
 def test_stream_shows_only_checked_text_and_ends_with_what_verify_gives(chunk):
-    from korani_cli.search.answer import Done, Footnotes, Sentence, Text, verify
+    from korani_cli.rag.answer import Done, Footnotes, Sentence, Text, verify
 
     raw = MARKDOWN[0][2]
     ranked = _ranked(BANPO, SEJONG)
@@ -225,7 +225,7 @@ def test_stream_shows_only_checked_text_and_ends_with_what_verify_gives(chunk):
 
 
 def test_the_first_sentence_is_shown_before_generation_ends():
-    from korani_cli.search.answer import Sentence, stream
+    from korani_cli.rag.answer import Sentence, stream
 
     backend = Scripted(
         "세종은 1443년에 훈민정음을 창제하였다[1]. " + "그리고 더 많은 이야기가 이어진다. " * 20, chunk=4
@@ -242,7 +242,7 @@ def test_the_first_sentence_is_shown_before_generation_ends():
 
 
 def test_the_prompt_is_the_rag_form_with_the_history_and_a_long_history_is_trimmed():
-    from korani_cli.search.answer import Trimmed
+    from korani_cli.rag.answer import Trimmed
 
     history = [
         Message("user", "질문 " * 200),
@@ -264,7 +264,7 @@ def test_the_prompt_is_the_rag_form_with_the_history_and_a_long_history_is_trimm
 
 
 def test_closing_the_stream_stops_generation():
-    from korani_cli.search.answer import Text, stream
+    from korani_cli.rag.answer import Text, stream
 
     backend = Scripted("세종은 1443년에 훈민정음을 창제하였다[1]. " * 50, chunk=4)
     events = stream(backend, "세종?", _ranked(SEJONG), GenerationParams())
@@ -276,7 +276,7 @@ def test_closing_the_stream_stops_generation():
 
 
 def test_written_claims_are_the_models_own_sentences_and_markers():
-    from korani_cli.search.answer import written_claims
+    from korani_cli.rag.answer import written_claims
 
     claims = written_claims("- 가는 나다 [1][2].\n\n```\nx[3]\n```\n다는 라다.")
     assert claims == [("가는 나다.", [1, 2]), ("다는 라다.", [])]

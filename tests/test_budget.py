@@ -12,7 +12,7 @@ import re
 import pytest
 
 from korani_cli.eval.metrics import answer_in_context
-from korani_cli.search.budget import (
+from korani_cli.rag.budget import (
     DEFAULT_TOKENS,
     ELLIPSIS,
     MIN_TOKENS,

@@ -313,7 +313,7 @@ def test_extraction_returns_no_controls(html):
 
 
 def test_footnotes_print_clean_lines():
-    from korani_cli.search.answer import SourcedAnswer
+    from korani_cli.rag.answer import SourcedAnswer
     from korani_cli.search.types import Citation
 
     footnotes = SourcedAnswer(

@@ -412,7 +412,7 @@ def _ranked():
 
 
 def test_citations_are_checked_renumbered_and_only_cited_sources_listed():
-    from korani_cli.search.answer import verify
+    from korani_cli.rag.answer import verify
 
     out = verify(
         "부산은 최대의 항구 도시입니다[2]. 서울은 수도입니다 [1][9]. 달은 치즈로 만들어졌다[1].", _ranked()
@@ -422,7 +422,7 @@ def test_citations_are_checked_renumbered_and_only_cited_sources_listed():
 
 
 def test_uncited_answers_get_the_best_supporting_source():
-    from korani_cli.search.answer import verify
+    from korani_cli.rag.answer import verify
 
     out = verify("서울은 대한민국의 수도입니다. 오늘은 기분이 좋네요.", _ranked())
     assert out.text == "서울은 대한민국의 수도입니다.[1] 오늘은 기분이 좋네요."
@@ -430,7 +430,7 @@ def test_uncited_answers_get_the_best_supporting_source():
 
 
 def test_the_rag_prompt_numbers_sources_through_the_template():
-    from korani_cli.search.answer import messages
+    from korani_cli.rag.answer import messages
     from korani_cli.template import render
 
     text = render(messages("수도는?", _ranked()), "<eos>")

@@ -1,4 +1,4 @@
-"""The citation check (search/support.py through search/answer.verify) on hand-made Korean cases.
+"""The citation check (rag/support.py through rag/answer.verify) on hand-made Korean cases.
 
 Each row: the passages offered, the model's answer, and what verify must print
 (text with renumbered markers) and list (footnote URLs). The cases go every
@@ -121,7 +121,7 @@ CASES = [
 
 @pytest.mark.parametrize("pages,answer,text,urls", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_verify(pages, answer, text, urls):
-    from korani_cli.search.answer import verify
+    from korani_cli.rag.answer import verify
 
     out = verify(answer, _ranked(*pages))
     assert out.text == text
@@ -131,7 +131,7 @@ def test_verify(pages, answer, text, urls):
 
 
 def test_moved_citation_keeps_the_other_footnotes_in_order():
-    from korani_cli.search.answer import verify
+    from korani_cli.rag.answer import verify
 
     out = verify("파르티아는 고대 이란의 왕국이다[2]. 현정은 현대그룹의 회장이다[2].", _ranked(PARTHIA, HYUN))
     assert out.text == "파르티아는 고대 이란의 왕국이다[1]. 현정은 현대그룹의 회장이다[2]."
@@ -151,13 +151,13 @@ def test_moved_citation_keeps_the_other_footnotes_in_order():
     ],
 )
 def test_numbers_are_normalised(text, expected):
-    from korani_cli.search.support import numbers
+    from korani_cli.rag.support import numbers
 
     assert numbers(text) == expected
 
 
 def test_a_page_with_an_endless_number_is_checked_not_crashed():
-    from korani_cli.search.answer import verify
+    from korani_cli.rag.answer import verify
 
     page = (
         "https://n.example",
@@ -171,7 +171,7 @@ def test_a_page_with_an_endless_number_is_checked_not_crashed():
 
 
 def test_common_words_weigh_less_than_names():
-    from korani_cli.search import support
+    from korani_cli.rag import support
 
     passages = support.evidence([p.passage for p in _ranked(SEJONG, YI)])
     [claim] = support.claims(["세종은 한양에서 태어났다."])

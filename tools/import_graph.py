@@ -6,7 +6,7 @@ function: a lazy import keeps `korani --help` fast, it does not make the
 dependency go away.
 
 The walls (STYLE.md: presentation on top, core below, the template at the bottom):
-- search ↛ chat, train; train ↛ chat, search; backends ↛ search, chat, train;
+- search ↛ chat, train, rag; rag ↛ chat, train; train ↛ chat, search; backends ↛ search, chat, train;
 - template.py imports no korani module;
 - no core module imports the presentation layer (commands/, chat/repl.py,
   chat/view.py, console.py, cli.py);
@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 # area → areas it must never import
 WALLS = {
-    "search": {"chat", "train"},
+    "search": {"chat", "train", "rag"},
+    "rag": {"chat", "train"},
     "train": {"chat", "search"},
     "backends": {"search", "chat", "train"},
 }
@@ -40,7 +41,7 @@ PRINT_ALLOWED = {"train.export"}
 
 @dataclass(frozen=True)
 class Edge:
-    source: str  # module, without the package prefix: "search.answer"
+    source: str  # module, without the package prefix: "rag.answer"
     target: str
     line: int
     lazy: bool  # inside a function
@@ -57,7 +58,7 @@ def modules(root: Path = ROOT) -> dict[str, Path]:
 
 
 def _resolve(name: str, known: dict[str, Path]) -> str | None:
-    """`korani_cli.search.answer` → `search.answer`; a name that is not a module → its package."""
+    """`korani_cli.rag.answer` → `rag.answer`; a name that is not a module → its package."""
     if name != PACKAGE and not name.startswith(PACKAGE + "."):
         return None
     rest = name[len(PACKAGE) + 1 :]

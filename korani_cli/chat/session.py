@@ -413,9 +413,9 @@ class ChatSession:
             yield ErrorLine(chat_line(exc))
 
     def _sourced(self, question: str, ranked, store_question: bool = True) -> Iterator[Event]:
-        """Answer from `ranked` through the RAG core (search/answer.py): each sentence is
+        """Answer from `ranked` through the RAG core (rag/answer.py): each sentence is
         shown once its footnotes are checked; remembered and stored as shown."""
-        from korani_cli.search.answer import Done, Text, Trimmed, stream
+        from korani_cli.rag.answer import Done, Text, Trimmed, stream
 
         if store_question:  # /다시 answers a question that is stored already
             self._store("user", question)  # before generation: never lost

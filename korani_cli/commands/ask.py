@@ -88,7 +88,7 @@ def _trimmed_note(dropped: int, context_length: int) -> str:
 
 def _sourced(events, write=None):
     """Run the answer core to its end, writing checked text as it comes; its Done event."""
-    from korani_cli.search.answer import Done, Text, Trimmed
+    from korani_cli.rag.answer import Done, Text, Trimmed
 
     done = None
     for event in events:
@@ -375,7 +375,7 @@ def _load(settings):
 def _generate(backend, text, system, earlier, retrieval, params, context_tokens, load_s):
     """The answer (streamed to stdout on a terminal) and, with sources, the checked SourcedAnswer."""
     from korani_cli import memory, oneshot
-    from korani_cli.search.answer import stream
+    from korani_cli.rag.answer import stream
     from korani_cli.template import conversation
 
     def write(chunk: str) -> None:
@@ -390,7 +390,7 @@ def _generate(backend, text, system, earlier, retrieval, params, context_tokens,
     try:
         with waiting:
             if retrieval is not None:
-                # Sentences are shown once their markers are checked (search/answer.py).
+                # Sentences are shown once their markers are checked (rag/answer.py).
                 events = stream(
                     backend,
                     text,

@@ -8,7 +8,7 @@
   report.py   a run's summary as a table; several runs side by side
 
 Retrieval, prompt and footnote checks are the search package's own
-(`search.pool`, `search.answer`); nothing here ranks or verifies by itself.
+(`search.pool`, `rag.answer`); nothing here ranks or verifies by itself.
 """
 
 from korani_cli.errors import EXIT_DATA, GenerationError, KoraniError

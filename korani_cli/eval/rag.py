@@ -2,9 +2,9 @@
 
 For each question: the KorQuAD paragraphs are the pool (`search.pool`, the
 search ranking with SearchOptions' settings; for an unanswerable question the
-gold paragraph is left out), the top k go into `search.answer.messages` (the
+gold paragraph is left out), the top k go into `rag.answer.messages` (the
 RAG prompt), `oneshot.answer` generates as `ask` does, and
-`search.answer.verify` checks the footnotes. The record of each question and
+`rag.answer.verify` checks the footnotes. The record of each question and
 the summary of a run are built here; `metrics` judges, `run` stores.
 """
 
@@ -79,7 +79,7 @@ class Asker:
         self.cpu = threading.Lock()
 
     def __call__(self, item: Planned) -> dict:
-        from korani_cli.search.answer import Done, stream
+        from korani_cli.rag.answer import Done, stream
 
         q = item.question
         gold_url = self.page_url[q.page_id]
@@ -156,7 +156,7 @@ def _moments(t) -> dict:
 def _metrics(q, gold_url: str, ranked, done) -> dict:
     """One answer's measures: retrieval, the answer against the gold spans, and its footnotes
     as printed (checked) and as the model wrote them (raw)."""
-    from korani_cli.search.answer import written_claims
+    from korani_cli.rag.answer import written_claims
 
     sourced, offered_passages = done.answer, done.passages
     offered = {n: r.passage.text for n, r in enumerate(offered_passages, 1)}

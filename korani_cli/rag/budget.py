@@ -50,7 +50,7 @@ How it chooses, all lexical and deterministic:
 
 When the sources already fit, `fit` returns its input unchanged.
 
-What this module leaves to others: the prompt (search/answer.py) and which
+What this module leaves to others: the prompt (rag/answer.py) and which
 budget a model gets (`default_tokens` is the policy; the commands pass it).
 """
 
@@ -139,7 +139,7 @@ class _Counter:
 
 
 def _offered(r: Ranked):
-    # As search/answer.py offers a passage: a page with no title shows its URL.
+    # As rag/answer.py offers a passage: a page with no title shows its URL.
     return Source(r.passage.title or r.passage.url, r.passage.url, r.passage.text)
 
 
@@ -196,8 +196,8 @@ class _Choice:
 
 
 def _analyse(question: str, ranked: list[Ranked], cost: _Counter) -> "_Analysis":
+    from korani_cli.rag.support import idf, prior
     from korani_cli.search.passages import CONTENT_TAGS, bounded, kiwi
-    from korani_cli.search.support import idf, prior
 
     texts = [r.passage.text.strip() for r in ranked]
     lowered = [t.lower() for t in texts]

@@ -1,6 +1,6 @@
 """A model's Markdown answer, as it streams, cut into sentences to check and text to keep as written.
 
-The footnote check (search/answer.py) works sentence by sentence, and a
+The footnote check (rag/answer.py) works sentence by sentence, and a
 terminal shows a sentence only once it is checked. So the answer is read
 incrementally: `Segmenter.feed(chunk)` returns the pieces whose end is
 known, `finish()` the rest. Concatenated, the pieces are the answer exactly

@@ -16,7 +16,7 @@ is read as it streams (search/segment.py): prose sentences are checked as
 soon as their end is known; Markdown structure, code blocks and white space
 pass through exactly as written; lines echoing the prompt are dropped.
 
-Every [n] marker is checked (search/support.py): one that points at no
+Every [n] marker is checked (rag/support.py): one that points at no
 source is removed; one whose cited passage does not support its sentence
 moves to the offered passage that supports it best, if one clears the bar,
 and is dropped otherwise. A prose sentence that cites nothing gets the
@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from korani_cli.backends import Backend, GenerationParams, Usage
-from korani_cli.search import support as sup
-from korani_cli.search.segment import Piece, Segmenter
-from korani_cli.search.segment import split as split_pieces
+from korani_cli.rag import support as sup
+from korani_cli.rag.segment import Piece, Segmenter
+from korani_cli.rag.segment import split as split_pieces
 from korani_cli.search.types import Citation, Ranked
 from korani_cli.template import RAG_INSTRUCTION, RAG_QUESTION_PREFIX, Message, Source, user
 from korani_cli.untrusted import clean_line
@@ -258,7 +258,7 @@ def stream(
     `context_tokens` caps the sources' share of the prompt (None: the model's default).
     Closing the generator stops generation; what was yielded stays valid."""
     from korani_cli import memory
-    from korani_cli.search import budget
+    from korani_cli.rag import budget
 
     prepare = time.perf_counter()
     limit = backend.info.context_length
