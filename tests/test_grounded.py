@@ -1,0 +1,244 @@
+"""`korani data prepare --grounded`: KorQuAD questions → RAG conversations as served, and the abstention rule.
+
+The data are built at test time from a few articles of the shared KorQuAD dev set
+(CC BY-ND: nothing derived from it is committed).
+"""
+
+import json
+import math
+import re
+
+import pytest
+from support import SHARED, ScriptedBackend
+from typer.testing import CliRunner
+
+from korani_cli.cli import app
+from korani_cli.data.prepare import PrepareConfig, prepare
+from korani_cli.errors import EXIT_USAGE
+from korani_cli.template import ABSTAIN_ANSWER, RAG_INSTRUCTION, Message, render
+
+KORQUAD = SHARED / "eval" / "korquad" / "KorQuAD_v1.0_dev.json"
+ARTICLES = 4
+EOS = "<|endoftext|>"
+runner = CliRunner()
+_HEADER = re.compile(r"^\[(\d+)\] (.*) \((\S+)\)$")
+
+
+@pytest.fixture(scope="module")
+def korquad(tmp_path_factory):
+    if not KORQUAD.is_file():
+        pytest.skip(f"shared KorQuAD not found at {KORQUAD}")
+    data = json.loads(KORQUAD.read_text(encoding="utf-8"))
+    data["data"] = data["data"][:ARTICLES]
+    path = tmp_path_factory.mktemp("kq") / "few.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    golds = {
+        qa["id"]: ([a["text"] for a in qa["answers"]], a_i)
+        for a_i, article in enumerate(data["data"])
+        for para in article["paragraphs"]
+        for qa in para["qas"]
+    }
+    return path, golds
+
+
+@pytest.fixture(scope="module")
+def prepared(korquad, tmp_path_factory):
+    path, _ = korquad
+    out = tmp_path_factory.mktemp("grounded") / "out"
+    stats = prepare(PrepareConfig(out_dir=out, grounded=(str(path),)))
+    rows = {
+        split: [
+            json.loads(line) for line in (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        ]
+        for split in ("train", "valid", "test")
+    }
+    return out, stats, rows
+
+
+def _parse(user: str):
+    """(question, [(n, title, url, text)]) back out of a rendered RAG user turn."""
+    head, _, question = user.rpartition("\n\n질문: ")
+    blocks = head.split("\n\n")[1:]  # after the instruction
+    sources = []
+    for block in blocks:
+        first, _, text = block.partition("\n")
+        n, title, url = _HEADER.match(first).groups()
+        sources.append((int(n), title, url, text))
+    return question, sources
+
+
+def _ranked(sources):
+    from korani_cli.search.types import Passage, Ranked
+
+    return [Ranked(Passage(url, title, text, 0), 1.0) for _, title, url, text in sources]
+
+
+def _article(url: str) -> str:
+    return url.rsplit("#p", 1)[1].split(".")[0]
+
+
+def _all(rows):
+    return [r for split in rows.values() for r in split]
+
+
+def test_the_user_turn_is_the_turn_the_answer_core_sends(prepared):
+    """Rendered for training, each user turn is exactly the prompt rag.answer.stream sends a
+    model for the same question and sources — and the sources already fit the served budget
+    (a model with a large window: 640 tokens by the same character measure), so serving would
+    cut nothing more."""
+    from korani_cli.backends import GenerationParams
+    from korani_cli.rag.answer import stream
+
+    class Backend(ScriptedBackend):
+        def count_tokens(self, text):
+            return math.ceil(len(text) / 1.5)  # prepare's measure without --tokenizer
+
+    _, _, rows = prepared
+    checked = 0
+    for row in _all(rows)[::5]:
+        user, _ = row["messages"]
+        question, sources = _parse(user["content"])
+        assert user["content"].startswith(RAG_INSTRUCTION + "\n\n[1] ")
+        assert 1 <= len(sources) <= 5 and [n for n, *_ in sources] == list(range(1, len(sources) + 1))
+        backend = Backend(answers=["."], context_length=32768)
+        list(stream(backend, question, _ranked(sources), GenerationParams(max_new_tokens=64)))
+        served = render(backend.prompts[0], EOS)
+        trained = render([Message("user", user["content"])], EOS)
+        assert trained == served
+        checked += 1
+    assert checked >= 10
+
+
+def test_the_marker_points_at_the_passage_that_holds_the_answer(prepared, korquad):
+    from korani_cli.eval.metrics import answer_correct, footnotes
+    from korani_cli.rag.answer import verify
+
+    _, golds = korquad
+    _, _, rows = prepared
+    answerable = [r for r in _all(rows) if r["messages"][1]["content"] != ABSTAIN_ANSWER]
+    assert len(answerable) > 40
+    for row in answerable:
+        user, bot = row["messages"]
+        answers, _ = golds[row["id"].removeprefix("grounded-")]
+        reply = bot["content"]
+        question, sources = _parse(user["content"])
+        marks = [int(n) for n in re.findall(r"\[(\d+)\]", reply)]
+        assert len(marks) == 1 and reply.endswith(f"[{marks[0]}].")
+        assert answer_correct(reply, answers), (reply, answers)  # the span is in the sentence
+        cited = {n: text for n, _, _, text in sources}
+        # The eval's own judge of a footnote: the cited passage holds the answer the sentence states.
+        assert footnotes([(reply, marks)], cited, answers).right == 1, (reply, cited[marks[0]][:80])
+        # The answer core's check keeps the marker on that passage.
+        checked = verify(reply, _ranked(sources))
+        assert [c.url for c in checked.citations] == [sources[marks[0] - 1][2]]
+    # Positions are shuffled: the gold passage is not always first.
+    assert len({int(re.search(r"\[(\d+)\]", r["messages"][1]["content"])[1]) for r in answerable}) >= 3
+
+
+def test_unanswerable_questions_lose_their_passage_and_abstain(prepared, korquad):
+    from korani_cli.eval.metrics import abstains
+
+    _, golds = korquad
+    _, stats, rows = prepared
+    abstaining = [r for r in _all(rows) if r["messages"][1]["content"] == ABSTAIN_ANSWER]
+    info = stats["inputs"]["grounded"]
+    assert info["unanswerable"] == len(abstaining) >= 5
+    # About --unanswerable (0.1) of the questions, give or take the rejected ones.
+    assert 0.05 <= len(abstaining) / info["records_in"] <= 0.15
+    for row in abstaining:
+        answers, article = golds[row["id"].removeprefix("grounded-")]
+        _, sources = _parse(row["messages"][0]["content"])
+        assert len(sources) == 5
+        assert all(_article(url) != str(article) for _, _, url, _ in sources)
+        assert not any(a in text for a in answers for *_, text in sources)
+        assert abstains(row["messages"][1]["content"])
+    assert not any(abstains(r["messages"][1]["content"]) for r in _all(rows) if r not in abstaining)
+
+
+def test_splits_are_by_article(prepared, korquad):
+    _, golds = korquad
+    _, stats, rows = prepared
+    seen = {}
+    for split, split_rows in rows.items():
+        assert split_rows, f"{split} is empty"
+        for row in split_rows:
+            _, article = golds[row["id"].removeprefix("grounded-")]
+            assert seen.setdefault(article, split) == split, f"article {article} is in two splits"
+    assert len(seen) == ARTICLES
+    assert stats["rejects"] == stats["inputs"]["grounded"]["rejects"]
+
+
+def test_rejects_are_written_and_counted(prepared):
+    out, stats, rows = prepared
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+    info = stats["inputs"]["grounded"]
+    assert len(rejects) == sum(info["rejects"].values())
+    assert (
+        info["records_in"]
+        == info["records_out"] + len(rejects)
+        == sum(map(len, rows.values())) + len(rejects)
+    )
+    assert all(r["source"] == "grounded" and r["record"]["question"] for r in rejects)
+
+
+def test_data_show_renders_a_grounded_conversation_with_its_loss_mask(prepared):
+    from korani_cli.data.show import LOSS_STYLE, render_example
+
+    out, _, rows = prepared
+    row = rows["train"][0]
+    body = render_example(row, EOS, 0, "train").renderables[1]
+    learned = [body.plain[s.start : s.end] for s in body.spans if s.style == LOSS_STYLE]
+    assert learned == [row["messages"][1]["content"] + EOS]
+    assert RAG_INSTRUCTION in body.plain and "[1] " in body.plain
+    shown = runner.invoke(app, ["data", "show", str(out), "--index", "0"])
+    assert shown.exit_code == 0 and "질문: " in shown.stdout and "carry loss" in shown.stdout
+
+
+def test_unanswerable_zero_and_the_mix_weight(korquad, tmp_path):
+    path, _ = korquad
+    stats = prepare(
+        PrepareConfig(out_dir=tmp_path / "o", grounded=(str(path),), unanswerable=0.0, mix={"grounded": 0.5})
+    )
+    info = stats["inputs"]["grounded"]
+    assert info["unanswerable"] == 0
+    assert 0 < info["mix_dropped"] < info["records_in"]
+    text = "".join(
+        (tmp_path / "o" / f"{s}.jsonl").read_text(encoding="utf-8") for s in ("train", "valid", "test")
+    )
+    assert ABSTAIN_ANSWER not in text.replace(RAG_INSTRUCTION, "")
+
+
+def test_a_bad_unanswerable_share_is_one_line(tmp_path, korquad):
+    path, _ = korquad
+    out = runner.invoke(
+        app, ["data", "prepare", "-o", str(tmp_path / "o"), "--grounded", str(path), "--unanswerable", "1.5"]
+    )
+    assert out.exit_code == EXIT_USAGE
+    assert out.stderr.strip().splitlines() == [
+        "error: --unanswerable must be a fraction in [0, 1], got 1.5 — e.g. --unanswerable 0.1"
+    ]
+
+
+# -- the abstention rule --------------------------------------------------------------------------
+
+
+def test_the_rag_instruction_prescribes_the_abstention_and_eval_recognises_it():
+    from korani_cli.eval.metrics import abstains
+    from korani_cli.template import Source, user
+
+    prompt = render([user("질문?", [Source("t", "https://t.example", "본문.")])], EOS)
+    assert f"“{ABSTAIN_ANSWER}”" in prompt
+    for said in (ABSTAIN_ANSWER, ABSTAIN_ANSWER + " [1]", f"“{ABSTAIN_ANSWER}”", ABSTAIN_ANSWER.rstrip(".")):
+        assert abstains(said), said
+    assert not abstains("세종은 1443년에 훈민정음을 만들었습니다[1].")
+
+
+def test_the_abstention_cites_nothing():
+    """Even a passage that happens to hold its words gets no footnote from the abstention."""
+    from korani_cli.rag.answer import verify
+    from korani_cli.search.types import Passage, Ranked
+
+    ranked = [Ranked(Passage("https://a.example", "a", f"안내문: {ABSTAIN_ANSWER}", 0), 1.0)]
+    checked = verify(f"{ABSTAIN_ANSWER[:-1]}[1].", ranked)
+    assert checked.citations == [] and checked.text == ABSTAIN_ANSWER
+    assert checked.claims == [(ABSTAIN_ANSWER, [])]
