@@ -242,3 +242,40 @@ def test_the_abstention_cites_nothing():
     checked = verify(f"{ABSTAIN_ANSWER[:-1]}[1].", ranked)
     assert checked.citations == [] and checked.text == ABSTAIN_ANSWER
     assert checked.claims == [(ABSTAIN_ANSWER, [])]
+
+
+# -- the recipe -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_korani_rag_recipe_trains_on_grounded_data_with_smoke(prepared, tmp_path):
+    """The shipped preset writes out and trains: the smoke run keeps its max_length (1024), so the
+    answers at the end of ~700-token RAG conversations are in the rows and the loss is finite."""
+    from support import run_korani
+
+    from korani_cli.train.config import load_config
+
+    data, _, _ = prepared
+    written = tmp_path / "rag.yaml"
+    init = run_korani("train", "init", "korani-rag", "-o", str(written))
+    assert init.returncode == 0, init.stderr
+    recipe = load_config(written)
+    assert recipe.max_length == 1024 and recipe.load_in_4bit and recipe.data == "data/korani-rag"
+
+    out = tmp_path / "run"
+    proc = run_korani(
+        "train",
+        "korani-rag",
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "--smoke",
+        "max_steps=3",
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / "korani_metadata.json").read_text())
+    assert meta["steps"] == 3 and meta["smoke"] is True
+    assert math.isfinite(meta["train_loss_last"])
+    assert load_config(out / "korani_train.yaml").max_length == 1024

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from korani_cli.train.trainer import Reporter
 
 SMOKE_STEPS = 20
+# The longest rows a smoke run packs. It keeps the recipe's max_length up to this: a grounded
+# (RAG) conversation is ~700 tokens with its answer at the end, so a shorter cut would leave
+# the smoke run nothing to learn (loss nan at step 1) — while the seed's 256 stays 256.
+SMOKE_MAX_LENGTH = 1024
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int = 800):
@@ -107,7 +111,7 @@ def smoke_adjust(config: TrainConfig, output: Path, data_dir: Path, reporter: Re
         eval_steps=min(config.eval_steps, 10),
         save_steps=min(config.save_steps, 10),
         logging_steps=1,
-        max_length=min(config.max_length, 256),
+        max_length=min(config.max_length, SMOKE_MAX_LENGTH),
         health_prompts=min(config.health_prompts, 8),
         health_max_new_tokens=min(config.health_max_new_tokens, 32),
     )
