@@ -219,6 +219,32 @@ def test_a_bad_unanswerable_share_is_one_line(tmp_path, korquad):
     ]
 
 
+@pytest.mark.parametrize(
+    "make, line",
+    [
+        (lambda d: d / "none.json", "error: --grounded {p}: no such file or directory — pass a local"),
+        (lambda d: d / "in", "error: --grounded {p}: no .json file there — pass a local"),
+        (
+            lambda d: d / "alpaca.json",
+            "error: {p} is not in KorQuAD 1.0 format: the top level should be an object — pass a file shaped",
+        ),
+    ],
+    ids=["missing", "no-json-in-dir", "not-korquad"],
+)
+def test_a_bad_grounded_source_is_one_line_and_exit_6(tmp_path, make, line):
+    from korani_cli.errors import EXIT_DATA
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "notes.jsonl").write_text('{"instruction": "a", "output": "b"}\n', encoding="utf-8")
+    (tmp_path / "alpaca.json").write_text('[{"instruction": "a", "output": "b"}]', encoding="utf-8")
+    path = make(tmp_path)
+    out = runner.invoke(app, ["data", "prepare", "-o", str(tmp_path / "o"), "--grounded", str(path)])
+    assert out.exit_code == EXIT_DATA
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line.format(p=path)), lines
+
+
 # -- the abstention rule --------------------------------------------------------------------------
 
 

@@ -7,7 +7,8 @@ Pipeline (one module per stage, typed values between them):
   clean.py    RawRecord → Conversation (field mapping per source), then the
               text and turn rules, each counted and switchable
   dedup.py    exact + MinHash-LSH near-duplicate removal
-  prepare.py  length filter, mix, split, atomic writes, stats
+  grounded.py a SQuAD/KorQuAD file → RAG conversations as served (--grounded)
+  prepare.py  length filter, mix, split (by article for grounded), atomic writes, stats
   report.py   stats.json read back (checked) and shown as tables
   show.py     what training will learn, rendered through the chat template
 """

@@ -256,7 +256,7 @@ def prepare(config: PrepareConfig, progress: Progress | None = None) -> dict:
     # Before any work (a Hub download, a tokenizer): is OUT_DIR ours to write?
     _guard_output(config, _local_sources(config))
     sources = [(name, spec) for name in SOURCES for spec in getattr(config, name)]
-    files = [(name, f) for name, spec in sources for f in resolve_source(spec)]
+    files = [(name, f) for name, spec in sources for f in _resolve(name, spec)]
     _guard_output(config, [f for _, f in files])  # Hub files live in a cache that -o might hold
     lengths = _Lengths(config.tokenizer)
 
@@ -294,6 +294,23 @@ def prepare(config: PrepareConfig, progress: Progress | None = None) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return stats
+
+
+def _resolve(name: str, spec: str) -> list[Path]:
+    """A source's files; a --grounded source is a local JSON file (or a directory of them), never a Hub id."""
+    if name != "grounded":
+        return resolve_source(spec)
+    fix = "pass a local SQuAD/KorQuAD-format .json file (or a directory of them) to --grounded"
+    try:
+        exists = Path(spec).expanduser().exists()
+    except OSError:
+        exists = False
+    if not exists:
+        raise DataInputError(f"--grounded {spec}: no such file or directory", fix)
+    found = [f for f in resolve_source(spec) if f.suffix.lower() == ".json"]
+    if not found:
+        raise DataInputError(f"--grounded {spec}: no .json file there", fix)
+    return found
 
 
 def _json_line(value) -> str:
