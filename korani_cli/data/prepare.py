@@ -11,6 +11,10 @@ file, or the five files of an output from before markers) and only with
 is refused before any work (`korani_cli.outputs`). A run killed with SIGKILL
 leaves its temporary directory; the next run with the same OUT_DIR removes it.
 
+A --grounded file is not read record by record: data/grounded.py builds its
+conversations (served RAG turns), which skip cleaning and dedup and are split
+by article (whole articles to test, then valid, until each has its share).
+
 Deterministic: the same inputs, options and seed give byte-identical files.
 """
 
