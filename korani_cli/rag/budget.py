@@ -76,8 +76,9 @@ from korani_cli.template import Source, sources_text
 # construction (passages are cut, not dropped, at these sizes).
 DEFAULT_TOKENS = 640
 # Room left, besides the answer, for the prompt around the sources and the
-# question: the frame (instruction, headers, `질문:`) is 48 tokens with the demo
-# tokenizer, KorQuAD questions 21 (median) to 68. Chat history is the caller's to trim.
+# question: the frame (instruction, headers, `질문:`) is 72 tokens with the demo
+# tokenizer (48 before the instruction's abstention sentence, 24 more), KorQuAD
+# questions 21 (median) to 68. Chat history is the caller's to trim.
 PROMPT_ALLOWANCE = 160
 # Below this a cut sentence says nothing; also what a dropped passage could not get.
 MIN_TOKENS = 12
