@@ -305,3 +305,33 @@ def test_the_korani_rag_recipe_trains_on_grounded_data_with_smoke(prepared, tmp_
     assert meta["steps"] == 3 and meta["smoke"] is True
     assert math.isfinite(meta["train_loss_last"])
     assert load_config(out / "korani_train.yaml").max_length == 1024
+
+
+def test_grounded_mixes_with_another_source_and_leaves_its_split_alone(korquad, tmp_path):
+    """Beside ShareGPT records, grounded conversations keep to their articles' splits; the
+    other source is split exactly as without them (same seed, same files)."""
+    path, golds = korquad
+    sharegpt = SHARED / "fixtures" / "instruct" / "sharegpt_deepl_ko_sample_records.json"
+    if not sharegpt.is_file():
+        pytest.skip(f"shared fixture not found at {sharegpt}")
+    both = prepare(PrepareConfig(out_dir=tmp_path / "both", sharegpt=(str(sharegpt),), grounded=(str(path),)))
+    alone = prepare(PrepareConfig(out_dir=tmp_path / "alone", sharegpt=(str(sharegpt),)))
+    for split in ("train", "valid", "test"):
+        rows = [
+            json.loads(line)
+            for line in (tmp_path / "both" / f"{split}.jsonl").read_text("utf-8").splitlines()
+        ]
+        others = [r for r in rows if r["source"] == "sharegpt"]
+        expected = (tmp_path / "alone" / f"{split}.jsonl").read_text("utf-8").splitlines()
+        assert [json.dumps(r, ensure_ascii=False) for r in others] == expected
+        assert (
+            both["splits"][split]["by_source"].get("sharegpt", 0) == alone["splits"][split]["conversations"]
+        )
+    articles = {}
+    for split in ("train", "valid", "test"):
+        for line in (tmp_path / "both" / f"{split}.jsonl").read_text("utf-8").splitlines():
+            row = json.loads(line)
+            if row["source"] == "grounded":
+                article = golds[row["id"].removeprefix("grounded-")][1]
+                assert articles.setdefault(article, split) == split
+    assert len(articles) == ARTICLES
