@@ -335,3 +335,26 @@ def test_grounded_mixes_with_another_source_and_leaves_its_split_alone(korquad, 
                 article = golds[row["id"].removeprefix("grounded-")][1]
                 assert articles.setdefault(article, split) == split
     assert len(articles) == ARTICLES
+
+
+def test_grounded_with_a_real_tokenizer_fits_its_budget(korquad, tmp_path):
+    """--tokenizer prices the sources with that tokenizer (the budget asks it about empty text too)."""
+    from transformers import AutoTokenizer
+
+    tokenizer_dir = SHARED / "fixtures" / "tokenizers" / "polyglot-ko"
+    if not tokenizer_dir.is_dir():
+        pytest.skip(f"shared tokenizer not found at {tokenizer_dir}")
+    path, _ = korquad
+    stats = prepare(
+        PrepareConfig(
+            out_dir=tmp_path / "o", grounded=(str(path),), tokenizer=str(tokenizer_dir), max_tokens=640
+        )
+    )
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    rows = [json.loads(line) for line in (tmp_path / "o" / "train.jsonl").read_text("utf-8").splitlines()]
+    assert rows and stats["length_measure"] == f"tokenizer:{tokenizer_dir}"
+    for row in rows[:20]:
+        _, sources = _parse(row["messages"][0]["content"])
+        blocks = "".join(f"[{n}] {title} ({url})\n{text}\n\n" for n, title, url, text in sources)
+        # --max-tokens 640 leaves the sources budget.default_tokens(640, 128) = 352 polyglot-ko tokens.
+        assert len(tok(blocks, add_special_tokens=False)["input_ids"]) <= 352

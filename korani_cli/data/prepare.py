@@ -188,8 +188,8 @@ class _Lengths:
 
     def count(self, text: str) -> int:
         """Tokens of one text (the context budget's measure of the grounded sources)."""
-        if self.tokenizer is None:
-            return math.ceil(len(text) / CHARS_PER_TOKEN)
+        if self.tokenizer is None or not text:
+            return math.ceil(len(text) / CHARS_PER_TOKEN)  # (a fast tokenizer fails on "")
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def turn_lengths(self, convs: Sequence[Conversation]) -> list[list[int]]:
@@ -390,6 +390,8 @@ class _Spooler:
             self.flush()
 
     def flush(self) -> None:
+        if not self.batch:
+            return  # (a tokenizer fails on an empty batch: grounded sources flush one by one)
         limit = self.config.max_tokens
         for (conv, raw, group), turn_lengths in zip(
             self.batch, self.lengths.turn_lengths([c for c, _, _ in self.batch])
