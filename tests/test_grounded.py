@@ -166,6 +166,13 @@ def test_splits_are_by_article(prepared, korquad):
             assert seen.setdefault(article, split) == split, f"article {article} is in two splits"
     assert len(seen) == ARTICLES
     assert stats["rejects"] == stats["inputs"]["grounded"]["rejects"]
+    # stats.json names each split's articles (file#index), for a held-out `korani eval rag` set.
+    named = stats["inputs"]["grounded"]["articles"]
+    path, _ = korquad
+    assert {split: [int(g.rpartition("#")[2]) for g in groups] for split, groups in named.items()} == {
+        split: sorted(a for a, s in seen.items() if s == split) for split in rows
+    }
+    assert all(g.startswith(f"{path.resolve()}#") for groups in named.values() for g in groups)
 
 
 def test_rejects_are_written_and_counted(prepared):

@@ -333,7 +333,7 @@ def _run(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress: P
     spooled = _spool(config, files, lengths, tmp, progress)
     split_of = _draw_splits(spooled.kept, config)
     splits = _write_splits(config, spooled, split_of, tmp, progress)
-    stats = _stats(config, files, lengths, spooled, splits)
+    stats = _stats(config, files, lengths, spooled, splits, _groups(spooled.kept, split_of))
     _write_json(tmp / "stats.json", stats)
     return stats
 
@@ -599,8 +599,28 @@ def _write_splits(
     return splits
 
 
+def _groups(kept: list[_Kept], split_of: list[str]) -> dict[str, list[str]]:
+    """Each split's groups ("<file>#<article index>" of --grounded files), in file and article order:
+    which articles a held-out evaluation (korani eval rag) may use."""
+
+    def key(group: str):
+        file, _, article = group.rpartition("#")
+        return file, int(article)
+
+    found: dict[str, set] = {split: set() for split in SPLITS}
+    for k, split in zip(kept, split_of):
+        if k.group is not None:
+            found[split].add(k.group)
+    return {split: sorted(groups, key=key) for split, groups in found.items()}
+
+
 def _stats(
-    config: PrepareConfig, files, lengths: _Lengths, spooled: _Spooled, splits: dict[str, _SplitStats]
+    config: PrepareConfig,
+    files,
+    lengths: _Lengths,
+    spooled: _Spooled,
+    splits: dict[str, _SplitStats],
+    groups: dict[str, list[str]],
 ) -> dict:
     """Step 4: stats.json — the parameters, what each source gave and lost, and each split."""
     return {
@@ -632,7 +652,7 @@ def _stats(
                 "mix_dropped": spooled.mix_dropped[s],
                 "truncated": spooled.truncated[s],
                 "rejects": dict(sorted(spooled.rejects_by_source[s].items())),
-                **({"unanswerable": spooled.unanswerable} if s == "grounded" else {}),
+                **({"unanswerable": spooled.unanswerable, "articles": groups} if s == "grounded" else {}),
             }
             for s in SOURCES
             if any(name == s for name, _ in files)
