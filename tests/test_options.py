@@ -7,8 +7,10 @@ from collections import defaultdict
 
 import pytest
 import typer.main
+from support import ScriptedBackend
 from typer.testing import CliRunner
 
+from korani_cli.backends import registry
 from korani_cli.cli import app
 from korani_cli.errors import EXIT_USAGE
 
@@ -124,21 +126,41 @@ def test_a_bad_value_is_its_rules_one_line_and_exit_2(home, argv, fragment):
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
 
 
-def test_chat_top_p_reaches_the_model(home, scripted):
+class Recording(ScriptedBackend):
+    """The scripted backend, also keeping the GenerationParams each answer was asked with."""
+
+    def __init__(self):
+        super().__init__()
+        self.params = []
+
+    def stream(self, messages, params):
+        self.params.append(params)
+        return super().stream(messages, params)
+
+
+@pytest.fixture
+def recording():
+    backend = Recording()
+    registry.register("recording", backend)
+    yield backend
+    registry.unregister("recording")
+
+
+def test_chat_top_p_reaches_the_model(home, recording):
     result = runner.invoke(
-        app, ["chat", "--model", "scripted:x", "--top-p", "0.25", "--no-history"], input="안녕\n"
+        app, ["chat", "--model", "recording:x", "--top-p", "0.25", "--no-history"], input="안녕\n"
     )
     assert result.exit_code == 0, result.output
-    assert [p.top_p for p in scripted.params] == [0.25]
+    assert [p.top_p for p in recording.params] == [0.25]
 
 
-def test_eval_n_is_max_new_tokens_and_limit_counts_items(home, scripted, tmp_path):
+def test_eval_n_is_max_new_tokens_and_limit_counts_items(home, recording, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"instruction": "하나"}\n{"instruction": "둘"}\n{"instruction": "셋"}\n', "utf-8")
     result = runner.invoke(
         app,
-        ["eval", "chat", "--model", "scripted:x", "--prompts", str(prompts), "-n", "7", "--limit", "2"]
+        ["eval", "chat", "--model", "recording:x", "--prompts", str(prompts), "-n", "7", "--limit", "2"]
         + ["-o", str(tmp_path / "run"), "--json"],
     )
     assert result.exit_code == 0, result.output
-    assert [p.max_new_tokens for p in scripted.params] == [7, 7]
+    assert [p.max_new_tokens for p in recording.params] == [7, 7]
