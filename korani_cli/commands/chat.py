@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -135,7 +136,8 @@ def _kept(flags: SearchFlags) -> dict:
 
 def _restored(flags: SearchFlags, kept: dict) -> SearchFlags:
     """The search flags a resumed session runs with: the command line's, else the session's."""
-    return flags.but(
+    return replace(
+        flags,
         provider=kept.get("provider") or None,
         searxng_url=kept.get("searxng_url") or None,
         local_dir=Path(kept["local_dir"]) if kept.get("local_dir") else None,

@@ -21,7 +21,7 @@ there. This module parses nothing and imports nothing heavy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Mapping, Optional
 
@@ -247,9 +247,6 @@ class SearchFlags:
     def from_params(cls, params: Mapping[str, Any]) -> SearchFlags:
         """The group's values out of a command's parameters (its `locals()`), by name."""
         return cls(**{f.name: params[f.name] for f in fields(cls) if f.name in params})
-
-    def but(self, **changes) -> SearchFlags:
-        return replace(self, **changes)
 
     def options(self):
         """`SearchOptions`; a bad --top-k, or a --local-dir that is not a directory, is refused
