@@ -716,7 +716,12 @@ BAD = [
         EXIT_USAGE,
         "--unanswerable must be a finite number from 0 to 1, got 1.5",
     ),
-    ("zero limit", lambda t: ["chat", "--limit", "0"], EXIT_USAGE, "--limit must be a whole number from 1"),
+    (
+        "zero limit",
+        lambda t: ["chat", "--limit", "0"],
+        EXIT_USAGE,
+        "--limit must be a whole number of at least 1",
+    ),
     # Issue 23: every value passes its config rule, as in ask and chat; -n, -c and --k are gone from eval.
     (
         "temperature above",
