@@ -161,6 +161,11 @@ RULES: dict[str, Rule] = {
 }
 SEED = Rule(int, 0, 2**32 - 1)  # what every backend accepts (llama.cpp takes a uint32)
 CONTEXT_TOKENS = Rule(int, 64, 10**6)  # the sources' share of a RAG prompt (--context-tokens)
+# Flags that are no setting (nothing in the file or environment sets them), checked the same way.
+TOP_K = Rule(int, 1, 20)  # passages given to the model (--top-k)
+LIMIT = Rule(int, 1)  # eval: the first N items (--limit)
+CONCURRENCY = Rule(int, 1, 256)  # eval: requests in flight (--concurrency)
+FRACTION = Rule(float, 0.0, 1.0)  # eval rag: --unanswerable
 
 
 class Invalid(ValueError):

@@ -225,7 +225,7 @@ def rag(server: Server, set_file: Path, out: Path, *extra) -> list:
         set_file,
         "--embedder",
         "none",
-        "--k",
+        "--top-k",
         "2",
         "--unanswerable",
         "0",

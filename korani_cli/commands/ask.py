@@ -11,21 +11,31 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from korani_cli.commands.models import BackendOpt
-from korani_cli.commands.search import (
+from korani_cli.commands.options import (
     AllowPrivateOpt,
+    BackendOpt,
     ContextTokensOpt,
+    ContinueOpt,
     EmbedderOpt,
     FollowLinksOpt,
     LocalDirOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    NoLogOpt,
     OfflineOpt,
     ProviderOpt,
     RerankerOpt,
+    SearchFlags,
     SearxngOpt,
+    SeedOpt,
+    SessionOpt,
+    SystemOpt,
+    TemperatureOpt,
+    TemplateOpt,
     TopKOpt,
-    search_options,
+    TopPOpt,
 )
-from korani_cli.config import CONTEXT_TOKENS, SEED, TEMPLATES, check_flag, load_settings
+from korani_cli.config import CONTEXT_TOKENS, SEED, TOP_K, check_flag, load_settings
 from korani_cli.console import err_console, korani_command, notice
 from korani_cli.errors import UsageError
 from korani_cli.untrusted import clean, clean_line
@@ -134,53 +144,14 @@ def ask(
             show_default=False,
         ),
     ] = None,
-    model: Annotated[
-        Optional[str],
-        typer.Option(
-            "--model",
-            "-m",
-            help="Alias (korani-5.8b, demo, demo-chat), .gguf path, model directory, hub id or "
-            "openai:MODEL@URL. [default: KORANI_MODEL, else the config file's model, else korani-5.8b]",
-        ),
-    ] = None,
-    system: Annotated[
-        Optional[str],
-        typer.Option("--system", "-s", help="System text placed before the conversation. [default: none]"),
-    ] = None,
-    max_new_tokens: Annotated[
-        Optional[int],
-        typer.Option(
-            "--max-new-tokens", "-n", help="Most tokens to generate. [default: 256, or the alias's own]"
-        ),
-    ] = None,
-    temperature: Annotated[
-        Optional[float],
-        typer.Option(
-            "--temperature",
-            "-t",
-            help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7, or the alias's own: "
-            "demo-chat 0; korani models resolve shows it]",
-        ),
-    ] = None,
-    top_p: Annotated[
-        Optional[float],
-        typer.Option("--top-p", help="Nucleus sampling mass, 0 to 1. [default: 0.9, or the alias's own]"),
-    ] = None,
-    seed: Annotated[
-        Optional[int],
-        typer.Option(
-            "--seed", help="Random seed (0 to 4294967295), for repeatable sampling. [default: random]"
-        ),
-    ] = None,
+    model: ModelOpt = None,
+    system: SystemOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    seed: SeedOpt = None,
     backend: BackendOpt = None,
-    template: Annotated[
-        Optional[str],
-        typer.Option(
-            "--template",
-            help=f"Prompt format: {' or '.join(TEMPLATES)} (the model's own chat template). [default: "
-            "korani; model for an alias with its own chat template, e.g. demo-chat]",
-        ),
-    ] = None,
+    template: TemplateOpt = None,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -209,30 +180,9 @@ def ask(
             help="With --search: answer without sources (and say so) when nothing could be found or read.",
         ),
     ] = False,
-    resume_last: Annotated[
-        bool,
-        typer.Option(
-            "--continue",
-            "-c",
-            help="Continue the last conversation (chat or ask): its messages go into the prompt, with its "
-            "model, template and system text unless given here.",
-        ),
-    ] = False,
-    session_id: Annotated[
-        Optional[str],
-        typer.Option(
-            "--session",
-            help="Continue this session; any unique prefix of its id works (see `korani history list`). "
-            "[default: a new session]",
-        ),
-    ] = None,
-    no_log: Annotated[
-        bool,
-        typer.Option(
-            "--no-log",
-            help="Do not save this exchange to the history (KORANI_LOG=0 turns saving off for every ask).",
-        ),
-    ] = False,
+    resume_last: ContinueOpt = False,
+    session_id: SessionOpt = None,
+    no_log: NoLogOpt = False,
 ) -> None:
     """Answer one question and exit: the answer alone on stdout, for shell scripts.
 
@@ -274,6 +224,7 @@ def ask(
         }
     )
     check_flag("--seed", seed, SEED)
+    check_flag("--top-k", top_k, TOP_K)
     check_flag("--context-tokens", context_tokens, CONTEXT_TOKENS)
     text = _question(question)
     if resumed is not None:
@@ -289,10 +240,7 @@ def ask(
     )
     retrieval = None
     if web or local_dir:
-        opts = search_options(
-            provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links
-        )
-        retrieval = _retrieve(text, opts, allow_no_sources)
+        retrieval = _retrieve(text, SearchFlags.from_params(locals()).options(), allow_no_sources)
     loaded, load_s = _load(settings)
     result, sourced = _generate(loaded, text, system, earlier, retrieval, params, context_tokens, load_s)
     payload = _payload(result, retrieval, sourced)

@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from korani_cli.commands.models import BackendOpt
-from korani_cli.commands.search import (
+from korani_cli.commands.options import (
     AllowPrivateOpt,
+    BackendOpt,
     ContextTokensOpt,
+    ContinueOpt,
     EmbedderOpt,
     FollowLinksOpt,
     LocalDirOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    NoHistoryOpt,
     OfflineOpt,
     ProviderOpt,
     RerankerOpt,
+    SearchFlags,
     SearxngOpt,
+    SeedOpt,
+    SessionOpt,
+    SystemOpt,
+    TemperatureOpt,
+    TemplateOpt,
     TopKOpt,
-    search_options,
+    TopPOpt,
 )
 from korani_cli.console import korani_command, notice
 
@@ -32,64 +43,15 @@ history_app = typer.Typer(
 
 @korani_command
 def chat(
-    model: Annotated[
-        Optional[str],
-        typer.Option(
-            "--model",
-            "-m",
-            help="As for `korani ask`; when resuming, replaces the session's model. [default: the session's "
-            "model, else config / KORANI_MODEL / korani-5.8b]",
-        ),
-    ] = None,
-    system: Annotated[
-        Optional[str],
-        typer.Option(
-            "--system", "-s", help="System text for the whole chat. [default: the session's, else none]"
-        ),
-    ] = None,
-    resume_last: Annotated[
-        bool,
-        typer.Option(
-            "--continue",
-            "-c",
-            help="Resume the last conversation: its model, template, system text and messages.",
-        ),
-    ] = False,
-    session_id: Annotated[
-        Optional[str],
-        typer.Option(
-            "--session",
-            help="Resume this session; any unique prefix of its id works (see `korani history list`). "
-            "[default: a new session]",
-        ),
-    ] = None,
-    max_new_tokens: Annotated[
-        Optional[int],
-        typer.Option(
-            "--max-new-tokens", "-n", help="Most tokens per answer. [default: 256, or the alias's own]"
-        ),
-    ] = None,
-    temperature: Annotated[
-        Optional[float],
-        typer.Option(
-            "--temperature",
-            "-t",
-            help="Sampling temperature, 0 to 100; 0 is greedy. [default: 0.7, or the alias's own: "
-            "korani models resolve]",
-        ),
-    ] = None,
-    seed: Annotated[
-        Optional[int],
-        typer.Option("--seed", help="Random seed for sampling, for repeatable answers. [default: random]"),
-    ] = None,
-    template: Annotated[
-        Optional[str],
-        typer.Option(
-            "--template",
-            help="Prompt format: korani (### User / ### Bot) or model (the model's own chat template). "
-            "[default: the session's, else model for demo-chat (it ships one), else korani]",
-        ),
-    ] = None,
+    model: ModelOpt = None,
+    system: SystemOpt = None,
+    resume_last: ContinueOpt = False,
+    session_id: SessionOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    seed: SeedOpt = None,
+    template: TemplateOpt = None,
     backend: BackendOpt = None,
     provider: ProviderOpt = None,
     searxng_url: SearxngOpt = None,
@@ -101,13 +63,7 @@ def chat(
     reranker: RerankerOpt = None,
     follow_links: FollowLinksOpt = False,
     context_tokens: ContextTokensOpt = None,
-    no_history: Annotated[
-        bool,
-        typer.Option(
-            "--no-history",
-            help="Keep this chat in memory only: nothing is read from or saved to the history database.",
-        ),
-    ] = False,
+    no_history: NoHistoryOpt = False,
 ) -> None:
     """Chat in the terminal; `/검색 질문` answers from the web with footnotes, `/도움말` lists commands.
 
@@ -120,112 +76,40 @@ def chat(
     session prefix), 3 the model could not be loaded, 5 bad configuration or an
     unusable history database (then --no-history chats without it), 130 interrupted.
     """
-    from korani_cli.backends import GenerationParams
     from korani_cli.chat.history import History
     from korani_cli.chat.repl import run
-    from korani_cli.chat.resume import resume
-    from korani_cli.chat.session import ChatSession, ModelChoice
-    from korani_cli.config import CONTEXT_TOKENS, SEED, check_flag, load_settings
+    from korani_cli.config import CONTEXT_TOKENS, SEED, check_flag
     from korani_cli.console import err_console
     from korani_cli.errors import UsageError
-    from korani_cli.models import load_backend, resolve
 
     check_flag("--seed", seed, SEED)
     check_flag("--context-tokens", context_tokens, CONTEXT_TOKENS)
-    given_template = template  # as typed: a resumed session's own template does not bind /모델 NAME
     if session_id is not None and not session_id.strip():
         raise UsageError("--session is empty", "pass a session id from `korani history list`")
     if no_history and (resume_last or session_id):
         raise UsageError(
             "--no-history cannot resume a saved session", "drop --continue/--session, or drop --no-history"
         )
+    flags = SearchFlags.from_params(locals())
+    choices = _Choices(max_new_tokens, temperature, top_p, backend, seed, given_template=template)
     history = History.in_memory() if no_history else History()
     try:
-        restored: list = []
-        sid = None
-        resumed_note = ""
-        resumed = None
-        # The search flags a session keeps (a relative --local-dir is kept absolute: a later
-        # --continue may run from another directory).
-        search = {
-            "provider": list(provider) if provider else None,
-            "searxng_url": searxng_url,
-            "local_dir": str(local_dir.expanduser().absolute()) if local_dir is not None else None,
-            "allow_private": allow_private,
-        }
-        if resume_last or session_id:
-            resumed = resume(
-                history,
-                session_id,
-                model=model,
-                template=template,
-                system=system,
-                start_hint="start one with korani chat (without --continue)",
-                search=search,
-            )
-            sid, restored, resumed_note = resumed.id, resumed.messages, resumed.note
-            model, template, system = resumed.model, resumed.template, resumed.system
-            search = resumed.search
-            provider = search.get("provider") or None
-            searxng_url = search.get("searxng_url") or None
-            local_dir = Path(search["local_dir"]) if search.get("local_dir") else None
-            allow_private = bool(search.get("allow_private"))
-
-        def settings_for(name: str | None, chosen_template: str | None):
-            return load_settings(
-                {
-                    "model": name,
-                    "max_new_tokens": max_new_tokens,
-                    "temperature": temperature,
-                    "template": chosen_template,
-                    "backend": backend,
-                }
-            )
-
-        def loader(chosen):
-            return lambda: load_backend(resolve(chosen.model, chosen), chosen, notice)
-
-        settings = settings_for(model, template)
-        opts = search_options(
-            provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links
+        resumed = (
+            _resume(history, session_id, model, template, system, flags)
+            if resume_last or session_id
+            else None
         )
+        if resumed is not None:
+            model, template, system = resumed.model, resumed.template, resumed.system
+            flags = _restored(flags, resumed.search)
+        kept = resumed.search if resumed is not None else _kept(flags)
+        session = _session(history, resumed, choices, model, template, system, flags, kept, context_tokens)
         if no_history:
             notice("--no-history: this chat is kept in memory only and will not be saved")
-        if resumed_note:
-            notice(resumed_note)
+        if resumed is not None and resumed.note:
+            notice(resumed.note)
         if resumed is not None and resumed.last:
             _show_last_exchange(resumed.last)
-
-        def params_for(chosen) -> GenerationParams:
-            return GenerationParams(
-                max_new_tokens=chosen.max_new_tokens,
-                temperature=chosen.temperature,
-                top_p=chosen.top_p,
-                seed=seed,
-            )
-
-        params = params_for(settings)
-
-        def choose_model(name: str) -> ModelChoice:
-            # /모델 NAME: the new model's own defaults (template, temperature, …), unless given here.
-            chosen = settings_for(name, given_template)
-            return ModelChoice(chosen.model, chosen.template, loader(chosen), params_for(chosen))
-
-        session = ChatSession(
-            loader(settings),
-            history,
-            sid,
-            model_name=settings.model,
-            system=system,
-            template=settings.template,
-            params=params,
-            search_options=opts,
-            restored=restored,
-            context_tokens=context_tokens,
-            choose_model=choose_model,
-            search_settings={k: v for k, v in search.items() if v not in (None, False)} or None,
-            restored_sources=resumed.sources if resumed is not None else None,
-        )
         # Load before the first prompt: a model that cannot load at all ends the command
         # with exit 3 (piped or not), instead of failing each message and exiting 0.
         interactive = sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty()
@@ -237,6 +121,108 @@ def chat(
         run(session)
     finally:
         history.close()
+
+
+def _kept(flags: SearchFlags) -> dict:
+    """The search flags a session keeps (a relative --local-dir is kept absolute: a later
+    --continue may run from another directory)."""
+    return {
+        "provider": list(flags.provider) if flags.provider else None,
+        "searxng_url": flags.searxng_url,
+        "local_dir": str(flags.local_dir.expanduser().absolute()) if flags.local_dir is not None else None,
+        "allow_private": flags.allow_private,
+    }
+
+
+def _restored(flags: SearchFlags, kept: dict) -> SearchFlags:
+    """The search flags a resumed session runs with: the command line's, else the session's."""
+    return replace(
+        flags,
+        provider=kept.get("provider") or None,
+        searxng_url=kept.get("searxng_url") or None,
+        local_dir=Path(kept["local_dir"]) if kept.get("local_dir") else None,
+        allow_private=bool(kept.get("allow_private")),
+    )
+
+
+def _resume(history, session_id, model, template, system, flags: SearchFlags):
+    from korani_cli.chat.resume import resume
+
+    return resume(
+        history,
+        session_id,
+        model=model,
+        template=template,
+        system=system,
+        start_hint="start one with korani chat (without --continue)",
+        search=_kept(flags),
+    )
+
+
+def _session(history, resumed, choices, model, template, system, flags: SearchFlags, kept, context_tokens):
+    """The ChatSession, its model not loaded yet; bad settings or a bad --local-dir fail here."""
+    from korani_cli.chat.session import ChatSession
+
+    settings = choices.settings(model, template)
+    opts = flags.options()
+    return ChatSession(
+        choices.loader(settings),
+        history,
+        resumed.id if resumed is not None else None,
+        model_name=settings.model,
+        system=system,
+        template=settings.template,
+        params=choices.params(settings),
+        search_options=opts,
+        restored=resumed.messages if resumed is not None else [],
+        context_tokens=context_tokens,
+        choose_model=choices.model,
+        search_settings={k: v for k, v in kept.items() if v not in (None, False)} or None,
+        restored_sources=resumed.sources if resumed is not None else None,
+    )
+
+
+class _Choices:
+    """How the chat picks a model's settings and sampling: the flags given here over the
+    config, the environment and the model's own defaults. `/모델 NAME` asks again with
+    the new name (the template given here binds it; a resumed session's does not)."""
+
+    def __init__(self, max_new_tokens, temperature, top_p, backend, seed, given_template):
+        self.flags = {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "backend": backend,
+        }
+        self.seed, self.given_template = seed, given_template
+
+    def settings(self, name, template):
+        from korani_cli.config import load_settings
+
+        return load_settings({"model": name, "template": template, **self.flags})
+
+    def params(self, chosen):
+        from korani_cli.backends import GenerationParams
+
+        return GenerationParams(
+            max_new_tokens=chosen.max_new_tokens,
+            temperature=chosen.temperature,
+            top_p=chosen.top_p,
+            seed=self.seed,
+        )
+
+    @staticmethod
+    def loader(chosen):
+        from korani_cli.models import load_backend, resolve
+
+        return lambda: load_backend(resolve(chosen.model, chosen), chosen, notice)
+
+    def model(self, name: str):
+        """/모델 NAME: the new model's own defaults (template, temperature, …), unless given here."""
+        from korani_cli.chat.session import ModelChoice
+
+        chosen = self.settings(name, self.given_template)
+        return ModelChoice(chosen.model, chosen.template, self.loader(chosen), self.params(chosen))
 
 
 LAST_LINES = 12  # how much of the last answer a resumed chat shows

