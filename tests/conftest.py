@@ -216,7 +216,7 @@ def web():
             ).encode(),
             0,
         ),
-        "/slow.html": (200, {"Content-Type": html}, b"<p>late</p>", 3.0),
+        "/slow.html": (200, {"Content-Type": html}, b"<p>late</p>", 8.0),
         "/big.html": (
             200,
             {"Content-Type": html},
