@@ -63,3 +63,35 @@ def test_word_wrap_counts_hangul_as_two_cells_and_keeps_markers_on_their_word():
     wrap.feed("abcdefgh ij")  # a word wider than the terminal is written whole; the terminal folds it
     wrap.finish()
     assert out.getvalue() == "abcdefgh\nij"
+
+
+@pytest.mark.slow
+def test_the_chats_error_and_notice_lines_wrap_at_words_on_a_terminal(tmp_path, monkeypatch, scripted):
+    """The chat printed its error lines as one soft-wrapped line: the terminal cut them mid-word
+    (`your file` / `s`). On a terminal they wrap at words now; piped they stay one line each."""
+    from support import REPO
+    from typer.testing import CliRunner
+
+    from korani_cli.cli import app
+
+    monkeypatch.chdir(REPO)  # where the terminal's korani runs: the same relative path, the same line
+    wanted = "./없는/모델/폴더"
+    piped = CliRunner().invoke(app, ["chat", "--model", "scripted:demo"], input=f"/모델 {wanted}\n")
+    error = [line for line in piped.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and len(error[0]) > 100, piped.stderr  # one line, longer than the screen
+
+    server = ScriptServer("네.")
+    term = Terminal(["chat", "--model", f"openai:scripted@{server.url}"], tmp_path / "home", 60, 30)
+    try:
+        assert term.pump(Terminal.at_prompt, 60), term.text()
+        term.type(f"/모델 {wanted}\r")
+        assert term.pump(lambda t: t.at_prompt(2), 60), term.text()
+    finally:
+        term.close()
+        server.shutdown()
+    lines = term.lines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("error:"))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith(("알림:", "나>")))
+    shown = lines[start:end]
+    assert len(shown) > 1 and all(len(line) <= 60 for line in shown), lines
+    assert " ".join(shown).split() == error[0].split(), "\n".join(shown)  # no word cut in two
