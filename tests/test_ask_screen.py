@@ -1,5 +1,6 @@
-"""What `korani ask` leaves on a terminal's screen (issue 22 §8): the answer wraps at word boundaries,
-as chat's does, and a footnote marker is never cut in two (`[` / `1]`) by the terminal's own wrap.
+"""What `korani ask` and the chat's own lines leave on a terminal's screen (issue 22 §8): ask's answer
+wraps at word boundaries, as chat's does, and a footnote marker is never cut in two (`[` / `1]`) by the
+terminal's own wrap; the chat's notices, errors and a resumed chat's last exchange wrap at words too.
 
 `ask` runs on a real pty of a known width (tests/support.py's Terminal, drawn by pyte) against an
 OpenAI-compatible server on 127.0.0.1 that streams a script a few characters at a time; the source is
@@ -95,3 +96,28 @@ def test_the_chats_error_and_notice_lines_wrap_at_words_on_a_terminal(tmp_path, 
     shown = lines[start:end]
     assert len(shown) > 1 and all(len(line) <= 60 for line in shown), lines
     assert " ".join(shown).split() == error[0].split(), "\n".join(shown)  # no word cut in two
+
+
+@pytest.mark.slow
+def test_a_resumed_chats_last_exchange_wraps_at_words(tmp_path, home, scripted):
+    from typer.testing import CliRunner
+
+    from korani_cli.cli import app
+
+    answer = SHOWN.replace("[1]", "")  # a plain answer, longer than two rows of the screen
+    scripted.answers = [answer]
+    first = CliRunner().invoke(app, ["chat", "--model", "scripted:demo"], input="한라산의 높이는?\n")
+    assert first.exit_code == 0, first.output
+
+    server = ScriptServer("네.")
+    term = Terminal(["chat", "--continue", "--model", f"openai:scripted@{server.url}"], home, 50, 30)
+    try:
+        assert term.pump(Terminal.at_prompt, 60), term.text()
+    finally:
+        term.close()
+        server.shutdown()
+    lines = term.lines()
+    start = lines.index("── 지난 대화의 마지막 ──")
+    block = lines[start + 2 : lines.index("──", start)]  # after the question, the answer's rows
+    assert len(block) > 1, lines
+    assert " ".join(block).split() == answer.split(), "\n".join(lines)
