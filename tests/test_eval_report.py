@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
-from test_eval import ScriptedBackend, cli, rag_run
+import support
+from test_eval import ScriptedBackend, cli, rag_run, write_set
 
+from korani_cli.backends import Generation, apply_stops
 from korani_cli.errors import EXIT_USAGE
 
 
@@ -162,3 +165,41 @@ def test_compare_of_runs_on_different_item_counts_says_so_before_the_table(tmp_p
         "recomputed over those"
     ]
     assert "korani's check" in result.stdout
+
+
+class Cutting(support.ScriptedBackend):
+    """The scripted answer, a word a token, stopped at --max-new-tokens as a real backend stops."""
+
+    def stream(self, messages, params):
+        self.prompts.append(list(messages))
+        words = re.findall(r"\s*\S+", self.answers[0])
+
+        def run(usage):
+            usage.completion_tokens = 0
+            for word in words[: params.max_new_tokens]:
+                usage.completion_tokens += 1
+                yield word
+            usage.finish_reason = "length" if len(words) > params.max_new_tokens else "eos"
+
+        return Generation(lambda usage: apply_stops(run(usage), usage))
+
+
+def test_eval_rag_itself_warns_when_most_answers_hit_the_limit(tmp_path, home):
+    """The run's own output (here --json) is followed by the warning, not only `eval show`'s."""
+    from korani_cli.backends import registry
+
+    registry.register("cutting", Cutting(["한라산의 높이는 1947미터이며 남한에서 가장 높은 산입니다."]))
+    try:
+        args = ["eval", "rag", "--model", "cutting:x", "--set", str(write_set(tmp_path / "set.json"))]
+        result = cli(
+            *args, "--embedder", "none", "--max-new-tokens", "3", "-o", str(tmp_path / "run"), "--json"
+        )
+    finally:
+        registry.unregister("cutting")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["usage"]["finish_reason"] == {"length": 7}
+    warned = [line for line in result.stderr.splitlines() if "length limit" in line]
+    assert warned == [
+        "note: 7 of 7 answers (100%) were cut by the length limit of 3 tokens, so the measures score cut "
+        "answers — rerun with a higher --max-new-tokens, or give the model a stop"
+    ], result.stderr
