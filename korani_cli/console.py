@@ -181,3 +181,47 @@ def settle_stdout(code, reader: StdoutReader):
         _silence_stdout()
         return EXIT_BROKEN_PIPE if code in (None, 0, EXIT_INTERNAL) else code
     return code
+
+
+class WordWrap:
+    """Streamed text wrapped at word boundaries for a terminal `width` cells wide (Hangul takes two),
+    as chat's rich rendering wraps it: the terminal's own wrap cuts words, and footnote markers, in
+    two (`[2` / `]`). A marker is part of the word it ends (`창제했습니다[1].`), so it never splits.
+    The last word of a chunk waits for the space or line end after it; `finish` writes what is left.
+    A word wider than the terminal is written whole and the terminal folds it."""
+
+    def __init__(self, write, width: int):
+        self.write, self.width = write, max(width, 1)
+        self.col, self.word, self.spaces = 0, "", ""
+
+    def feed(self, chunk: str) -> None:
+        for ch in chunk:
+            if ch == "\n":
+                self._place()
+                self.write("\n")
+                self.col, self.spaces = 0, ""
+            elif ch.isspace():
+                self._place()
+                self.spaces += " " if ch == "\t" else ch
+            else:
+                self.word += ch
+
+    def finish(self) -> None:
+        self._place()
+        self.spaces = ""
+
+    def _place(self) -> None:
+        if not self.word:
+            return
+        from rich.cells import cell_len
+
+        gap, wide = cell_len(self.spaces), cell_len(self.word)
+        if self.col and self.col + gap + wide > self.width:
+            self.write("\n")
+            self.col = 0
+        elif self.spaces:
+            self.write(self.spaces)
+            self.col += gap
+        self.write(self.word)
+        self.col = (self.col + wide) % self.width if self.col + wide > self.width else self.col + wide
+        self.word, self.spaces = "", ""

@@ -333,7 +333,9 @@ def test_a_terminal_shows_the_cut_answer_then_why(tmp_path, command):
         peer.close()
     lines = term.lines()
     answers = [i for i, line in enumerate(lines) if line == "말0 말1 말2 말3 말4"]
-    notes = [i for i, line in enumerate(lines) if "ignored max_tokens (5)" in line]
+    # ask says it in English, the chat in Korean (one language per chat line, issue 22 §8).
+    said = "ignored max_tokens (5)" if command == "ask" else "서버가 max_tokens(5)를 무시하고"
+    notes = [i for i, line in enumerate(lines) if said in line]
     # The answer once, on its own line, and the note on a line of its own after it.
     assert len(answers) == 1 and len(notes) == 1 and notes[0] > answers[0], lines
     assert not any("말5" in line for line in lines)

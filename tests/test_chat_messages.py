@@ -84,8 +84,43 @@ def test_eight_pages_refused_for_one_reason_are_one_line_with_a_count(home, loop
 def test_the_chat_says_the_refusal_once_in_korean(home, scripted, loopback_results):
     args = ["chat", "--model", "scripted:demo", "-p", "searxng", "--searxng-url", loopback_results.base]
     result = runner.invoke(app, [*args, "--embedder", "none"], input="/검색 부산\n")
-    refused = [line for line in result.stderr.splitlines() if "loopback address" in line]
+    refused = [line for line in result.stderr.splitlines() if "건너뜀" in line]
     assert len(refused) == 1 and refused[0].startswith("알림: 페이지 8개 건너뜀 ("), result.stderr
+    # All of it Korean: the reason too, and the fix is how to restart the chat (no flag can be given in it).
+    assert refused[0].endswith(
+        "등): 루프백 주소(127.0.0.1)는 읽지 않습니다 — 믿을 수 있는 망이면 korani chat --allow-private 로 "
+        "다시 시작하세요"
+    ), refused[0]
+    assert "refused" not in refused[0] and "address" not in refused[0]
+
+
+@pytest.mark.parametrize(
+    "reason, korean",
+    [
+        (
+            "refused: 10.0.0.7 is a private address; pass --allow-private for trusted networks",
+            "사설 주소(10.0.0.7)는 읽지 않습니다 — 믿을 수 있는 망이면 korani chat --allow-private 로 "
+            "다시 시작하세요",
+        ),
+        (
+            "refused: intranet.example resolves to 192.168.1.2, a private address; pass --allow-private for "
+            "trusted networks",
+            "사설 주소(intranet.example(192.168.1.2))는 읽지 않습니다 — 믿을 수 있는 망이면 korani chat "
+            "--allow-private 로 다시 시작하세요",
+        ),
+        ("timed out after 8 s", "8초 안에 응답이 없음"),
+        ("past the 20 s deadline", "검색 제한 시간 20초를 넘김"),
+        ("HTTP 404", "HTTP 404 응답"),
+        ("no readable text", "읽을 수 있는 글이 없음"),
+        ("not in the cache (--offline)", "캐시에 없음 (--offline)"),
+        ("ReadError: connection reset", "읽지 못함 (ReadError: connection reset)"),
+    ],
+    ids=["private", "resolves-to", "timeout", "deadline", "http", "no-text", "offline", "other"],
+)
+def test_a_skipped_pages_reason_is_said_in_korean_in_the_chat(reason, korean):
+    from korani_cli.search.pipeline import ko_reason
+
+    assert ko_reason(reason) == korean
 
 
 def test_a_model_that_cannot_load_in_the_chat_suggests_the_chat_command(home, scripted, tmp_path):

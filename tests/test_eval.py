@@ -230,7 +230,7 @@ def test_unanswerable_questions_lose_their_gold_paragraph(tmp_path):
     # Six abstain because the gold paragraph is gone; g answers from memory.
     m = summary["metrics"]
     assert (m["abstain_correct"]["count"], m["abstain_correct"]["of"]) == (6, 7)
-    assert m["retrieval_hit"] == {"value": None, "count": 0, "of": 0}
+    assert m["retrieval_hit"] == {"value": None, "count": 0, "of": 0, "by": "retrieval"}
 
 
 @pytest.mark.parametrize(
@@ -853,7 +853,7 @@ def test_eval_chat_through_the_server_and_resume(tmp_path):
         assert result.exit_code == 0, result.output
         m = json.loads(result.stdout)["metrics"]
         # ko: stopped at the header, cut before it; en: hit the token limit, 6 words = 3 4-grams, 2 repeats.
-        assert m["stop_rate"] == {"value": 0.5, "count": 1, "of": 2}
+        assert m["stop_rate"] == {"value": 0.5, "count": 1, "of": 2, "by": "model"}
         assert m["header_leak"]["count"] == 0
         assert m["repetition"]["value"] == pytest.approx((0 + 2 / 3) / 2)
         assert m["hangul_share"]["value"] == pytest.approx((1.0 + 0.0) / 2)

@@ -90,7 +90,12 @@ class Usage:
         return self.first_token_at - start if self.first_token_at is not None else None
 
 
-def limit_ignored_note(max_new_tokens: int) -> str:
+def limit_ignored_note(max_new_tokens: int, korean: bool = False) -> str:
+    if korean:  # the chat's wording: every chat line is one language
+        return (
+            f"서버가 max_tokens({max_new_tokens})를 무시하고 계속 생성해서 korani가 답을 {max_new_tokens} "
+            "토큰에서 잘랐습니다 — 서버 설정을 확인하세요"
+        )
     return (
         f"the server ignored max_tokens ({max_new_tokens}) and went on generating; korani cut its answer "
         f"at {max_new_tokens} tokens — check the server's settings"

@@ -249,12 +249,12 @@ class _Screen:
 
 def _show(event: Event, out: Console, err: Console) -> None:
     """A notice, an error line or a command's output."""
+    # One line each when read by a program; on a terminal wrapped at words, not cut mid-word.
+    one_line = not err.is_terminal
     if isinstance(event, Notice):
-        err.print(f"[dim]알림:[/dim] {escape(clean_line(event.text))}", soft_wrap=True)
+        err.print(f"[dim]알림:[/dim] {escape(clean_line(event.text))}", soft_wrap=one_line)
     elif isinstance(event, ErrorLine):
-        err.print(
-            f"[bold red]{escape(clean_line(event.text))}[/bold red]", soft_wrap=True
-        )  # one line, always
+        err.print(f"[bold red]{escape(clean_line(event.text))}[/bold red]", soft_wrap=one_line)
     elif isinstance(event, Output):
         out.print(_indented(clean(event.text)))
 

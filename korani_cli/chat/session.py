@@ -472,7 +472,7 @@ class ChatSession:
     def _limit_note(self, usage: Usage) -> Iterator[Event]:
         """After an answer the backend cut because its server ignored the limit: say so."""
         if usage.limit_ignored:
-            yield Notice(limit_ignored_note(self.params.max_new_tokens))
+            yield Notice(limit_ignored_note(self.params.max_new_tokens, korean=True))
 
     def cmd_sources(self, _arg: str) -> Iterator[Event]:
         if not self.last_sources:

@@ -36,7 +36,7 @@ from korani_cli.commands.options import (
     TopPOpt,
 )
 from korani_cli.config import CONTEXT_TOKENS, SEED, TOP_K, check_flag, load_settings
-from korani_cli.console import err_console, korani_command, notice
+from korani_cli.console import WordWrap, err_console, korani_command, notice
 from korani_cli.errors import UsageError
 from korani_cli.untrusted import clean, clean_line
 
@@ -266,7 +266,11 @@ def ask(
         if not streaming:
             sys.stdout.write(clean(result.answer) + "\n")
         footnotes = sourced.footnotes() if sourced is not None else ""
-        if footnotes:
+        if footnotes and streaming:  # a terminal: titles wrap at words too (a URL stays whole)
+            wrap = WordWrap(sys.stdout.write, _columns())
+            wrap.feed("\n" + clean(footnotes) + "\n")
+            wrap.finish()
+        elif footnotes:
             sys.stdout.write("\n" + clean(footnotes) + "\n")
     _cut_note(result, params, retrieval is not None, loaded.info.context_length)
 
@@ -326,9 +330,15 @@ def _generate(backend, text, system, earlier, retrieval, params, context_tokens,
     from korani_cli.rag.answer import stream
     from korani_cli.template import conversation
 
+    def out(text: str) -> None:
+        sys.stdout.write(text)
+
+    # Only a terminal gets here (params.stream): wrapped at words as chat wraps, not cut mid-word.
+    wrap = WordWrap(out, _columns())
+
     def write(chunk: str) -> None:
         # Backends strip control characters already (apply_stops); the terminal is worth a second look.
-        sys.stdout.write(clean(chunk))
+        wrap.feed(clean(chunk))
         sys.stdout.flush()
 
     on_text = write if params.stream else None
@@ -359,8 +369,15 @@ def _generate(backend, text, system, earlier, retrieval, params, context_tokens,
             return oneshot.answer(backend, messages, params, on_text=on_text, load_s=load_s), None
     finally:
         if params.stream:
+            wrap.finish()
             sys.stdout.write("\n")
             sys.stdout.flush()
+
+
+def _columns() -> int:
+    import shutil
+
+    return shutil.get_terminal_size().columns
 
 
 def _payload(result, retrieval, sourced) -> dict:

@@ -236,13 +236,14 @@ def _show_last_exchange(last) -> None:
     from korani_cli.untrusted import clean
 
     err = err_console()
+    one_line = not err.is_terminal  # on a terminal, wrapped at words (the terminal's own wrap cuts them)
     err.print("[dim]── 지난 대화의 마지막 ──[/dim]")
     for m in last:
         lines = clean(m.content or "").strip().split("\n")
         if len(lines) > LAST_LINES:
             lines = [f"(… 앞의 {len(lines) - LAST_LINES}줄 생략)", *lines[-LAST_LINES:]]
         who = "나> " if m.role == "user" else ""
-        err.print(escape(who + "\n".join(lines)), soft_wrap=True, highlight=False)
+        err.print(escape(who + "\n".join(lines)), soft_wrap=one_line, highlight=False)
         if m.role == "assistant" and m.citations:
             err.print(
                 escape(
@@ -254,7 +255,7 @@ def _show_last_exchange(last) -> None:
                         )
                     )
                 ),
-                soft_wrap=True,
+                soft_wrap=one_line,
                 highlight=False,
             )
     err.print("[dim]──[/dim]")

@@ -179,11 +179,21 @@ class _Progress:
 def _print(summary: dict, as_json: bool, run_dir: Path) -> None:
     from korani_cli.eval import report
 
+    parsed = report.parse(run_dir, summary)
     if as_json:
         sys.stdout.write(json.dumps(summary, ensure_ascii=False) + "\n")
     else:
-        out_console(highlight=True).print(report.table(report.parse(run_dir, summary)))
+        out_console(highlight=True).print(report.table(parsed))
+    _warn_cut(parsed)
     notice(f"run directory: {run_dir}")
+
+
+def _warn_cut(summary, name: str = "") -> None:
+    from korani_cli.eval import report
+
+    line = report.cut_note(summary)
+    if line:
+        notice(f"{name}: {line}" if name else line)
 
 
 def _items(n: int) -> str:
@@ -372,17 +382,25 @@ def chat(
 @app.command("show")
 @korani_command
 def show(
-    run_dir: Annotated[Path, typer.Argument(help="The -o directory of a `korani eval` run.")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="The -o directory of a `korani eval` run; `last`: the latest run under korani's data "
+            "directory; or the first characters of such a run's name."
+        ),
+    ],
     as_json: JsonOpt = False,
 ) -> None:
-    """The summary table of one run (exit 2: not a run directory; 6: its summary cannot be read)."""
+    """The summary table of one run (exit 2: not a run directory, no such run or an ambiguous name; 6: its \
+summary cannot be read)."""
     from korani_cli.eval import report
 
-    summary = report.load(run_dir)
+    summary = report.load(report.find_run(run_dir))
     if as_json:
         sys.stdout.write(json.dumps(summary.raw, ensure_ascii=False) + "\n")
-        return
-    out_console(highlight=True).print(report.table(summary))
+    else:
+        out_console(highlight=True).print(report.table(summary))
+    _warn_cut(summary)
 
 
 @app.command("compare")
@@ -390,7 +408,10 @@ def show(
 def compare(
     run_dirs: Annotated[
         list[Path],
-        typer.Argument(help="Two or more run directories; the first is the baseline of the deltas."),
+        typer.Argument(
+            help="Two or more run directories (or `last`, or the first characters of a run's name, as "
+            "`eval show` takes); the first is the baseline of the deltas."
+        ),
     ],
     as_json: JsonOpt = False,
 ) -> None:
@@ -402,9 +423,11 @@ def compare(
         raise UsageError(
             "compare needs at least two run directories", "korani eval compare RUN_A RUN_B [...]"
         )
-    summaries, note = report.common_ground([report.load(p) for p in run_dirs])
+    summaries, note = report.common_ground([report.load(report.find_run(p)) for p in run_dirs])
     if note:
         notice(note)
+    for s in summaries:
+        _warn_cut(s, s.path.name)
     table = report.comparison(summaries)
     if as_json:
         sys.stdout.write(

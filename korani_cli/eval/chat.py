@@ -98,7 +98,7 @@ def summarise(records: list[dict]) -> dict:
     return {
         "kind": "chat",
         "items": n,
-        "metrics": metrics,
+        "metrics": m.labelled(metrics),
         "usage": usage(records),
         "timings": timings(records, ("first_token_s", "total_s")),
     }

@@ -187,3 +187,34 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 def mean(values: Sequence[float]) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
+
+
+# Whose work each measure scores. The footnotes korani prints are its checker's (it adds, moves
+# and drops markers), so citation_* can be 100 % while the model's own markers (raw_citation_*)
+# scored nothing: a reader must see which is which, in the table and in --json ("by").
+MEASURED_BY = {
+    "retrieval_hit": "retrieval",
+    "answer_in_context": "retrieval",
+    "answer_correct": "model",
+    "f1": "model",
+    "citation_precision": "checker",
+    "citation_recall": "checker",
+    "raw_citation_precision": "model",
+    "raw_citation_recall": "model",
+    "abstain_correct": "model",
+    "false_abstain": "model",
+    "stop_rate": "model",
+    "repetition": "model",
+    "hangul_share": "model",
+    "header_leak": "model",
+    "length_chars": "model",
+    "length_tokens": "model",
+}
+
+
+def labelled(metrics: dict) -> dict:
+    """`metrics` (name → {value, count, of, …}) with each known measure's "by" added."""
+    return {
+        name: {**value, "by": MEASURED_BY[name]} if name in MEASURED_BY and isinstance(value, dict) else value
+        for name, value in metrics.items()
+    }

@@ -211,7 +211,7 @@ def summarise(records: list[dict]) -> dict:
         "items": len(records),
         "answerable": len(answerable),
         "unanswerable": len(unanswerable),
-        "metrics": metrics,
+        "metrics": m.labelled(metrics),
         "usage": usage(records),
         "timings": timings(records, ("retrieve_s", "first_token_s", "first_sentence_s", "total_s")),
     }

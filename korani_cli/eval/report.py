@@ -9,11 +9,18 @@ Runs are compared only on the same questions: `common_ground` refuses runs on
 different sets (another set_sha256 / prompts_sha256), and when runs on one set
 hold different items (another --limit or --seed, a run not finished) it
 recomputes each run's measures over the items they all share and says so.
+
+Each measure is labelled with whose work it scores (`metrics.MEASURED_BY`):
+retrieval, the model, or korani's footnote checker — `citation_*` score the
+footnotes korani prints after its check, `raw_citation_*` the model's own.
+`cut_note` is the one line to print when most answers hit the length limit;
+`find_run` turns `last` or the start of a run's name into its directory.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +29,9 @@ from rich.table import Table
 
 from korani_cli.errors import UsageError, excerpt
 from korani_cli.eval import EvalDataError
+from korani_cli.eval.metrics import MEASURED_BY, labelled
 from korani_cli.eval.run import SUMMARY, is_run_dir, read_items, read_marker
+from korani_cli.untrusted import clean_line
 
 # Shown as percentages; the rest are plain numbers.
 RATIOS = {
@@ -41,6 +50,13 @@ RATIOS = {
     "hangul_share",
     "header_leak",
 }
+
+# MEASURED_BY's labels as the table shows them.
+BY_LABEL = {"retrieval": "retrieval", "model": "the model", "checker": "korani's check"}
+CITATION_CAPTION = (
+    "citation_*: the footnotes korani prints, after its check adds, moves and drops markers; "
+    "raw_citation_*: the model's own [n] markers"
+)
 
 
 @dataclass(frozen=True)
@@ -119,7 +135,8 @@ def parse(path: Path, raw: dict) -> Summary:
             dict(usage.get("finish_reason") or {}),
             (timings.get("first_token_s") or {}).get("p50"),
             (timings.get("total_s") or {}).get("p50"),
-            raw,
+            # Older runs' summaries lack "by": --json shows it for them too.
+            {**raw, "metrics": labelled(raw["metrics"])},
             (timings.get("first_sentence_s") or {}).get("p50"),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -148,24 +165,37 @@ def _seconds(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}s"
 
 
+def _by(name: str) -> str:
+    return BY_LABEL.get(MEASURED_BY.get(name, ""), "")
+
+
+def _caption(names) -> str | None:
+    return escape(CITATION_CAPTION) if any(n.startswith("citation_") for n in names) else None
+
+
 def table(summary: Summary) -> Table:
     state = "" if summary.complete else " (incomplete)"
     out = Table(
-        title=escape(f"eval {summary.kind}: {summary.model} — {summary.items} items{state}"), box=None
+        title=escape(f"eval {summary.kind}: {summary.model} — {summary.items} items{state}"),
+        caption=_caption(summary.metrics),
+        caption_justify="left",
+        box=None,
     )
     out.add_column("measure")
+    out.add_column("scores")
     out.add_column("value", justify="right")
     out.add_column("counts", justify="right")
     for name, measure in summary.metrics.items():
-        out.add_row(name, _value(name, measure), _counts(measure))
-    out.add_row("finish_reason", "", escape(", ".join(f"{k} {v}" for k, v in summary.finish_reasons.items())))
+        out.add_row(name, _by(name), _value(name, measure), _counts(measure))
+    reasons = ", ".join(f"{k} {v}" for k, v in summary.finish_reasons.items())
+    out.add_row("finish_reason", "", "", escape(reasons))
     # The timings' p50s are over the same items (eval.rag.timings): say how many.
     timed = ((summary.raw.get("timings") or {}).get("total_s") or {}).get("n")
     counted = f"n={timed}" if isinstance(timed, int) else ""
-    out.add_row("first token p50", _seconds(summary.first_token_p50), counted)
+    out.add_row("first token p50", "", _seconds(summary.first_token_p50), counted)
     if summary.first_sentence_p50 is not None:
-        out.add_row("first sentence p50", _seconds(summary.first_sentence_p50), counted)
-    out.add_row("total p50", _seconds(summary.total_p50), counted)
+        out.add_row("first sentence p50", "", _seconds(summary.first_sentence_p50), counted)
+    out.add_row("total p50", "", _seconds(summary.total_p50), counted)
     return out
 
 
@@ -173,22 +203,28 @@ def comparison(summaries: list[Summary]) -> Table:
     """Runs side by side; every run after the first also shows its delta to the first
     (`common_ground` decides what may stand side by side)."""
     base = summaries[0]
-    out = Table(title=f"eval {base.kind}: {len(summaries)} runs", box=None)
+    names = list(dict.fromkeys(name for s in summaries for name in s.metrics))
+    out = Table(
+        title=f"eval {base.kind}: {len(summaries)} runs",
+        caption=_caption(names),
+        caption_justify="left",
+        box=None,
+    )
     out.add_column("measure")
+    out.add_column("scores")
     for i, s in enumerate(summaries):
         out.add_column(escape(f"{s.model}\n{s.path.name}"), justify="right")
         if i:
             out.add_column("Δ", justify="right")
-    names = list(dict.fromkeys(name for s in summaries for name in s.metrics))
     for name in names:
-        row = [name]
+        row = [name, _by(name)]
         for i, s in enumerate(summaries):
             measure = s.metrics.get(name)
             row.append(_value(name, measure))
             if i:
                 row.append(_delta(name, base.metrics.get(name), measure))
         out.add_row(*row)
-    items = ["items"]
+    items = ["items", ""]
     for i, s in enumerate(summaries):
         items.append(str(s.items) + ("" if s.complete else "*"))
         if i:
@@ -276,3 +312,71 @@ def _over(summary: Summary, records: list[dict]) -> Summary:
             "rerun the evaluation with --overwrite",
         ) from None
     return parse(summary.path, {**summary.raw, **again})
+
+
+CUT_SHARE = 0.5  # more than this share of answers cut by the length limit: the measures score torsos
+
+
+def cut_note(summary: Summary) -> str | None:
+    """One line when most answers ended at the token limit (finish_reason "length"): their
+    measures score answers that were cut off, whatever the model would have said."""
+    cut, total = summary.finish_reasons.get("length", 0), sum(summary.finish_reasons.values())
+    if not total or cut <= CUT_SHARE * total:
+        return None
+    limit = _settings(summary).get("max_new_tokens")
+    at = f" of {limit} tokens" if isinstance(limit, int) else ""
+    return (
+        f"{cut} of {total} answers ({100 * cut / total:.0f}%) were cut by the length limit{at}, so the "
+        "measures score cut answers — rerun with a higher --max-new-tokens, or give the model a stop"
+    )
+
+
+def runs_dir() -> Path:
+    """Where `korani eval` puts a run when -o is not given."""
+    from korani_cli import paths
+
+    return paths.data_dir() / "eval"
+
+
+def find_run(arg: Path | str) -> Path:
+    """The run directory the user means: a path as given (an existing one always wins); else `last`,
+    the run under runs_dir() whose summary was written last; else the one run there whose name
+    starts with `arg`, as `history show` takes a session id's first characters. Exit 2 for none
+    or several (the candidates are listed)."""
+    text = str(arg)
+    path = Path(text).expanduser()
+    if path.exists() or os.sep in text or (os.altsep and os.altsep in text) or not text.strip():
+        return path
+    root = runs_dir()
+    try:
+        runs = sorted(d for d in root.iterdir() if d.is_dir() and is_run_dir(d))
+    except OSError:  # no run yet (or an unreadable data directory): nothing to match
+        runs = []
+    shown = clean_line(text)[:60]
+    if text == "last":
+        if not runs:
+            raise UsageError(
+                f"there is no eval run under {root} yet",
+                "run `korani eval rag` or `korani eval chat`, or pass a run directory",
+            )
+        return max(runs, key=_written)
+    matches = [d for d in runs if d.name.startswith(text)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UsageError(
+            f"{shown} is neither a directory nor the start of a run's name under {root}",
+            f"pass a run directory (the -o of a `korani eval` run), `last`, or a name from `ls {root}`",
+        )
+    names = ", ".join(d.name for d in matches[:10]) + (", …" if len(matches) > 10 else "")
+    raise UsageError(f"run name {shown} is ambiguous: {names}", "give more of its characters")
+
+
+def _written(run: Path) -> tuple[float, str]:
+    """When a run last wrote its summary (its directory's time before it has one); the name breaks ties."""
+    for name in (SUMMARY, ""):
+        try:
+            return (run / name).stat().st_mtime, run.name
+        except OSError:
+            continue
+    return 0.0, run.name

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from korani_cli.search.safety import Hop
-from korani_cli.search.types import Hit, Page
+from korani_cli.search.types import Hit, Page, Said
 
 DEFAULT_TTL = 24 * 3600
 # 2: pages carry their redirect chain. Older files hold pages whose origin is
@@ -78,14 +78,29 @@ class PageCache:
             except (sqlite3.Error, OSError):
                 pass
             else:
-                self.notify(f"the search cache {self.path} was unreadable ({why}); started a new one")
+                self.notify(
+                    Said(
+                        f"the search cache {self.path} was unreadable ({why}); started a new one",
+                        f"검색 캐시 {self.path} 를 읽을 수 없어 ({why}) 새로 만들었습니다",
+                    )
+                )
                 return db
-        self.notify(f"the search cache {self.path} cannot be used ({why}); searching without it")
+        self.notify(
+            Said(
+                f"the search cache {self.path} cannot be used ({why}); searching without it",
+                f"검색 캐시 {self.path} 를 쓸 수 없어 ({why}) 캐시 없이 검색합니다",
+            )
+        )
         return None
 
     def _failed(self, exc: sqlite3.Error) -> None:
         """A cache that breaks mid-run (disk full, file made read-only) is dropped for the rest of it."""
-        self.notify(f"the search cache {self.path} failed ({exc}); searching without it")
+        self.notify(
+            Said(
+                f"the search cache {self.path} failed ({exc}); searching without it",
+                f"검색 캐시 {self.path} 에 오류가 나서 ({exc}) 캐시 없이 검색합니다",
+            )
+        )
         self.close()
 
     def put_hits(self, query: str, hits: list[Hit]) -> None:

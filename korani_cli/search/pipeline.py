@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -175,15 +176,61 @@ def _say_skipped(failures: list[Skipped], say: Callable[[str], None]) -> None:
     for skipped in failures:
         by_reason.setdefault(skipped.reason, []).append(skipped.url)
     for reason, urls in by_reason.items():
+        ko = ko_reason(reason)
         if len(urls) == 1:
-            say(Said(f"skipped {urls[0]}: {reason}", f"건너뜀 {urls[0]}: {reason}"))
+            say(Said(f"skipped {urls[0]}: {reason}", f"건너뜀 {urls[0]}: {ko}"))
         else:
             say(
                 Said(
                     f"skipped {len(urls)} pages ({urls[0]}, …): {reason}",
-                    f"페이지 {len(urls)}개 건너뜀 ({urls[0]} 등): {reason}",
+                    f"페이지 {len(urls)}개 건너뜀 ({urls[0]} 등): {ko}",
                 )
             )
+
+
+# An address kind as safety.refuse names it → Korean.
+_ADDRESS_KO = {
+    "unspecified": "지정되지 않은",
+    "loopback": "루프백",
+    "link-local": "링크 로컬",
+    "multicast": "멀티캐스트",
+    "site-local": "사이트 로컬",
+    "shared (carrier-grade NAT)": "통신사 공유(CGNAT)",
+    "reserved": "예약된",
+    "private": "사설",
+    "non-global": "공인되지 않은",
+}
+_REFUSED = re.compile(
+    r"refused: (?P<host>\S+)(?: \S+)? (?:is|resolves to (?P<ip>\S+),) an? (?P<why>.+?) address"
+    r"(?: \(it carries [^)]*\))?; pass --allow-private for trusted networks"
+)
+_KO_REASONS = (
+    (re.compile(r"timed out after (\S+) s"), "{0}초 안에 응답이 없음"),
+    (re.compile(r"past the (\S+) s (?:search )?deadline"), "검색 제한 시간 {0}초를 넘김"),
+    (re.compile(r"not in the cache \(--offline\)"), "캐시에 없음 (--offline)"),
+    (re.compile(r"no readable text"), "읽을 수 있는 글이 없음"),
+    (re.compile(r"HTTP (\d+)"), "HTTP {0} 응답"),
+    (re.compile(r"unsupported content type (.+)"), "읽을 수 없는 형식 ({0})"),
+)
+
+
+def ko_reason(reason: str) -> str:
+    """Why a page was skipped, in Korean for the chat (every chat line is one language): the
+    common reasons are said in Korean; any other is quoted as a detail of "읽지 못함"."""
+    refused = _REFUSED.fullmatch(reason)
+    if refused:
+        where = refused["host"] + (f"({refused['ip']})" if refused["ip"] else "")
+        kind = _ADDRESS_KO.get(refused["why"], refused["why"])
+        # The chat cannot take a flag: allowing private addresses means starting it again.
+        return (
+            f"{kind} 주소({where})는 읽지 않습니다 — 믿을 수 있는 망이면 korani chat --allow-private 로 "
+            "다시 시작하세요"
+        )
+    for pattern, ko in _KO_REASONS:
+        found = pattern.fullmatch(reason)
+        if found:
+            return ko.format(*found.groups())
+    return f"읽지 못함 ({reason})"
 
 
 NO_RESULTS_FIX = "try another --provider, or check the network"
@@ -243,7 +290,12 @@ def _passages(
     chunks, late = passages_within(pages, deadline)
     for page in late:
         failures.append(Skipped(page.url, f"past the {deadline_s:g} s search deadline"))
-        say(f"skipped {page.url}: past the {deadline_s:g} s search deadline (KORANI_SEARCH_DEADLINE)")
+        say(
+            Said(
+                f"skipped {page.url}: past the {deadline_s:g} s search deadline (KORANI_SEARCH_DEADLINE)",
+                f"건너뜀 {page.url}: 검색 제한 시간 {deadline_s:g}초를 넘김 (KORANI_SEARCH_DEADLINE)",
+            )
+        )
     left_out = {id(page) for page in late}
     return chunks, [page for page in pages if id(page) not in left_out]
 
