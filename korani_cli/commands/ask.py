@@ -22,6 +22,7 @@ from korani_cli.commands.search import (
     ProviderOpt,
     RerankerOpt,
     SearxngOpt,
+    SoftDeadlineOpt,
     TopKOpt,
     search_options,
 )
@@ -201,6 +202,7 @@ def ask(
     embedder: EmbedderOpt = "auto",
     reranker: RerankerOpt = None,
     follow_links: FollowLinksOpt = False,
+    soft_deadline: SoftDeadlineOpt = None,
     context_tokens: ContextTokensOpt = None,
     allow_no_sources: Annotated[
         bool,
@@ -290,7 +292,16 @@ def ask(
     retrieval = None
     if web or local_dir:
         opts = search_options(
-            provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links
+            provider,
+            searxng_url,
+            local_dir,
+            top_k,
+            allow_private,
+            offline,
+            embedder,
+            reranker,
+            follow_links,
+            soft_deadline=soft_deadline,
         )
         retrieval = _retrieve(text, opts, allow_no_sources)
     loaded, load_s = _load(settings)

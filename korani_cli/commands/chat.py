@@ -20,6 +20,7 @@ from korani_cli.commands.search import (
     ProviderOpt,
     RerankerOpt,
     SearxngOpt,
+    SoftDeadlineOpt,
     TopKOpt,
     search_options,
 )
@@ -100,6 +101,7 @@ def chat(
     embedder: EmbedderOpt = "auto",
     reranker: RerankerOpt = None,
     follow_links: FollowLinksOpt = False,
+    soft_deadline: SoftDeadlineOpt = None,
     context_tokens: ContextTokensOpt = None,
     no_history: Annotated[
         bool,
@@ -187,7 +189,16 @@ def chat(
 
         settings = settings_for(model, template)
         opts = search_options(
-            provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links
+            provider,
+            searxng_url,
+            local_dir,
+            top_k,
+            allow_private,
+            offline,
+            embedder,
+            reranker,
+            follow_links,
+            soft_deadline=soft_deadline,
         )
         if no_history:
             notice("--no-history: this chat is kept in memory only and will not be saved")

@@ -70,6 +70,14 @@ RerankerOpt = Annotated[
         "top passages. [default: none]",
     ),
 ]
+SoftDeadlineOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--soft-deadline",
+        help="Seconds to wait for more result pages once the first is in; pages still loading then are "
+        "skipped as late. [default: soft_deadline setting, KORANI_SOFT_DEADLINE, else 1]",
+    ),
+]
 
 
 def search_options(
@@ -82,9 +90,12 @@ def search_options(
     embedder,
     reranker=None,
     follow_links=False,
+    soft_deadline=None,
 ):
     """The command-line search options as one value; a --local-dir that is not a
-    directory is refused here, before any model or network is touched."""
+    directory is refused here, before any model or network is touched. The soft
+    deadline is the flag's, else the setting's (config file, KORANI_SOFT_DEADLINE)."""
+    from korani_cli.config import load_settings
     from korani_cli.search.fetch import FetchOptions
     from korani_cli.search.pipeline import SearchOptions, check_local_dir
     from korani_cli.search.providers import DEFAULT_CHAIN
@@ -99,7 +110,11 @@ def search_options(
         reranker=reranker,
         searxng_url=searxng_url,
         local_dir=local_dir,
-        fetch=FetchOptions(allow_private=allow_private, offline=offline),
+        fetch=FetchOptions(
+            allow_private=allow_private,
+            offline=offline,
+            soft_deadline=load_settings({"soft_deadline": soft_deadline}).soft_deadline,
+        ),
         follow_links=follow_links,
     )
 
@@ -116,6 +131,7 @@ def search(
     embedder: EmbedderOpt = "auto",
     reranker: RerankerOpt = None,
     follow_links: FollowLinksOpt = False,
+    soft_deadline: SoftDeadlineOpt = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object: passages with scores, timings, skipped pages.")
     ] = False,
@@ -127,7 +143,16 @@ def search(
     from korani_cli.untrusted import clean, clean_line
 
     opts = search_options(
-        provider, searxng_url, local_dir, top_k, allow_private, offline, embedder, reranker, follow_links
+        provider,
+        searxng_url,
+        local_dir,
+        top_k,
+        allow_private,
+        offline,
+        embedder,
+        reranker,
+        follow_links,
+        soft_deadline,
     )
     with err_console().status("검색 중…"):
         result = retrieve(query, opts, notice)
