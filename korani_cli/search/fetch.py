@@ -11,8 +11,10 @@ with its reason — the others still make it.
 
 Enough is enough: with a soft deadline (`FetchOptions.soft_deadline`, the
 `soft_deadline` setting) the batch stops waiting that many seconds after the
-first readable page arrived; pages still loading then are skipped as "late".
-The overall deadline and each page's timeout still hard-stop it ("timeout").
+first page's body arrived; pages still loading then are skipped as "late"
+(a page whose body is in is still read: the wait is for the network, not for
+korani's own extraction). The overall deadline and each page's timeout still
+hard-stop it ("timeout").
 Each page is handed to `on_page` the moment it is read (from the network, the
 cache or a local file), so that later stages work on it while others load.
 """
@@ -71,7 +73,10 @@ class FetchFailed(Exception):
     pass
 
 
-async def _fetch_one(client, backend: GuardedBackend, url: str, opts: FetchOptions) -> tuple[Page, list[Hop]]:
+async def _fetch_one(
+    client, backend: GuardedBackend, url: str, opts: FetchOptions, arrived: dict | None = None
+) -> tuple[Page, list[Hop]]:
+    """The page at `url`; when its body is in (before extraction), `arrived[url]` is the loop's time."""
     from korani_cli import net
 
     current = url
@@ -103,6 +108,8 @@ async def _fetch_one(client, backend: GuardedBackend, url: str, opts: FetchOptio
                 except net.UndecodableBody as exc:
                     raise FetchFailed(str(exc)) from None
                 charset = response.charset_encoding
+                if arrived is not None:
+                    arrived[url] = asyncio.get_running_loop().time()
         except UnsafeURL as exc:
             raise FetchFailed(f"refused: {exc}") from None
         break
@@ -288,31 +295,45 @@ async def _download(
     `report`, each page to `on_page` as it comes."""
     client, backend = _client(opts)
     loop = asyncio.get_running_loop()
+    arrived: dict[str, float] = {}  # url → when its body was in
     async with client:
         tasks = {
-            asyncio.ensure_future(asyncio.wait_for(_fetch_one(client, backend, url, opts), opts.timeout)): url
+            asyncio.ensure_future(
+                asyncio.wait_for(_fetch_one(client, backend, url, opts, arrived), opts.timeout)
+            ): url
             for url in urls
         }
         start = loop.time()
-        first = start if report.pages else None  # a cached or local page is in at once
+        cached = start if report.pages else None  # a cached or local page is in at once
         pending = set(tasks)
-        end, why = stop_at(start, first, opts)
-        while pending and loop.time() < end:
-            done, pending = await asyncio.wait(
-                pending, timeout=end - loop.time(), return_when=asyncio.FIRST_COMPLETED
-            )
+
+        def first() -> float | None:
+            return min([t for t in (cached, *arrived.values()) if t is not None], default=None)
+
+        hard, _ = stop_at(start, None, opts)
+        while pending:
+            now = loop.time()
+            end, why = stop_at(start, first(), opts)
+            if now < end:
+                done, _ = await asyncio.wait(pending, timeout=end - now, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                # Past the soft deadline, pages whose bodies are in are still read (up to the deadline).
+                reading = {task for task in pending if tasks[task] in arrived}
+                if why != LATE or not reading or now >= hard:
+                    break
+                done, _ = await asyncio.wait(reading, timeout=hard - now, return_when=asyncio.FIRST_COMPLETED)
+            pending -= done
             for task in sorted(done, key=lambda t: urls.index(tasks[t])):
-                if _collect(task, tasks[task], opts, cache, report, on_page) and first is None:
-                    first = loop.time()
-            end, why = stop_at(start, first, opts)
+                _collect(task, tasks[task], opts, cache, report, on_page)
         for task in pending:
             task.cancel()
-            detail = (
-                f"still loading {opts.soft_deadline:g} s after the first page (soft_deadline)"
-                if why == LATE
-                else f"past the {opts.deadline:g} s deadline"
-            )
-            report.failures.append(Skipped(tasks[task], why, detail))
+            if why == LATE and tasks[task] not in arrived:
+                detail = f"still loading {opts.soft_deadline:g} s after the first page (soft_deadline)"
+                report.failures.append(Skipped(tasks[task], LATE, detail))
+            else:
+                report.failures.append(
+                    Skipped(tasks[task], TIMEOUT, f"past the {opts.deadline:g} s deadline")
+                )
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
