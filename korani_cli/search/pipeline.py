@@ -155,8 +155,14 @@ def retrieve(
         t = time.perf_counter()
         on_stage("fetch")
         reader.start()
+
+        def on_page(page: Page) -> None:
+            if page.from_cache and cache is not None:
+                reader.vectors.update(cache.get_vectors(page.final_url))  # embedded when it was fetched
+            reader.put(page)
+
         try:
-            report = fetch(hits, options.fetch, cache, reader.put)
+            report = fetch(hits, options.fetch, cache, on_page)
         finally:
             reader.finish()
     finally:
@@ -194,7 +200,21 @@ def retrieve(
         index=index,
     )
     timings.add("total", time.perf_counter() - start)
+    if index is not None and (options.use_cache or options.fetch.offline):
+        _keep_vectors(chunks, index.vectors, say)
     return Retrieval(query, used, hits, pages, failures, ranked, timings)
+
+
+def _keep_vectors(chunks: list[Passage], vectors: dict, say: Callable[[str], None]) -> None:
+    """The passage-head vectors of this search into the page cache, with their pages."""
+    heads = {p.text[:EMBED_CHARS]: p.url for p in chunks}
+    rows = [(heads[head], name, head, v) for (name, head), v in vectors.items() if head in heads]
+    if rows:
+        cache = PageCache(paths.cache_dir() / "search.sqlite", notify=say)
+        try:
+            cache.put_vectors(rows)
+        finally:
+            cache.close()
 
 
 def _say_skipped(failures: list[Skipped], say: Callable[[str], None]) -> None:
