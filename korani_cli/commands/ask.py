@@ -29,6 +29,7 @@ from korani_cli.commands.options import (
     SearxngOpt,
     SeedOpt,
     SessionOpt,
+    SoftDeadlineOpt,
     SystemOpt,
     TemperatureOpt,
     TemplateOpt,
@@ -172,6 +173,7 @@ def ask(
     embedder: EmbedderOpt = "auto",
     reranker: RerankerOpt = None,
     follow_links: FollowLinksOpt = False,
+    soft_deadline: SoftDeadlineOpt = None,
     context_tokens: ContextTokensOpt = None,
     allow_no_sources: Annotated[
         bool,

@@ -28,6 +28,7 @@ from korani_cli.commands.options import (
     SearxngOpt,
     SeedOpt,
     SessionOpt,
+    SoftDeadlineOpt,
     SystemOpt,
     TemperatureOpt,
     TemplateOpt,
@@ -62,6 +63,7 @@ def chat(
     embedder: EmbedderOpt = "auto",
     reranker: RerankerOpt = None,
     follow_links: FollowLinksOpt = False,
+    soft_deadline: SoftDeadlineOpt = None,
     context_tokens: ContextTokensOpt = None,
     no_history: NoHistoryOpt = False,
 ) -> None:

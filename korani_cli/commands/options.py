@@ -175,6 +175,15 @@ RerankerOpt = Annotated[
         "top passages. [default: none]",
     ),
 ]
+SoftDeadlineOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--soft-deadline",
+        metavar="SECONDS",
+        help="Seconds to wait for more result pages once the first is in; pages still loading then are "
+        "skipped as late. [default: soft_deadline setting, KORANI_SOFT_DEADLINE, else 1]",
+    ),
+]
 
 
 def embedder_option(first: str):
@@ -242,6 +251,7 @@ class SearchFlags:
     embedder: str = "auto"
     reranker: Optional[str] = None
     follow_links: bool = False
+    soft_deadline: Optional[float] = None
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> SearchFlags:
@@ -250,8 +260,9 @@ class SearchFlags:
 
     def options(self):
         """`SearchOptions`; a bad --top-k, or a --local-dir that is not a directory, is refused
-        here (exit 2), before any model or network is touched."""
-        from korani_cli.config import TOP_K, check_flag
+        here (exit 2), before any model or network is touched. The soft deadline is the flag's, else
+        the setting's (config file, KORANI_SOFT_DEADLINE)."""
+        from korani_cli.config import TOP_K, check_flag, load_settings
         from korani_cli.search.fetch import FetchOptions
         from korani_cli.search.pipeline import SearchOptions, check_local_dir
         from korani_cli.search.providers import DEFAULT_CHAIN
@@ -267,6 +278,10 @@ class SearchFlags:
             reranker=self.reranker,
             searxng_url=self.searxng_url,
             local_dir=self.local_dir,
-            fetch=FetchOptions(allow_private=self.allow_private, offline=self.offline),
+            fetch=FetchOptions(
+                allow_private=self.allow_private,
+                offline=self.offline,
+                soft_deadline=load_settings({"soft_deadline": self.soft_deadline}).soft_deadline,
+            ),
             follow_links=self.follow_links,
         )

@@ -18,6 +18,7 @@ from korani_cli.commands.options import (
     RerankerOpt,
     SearchFlags,
     SearxngOpt,
+    SoftDeadlineOpt,
     TopKOpt,
 )
 from korani_cli.console import err_console, korani_command, notice, out_console
@@ -35,6 +36,7 @@ def search(
     embedder: EmbedderOpt = "auto",
     reranker: RerankerOpt = None,
     follow_links: FollowLinksOpt = False,
+    soft_deadline: SoftDeadlineOpt = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object: passages with scores, timings, skipped pages.")
     ] = False,

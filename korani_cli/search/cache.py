@@ -2,7 +2,10 @@
 
 One table keyed by URL. Written after each successful fetch; read before
 fetching (fresh entries only) and, with --offline, instead of fetching.
-Each page keeps its redirect chain — every URL requested and the addresses
+Each page's passage-head embeddings are kept with it (table `vectors`, keyed
+by the page's final URL, the embedder and the head), so a page read again
+from the cache is not embedded again; a page fetched afresh drops its old
+ones. Each page keeps its redirect chain — every URL requested and the addresses
 its host resolved to — so that a reader can put the whole chain through
 today's SSRF guard (search/safety.py) before serving it.
 
@@ -59,6 +62,10 @@ class PageCache:
             )
             db.execute(
                 "CREATE TABLE IF NOT EXISTS searches (query TEXT PRIMARY KEY, hits TEXT, fetched_at REAL)"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (url TEXT, embedder TEXT, head TEXT, vector BLOB,"
+                " PRIMARY KEY (url, embedder, head))"
             )
             if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -155,6 +162,7 @@ class PageCache:
             return
         chain = json.dumps([[h.url, list(h.addresses)] for h in hops])
         try:
+            self.db.execute("DELETE FROM vectors WHERE url = ?", (page.final_url,))
             self.db.execute(
                 "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -171,6 +179,34 @@ class PageCache:
             self.db.commit()
         except sqlite3.Error as exc:
             self._failed(exc)
+
+    def put_vectors(self, rows: list[tuple[str, str, str, object]]) -> None:
+        """(passage URL, embedder name, passage head, float32 vector) rows."""
+        if self.db is None or not rows:
+            return
+        try:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
+                [(url, name, head, vector.astype("float32").tobytes()) for url, name, head, vector in rows],
+            )
+            self.db.commit()
+        except sqlite3.Error as exc:
+            self._failed(exc)
+
+    def get_vectors(self, url: str) -> dict:
+        """The page's kept vectors: (embedder name, passage head) → vector, as rank()'s Index keeps them."""
+        if self.db is None:
+            return {}
+        import numpy as np
+
+        try:
+            rows = self.db.execute(
+                "SELECT embedder, head, vector FROM vectors WHERE url = ?", (url,)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return {}
+        return {(name, head): np.frombuffer(blob, dtype="float32") for name, head, blob in rows}
 
     def close(self) -> None:
         if self.db is not None:

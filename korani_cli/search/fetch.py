@@ -8,6 +8,15 @@ which resolves once, checks every address and dials the one it checked, so
 the guard sees every hop. Only HTML, XHTML, plain text (and PDF, through
 pypdf) are read. A page that fails is skipped
 with its reason — the others still make it.
+
+Enough is enough: with a soft deadline (`FetchOptions.soft_deadline`, the
+`soft_deadline` setting) the batch stops waiting that many seconds after the
+first page's body arrived; pages still loading then are skipped as "late"
+(a page whose body is in is still read: the wait is for the network, not for
+korani's own extraction). The overall deadline and each page's timeout still
+hard-stop it ("timeout").
+Each page is handed to `on_page` the moment it is read (from the network, the
+cache or a local file), so that later stages work on it while others load.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from urllib.parse import urljoin
 
 from korani_cli.search import workers
@@ -31,7 +41,7 @@ from korani_cli.search.safety import (
     literal_address,
     refuse,
 )
-from korani_cli.search.types import Hit, Page, Skipped
+from korani_cli.search.types import LATE, TIMEOUT, Hit, Page, Skipped
 
 USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36 korani"
@@ -47,6 +57,9 @@ class FetchOptions:
     max_redirects: int = 5
     allow_private: bool = False
     offline: bool = False
+    # Seconds to wait for more pages once the first readable one is in; None: wait for every page
+    # (up to `timeout` and `deadline`).
+    soft_deadline: float | None = None
 
 
 @dataclass
@@ -60,7 +73,10 @@ class FetchFailed(Exception):
     pass
 
 
-async def _fetch_one(client, backend: GuardedBackend, url: str, opts: FetchOptions) -> tuple[Page, list[Hop]]:
+async def _fetch_one(
+    client, backend: GuardedBackend, url: str, opts: FetchOptions, arrived: dict | None = None
+) -> tuple[Page, list[Hop]]:
+    """The page at `url`; when its body is in (before extraction), `arrived[url]` is the loop's time."""
     from korani_cli import net
 
     current = url
@@ -92,6 +108,8 @@ async def _fetch_one(client, backend: GuardedBackend, url: str, opts: FetchOptio
                 except net.UndecodableBody as exc:
                     raise FetchFailed(str(exc)) from None
                 charset = response.charset_encoding
+                if arrived is not None:
+                    arrived[url] = asyncio.get_running_loop().time()
         except UnsafeURL as exc:
             raise FetchFailed(f"refused: {exc}") from None
         break
@@ -202,13 +220,23 @@ def _client(opts: FetchOptions):
     return client, backend
 
 
-async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None = None) -> FetchReport:
-    """Every hit's page, or the reason it was skipped; pages in the order of their hits."""
+OnPage = Callable[[Page], None]
+
+
+def _ignore(page: Page) -> None:
+    pass
+
+
+async def fetch_all(
+    hits: list[Hit], opts: FetchOptions, cache: PageCache | None = None, on_page: OnPage = _ignore
+) -> FetchReport:
+    """Every hit's page, or the reason it was skipped; pages in the order of their hits.
+    `on_page` is called (on this thread) with each page as it is read."""
     start = time.perf_counter()
     report = FetchReport()
-    todo = _without_network(hits, opts, cache, report)
+    todo = _without_network(hits, opts, cache, report, on_page)
     if todo:
-        await _download(todo, opts, cache, report)
+        await _download(todo, opts, cache, report, on_page)
     order = {hit.url: i for i, hit in enumerate(hits)}
     report.pages.sort(key=lambda p: order.get(p.url, 0))
     report.seconds = time.perf_counter() - start
@@ -216,7 +244,7 @@ async def fetch_all(hits: list[Hit], opts: FetchOptions, cache: PageCache | None
 
 
 def _without_network(
-    hits: list[Hit], opts: FetchOptions, cache: PageCache | None, report: FetchReport
+    hits: list[Hit], opts: FetchOptions, cache: PageCache | None, report: FetchReport, on_page: OnPage
 ) -> list[str]:
     """Into `report`: local files, and pages the cache holds (if their redirect chain
     passes today's guard). Returned: the URLs that must be downloaded."""
@@ -230,6 +258,7 @@ def _without_network(
             else:
                 if page.text.strip():
                     report.pages.append(page)
+                    on_page(page)
             continue
         cached = cache.get(hit.url, any_age=opts.offline) if cache else None
         if cached is not None:
@@ -241,6 +270,7 @@ def _without_network(
                 report.failures.append(Skipped(hit.url, f"refused: {exc}"))
                 continue
             report.pages.append(cached.page)
+            on_page(cached.page)
         elif opts.offline:
             report.failures.append(Skipped(hit.url, "not in the cache (--offline)"))
         else:
@@ -248,31 +278,75 @@ def _without_network(
     return todo
 
 
+def stop_at(start: float, first_page: float | None, opts: FetchOptions) -> tuple[float, str]:
+    """When a batch begun at `start` stops waiting, and the reason the pages still loading
+    then are given: the soft deadline after the first page (LATE), else the deadline (TIMEOUT)."""
+    hard = start + opts.deadline
+    if first_page is not None and opts.soft_deadline is not None and first_page + opts.soft_deadline < hard:
+        return first_page + opts.soft_deadline, LATE
+    return hard, TIMEOUT
+
+
 async def _download(
-    urls: list[str], opts: FetchOptions, cache: PageCache | None, report: FetchReport
+    urls: list[str], opts: FetchOptions, cache: PageCache | None, report: FetchReport, on_page: OnPage
 ) -> None:
-    """Fetch `urls` at once, each under its timeout and all under the deadline; pages
-    (cached with their hops) and reasons into `report`."""
+    """Fetch `urls` at once, each under its timeout and all under the deadline, until the
+    soft deadline after the first page; pages (cached with their hops) and reasons into
+    `report`, each page to `on_page` as it comes."""
     client, backend = _client(opts)
+    loop = asyncio.get_running_loop()
+    arrived: dict[str, float] = {}  # url → when its body was in
     async with client:
         tasks = {
-            asyncio.ensure_future(asyncio.wait_for(_fetch_one(client, backend, url, opts), opts.timeout)): url
+            asyncio.ensure_future(
+                asyncio.wait_for(_fetch_one(client, backend, url, opts, arrived), opts.timeout)
+            ): url
             for url in urls
         }
-        done, pending = await asyncio.wait(tasks, timeout=opts.deadline)
+        start = loop.time()
+        cached = start if report.pages else None  # a cached or local page is in at once
+        pending = set(tasks)
+
+        def first() -> float | None:
+            return min([t for t in (cached, *arrived.values()) if t is not None], default=None)
+
+        hard, _ = stop_at(start, None, opts)
+        while pending:
+            now = loop.time()
+            end, why = stop_at(start, first(), opts)
+            if now < end:
+                done, _ = await asyncio.wait(pending, timeout=end - now, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                # Past the soft deadline, pages whose bodies are in are still read (up to the deadline).
+                reading = {task for task in pending if tasks[task] in arrived}
+                if why != LATE or not reading or now >= hard:
+                    break
+                done, _ = await asyncio.wait(reading, timeout=hard - now, return_when=asyncio.FIRST_COMPLETED)
+            pending -= done
+            for task in sorted(done, key=lambda t: urls.index(tasks[t])):
+                _collect(task, tasks[task], opts, cache, report, on_page)
         for task in pending:
             task.cancel()
-            report.failures.append(Skipped(tasks[task], f"past the {opts.deadline:g} s deadline"))
-        for task in done:
-            _collect(task, tasks[task], opts, cache, report)
+            if why == LATE and tasks[task] not in arrived:
+                detail = f"still loading {opts.soft_deadline:g} s after the first page (soft_deadline)"
+                report.failures.append(Skipped(tasks[task], LATE, detail))
+            else:
+                report.failures.append(
+                    Skipped(tasks[task], TIMEOUT, f"past the {opts.deadline:g} s deadline")
+                )
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _collect(
-    task: asyncio.Future, url: str, opts: FetchOptions, cache: PageCache | None, report: FetchReport
-) -> None:
-    """One finished download: its page, or why there is none."""
+    task: asyncio.Future,
+    url: str,
+    opts: FetchOptions,
+    cache: PageCache | None,
+    report: FetchReport,
+    on_page: OnPage = _ignore,
+) -> bool:
+    """One finished download: its page (True), or why there is none (False)."""
     import httpx
 
     try:
@@ -280,7 +354,9 @@ def _collect(
     except FetchFailed as exc:
         report.failures.append(Skipped(url, str(exc)))
     except (asyncio.TimeoutError, TimeoutError):
-        report.failures.append(Skipped(url, f"timed out after {opts.timeout:g} s"))
+        report.failures.append(Skipped(url, TIMEOUT, f"timed out after {opts.timeout:g} s"))
+    except httpx.TimeoutException as exc:  # a connect or read that took longer than the timeout
+        report.failures.append(Skipped(url, TIMEOUT, f"{exc.__class__.__name__} after {opts.timeout:g} s"))
     except httpx.HTTPError as exc:
         report.failures.append(Skipped(url, f"{exc.__class__.__name__}: {exc}"))
     except httpx.InvalidURL as exc:  # the URL, or a redirect's Location, httpx cannot parse
@@ -288,11 +364,15 @@ def _collect(
     else:
         if page.text.strip():
             report.pages.append(page)
+            on_page(page)
             if cache:
                 cache.put(page, hops)
-        else:
-            report.failures.append(Skipped(url, "no readable text"))
+            return True
+        report.failures.append(Skipped(url, "no readable text"))
+    return False
 
 
-def fetch(hits: list[Hit], opts: FetchOptions, cache: PageCache | None = None) -> FetchReport:
-    return asyncio.run(fetch_all(hits, opts, cache))
+def fetch(
+    hits: list[Hit], opts: FetchOptions, cache: PageCache | None = None, on_page: OnPage = _ignore
+) -> FetchReport:
+    return asyncio.run(fetch_all(hits, opts, cache, on_page))

