@@ -15,6 +15,7 @@ Ends with one line: RESULT {json}.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -95,6 +96,9 @@ def seed(base: str) -> tuple[float, int]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="the same run (it takes seconds; for CI)")
+    ap.parse_args()
     os.environ.setdefault("KORANI_HOME", tempfile.mkdtemp(prefix="korani-rag-bench-"))
     from korani_cli.search import workers
     from korani_cli.search.fetch import FetchOptions
