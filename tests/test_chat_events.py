@@ -7,10 +7,11 @@ import json
 import sqlite3
 
 import pytest
+from support import chat_session
 
 from korani_cli.backends import Generation, ModelInfo, Usage
 from korani_cli.chat.history import History
-from korani_cli.chat.session import Answered, AnswerText, ChatSession, ErrorLine, Exit, Notice, Output, Stage
+from korani_cli.chat.session import Answered, AnswerText, ErrorLine, Exit, Notice, Output, Stage
 from korani_cli.search.types import Citation
 
 
@@ -61,14 +62,12 @@ COMMANDS = [
 
 @pytest.mark.parametrize("line, kinds", [r[1:] for r in COMMANDS], ids=[r[0] for r in COMMANDS])
 def test_commands_yield_typed_events(tmp_path, line, kinds):
-    session = ChatSession(lambda: Says(), History(tmp_path / "h.sqlite"), model_name="says")
+    session = chat_session(History(tmp_path / "h.sqlite"), Says(), model_name="says")
     assert [type(e) for e in session.handle(line)] == kinds
 
 
 def test_a_plain_answer_streams_as_text_then_one_answered(tmp_path):
-    session = ChatSession(
-        lambda: Says("서울은 수도입니다."), History(tmp_path / "h.sqlite"), model_name="says"
-    )
+    session = chat_session(History(tmp_path / "h.sqlite"), Says("서울은 수도입니다."), model_name="says")
     events = list(session.handle("수도는?"))
     assert [type(e) for e in events] == [Stage, Stage, AnswerText, AnswerText, Answered]
     done = events[-1]
@@ -86,7 +85,7 @@ def test_a_plain_answer_streams_as_text_then_one_answered(tmp_path):
 
 
 def test_stopping_an_answer_keeps_what_was_said(tmp_path):
-    session = ChatSession(lambda: Says("하나 둘 셋 넷"), History(tmp_path / "h.sqlite"), model_name="says")
+    session = chat_session(History(tmp_path / "h.sqlite"), Says("하나 둘 셋 넷"), model_name="says")
     events = session.handle("세어 봐")
     for event in events:
         if isinstance(event, AnswerText) and event.text == "둘 ":
@@ -107,9 +106,9 @@ def test_a_search_answer_carries_its_citations_and_footnotes(tmp_path, monkeypat
         "# 세종대왕\n\n세종대왕은 1443년에 훈민정음을 만들었다.\n", encoding="utf-8"
     )
     opts = SearchOptions(providers=("local",), local_dir=docs, embedder="none", use_cache=False)
-    session = ChatSession(
-        lambda: Says("세종대왕은 1443년에 훈민정음을 만들었다 [1]."),
+    session = chat_session(
         History(tmp_path / "h.sqlite"),
+        Says("세종대왕은 1443년에 훈민정음을 만들었다 [1]."),
         model_name="says",
         search_options=opts,
     )
