@@ -97,6 +97,7 @@ class ScriptedBackend:
     def __init__(self, answers=("답 {n}.",), context_length: int = 4096):
         self.answers = list(answers)
         self.prompts: list[list[Message]] = []
+        self.params: list = []  # the GenerationParams of each answer
         self.loads: list[tuple[str, str]] = []  # (--model as given, template) of each load
         self.info = ModelInfo("scripted", "scripted", context_length, "korani")
         self.eos_text = "<eos>"
@@ -111,6 +112,7 @@ class ScriptedBackend:
 
     def stream(self, messages, params):
         self.prompts.append(list(messages))
+        self.params.append(params)
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         answer = answer.replace("{n}", str(len(self.prompts)))
 
