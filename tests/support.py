@@ -90,12 +90,15 @@ class ScriptedBackend:
     `--model scripted:NAME` reaches it the way every model is reached (models.resolve →
     the backend registry → `load`); chat_session below loads one the same way.
     Each answer is taken from `answers` in turn, the last one repeating; `{n}` in it
-    becomes the number of the prompt it answers. It streams word by word through
-    apply_stops, as the real backends do.
+    becomes the number of the prompt it answers. It streams word by word (or in pieces of
+    `chunk` characters, as a tokenizer cuts mid-word) through apply_stops, as the real
+    backends do; `pulled` counts the pieces generation was asked for.
     """
 
-    def __init__(self, answers=("답 {n}.",), context_length: int = 4096):
+    def __init__(self, answers=("답 {n}.",), context_length: int = 4096, chunk: int | None = None):
         self.answers = list(answers)
+        self.chunk = chunk
+        self.pulled = 0
         self.prompts: list[list[Message]] = []
         self.params: list = []  # the GenerationParams of each answer
         self.loads: list[tuple[str, str]] = []  # (--model as given, template) of each load
@@ -116,11 +119,17 @@ class ScriptedBackend:
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         answer = answer.replace("{n}", str(len(self.prompts)))
 
+        if self.chunk:
+            pieces = [answer[i : i + self.chunk] for i in range(0, len(answer), self.chunk)]
+        else:
+            pieces = re.findall(r"\s*\S+", answer) or [answer]  # each word with the space before it
+
         def run(usage):
             usage.completion_tokens = 0
-            for word in re.findall(r"\s*\S+", answer) or [answer]:  # each word with the space before it
+            for piece in pieces:
+                self.pulled += 1
                 usage.completion_tokens += 1
-                yield word
+                yield piece
             usage.finish_reason = "eos"
 
         return Generation(lambda usage: apply_stops(run(usage), usage))
