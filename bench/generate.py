@@ -269,7 +269,7 @@ def main() -> None:
 
     lc = bench_llamacpp(args.reps, args.tokens, args.threads)
     hf = bench_hf(args.reps, args.tokens)
-    hp = bench_help(5)
+    hp = bench_help(2 if args.quick else 5)
 
     rows = [
         (
