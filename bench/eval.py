@@ -106,7 +106,17 @@ def main() -> None:
         "--out", type=Path, default=None, help="where the run directories go (kept; a rerun resumes)"
     )
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: oracle, demo, chat")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="4 questions (the demo 2), 1 instruction, 3 sources in 384 tokens, BM25 only, 16 tokens (CI)",
+    )
     args = ap.parse_args()
+    if args.quick:  # tiny sizes for CI, the same code measured; a size given on the command line wins
+        ap.set_defaults(
+            limit=4, demo_limit=2, chat_limit=1, k=3, context_tokens=384, embedder="none", max_new_tokens=16
+        )
+        args = ap.parse_args()
     workers.enable(False)
     skip = set(filter(None, args.skip.split(",")))
     out = args.out or Path(tempfile.mkdtemp(prefix="korani-bench-eval-"))

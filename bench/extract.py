@@ -9,6 +9,7 @@ Ends with one line: RESULT {json}.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import sys
@@ -65,6 +66,9 @@ def cases() -> list[tuple[str, bytes, str]]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="the same run (it takes seconds; for CI)")
+    ap.parse_args()
     from korani_cli.search.decode import decode_html
     from korani_cli.search.extract import extract, readability_text, trafilatura_text
 

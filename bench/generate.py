@@ -260,12 +260,16 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--quick", action="store_true", help="one repetition of 16 tokens (CI)")
     args = ap.parse_args()
+    if args.quick:  # tiny sizes for CI, the same code measured; a size given on the command line wins
+        ap.set_defaults(reps=1, tokens=16)
+        args = ap.parse_args()
     os.environ.setdefault("KORANI_HOME", str(Path(tempfile.gettempdir()) / "korani-bench-home"))
 
     lc = bench_llamacpp(args.reps, args.tokens, args.threads)
     hf = bench_hf(args.reps, args.tokens)
-    hp = bench_help(5)
+    hp = bench_help(2 if args.quick else 5)
 
     rows = [
         (

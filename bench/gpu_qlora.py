@@ -224,10 +224,22 @@ def ask(adapter: Path) -> dict:
     return result
 
 
+def tiny_data(out: Path) -> Path:
+    """--quick without --data: 200 synthetic records prepared as `korani data prepare` does."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from data_prepare import synthesize
+
+    from korani_cli.data.prepare import PrepareConfig, prepare
+
+    ko, sg = synthesize(out.parent, 200)
+    prepare(PrepareConfig(out, koalpaca=(str(ko),), sharegpt=(str(sg),), max_tokens=256, near_dup=False))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--data", type=Path, required=True, help="A prepared data directory (korani data prepare)."
+        "--data", type=Path, help="A prepared data directory (korani data prepare); --quick makes a tiny one."
     )
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--layers", type=int, default=28)
@@ -236,12 +248,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16, help="The recipe's per-device batch.")
     parser.add_argument("--out", type=Path, help="Write the partial results here as each step ends (JSON).")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="A 2-layer model, 3 steps of 2 (CI); without a CUDA GPU it says skipped and exits 0.",
+    )
     args = parser.parse_args()
+    if args.quick:  # tiny sizes, the same two runs; a size given on the command line wins
+        parser.set_defaults(hidden=256, layers=2, heads=4, vocab=4000, steps=3, batch=2)
+        args = parser.parse_args()
+    elif args.data is None:
+        parser.error("--data DIR is needed (a prepared data directory), or --quick")
 
     import torch
 
+    if not torch.cuda.is_available():
+        if not args.quick:
+            raise SystemExit("bench/gpu_qlora.py needs a CUDA GPU (bitsandbytes' 4-bit kernels)")
+        # CI has no GPU: the 4-bit path cannot run, and saying so is this bench's quick result there.
+        print("RESULT " + json.dumps({"skipped": "no CUDA GPU: the QLoRA path runs only on one"}))
+        return
     work = Path(tempfile.mkdtemp(prefix="korani-gpu-bench-"))
     os.environ.setdefault("KORANI_HOME", str(work / "home"))
+    if args.data is None:
+        args.data = tiny_data(work / "data")
     results: dict = {
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,

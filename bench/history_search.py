@@ -20,6 +20,7 @@ not as a general figure).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -68,6 +69,9 @@ QUERIES = {
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="the same run (it takes seconds; for CI)")
+    ap.parse_args()
     from korani_cli.chat import search_index
     from korani_cli.chat.history import History
 

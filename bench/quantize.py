@@ -116,7 +116,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="Keep the work directory (model and GGUF files).")
+    parser.add_argument(
+        "--quick", action="store_true", help="The rehearsal shape, one repetition of 8 tokens (CI)."
+    )
     args = parser.parse_args()
+    if args.quick:  # tiny sizes for CI, the same code measured; a size given on the command line wins
+        parser.set_defaults(shape="rehearsal", tokens=8, reps=1)
+        args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="korani-quant-bench-"))
     os.environ.setdefault("KORANI_HOME", str(work / "home"))

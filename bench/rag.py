@@ -163,10 +163,13 @@ def seed(base: str) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, default=HERE, help="the korani checkout to measure")
     parser.add_argument("--runs", type=int, default=3, help="warm runs per case (the median is reported)")
+    parser.add_argument("--quick", action="store_true", help="one warm run per case (for CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = 1
     sys.path.insert(0, str(args.repo.resolve()))
     os.environ.setdefault("KORANI_HOME", tempfile.mkdtemp(prefix="korani-rag-bench-"))
     from korani_cli.search import workers

@@ -81,6 +81,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=0, help="use only the first N questions (0: all)")
+    ap.add_argument("--articles", type=int, default=0, help="pool only the first N articles (0: all)")
     ap.add_argument("--embedder", default="auto")
     ap.add_argument(
         "--shortcuts",
@@ -92,8 +93,12 @@ def main() -> None:
         default=f"1,{DENSE_WEIGHT}",
         help="dense weights in the rank fusion to measure (korani's is rank.DENSE_WEIGHT)",
     )
+    ap.add_argument("--quick", action="store_true", help="3 articles and their questions (CI)")
     args = ap.parse_args()
-    data = json.loads(KORQUAD.read_text(encoding="utf-8"))["data"]
+    if args.quick:  # tiny sizes for CI, the same code measured; a size given on the command line wins
+        ap.set_defaults(articles=3)
+        args = ap.parse_args()
+    data = json.loads(KORQUAD.read_text(encoding="utf-8"))["data"][: args.articles or None]
     paragraphs, contexts, questions, gold = [], [], [], []
     for article in data:
         for para in article["paragraphs"]:

@@ -83,7 +83,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--quick", action="store_true", help="200 records, 4 steps of 4, 128 tokens (CI)")
     args = ap.parse_args()
+    if args.quick:  # tiny sizes for CI, the same code measured; a size given on the command line wins
+        ap.set_defaults(records=200, steps=4, batch=4, max_length=128)
+        args = ap.parse_args()
 
     from korani_cli.runtime import quiet_libraries
 

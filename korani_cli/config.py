@@ -8,11 +8,19 @@ when KORANI_HOME is set), for example::
     openai_base_url = "http://gpu-box:8000/v1"
 
 An unknown key is an error that lists the valid ones: a typo must not be
-silently ignored. Every value, whether it comes from the file, the
-environment or a flag, passes the same `RULES` (type, range, finite; a bool
-is not a number): a bad flag is a usage error (exit 2), a bad file or
+silently ignored. Every value of a `Settings` field, whether it comes from the
+file, the environment or a flag, passes the same `RULES` (type, range, finite;
+a bool is not a number): a bad flag is a usage error (exit 2), a bad file or
 environment value a config error (exit 5). Environment variables are read
 when `load_settings` is called, never at import time.
+
+Not every KORANI_* variable is a setting. Three belong to the search stage
+alone, have no config-file key and are read and checked where they are used,
+with the same error shape (exit 5, the variable named): KORANI_SEARXNG_URL
+(`search.providers`: an http(s) URL with a host and a valid port, no spaces),
+KORANI_SEARCH_DEADLINE (`search.pipeline.search_deadline`: a finite number of
+seconds above 0) and KORANI_EXTRACT_WORKERS (`search.workers`); the on/off
+switches (KORANI_LOG) are read by `env_switch`.
 
 An API key is a secret: its rule (`Rule.secret`) wants printable ASCII with no
 whitespace — what an HTTP header can carry; a stray `\r` from a Windows file
@@ -208,7 +216,7 @@ def check_value(rule: Rule, value: Any, *, text: bool = False) -> Any:
             try:
                 parts = urlsplit(value.strip())
                 ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-                parts.port  # noqa: B018  (raises ValueError on a bad port)
+                _ = parts.port  # reading it raises ValueError on a bad port
             except ValueError:
                 ok = False
             if not ok:

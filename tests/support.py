@@ -88,15 +88,19 @@ class ScriptedBackend:
 
     conftest's `scripted` fixture registers one as the `scripted` backend, so that
     `--model scripted:NAME` reaches it the way every model is reached (models.resolve →
-    the backend registry → `load`); unit tests hand one to a ChatSession directly.
+    the backend registry → `load`); chat_session below loads one the same way.
     Each answer is taken from `answers` in turn, the last one repeating; `{n}` in it
-    becomes the number of the prompt it answers. It streams word by word through
-    apply_stops, as the real backends do.
+    becomes the number of the prompt it answers. It streams word by word (or in pieces of
+    `chunk` characters, as a tokenizer cuts mid-word) through apply_stops, as the real
+    backends do; `pulled` counts the pieces generation was asked for.
     """
 
-    def __init__(self, answers=("답 {n}.",), context_length: int = 4096):
+    def __init__(self, answers=("답 {n}.",), context_length: int = 4096, chunk: int | None = None):
         self.answers = list(answers)
+        self.chunk = chunk
+        self.pulled = 0
         self.prompts: list[list[Message]] = []
+        self.params: list = []  # the GenerationParams of each answer
         self.loads: list[tuple[str, str]] = []  # (--model as given, template) of each load
         self.info = ModelInfo("scripted", "scripted", context_length, "korani")
         self.eos_text = "<eos>"
@@ -111,27 +115,72 @@ class ScriptedBackend:
 
     def stream(self, messages, params):
         self.prompts.append(list(messages))
+        self.params.append(params)
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         answer = answer.replace("{n}", str(len(self.prompts)))
 
+        if self.chunk:
+            pieces = [answer[i : i + self.chunk] for i in range(0, len(answer), self.chunk)]
+        else:
+            pieces = re.findall(r"\s*\S+", answer) or [answer]  # each word with the space before it
+
         def run(usage):
             usage.completion_tokens = 0
-            for word in re.findall(r"\s*\S+", answer) or [answer]:  # each word with the space before it
+            for piece in pieces:
+                self.pulled += 1
                 usage.completion_tokens += 1
-                yield word
+                yield piece
             usage.finish_reason = "eos"
 
         return Generation(lambda usage: apply_stops(run(usage), usage))
 
 
-def session_for(tmp_path, backend, **kw):
-    """A ChatSession on `backend` with a real SQLite history in tmp_path; (session, history)."""
-    from korani_cli.chat.history import History
+DOUBLE = "double"  # the backend name chat_session registers a test's model under while it loads
+
+
+class _Serves:
+    """A registry loader that hands over an already-built test double (one with no `load` of its own)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def load(self, spec, settings, notify):
+        return self.backend
+
+
+def chat_session(history, backend=None, session_id=None, *, model_name: str = "scripted", **kw):
+    """The one place tests build a ChatSession (a change to its constructor is one edit here).
+
+    Its model loads the way `korani chat --model NAME:SOURCE` loads one: load_settings →
+    models.resolve → the backend registry → the backend's `load` → models.load_backend, with
+    `backend` registered as the `double` backend for the length of that load. `backend` None:
+    a session whose model is never loaded (what a test of slash commands alone needs)."""
+    from korani_cli.backends import registry
     from korani_cli.chat.session import ChatSession
+    from korani_cli.config import load_settings
+    from korani_cli.models import load_backend, resolve
+
+    def load():
+        if backend is None:
+            raise AssertionError("this test's chat session has no model to load")
+        registry.register(DOUBLE, backend if callable(getattr(backend, "load", None)) else _Serves(backend))
+        try:
+            settings = load_settings({"model": f"{DOUBLE}:{model_name}"})
+            return load_backend(resolve(settings.model, settings), settings)
+        finally:
+            registry.unregister(DOUBLE)
+
+    return ChatSession(load, history, session_id, model_name=model_name, **kw)
+
+
+def session_for(tmp_path, backend, **kw):
+    """A ChatSession on `backend` with a real SQLite history in tmp_path, its session row written;
+    (session, history)."""
+    from korani_cli.chat.history import History
 
     history = History(tmp_path / "history.sqlite")
     sid = history.new_session("scripted", kw.get("system"))
-    return ChatSession(lambda: backend, history, sid, model_name="scripted", **kw), history
+    return chat_session(history, backend, sid, **kw), history
 
 
 def drive(session, text: str, width: int = 100) -> tuple[str, str]:

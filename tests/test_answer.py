@@ -18,9 +18,9 @@ import sys
 import time
 
 import pytest
-from support import SEJONG, ScriptServer
+from support import SEJONG, ScriptedBackend, ScriptServer
 
-from korani_cli.backends import Generation, GenerationParams, ModelInfo, apply_stops
+from korani_cli.backends import GenerationParams
 from korani_cli.search.types import Passage, Ranked
 from korani_cli.template import Message
 
@@ -34,31 +34,6 @@ PARTHIA = (
 
 def _ranked(*pages):
     return [Ranked(Passage(url, title, text, 0), 1.0 - i / 10) for i, (url, title, text) in enumerate(pages)]
-
-
-class Scripted:
-    """A Backend that writes a script in small chunks and counts how many it was asked for."""
-
-    def __init__(self, answer: str, chunk: int = 3, context_length: int | None = 4096):
-        self.answer, self.chunk = answer, chunk
-        self.info = ModelInfo("scripted", "test", context_length, "korani")
-        self.eos_text = "<eos>"
-        self.pulled = 0
-        self.prompts: list[list[Message]] = []
-
-    def count_tokens(self, text: str) -> int:
-        return len(text)
-
-    def stream(self, messages, params):
-        self.prompts.append(list(messages))
-
-        def raw(usage):
-            for i in range(0, len(self.answer), self.chunk):
-                self.pulled += 1
-                yield self.answer[i : i + self.chunk]
-            usage.finish_reason = "eos"
-
-        return Generation(lambda usage: apply_stops(raw(usage), usage))
 
 
 # -- segmentation -------------------------------------------------------------------------
@@ -201,7 +176,7 @@ def test_stream_shows_only_checked_text_and_ends_with_what_verify_gives(chunk):
 
     raw = MARKDOWN[0][2]
     ranked = _ranked(BANPO, SEJONG)
-    backend = Scripted(raw, chunk)
+    backend = ScriptedBackend([raw], chunk=chunk)
     events = _run(backend, ranked)
     texts = [e.text for e in events if isinstance(e, Text)]
     done = events[-1]
@@ -227,10 +202,9 @@ def test_stream_shows_only_checked_text_and_ends_with_what_verify_gives(chunk):
 def test_the_first_sentence_is_shown_before_generation_ends():
     from korani_cli.rag.answer import Sentence, stream
 
-    backend = Scripted(
-        "세종은 1443년에 훈민정음을 창제하였다[1]. " + "그리고 더 많은 이야기가 이어진다. " * 20, chunk=4
-    )
-    total = -(-len(backend.answer) // 4)
+    answer = "세종은 1443년에 훈민정음을 창제하였다[1]. " + "그리고 더 많은 이야기가 이어진다. " * 20
+    backend = ScriptedBackend([answer], chunk=4)
+    total = -(-len(answer) // 4)
     events = stream(backend, "세종?", _ranked(SEJONG), GenerationParams())
     # The first Sentence event, and how many chunks had been pulled when it came;
     # a stream that never yields one fails here rather than passing without a check.
@@ -250,7 +224,7 @@ def test_the_prompt_is_the_rag_form_with_the_history_and_a_long_history_is_trimm
         Message("user", "최근"),
         Message("assistant", "최근 답"),
     ]
-    backend = Scripted("세종은 1443년에 훈민정음을 창제하였다[1].", context_length=900)
+    backend = ScriptedBackend(["세종은 1443년에 훈민정음을 창제하였다[1]."], context_length=900)
     events = _run(backend, _ranked(SEJONG), history=history, system="짧게 답하세요.")
     trimmed = [e for e in events if isinstance(e, Trimmed)]
     assert trimmed == [Trimmed(1, 900)]
@@ -266,7 +240,7 @@ def test_the_prompt_is_the_rag_form_with_the_history_and_a_long_history_is_trimm
 def test_closing_the_stream_stops_generation():
     from korani_cli.rag.answer import Text, stream
 
-    backend = Scripted("세종은 1443년에 훈민정음을 창제하였다[1]. " * 50, chunk=4)
+    backend = ScriptedBackend(["세종은 1443년에 훈민정음을 창제하였다[1]. " * 50], chunk=4)
     events = stream(backend, "세종?", _ranked(SEJONG), GenerationParams())
     for event in events:
         if isinstance(event, Text):

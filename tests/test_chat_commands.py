@@ -15,12 +15,11 @@ import sqlite3
 
 import pytest
 from rich.console import Console
-from support import SEJONG, ScriptedBackend, ScriptServer, Terminal, run_korani
+from support import SEJONG, ScriptedBackend, ScriptServer, Terminal, chat_session, run_korani
 from support import drive as drive_at
 
 from korani_cli.chat.history import History
 from korani_cli.chat.repl import complete_command
-from korani_cli.chat.session import ChatSession
 
 
 def drive(session, text: str) -> tuple[str, str]:
@@ -76,7 +75,7 @@ def test_model_switch_loads_the_new_model_and_the_session_remembers_it(tmp_path)
 
 
 def test_model_switch_without_a_chooser_says_so(tmp_path):
-    session = ChatSession(lambda: ScriptedBackend(), History(tmp_path / "h.sqlite"), model_name="scripted")
+    session = chat_session(History(tmp_path / "h.sqlite"), ScriptedBackend())
     _, err = drive(session, "/모델 demo\n")
     assert "모델을 바꿀 수 없습니다" in err
 
@@ -125,7 +124,7 @@ def test_tab_completes_a_command_on_a_terminal(tmp_path):
 def test_retry_answers_again_and_replaces_the_last_answer(tmp_path):
     backend = ScriptedBackend(["첫 답.", "다시 만든 답.", "셋째 답."])
     history = History(tmp_path / "h.sqlite")
-    session = ChatSession(lambda: backend, history, model_name="scripted")
+    session = chat_session(history, backend)
     out, _ = drive(session, "질문\n/다시\n다음 질문\n")
     assert "첫 답." in out and "다시 만든 답." in out
     assert [m.content for m in backend.prompts[1]] == ["질문"]  # the replaced answer is not in the prompt
@@ -148,7 +147,7 @@ def test_retry_answers_again_and_replaces_the_last_answer(tmp_path):
 
 def test_retry_with_nothing_asked_yet(tmp_path):
     backend = ScriptedBackend()
-    session = ChatSession(lambda: backend, History(tmp_path / "h.sqlite"), model_name="scripted")
+    session = chat_session(History(tmp_path / "h.sqlite"), backend)
     out, _ = drive(session, "/다시\n")
     assert "다시 답할 질문이 없습니다" in out and backend.prompts == []
 
@@ -166,7 +165,7 @@ def test_retry_of_a_search_answers_from_the_same_sources(tmp_path, monkeypatch):
     )
     opts = SearchOptions(providers=("local",), local_dir=docs, embedder="none", use_cache=False)
     history = History(tmp_path / "h.sqlite")
-    session = ChatSession(lambda: backend, history, model_name="scripted", search_options=opts)
+    session = chat_session(history, backend, search_options=opts)
     (docs / "later.md").write_text("# 나중\n\n세종은 나중에 추가된 문서에도 나온다.\n", encoding="utf-8")
     out, err = drive(session, "/검색 세종은 무엇을 했나요?\n/다시\n")
     assert "창제하였다[1]" in out and "네 번째 왕이다[1]" in out, (out, err)
@@ -261,9 +260,7 @@ ALLOWED = {
 def test_the_chat_speaks_korean(tmp_path, typed):
     import re
 
-    session = ChatSession(
-        lambda: ScriptedBackend(["답입니다."]), History(tmp_path / "h.sqlite"), model_name="scripted"
-    )
+    session = chat_session(History(tmp_path / "h.sqlite"), ScriptedBackend(["답입니다."]))
     out, err = drive(session, typed + "\n")
     shown = re.sub(r"\b[0-9a-f]{12}\b", "", (out + err).replace("답입니다.", ""))  # session ids
     assert shown.strip()
@@ -272,16 +269,14 @@ def test_the_chat_speaks_korean(tmp_path, typed):
 
 
 def test_history_command_counts_messages_in_korean(tmp_path):
-    session = ChatSession(
-        lambda: ScriptedBackend(["답입니다."]), History(tmp_path / "h.sqlite"), model_name="scripted"
-    )
+    session = chat_session(History(tmp_path / "h.sqlite"), ScriptedBackend(["답입니다."]))
     out, _ = drive(session, "질문\n/기록\n")
     assert "scripted  메시지 2개  질문" in out
 
 
 def test_chat_notices_are_korean(tmp_path):
     backend = ScriptedBackend(["가" * 60], context_length=256 + 300)
-    session = ChatSession(lambda: backend, History(tmp_path / "h.sqlite"), model_name="scripted")
+    session = chat_session(History(tmp_path / "h.sqlite"), backend)
     _, err = drive(session, "".join(f"질문 {i} {'나' * 40}\n" for i in range(6)))
     assert "알림: 대화가 길어져" in err and "note:" not in err
 

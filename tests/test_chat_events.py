@@ -7,34 +7,12 @@ import json
 import sqlite3
 
 import pytest
+from support import ScriptedBackend, chat_session
 
-from korani_cli.backends import Generation, ModelInfo, Usage
+from korani_cli.backends import Usage
 from korani_cli.chat.history import History
-from korani_cli.chat.session import Answered, AnswerText, ChatSession, ErrorLine, Exit, Notice, Output, Stage
+from korani_cli.chat.session import Answered, AnswerText, ErrorLine, Exit, Notice, Output, Stage
 from korani_cli.search.types import Citation
-
-
-class Says:
-    """A stand-in for the model: answers from a script, word by word, with token counts."""
-
-    def __init__(self, *answers: str):
-        self.answers = list(answers)
-        self.info = ModelInfo("says", "test", 4096, "korani")
-
-    def count_tokens(self, text: str) -> int:
-        return len(text)
-
-    def stream(self, messages, params):
-        answer = self.answers.pop(0)
-
-        def run(usage):
-            usage.prompt_tokens, usage.completion_tokens = len(messages), 0
-            for word in answer.split(" "):
-                usage.completion_tokens += 1
-                yield word + " "
-            usage.finish_reason = "eos"
-
-        return Generation(run)
 
 
 def stored(path):
@@ -61,18 +39,16 @@ COMMANDS = [
 
 @pytest.mark.parametrize("line, kinds", [r[1:] for r in COMMANDS], ids=[r[0] for r in COMMANDS])
 def test_commands_yield_typed_events(tmp_path, line, kinds):
-    session = ChatSession(lambda: Says(), History(tmp_path / "h.sqlite"), model_name="says")
+    session = chat_session(History(tmp_path / "h.sqlite"), ScriptedBackend())
     assert [type(e) for e in session.handle(line)] == kinds
 
 
 def test_a_plain_answer_streams_as_text_then_one_answered(tmp_path):
-    session = ChatSession(
-        lambda: Says("서울은 수도입니다."), History(tmp_path / "h.sqlite"), model_name="says"
-    )
+    session = chat_session(History(tmp_path / "h.sqlite"), ScriptedBackend(["서울은 수도입니다."]))
     events = list(session.handle("수도는?"))
     assert [type(e) for e in events] == [Stage, Stage, AnswerText, AnswerText, Answered]
     done = events[-1]
-    assert done.text == "서울은 수도입니다. " == "".join(e.text for e in events if isinstance(e, AnswerText))
+    assert done.text == "서울은 수도입니다." == "".join(e.text for e in events if isinstance(e, AnswerText))
     assert (
         isinstance(done.usage, Usage)
         and done.usage.completion_tokens == 2
@@ -81,19 +57,19 @@ def test_a_plain_answer_streams_as_text_then_one_answered(tmp_path):
     assert done.citations == () and done.footnotes == ""
     assert done.timings.total_s >= 0 and done.timings.first_sentence_s is None
     (_, question, *_), (role, answer, timings, citations) = stored(tmp_path / "h.sqlite")
-    assert (question, role, answer, citations) == ("수도는?", "assistant", "서울은 수도입니다. ", None)
+    assert (question, role, answer, citations) == ("수도는?", "assistant", "서울은 수도입니다.", None)
     assert timings == {"first_token_s": done.timings.first_token_s, "total_s": done.timings.total_s}
 
 
 def test_stopping_an_answer_keeps_what_was_said(tmp_path):
-    session = ChatSession(lambda: Says("하나 둘 셋 넷"), History(tmp_path / "h.sqlite"), model_name="says")
+    session = chat_session(History(tmp_path / "h.sqlite"), ScriptedBackend(["하나 둘 셋 넷"]))
     events = session.handle("세어 봐")
     for event in events:
-        if isinstance(event, AnswerText) and event.text == "둘 ":
+        if isinstance(event, AnswerText) and event.text == " 둘":
             events.close()  # what the REPL does on Ctrl-C
             break
-    assert [r[1] for r in stored(tmp_path / "h.sqlite")] == ["세어 봐", "하나 둘 "]
-    assert [m.content for m in session.turns] == ["세어 봐", "하나 둘 "]
+    assert [r[1] for r in stored(tmp_path / "h.sqlite")] == ["세어 봐", "하나 둘"]
+    assert [m.content for m in session.turns] == ["세어 봐", "하나 둘"]
 
 
 @pytest.mark.slow
@@ -107,10 +83,9 @@ def test_a_search_answer_carries_its_citations_and_footnotes(tmp_path, monkeypat
         "# 세종대왕\n\n세종대왕은 1443년에 훈민정음을 만들었다.\n", encoding="utf-8"
     )
     opts = SearchOptions(providers=("local",), local_dir=docs, embedder="none", use_cache=False)
-    session = ChatSession(
-        lambda: Says("세종대왕은 1443년에 훈민정음을 만들었다 [1]."),
+    session = chat_session(
         History(tmp_path / "h.sqlite"),
-        model_name="says",
+        ScriptedBackend(["세종대왕은 1443년에 훈민정음을 만들었다 [1]."]),
         search_options=opts,
     )
     events = list(session.handle("/검색 훈민정음은 누가 만들었나?"))

@@ -68,20 +68,8 @@ def test_models_resolve_shows_the_generation_settings_and_where_they_come_from(h
     assert rows["max_new_tokens"].split()[0] == "256"
 
 
-class Recording(ScriptedBackend):
-    """Records the GenerationParams of every answer."""
-
-    def __init__(self):
-        super().__init__()
-        self.params = []
-
-    def stream(self, messages, params):
-        self.params.append(params)
-        return super().stream(messages, params)
-
-
 def test_switching_models_in_a_chat_brings_the_new_aliases_defaults(home, monkeypatch):
-    backend = Recording()
+    backend = ScriptedBackend()
     registry.register("recording", backend)
     monkeypatch.setitem(
         config.ALIAS_DEFAULTS, "recording:b", GenerationDefaults(temperature=0.0, max_new_tokens=5)

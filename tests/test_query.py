@@ -11,6 +11,7 @@ import io
 
 import pytest
 from rich.console import Console
+from support import chat_session
 
 from korani_cli import template
 from korani_cli.backends import Generation, ModelInfo
@@ -126,7 +127,6 @@ def test_the_chat_searches_the_rewritten_follow_up(tmp_path, monkeypatch):
     """/검색 twice in a chat: the second, a follow-up, is searched as the model's standalone rewrite."""
     from korani_cli.chat.history import History
     from korani_cli.chat.repl import run
-    from korani_cli.chat.session import ChatSession
     from korani_cli.search.pipeline import SearchOptions
 
     monkeypatch.setenv("KORANI_HOME", str(tmp_path / "home"))
@@ -142,9 +142,7 @@ def test_the_chat_searches_the_rewritten_follow_up(tmp_path, monkeypatch):
         "세종대왕은 훈민정음을 만들었다 [1].",
     )
     opts = SearchOptions(providers=("local",), local_dir=docs, embedder="none", use_cache=False)
-    session = ChatSession(
-        lambda: backend, History(tmp_path / "h.sqlite"), model_name="says", search_options=opts
-    )
+    session = chat_session(History(tmp_path / "h.sqlite"), backend, model_name="says", search_options=opts)
     out, err = io.StringIO(), io.StringIO()
     run(
         session,

@@ -13,7 +13,7 @@ import io
 
 import pytest
 from rich.console import Console
-from support import ScriptServer, Terminal
+from support import ScriptServer, Terminal, chat_session
 
 pyte = pytest.importorskip(
     "pyte", reason="pyte (a terminal emulator, in korani[dev]) draws the screen these tests compare"
@@ -141,10 +141,9 @@ LONG = ("훈민정음은 조선의 네 번째 왕인 세종이 1443년에 창제
 def test_sources_wrap_under_their_indent_and_a_cut_passage_ends_at_a_word():
     from korani_cli.chat.history import History
     from korani_cli.chat.repl import run
-    from korani_cli.chat.session import ChatSession
     from korani_cli.search.types import Passage, Ranked
 
-    session = ChatSession(lambda: None, History.in_memory(), model_name="scripted")
+    session = chat_session(History.in_memory())
     session.last_sources = [Ranked(Passage("https://sejong.example/" + "a" * 40, "세종", LONG, 0), 0.5)]
     out = io.StringIO()
     run(

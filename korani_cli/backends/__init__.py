@@ -24,7 +24,6 @@ from typing import Callable, Iterator, Protocol, Sequence
 from korani_cli.template import Message, StopFilter
 from korani_cli.untrusted import clean
 
-FINISH_REASONS = ("eos", "stop", "length")
 # The way forward when a model cannot be had here (offline, not cached, no such path).
 OFFLINE_FIX = (
     "use --model demo for the offline demo (`korani models default demo` makes it the default), or "

@@ -320,7 +320,7 @@ def check_base_url(url: str) -> str | None:
     """Why a SearXNG base URL is unusable, or None."""
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        _ = parts.port  # reading it raises ValueError on a bad port
     except ValueError as exc:
         return str(exc)
     if parts.scheme not in ("http", "https"):

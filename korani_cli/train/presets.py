@@ -82,14 +82,6 @@ def resolve_recipe(arg: str | Path) -> Path:
     raise ConfigError(f"{what} and no shipped preset of that name", presets_hint())
 
 
-def deepspeed_names() -> list[str]:
-    """zero2, zero3, …: the shipped DeepSpeed configs (configs/ds_NAME.json)."""
-    folder = configs_dir()
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem[len(DS_PREFIX) :] for p in folder.glob(f"{DS_PREFIX}*.json") if p.is_file())
-
-
 def deepspeed_path(name: str) -> Path | None:
     candidate = configs_dir() / f"{DS_PREFIX}{name}.json"
     return candidate if name and "/" not in name and candidate.is_file() else None
