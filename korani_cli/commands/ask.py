@@ -256,26 +256,10 @@ def ask(
         )
         retrieval = _retrieve(text, opts, allow_no_sources)
     loaded, load_s = _load(settings)
-    request = Request(
-        text,
-        params,
-        system,
-        history=resumed.messages if resumed is not None else (),
-        sources=retrieval.ranked if retrieval is not None else None,
-        context_tokens=context_tokens,
-        search=retrieval,
-    )
-    recorder = (
-        asklog.Log(
-            resumed.id if resumed is not None else None,
-            model=settings.model,
-            system=system,
-            template=settings.template,
-            notify=notice,
-        )
-        if log
-        else None
-    )
+    history = resumed.messages if resumed is not None else ()
+    sources = retrieval.ranked if retrieval is not None else None
+    request = Request(text, params, system, history, sources, context_tokens, search=retrieval)
+    recorder = _recorder(resumed, settings, system) if log else None
     result = _answer(loaded, request, recorder, load_s)
     if as_json:
         sys.stdout.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
@@ -286,6 +270,14 @@ def ask(
         if footnotes:
             sys.stdout.write("\n" + clean(footnotes) + "\n")
     _cut_note(result, params, retrieval is not None, loaded.info.context_length)
+
+
+def _recorder(resumed, settings, system):
+    """Where the exchange is logged: the continued session, or a new `ask` one (turn/asklog.py)."""
+    from korani_cli.turn import asklog
+
+    session = resumed.id if resumed is not None else None
+    return asklog.Log(session, model=settings.model, system=system, template=settings.template, notify=notice)
 
 
 def _resumed(session_id, model, template, system):
