@@ -326,7 +326,7 @@ class ChatSession:
         yield Answered(
             result.answer, result.timings, result.usage, tuple(result.citations), result.footnotes()
         )
-        if result.unsupported() and result.answer.strip():
+        if result.unsupported():
             # As `ask` says it: an answer from sources that none of its sentences is backed by.
             yield Notice(UNSUPPORTED)
         yield from self._limit_note(result.usage)

@@ -18,8 +18,8 @@ yields its stages and notices as they happen (`Stage`, `Notice`), then
 `Retrieved`: a front end can show progress while pages are read.
 
 One memory rule for every turn (memory.py): the context window less the
-answer's room, `max_new_tokens`. A sourced turn carries no earlier exchanges
-(`sourced_history` says why).
+answer's room, `max_new_tokens`. A sourced turn carries at most the last
+exchange, and only for a follow-up question (`sourced_history` says why).
 
 What it leaves to others: loading the model (models.py), how anything looks
 (commands/, chat/repl.py), where a turn is stored — a `Recorder` the front
@@ -128,15 +128,22 @@ class Recorder(Protocol):
         the session id it was stored in, or None."""
 
 
-def sourced_history(history: Sequence[Message]) -> list[Message]:
-    """The earlier exchanges a sourced turn carries: none.
+def sourced_history(question: str, history: Sequence[Message]) -> list[Message]:
+    """The earlier exchanges a sourced turn carries: the last one when the question leans on
+    it (a follow-up by search/query.py's rule: 그럼…, 그건…, or very short), else none.
 
     The sources hold the facts; the earlier answers of a small model are what it copies
     instead (issue 22: after two poor plain answers, /검색 repeated them and ignored its
-    sources; after /초기화 the same question was answered from them). The conversation has
-    already done its part by then: a follow-up's search query was rewritten from the
-    previous one (search/query.py), so the sources found are about what it leans on."""
-    return []
+    sources; after /초기화 the same question was answered from them). A question that
+    stands alone needs nothing from them. A follow-up ("그럼 그 사람은 몇 살이야?") needs
+    what it points back to, and the last exchange holds it; the chat's search query was
+    rewritten from the previous one already, but `ask -c --search` has only this."""
+    from korani_cli.search.query import is_follow_up
+
+    asked = [i for i, m in enumerate(history) if m.role == "user"]
+    if not asked or not is_follow_up(question, history[asked[-1]].content):
+        return []
+    return list(history[asked[-1] :])
 
 
 def answer(
@@ -210,7 +217,7 @@ def _sourced(backend: Backend, request: Request, recorder, load_s) -> Iterator[E
         request.sources,
         request.params,
         system=request.system,
-        history=sourced_history(request.history),
+        history=sourced_history(request.question, request.history),
         context_tokens=request.context_tokens,
     )
     shown: list[str] = []
