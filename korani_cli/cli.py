@@ -18,6 +18,7 @@ from korani_cli.commands import ask as ask_command
 from korani_cli.commands import chat as chat_command
 from korani_cli.commands import data as data_command
 from korani_cli.commands import eval as eval_command
+from korani_cli.commands import history as history_command
 from korani_cli.commands import models as models_command
 from korani_cli.commands import search as search_command
 from korani_cli.commands import train as train_command
@@ -94,7 +95,7 @@ def root(
 app.command("ask")(ask_command.ask)
 app.command("search")(search_command.search)
 app.command("chat")(chat_command.chat)
-app.add_typer(chat_command.history_app, name="history")
+app.add_typer(history_command.history_app, name="history")
 app.add_typer(models_command.app, name="models")
 app.add_typer(data_command.app, name="data")
 app.add_typer(train_command.app, name="train")

@@ -10,21 +10,14 @@ a Run itself, to stream events. Nothing here prints.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from korani_cli.backends import Backend, GenerationParams
 from korani_cli.template import Message
+from korani_cli.timings import Timings
 
-
-@dataclass(frozen=True)
-class Timings:
-    load_s: float  # resolving + loading the model
-    first_token_s: float | None  # generation start → first printable text
-    generate_s: float  # generation start → end
-    total_s: float  # load + generate
-    # generation start → first checked sentence shown (answers with sources; None otherwise)
-    first_sentence_s: float | None = None
+JSON_TIMINGS = ("load_s", "first_token_s", "generate_s", "total_s")  # what `ask --json` shows
 
 
 @dataclass(frozen=True)
@@ -39,23 +32,33 @@ class Answer:
     limit_ignored: bool = False  # the server went past max_new_tokens; the backend cut it (Usage's)
 
     def to_json(self) -> dict:
-        out = asdict(self)
-        del out["limit_ignored"]  # said in a note, not a field of --json
-        first = self.timings.first_token_s
-        gen = self.timings.generate_s - first if first is not None else 0.0
-        # Decode speed after the first token, the figure comparable across backends
-        # (unknown when the first token's time is: an answer handed over whole).
-        out["timings"]["decode_tok_s"] = (
-            round((self.completion_tokens - 1) / gen, 2)
-            if self.completion_tokens and self.completion_tokens > 1 and gen > 0
-            else None
-        )
-        if self.timings.first_sentence_s is None:
-            del out["timings"]["first_sentence_s"]  # only answers with sources are shown by sentence
-        for key in ("load_s", "first_token_s", "first_sentence_s", "generate_s", "total_s"):
-            if out["timings"].get(key) is not None:
-                out["timings"][key] = round(out["timings"][key], 4)
-        return out
+        """What `ask --json` prints (limit_ignored is said in a note, not a field)."""
+        timings = json_timings(self.timings, self.completion_tokens)
+        return {
+            "answer": self.answer,
+            "model": self.model,
+            "backend": self.backend,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "finish_reason": self.finish_reason,
+            "timings": timings,
+        }
+
+
+def json_timings(t: Timings, completion_tokens: int | None) -> dict:
+    """An answer's timings as `ask --json` prints them (and `ask` records them), with the decode speed."""
+    names = [*JSON_TIMINGS, "first_sentence_s"] if t.first_sentence_s is not None else JSON_TIMINGS
+    timings = t.to_json(names)
+    first = t.first_token_s
+    gen = t.generate_s - first if first is not None else 0.0
+    # Decode speed after the first token, the figure comparable across backends
+    # (unknown when the first token's time is: an answer handed over whole).
+    timings["decode_tok_s"] = (
+        round((completion_tokens - 1) / gen, 2)
+        if completion_tokens and completion_tokens > 1 and gen > 0
+        else None
+    )
+    return timings
 
 
 class Run:

@@ -363,10 +363,13 @@ def test_search_answers_get_the_conversation_too(scripted, home, tmp_path):
         "세종대왕은 1443년에 한글을 창제했습니다. 세종은 조선의 네 번째 왕입니다.", encoding="utf-8"
     )
     assert ask("--model", "scripted:demo", "세종은 누구야?").exit_code == 0
-    result = ask("-c", "--search", "--local-dir", str(pages), "--embedder", "none", "한글은 언제 만들었어?")
+    # A follow-up carries the exchange it leans on (a question that stands alone is prompted with its
+    # sources only: turn.layer.sourced_history, tests/test_turn.py).
+    follow_up = "그럼 한글은 언제 만들었어?"
+    result = ask("-c", "--search", "--local-dir", str(pages), "--embedder", "none", follow_up)
     assert result.exit_code == 0, result.output
     contents = [m.content for m in scripted.prompts[-1]]
-    assert contents[:2] == ["세종은 누구야?", "답 1."] and "한글은 언제 만들었어?" in contents[-1]
+    assert contents[:2] == ["세종은 누구야?", "답 1."] and follow_up in contents[-1]
     assert any(
         "1443" in source.text for source in scripted.prompts[-1][-1].sources
     )  # the last turn carries the sources

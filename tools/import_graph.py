@@ -6,7 +6,10 @@ function: a lazy import keeps `korani --help` fast, it does not make the
 dependency go away.
 
 The walls (STYLE.md: presentation on top, core below, the template at the bottom):
-- search ↛ chat, train, rag; rag ↛ chat, train; train ↛ chat, search; backends ↛ search, chat, train;
+- search ↛ chat, train, rag, turn; rag ↛ chat, train, turn; train ↛ chat, search, turn;
+  backends ↛ search, chat, train, turn; turn ↛ train, eval (the answer layer, turn/, sits above rag/ and
+  search/, below the front ends: chat, ask and eval use it; it reaches chat/ only for the
+  history store, through asklog);
 - template.py imports no korani module;
 - no core module imports the presentation layer (commands/, chat/repl.py,
   chat/view.py, console.py, cli.py);
@@ -29,10 +32,11 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 # area → areas it must never import
 WALLS = {
-    "search": {"chat", "train", "rag"},
-    "rag": {"chat", "train"},
-    "train": {"chat", "search"},
-    "backends": {"search", "chat", "train"},
+    "search": {"chat", "train", "rag", "turn"},
+    "rag": {"chat", "train", "turn"},
+    "train": {"chat", "search", "turn"},
+    "backends": {"search", "chat", "train", "turn"},
+    "turn": {"train", "eval"},
 }
 PRESENTATION = ("commands", "chat.repl", "chat.view", "console", "cli", "__main__", "helpfmt")
 # A child process's line to its parent (export-gguf's converter runs in one), not output for a person.

@@ -4,6 +4,10 @@
 (Stage, AnswerText, Answered, Notice, ErrorLine, Output, Exit); the REPL
 decides how they look. Nothing here prints. Every
 exchange goes to the History as it happens.
+
+A turn (plain, /검색, /다시) is made by the answer layer (turn/layer.py), as
+`ask`'s is: this module keeps the conversation (its memory, last question and
+sources) and turns the layer's events into the chat's.
 """
 
 from __future__ import annotations
@@ -13,16 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from korani_cli import memory, oneshot
 from korani_cli.backends import Backend, GenerationParams, Usage, limit_ignored_note
 from korani_cli.chat.history import History, HistoryError, to_markdown
 from korani_cli.errors import KoraniError
 from korani_cli.search.query import is_follow_up, rewrite_query, standalone
 from korani_cli.search.types import Citation
-from korani_cli.template import Message, user
+from korani_cli.template import Message
+from korani_cli.timings import Timings
 from korani_cli.untrusted import clean, clean_line
 
-ANSWER_ROOM = 256  # tokens kept free for the answer when trimming
 COMMANDS = {
     "/검색": "search",
     "/search": "search",
@@ -99,18 +102,11 @@ class AnswerText:
 
 
 @dataclass(frozen=True)
-class AnswerTimings:
-    first_token_s: float | None  # generation start → first text (None: not known)
-    total_s: float  # generation start → end
-    first_sentence_s: float | None = None  # /검색: → first checked sentence shown
-
-
-@dataclass(frozen=True)
 class Answered:
     """An answer is over (finished or stopped): all of it, as stored and remembered."""
 
     text: str
-    timings: AnswerTimings
+    timings: Timings
     usage: Usage
     citations: tuple[Citation, ...] = ()  # /검색: the cited sources, in footnote order
     footnotes: str = ""  # /검색: the footnote lines to show under the answer
@@ -157,45 +153,6 @@ def cut_at_word(text: str, limit: int) -> str:
 STAGE_NAMES = {"fetch": "페이지 읽는 중", "rank": "관련 문단 고르는 중"}
 
 
-def _retrieve_with_events(query, options) -> Iterator:
-    """Run the search pipeline in a worker thread so its stages and notices show as they happen."""
-    import queue
-    import threading
-
-    from korani_cli.search.pipeline import retrieve
-
-    inbox: queue.Queue = queue.Queue()
-
-    def work():
-        try:
-            inbox.put(
-                (
-                    "result",
-                    retrieve(
-                        query,
-                        options,
-                        lambda m: inbox.put(("notice", m)),
-                        on_stage=lambda s: inbox.put(("stage", s)),
-                    ),
-                )
-            )
-        except BaseException as exc:  # handed to the chat thread, which raises it there
-            inbox.put(("error", exc))
-
-    threading.Thread(target=work, name="korani-search", daemon=True).start()
-    while True:
-        kind, value = inbox.get()
-        if kind == "stage":
-            yield Stage(STAGE_NAMES.get(value, value))
-        elif kind == "notice":
-            yield Notice(getattr(value, "ko", value))  # the chat speaks Korean (search/types.Said)
-        elif kind == "error":
-            raise value
-        else:
-            yield value
-            return
-
-
 def _chat_fixes() -> dict[str, str]:
     """Fixes that name command-line flags, as said inside the chat, where a flag cannot be given."""
     from korani_cli.backends import OFFLINE_FIX
@@ -220,8 +177,34 @@ def chat_line(exc: KoraniError) -> str:
     return KoraniError(exc.what, fix).one_line()
 
 
-def _round(seconds: float | None) -> float | None:
-    return round(seconds, 4) if seconds is not None else None
+# What a chat stores of an answer's timings with its message (the history's timings column).
+STORED_TIMINGS = ("first_token_s", "total_s")
+STORED_SOURCED_TIMINGS = ("first_token_s", "first_sentence_s", "total_s")
+UNSUPPORTED = "출처가 뒷받침하는 문장이 없어 각주를 달지 않았습니다 — 답변을 출처와 대조해 보세요"
+
+
+class _Recorder:
+    """The answer layer's Recorder for a chat turn: the question is stored before generation
+    (never lost), the answer once it is over — also when stopped — and both are remembered."""
+
+    def __init__(self, session: "ChatSession", store_question: bool):
+        self.session, self.store_question = session, store_question  # /다시: the question is stored
+        self.asked = ""
+
+    def question(self, text: str) -> None:
+        self.asked = text
+        if self.store_question:
+            self.session._store("user", text)
+
+    def answer(self, result) -> str | None:
+        chat = self.session
+        if not result.answer:
+            return None
+        names = STORED_SOURCED_TIMINGS if result.sourced is not None else STORED_TIMINGS
+        citations = [c.to_json() for c in result.citations] or None
+        chat._store("assistant", result.answer, chat.model_name, result.timings.to_json(names), citations)
+        chat.turns += [Message("user", self.asked), Message("assistant", result.answer)]
+        return chat.session_id
 
 
 class ChatSession:
@@ -305,44 +288,49 @@ class ChatSession:
             yield Stage("모델 불러오는 중")
             self.backend = self._load()
 
-    def prompt_messages(self, user_message: Message) -> tuple[list[Message], int]:
-        head = [Message("system", self.system)] if self.system else []
-        messages = [*head, *self.turns, user_message]
-        if self.backend is None:
-            return messages, 0
-        return memory.fit(messages, self.backend, ANSWER_ROOM)
+    def _turn(self, question: str, ranked=None, store_question: bool = True, search=None) -> Iterator[Event]:
+        """One answer through the answer layer (turn/layer.py), plain or from `ranked`: shown as
+        it streams (a sourced one sentence by sentence, once its footnotes are checked),
+        remembered and stored as shown — also when stopped early (Ctrl-C keeps what came)."""
+        from korani_cli.turn.layer import Finished, Request, Text, Trimmed, answer
 
-    def _generate(
-        self, user_message: Message, stored_text: str, store_question: bool = True
-    ) -> Iterator[Event]:
-        """Generate, remember, store and show one plain answer as it streams."""
-        if store_question:
-            self._store("user", stored_text)  # before generation: never lost
-        messages, dropped = self.prompt_messages(user_message)
-        if dropped and not self.trim_reported:
-            self.trim_reported = True
-            yield Notice(
-                f"대화가 길어져 오래된 대화 {dropped}개를 기억에서 뺐습니다 "
-                f"(컨텍스트 {self.backend.info.context_length} 토큰)"
-            )
+        request = Request(
+            question,
+            self.params,
+            self.system,
+            history=tuple(self.turns),
+            sources=ranked,
+            context_tokens=self.context_tokens,
+            search=search,
+        )
         yield Stage("답변 생성 중")
-        run = oneshot.Run(self.backend, messages, self.params)  # the same generation loop as `korani ask`
+        events = answer(self.backend, request, recorder=_Recorder(self, store_question))
+        result = None
         try:
-            for chunk in run:
-                yield AnswerText(chunk)
+            for event in events:
+                if isinstance(event, Trimmed):
+                    if not self.trim_reported:
+                        self.trim_reported = True
+                        yield Notice(
+                            f"대화가 길어져 오래된 대화 {event.dropped}개를 기억에서 뺐습니다 "
+                            f"(컨텍스트 {event.context_length} 토큰)"
+                        )
+                        yield Stage("답변 생성 중")  # the notice stopped the status; the model is at work
+                elif isinstance(event, Text):
+                    yield AnswerText(event.text)
+                elif isinstance(event, Finished):
+                    result = event.result
         finally:
-            result = run.result()  # stops generating; what came until then is the answer (Ctrl-C keeps it)
-            timings = AnswerTimings(_round(result.timings.first_token_s), round(result.timings.generate_s, 4))
-            if result.answer:
-                self._store(
-                    "assistant",
-                    result.answer,
-                    self.model_name,
-                    {"first_token_s": timings.first_token_s, "total_s": timings.total_s},
-                )
-                self.turns += [Message("user", stored_text), Message("assistant", result.answer)]
-        yield Answered(result.answer, timings, run.generation.usage)
-        yield from self._limit_note(run.generation.usage)
+            events.close()  # the layer stops generating and records what came
+        if ranked is not None:
+            self.last_sources = list(result.passages)  # /출처 shows what the model was given
+        yield Answered(
+            result.answer, result.timings, result.usage, tuple(result.citations), result.footnotes()
+        )
+        if result.unsupported():
+            # As `ask` says it: an answer from sources that none of its sentences is backed by.
+            yield Notice(UNSUPPORTED)
+        yield from self._limit_note(result.usage)
 
     # -- entry point ------------------------------------------------------------
 
@@ -377,11 +365,15 @@ class ChatSession:
             line = "\n\n".join([*(a.text.strip() for a in self.attached), line])
             self.attached = []
         self.last_asked = Asked(line)
-        yield from self._generate(user(line), line)
+        yield from self._turn(line)
 
     # -- commands ---------------------------------------------------------------
 
     def cmd_search(self, question: str) -> Iterator[Event]:
+        from korani_cli.turn.layer import Notice as SearchNotice
+        from korani_cli.turn.layer import Stage as SearchStage
+        from korani_cli.turn.layer import retrieve
+
         if not question:
             yield ErrorLine("검색할 질문을 적어 주세요 — 예: /검색 한라산의 높이는?")
             return
@@ -396,11 +388,13 @@ class ChatSession:
         try:
             yield Stage("검색 중")
             result = None
-            for event in _retrieve_with_events(query, self.search_options):
-                if isinstance(event, Event):
-                    yield event
+            for event in retrieve(query, self.search_options):
+                if isinstance(event, SearchStage):
+                    yield Stage(STAGE_NAMES.get(event.name, event.name))
+                elif isinstance(event, SearchNotice):
+                    yield Notice(getattr(event.text, "ko", event.text))  # the chat speaks Korean (types.Said)
                 else:
-                    result = event
+                    result = event.retrieval
             yield from self._ensure_backend()
         except KoraniError as exc:
             yield ErrorLine(chat_line(exc))
@@ -410,66 +404,9 @@ class ChatSession:
         self.last_skipped = list(result.failures)
         self.last_asked = Asked(question, list(result.ranked))
         try:
-            yield from self._sourced(question, result.ranked)
+            yield from self._turn(question, result.ranked, search=result)
         except KoraniError as exc:
             yield ErrorLine(chat_line(exc))
-
-    def _sourced(self, question: str, ranked, store_question: bool = True) -> Iterator[Event]:
-        """Answer from `ranked` through the RAG core (rag/answer.py): each sentence is
-        shown once its footnotes are checked; remembered and stored as shown."""
-        from korani_cli.rag.answer import Done, Text, Trimmed, stream
-
-        if store_question:  # /다시 answers a question that is stored already
-            self._store("user", question)  # before generation: never lost
-        yield Stage("답변 생성 중")
-        start = time.perf_counter()
-        shown: list[str] = []
-        done = None
-        events = stream(
-            self.backend,
-            question,
-            ranked,
-            self.params,
-            system=self.system,
-            history=self.turns,
-            context_tokens=self.context_tokens,
-        )
-        try:
-            for event in events:
-                if isinstance(event, Trimmed):
-                    if not self.trim_reported:
-                        self.trim_reported = True
-                        yield Notice(
-                            f"대화가 길어져 오래된 대화 {event.dropped}개를 기억에서 뺐습니다 "
-                            f"(컨텍스트 {event.context_length} 토큰)"
-                        )
-                elif isinstance(event, Text):
-                    shown.append(event.text)
-                    yield AnswerText(event.text)
-                elif isinstance(event, Done):
-                    done = event
-                    self.last_sources = list(event.passages)  # /출처 shows what the model was given
-        finally:
-            events.close()
-            answer = done.answer.text if done else "".join(shown)
-            citations = tuple(done.answer.citations) if done else ()
-            timings = AnswerTimings(
-                _round(done.timings.first_token_s) if done else None,
-                round(time.perf_counter() - start, 4),
-                _round(done.timings.first_sentence_s) if done else None,
-            )
-            if answer:
-                stored = {
-                    "first_token_s": timings.first_token_s,
-                    "first_sentence_s": timings.first_sentence_s,
-                    "total_s": timings.total_s,
-                }
-                self._store(
-                    "assistant", answer, self.model_name, stored, [c.__dict__ for c in citations] or None
-                )
-                self.turns += [Message("user", question), Message("assistant", answer)]
-        yield Answered(answer, timings, done.usage, citations, done.answer.footnotes())
-        yield from self._limit_note(done.usage)
 
     def _limit_note(self, usage: Usage) -> Iterator[Event]:
         """After an answer the backend cut because its server ignored the limit: say so."""
@@ -615,11 +552,11 @@ class ChatSession:
                     yield ErrorLine(chat_line(exc))
         yield from self._ensure_backend()
         if asked.ranked is None:
-            yield from self._generate(user(asked.question), asked.question, store_question=False)
+            yield from self._turn(asked.question, store_question=False)
             return
         self.last_sources = list(asked.ranked)
         try:
-            yield from self._sourced(asked.question, asked.ranked, store_question=False)
+            yield from self._turn(asked.question, asked.ranked, store_question=False)
         except KoraniError as exc:
             yield ErrorLine(chat_line(exc))
 

@@ -97,44 +97,6 @@ def _trimmed_note(dropped: int, context_length: int) -> str:
     )
 
 
-def _sourced(events, write=None):
-    """Run the answer core to its end, writing checked text as it comes; its Done event."""
-    from korani_cli.rag.answer import Done, Text, Trimmed
-
-    done = None
-    for event in events:
-        if isinstance(event, Text) and write is not None:
-            write(event.text)
-        elif isinstance(event, Trimmed):
-            notice(_trimmed_note(event.dropped, event.context_length))
-        elif isinstance(event, Done):
-            done = event
-    return done
-
-
-def _as_answer(done, backend, load_s: float):
-    """The core's Done as the one-shot Answer that --json prints."""
-    from korani_cli import oneshot
-
-    t = done.timings
-    return oneshot.Answer(
-        answer=done.answer.text,
-        model=backend.info.name,
-        backend=backend.info.backend,
-        prompt_tokens=done.usage.prompt_tokens,
-        completion_tokens=done.usage.completion_tokens,
-        finish_reason=done.usage.finish_reason,
-        timings=oneshot.Timings(
-            load_s=load_s,
-            first_token_s=t.first_token_s,
-            generate_s=t.generate_s,
-            total_s=load_s + t.prepare_s + t.generate_s,
-            first_sentence_s=t.first_sentence_s,
-        ),
-        limit_ignored=done.usage.limit_ignored,
-    )
-
-
 @korani_command
 def ask(
     question: Annotated[
@@ -207,7 +169,8 @@ def ask(
     130 interrupted.
     """
     from korani_cli.backends import GenerationParams
-    from korani_cli.chat import asklog
+    from korani_cli.turn import asklog
+    from korani_cli.turn.layer import Request
 
     if session_id is not None and not session_id.strip():
         raise UsageError("--session is empty", "pass a session id from `korani history list`")
@@ -231,7 +194,6 @@ def ask(
     text = _question(question)
     if resumed is not None:
         notice(resumed.note)
-    earlier = resumed.messages if resumed is not None else []
     streaming = sys.stdout.isatty() and not as_json
     params = GenerationParams(
         max_new_tokens=settings.max_new_tokens,
@@ -244,30 +206,17 @@ def ask(
     if web or local_dir:
         retrieval = _retrieve(text, SearchFlags.from_params(locals()).options(), allow_no_sources)
     loaded, load_s = _load(settings)
-    result, sourced = _generate(loaded, text, system, earlier, retrieval, params, context_tokens, load_s)
-    payload = _payload(result, retrieval, sourced)
-    payload["session"] = (
-        asklog.save(
-            None,
-            resumed.id if resumed is not None else None,
-            text,
-            result.answer,
-            model=settings.model,
-            system=system,
-            template=settings.template,
-            timings={k: v for k, v in payload["timings"].items() if v is not None},
-            citations=payload.get("citations") or None,
-            notify=notice,
-        )
-        if log
-        else None
-    )
+    history = resumed.messages if resumed is not None else ()
+    sources = retrieval.ranked if retrieval is not None else None
+    request = Request(text, params, system, history, sources, context_tokens, search=retrieval)
+    recorder = _recorder(resumed, settings, system) if log else None
+    result = _answer(loaded, request, recorder, load_s)
     if as_json:
-        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
     else:
         if not streaming:
             sys.stdout.write(clean(result.answer) + "\n")
-        footnotes = sourced.footnotes() if sourced is not None else ""
+        footnotes = result.footnotes()
         if footnotes and streaming:  # a terminal: titles wrap at words too (a URL stays whole)
             wrap = WordWrap(sys.stdout.write, _columns())
             wrap.feed("\n" + clean(footnotes) + "\n")
@@ -275,6 +224,14 @@ def ask(
         elif footnotes:
             sys.stdout.write("\n" + clean(footnotes) + "\n")
     _cut_note(result, params, retrieval is not None, loaded.info.context_length)
+
+
+def _recorder(resumed, settings, system):
+    """Where the exchange is logged: the continued session, or a new `ask` one (turn/asklog.py)."""
+    from korani_cli.turn import asklog
+
+    session = resumed.id if resumed is not None else None
+    return asklog.Log(session, model=settings.model, system=system, template=settings.template, notify=notice)
 
 
 def _resumed(session_id, model, template, system):
@@ -299,11 +256,16 @@ def _resumed(session_id, model, template, system):
 
 def _retrieve(text: str, opts, allow_no_sources: bool):
     """Search and read the pages; None when nothing was found and --allow-no-sources says answer anyway."""
-    from korani_cli.search.pipeline import NoSources, retrieve
+    from korani_cli.search.pipeline import NoSources
+    from korani_cli.turn.layer import Notice, Retrieved, retrieve
 
     try:
         with err_console().status("검색 중 → 페이지 읽는 중…", spinner="dots"):
-            return retrieve(text, opts, notice)
+            for event in retrieve(text, opts):
+                if isinstance(event, Notice):
+                    notice(event.text)
+                elif isinstance(event, Retrieved):
+                    return event.retrieval
     except NoSources as exc:
         if not allow_no_sources:
             # Only ask can answer without sources, so only ask's hint names the option.
@@ -326,54 +288,35 @@ def _load(settings):
     return loaded, time.perf_counter() - start
 
 
-def _generate(backend, text, system, earlier, retrieval, params, context_tokens, load_s):
-    """The answer (streamed to stdout on a terminal) and, with sources, the checked SourcedAnswer."""
-    from korani_cli import memory, oneshot
-    from korani_cli.rag.answer import stream
-    from korani_cli.template import conversation
+def _answer(backend, request, recorder, load_s: float):
+    """The turn, through the answer layer: streamed to stdout on a terminal, its notes on stderr."""
+    from korani_cli.turn.layer import Finished, Text, Trimmed, answer
 
-    def out(text: str) -> None:
-        sys.stdout.write(text)
-
-    # Only a terminal gets here (params.stream): wrapped at words as chat wraps, not cut mid-word.
-    wrap = WordWrap(out, _columns())
-
-    def write(chunk: str) -> None:
-        # Backends strip control characters already (apply_stops); the terminal is worth a second look.
-        wrap.feed(clean(chunk))
-        sys.stdout.flush()
-
-    on_text = write if params.stream else None
-    waiting = (
-        contextlib.nullcontext() if params.stream else err_console().status("답변 생성 중…", spinner="dots")
-    )
+    streaming = request.params.stream
+    # Only a terminal streams: wrapped at words as chat wraps, not cut mid-word.
+    wrap = WordWrap(sys.stdout.write, _columns()) if streaming else None
+    waiting = contextlib.nullcontext() if streaming else err_console().status("답변 생성 중…", spinner="dots")
+    result = None
     try:
         with waiting:
-            if retrieval is not None:
-                # Sentences are shown once their markers are checked (rag/answer.py).
-                events = stream(
-                    backend,
-                    text,
-                    retrieval.ranked,
-                    params,
-                    system=system,
-                    history=earlier,
-                    context_tokens=context_tokens,
-                )
-                done = _sourced(events, on_text)
-                return _as_answer(done, backend, load_s), done.answer
-            messages = conversation(text, system, earlier)
-            if earlier and backend.info.context_length:
-                # Oldest exchanges go first when the conversation outgrows the context window (as in chat).
-                messages, dropped = memory.fit(messages, backend, params.max_new_tokens)
-                if dropped:
-                    notice(_trimmed_note(dropped, backend.info.context_length))
-            return oneshot.answer(backend, messages, params, on_text=on_text, load_s=load_s), None
+            for event in answer(backend, request, recorder=recorder, load_s=load_s):
+                if isinstance(event, Text) and streaming:
+                    # Backends strip control characters already (apply_stops); the terminal is worth a
+                    # second look. A sourced answer's text comes a checked sentence at a time.
+                    wrap.feed(clean(event.text))
+                    sys.stdout.flush()
+                elif isinstance(event, Trimmed):
+                    notice(_trimmed_note(event.dropped, event.context_length))
+                elif isinstance(event, Finished):
+                    result = event.result
     finally:
-        if params.stream:
+        if wrap is not None:
             wrap.finish()
             sys.stdout.write("\n")
             sys.stdout.flush()
+    if result.unsupported():
+        notice("no sentence of the answer is supported by the sources; no footnotes")
+    return result
 
 
 def _columns() -> int:
@@ -382,36 +325,19 @@ def _columns() -> int:
     return shutil.get_terminal_size().columns
 
 
-def _payload(result, retrieval, sourced) -> dict:
-    """What --json prints (and the history keeps): the Answer, and with sources its citations and search."""
-    payload = result.to_json()
-    if retrieval is not None:
-        payload.update(
-            citations=[c.__dict__ for c in sourced.citations],
-            sources=sourced.sources,
-            search={
-                "provider": retrieval.provider,
-                "timings": retrieval.timings.stages,
-                "skipped": [skipped.to_json() for skipped in retrieval.failures],
-            },
-        )
-        if not sourced.citations:
-            notice("no sentence of the answer is supported by the sources; no footnotes")
-    return payload
-
-
 def _cut_note(result, params, searched: bool, context_length: int | None) -> None:
     """Why an answer stopped at the length limit, and what to change. The context window is
     named only when the counts show it was full; the counts are the backend's, exact on every
     local backend (and as the server reports them for openai:)."""
     from korani_cli.backends import limit_ignored_note
 
-    if result.finish_reason != "length":
+    usage = result.usage
+    if usage.finish_reason != "length":
         return
-    if result.limit_ignored:
+    if usage.limit_ignored:
         notice(limit_ignored_note(params.max_new_tokens))
         return
-    made, prompt = result.completion_tokens, result.prompt_tokens
+    made, prompt = usage.completion_tokens, usage.prompt_tokens
     if made is None:  # a server that does not count: the limit korani set is the likely one
         notice(f"the answer hit a length limit; raise --max-new-tokens ({params.max_new_tokens}) for more")
         return

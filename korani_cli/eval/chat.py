@@ -65,11 +65,9 @@ def answer_one(backend: Backend, config: ChatConfig, item: tuple[int, Instructio
             "completion_tokens": result.completion_tokens,
             "finish_reason": result.finish_reason,
         },
-        "timings": {
-            "first_token_s": result.timings.first_token_s,
-            "generate_s": result.timings.generate_s,
-            "total_s": time.perf_counter() - start,
-        },
+        "timings": result.timings.but(total_s=time.perf_counter() - start).to_json(
+            ("first_token_s", "generate_s", "total_s"), digits=None
+        ),
     }
 
 

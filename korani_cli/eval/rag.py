@@ -79,7 +79,7 @@ class Asker:
         self.cpu = threading.Lock()
 
     def __call__(self, item: Planned) -> dict:
-        from korani_cli.rag.answer import Done, stream
+        from korani_cli.turn.layer import Finished, Request, answer
 
         q = item.question
         gold_url = self.page_url[q.page_id]
@@ -89,18 +89,16 @@ class Asker:
                 q.question, exclude=frozenset({gold_url}) if item.unanswerable else frozenset()
             )
         retrieve_s = time.perf_counter() - start
-        done = None
-        for event in stream(
-            self.backend,
+        request = Request(
             q.question,
-            ranked,
             self.config.params(),
-            system=self.config.system,
+            self.config.system,
+            sources=ranked,
             context_tokens=self.config.context_tokens,
-        ):
-            if isinstance(event, Done):
-                done = event
-        sourced, offered_passages = done.answer, done.passages
+        )
+        done = next(e.result for e in answer(self.backend, request) if isinstance(e, Finished))
+        sourced, offered_passages = done.sourced, done.passages
+        timings = done.timings.but(retrieve_s=retrieve_s, total_s=time.perf_counter() - start)
         return {
             "id": q.id,
             "position": item.position,
@@ -131,26 +129,31 @@ class Asker:
                 "completion_tokens": done.usage.completion_tokens,
                 "finish_reason": done.usage.finish_reason,
             },
-            "timings": {
-                "retrieve_s": retrieve_s,
-                "prepare_s": done.timings.prepare_s,
-                **_moments(done.timings),
-                "generate_s": done.timings.generate_s,
-                "verify_s": done.timings.verify_s,
-                "total_s": time.perf_counter() - start,
-            },
+            "timings": _moments(timings).to_json(RECORD_TIMINGS, digits=None),
         }
 
 
-def _moments(t) -> dict:
+# An item's timings as its record keeps them (eval/report.py reads them back).
+RECORD_TIMINGS = (
+    "retrieve_s",
+    "prepare_s",
+    "first_token_s",
+    "first_sentence_s",
+    "generate_s",
+    "verify_s",
+    "total_s",
+)
+
+
+def _moments(t):
     """When the first token came and when the first sentence was shown, known for every answer
     (the run streams every request): an answer with no text at all ended at its first token
     (EOS, or a header cut), and one that shows no checked sentence (empty, or only lines echoing
     the prompt) has its reader waiting until it ends."""
-    return {
-        "first_token_s": t.first_token_s if t.first_token_s is not None else t.generate_s,
-        "first_sentence_s": t.first_sentence_s if t.first_sentence_s is not None else t.generate_s,
-    }
+    return t.but(
+        first_token_s=t.first_token_s if t.first_token_s is not None else t.generate_s,
+        first_sentence_s=t.first_sentence_s if t.first_sentence_s is not None else t.generate_s,
+    )
 
 
 def _metrics(q, gold_url: str, ranked, done) -> dict:
@@ -158,7 +161,7 @@ def _metrics(q, gold_url: str, ranked, done) -> dict:
     as printed (checked) and as the model wrote them (raw)."""
     from korani_cli.rag.answer import written_claims
 
-    sourced, offered_passages = done.answer, done.passages
+    sourced, offered_passages = done.sourced, done.passages
     offered = {n: r.passage.text for n, r in enumerate(offered_passages, 1)}
     printed = {c.n: c.passage for c in sourced.citations}
     body = m.strip_markers(sourced.text)

@@ -8,7 +8,7 @@ its typed events and only decide how they look:
     Text(text)               answer text, checked, ready to show as is
     Sentence(text, marks)    a checked sentence (markers removed) and the footnotes it kept
     Footnotes(citations)     the cited sources, in footnote order
-    Done(answer, raw, usage, timings)
+    Done(answer, raw, usage, timings)   timings: prepare, first token, first sentence, generate, verify
 
 The prompt is the template's RAG form: the passages (cut to the context
 budget, search/budget.py) numbered [1]..[k] inside the user turn. The answer
@@ -41,6 +41,7 @@ from korani_cli.rag.segment import Piece, Segmenter
 from korani_cli.rag.segment import split as split_pieces
 from korani_cli.search.types import Citation, Ranked
 from korani_cli.template import ABSTAIN_ANSWER, RAG_INSTRUCTION, RAG_QUESTION_PREFIX, Message, Source, user
+from korani_cli.timings import Timings
 from korani_cli.untrusted import clean_line
 
 MARKER = re.compile(r"[ \t]*\[(\d{1,2})\]")
@@ -88,15 +89,6 @@ class Sentence:
 @dataclass(frozen=True)
 class Footnotes:
     citations: tuple  # Citation, in footnote order
-
-
-@dataclass(frozen=True)
-class Timings:
-    prepare_s: float  # context budget + prompt
-    first_token_s: float | None  # generation start → first chunk from the model
-    first_sentence_s: float | None  # generation start → first checked sentence handed out
-    generate_s: float  # generation start → end
-    verify_s: float  # time spent checking sentences, included in generate_s
 
 
 @dataclass(frozen=True)
@@ -324,6 +316,12 @@ def stream(
         answer,
         "".join(raw),
         usage,
-        Timings(prepare_s, first_token, first_sentence, generate_s, checker.seconds),
+        Timings(
+            generate_s=generate_s,
+            first_token_s=first_token,
+            first_sentence_s=first_sentence,
+            prepare_s=prepare_s,
+            verify_s=checker.seconds,
+        ),
         tuple(ranked),
     )

@@ -122,6 +122,16 @@ class Citation:
     passage: str
     score: float
 
+    def to_json(self) -> dict:
+        """As `ask --json` prints it and the history stores it."""
+        return {
+            "n": self.n,
+            "url": self.url,
+            "title": self.title,
+            "passage": self.passage,
+            "score": self.score,
+        }
+
 
 @dataclass
 class Timings:

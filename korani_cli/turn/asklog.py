@@ -5,6 +5,7 @@ to its log: a history database korani cannot use (damaged, locked, not a
 file, KORANI_HOME not writable) costs one notice, and the answer stands.
 A new one-shot session is written with its first exchange (`kind` ask);
 a continued one gets the exchange appended, whichever command began it.
+`Log` is the recorder `ask` hands the answer layer (turn/layer.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,39 @@ from korani_cli.errors import ConfigError
 def enabled(no_log: bool) -> bool:
     """--no-log wins; else KORANI_LOG (0/1, read now; a bad value is exit 5); else on."""
     return not no_log and env_switch("KORANI_LOG")
+
+
+class Log:
+    """`ask`'s Recorder: the question and its answer are stored together, once the answer is
+    complete (an answer cut short by an error or Ctrl-C is not logged)."""
+
+    def __init__(self, session_id: str | None, *, model: str, system: str | None, template: str | None,
+                 notify: Callable[[str], None]):  # fmt: skip
+        self.session_id, self.model, self.system, self.template = session_id, model, system, template
+        self.notify = notify
+        self._question = ""
+
+    def question(self, text: str) -> None:
+        self._question = text
+
+    def answer(self, result) -> str | None:
+        from korani_cli.oneshot import json_timings
+
+        if not result.finished:
+            return None
+        timings = json_timings(result.timings, result.usage.completion_tokens)
+        return save(
+            None,
+            self.session_id,
+            self._question,
+            result.answer,
+            model=self.model,
+            system=self.system,
+            template=self.template,
+            timings={k: v for k, v in timings.items() if v is not None},
+            citations=[c.to_json() for c in result.citations] or None,
+            notify=self.notify,
+        )
 
 
 def save(
