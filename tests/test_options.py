@@ -126,21 +126,9 @@ def test_a_bad_value_is_its_rules_one_line_and_exit_2(home, argv, fragment):
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
 
 
-class Recording(ScriptedBackend):
-    """The scripted backend, also keeping the GenerationParams each answer was asked with."""
-
-    def __init__(self):
-        super().__init__()
-        self.params = []
-
-    def stream(self, messages, params):
-        self.params.append(params)
-        return super().stream(messages, params)
-
-
 @pytest.fixture
 def recording():
-    backend = Recording()
+    backend = ScriptedBackend()  # it keeps the GenerationParams each answer was asked with
     registry.register("recording", backend)
     yield backend
     registry.unregister("recording")
