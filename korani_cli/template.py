@@ -15,7 +15,8 @@ settings transformers uses, so backends and `data show` need no transformers.
 
 A user turn may carry numbered web/document sources (the RAG form); the
 template prints them as `[1] title (url)` blocks before the question so the
-answer can cite them as [1], [2].
+answer can cite them as [1], [2]; its instruction also says what to answer when
+the sources do not hold the answer (`ABSTAIN_ANSWER`).
 
 Generation stops at EOS (the backends' job) or at the next `###` header
 (`StopFilter`, shared by every backend): a header is never printed.
@@ -36,9 +37,15 @@ from typing import Iterable, Sequence
 USER_HEADER = "### User\n"
 BOT_HEADER = "### Bot\n"
 TURN_SEPARATOR = "\n\n"
+# The one answer for a question the sources do not answer: the RAG instruction
+# prescribes it, grounded training data teaches it, and `korani eval` and the
+# answer core recognise it. (No ASCII quote may appear in the instruction: the
+# Jinja template below holds it in a single-quoted string.)
+ABSTAIN_ANSWER = "제공된 자료에는 이 질문의 답이 없습니다."
 RAG_INSTRUCTION = (
     "다음 자료를 참고해서 질문에 한국어로 답하세요. "
-    "각 문장 끝에 그 문장의 근거가 된 자료의 번호를 [1]처럼 표시하세요."
+    "각 문장 끝에 그 문장의 근거가 된 자료의 번호를 [1]처럼 표시하세요. "
+    f"자료에 답이 없으면 “{ABSTAIN_ANSWER}”라고만 답하세요."
 )
 RAG_QUESTION_PREFIX = "질문: "
 

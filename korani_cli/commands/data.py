@@ -88,6 +88,23 @@ def prepare_command(
             "Repeatable. [default: none]",
         ),
     ] = None,
+    grounded: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--grounded",
+            help="A SQuAD/KorQuAD-format JSON file: each question becomes a RAG conversation answered "
+            "from numbered sources (its paragraph + hard negatives), the prompt exactly as served. "
+            "Repeatable. [default: none]",
+        ),
+    ] = None,
+    unanswerable: Annotated[
+        float,
+        typer.Option(
+            "--unanswerable",
+            help="Share of --grounded questions that lose their gold passage and are answered with the "
+            "abstention.",
+        ),
+    ] = 0.1,
     tokenizer: Annotated[
         Optional[str],
         typer.Option(
@@ -107,7 +124,8 @@ def prepare_command(
         Optional[str],
         typer.Option(
             "--mix",
-            help="Source weights, e.g. koalpaca=1.0,sharegpt=0.5 (<1 subsamples; >1 repeats in train only; "
+            help="Source weights, e.g. koalpaca=1.0,sharegpt=0.5,grounded=2 (<1 subsamples; >1 repeats in "
+            "train only; "
             "at most 100). [default: 1.0 for every source]",
         ),
     ] = None,
@@ -155,6 +173,8 @@ def prepare_command(
         out_dir=out_dir,
         koalpaca=tuple(koalpaca or ()),
         sharegpt=tuple(sharegpt or ()),
+        grounded=tuple(grounded or ()),
+        unanswerable=unanswerable,
         tokenizer=tokenizer,
         max_tokens=max_tokens,
         valid=valid,

@@ -50,6 +50,8 @@ class PrepareConfig:
     out_dir: Path
     koalpaca: tuple[str, ...] = ()
     sharegpt: tuple[str, ...] = ()
+    grounded: tuple[str, ...] = ()  # SQuAD/KorQuAD-format JSON files (data/grounded.py)
+    unanswerable: float = 0.1  # share of grounded questions that lose their gold passage
     tokenizer: str | None = None
     max_tokens: int = 1024
     valid: float = 0.1
@@ -113,8 +115,15 @@ def parse_mix(text: str | None) -> dict[str, float]:
 
 
 def validate(config: PrepareConfig) -> None:
-    if not config.koalpaca and not config.sharegpt:
-        raise UsageError("no data sources given", "pass --koalpaca SRC and/or --sharegpt SRC")
+    if not config.koalpaca and not config.sharegpt and not config.grounded:
+        raise UsageError(
+            "no data sources given", "pass --koalpaca SRC, --sharegpt SRC and/or --grounded FILE"
+        )
+    if not 0 <= config.unanswerable <= 1:
+        raise UsageError(
+            f"--unanswerable must be a fraction in [0, 1], got {config.unanswerable}",
+            "e.g. --unanswerable 0.1",
+        )
     for name, value in (("--valid", config.valid), ("--test", config.test)):
         if not 0 <= value < 1:
             raise UsageError(f"{name} must be a fraction in [0, 1), got {value}", f"e.g. {name} 0.1")
@@ -172,6 +181,12 @@ class _Lengths:
                 ) from None
             self.eos = self.tokenizer.eos_token or DEFAULT_EOS
         self.measure = f"tokenizer:{tokenizer}" if tokenizer else f"chars/{CHARS_PER_TOKEN}"
+
+    def count(self, text: str) -> int:
+        """Tokens of one text (the context budget's measure of the grounded sources)."""
+        if self.tokenizer is None:
+            return math.ceil(len(text) / CHARS_PER_TOKEN)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def turn_lengths(self, convs: Sequence[Conversation]) -> list[list[int]]:
         pieces = [[turn_text(t.role, t.content, self.eos) for t in c.turns] for c in convs]
@@ -262,6 +277,7 @@ def prepare(config: PrepareConfig, progress: Progress | None = None) -> dict:
             "data prepare",
             koalpaca=list(config.koalpaca),
             sharegpt=list(config.sharegpt),
+            grounded=list(config.grounded),
             seed=config.seed,
             fingerprint=stats["fingerprint"],
         )
@@ -294,7 +310,7 @@ def _json_line(value) -> str:
 def _run(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress: Progress) -> dict:
     """The pipeline's four steps, in `tmp`: spool, split, write, stats."""
     spooled = _spool(config, files, lengths, tmp, progress)
-    split_of = _draw_splits(len(spooled.kept), config)
+    split_of = _draw_splits(spooled.kept, config)
     splits = _write_splits(config, spooled, split_of, tmp, progress)
     stats = _stats(config, files, lengths, spooled, splits)
     _write_json(tmp / "stats.json", stats)
@@ -307,6 +323,7 @@ class _Kept(NamedTuple):
     source: str
     tokens: int
     exchanges: int
+    group: str | None = None  # conversations of one group (a grounded article) share a split
 
 
 @dataclass
@@ -322,6 +339,7 @@ class _Spooled:
     rejects: Counter = field(default_factory=Counter)  # per reason
     rejects_by_source: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     cleaning: dict[str, int] = field(default_factory=dict)  # per rule: how often it changed a record
+    unanswerable: int = 0  # grounded conversations kept whose answer is the abstention
 
 
 class _Spooler:
@@ -345,15 +363,15 @@ class _Spooler:
         self.spooled.rejects_by_source[r.source][r.reason] += 1
         self.rejects.write(_json_line(r.to_json()) + "\n")
 
-    def keep(self, conv: Conversation, raw: RawRecord) -> None:
-        self.batch.append((conv, raw))
+    def keep(self, conv: Conversation, raw: RawRecord, group: str | None = None) -> None:
+        self.batch.append((conv, raw, group))
         if len(self.batch) >= BATCH:
             self.flush()
 
     def flush(self) -> None:
         limit = self.config.max_tokens
-        for (conv, raw), turn_lengths in zip(
-            self.batch, self.lengths.turn_lengths([c for c, _ in self.batch])
+        for (conv, raw, group), turn_lengths in zip(
+            self.batch, self.lengths.turn_lengths([c for c, _, _ in self.batch])
         ):
             fitted, tokens, was_cut = _fit(conv, turn_lengths, limit)
             if fitted is None:
@@ -370,7 +388,7 @@ class _Spooler:
             self.spooled.truncated[conv.source] += was_cut
             self.spool.write(json.dumps(fitted.to_json(), ensure_ascii=False) + "\n")
             exchanges = sum(1 for t in fitted.turns if t.role == "assistant")
-            self.spooled.kept.append(_Kept(conv.source, tokens, exchanges))
+            self.spooled.kept.append(_Kept(conv.source, tokens, exchanges, group))
         self.batch.clear()
 
 
@@ -395,6 +413,9 @@ def _spool(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress:
     ):
         sink = _Spooler(config, lengths, spooled, rej_fh, spool)
         for name, path in files:
+            if name == "grounded":
+                _spool_grounded(config, path, lengths, spooled, sink, mix_rng, on_bytes, progress)
+                continue
             for item in read_file(name, path, on_bytes, RECORD_KEYS[name]):
                 if isinstance(item, Reject):
                     # A bad line or element was a record too; a bad file was not.
@@ -447,15 +468,68 @@ def _spool(config: PrepareConfig, files, lengths: _Lengths, tmp: Path, progress:
     return spooled
 
 
-def _draw_splits(n: int, config: PrepareConfig) -> list[str]:
+def _spool_grounded(config, path, lengths, spooled, sink, mix_rng, on_bytes, progress) -> None:
+    """Step 1 for a --grounded file: its conversations are built, not read, so they skip the
+    cleaning rules and dedup (every question of a paragraph shares its passages: near-dup would
+    take them for copies); the mix and the length fit apply as to the other sources."""
+    from korani_cli.data import grounded
+    from korani_cli.rag.budget import default_tokens
+
+    options = grounded.Options(
+        config.unanswerable,
+        config.seed,
+        source_tokens=default_tokens(config.max_tokens, grounded.ANSWER_ROOM),
+    )
+    weight = config.mix.get("grounded", 1.0)
+    for item in grounded.read(path, options, lengths.count, on_bytes):
+        spooled.records_in["grounded"] += 1
+        progress.advance("clean")
+        if isinstance(item.result, Reject):
+            sink.reject(item.result)
+            continue
+        if weight < 1.0 and mix_rng.random() >= weight:
+            spooled.mix_dropped["grounded"] += 1
+            continue
+        before = len(spooled.kept)
+        sink.keep(item.result, item.raw, item.group)
+        sink.flush()  # one by one: whether it was kept decides the unanswerable count
+        spooled.unanswerable += item.unanswerable and len(spooled.kept) > before
+
+
+def _draw_splits(kept: list[_Kept], config: PrepareConfig) -> list[str]:
     """Step 2: the split of each spooled conversation, by shuffled index: exact
-    sizes, all turns of a conversation together."""
+    sizes, all turns of a conversation together. Conversations with a group (a
+    grounded article) are split by group, so that no article is in two splits."""
+    singles = [i for i, k in enumerate(kept) if k.group is None]
+    split_of = [""] * len(kept)
+    n = len(singles)
     order = list(range(n))
     random.Random(f"split:{config.seed}").shuffle(order)
     n_test, n_valid = round(n * config.test), round(n * config.valid)
-    split_of = [""] * n
     for rank, index in enumerate(order):
-        split_of[index] = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
+        split = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
+        split_of[singles[index]] = split
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, k in enumerate(kept):
+        if k.group is not None:
+            groups[k.group].append(i)
+    names = sorted(groups)
+    random.Random(f"split-groups:{config.seed}").shuffle(names)
+    total = sum(len(members) for members in groups.values())
+    # Whole groups go to test, then valid, until each holds its share of the conversations.
+    want_test, want_valid = round(total * config.test), round(total * config.valid)
+    filled = {"test": 0, "valid": 0}
+    for name in names:
+        members = groups[name]
+        if filled["test"] < want_test:
+            split = "test"
+        elif filled["valid"] < want_valid:
+            split = "valid"
+        else:
+            split = "train"
+        filled[split] = filled.get(split, 0) + len(members)
+        for i in members:
+            split_of[i] = split
     return split_of
 
 
@@ -511,6 +585,8 @@ def _stats(
         "params": {
             "koalpaca": list(config.koalpaca),
             "sharegpt": list(config.sharegpt),
+            "grounded": list(config.grounded),
+            "unanswerable": config.unanswerable,
             "tokenizer": config.tokenizer,
             "max_tokens": config.max_tokens,
             "valid": config.valid,
@@ -533,6 +609,7 @@ def _stats(
                 "mix_dropped": spooled.mix_dropped[s],
                 "truncated": spooled.truncated[s],
                 "rejects": dict(sorted(spooled.rejects_by_source[s].items())),
+                **({"unanswerable": spooled.unanswerable} if s == "grounded" else {}),
             }
             for s in SOURCES
             if any(name == s for name, _ in files)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SOURCES = ("koalpaca", "sharegpt")
+SOURCES = ("koalpaca", "sharegpt", "grounded")
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,12 @@ a footnote on it is *right* when the passage it points at contains the answer
 the sentence states. Precision = right footnotes / footnotes on stating
 sentences; recall = stating sentences with a right footnote / stating sentences.
 
-Abstention: the answer says the sources do not hold the answer (a list of
-Korean and English phrasings; the RAG prompt prescribes none).
+Abstention: the answer says the sources do not hold the answer. The RAG
+instruction prescribes one answer for that (`template.ABSTAIN_ANSWER`), which
+grounded training data teaches; it is recognised wherever it stands, with or
+without markers, quotes or its final period. Models trained before it was
+prescribed phrase it their own way, so a list of Korean and English phrasings
+is recognised too.
 
 Chat: `repetition` (share of word 4-grams that repeat an earlier one),
 `hangul_share` (Hangul among letters), `header_leak` (a `###` or a role header
@@ -32,6 +36,8 @@ import string
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
+
+from korani_cli.template import ABSTAIN_ANSWER
 
 _MARKER = re.compile(r"\s*\[\d{1,2}\]")
 _REMOVE = re.compile("['\"《》<>〈〉()‘’]")
@@ -95,10 +101,14 @@ ABSTAIN_PATTERNS = [
 ]
 
 
+# The prescribed answer as `normalize_answer` writes it (no period, no quotes).
+_ABSTAIN = normalize_answer(ABSTAIN_ANSWER)
+
+
 def abstains(answer: str) -> bool:
     """Does the answer say that the sources do not contain the answer?"""
     text = strip_markers(answer)
-    return any(p.search(text) for p in ABSTAIN_PATTERNS)
+    return _ABSTAIN in normalize_answer(text) or any(p.search(text) for p in ABSTAIN_PATTERNS)
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ source is removed; one whose cited passage does not support its sentence
 moves to the offered passage that supports it best, if one clears the bar,
 and is dropped otherwise. A prose sentence that cites nothing gets the
 source that supports it best, if any clears the bar (headings and table
-rows get none). Kept markers stay where the model wrote them, renumbered in
-order of first citation; footnotes list only sources that are cited. So no
-text is shown before its markers are checked, and a terminal sees the
-answer sentence by sentence.
+rows get none). The prescribed abstention (template.ABSTAIN_ANSWER) cites
+nothing: its markers are removed and none is added. Kept markers stay where
+the model wrote them, renumbered in order of first citation; footnotes list
+only sources that are cited. So no text is shown before its markers are
+checked, and a terminal sees the answer sentence by sentence.
 """
 
 from __future__ import annotations
@@ -39,12 +40,15 @@ from korani_cli.rag import support as sup
 from korani_cli.rag.segment import Piece, Segmenter
 from korani_cli.rag.segment import split as split_pieces
 from korani_cli.search.types import Citation, Ranked
-from korani_cli.template import RAG_INSTRUCTION, RAG_QUESTION_PREFIX, Message, Source, user
+from korani_cli.template import ABSTAIN_ANSWER, RAG_INSTRUCTION, RAG_QUESTION_PREFIX, Message, Source, user
 from korani_cli.untrusted import clean_line
 
 MARKER = re.compile(r"[ \t]*\[(\d{1,2})\]")
 _CODE_SPAN = re.compile(r"`[^`\n]*`")
 SUPPORT_THRESHOLD = sup.THRESHOLD  # weighted share of a sentence's content found in the passage
+# The prescribed abstention (template.ABSTAIN_ANSWER) without its final period:
+# a sentence saying the sources lack the answer cites none of them.
+_ABSTAIN = ABSTAIN_ANSWER.rstrip(".")
 
 
 @dataclass
@@ -178,6 +182,12 @@ class Checker:
         body, at, written = _unmarked(piece.text)
         if not body.strip():
             return "", None  # markers alone, cut off from their sentence
+        if _ABSTAIN in body:
+            # "The sources do not hold the answer" is supported by no source: no marker, kept or added.
+            sentence = Sentence(body.strip(), ())
+            self.claims.append((sentence.text, []))
+            self.seconds += time.perf_counter() - start
+            return body, sentence
         support = self._support(body)
         best = max(support, key=support.get) if support else None
         marks: list[int] = []
