@@ -126,3 +126,16 @@ def test_korani_s_trainer_pays_the_output_layer_only_for_labelled_tokens(prepare
         handle.remove()
     assert seen == [labelled + 1]
     torch.testing.assert_close(loss, full, rtol=1e-5, atol=1e-6)
+
+
+def test_a_gguf_base_loads_from_its_directory_with_gguf_file(tmp_path):
+    """`base_model: FILE.gguf` (the demo's gemma-3-270m): transformers gets the directory and
+    `gguf_file`; a directory or a hub id goes through as it is."""
+    from korani_cli.train.model import pretrained_source
+
+    gguf = tmp_path / "m" / "gemma-3-270m-q4_k_m.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")
+    assert pretrained_source(str(gguf)) == (str(gguf.parent.resolve()), {"gguf_file": gguf.name})
+    assert pretrained_source(str(gguf.parent)) == (str(gguf.parent), {})
+    assert pretrained_source("EleutherAI/polyglot-ko-5.8b") == ("EleutherAI/polyglot-ko-5.8b", {})

@@ -152,7 +152,8 @@ def prepare_tokenizer(base: str):
 
     from korani_cli.template import CHAT_TEMPLATE, PAD_TOKEN
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    name, source = train_model.pretrained_source(base)
+    tokenizer = AutoTokenizer.from_pretrained(name, **source)
     tokenizer.chat_template = CHAT_TEMPLATE
     if tokenizer.eos_token is None:
         raise UsageError(
@@ -260,9 +261,11 @@ def build_trainer(
         tokenizer = prepare_tokenizer(config.base_model)
         model = train_model.load_model(config, plan, config.base_model, vocab=len(tokenizer))
     except ImportError as exc:
+        gguf = bool(train_model.pretrained_source(config.base_model)[1])
         raise ModelLoadError(
             f"a library needed to train on {config.base_model} is missing ({exc})",
-            "pip install 'korani[train]'",
+            # transformers reads a GGUF base with the `gguf` distribution, which korani[train] leaves out.
+            "pip install gguf" if gguf else "pip install 'korani[train]'",
         ) from None
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
