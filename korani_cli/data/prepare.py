@@ -369,6 +369,8 @@ class _Spooler:
             self.flush()
 
     def flush(self) -> None:
+        if not self.batch:
+            return  # a real tokenizer refuses an empty batch (grounded records flush one by one)
         limit = self.config.max_tokens
         for (conv, raw, group), turn_lengths in zip(
             self.batch, self.lengths.turn_lengths([c for c, _, _ in self.batch])
