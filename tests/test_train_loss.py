@@ -103,18 +103,25 @@ def test_the_loss_on_labelled_rows_equals_the_full_loss(arch, num_items, tiny_ne
     assert seen == [2 * 24]
 
 
-def test_korani_s_trainer_pays_the_output_layer_only_for_labelled_tokens(prepared, tmp_path):
+@pytest.mark.parametrize("four_bit", [False, True], ids=["lora", "qlora"])
+def test_korani_s_trainer_pays_the_output_layer_only_for_labelled_tokens(prepared, tmp_path, four_bit):
     """`korani train`'s own compute_loss on a real batch: the loss of the full computation,
-    with the output layer applied to the labelled positions alone."""
+    with the output layer applied to the labelled positions alone — on bf16-free LoRA and on
+    the 4-bit QLoRA path (bitsandbytes on CPU, the output layer kept unquantised)."""
     import torch
 
     from korani_cli.train.smoke import smoke_adjust
     from korani_cli.train.trainer import build_trainer
 
     config = smoke_adjust(
-        smoke_config(prepared, tmp_path / "o", load_in_4bit=False), tmp_path / "o", prepared, QuietProgress()
+        smoke_config(prepared, tmp_path / "o", load_in_4bit=four_bit),
+        tmp_path / "o",
+        prepared,
+        QuietProgress(),
     )
     trainer, _, _ = build_trainer(config, tmp_path / "o", prepared)
+    if four_bit:
+        assert getattr(trainer.model, "is_loaded_in_4bit", False)
     batch = next(iter(trainer.get_train_dataloader()))
     labelled = int((batch["labels"][:, 1:] != -100).sum())
     assert 0 < labelled < batch["labels"].numel() // 2

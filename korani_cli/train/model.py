@@ -132,9 +132,10 @@ def settle_gguf(model, base: str) -> None:
     again (PEFT records the name; the directory alone would not)."""
     if not pretrained_source(base)[1]:
         return
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        # transformers' own undoing: quantizer, config entry, method and the is_quantized flag.
+        quantizer.remove_quantization_config(model)
     model.name_or_path = str(Path(base).resolve())
     model.config._name_or_path = model.name_or_path
 
