@@ -205,10 +205,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "korani.log"
     env = dict(os.environ)
-    path = [str(REPO)] + ([args.pythonpath] if args.pythonpath else []) + [env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
     if args.threads:
         env["KORANI_THREADS"] = args.threads
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    # Only loading the GGUF base sees the PyPI gguf: export-gguf's converter needs the copy it vendors
+    # under the same name (the PyPI release lacks architectures it names: AttributeError).
+    gguf_env = dict(env)
+    if args.pythonpath:
+        gguf_env["PYTHONPATH"] = os.pathsep.join((str(REPO), args.pythonpath, env["PYTHONPATH"]))
     if args.pythonpath:
         sys.path.insert(0, args.pythonpath)
     sys.path.insert(0, str(REPO))
@@ -233,7 +237,9 @@ def main() -> None:
             lambda: korani(
                 [
                     "data", "prepare", "--grounded", str(train_set), "--tokenizer", str(tok),
-                    "--max-tokens", str(args.max_length), "--valid", "0.05", "--test", "0", "-o", str(data),
+                    # No valid split: the trainer would evaluate it at the last step (minutes on a CPU),
+                    # and the proof's measure is eval rag on held-out articles.
+                    "--max-tokens", str(args.max_length), "--valid", "0", "--test", "0", "-o", str(data),
                 ],
                 env,
                 log,
@@ -244,11 +250,11 @@ def main() -> None:
     if not (adapter / "korani_metadata.json").is_file():
         cfg = recipe(work / "recipe.yaml", base, data, adapter, args)
         resume = ["--resume"] if any(adapter.glob("checkpoint-*")) else []
-        stage("train", lambda: korani(["train", str(cfg), *resume], env, log))
+        stage("train", lambda: korani(["train", str(cfg), *resume], gguf_env, log))
     meta = json.loads((adapter / "korani_metadata.json").read_text(encoding="utf-8"))
     merged = work / "merged"
     if not (merged / "config.json").is_file():
-        stage("merge", lambda: korani(["train", "merge", str(adapter), "-o", str(merged)], env, log))
+        stage("merge", lambda: korani(["train", "merge", str(adapter), "-o", str(merged)], gguf_env, log))
     gguf = work / f"trained-{args.outtype}.gguf"
     if not gguf.is_file():
         stage(
@@ -275,6 +281,8 @@ def main() -> None:
                 "none",
                 "-t",
                 "0",
+                "--max-new-tokens",
+                str(args.max_new_tokens),
                 "--json",
                 question,
             ],
