@@ -43,7 +43,10 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class TrainConfig:
-    base_model: str = _f("EleutherAI/polyglot-ko-5.8b", "Base model: hub id or local directory.")
+    base_model: str = _f(
+        "EleutherAI/polyglot-ko-5.8b",
+        "Base model: hub id, local directory, or a .gguf file (dequantised; needs the gguf package).",
+    )
     data: str = _f("data/korani", "Directory written by `korani data prepare` (train/valid/test.jsonl).")
     output: str = _f("runs/korani", "Output directory: adapter, tokenizer, checkpoints, logs, metadata.")
     max_length: int = _f(256, "Longest tokenised conversation; longer ones are truncated.")
@@ -416,7 +419,7 @@ _UNIT_INTERVAL = (lambda v: math.isfinite(v) and 0 <= v < 1), "a number from 0 u
 
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # A name no path or hub id can be (5,000 characters) is refused here, not by an OSError later.
-    "base_model": (_path_like, "a hub id or a local directory"),
+    "base_model": (_path_like, "a hub id, a local directory or a .gguf file"),
     "data": (_path_like, "a directory written by `korani data prepare`"),
     "output": (_path_like, "a directory path"),
     "max_length": _int_at_least(1),

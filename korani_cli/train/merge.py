@@ -18,6 +18,7 @@ from pathlib import Path
 from korani_cli import modelref
 from korani_cli.errors import ModelLoadError, UsageError
 from korani_cli.outputs import guard_output_dir, reap_stale, replace_dir, temp_dir, write_marker
+from korani_cli.train.model import pretrained_source, settle_gguf
 
 DTYPES = ("float16", "bfloat16", "float32")
 
@@ -61,11 +62,17 @@ def load_merged(adapter: Path, dtype: str = "float16", base: str | None = None):
     unloadable = (OSError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError)
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+        base_name, source = pretrained_source(base)
+        model = AutoModelForCausalLM.from_pretrained(base_name, **source, dtype=getattr(torch, dtype))
+        settle_gguf(model, base)
         has_tokenizer = any(
             (adapter / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")
         )
-        tokenizer = AutoTokenizer.from_pretrained(adapter if has_tokenizer else base)
+        tokenizer = (
+            AutoTokenizer.from_pretrained(adapter)
+            if has_tokenizer
+            else AutoTokenizer.from_pretrained(base_name, **source)
+        )
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()

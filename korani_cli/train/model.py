@@ -115,6 +115,31 @@ def lora_config(config: TrainConfig):
     )
 
 
+def pretrained_source(base: str) -> tuple[str, dict]:
+    """`from_pretrained`'s (name, keyword arguments) for a base. A `.gguf` file — the demo's
+    gemma-3-270m, say — loads from its directory with `gguf_file`: transformers dequantises
+    it into ordinary weights of the dtype asked for (it needs the `gguf` distribution)."""
+    path = Path(base)
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return str(path.resolve().parent), {"gguf_file": path.name}
+    return base, {}
+
+
+def settle_gguf(model, base: str) -> None:
+    """A model loaded from a GGUF file keeps transformers' GGUF quantizer marker, which
+    refuses `save_pretrained` although its weights are ordinary tensors: the marker goes.
+    Its name becomes the file itself, so an adapter trained on it names a base that loads
+    again (PEFT records the name; the directory alone would not)."""
+    if not pretrained_source(base)[1]:
+        return
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        # transformers' own undoing: quantizer, config entry, method and the is_quantized flag.
+        quantizer.remove_quantization_config(model)
+    model.name_or_path = str(Path(base).resolve())
+    model.config._name_or_path = model.name_or_path
+
+
 def load_model(config: TrainConfig, plan: DevicePlan, base: str, vocab: int | None = None):
     """The base model, quantised when asked, made ready for k-bit training, with LoRA attached."""
     import torch
@@ -131,7 +156,9 @@ def load_model(config: TrainConfig, plan: DevicePlan, base: str, vocab: int | No
             import os
 
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    name, source = pretrained_source(base)
+    model = AutoModelForCausalLM.from_pretrained(name, **source, **kwargs)
+    settle_gguf(model, base)
     # A pad token added to the tokenizer usually fits in the embedding
     # matrix's spare rows (polyglot-ko pads its vocabulary); grow it otherwise.
     if vocab is not None and vocab > model.get_input_embeddings().num_embeddings:

@@ -152,7 +152,8 @@ def prepare_tokenizer(base: str):
 
     from korani_cli.template import CHAT_TEMPLATE, PAD_TOKEN
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    name, source = train_model.pretrained_source(base)
+    tokenizer = AutoTokenizer.from_pretrained(name, **source)
     tokenizer.chat_template = CHAT_TEMPLATE
     if tokenizer.eos_token is None:
         raise UsageError(
@@ -178,7 +179,8 @@ def ensure_dist_env() -> None:
 
 def trainer_class():
     """SFTTrainer for data preparation (template, assistant masks, packing); the
-    model's own loss on those labels.
+    model's own loss on those labels, with its output layer applied only where
+    labels are (`headloss.py`).
 
     TRL's compute_loss runs a chunked log-prob kernel to also log entropy and
     token accuracy; on a CPU that cost more than the model itself (measured
@@ -188,7 +190,13 @@ def trainer_class():
     from transformers import Trainer
     from trl import SFTTrainer
 
+    from korani_cli.train import headloss
+
     class KoraniSFTTrainer(SFTTrainer):
+        # False once a forward bypassed its output-embedding module (the hook never ran):
+        # from then on every step is computed the full way. A bench sets it to compare.
+        labelled_head = True
+
         def create_model_card(self, *args, **kwargs):
             # TRL drafts a card into the output directory at every checkpoint ("a fine-tuned
             # version of [None]" for a local base); korani writes its own when the run is done
@@ -197,9 +205,27 @@ def trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False
-            return Trainer.compute_loss(
-                self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-            )
+
+            def full():
+                return Trainer.compute_loss(
+                    self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+                )
+
+            # Evaluation that keeps logits needs them at every position.
+            unwrapped = self.accelerator.unwrap_model(model)
+            if return_outputs or not self.labelled_head or not headloss.applicable(unwrapped, inputs):
+                return full()
+            with headloss.narrowed(unwrapped, inputs) as (narrow, narrowing):
+                try:
+                    loss = Trainer.compute_loss(self, model, narrow, num_items_in_batch=num_items_in_batch)
+                except (RuntimeError, ValueError):
+                    if narrowing.fired:
+                        raise
+                    loss = None  # labels laid out for narrowed logits met full ones
+            if narrowing.fired:
+                return loss
+            self.labelled_head = False
+            return full()
 
     return KoraniSFTTrainer
 
@@ -235,9 +261,11 @@ def build_trainer(
         tokenizer = prepare_tokenizer(config.base_model)
         model = train_model.load_model(config, plan, config.base_model, vocab=len(tokenizer))
     except ImportError as exc:
+        gguf = bool(train_model.pretrained_source(config.base_model)[1])
         raise ModelLoadError(
             f"a library needed to train on {config.base_model} is missing ({exc})",
-            "pip install 'korani[train]'",
+            # transformers reads a GGUF base with the `gguf` distribution, which korani[train] leaves out.
+            "pip install gguf" if gguf else "pip install 'korani[train]'",
         ) from None
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__

