@@ -151,7 +151,7 @@ def evaluate(model: str, heldout: Path, out: Path, env: dict, log: Path, args) -
                 model,
                 "--set",
                 str(heldout),
-                "-n",
+                "--limit",
                 str(args.eval_n),
                 "--unanswerable",
                 str(args.unanswerable),
@@ -183,7 +183,13 @@ def measures(summary: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--work", type=Path, help="where every stage's output goes [--quick: a temporary one]")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI: 2 + 2 articles, grounded data and the eval before on 2 questions; the training stages "
+        "(minutes of CPU, and the gguf distribution) are skipped",
+    )
     ap.add_argument("--base", type=Path, help="the base GGUF [default: the demo's gemma-3-270m]")
     ap.add_argument("--pythonpath", help="a directory holding the gguf distribution")
     ap.add_argument("--train-articles", type=int, default=30)
@@ -200,6 +206,15 @@ def main() -> None:
     ap.add_argument("--threads", help="KORANI_THREADS for llama.cpp (1 on a crowded machine)")
     ap.add_argument("--outtype", default="q4_k_m", help="export-gguf --outtype (the demo's base is Q4_K_M)")
     args = ap.parse_args()
+    if args.quick:
+        ap.set_defaults(train_articles=2, heldout_articles=2, eval_n=2, max_new_tokens=8, unanswerable=0.5)
+        args = ap.parse_args()
+        if args.work is None:
+            import tempfile
+
+            args.work = Path(tempfile.mkdtemp(prefix="korani-rag-train-"))
+    elif args.work is None:
+        ap.error("--work DIR is required (it keeps each stage's output, so a run can continue)")
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -229,14 +244,16 @@ def main() -> None:
         return value
 
     train_set, heldout = split_articles(work, args.train_articles, args.heldout_articles)
-    tok = stage("tokenizer", lambda: save_tokenizer(base, work / "gemma-tokenizer"))
+    # --quick counts lengths without gemma's tokenizer (reading it from the GGUF needs the gguf distribution).
+    tok = None if args.quick else stage("tokenizer", lambda: save_tokenizer(base, work / "gemma-tokenizer"))
     data = work / "grounded"
     if not (data / "train.jsonl").is_file():
         stage(
             "data prepare",
             lambda: korani(
                 [
-                    "data", "prepare", "--grounded", str(train_set), "--tokenizer", str(tok),
+                    "data", "prepare", "--grounded", str(train_set),
+                    *(["--tokenizer", str(tok)] if tok else []),
                     # No valid split: the trainer would evaluate it at the last step (minutes on a CPU),
                     # and the proof's measure is eval rag on held-out articles.
                     "--max-tokens", str(args.max_length), "--valid", "0", "--test", "0", "-o", str(data),
@@ -246,6 +263,13 @@ def main() -> None:
             ),
         )  # fmt: skip
     before = stage("eval before", lambda: evaluate(str(base), heldout, work / "eval_before", env, log, args))
+    if args.quick:
+        rows = sum(1 for _ in (data / "train.jsonl").open(encoding="utf-8"))
+        skipped = "--quick: train, merge, export-gguf, eval after and ask need minutes of CPU and gguf"
+        print(f"{rows} grounded conversations; before: {measures(before)}")
+        print("RESULT " + json.dumps({"quick": True, "conversations": rows, "before": measures(before),
+                                      "seconds": seconds, "skipped": skipped}))  # fmt: skip
+        return
     adapter = work / "adapter"
     if not (adapter / "korani_metadata.json").is_file():
         cfg = recipe(work / "recipe.yaml", base, data, adapter, args)
