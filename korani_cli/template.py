@@ -171,6 +171,14 @@ def _as_dicts(messages: Sequence[Message | dict]) -> list[dict]:
     return out
 
 
+def chat_template(bos: bool = False) -> str:
+    """The template a trained tokenizer keeps. With `bos`, it opens with the tokenizer's BOS:
+    serving encodes the rendered prompt with the tokenizer's special tokens (a BOS first, for
+    gemma and llama), while training encodes the template's output without them, so for such a
+    tokenizer the template must say BOS itself or the model trains on prompts it is never served."""
+    return ("{{- bos_token }}" if bos else "") + CHAT_TEMPLATE
+
+
 def render_with_mask(
     messages: Sequence[Message | dict],
     eos_token: str,

@@ -147,14 +147,18 @@ def sft_kwargs(
 
 
 def prepare_tokenizer(base: str):
-    """The base tokenizer with the KoRani template and a pad token that is not EOS."""
+    """The base tokenizer with the KoRani template and a pad token that is not EOS; the template
+    opens with BOS where the tokenizer puts one before a text it encodes (as serving does)."""
     from transformers import AutoTokenizer
 
-    from korani_cli.template import CHAT_TEMPLATE, PAD_TOKEN
+    from korani_cli.template import PAD_TOKEN, chat_template
 
     name, source = train_model.pretrained_source(base)
     tokenizer = AutoTokenizer.from_pretrained(name, **source)
-    tokenizer.chat_template = CHAT_TEMPLATE
+    bos = tokenizer.bos_token_id
+    tokenizer.chat_template = chat_template(
+        bos=bos is not None and tokenizer("가", add_special_tokens=True)["input_ids"][:1] == [bos]
+    )
     if tokenizer.eos_token is None:
         raise UsageError(
             f"the tokenizer of {base} has no EOS token", "use a base model whose tokenizer defines eos_token"
