@@ -178,19 +178,7 @@ def ask(
     resumed = _resumed(session_id, model, template, system) if resume_last or session_id is not None else None
     if resumed is not None:
         model, template, system = resumed.model, resumed.template, resumed.system
-    settings = load_settings(
-        {
-            "model": model,
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_p": top_p,
-            "template": template,
-            "backend": backend,
-        }
-    )
-    check_flag("--seed", seed, SEED)
-    check_flag("--top-k", top_k, TOP_K)
-    check_flag("--context-tokens", context_tokens, CONTEXT_TOKENS)
+    settings = _settings(locals())
     text = _question(question)
     if resumed is not None:
         notice(resumed.note)
@@ -211,19 +199,34 @@ def ask(
     request = Request(text, params, system, history, sources, context_tokens, search=retrieval)
     recorder = _recorder(resumed, settings, system) if log else None
     result = _answer(loaded, request, recorder, load_s)
+    _print(result, as_json, streaming)
+    _cut_note(result, params, retrieval is not None, loaded.info.context_length)
+
+
+def _settings(given: dict):
+    """The generation settings (flags over the model's defaults over config), every value checked."""
+    keys = ("model", "max_new_tokens", "temperature", "top_p", "template", "backend")
+    settings = load_settings({key: given[key] for key in keys})
+    check_flag("--seed", given["seed"], SEED)
+    check_flag("--top-k", given["top_k"], TOP_K)
+    check_flag("--context-tokens", given["context_tokens"], CONTEXT_TOKENS)
+    return settings
+
+
+def _print(result, as_json: bool, streaming: bool) -> None:
+    """The answer on stdout: --json's object, or the text (streamed already on a terminal) and footnotes."""
     if as_json:
         sys.stdout.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
-    else:
-        if not streaming:
-            sys.stdout.write(clean(result.answer) + "\n")
-        footnotes = result.footnotes()
-        if footnotes and streaming:  # a terminal: titles wrap at words too (a URL stays whole)
-            wrap = WordWrap(sys.stdout.write, _columns())
-            wrap.feed("\n" + clean(footnotes) + "\n")
-            wrap.finish()
-        elif footnotes:
-            sys.stdout.write("\n" + clean(footnotes) + "\n")
-    _cut_note(result, params, retrieval is not None, loaded.info.context_length)
+        return
+    if not streaming:
+        sys.stdout.write(clean(result.answer) + "\n")
+    footnotes = result.footnotes()
+    if footnotes and streaming:  # a terminal: titles wrap at words too (a URL stays whole)
+        wrap = WordWrap(sys.stdout.write, _columns())
+        wrap.feed("\n" + clean(footnotes) + "\n")
+        wrap.finish()
+    elif footnotes:
+        sys.stdout.write("\n" + clean(footnotes) + "\n")
 
 
 def _recorder(resumed, settings, system):
