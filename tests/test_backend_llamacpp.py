@@ -126,3 +126,20 @@ def test_a_demo_assembly_killed_midway_leaves_nothing_behind_for_long(tmp_path, 
     assert demo_models.demo_gguf() == target and target.is_file()
     assert not stale.exists()
     assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+def test_a_cut_inside_a_character_prints_no_replacement_mark(demo_chat_gguf):
+    # SmolLM2's byte-level vocabulary spells a Hangul syllable in several tokens: a length limit
+    # that lands between them left half a character, which the decoder's final flush printed as
+    # "\ufffd" at the end of the answer (seen on a chat screen). Half a character is dropped.
+    settings = Settings(model="demo-chat")
+    backend = load_backend(resolve("demo-chat", settings), settings)
+    question = [user("한라산의 높이는 얼마인가요? 한국어로 답하세요.")]
+    cut_mid_character = 0
+    for limit in range(1, 25):
+        gen = backend.stream(question, GenerationParams(max_new_tokens=limit, temperature=0.0))
+        text = gen.text()
+        # (A "\ufffd" inside the text is the model's own invalid bytes, and stays: only the cut is ours.)
+        assert not text.endswith("\ufffd"), (limit, text)
+        cut_mid_character += gen.usage.completion_tokens == limit and not text.strip()[-1:].isascii()
+    assert cut_mid_character, "no limit ended inside Hangul: the test proves nothing"

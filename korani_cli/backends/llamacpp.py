@@ -250,6 +250,6 @@ class LlamaCppBackend:
             raise GenerationError(
                 f"llama.cpp failed while generating ({exc})", "retry; if it persists, lower n_ctx"
             ) from None
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield tail
+        # Bytes still waiting here are half a character (a byte-level vocabulary spells a Hangul
+        # syllable in several tokens and the limit fell between them): dropped, where a final decode
+        # would print them as "\ufffd".
