@@ -172,12 +172,13 @@ def evaluate(model: str, heldout: Path, out: Path, env: dict, log: Path, args) -
 
 def measures(summary: dict) -> dict:
     """The issue's measures from an `eval rag --json` summary; stop_rate is the share of
-    answers that ended by themselves (finish reason stop) rather than at the token limit."""
+    answers that ended by themselves (finish reason eos or stop) rather than at the token limit."""
     metrics = summary.get("metrics", {})
     out = {k: (metrics.get(k) or {}).get("value") for k in MEASURES if k != "stop_rate"}
     finish = summary.get("usage", {}).get("finish_reason", {})
     items = sum(finish.values()) or None
-    out["stop_rate"] = finish.get("stop", 0) / items if items else None
+    # Backends say "eos" (llama.cpp, transformers) or "stop" (a stop string, an OpenAI server).
+    out["stop_rate"] = (finish.get("stop", 0) + finish.get("eos", 0)) / items if items else None
     return {k: out[k] for k in MEASURES}
 
 

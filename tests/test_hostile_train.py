@@ -98,7 +98,8 @@ def work(tmp_path) -> Path:
 # -- recipes: validated whole, before --smoke overrides anything -----------------------------
 
 DEEP = "[" * 100_000
-LONG_BASE = "yyyy…'; it must be a hub id or a local directory"  # quoted by its first 60 characters only
+# The base is quoted by its first 60 characters only.
+LONG_BASE = "yyyy…'; it must be a hub id, a local directory or a .gguf file"
 RECIPE_CASES = [
     # (id, recipe file content (str/bytes) or "DIR"/"MISSING", overrides, exit code, fragment)
     ("lora_r 0", "lora_r: 0\n", [], EXIT_CONFIG, "'lora_r' is 0"),
