@@ -266,11 +266,13 @@ def rag(
     """Grounded Korean QA: retrieve over the set's paragraphs as `search` does, answer with the RAG \
 prompt, check footnotes.
 
-    Measures (answerable questions unless noted): retrieval_hit, answer_correct,
-    f1 (KorQuAD's), citation_precision/recall (after footnote verification; raw_*
-    before), abstain_correct (unanswerable ones), false_abstain; tokens,
-    finish reasons, time to first token. Exit codes: 0, 2 usage, 3 model load,
-    4 generation, 6 data, 130 interrupted.
+    Measures (answerable questions unless noted), by whose work they score:
+    retrieval_hit, answer_in_context (retrieval); answer_correct, f1 (KorQuAD's),
+    raw_citation_precision/recall (its own footnote markers), abstain_correct
+    (unanswerable ones), false_abstain (the model); citation_precision/recall
+    (the footnotes korani prints, after its check); tokens, finish reasons,
+    time to first token. Exit codes: 0, 2 usage, 3 model load, 4 generation,
+    6 data, 130 interrupted.
     """
     from korani_cli.config import TOP_K
     from korani_cli.eval import rag as rag_eval
