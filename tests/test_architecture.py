@@ -49,6 +49,15 @@ PLANTED = [
     ({"template.py": "from korani_cli import errors\n", "errors.py": ""}, "template:1 imports errors"),
     (
         {
+            "commands/__init__.py": "",
+            "commands/ask.py": "from korani_cli.rag import answer\n",
+            "rag/__init__.py": "",
+            "rag/answer.py": "",
+        },
+        "commands.ask:1 imports rag.answer (commands ↛ rag)",
+    ),
+    (
+        {
             "models.py": "from korani_cli.backends import hf\n",
             "backends/__init__.py": "",
             "backends/hf.py": "from korani_cli.models import ModelSpec\n",

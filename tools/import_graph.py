@@ -9,7 +9,7 @@ The walls (STYLE.md: presentation on top, core below, the template at the bottom
 - search ↛ chat, train, rag, turn; rag ↛ chat, train, turn; train ↛ chat, search, turn;
   backends ↛ search, chat, train, turn; turn ↛ train, eval (the answer layer, turn/, sits above rag/ and
   search/, below the front ends: chat, ask and eval use it; it reaches chat/ only for the
-  history store, through asklog);
+  history store, through asklog); commands, chat ↛ rag, memory, oneshot (their turns go through turn/);
 - template.py imports no korani module;
 - no core module imports the presentation layer (commands/, chat/repl.py,
   chat/view.py, console.py, cli.py);
@@ -37,6 +37,10 @@ WALLS = {
     "train": {"chat", "search", "turn"},
     "backends": {"search", "chat", "train", "turn"},
     "turn": {"train", "eval"},
+    # ask's and chat's turns go through the answer layer (turn/): neither builds prompts, trims
+    # memory or reads the answer core's events itself.
+    "commands": {"rag", "memory", "oneshot"},
+    "chat": {"rag", "memory", "oneshot"},
 }
 PRESENTATION = ("commands", "chat.repl", "chat.view", "console", "cli", "__main__", "helpfmt")
 # A child process's line to its parent (export-gguf's converter runs in one), not output for a person.
