@@ -149,7 +149,7 @@ def documents(directory: Path) -> Path:
     import rag
 
     directory.mkdir(parents=True, exist_ok=True)
-    for i, page in enumerate(rag.PAGES):
+    for i, page in enumerate(rag.UNIFORM):
         (directory / f"p{i}.html").write_bytes((rag.HTML / page).read_bytes())
     return directory
 
