@@ -161,10 +161,12 @@ def test_compare_of_runs_on_different_item_counts_says_so_before_the_table(tmp_p
     assert result.exit_code == 0, result.output
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
     assert notes == [
-        "note: compared on the 3 items all runs share (run: 7, run: 3); each run's measures are "
+        "note: compared on the 3 items all runs share (a/run: 7, b/run: 3); each run's measures are "
         "recomputed over those"
     ]
     assert "korani's check" in result.stdout
+    # Both runs are called `run`: the columns say which is which.
+    assert "a/run" in result.stdout and "b/run" in result.stdout
 
 
 class Cutting(support.ScriptedBackend):

@@ -212,8 +212,8 @@ def comparison(summaries: list[Summary]) -> Table:
     )
     out.add_column("measure")
     out.add_column("scores")
-    for i, s in enumerate(summaries):
-        out.add_column(escape(f"{s.model}\n{s.path.name}"), justify="right")
+    for i, (s, label) in enumerate(zip(summaries, labels(summaries))):
+        out.add_column(escape(f"{s.model}\n{label}"), justify="right")
         if i:
             out.add_column("Δ", justify="right")
     for name in names:
@@ -268,9 +268,9 @@ def common_ground(summaries: list[Summary]) -> tuple[list[Summary], str | None]:
     shas = {_settings(s).get(sha_key) for s in summaries} - {None}
     if len(shas) > 1:
         shown = "; ".join(
-            f"{s.path.name}: {Path(str(_settings(s).get(path_key, '?'))).name} "
+            f"{label}: {Path(str(_settings(s).get(path_key, '?'))).name} "
             f"(sha256 {str(_settings(s).get(sha_key, '?'))[:12]}…, {_count(s.items)})"
-            for s in summaries
+            for s, label in zip(summaries, labels(summaries))
         )
         raise UsageError(
             f"cannot compare runs on different sets ({excerpt(shown, 400)})",
@@ -281,7 +281,7 @@ def common_ground(summaries: list[Summary]) -> tuple[list[Summary], str | None]:
     if all(k == keys[0] for k in keys) and all(s.items == len(r) for s, r in zip(summaries, records)):
         return summaries, None
     common = set.intersection(*keys)
-    counts = ", ".join(f"{s.path.name}: {len(r)}" for s, r in zip(summaries, records))
+    counts = ", ".join(f"{label}: {len(r)}" for label, r in zip(labels(summaries), records))
     if not common:
         raise UsageError(
             f"the runs share no item ({counts} items)",
@@ -293,6 +293,17 @@ def common_ground(summaries: list[Summary]) -> tuple[list[Summary], str | None]:
         f"compared on the {_count(len(ids))} all runs share ({counts}); "
         "each run's measures are recomputed over those"
     )
+
+
+def labels(summaries: list[Summary]) -> list[str]:
+    """What names each run in a comparison: its directory's name, or as much of its path as
+    tells the runs apart (two runs both called `run`, under `before/` and `after/`)."""
+    paths = [s.path.resolve() for s in summaries]
+    for depth in range(1, max(len(p.parts) for p in paths) + 1):
+        tails = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(tails)) == len(tails):
+            return tails
+    return [str(p) for p in paths]
 
 
 def _count(n: int) -> str:
