@@ -27,16 +27,18 @@ KORQUAD = REPO.parent / "shared" / "eval" / "korquad" / "KorQuAD_v1.0_dev.json"
 
 
 def cached(embedder, kind: str, texts: list[str]):
-    """Embeddings of `texts`, kept in ~/.cache/korani-bench: the pool takes minutes on 2 cores."""
+    """Embeddings of `texts`, kept in korani's cache directory (`bench-embeddings/`, under
+    KORANI_HOME when it is set): the pool takes minutes on 2 cores."""
     import hashlib
     import io
 
     import numpy as np
 
     from korani_cli.outputs import atomic_write_bytes
+    from korani_cli.paths import cache_dir
 
     key = hashlib.sha256("\x00".join([embedder.name, kind, *texts]).encode()).hexdigest()[:20]
-    path = Path.home() / ".cache" / "korani-bench" / f"{key}.npy"
+    path = cache_dir() / "bench-embeddings" / f"{key}.npy"
     if path.exists():
         return np.load(path)
     vectors = getattr(embedder, kind)(texts)
