@@ -308,6 +308,19 @@ def _embed_heads(embedder: Embedder, heads: list[str], index: Index | None):
     return np.stack([cache[(embedder.name, h)] for h in heads])
 
 
+def _pool(bm25_scores, candidates: int) -> list[int]:
+    """The BM25 head the embedder reads: the `candidates` best-scored passages."""
+    import numpy as np
+
+    return [int(i) for i in np.argsort(-np.asarray(bm25_scores))[:candidates]]
+
+
+def bm25_head(query: str, index: Index, candidates: int) -> list[int]:
+    """Which of the index's passages rank() would give the embedder (the BM25 top `candidates`):
+    the search embeds them while more pages load."""
+    return _pool(_bm25_scores(query, index.passages, "bm25", candidates, index), candidates)
+
+
 def _ranks(scores: Sequence[float]) -> list[int]:
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     ranks = [0] * len(scores)
@@ -400,9 +413,7 @@ def _dense_scores(
     if mode not in ("hybrid", "dense") or embedder is None:
         return None
     n = len(passages)
-    pool = (
-        list(range(n)) if mode == "dense" or candidates >= n else list(np.argsort(-bm25_scores)[:candidates])
-    )
+    pool = list(range(n)) if mode == "dense" or candidates >= n else _pool(bm25_scores, candidates)
     q = embedder.queries([query])[0]
     # The head of a passage carries its topic; embedding cost grows with length.
     vectors = _embed_heads(embedder, [passages[i].text[:EMBED_CHARS] for i in pool], index)
