@@ -210,6 +210,8 @@ def main() -> None:
             "pages": len(got.pages),
             "gold": any(r.passage.url == gold for r in got.ranked) if gold else None,
             "skipped": sorted({s.reason for s in got.failures}),
+            # Whether the wait ended because the context was enough (before the soft deadline).
+            "enough": any(s.detail.startswith("context was enough") for s in got.failures),
             "stages": got.timings.stages,
         }
 
@@ -236,7 +238,8 @@ def main() -> None:
         rows.append(row)
         k, w = row["korani"], row["wait_all"]
         print(
-            f"{name:<58} korani {k['s']:5.2f}s pages {k['pages']} gold {k['gold']!s:<5} | "
+            f"{name:<58} korani {k['s']:5.2f}s pages {k['pages']} gold {k['gold']!s:<5} "
+            f"{'enough ' if k.get('enough') else ''}| "
             f"wait-all {w['s']:5.2f}s pages {w['pages']} gold {w['gold']!s:<5} | "
             f"seed {row['seed_s']:5.2f}s | "
             f"×wait-all {k['s'] / w['s']:.2f} ×seed {k['s'] / row['seed_s']:.2f}",

@@ -14,7 +14,9 @@ Enough is enough: with a soft deadline (`FetchOptions.soft_deadline`, the
 first page's body arrived; pages still loading then are skipped as "late"
 (a page whose body is in is still read: the wait is for the network, not for
 korani's own extraction). The overall deadline and each page's timeout still
-hard-stop it ("timeout").
+hard-stop it ("timeout"). Before the soft deadline, whoever reads the pages may
+say they are enough (`Enough.set`, from any thread): the wait ends then, the same
+way ("late", with the reader's detail).
 Each page is handed to `on_page` the moment it is read (from the network, the
 cache or a local file), so that later stages work on it while others load.
 """
@@ -22,6 +24,7 @@ cache or a local file), so that later stages work on it while others load.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -71,6 +74,35 @@ class FetchReport:
 
 class FetchFailed(Exception):
     pass
+
+
+class Enough:
+    """Set (from any thread) when the pages read so far make a good enough context: a fetch
+    with a soft deadline then stops waiting for more at once, as at its soft deadline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake: Callable[[], None] | None = None
+        self.detail = ""  # why, for the pages given up ("context was enough: …")
+
+    def set(self, detail: str) -> None:
+        with self._lock:
+            if self.detail:
+                return
+            self.detail, wake = detail, self._wake
+        if wake is not None:
+            wake()
+
+    def is_set(self) -> bool:
+        return bool(self.detail)
+
+    def _bind(self, wake: Callable[[], None]) -> None:
+        """`wake` is called (once, on the setting thread) when it is set."""
+        with self._lock:
+            self._wake = wake
+            already = bool(self.detail)
+        if already:
+            wake()
 
 
 async def _fetch_one(
@@ -228,15 +260,20 @@ def _ignore(page: Page) -> None:
 
 
 async def fetch_all(
-    hits: list[Hit], opts: FetchOptions, cache: PageCache | None = None, on_page: OnPage = _ignore
+    hits: list[Hit],
+    opts: FetchOptions,
+    cache: PageCache | None = None,
+    on_page: OnPage = _ignore,
+    enough: Enough | None = None,
 ) -> FetchReport:
     """Every hit's page, or the reason it was skipped; pages in the order of their hits.
-    `on_page` is called (on this thread) with each page as it is read."""
+    `on_page` is called (on this thread) with each page as it is read; `enough`, once set,
+    ends the wait for the others (with a soft deadline only: without one, every page is waited for)."""
     start = time.perf_counter()
     report = FetchReport()
     todo = _without_network(hits, opts, cache, report, on_page)
     if todo:
-        await _download(todo, opts, cache, report, on_page)
+        await _download(todo, opts, cache, report, on_page, enough)
     order = {hit.url: i for i, hit in enumerate(hits)}
     report.pages.sort(key=lambda p: order.get(p.url, 0))
     report.seconds = time.perf_counter() - start
@@ -288,14 +325,31 @@ def stop_at(start: float, first_page: float | None, opts: FetchOptions) -> tuple
 
 
 async def _download(
-    urls: list[str], opts: FetchOptions, cache: PageCache | None, report: FetchReport, on_page: OnPage
+    urls: list[str],
+    opts: FetchOptions,
+    cache: PageCache | None,
+    report: FetchReport,
+    on_page: OnPage,
+    enough: Enough | None = None,
 ) -> None:
     """Fetch `urls` at once, each under its timeout and all under the deadline, until the
-    soft deadline after the first page; pages (cached with their hops) and reasons into
-    `report`, each page to `on_page` as it comes."""
+    soft deadline after the first page (or `enough` is set); pages (cached with their hops)
+    and reasons into `report`, each page to `on_page` as it comes."""
     client, backend = _client(opts)
     loop = asyncio.get_running_loop()
     arrived: dict[str, float] = {}  # url → when its body was in
+    woken = loop.create_future()  # done when `enough` is set: the wait below returns at once
+
+    def wake() -> None:
+        try:
+            loop.call_soon_threadsafe(lambda: woken.done() or woken.set_result(None))
+        except RuntimeError:  # set after this fetch was over: nothing waits any more
+            pass
+
+    if enough is not None and opts.soft_deadline is not None:
+        enough._bind(wake)
+    else:
+        enough = None
     async with client:
         tasks = {
             asyncio.ensure_future(
@@ -314,8 +368,13 @@ async def _download(
         while pending:
             now = loop.time()
             end, why = stop_at(start, first(), opts)
+            if enough is not None and enough.is_set():
+                end, why = min(end, now), LATE
             if now < end:
-                done, _ = await asyncio.wait(pending, timeout=end - now, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    pending | {woken}, timeout=end - now, return_when=asyncio.FIRST_COMPLETED
+                )
+                done.discard(woken)
             else:
                 # Past the soft deadline, pages whose bodies are in are still read (up to the deadline).
                 reading = {task for task in pending if tasks[task] in arrived}
@@ -329,6 +388,8 @@ async def _download(
             task.cancel()
             if why == LATE and tasks[task] not in arrived:
                 detail = f"still loading {opts.soft_deadline:g} s after the first page (soft_deadline)"
+                if enough is not None and enough.is_set():
+                    detail = enough.detail
                 report.failures.append(Skipped(tasks[task], LATE, detail))
             else:
                 report.failures.append(
@@ -336,6 +397,7 @@ async def _download(
                 )
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        woken.cancel()
 
 
 def _collect(
@@ -373,6 +435,10 @@ def _collect(
 
 
 def fetch(
-    hits: list[Hit], opts: FetchOptions, cache: PageCache | None = None, on_page: OnPage = _ignore
+    hits: list[Hit],
+    opts: FetchOptions,
+    cache: PageCache | None = None,
+    on_page: OnPage = _ignore,
+    enough: Enough | None = None,
 ) -> FetchReport:
-    return asyncio.run(fetch_all(hits, opts, cache, on_page))
+    return asyncio.run(fetch_all(hits, opts, cache, on_page, enough))

