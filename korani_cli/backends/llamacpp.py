@@ -7,6 +7,19 @@ often span several tokens. `--template model` renders the prompt with the
 GGUF's own chat template (the formatter `create_chat_completion` would use)
 and then takes the same path: the prompt is counted, the answer's room is
 what the context window leaves, and a cut says which limit made it.
+
+Threads: with `threads` unset, each answer asks llama.cpp for the cores nobody
+else is using at that moment (`free_cores`). llama.cpp's threads meet at a
+barrier for every batch and every token, so one thread more than there are free
+cores makes all of them wait on the one the scheduler left out: on 2 cores with
+one other busy process, 2 threads evaluated a /검색 prompt 2–3× slower and
+generated 3–5× slower than 1 (bench/chat.py measures it in each run). A set
+`threads` is used as given.
+
+Each answer's usage carries llama.cpp's own count of the prompt tokens it
+evaluated and the seconds that took: llama-cpp-python keeps the longest common
+start of consecutive prompts in the KV cache, so a /검색 turn after another
+evaluates only what follows the shared RAG instruction.
 """
 
 from __future__ import annotations
@@ -23,6 +36,8 @@ from korani_cli.config import Settings
 from korani_cli.errors import GenerationError, ModelLoadError, UsageError
 from korani_cli.template import Message, flatten_sources, render
 
+# Where Linux counts the runnable tasks (its fourth field, "running/total"): see free_cores.
+LOADAVG = "/proc/loadavg"
 # A GGUF string: a JSON list of the literals the original pre-tokenizer splits the text on and removes.
 SPLIT_KEY = "korani.tokenizer.split_removed"
 
@@ -111,10 +126,42 @@ def apply_tokenizer_rules(llm, name: str) -> tuple[str, ...]:
     return tuple(removed)
 
 
+def free_cores(cores: int, samples: int = 5) -> int:
+    """How many of `cores` no other task is running on now: `cores` less the runnable tasks
+    /proc/loadavg counts besides the reader (the median of a few reads a millisecond apart, so a
+    task that wakes for an instant does not count), at least 1. Where there is no /proc (macOS,
+    Windows), every core."""
+    import time
+
+    counts = []
+    for i in range(samples):
+        try:
+            with open(LOADAVG, encoding="ascii") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return cores
+        counts.append(running - 1)  # the reader itself is running
+        if i + 1 < samples:
+            time.sleep(0.001)
+    others = sorted(counts)[len(counts) // 2]
+    return max(1, min(cores, cores - others))
+
+
+def machine_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 class LlamaCppBackend:
-    def __init__(self, llm, info: ModelInfo):
+    def __init__(self, llm, info: ModelInfo, threads: int | None = None):
         self.llm = llm
         self.info = info
+        # A set thread count is kept; None: chosen per answer from the cores free then (free_cores).
+        self.fixed_threads = threads
+        self.threads = threads or llm.n_threads  # the count the last answer ran with
         import llama_cpp
 
         self._is_eog = lambda token: llama_cpp.llama_vocab_is_eog(llm._model.vocab, token)
@@ -134,7 +181,7 @@ class LlamaCppBackend:
         path = Path(spec.source)
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}", "check the path")
-        threads = settings.threads or os.cpu_count() or 1
+        threads = settings.threads or machine_cores()  # auto starts with all; each answer picks again
         try:
             with _quiet_native_stderr():
                 llm = Llama(
@@ -160,12 +207,12 @@ class LlamaCppBackend:
             template=settings.template,
             details={
                 "path": str(path),
-                "threads": threads,
+                "threads": settings.threads or "auto",
                 "train_context": llm._model.n_ctx_train(),
                 **({"split_removed": list(removed)} if removed else {}),
             },
         )
-        return cls(llm, info)
+        return cls(llm, info, settings.threads)
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
@@ -216,6 +263,14 @@ class LlamaCppBackend:
                 "retry with --template korani",
             ) from None
 
+    def _set_threads(self) -> None:
+        if self.fixed_threads is not None:
+            return
+        threads = free_cores(machine_cores())
+        if threads != self.threads:
+            self.llm._ctx.set_n_threads(threads, threads)
+            self.threads = threads
+
     def _complete(self, messages, params: GenerationParams, usage: Usage) -> Iterator[str]:
         tokens = self._prompt(messages)
         usage.prompt_tokens = len(tokens)
@@ -227,6 +282,8 @@ class LlamaCppBackend:
         # penalty); the KoRani prompt keeps the penalty the base models need to not loop.
         repeat_penalty = 1.0 if self.info.template == "model" else 1.1
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._set_threads()
+        perf = _PromptPerf(self.llm)
         try:
             for token in self.llm.generate(
                 tokens,
@@ -236,6 +293,7 @@ class LlamaCppBackend:
                 min_p=0.05,
                 repeat_penalty=repeat_penalty,
             ):
+                perf.read(usage)  # the first token: the prompt's evaluation is over
                 if self._is_eog(token):
                     usage.finish_reason = "eos"
                     break
@@ -253,3 +311,23 @@ class LlamaCppBackend:
         # Bytes still waiting here are half a character (a byte-level vocabulary spells a Hangul
         # syllable in several tokens and the limit fell between them): dropped, where a final decode
         # would print them as "\ufffd".
+
+
+class _PromptPerf:
+    """llama.cpp's own count of one prompt's evaluation: its counters are zeroed before
+    `generate`, and read once, when the first token comes (batches of more than one token are
+    what llama.cpp counts as prompt evaluation; a prompt held whole in the cache counts none)."""
+
+    def __init__(self, llm):
+        import llama_cpp
+
+        self.ctx, self.api, self.done = llm._ctx.ctx, llama_cpp, False
+        self.api.llama_perf_context_reset(self.ctx)
+
+    def read(self, usage: Usage) -> None:
+        if self.done:
+            return
+        self.done = True
+        data = self.api.llama_perf_context(self.ctx)
+        usage.prompt_eval_tokens = int(data.n_p_eval)
+        usage.prompt_eval_s = data.t_p_eval_ms / 1000
