@@ -222,3 +222,29 @@ def test_usage_reports_the_prompt_tokens_llama_cpp_evaluated(demo):
     whole = fresh.stream([user("부산은 어떤 도시인가?", SOURCES[::-1])], params)
     assert whole.text() == text
     assert whole.usage.prompt_eval_tokens == whole.usage.prompt_tokens
+
+
+def test_a_plain_turn_in_between_does_not_cost_the_instruction_again(demo):
+    """A chat asks, searches, asks, searches: the second search evaluates only what follows the
+    fixed start (the RAG instruction), put back from its snapshot over the plain turn's cache,
+    and answers byte for byte as a model that evaluated all of it."""
+    params = GenerationParams(max_new_tokens=12, temperature=0.0)
+    searched = [user("부산은 어떤 도시인가?", SOURCES[::-1]), user("서울의 인구는 몇 명인가?", SOURCES)]
+    demo.stream([user("안녕하세요?")], params).text()
+    demo.stream([searched[0]], params).text()
+    demo.stream([user("오늘 날씨는 어때요?")], params).text()
+    again = demo.stream([searched[1]], params)
+    text = again.text()
+    a, b = (demo.prompt_tokens([m]) for m in searched)
+    fixed = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    assert fixed >= 60
+    assert again.usage.prompt_eval_tokens == again.usage.prompt_tokens - fixed
+
+    settings = Settings(model="demo")
+    fresh = load_backend(resolve("demo", settings), settings)
+    assert fresh.stream([searched[1]], params).text() == text
+    # A plain answer after the snapshot was put back is the fresh model's too.
+    assert (
+        demo.stream([user("오늘 날씨는 어때요?")], params).text()
+        == fresh.stream([user("오늘 날씨는 어때요?")], params).text()
+    )
