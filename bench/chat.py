@@ -33,6 +33,7 @@ Ends with one line: RESULT {json}.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -57,6 +58,7 @@ class FirstToken:
         return self.backend.count_tokens(text)
 
     def stream(self, messages, params):
+        self.messages = messages
         return Timed(self, self.backend.stream(messages, params))
 
 
@@ -224,6 +226,9 @@ def breakdown(session, wrapped: FirstToken, answered, marks: dict, start: float)
             round(usage.prompt_eval_s / marks["first_visible"], 3) if usage.prompt_eval_s else None
         ),
         "load_1min": round(os.getloadavg()[0], 2),
+        # What the model read and wrote: for the same prompt, before and after must write the same.
+        "prompt_sha": hashlib.sha256(repr(wrapped.messages).encode()).hexdigest()[:12],
+        "raw": "".join(c for _, c in wrapped.chunks),
     }
 
 
@@ -265,6 +270,13 @@ PARTS = [
 def parts(rows) -> dict:
     """The medians of the /검색 turns' breakdowns."""
     return {key: med([r["breakdown"] for r in rows if "breakdown" in r], key) for key, _ in PARTS}
+
+
+def same_answers(after, before) -> tuple[list[bool], list[bool]]:
+    """(for the turns whose prompts were the same: were the answers, whether each turn's prompt was)."""
+    pairs = [(a["breakdown"], b["breakdown"]) for a, b in zip(after, before)]
+    same_prompt = [a["prompt_sha"] == b["prompt_sha"] for a, b in pairs]
+    return [a["raw"] == b["raw"] for a, b in pairs if a["prompt_sha"] == b["prompt_sha"]], same_prompt
 
 
 def fmt(value) -> str:
@@ -398,6 +410,12 @@ def main() -> None:
     print("/검색: context ready → first visible sentence, medians (before | after)")
     for key, label in PARTS:
         print(f"  {label:<50} {fmt(before_parts.get(key)):>10} | {fmt(after_parts.get(key)):>10}")
+    equal, same_prompt = same_answers(searched, searched_before)
+    print(
+        f"  the same answer before and after (temperature 0): {sum(equal)} of the {len(equal)} "
+        f"turns whose prompts were the same ({len(same_prompt) - sum(same_prompt)} had other sources: "
+        "a page late under load)"
+    )
     print(
         "load average (1, 5, 15 min): start "
         + " ".join(f"{x:.2f}" for x in load_start)
@@ -435,6 +453,9 @@ def main() -> None:
                     "before_is": "threads = os.cpu_count(), fixed; no fixed-start snapshot (until issue 24)",
                     "after_is": "threads unset (the cores free at each answer); fixed-start snapshot",
                     "turn_is": "a plain question, then the /검색 (timed), in one chat",
+                    # At temperature 0 the cache and the thread count must not change a word.
+                    "same_prompt": same_prompt,
+                    "answers_equal_where_same_prompt": equal,
                     "turns_before": [r["breakdown"] for r in searched_before],
                     "turns_after": [r["breakdown"] for r in searched],
                 },
