@@ -22,10 +22,14 @@ first visible sentence and the tokens generated in between (a base model's echoe
 lines, hidden, are most of them), the segmenter's hold-back (tokens and seconds between
 the chunk that completed the first shown sentence and the one that released it), the
 footnote check's seconds, and the threads llama.cpp ran with. Before and after in the same
-run, turn by turn in alternating order, each in its own chat with its own model: "before"
-is llama.cpp on every core (`threads` = the core count, korani's old default), "after" is
-the default now (`threads` unset: the cores free at each answer). The load average is
-reported with every figure: on a shared machine it decides most of them.
+run, turn by turn in alternating order, each in its own chat with its own model, each /검색
+asked after a plain question (as a chat goes): "before" is llama.cpp on every core
+(`threads` = the core count, korani's old default) with only llama-cpp-python's prefix
+match, "after" is the default now (`threads` unset: the cores free at each answer; the
+sourced prompt's fixed start put back from its snapshot). The answers are compared where
+the prompts agree: llama.cpp's logits move by up to ~0.25 with where a prompt is cut into
+batches (not with the thread count), so a first token the model nearly tied on can differ.
+The load average is reported with every figure: on a shared machine it decides most of them.
 `--quick` (CI): one turn of each kind, 16 tokens, 3 sources in 384 tokens, BM25 ranking; seconds, not minutes.
 Ends with one line: RESULT {json}.
 """
@@ -414,7 +418,7 @@ def main() -> None:
     print(
         f"  the same answer before and after (temperature 0): {sum(equal)} of the {len(equal)} "
         f"turns whose prompts were the same ({len(same_prompt) - sum(same_prompt)} had other sources: "
-        "a page late under load)"
+        "a page late under load); a different answer is a near tie moved by the prompt's batches"
     )
     print(
         "load average (1, 5, 15 min): start "
