@@ -379,7 +379,10 @@ class _FixedStart:
         if self.state is not None and self.tokens == fixed:
             self._load()
             return
-        llm.n_tokens = held  # eval drops what the cache holds beyond this and evaluates the rest
+        if held and not llm._ctx.kv_cache_seq_rm(-1, held, -1):
+            held = 0  # a cache that cannot drop its end (a recurrent model's): start it afresh
+            llm.reset()
+        llm.n_tokens = held  # eval evaluates the rest after what the cache holds
         llm.eval(fixed[held:])
         self._save(fixed)
 
