@@ -83,7 +83,7 @@ class Settings:
     openai_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)  # a secret: never in a repr
     n_ctx: int = 2048  # context window asked of the llama.cpp backend
-    threads: int | None = None  # CPU threads for llama.cpp; None = all cores
+    threads: int | None = None  # CPU threads for llama.cpp; None = the cores free at each answer
     request_timeout: float = (
         20.0  # seconds: the overall deadline of one network request (see korani_cli/net.py)
     )

@@ -122,6 +122,29 @@ MARKDOWN = [
         ["https://sejong.example"],
     ),
     (
+        # The demo model at a length limit: "[1] [주간 뉴스타파] 부모를 빼앗긴 아기들, 해외 입양
+        # 비즈니스의 그" was shown as an answer sentence (its "[1]" taken for a footnote).
+        "an echoed source header cut off by the length limit is hidden",
+        (SEJONG,),
+        "세종은 1443년에 훈민정음을 창제하였다[1].\n[1] 세",
+        "세종은 1443년에 훈민정음을 창제하였다[1].",
+        ["https://sejong.example"],
+    ),
+    (
+        "an echoed instruction cut off by the length limit is hidden",
+        (SEJONG,),
+        "세종은 1443년에 훈민정음을 창제하였다[1].\n다음 자료를",
+        "세종은 1443년에 훈민정음을 창제하였다[1].",
+        ["https://sejong.example"],
+    ),
+    (
+        "a last line that only starts like an echo and went past it is kept",
+        (SEJONG,),
+        "세종은 1443년에 훈민정음을 창제하였다[1].\n질문이 좋네요",
+        "세종은 1443년에 훈민정음을 창제하였다[1].\n질문이 좋네요",
+        ["https://sejong.example"],
+    ),
+    (
         "a line that only starts like the question label is kept",
         (SEJONG,),
         "질문이 좋네요.\n세종은 1443년에 훈민정음을 창제하였다[1].",

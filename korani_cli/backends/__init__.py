@@ -80,6 +80,11 @@ class Usage:
     # limit it was sent (an OpenAI-compatible server that ignores max_tokens). Front ends say so
     # after the answer (see `limit_ignored_note`); finish_reason is then "length".
     limit_ignored: bool = False
+    # What the backend itself reports of the prompt's evaluation, where it can (llamacpp: llama.cpp's
+    # own counters): the tokens it evaluated — fewer than prompt_tokens when the start of the prompt
+    # was still held from the call before — and the seconds that took. None: not reported.
+    prompt_eval_tokens: int | None = None
+    prompt_eval_s: float | None = None
 
     def first_token_s(self, start: float, seen: float | None) -> float | None:
         """Seconds from `start` to the first token: `seen` (when the consumer saw the first

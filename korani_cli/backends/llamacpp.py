@@ -7,6 +7,24 @@ often span several tokens. `--template model` renders the prompt with the
 GGUF's own chat template (the formatter `create_chat_completion` would use)
 and then takes the same path: the prompt is counted, the answer's room is
 what the context window leaves, and a cut says which limit made it.
+
+Threads: with `threads` unset, each answer asks llama.cpp for the cores nobody
+else is using at that moment (`free_cores`). llama.cpp's threads meet at a
+barrier for every batch and every token, so one thread more than there are free
+cores makes all of them wait on the one the scheduler left out: on 2 cores with
+one other busy process, 2 threads evaluated a /검색 prompt 2–3× slower and
+generated 3–5× slower than 1 (bench/chat.py measures it in each run). A set
+`threads` is used as given.
+
+Each answer's usage carries llama.cpp's own count of the prompt tokens it
+evaluated and the seconds that took: llama-cpp-python keeps the longest common
+start of consecutive prompts in the KV cache, so a /검색 turn after another
+evaluates only what follows the shared RAG instruction. A plain turn in between
+would overwrite it; so the fixed start of a sourced prompt (what precedes its
+first source: BOS, the user header, the instruction — 64 tokens with the demo
+model) is kept as a llama.cpp state snapshot, about 18 KB a token here, and put
+back in a few milliseconds where it would take 64 tokens of prompt evaluation
+(`_FixedStart`).
 """
 
 from __future__ import annotations
@@ -21,8 +39,10 @@ from typing import Iterator, Sequence
 from korani_cli.backends import Generation, GenerationParams, ModelInfo, ModelSpec, Notify, Usage, apply_stops
 from korani_cli.config import Settings
 from korani_cli.errors import GenerationError, ModelLoadError, UsageError
-from korani_cli.template import Message, flatten_sources, render
+from korani_cli.template import Message, Source, flatten_sources, render
 
+# Where Linux counts the runnable tasks (its fourth field, "running/total"): see free_cores.
+LOADAVG = "/proc/loadavg"
 # A GGUF string: a JSON list of the literals the original pre-tokenizer splits the text on and removes.
 SPLIT_KEY = "korani.tokenizer.split_removed"
 
@@ -111,10 +131,43 @@ def apply_tokenizer_rules(llm, name: str) -> tuple[str, ...]:
     return tuple(removed)
 
 
+def free_cores(cores: int, samples: int = 5) -> int:
+    """How many of `cores` no other task is running on now: `cores` less the runnable tasks
+    /proc/loadavg counts besides the reader (the median of a few reads a millisecond apart, so a
+    task that wakes for an instant does not count), at least 1. Where there is no /proc (macOS,
+    Windows), every core."""
+    import time
+
+    counts = []
+    for i in range(samples):
+        try:
+            with open(LOADAVG, encoding="ascii") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return cores
+        counts.append(running - 1)  # the reader itself is running
+        if i + 1 < samples:
+            time.sleep(0.001)
+    others = sorted(counts)[len(counts) // 2]
+    return max(1, min(cores, cores - others))
+
+
+def machine_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 class LlamaCppBackend:
-    def __init__(self, llm, info: ModelInfo):
+    def __init__(self, llm, info: ModelInfo, threads: int | None = None):
         self.llm = llm
         self.info = info
+        # A set thread count is kept; None: chosen per answer from the cores free then (free_cores).
+        self.fixed_threads = threads
+        self.threads = threads or llm.n_threads  # the count the last answer ran with
+        self.fixed_start = _FixedStart(llm)
         import llama_cpp
 
         self._is_eog = lambda token: llama_cpp.llama_vocab_is_eog(llm._model.vocab, token)
@@ -134,7 +187,7 @@ class LlamaCppBackend:
         path = Path(spec.source)
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}", "check the path")
-        threads = settings.threads or os.cpu_count() or 1
+        threads = settings.threads or machine_cores()  # auto starts with all; each answer picks again
         try:
             with _quiet_native_stderr():
                 llm = Llama(
@@ -160,12 +213,12 @@ class LlamaCppBackend:
             template=settings.template,
             details={
                 "path": str(path),
-                "threads": threads,
+                "threads": settings.threads or "auto",
                 "train_context": llm._model.n_ctx_train(),
                 **({"split_removed": list(removed)} if removed else {}),
             },
         )
-        return cls(llm, info)
+        return cls(llm, info, settings.threads)
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
@@ -216,6 +269,20 @@ class LlamaCppBackend:
                 "retry with --template korani",
             ) from None
 
+    def _fixed_tokens(self, messages, tokens: list[int]) -> list[int]:
+        """The start of a sourced prompt that no source or question changes: what it shares
+        with the same prompt asked about other sources."""
+        other = Message(messages[-1].role, "?", (Source("?", "?", "?"),))
+        return tokens[: _shared(tokens, self._prompt([*messages[:-1], other]))]
+
+    def _set_threads(self) -> None:
+        if self.fixed_threads is not None:
+            return
+        threads = free_cores(machine_cores())
+        if threads != self.threads:
+            self.llm._ctx.set_n_threads(threads, threads)
+            self.threads = threads
+
     def _complete(self, messages, params: GenerationParams, usage: Usage) -> Iterator[str]:
         tokens = self._prompt(messages)
         usage.prompt_tokens = len(tokens)
@@ -227,7 +294,11 @@ class LlamaCppBackend:
         # penalty); the KoRani prompt keeps the penalty the base models need to not loop.
         repeat_penalty = 1.0 if self.info.template == "model" else 1.1
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._set_threads()
+        perf = _PromptPerf(self.llm)
         try:
+            if messages and messages[-1].sources:
+                self.fixed_start.prepare(tokens, self._fixed_tokens(messages, tokens))
             for token in self.llm.generate(
                 tokens,
                 temp=params.temperature,
@@ -236,6 +307,7 @@ class LlamaCppBackend:
                 min_p=0.05,
                 repeat_penalty=repeat_penalty,
             ):
+                perf.read(usage)  # the first token: the prompt's evaluation is over
                 if self._is_eog(token):
                     usage.finish_reason = "eos"
                     break
@@ -253,3 +325,89 @@ class LlamaCppBackend:
         # Bytes still waiting here are half a character (a byte-level vocabulary spells a Hangul
         # syllable in several tokens and the limit fell between them): dropped, where a final decode
         # would print them as "\ufffd".
+
+
+class _PromptPerf:
+    """llama.cpp's own count of one prompt's evaluation: its counters are zeroed before
+    `generate`, and read once, when the first token comes (batches of more than one token are
+    what llama.cpp counts as prompt evaluation; a prompt held whole in the cache counts none)."""
+
+    def __init__(self, llm):
+        import llama_cpp
+
+        self.ctx, self.api, self.done = llm._ctx.ctx, llama_cpp, False
+        self.api.llama_perf_context_reset(self.ctx)
+
+    def read(self, usage: Usage) -> None:
+        if self.done:
+            return
+        self.done = True
+        data = self.api.llama_perf_context(self.ctx)
+        usage.prompt_eval_tokens = int(data.n_p_eval)
+        usage.prompt_eval_s = data.t_p_eval_ms / 1000
+
+
+def _shared(a, b) -> int:
+    """How many tokens two token sequences share from their start."""
+    import numpy as np
+
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(np.asarray(a[:n], dtype=np.int64) != np.asarray(b[:n], dtype=np.int64))
+    return int(differ[0]) if len(differ) else n
+
+
+class _FixedStart:
+    """The fixed start of a sourced prompt, kept as a llama.cpp state snapshot.
+
+    `prepare(tokens, fixed)` runs just before `Llama.generate(tokens)`: where the KV cache
+    does not hold `fixed` already (a plain turn came in between), it is put back from the
+    snapshot, or evaluated and snapshotted; generate's own prefix match then evaluates only
+    what follows it. The snapshot holds the fixed tokens alone, so it stays small."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.tokens: list[int] = []
+        self.state: bytes | None = None
+
+    def prepare(self, tokens: list[int], fixed: list[int]) -> None:
+        llm = self.llm
+        # Fewer than all of the prompt: generate must still evaluate a token to sample from.
+        fixed = fixed[: len(tokens) - 1]
+        held = _shared(llm.input_ids[: llm.n_tokens], fixed)
+        if not fixed or held == len(fixed):
+            return
+        if self.state is not None and self.tokens == fixed:
+            self._load()
+            return
+        if held and not llm._ctx.kv_cache_seq_rm(-1, held, -1):
+            held = 0  # a cache that cannot drop its end (a recurrent model's): start it afresh
+            llm.reset()
+        llm.n_tokens = held  # eval evaluates the rest after what the cache holds
+        llm.eval(fixed[held:])
+        self._save(fixed)
+
+    def _save(self, fixed: list[int]) -> None:
+        import ctypes
+
+        import llama_cpp
+
+        ctx = self.llm._ctx.ctx
+        size = llama_cpp.llama_state_get_size(ctx)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_get_data(ctx, buffer, size)
+        self.tokens, self.state = list(fixed), bytes(buffer[:written])
+
+    def _load(self) -> None:
+        import ctypes
+
+        import llama_cpp
+
+        llm, state = self.llm, self.state
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama_cpp.llama_state_set_data(llm._ctx.ctx, buffer, len(state)) != len(state):
+            llm.reset()  # not restored: generate evaluates the whole prompt, as without a snapshot
+            return
+        n = len(self.tokens)
+        llm.input_ids[:n] = self.tokens
+        llm.n_tokens = n
+        llm._requires_eval = True  # the logits are the snapshot's: generate must decode before sampling

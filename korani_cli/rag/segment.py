@@ -20,7 +20,8 @@ it), so a streamed answer cuts exactly where the whole answer would.
 
 Echo: a small model sometimes repeats the prompt — the RAG instruction,
 `질문: …`, a source's `[n] title (url)` header. A line that starts like one
-of those (`echo` prefixes) is held until it ends and dropped when it is one.
+of those (`echo` prefixes) is held until it ends and dropped when it is one;
+the answer's last line, cut off while it could still become one, is dropped too.
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ class Segmenter:
         return out
 
     def finish(self) -> list[Piece]:
+        if self.line and self.done == 0 and not self.in_code and self._may_be_echo(self.line):
+            # Cut off (by the length limit) while still the start of a prompt line: a base model
+            # echoing a source header "[1] 제목 (" stopped halfway is an echo too, never a sentence.
+            self._reset()
+            self.held = []
+            return []
         out = self._line_end() if self.line else []
         self.held = []  # white space at the end of the answer is not shown
         return out
