@@ -270,7 +270,7 @@ def main() -> None:
     )
     ap.add_argument("--base", type=Path, help="the base GGUF [default: the demo's gemma-3-270m]")
     ap.add_argument("--pythonpath", help="a directory holding the gguf distribution")
-    ap.add_argument("--train-articles", type=int, default=30)
+    ap.add_argument("--train-articles", type=int, default=110)
     ap.add_argument("--heldout-articles", type=int, default=30)
     ap.add_argument("--steps", type=int, default=60, help="train this many steps (--curve: its last point)")
     ap.add_argument(
@@ -287,7 +287,7 @@ def main() -> None:
     ap.add_argument("--targets", default="q_proj,v_proj", help="LoRA target modules, comma-separated")
     ap.add_argument("--scheduler", default="linear", help="lr_scheduler_type of the recipe")
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--eval-n", type=int, default=40)
     ap.add_argument(
