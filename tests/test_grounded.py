@@ -135,10 +135,41 @@ def test_the_marker_points_at_the_passage_that_holds_the_answer(prepared, korqua
     assert len({int(re.search(r"\[(\d+)\]", r["messages"][1]["content"])[1]) for r in answerable}) >= 3
 
 
+def _paragraphs(path) -> dict[str, str]:
+    """Question id → its paragraph as a source's url names it (`#p<article>.<paragraph>`)."""
+    data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    return {
+        qa["id"]: f"{a_i}.{p_i}"
+        for a_i, article in enumerate(data)
+        for p_i, para in enumerate(article["paragraphs"])
+        for qa in para["qas"]
+    }
+
+
+def test_the_negatives_are_what_retrieval_serves_beside_the_answer(prepared, korquad):
+    """`korani eval rag` (and a user's own documents) puts passages of one subject side by side: the
+    negatives are the best-ranked passages of the whole file, mostly the question's own article, so
+    the model learns to find the passage that says the answer, not the one whose title matches."""
+    path, golds = korquad
+    _, _, rows = prepared
+    paragraph = _paragraphs(path)
+    answerable = [r for r in _all(rows) if r["messages"][1]["content"] != ABSTAIN_ANSWER]
+    own = 0
+    for row in answerable:
+        qid = row["id"].removeprefix("grounded-")
+        _, sources = _parse(row["messages"][0]["content"])
+        urls = [url for _, _, url, _ in sources]
+        # At most two passages of a paragraph, the gold's included, as search caps a page.
+        assert all(urls.count(u) <= 2 for u in urls)
+        own += any(_article(u) == str(golds[qid][1]) and u.rsplit("#p", 1)[1] != paragraph[qid] for u in urls)
+    assert own / len(answerable) >= 0.5
+
+
 def test_unanswerable_questions_lose_their_passage_and_abstain(prepared, korquad):
     from korani_cli.eval.metrics import abstains
 
-    _, golds = korquad
+    path, golds = korquad
+    paragraph = {qid: f"#p{p}" for qid, p in _paragraphs(path).items()}
     _, stats, rows = prepared
     abstaining = [r for r in _all(rows) if r["messages"][1]["content"] == ABSTAIN_ANSWER]
     info = stats["inputs"]["grounded"]
@@ -146,10 +177,11 @@ def test_unanswerable_questions_lose_their_passage_and_abstain(prepared, korquad
     # About --unanswerable (0.1) of the questions, give or take the rejected ones.
     assert 0.05 <= len(abstaining) / info["records_in"] <= 0.15
     for row in abstaining:
-        answers, article = golds[row["id"].removeprefix("grounded-")]
+        answers, _ = golds[row["id"].removeprefix("grounded-")]
         _, sources = _parse(row["messages"][0]["content"])
         assert len(sources) == 5
-        assert all(_article(url) != str(article) for _, _, url, _ in sources)
+        # It loses its own paragraph (eval rag drops the gold page) and every passage that says the answer.
+        assert not any(url.endswith(paragraph[row["id"].removeprefix("grounded-")]) for *_, url, _ in sources)
         assert not any(a in text for a in answers for *_, text in sources)
         assert abstains(row["messages"][1]["content"])
     assert not any(abstains(r["messages"][1]["content"]) for r in _all(rows) if r not in abstaining)

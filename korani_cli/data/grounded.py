@@ -12,9 +12,14 @@ and the length filter need nothing new.
   into passages as search splits pages (`search.passages`).
 - Sources: the gold passage (the best-ranked passage of the question's own
   paragraph that holds a gold answer) and k−1 hard negatives — the passages
-  BM25 (`search.rank`, Kiwi morphemes) ranks highest for the question from
-  *other* articles, at most `per_page` from one paragraph, none holding a gold
-  answer — in a shuffled order, then cut to the context budget.
+  BM25 (`search.rank`, Kiwi morphemes) ranks highest for the question over the
+  whole file, at most `per_page` from one paragraph (the gold's included), none
+  holding a gold answer — in a shuffled order, then cut to the context budget.
+  The negatives come mostly from the question's own article, as retrieval
+  serves them (`korani eval rag` on held-out articles: five passages with one
+  title): negatives from other articles only would teach citing the passage
+  whose title matches the question, and abstaining when none does — neither
+  holds when every passage is about the same subject.
 - The assistant turn names the answer in one short sentence ending with the
   gold passage's marker, `{answer}입니다[n].` (`{answer}[n].` when the answer
   already ends like a sentence, in 다): the span is in the sentence, the marker
@@ -24,7 +29,8 @@ and the length filter need nothing new.
   does not say it.
 - Unanswerable: a seeded, evenly spread share of the questions (the share
   exact for every prefix, as `korani eval rag` draws them) gets k negatives,
-  no gold passage, and `template.ABSTAIN_ANSWER`.
+  none from its own paragraph (as `eval rag` drops the gold page), no gold
+  passage, and `template.ABSTAIN_ANSWER`.
 
 Each result carries its article (`group`), so the split keeps an article in
 one split only. What this module leaves to others: reading the options,
@@ -113,7 +119,6 @@ def read(
     pages = [Page(p.url, p.url, p.title, p.text, "text/plain", "utf-8") for p in qaset.paragraphs]
     chunks = split_pages(pages)
     index = bm25_index(chunks) if chunks else None
-    article_of = {p.url: p.page_id.split(".")[0] for p in qaset.paragraphs}
     url_of = {p.page_id: p.url for p in qaset.paragraphs}
     ids = order([q.id for q in qaset.questions], options.seed)
     no_gold = {qid for i, qid in enumerate(ids) if unanswerable_at(i, options.unanswerable)}
@@ -139,18 +144,20 @@ def read(
         if gold is None and not unanswerable:
             yield reject("no_answer_in_paragraph", "no passage of its paragraph holds a gold answer")
             continue
-        negatives, per_url = [], {}
+        # The gold passage counts toward its paragraph's cap, as search caps a page.
+        negatives, per_url = [], ({} if unanswerable else {gold_url: 1})
         for r in ranked:
             if len(negatives) >= options.k - (0 if unanswerable else 1):
                 break
             url = r.passage.url
-            # Other articles only, and none that holds the answer: a negative must not answer it.
-            if article_of[url] == article or per_url.get(url, 0) >= PER_PAGE or _holds(r, golds):
+            # None that holds the answer (a negative must not answer it), and for an unanswerable
+            # question nothing of its own paragraph.
+            if (unanswerable and url == gold_url) or per_url.get(url, 0) >= PER_PAGE or _holds(r, golds):
                 continue
             per_url[url] = per_url.get(url, 0) + 1
             negatives.append(r)
         if unanswerable and not negatives:
-            yield reject("no_other_articles", "no passage of another article to offer instead of its own")
+            yield reject("no_negatives", "no passage outside its paragraph to offer instead of its own")
             continue
         offered = negatives if unanswerable else [gold, *negatives]
         random.Random(f"grounded:{options.seed}:{q.id}").shuffle(offered)
