@@ -356,7 +356,7 @@ def main() -> None:
             "data prepare",
             lambda: korani(
                 [
-                    "data", "prepare", "--grounded", str(train_set),
+                    "data", "prepare", "--grounded", str(train_set), "--negatives", "retrieval",
                     *(["--tokenizer", str(tok)] if tok else []),
                     "--unanswerable", str(args.train_unanswerable),
                     # No valid split: the trainer would evaluate it at the last step (minutes on a CPU),

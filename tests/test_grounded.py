@@ -41,11 +41,10 @@ def korquad(tmp_path_factory):
     return path, golds
 
 
-@pytest.fixture(scope="module")
-def prepared(korquad, tmp_path_factory):
+def _prepare(korquad, tmp_path_factory, **options):
     path, _ = korquad
     out = tmp_path_factory.mktemp("grounded") / "out"
-    stats = prepare(PrepareConfig(out_dir=out, grounded=(str(path),)))
+    stats = prepare(PrepareConfig(out_dir=out, grounded=(str(path),), **options))
     rows = {
         split: [
             json.loads(line) for line in (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
@@ -53,6 +52,17 @@ def prepared(korquad, tmp_path_factory):
         for split in ("train", "valid", "test")
     }
     return out, stats, rows
+
+
+@pytest.fixture(scope="module")
+def prepared(korquad, tmp_path_factory):
+    return _prepare(korquad, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def retrieval(korquad, tmp_path_factory):
+    """--negatives retrieval: the whole file's best passages."""
+    return _prepare(korquad, tmp_path_factory, negatives="retrieval")
 
 
 def _parse(user: str):
@@ -146,12 +156,26 @@ def _paragraphs(path) -> dict[str, str]:
     }
 
 
-def test_the_negatives_are_what_retrieval_serves_beside_the_answer(prepared, korquad):
-    """`korani eval rag` (and a user's own documents) puts passages of one subject side by side: the
-    negatives are the best-ranked passages of the whole file, mostly the question's own article, so
-    the model learns to find the passage that says the answer, not the one whose title matches."""
+def test_by_default_the_negatives_come_from_other_articles(prepared, korquad):
+    _, golds = korquad
+    _, stats, rows = prepared
+    assert stats["params"]["negatives"] == "other-articles"
+    for row in _all(rows):
+        answers, article = golds[row["id"].removeprefix("grounded-")]
+        _, sources = _parse(row["messages"][0]["content"])
+        others = [url for *_, url, _ in sources if _article(url) != str(article)]
+        # Every source but the gold one (an abstention has none) is of another article.
+        assert len(others) == len(sources) - (row["messages"][1]["content"] != ABSTAIN_ANSWER)
+
+
+def test_retrieval_negatives_are_what_retrieval_serves_beside_the_answer(retrieval, korquad):
+    """`korani eval rag` (and a user's own documents) puts passages of one subject side by side: with
+    --negatives retrieval the negatives are the best-ranked passages of the whole file, mostly the
+    question's own article, so the model learns to find the passage that says the answer, not the
+    one whose title matches."""
     path, golds = korquad
-    _, _, rows = prepared
+    _, stats, rows = retrieval
+    assert stats["params"]["negatives"] == "retrieval"
     paragraph = _paragraphs(path)
     answerable = [r for r in _all(rows) if r["messages"][1]["content"] != ABSTAIN_ANSWER]
     own = 0
@@ -165,12 +189,13 @@ def test_the_negatives_are_what_retrieval_serves_beside_the_answer(prepared, kor
     assert own / len(answerable) >= 0.5
 
 
-def test_unanswerable_questions_lose_their_passage_and_abstain(prepared, korquad):
+@pytest.mark.parametrize("negatives", ["other-articles", "retrieval"])
+def test_unanswerable_questions_lose_their_passage_and_abstain(negatives, request, korquad):
     from korani_cli.eval.metrics import abstains
 
     path, golds = korquad
     paragraph = {qid: f"#p{p}" for qid, p in _paragraphs(path).items()}
-    _, stats, rows = prepared
+    _, stats, rows = request.getfixturevalue("prepared" if negatives == "other-articles" else "retrieval")
     abstaining = [r for r in _all(rows) if r["messages"][1]["content"] == ABSTAIN_ANSWER]
     info = stats["inputs"]["grounded"]
     assert info["unanswerable"] == len(abstaining) >= 5
@@ -180,8 +205,13 @@ def test_unanswerable_questions_lose_their_passage_and_abstain(prepared, korquad
         answers, _ = golds[row["id"].removeprefix("grounded-")]
         _, sources = _parse(row["messages"][0]["content"])
         assert len(sources) == 5
-        # It loses its own paragraph (eval rag drops the gold page) and every passage that says the answer.
+        # It loses its own paragraph (eval rag drops the gold page) and every passage that says the answer;
+        # by default its whole article.
         assert not any(url.endswith(paragraph[row["id"].removeprefix("grounded-")]) for *_, url, _ in sources)
+        if negatives == "other-articles":
+            assert all(
+                _article(url) != str(golds[row["id"].removeprefix("grounded-")][1]) for *_, url, _ in sources
+            )
         assert not any(a in text for a in answers for *_, text in sources)
         assert abstains(row["messages"][1]["content"])
     assert not any(abstains(r["messages"][1]["content"]) for r in _all(rows) if r not in abstaining)
@@ -256,6 +286,19 @@ def test_a_bad_unanswerable_share_is_one_line(tmp_path, korquad):
     assert out.stderr.strip().splitlines() == [
         "error: --unanswerable must be a fraction in [0, 1], got 1.5 — e.g. --unanswerable 0.1"
     ]
+
+
+def test_a_bad_negatives_choice_is_one_line(tmp_path, korquad):
+    path, _ = korquad
+    out = tmp_path / "o"
+    result = runner.invoke(
+        app, ["data", "prepare", "-o", str(out), "--grounded", str(path), "--negatives", "same"]
+    )
+    assert result.exit_code == EXIT_USAGE
+    assert result.stderr.strip().splitlines() == [
+        "error: --negatives must be one of other-articles, retrieval, got 'same' — e.g. --negatives retrieval"
+    ]
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

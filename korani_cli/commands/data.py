@@ -105,6 +105,15 @@ def prepare_command(
             "abstention.",
         ),
     ] = 0.1,
+    negatives: Annotated[
+        str,
+        typer.Option(
+            "--negatives",
+            metavar="other-articles|retrieval",
+            help="Where --grounded hard negatives come from: other articles only, or the best BM25 "
+            "passages of the whole file (mostly the question's own article, as a search serves them).",
+        ),
+    ] = "other-articles",
     tokenizer: Annotated[
         Optional[str],
         typer.Option(
@@ -175,6 +184,7 @@ def prepare_command(
         sharegpt=tuple(sharegpt or ()),
         grounded=tuple(grounded or ()),
         unanswerable=unanswerable,
+        negatives=negatives,
         tokenizer=tokenizer,
         max_tokens=max_tokens,
         valid=valid,

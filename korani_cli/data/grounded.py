@@ -12,14 +12,18 @@ and the length filter need nothing new.
   into passages as search splits pages (`search.passages`).
 - Sources: the gold passage (the best-ranked passage of the question's own
   paragraph that holds a gold answer) and k−1 hard negatives — the passages
-  BM25 (`search.rank`, Kiwi morphemes) ranks highest for the question over the
-  whole file, at most `per_page` from one paragraph (the gold's included), none
-  holding a gold answer — in a shuffled order, then cut to the context budget.
-  The negatives come mostly from the question's own article, as retrieval
-  serves them (`korani eval rag` on held-out articles: five passages with one
-  title): negatives from other articles only would teach citing the passage
-  whose title matches the question, and abstaining when none does — neither
-  holds when every passage is about the same subject.
+  BM25 (`search.rank`, Kiwi morphemes) ranks highest for the question, at most
+  `per_page` from one paragraph (the gold's included), none holding a gold
+  answer — in a shuffled order, then cut to the context budget. Where the
+  negatives come from (`Options.negatives`, `--negatives`):
+  - `other-articles` (the default): other articles of the file only, so no
+    negative can say the answer in other words;
+  - `retrieval`: the whole file, so mostly the question's own article, as
+    retrieval serves them (`korani eval rag` on held-out articles: five
+    passages with one title). Negatives from other articles only can teach
+    citing the passage whose title matches the question, and abstaining when
+    none does; neither holds when every passage is about the same subject.
+    The CPU proof (bench/rag_train.py) trains on these.
 - The assistant turn names the answer in one short sentence ending with the
   gold passage's marker, `{answer}입니다[n].` (`{answer}[n].` when the answer
   already ends like a sentence, in 다): the span is in the sentence, the marker
@@ -28,9 +32,9 @@ and the length filter need nothing new.
   rejected (`answer_cut`): the conversation would teach citing a passage that
   does not say it.
 - Unanswerable: a seeded, evenly spread share of the questions (the share
-  exact for every prefix, as `korani eval rag` draws them) gets k negatives,
-  none from its own paragraph (as `eval rag` drops the gold page), no gold
-  passage, and `template.ABSTAIN_ANSWER`.
+  exact for every prefix, as `korani eval rag` draws them) gets k negatives
+  (with `retrieval`, none from its own paragraph, as `eval rag` drops the gold
+  page), no gold passage, and `template.ABSTAIN_ANSWER`.
 
 Each result carries its article (`group`), so the split keeps an article in
 one split only. What this module leaves to others: reading the options,
@@ -51,6 +55,8 @@ SOURCE = "grounded"
 K = 5  # sources per question: `ask --search`'s and `korani eval rag`'s default k
 PER_PAGE = 2  # passages of one paragraph among the negatives, as search caps a page
 UNANSWERABLE = 0.1
+# Where hard negatives come from (see the module docstring); the first is the default.
+NEGATIVES = ("other-articles", "retrieval")
 # Tokens left for the answer when --max-tokens stands for the serving context: the
 # sources get budget.default_tokens(max_tokens, ANSWER_ROOM) — 640 for --max-tokens ≥ 928,
 # the budget a served model with a large window gets.
@@ -63,6 +69,7 @@ class Options:
     seed: int = 42
     k: int = K
     source_tokens: int = 640  # the sources' share of the prompt (rag.budget)
+    negatives: str = NEGATIVES[0]
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,8 @@ def read(
     chunks = split_pages(pages)
     index = bm25_index(chunks) if chunks else None
     url_of = {p.page_id: p.url for p in qaset.paragraphs}
+    article_of = {p.url: p.page_id.split(".")[0] for p in qaset.paragraphs}
+    other_articles = options.negatives == "other-articles"
     ids = order([q.id for q in qaset.questions], options.seed)
     no_gold = {qid for i, qid in enumerate(ids) if unanswerable_at(i, options.unanswerable)}
 
@@ -150,14 +159,16 @@ def read(
             if len(negatives) >= options.k - (0 if unanswerable else 1):
                 break
             url = r.passage.url
-            # None that holds the answer (a negative must not answer it), and for an unanswerable
-            # question nothing of its own paragraph.
-            if (unanswerable and url == gold_url) or per_url.get(url, 0) >= PER_PAGE or _holds(r, golds):
+            # None that holds the answer (a negative must not answer it); nothing of its own article
+            # (other-articles), or for an unanswerable question nothing of its own paragraph.
+            own = article_of[url] == article if other_articles else unanswerable and url == gold_url
+            if own or per_url.get(url, 0) >= PER_PAGE or _holds(r, golds):
                 continue
             per_url[url] = per_url.get(url, 0) + 1
             negatives.append(r)
         if unanswerable and not negatives:
-            yield reject("no_negatives", "no passage outside its paragraph to offer instead of its own")
+            where = "of another article" if other_articles else "outside its paragraph"
+            yield reject("no_negatives", f"no passage {where} to offer instead of its own")
             continue
         offered = negatives if unanswerable else [gold, *negatives]
         random.Random(f"grounded:{options.seed}:{q.id}").shuffle(offered)

@@ -56,6 +56,7 @@ class PrepareConfig:
     sharegpt: tuple[str, ...] = ()
     grounded: tuple[str, ...] = ()  # SQuAD/KorQuAD-format JSON files (data/grounded.py)
     unanswerable: float = 0.1  # share of grounded questions that lose their gold passage
+    negatives: str = "other-articles"  # where grounded hard negatives come from (grounded.NEGATIVES)
     tokenizer: str | None = None
     max_tokens: int = 1024
     valid: float = 0.1
@@ -127,6 +128,13 @@ def validate(config: PrepareConfig) -> None:
         raise UsageError(
             f"--unanswerable must be a fraction in [0, 1], got {config.unanswerable}",
             "e.g. --unanswerable 0.1",
+        )
+    from korani_cli.data.grounded import NEGATIVES
+
+    if config.negatives not in NEGATIVES:
+        raise UsageError(
+            f"--negatives must be one of {', '.join(NEGATIVES)}, got {excerpt(config.negatives, 80)}",
+            "e.g. --negatives retrieval",
         )
     for name, value in (("--valid", config.valid), ("--test", config.test)):
         if not 0 <= value < 1:
@@ -502,6 +510,7 @@ def _spool_grounded(config, path, lengths, spooled, sink, mix_rng, on_bytes, pro
         config.unanswerable,
         config.seed,
         source_tokens=default_tokens(config.max_tokens, grounded.ANSWER_ROOM),
+        negatives=config.negatives,
     )
     weight = config.mix.get("grounded", 1.0)
     for item in grounded.read(path, options, lengths.count, on_bytes):
@@ -630,6 +639,7 @@ def _stats(
             "sharegpt": list(config.sharegpt),
             "grounded": list(config.grounded),
             "unanswerable": config.unanswerable,
+            "negatives": config.negatives,
             "tokenizer": config.tokenizer,
             "max_tokens": config.max_tokens,
             "valid": config.valid,
