@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from support import ScriptedBackend, ScriptServer, Site, drive, run_korani, session_for
@@ -134,6 +135,58 @@ def test_each_page_is_handed_on_while_the_others_still_load():
         "/slow.html",
         "/fast.html",
     ]  # hits' order
+
+
+@pytest.mark.slow
+def test_pages_that_came_while_korani_was_held_up_are_read_not_late():
+    """A cold `korani ask --search` loads Kiwi on another thread while pages load, and Kiwi
+    holds the GIL for seconds: the fetch loop cannot run, and bodies that arrive meanwhile wait
+    in the socket buffers. Here the loop is held for 2 s by the first page's hand-over, while
+    two more pages answer at once; they were in long before the 0.5 s soft deadline, so they
+    are read, and only the page that never answers is late."""
+    first_handed, stop = threading.Event(), threading.Event()
+
+    def after_first(title, text):
+        def answer(_handler):
+            first_handed.wait(30)
+            return 200, HTML, _page(title, text)
+
+        return answer
+
+    def hang(_handler):
+        stop.wait(120)
+        return 200, HTML, _page("안 옴", "끝내 오지 않는 페이지.")
+
+    site = Site(
+        {
+            "/first.html": (200, HTML, _page("세종", SEJONG_TEXT), 0),
+            "/b.html": after_first("반포", BANPO_TEXT),
+            "/c.html": after_first("집현전", "집현전은 세종 때의 학문 연구 기관이다. 학자들이 모였다."),
+            "/hang.html": hang,
+        }
+    )
+
+    def on_page(page):
+        if page.url.endswith("/first.html"):
+            first_handed.set()
+            time.sleep(2.0)  # the loop's thread is held, as by another thread's GIL
+
+    try:
+        report = fetch(
+            _hits(site, "/first.html", "/b.html", "/c.html", "/hang.html"),
+            FetchOptions(allow_private=True, timeout=60, deadline=60, soft_deadline=0.5),
+            on_page=on_page,
+        )
+    finally:
+        stop.set()
+        site.close()
+    assert sorted(p.url.removeprefix(site.base) for p in report.pages) == [
+        "/b.html",
+        "/c.html",
+        "/first.html",
+    ]
+    [hung] = report.failures
+    assert (hung.url.removeprefix(site.base), hung.reason) == ("/hang.html", LATE)
 
 
 @pytest.mark.slow

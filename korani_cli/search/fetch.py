@@ -17,6 +17,12 @@ korani's own extraction). The overall deadline and each page's timeout still
 hard-stop it ("timeout"). Before the soft deadline, whoever reads the pages may
 say they are enough (`Enough.set`, from any thread): the wait ends then, the same
 way ("late", with the reader's detail).
+The soft deadline judges the network, not korani: when the event loop could
+not run for a while (a busy CPU, or another thread holding the GIL — loading
+Kiwi holds it for ~2.5 s, in every cold `korani ask --search`), bodies that
+came in meanwhile sit unread in the socket buffers. So after such a hold-up
+(`STALL`) the wait goes on for `GRACE` more, time enough to read what is
+already there, before a page is called late. The overall deadline is never moved.
 Each page is handed to `on_page` the moment it is read (from the network, the
 cache or a local file), so that later stages work on it while others load.
 """
@@ -253,6 +259,9 @@ def _client(opts: FetchOptions):
 
 
 OnPage = Callable[[Page], None]
+# The loop held up this long means bodies may be waiting unread; GRACE reads them (module docstring).
+STALL = 0.05
+GRACE = 0.25
 
 
 def _ignore(page: Page) -> None:
@@ -365,9 +374,17 @@ async def _download(
             return min([t for t in (cached, *arrived.values()) if t is not None], default=None)
 
         hard, _ = stop_at(start, None, opts)
+        # After the loop was held up (between its waits, or past a wait's end), the soft
+        # deadline is no sooner than GRACE later: bodies that came meanwhile are read first.
+        # It moves by at most the time held up plus GRACE, however often that happens.
+        grace, mark, held = start, start, 0.0
         while pending:
             now = loop.time()
+            if now - mark > STALL:
+                grace, held = now + GRACE, held + now - mark
             end, why = stop_at(start, first(), opts)
+            if why == LATE:
+                end = min(max(end, grace), end + held + GRACE, hard)
             if enough is not None and enough.is_set():
                 end, why = min(end, now), LATE
             if now < end:
@@ -375,12 +392,16 @@ async def _download(
                     pending | {woken}, timeout=end - now, return_when=asyncio.FIRST_COMPLETED
                 )
                 done.discard(woken)
+                mark = loop.time()
+                if mark - end > STALL:  # woken well after it was due: held up
+                    grace, held = mark + GRACE, held + mark - end
             else:
                 # Past the soft deadline, pages whose bodies are in are still read (up to the deadline).
                 reading = {task for task in pending if tasks[task] in arrived}
                 if why != LATE or not reading or now >= hard:
                     break
                 done, _ = await asyncio.wait(reading, timeout=hard - now, return_when=asyncio.FIRST_COMPLETED)
+                mark = loop.time()
             pending -= done
             for task in sorted(done, key=lambda t: urls.index(tasks[t])):
                 _collect(task, tasks[task], opts, cache, report, on_page)
