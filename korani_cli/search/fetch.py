@@ -260,7 +260,7 @@ def _client(opts: FetchOptions):
 
 OnPage = Callable[[Page], None]
 # The loop held up this long means bodies may be waiting unread; GRACE reads them (module docstring).
-STALL = 0.05
+STALL = 0.25
 GRACE = 0.25
 
 
